@@ -1,0 +1,22 @@
+# Sourced by scripts/serve and scripts/test: a virtual environment in .venv with
+# the service and the client library installed from this checkout.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${PNS4ONES_VENV:-$ROOT/.venv}"
+PY="${PYTHON:-python3}"
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV"
+    "$VENV/bin/pip" install -q --upgrade pip setuptools wheel
+fi
+PIP=(pip_quiet install -q --disable-pip-version-check)
+pip_quiet() {  # pip's build chatter only when something fails
+    local log; log="$(mktemp)"
+    if ! "$VENV/bin/pip" "$@" >"$log" 2>&1; then cat "$log" >&2; rm -f "$log"; return 1; fi
+    rm -f "$log"
+}
+# Dependencies first (cached after the first run), then our two packages
+# rebuilt from the checkout, so the installed copy is always the current code.
+"${PIP[@]}" "setuptools>=68" wheel
+"${PIP[@]}" --no-build-isolation "$ROOT$1" "$ROOT/clients/python$2"
+"${PIP[@]}" --no-build-isolation --no-deps --force-reinstall "$ROOT" "$ROOT/clients/python"
+export PATH="$VENV/bin:$PATH"

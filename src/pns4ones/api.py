@@ -1,0 +1,116 @@
+"""
+The send API (PROTOCOL.md section 3): a Klein application over
+:class:`pns4ones.core.Core`.  Every error is an :class:`ApiError` answered as
+``{"error": ..., "reason": ...}`` with its status.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from klein import Klein
+from twisted.internet.defer import inlineCallbacks
+from twisted.logger import Logger
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from .core import LEGACY_EPOCH_OFFSET, AuthError, Core
+from .messages import MessageError, parse_send
+from .web import json_body
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, reason: str, **extra: Any) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.doc = {"error": error, "reason": reason, **extra}
+
+
+def bearer_token(request: Any) -> str:
+    header = request.getHeader(b"authorization") or ""
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return ""
+    return value.strip()
+
+
+class SendAPI:
+    """Routes of the send API listener."""
+
+    app = Klein()
+    log = Logger()
+
+    def __init__(self, core: Core, expires_in_format: str = "unix") -> None:
+        self.core = core
+        self.expires_in_format = expires_in_format
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    def _app_for(self, request: Any) -> Any:
+        try:
+            return self.core.check_token(bearer_token(request))
+        except AuthError as e:
+            raise ApiError(e.status, "unauthorized" if e.status == 401 else "token_expired", e.reason) from None
+
+    # -- routes --------------------------------------------------------------------------
+
+    @app.route("/auth", methods=["GET"])
+    @inlineCallbacks
+    def auth(self, request: Any) -> Any:
+        args = request.args.get(b"server_key") or [b""]
+        server_key = args[0].decode("utf-8", "replace")
+        try:
+            issued = yield self.core.authorize(server_key)
+        except AuthError as e:
+            raise ApiError(e.status, "unauthorized", e.reason) from None
+        expires = int(issued.expires_at)
+        if self.expires_in_format == "legacy":
+            expires += LEGACY_EPOCH_OFFSET
+        return json_body(request, 200, {"access_token": issued.token, "expires_in": expires})
+
+    @app.route("/sendmessage", methods=["POST"])
+    @inlineCallbacks
+    def sendmessage(self, request: Any) -> Any:
+        application = self._app_for(request)
+        try:
+            send = parse_send(request.content.read())
+        except MessageError as e:
+            raise ApiError(400, "bad_request", e.reason, field=e.field) from None
+        report = yield self.core.send(application, send)
+        self.log.info(
+            "send: app={app_id} type={type} ib={ib_id} target={target} sessions={sessions}",
+            app_id=application.id,
+            type=send.recipient.type,
+            ib_id=send.recipient.ib_id,
+            target=send.recipient.target,
+            sessions=report.sessions,
+            event="send",
+        )
+        request.setHeader(b"X-PNS-Sessions", str(report.sessions).encode())
+        request.setHeader(b"X-PNS-Users", str(report.users).encode())
+        return json_body(request, 200, {"sessions": report.sessions, "users": report.users})
+
+    # -- errors --------------------------------------------------------------------------
+
+    @app.handle_errors(ApiError)
+    def api_error(self, request: Any, failure: Any) -> bytes:
+        error = failure.value
+        return json_body(request, error.status, error.doc)
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request: Any, failure: Any) -> bytes:
+        return json_body(request, 404, {"error": "not_found", "reason": f"no such resource: {request.path.decode('utf-8', 'replace')}"})
+
+    @app.handle_errors(MethodNotAllowed)
+    def bad_method(self, request: Any, failure: Any) -> bytes:
+        allowed = ", ".join(failure.value.valid_methods or [])
+        request.setHeader(b"Allow", allowed.encode())
+        return json_body(request, 405, {"error": "method_not_allowed", "reason": f"{request.method.decode()} is not allowed here; use {allowed}"})
+
+    @app.handle_errors(Exception)
+    def crashed(self, request: Any, failure: Any) -> bytes:
+        self.log.failure("unexpected error answering {path}", failure, path=request.path)
+        return json_body(request, 500, {"error": "internal", "reason": "internal error, see the service log"})
+
+

@@ -1,0 +1,171 @@
+"""
+Admin commands (PROTOCOL.md section 5), behind two doors: the console script
+``pns4ones-admin`` and ``twistd pns4ones admin``.  Changes go to the store; a
+running server notices them within ``store_poll_interval`` (1 s by default).
+
+Exit codes: 0 done, 1 the command failed (unknown id, bad store), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any, Sequence
+
+from twisted.internet import defer, task
+
+from . import config as _config
+from .store import Application, StoreError, UnknownApplication
+
+COMMANDS = {
+    "list": "list the applications with their keys",
+    "create": "create an application: create NAME",
+    "upd_srv_key": "new server key for an application (revokes its tokens): upd_srv_key ID",
+    "upd_cli_key": "new client key for an application (ends its live subscriptions): upd_cli_key ID",
+    "remove": "remove an application (ends its subscriptions, revokes its tokens): remove ID",
+    "reset_token": "revoke every access token of an application: reset_token ID",
+}
+
+
+class CommandError(Exception):
+    pass
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", default=argparse.SUPPRESS, help="data directory of the service")
+    common.add_argument("--config", default=argparse.SUPPRESS, help="the service's INI file (for data_dir)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        parents=[common],
+        description="Administer pns4ones applications (changes reach a running server within a second).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {name:<12} {text}" for name, text in COMMANDS.items()),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    sub.add_parser("list", parents=[common], help=COMMANDS["list"])
+    p = sub.add_parser("create", parents=[common], help=COMMANDS["create"])
+    p.add_argument("name", nargs="+", help="title of the new application")
+    for name in ("upd_srv_key", "upd_cli_key", "remove", "reset_token"):
+        p = sub.add_parser(name, parents=[common], help=COMMANDS[name])
+        p.add_argument("id", help="application id (see list)")
+    return parser
+
+
+def _describe(app: Application) -> str:
+    return (
+        f"{app.title}\n"
+        f"  id:          {app.id}\n"
+        f"  server key:  {app.server_key}\n"
+        f"  client key:  {app.client_key.encode()}\n"
+    )
+
+
+def open_store(args: argparse.Namespace) -> Any:
+    cli: dict[str, str] = {}
+    for name in ("data_dir", "config"):
+        if getattr(args, name, None):
+            cli[name] = getattr(args, name)
+    try:
+        cfg = _config.build(cli)
+    except _config.ConfigError as e:
+        raise CommandError(str(e)) from None
+    from .store.sqlite import SQLiteStore
+
+    return SQLiteStore(cfg.data_dir)
+
+
+@defer.inlineCallbacks
+def run(args: argparse.Namespace, out: Any) -> Any:
+    store = open_store(args)
+    as_json = getattr(args, "json", False)
+    now = time.time()
+    try:
+        cmd = args.command
+        if cmd == "list":
+            apps = yield store.list_applications()
+            if as_json:
+                out.write(json.dumps([a.as_json() for a in apps], ensure_ascii=False, indent=2) + "\n")
+            elif not apps:
+                out.write("No applications yet. Create one with: create NAME\n")
+            else:
+                out.write("\n".join(_describe(a) for a in apps))
+        elif cmd == "create":
+            title = " ".join(args.name).strip()
+            if not title:
+                raise CommandError("the application needs a name")
+            app = yield store.create_application(title, now)
+            if as_json:
+                out.write(json.dumps(app.as_json(), ensure_ascii=False) + "\n")
+            else:
+                out.write("Created application " + _describe(app))
+                out.write("Senders (1C server, web shop) need the id and the server key; 1C clients the id and the client key.\n")
+        elif cmd in ("upd_srv_key", "upd_cli_key"):
+            fn = store.rotate_server_key if cmd == "upd_srv_key" else store.rotate_client_key
+            app = yield fn(args.id, now)
+            if as_json:
+                out.write(json.dumps(app.as_json(), ensure_ascii=False) + "\n")
+            else:
+                what = "server key (its access tokens are revoked)" if cmd == "upd_srv_key" else "client key (its connected 1C sessions are disconnected)"
+                out.write(f"New {what}:\n" + _describe(app))
+        elif cmd == "remove":
+            app = yield store.remove_application(args.id)
+            if as_json:
+                out.write(json.dumps({"removed": app.id, "title": app.title}, ensure_ascii=False) + "\n")
+            else:
+                out.write(f"Removed application {app.title} ({app.id}).\n")
+        elif cmd == "reset_token":
+            count = yield store.reset_tokens(args.id)
+            if as_json:
+                out.write(json.dumps({"id": args.id, "revoked": count}) + "\n")
+            else:
+                out.write(f"Revoked {count} access token(s) of application {args.id}; its senders must call /auth again.\n")
+    finally:
+        yield store.close()
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "pns4ones-admin", out: Any = None, err: Any = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    parser = _parser(prog)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        parser.print_help(out)
+        return 0
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    if not args.command:
+        parser.print_help(out)
+        return 2
+    result: dict[str, int] = {}
+
+    def go(reactor: Any) -> Any:
+        d = run(args, out)
+
+        def failed(failure: Any) -> None:
+            if failure.check(UnknownApplication):
+                err.write(f"{prog}: {failure.value}; see '{prog} list'\n")
+            elif failure.check(CommandError, StoreError):
+                err.write(f"{prog}: {failure.value}\n")
+            else:
+                err.write(f"{prog}: unexpected error: {failure.getTraceback()}\n")
+            result["code"] = 1
+
+        return d.addErrback(failed)
+
+    try:
+        task.react(go)
+    except SystemExit as e:
+        code = int(e.code or 0)
+    else:  # pragma: no cover - react always exits
+        code = 0
+    return result.get("code", code)
+
+
+def console() -> None:
+    sys.exit(main())

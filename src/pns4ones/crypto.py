@@ -1,0 +1,81 @@
+"""
+Pure cryptographic helpers: no I/O.
+
+Everything secret comes from :mod:`secrets` (the operating system's CSPRNG);
+comparisons of secrets are constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import string
+
+from cryptography.hazmat.primitives import padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+_ALPHABET = string.ascii_letters + string.digits
+
+#: Length of server keys, as in the original (64 alphanumerics, ~381 bits).
+SERVER_KEY_LENGTH = 64
+
+
+def random_key(length: int = SERVER_KEY_LENGTH) -> str:
+    """A random alphanumeric string from the CSPRNG (server keys)."""
+    return "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+def random_aes_material() -> tuple[bytes, bytes]:
+    """A fresh AES-256 key and CBC IV for a client key."""
+    return secrets.token_bytes(32), secrets.token_bytes(16)
+
+
+def hmac_sha256(key: bytes, message: bytes) -> bytes:
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def verify_hmac_sha256(key: bytes, message: bytes, signature: bytes) -> bool:
+    """Constant-time check of an HMAC-SHA256 signature."""
+    return hmac.compare_digest(hmac_sha256(key, message), signature)
+
+
+def aes_cbc_encrypt(key: bytes, iv: bytes, plaintext: bytes) -> bytes:
+    """AES-256-CBC with PKCS#7 padding (what the add-in decrypts)."""
+    padder = padding.PKCS7(128).padder()
+    padded = padder.update(plaintext) + padder.finalize()
+    encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+    return encryptor.update(padded) + encryptor.finalize()
+
+
+def aes_cbc_decrypt(key: bytes, iv: bytes, ciphertext: bytes) -> bytes:
+    """Inverse of :func:`aes_cbc_encrypt`; raises ``ValueError`` on bad padding."""
+    decryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
+    padded = decryptor.update(ciphertext) + decryptor.finalize()
+    unpadder = padding.PKCS7(128).unpadder()
+    return unpadder.update(padded) + unpadder.finalize()
+
+
+def token_digest(token: str) -> bytes:
+    """What the store keeps of an access token: its SHA-256."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+def derive_token(server_key: str, token_id: bytes) -> str:
+    """
+    The access token for ``token_id``, bound to the application's server key.
+
+    The store keeps only the token's digest and its random id; the token itself
+    is re-derived when ``/auth`` hands out the current token again.  A token
+    derived from an old server key never matches again after a rotation.
+    """
+    mac = hmac_sha256(server_key.encode("utf-8"), b"pns4ones-token\x00" + token_id)
+    return (token_id + mac[:24]).hex()
+
+
+def new_token_id() -> bytes:
+    return secrets.token_bytes(16)
+
+
+def constant_time_equal(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass"))

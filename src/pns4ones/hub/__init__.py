@@ -1,0 +1,78 @@
+"""
+The message hub behind a small interface: who is subscribed where, and fan-out.
+
+A :class:`Session` is any live subscription (the add-in's TCP connection today).
+The hub indexes sessions by (application, information base) and then by user and
+group, so finding the recipients of a send costs the same with 10 or 100,000
+connections.  :class:`LocalHub` serves one process; a networked hub can wrap its
+routing to serve several nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Protocol
+
+from twisted.internet.defer import Deferred
+
+from ..messages import Message, Recipient, render_addin_json
+from ..wire import ClientKey, encode_frame
+
+
+class Session(Protocol):
+    """A live subscription as the hub sees it."""
+
+    app_id: str
+    ib_id: str
+    user_id: str
+    group: str
+    keys: ClientKey | None
+    transport_name: str
+
+    def deliver(self, message: "Outbound") -> bool:
+        """Queue ``message``; False if the session could not take it."""
+
+    def end(self, reason: str) -> None:
+        """Close the subscription (key rotated, application removed, shutdown)."""
+
+
+class Outbound:
+    """
+    One message on its way out: its JSON is rendered once, and its add-in frame
+    encrypted once per application key; every session writes the same bytes.
+    """
+
+    __slots__ = ("message", "plaintext", "_frame_key", "_frame")
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+        self.plaintext = render_addin_json(message)
+        self._frame_key: ClientKey | None = None
+        self._frame = b""
+
+    def addin_frame(self, key: ClientKey) -> bytes:
+        if key is not self._frame_key and key != self._frame_key:
+            self._frame = encode_frame(key, self.plaintext)
+            self._frame_key = key
+        return self._frame
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What a send reached: live sessions written to and distinct users."""
+
+    sessions: int
+    users: int
+
+
+class Hub(Protocol):
+    def attach(self, session: Session) -> None: ...
+    def detach(self, session: Session) -> None: ...
+    def publish(self, app_id: str, recipient: Recipient, message: Message) -> Deferred[Report]: ...
+    def sessions(self, app_id: str | None = None) -> Iterator[Session]: ...
+    def counts(self) -> dict[str, dict[str, int]]: ...
+    def __len__(self) -> int: ...
+
+
+def distinct_users(sessions: Iterable[Session]) -> int:
+    return len({s.user_id for s in sessions})

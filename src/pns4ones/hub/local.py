@@ -1,0 +1,114 @@
+"""The in-process hub: routing indexes in dictionaries, fan-out in one loop."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from twisted.internet.defer import Deferred, succeed
+
+from ..messages import Message, Recipient
+from . import Outbound, Report, Session
+
+
+class _IbIndex:
+    """Sessions of one (application, information base)."""
+
+    __slots__ = ("all", "users", "groups")
+
+    def __init__(self) -> None:
+        self.all: set[Session] = set()
+        self.users: dict[str, set[Session]] = {}
+        self.groups: dict[str, set[Session]] = {}
+
+
+def _discard(index: dict[str, set[Session]], key: str, session: Session) -> None:
+    bucket = index.get(key)
+    if bucket is not None:
+        bucket.discard(session)
+        if not bucket:
+            del index[key]
+
+
+class LocalHub:
+    """:class:`pns4ones.hub.Hub` for one process."""
+
+    def __init__(self) -> None:
+        self._ibs: dict[tuple[str, str], _IbIndex] = {}
+        self._apps: dict[str, set[str]] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def attach(self, session: Session) -> None:
+        key = (session.app_id, session.ib_id)
+        ib = self._ibs.get(key)
+        if ib is None:
+            ib = self._ibs[key] = _IbIndex()
+            self._apps.setdefault(session.app_id, set()).add(session.ib_id)
+        if session in ib.all:
+            return
+        ib.all.add(session)
+        ib.users.setdefault(session.user_id, set()).add(session)
+        if session.group:
+            ib.groups.setdefault(session.group, set()).add(session)
+        self._count += 1
+
+    def detach(self, session: Session) -> None:
+        key = (session.app_id, session.ib_id)
+        ib = self._ibs.get(key)
+        if ib is None or session not in ib.all:
+            return
+        ib.all.discard(session)
+        _discard(ib.users, session.user_id, session)
+        if session.group:
+            _discard(ib.groups, session.group, session)
+        self._count -= 1
+        if not ib.all:
+            del self._ibs[key]
+            ibs = self._apps[session.app_id]
+            ibs.discard(session.ib_id)
+            if not ibs:
+                del self._apps[session.app_id]
+
+    def recipients(self, app_id: str, recipient: Recipient) -> set[Session] | tuple[()]:
+        ib = self._ibs.get((app_id, recipient.ib_id))
+        if ib is None:
+            return ()
+        if recipient.type == "user":
+            return ib.users.get(recipient.user_id, ())
+        if recipient.type == "group":
+            return ib.groups.get(recipient.group, ())
+        return ib.all
+
+    def route(self, app_id: str, recipient: Recipient, message: Message) -> Report:
+        """Write ``message`` to every matching local session; the same bytes for all."""
+        targets = self.recipients(app_id, recipient)
+        if not targets:
+            return Report(0, 0)
+        outbound = Outbound(message)
+        written = 0
+        users = set()
+        # A copy: a delivery may end a session (slow reader), which detaches it.
+        for session in tuple(targets):
+            if session.deliver(outbound):
+                written += 1
+                users.add(session.user_id)
+        return Report(written, len(users))
+
+    def publish(self, app_id: str, recipient: Recipient, message: Message) -> Deferred[Report]:
+        return succeed(self.route(app_id, recipient, message))
+
+    def sessions(self, app_id: str | None = None) -> Iterator[Session]:
+        apps = [app_id] if app_id is not None else list(self._apps)
+        for app in apps:
+            for ib_id in list(self._apps.get(app, ())):
+                ib = self._ibs.get((app, ib_id))
+                if ib is not None:
+                    yield from list(ib.all)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for (app, ib_id), ib in self._ibs.items():
+            out.setdefault(app, {})[ib_id] = len(ib.all)
+        return out

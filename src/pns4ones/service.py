@@ -1,0 +1,127 @@
+"""
+The whole node as one Twisted service: open the store, load the registry, bind
+the listeners, watch the store for CLI changes, purge tokens, stop gracefully.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, error, task
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
+
+from . import __version__, logs
+from .api import SendAPI
+from .config import Address, Config
+from .core import Core
+from .hub.local import LocalHub
+from .store.sqlite import SQLiteStore
+from .transports.addin import AddinFactory
+from .web import ApiSite
+
+
+class StartupError(Exception):
+    """The node cannot start (a port taken, a store unreadable): message for the operator."""
+
+
+class PnsService(service.MultiService):
+    log = Logger()
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.store: Any = None
+        self.core: Core | None = None
+        self.ports: list[Any] = []
+        self.addin_factory: AddinFactory | None = None
+        self.ready = False
+        self._purge: task.LoopingCall | None = None
+
+    # twistd: an ILogObserver component on the application sets the log format and level.
+    def setServiceParent(self, parent: Any) -> None:
+        if isinstance(parent, Componentized) and parent.getComponent(ILogObserver, None) is None:
+            parent.setComponent(ILogObserver, logs.make_observer(self.config.log_level, self.config.log_format))
+        super().setServiceParent(parent)
+
+    # -- start -------------------------------------------------------------------------
+
+    def build(self) -> None:
+        """Open the store and build the node's parts (no network yet)."""
+        cfg = self.config
+        self.store = SQLiteStore(cfg.data_dir, reactor=self.reactor)
+        self.core = Core(self.store, LocalHub(), self.reactor)
+        self.api = SendAPI(self.core, cfg.expires_in_format)
+        self.site = ApiSite(self.api.resource(), cfg.max_body_size, cfg.request_timeout, clock=self.reactor)
+        self.addin_factory = AddinFactory(self.core, cfg, self.reactor)
+
+    def _listen(self, address: Address, factory: Any, option: str) -> None:
+        for host in address.hosts:
+            try:
+                port = self.reactor.listenTCP(address.port, factory, backlog=1024, interface=host)
+            except error.CannotListenError as e:
+                raise StartupError(f"option '{option}' ({address.text}, from {self.config.source_of(option)}): cannot listen on {host} port {address.port}: {e.socketError}") from None
+            port.stopReading()  # accept only once the registry is loaded
+            self.ports.append(port)
+
+    def privilegedStartService(self) -> None:
+        try:
+            if self.core is None:
+                self.build()
+            self._listen(self.config.listen, self.site, "listen")
+            self._listen(self.config.service, self.addin_factory, "service")
+        except StartupError as e:
+            for port in self.ports:
+                port.stopListening()
+            sys.stderr.write(f"pns4ones: {e}\n")
+            sys.stderr.flush()
+            raise SystemExit(1) from None
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        super().startService()
+        d = self.core.reload()
+        d.addCallback(self._loaded)
+        d.addErrback(self._failed_start)
+
+    def _loaded(self, _: Any) -> None:
+        cfg = self.config
+        for port in self.ports:
+            port.startReading()
+        self.store.start_watching(self.core.reload, cfg.store_poll_interval)
+        self._purge = task.LoopingCall(self.core.purge_tokens)
+        self._purge.clock = self.reactor
+        self._purge.start(3600, now=True).addErrback(lambda f: self.log.failure("token purge failed", f))
+        self.ready = True
+        always = {logs.ALWAYS: True}
+        self.log.info("pns4ones {version} started; data in {data_dir}; config {config}", version=__version__, data_dir=str(cfg.data_dir), config=cfg.config_file or "(none, defaults)", **always)
+        self.log.info("send API (HTTP) on {where}", where=cfg.listen.describe(), **always)
+        self.log.info("add-in subscriptions (TCP) on {where}", where=cfg.service.describe(), **always)
+        self.log.info("{count} applications in the store", count=len(self.core.apps), **always)
+
+    def _failed_start(self, failure: Any) -> None:
+        self.log.failure("cannot load the store; stopping", failure)
+        self.reactor.stop()
+
+    # -- stop ----------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        self.ready = False
+        self.log.info("stopping: closing listeners and subscriptions", **{logs.ALWAYS: True})
+        yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports], consumeErrors=True)
+        self.ports = []
+        if self._purge is not None and self._purge.running:
+            self._purge.stop()
+        if self.addin_factory is not None:
+            self.addin_factory.end_all("service stopping")
+        if self.store is not None:
+            self.store.stop_watching()
+        yield super().stopService()
+        # Give queued frames and the goodbye FINs a moment to leave.
+        yield task.deferLater(self.reactor, 0.2, lambda: None)
+        if self.store is not None:
+            yield self.store.close()

@@ -1,0 +1,81 @@
+"""
+The store behind a small interface.
+
+Everything above this package (the service, the API, the CLI, the panel) talks
+to :class:`Store`; every method returns a ``Deferred``, so that a networked
+store can stand in for the embedded SQLite one without changes above.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from twisted.internet.defer import Deferred
+
+from ..wire import ClientKey
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked."""
+
+
+class UnknownApplication(StoreError):
+    def __init__(self, app_id: str) -> None:
+        super().__init__(f"no application with id {app_id!r}")
+        self.app_id = app_id
+
+
+@dataclass(frozen=True, slots=True)
+class Application:
+    id: str
+    title: str
+    server_key: str
+    client_key: ClientKey
+    created_at: float
+
+    def as_json(self) -> dict[str, str]:
+        return {"id": self.id, "title": self.title, "server_key": self.server_key, "client_key": self.client_key.encode()}
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    digest: bytes
+    app_id: str
+    token_id: bytes
+    issued_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AdminAccount:
+    login: str
+    password_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the running service keeps in memory: every application and live token."""
+
+    applications: tuple[Application, ...]
+    tokens: tuple[TokenRecord, ...]
+
+
+class Store(Protocol):
+    location: str
+
+    def snapshot(self) -> Deferred[Snapshot]: ...
+    def list_applications(self) -> Deferred[list[Application]]: ...
+    def get_application(self, app_id: str) -> Deferred[Application]: ...
+    def create_application(self, title: str, now: float) -> Deferred[Application]: ...
+    def rotate_server_key(self, app_id: str, now: float) -> Deferred[Application]: ...
+    def rotate_client_key(self, app_id: str, now: float) -> Deferred[Application]: ...
+    def remove_application(self, app_id: str) -> Deferred[Application]: ...
+    def reset_tokens(self, app_id: str) -> Deferred[int]: ...
+    def add_token(self, token: TokenRecord) -> Deferred[None]: ...
+    def purge_tokens(self, expired_before: float) -> Deferred[int]: ...
+    def get_admin(self) -> Deferred[AdminAccount | None]: ...
+    def set_admin(self, account: AdminAccount, now: float) -> Deferred[None]: ...
+    def start_watching(self, on_change: Callable[[], object], interval: float) -> None: ...
+    def stop_watching(self) -> None: ...
+    def close(self) -> Deferred[None]: ...

@@ -1,0 +1,256 @@
+"""
+The native add-in's subscription protocol over TCP: a thin adapter around
+:mod:`pns4ones.wire` and :class:`pns4ones.core.Core`.
+
+* Inbound framing: ``IntNStringReceiver`` with a ``<H`` prefix and a bound.
+* A connection must register within ``registration_timeout``; a later complete
+  frame is a re-registration (as the original did).
+* Outbound: the transport tells us (producer/consumer) when its buffer is full;
+  what is queued beyond that is bounded by ``send_buffer_limit``, past which the
+  slow reader is cut off, so it never holds up anybody else.
+* TCP keepalive with short timings finds peers that vanished (sleeping laptops).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Any
+
+from twisted.internet import protocol
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.protocols.basic import IntNStringReceiver
+from zope.interface import implementer
+
+from .. import wire
+from ..config import Config
+from ..core import Core, RegistrationRejected
+from ..hub import Outbound
+from ..logs import RateLimited
+from ..wire import ClientKey
+
+
+def peer_host(transport: Any) -> str:
+    peer = transport.getPeer()
+    host = getattr(peer, "host", str(peer))
+    if host.startswith("::ffff:"):
+        host = host[7:]
+    return host
+
+
+@implementer(IPushProducer)
+class AddinProtocol(IntNStringReceiver):
+    """One add-in connection; a :class:`pns4ones.hub.Session` once registered."""
+
+    structFormat = "<H"
+    prefixLength = 2
+    transport_name = "tcp"
+    log = Logger()
+
+    factory: "AddinFactory"
+    app_id = ib_id = user_id = group = ""
+    keys: ClientKey | None = None
+    peer = ""
+    _timer: Any = None
+    _paused = False
+    _backlog = 0
+    _ended = False
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        self.peer = peer_host(self.transport)
+        self.MAX_LENGTH = factory.config.max_registration_size
+        if not factory.admit(self):
+            self.transport.abortConnection()
+            return
+        factory.connections.add(self)
+        self._set_keepalive()
+        self.transport.registerProducer(self, True)
+        self._timer = factory.clock.callLater(factory.config.registration_timeout, self._registration_timed_out)
+
+    def _set_keepalive(self) -> None:
+        cfg = self.factory.config
+        try:
+            self.transport.setTcpKeepAlive(True)
+            self.transport.setTcpNoDelay(True)
+            sock = self.transport.getHandle()
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, cfg.keepalive_idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, cfg.keepalive_interval)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, cfg.keepalive_count)
+            # Unacknowledged data to a vanished peer: give up as keepalive would.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 1000 * cfg.keepalive_interval * cfg.keepalive_count + 1000 * cfg.keepalive_idle)
+        except (AttributeError, OSError):
+            pass  # not a real TCP socket (tests over memory transports)
+
+    def _registration_timed_out(self) -> None:
+        self._timer = None
+        self.factory.warn(
+            "registration-timeout",
+            "add-in client {peer} sent no registration within {timeout} s: closed",
+            peer=self.peer,
+            timeout=self.factory.config.registration_timeout,
+        )
+        self.transport.abortConnection()
+
+    # -- inbound -----------------------------------------------------------------------
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        self.factory.reject(self, "oversized", f"registration frame of {length} bytes exceeds {self.MAX_LENGTH}")
+
+    def stringReceived(self, payload: bytes) -> None:
+        if self._ended:
+            return
+        try:
+            registration = wire.parse_registration(payload)
+        except wire.WireError as e:
+            self.factory.reject(self, e.reason, e.detail)
+            return
+        if self.keys is not None:  # a re-registration replaces the previous one
+            self.factory.core.hub.detach(self)
+            self.keys = None
+        self.app_id, self.ib_id = registration.app_id, registration.ib_id
+        self.user_id, self.group = registration.user_id, registration.group
+        try:
+            app = self.factory.core.register(self, registration)
+        except RegistrationRejected as e:
+            self.factory.reject(self, e.reason, e.detail)
+            return
+        self.keys = app.client_key
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.log.info(
+            "subscription registered: peer={peer} app={app_id} ib={ib_id} user={user_id} group={group}",
+            peer=self.peer,
+            app_id=self.app_id,
+            ib_id=self.ib_id,
+            user_id=self.user_id,
+            group=self.group,
+            event="registered",
+        )
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._ended = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.factory.connections.discard(self)
+        if self.keys is not None:
+            self.factory.core.hub.detach(self)
+            self.log.info(
+                "subscription ended: peer={peer} app={app_id} ib={ib_id} user={user_id} group={group}",
+                peer=self.peer,
+                app_id=self.app_id,
+                ib_id=self.ib_id,
+                user_id=self.user_id,
+                group=self.group,
+                event="ended",
+            )
+            self.keys = None
+
+    # -- outbound (Session) ---------------------------------------------------------------
+
+    def deliver(self, message: Outbound) -> bool:
+        keys = self.keys
+        if keys is None or self._ended:
+            return False
+        frame = message.addin_frame(keys)
+        if self._paused:
+            self._backlog += len(frame)
+            if self._backlog > self.factory.config.send_buffer_limit:
+                self.factory.slow_reader(self)
+                return False
+        self.transport.write(frame)
+        return True
+
+    def end(self, reason: str) -> None:
+        """Close after writing what is queued (key rotated, removed, shutdown)."""
+        if self._ended:
+            return
+        self._ended = True
+        if self.keys is not None:
+            self.factory.core.hub.detach(self)
+        self.transport.loseConnection()
+
+    # IPushProducer: the transport's buffer is full / drained.
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._backlog = 0
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class AddinFactory(protocol.Factory):
+    protocol = AddinProtocol
+    log = Logger()
+    noisy = False
+
+    def __init__(self, core: Core, config: Config, clock: Any) -> None:
+        self.core = core
+        self.config = config
+        self.clock = clock
+        self.connections: set[AddinProtocol] = set()
+        self._limited = RateLimited(clock, 10.0)
+        self._allow = config.service_allow
+
+    def warn(self, key: str, fmt: str, **fields: Any) -> None:
+        def emit(suppressed: int) -> None:
+            more = f" ({suppressed} more like it in the last interval)" if suppressed else ""
+            self.log.warn(fmt + more, **fields)
+
+        self._limited(key, emit)
+
+    def admit(self, proto: AddinProtocol) -> bool:
+        if self._allow:
+            try:
+                ip = ipaddress.ip_address(proto.peer)
+            except ValueError:
+                ip = None
+            if ip is None or not any(ip in net for net in self._allow):
+                self.warn("not-allowed", "add-in client {peer} is not in service_allow: closed", peer=proto.peer, event="rejected", reason="not-allowed")
+                return False
+        limit = self.config.max_subscriptions
+        if limit and len(self.connections) >= limit:
+            self.warn("limit", "max_subscriptions={limit} reached: refusing add-in client {peer}", limit=limit, peer=proto.peer, event="rejected", reason="limit")
+            return False
+        return True
+
+    def reject(self, proto: AddinProtocol, reason: str, detail: str) -> None:
+        self.warn(
+            "reject:" + reason,
+            "rejected add-in registration from {peer}: {detail}",
+            peer=proto.peer,
+            detail=detail,
+            reason=reason,
+            event="rejected",
+        )
+        proto._ended = True
+        if proto.keys is not None:
+            self.core.hub.detach(proto)
+            proto.keys = None
+        proto.transport.abortConnection()
+
+    def slow_reader(self, proto: AddinProtocol) -> None:
+        self.warn(
+            "slow",
+            "subscriber {peer} (app={app_id} ib={ib_id} user={user_id}) is not reading: over {limit} bytes queued, cut off",
+            peer=proto.peer,
+            app_id=proto.app_id,
+            ib_id=proto.ib_id,
+            user_id=proto.user_id,
+            limit=self.config.send_buffer_limit,
+            event="slow-reader",
+        )
+        proto._ended = True
+        if proto.keys is not None:
+            self.core.hub.detach(proto)
+        proto.transport.abortConnection()
+
+    def end_all(self, reason: str) -> None:
+        for proto in list(self.connections):
+            proto.end(reason)

@@ -1,0 +1,134 @@
+"""
+twisted.web plumbing shared by the HTTP listeners: a ``Site`` that bounds
+request bodies (413 before buffering), times out clients that dribble a request
+(408), writes no per-request access log, and answers JSON errors.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet import reactor as _default_reactor
+from twisted.logger import Logger
+from twisted.web import http, server
+
+JSON = b"application/json"
+
+
+def json_body(request: Any, status: int, doc: Any) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", JSON)
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(doc, ensure_ascii=False).encode("utf-8")
+
+
+def _canned(status: int, phrase: bytes, doc: dict[str, Any]) -> bytes:
+    body = json.dumps(doc).encode()
+    return (
+        b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+        % (status, phrase, len(body))
+        + body
+    )
+
+
+class BoundedRequest(server.Request):
+    """A request whose body may not exceed the site's ``max_body_size``."""
+
+    _received = 0
+
+    def gotLength(self, length: int | None) -> None:
+        limit = self.channel.site.max_body_size
+        if length is not None and length > limit:
+            self._too_large(length)
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._received += len(data)
+        if self._received > self.channel.site.max_body_size:
+            self._too_large(self._received)
+            return
+        super().handleContentChunk(data)
+
+    def _too_large(self, size: int) -> None:
+        site = self.channel.site
+        site.logger.warn(
+            "request body of {size} bytes from {peer} exceeds max_body_size={limit}: 413",
+            size=size,
+            peer=getattr(self.channel.transport.getPeer(), "host", "?"),
+            limit=site.max_body_size,
+        )
+        transport = self.channel.transport
+        transport.write(_canned(413, b"Payload Too Large", {"error": "payload_too_large", "reason": f"request body over {site.max_body_size} bytes"}))
+        transport.loseConnection()
+        self.channel._dataBuffer = []
+        self.channel.length = 0
+        self.content = None  # type: ignore[assignment]
+        # Ignore whatever else arrives on this connection.
+        self.channel.dataReceived = lambda data: None  # type: ignore[method-assign]
+
+
+class _TimedChannel(http.HTTPChannel):
+    """Closes a connection whose current request is not complete in time (408)."""
+
+    request_timeout = 30.0
+    _deadline: Any = None
+    clock: Any = _default_reactor
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._deadline is None or not self._deadline.active():
+            self._deadline = self.clock.callLater(self.request_timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def allContentReceived(self) -> None:
+        self._disarm()
+        super().allContentReceived()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._arm()  # a new request on a kept-alive connection starts its clock
+        super().dataReceived(data)
+
+    def _expired(self) -> None:
+        self._deadline = None
+        self.transport.write(_canned(408, b"Request Timeout", {"error": "request_timeout", "reason": "the request was not received in time"}))
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._disarm()
+        super().connectionLost(reason)
+
+
+class ApiSite(server.Site):
+    """A quiet, bounded ``Site``."""
+
+    logger = Logger()
+    requestFactory = BoundedRequest
+
+    def __init__(self, resource: Any, max_body_size: int, request_timeout: float, clock: Any = None, **kwargs: Any) -> None:
+        super().__init__(resource, **kwargs)
+        self.max_body_size = max_body_size
+        self.request_timeout = request_timeout
+        self.clock = clock or _default_reactor
+        self.displayTracebacks = False
+        # Idle keep-alive connections are closed after a while.
+        self.timeOut = max(request_timeout * 4, 120)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        channel.request_timeout = self.request_timeout
+        channel.clock = self.clock
+        return channel
+
+    protocol = _TimedChannel
+
+    def log(self, request: Any) -> None:  # type: ignore[override]
+        """No access log line per request (it would cost more than the send)."""

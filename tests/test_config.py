@@ -1,0 +1,138 @@
+"""Options from the command line and the INI file."""
+
+from __future__ import annotations
+
+
+import tempfile
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from pns4ones import config
+from pns4ones.config import ConfigError, HelpRequested, parse_address, parse_argv, parse_ini
+
+
+class ArgvTests(SynchronousTestCase):
+    def test_manual_forms(self) -> None:
+        """/opt value, -opt=value, --opt=value and --opt value all work."""
+        opts, pos = parse_argv(["/ssl_mode", "FromStorage", "-listen=localhost", "--log_level=Information", "--service", "*:1", "-data-dir", "/x"])
+        self.assertEqual(opts, {"ssl_mode": "FromStorage", "listen": "localhost", "log_level": "Information", "service": "*:1", "data_dir": "/x"})
+        self.assertEqual(pos, [])
+
+    def test_help(self) -> None:
+        """-h, --help and /? ask for help."""
+        for flag in ("-h", "--help", "/?"):
+            with self.assertRaises(HelpRequested):
+                parse_argv([flag])
+
+    def test_unknown_and_missing(self) -> None:
+        """An unknown option, or one without its value, is a ConfigError naming it."""
+        with self.assertRaises(ConfigError) as ctx:
+            parse_argv(["--bogus=1"])
+        self.assertIn("bogus", str(ctx.exception))
+        with self.assertRaises(ConfigError):
+            parse_argv(["--listen"])
+
+    def test_subcommand(self) -> None:
+        """Everything after the first positional argument is left to the subcommand."""
+        opts, pos = parse_argv(["--data-dir", "d", "admin", "create", "--json", "x"])
+        self.assertEqual(opts, {"data_dir": "d"})
+        self.assertEqual(pos, ["admin", "create", "--json", "x"])
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.text(max_size=12), max_size=6))
+    def test_arbitrary_argv(self, argv: list[str]) -> None:
+        """Any argv parses, asks for help or raises ConfigError."""
+        try:
+            parse_argv(argv)
+        except (ConfigError, HelpRequested):
+            pass
+
+
+class IniTests(SynchronousTestCase):
+    def test_manual_example(self) -> None:
+        """The manual's example file, 'log level' with a space included, parses."""
+        text = "listen=localhost\n; comment\n# another\nssl_mode=FromFileWithPrivateKey\nlog level=Error\nssl_certificate_password = p#ss;word \n"
+        values = parse_ini(text, "x.ini")
+        self.assertEqual(values["log_level"][0], "Error")
+        self.assertEqual(values["ssl_certificate_password"][0], "p#ss;word")
+        self.assertEqual(values["listen"][1], "x.ini:1")
+
+    def test_unknown_key(self) -> None:
+        """An unknown key names itself, the file and the line."""
+        with self.assertRaises(ConfigError) as ctx:
+            parse_ini("listen=*\nfoo = 1\n", "/etc/p.ini")
+        self.assertIn("foo", str(ctx.exception))
+        self.assertIn("/etc/p.ini:2", str(ctx.exception))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(max_size=200))
+    def test_arbitrary_text(self, text: str) -> None:
+        """Any text parses or raises ConfigError."""
+        try:
+            parse_ini(text)
+        except ConfigError:
+            pass
+
+    def test_build_layers(self) -> None:
+        """The command line wins over the INI file, which wins over defaults."""
+        with tempfile.TemporaryDirectory() as d:
+            ini = Path(d) / "p.ini"
+            ini.write_text("listen = 127.0.0.1:9000\nlog_level = Error\nexpires_in_format = legacy\n")
+            cfg = config.build({"config": str(ini), "log_level": "Debug", "data_dir": d})
+            self.assertEqual((cfg.listen.hosts, cfg.listen.port), (("127.0.0.1",), 9000))
+            self.assertEqual(cfg.log_level, "Debug")
+            self.assertEqual(cfg.expires_in_format, "legacy")
+            self.assertEqual(cfg.service.port, 36695)
+            self.assertEqual(cfg.source_of("listen"), f"{ini}:1")
+
+    def test_bad_value_names_option_and_file(self) -> None:
+        """A bad value in the INI file is reported with the option and file:line."""
+        with tempfile.TemporaryDirectory() as d:
+            ini = Path(d) / "p.ini"
+            ini.write_text("log_level = Loud\n")
+            with self.assertRaises(ConfigError) as ctx:
+                config.build({"config": str(ini), "data_dir": d})
+            self.assertIn("log_level", str(ctx.exception))
+            self.assertIn(f"{ini}:1", str(ctx.exception))
+
+    def test_missing_config_file(self) -> None:
+        """--config naming a missing file is an error."""
+        with self.assertRaises(ConfigError):
+            config.build({"config": "/nonexistent/p.ini"})
+
+    def test_default_data_dir(self) -> None:
+        """Root keeps data in /etc/pns4ones, other users in ~/.config/pns4ones."""
+        self.assertEqual(config.default_data_dir({}, 0), Path("/etc/pns4ones"))
+        self.assertEqual(config.default_data_dir({"HOME": "/home/u"}, 1000), Path("/home/u/.config/pns4ones"))
+        self.assertEqual(config.default_data_dir({"XDG_CONFIG_HOME": "/x"}, 1000), Path("/x/pns4ones"))
+
+
+class AddressTests(SynchronousTestCase):
+    def test_forms(self) -> None:
+        """*, *:PORT, HOST, HOST:PORT, [v6]:PORT, localhost."""
+        self.assertEqual(parse_address("*:8092", 1, "listen").port, 8092)
+        self.assertEqual(parse_address("192.168.10.3:9062", 1, "listen").hosts, ("192.168.10.3",))
+        self.assertEqual(parse_address("127.0.0.1", 36696, "listen").port, 36696)
+        a = parse_address("[::1]:8080", 1, "listen")
+        self.assertEqual((a.hosts, a.port), (("::1",), 8080))
+        self.assertIn("127.0.0.1", parse_address("localhost", 1, "listen").hosts)
+        self.assertEqual(parse_address("*", 5, "listen").port, 5)
+
+    def test_network_address_points_to_allow_list(self) -> None:
+        """service=192.168.10.0 (the manual's example) is refused with a pointer to service_allow."""
+        with self.assertRaises(ConfigError) as ctx:
+            parse_address("192.168.10.0", 36695, "service", "service_allow")
+        self.assertIn("service_allow=192.168.10.0/24", str(ctx.exception))
+        with self.assertRaises(ConfigError):
+            parse_address("10.0.0.0/8", 1, "service", "service_allow")
+
+    def test_bad(self) -> None:
+        """Bad ports, bad IPs and unresolvable names are refused, never bound to all interfaces."""
+        for text in ("*:0", "*:70000", "host:port", "1.2.3.4.5", "[::1", "[zz]:1", "no-such-host.invalid", "::1:80:zz"):
+            with self.assertRaises(ConfigError, msg=text):
+                parse_address(text, 1, "listen")
+
+

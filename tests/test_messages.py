@@ -1,0 +1,127 @@
+"""Validation of /sendmessage bodies and the add-in JSON they become."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from pns4ones.messages import MessageError, Message, Notification, parse_send, render_addin_json
+
+from .vectors import WIRE
+
+MANUAL_EXAMPLE = """{
+    "Recipient": {
+    "Type": "all",
+    "IbId": "d2273d53-b633-4817-a006-4fa627a5dea9"
+    } ,
+    "Message": {
+         "Topic": "Hello",
+         "Notification": {
+             "Title": "Заголовок",
+             "Body": "Тело сообщения",
+             "Important": false
+         } ,
+         "Data": {
+             "param1": "value 1",
+             "param2": "value 2"
+    }
+}
+}"""
+
+
+def body(recipient: dict, message: dict) -> bytes:
+    return json.dumps({"Recipient": recipient, "Message": message}).encode()
+
+
+class ParseTests(SynchronousTestCase):
+    def test_manual_example_renders_vector(self) -> None:
+        """The manual's example request becomes exactly the vector's plaintext."""
+        send = parse_send(MANUAL_EXAMPLE.encode("utf-8"))
+        self.assertEqual(send.recipient.type, "all")
+        self.assertEqual(render_addin_json(send.message).decode(), WIRE["message_frames"][1]["plaintext_utf8"])
+
+    def test_topic_only_vector(self) -> None:
+        """A topic-only message renders as the first vector."""
+        send = parse_send(body({"Type": "user", "IbId": "ib", "UserId": "u"}, {"Topic": "Hello"}))
+        self.assertEqual(render_addin_json(send.message).decode(), WIRE["message_frames"][0]["plaintext_utf8"])
+
+    def test_stock_extension_quirks(self) -> None:
+        """BOM, nulls for unset fields, pretty printing and any member-name case are accepted."""
+        raw = "\ufeff" + json.dumps(
+            {
+                "recipient": {"TYPE": "User", "ibid": "ib", "userid": "u", "UserGroup": None},
+                "MESSAGE": {"Topic": None, "Notification": {"Title": "t", "Body": None, "Icon": None, "Action": None, "Important": None}, "Data": None},
+            },
+            indent=4,
+        )
+        send = parse_send(raw.encode("utf-8"))
+        self.assertEqual((send.recipient.type, send.recipient.user_id), ("user", "u"))
+        self.assertEqual(render_addin_json(send.message), b'{"notification": {"title": "t", "important": false}}')
+
+    def test_errors_name_the_field(self) -> None:
+        """Each malformed body is a MessageError naming the member at fault."""
+        cases = [
+            (b"{not json", "body"),
+            (b"", "body"),
+            (b"[]", "body"),
+            (b"\xff\xfe", "body"),
+            (body({"Type": "x", "IbId": "i"}, {}), "Recipient.Type"),
+            (body({"Type": "all"}, {}), "Recipient.IbId"),
+            (body({"Type": "user", "IbId": "i"}, {}), "Recipient.UserId"),
+            (body({"Type": "group", "IbId": "i"}, {}), "Recipient.UserGroup"),
+            (body({"Type": "all", "IbId": "i"}, {"Data": {"n": 1}}), "Message.Data.n"),
+            (body({"Type": "all", "IbId": "i"}, {"Data": ["x"]}), "Message.Data"),
+            (body({"Type": "all", "IbId": "i"}, {"Notification": {"Important": "yes"}}), "Message.Notification.Important"),
+            (body({"Type": "all", "IbId": "i"}, {"Topic": 5}), "Message.Topic"),
+            (json.dumps({"Recipient": {"Type": "all", "IbId": "i"}}).encode(), "Message"),
+            (json.dumps({"Message": {}}).encode(), "Recipient"),
+        ]
+        for raw, field in cases:
+            with self.assertRaises(MessageError, msg=raw) as ctx:
+                parse_send(raw)
+            self.assertEqual(ctx.exception.field, field, raw)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.one_of(st.binary(max_size=200), st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=10), lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=10), c, max_size=3), max_leaves=10).map(lambda o: json.dumps(o).encode())))
+    def test_arbitrary_input(self, raw: bytes) -> None:
+        """Arbitrary bytes or JSON either parse or raise MessageError."""
+        try:
+            parse_send(raw)
+        except MessageError:
+            pass
+
+
+class RenderTests(SynchronousTestCase):
+    def test_quotes_and_controls_escaped(self) -> None:
+        """Quotes, backslashes, NUL and newlines are JSON-escaped; output parses back."""
+        msg = Message(topic='a"b\\c', notification=Notification(title='"Q"\n', body="x\x00y"), data={'k"': 'v\t"'})
+        raw = render_addin_json(msg)
+        self.assertTrue(raw.startswith(b"{"))
+        self.assertNotIn(b"\x00", raw)
+        self.assertEqual(json.loads(raw)["notification"]["title"], '"Q"\n')
+
+    def test_astral_as_surrogate_pairs(self) -> None:
+        """Emoji become \\ud83d\\ude00 escapes; Cyrillic stays raw UTF-8."""
+        raw = render_addin_json(Message(topic="Привет 😀"))
+        self.assertIn("Привет".encode(), raw)
+        self.assertIn(b"\\ud83d\\ude00", raw)
+        self.assertTrue(all(b < 0xF0 for b in raw))
+        self.assertEqual(json.loads(raw)["topic"], "Привет 😀")
+
+    def test_omission_rules(self) -> None:
+        """Empty topic, data and a notification without title and body are left out."""
+        self.assertEqual(render_addin_json(Message(notification=Notification(icon="i"))), b"{}")
+        self.assertEqual(render_addin_json(Message(notification=Notification(body="b", important=True))), b'{"notification": {"body": "b", "important": true}}')
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(), st.text(), st.dictionaries(st.text(max_size=5), st.text(max_size=20), max_size=3))
+    def test_any_text_round_trips(self, topic: str, title: str, data: dict) -> None:
+        """Whatever the text, the plaintext starts with '{', has no 4-byte UTF-8 or NUL, and parses back."""
+        raw = render_addin_json(Message(topic=topic, notification=Notification(title=title), data=data))
+        self.assertTrue(raw.startswith(b"{"))
+        self.assertNotIn(b"\x00", raw)
+        self.assertFalse(any(b >= 0xF0 for b in raw))
+        json.loads(raw)

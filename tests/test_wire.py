@@ -1,0 +1,129 @@
+"""The add-in's byte protocol against the shared vectors."""
+
+from __future__ import annotations
+
+import struct
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from pns4ones import crypto, wire
+from pns4ones_client.protocol import ClientKey as ClientSideKey
+from pns4ones_client.protocol import FrameDecoder as ClientSideDecoder
+from pns4ones_client.protocol import registration_frame
+
+from .vectors import WIRE
+
+KEY = wire.ClientKey.decode(WIRE["client_key"]["base64"])
+
+
+class ClientKeyTests(SynchronousTestCase):
+    def test_decode_vector(self) -> None:
+        """The vector's client key decodes to its AES key and IV."""
+        self.assertEqual(KEY.key.hex(), WIRE["client_key"]["aes_key_hex"])
+        self.assertEqual(KEY.iv.hex(), WIRE["client_key"]["aes_iv_hex"])
+
+    def test_encode_vector(self) -> None:
+        """Encoding the key and IV gives the vector's base64 text back."""
+        self.assertEqual(KEY.encode(), WIRE["client_key"]["base64"])
+
+    def test_generate_round_trip(self) -> None:
+        """A generated key survives encode/decode and has the documented header."""
+        key = wire.ClientKey.generate()
+        self.assertEqual(wire.ClientKey.decode(key.encode()), key)
+        self.assertEqual(struct.unpack_from("<ii", __import__("base64").b64decode(key.encode())), (32, 16))
+
+    def test_bad_keys(self) -> None:
+        """Non-base64, wrong length and wrong header are WireErrors."""
+        for text in ("not base64!", "AAAA", __import__("base64").b64encode(struct.pack("<ii", 16, 16) + bytes(48)).decode()):
+            with self.assertRaises(wire.WireError):
+                wire.ClientKey.decode(text)
+
+
+class RegistrationTests(SynchronousTestCase):
+    def test_vectors_parse_and_verify(self) -> None:
+        """Each vector frame parses to its fields and verifies with the vector key."""
+        for vector in WIRE["registration_frames"]:
+            frame = bytes.fromhex(vector["frame_hex"])
+            (n,) = struct.unpack_from("<H", frame)
+            self.assertEqual(n, len(frame) - 2)
+            reg = wire.parse_registration(frame[2:])
+            self.assertEqual((reg.app_id, reg.ib_id, reg.user_id, reg.group), (vector["app_id"], vector["ib_id"], vector["user_id"], vector["group"]))
+            self.assertTrue(reg.verify(KEY))
+            self.assertFalse(reg.verify(wire.ClientKey.generate()))
+
+    def test_encode_vectors(self) -> None:
+        """Encoding a registration reproduces the vector bytes, on both sides."""
+        for vector in WIRE["registration_frames"]:
+            args = (vector["app_id"], vector["ib_id"], vector["user_id"], vector["group"])
+            self.assertEqual(wire.encode_registration(KEY, *args).hex(), vector["frame_hex"])
+            self.assertEqual(registration_frame(ClientSideKey(KEY.key, KEY.iv), *args).hex(), vector["frame_hex"])
+
+    def test_latin1_ids(self) -> None:
+        """Ids that are not UTF-8 (the stock add-in's low bytes) decode as Latin-1."""
+        body = b"app\x00ib\x00\xc0\xe1\xe2\x00\x00"
+        payload = struct.pack("<H", 32) + crypto.hmac_sha256(KEY.key, body) + body
+        reg = wire.parse_registration(payload)
+        self.assertEqual(reg.user_id, "\xc0\xe1\xe2")
+        self.assertTrue(reg.verify(KEY))
+
+    def test_malformed(self) -> None:
+        """Truncated, wrong signature length, missing NULs: WireError with a reason."""
+        good = bytes.fromhex(WIRE["registration_frames"][1]["frame_hex"])[2:]
+        cases = {
+            "truncated": good[:20],
+            "signature-length": struct.pack("<H", 31) + good[2:],
+            "malformed": good[:-1],
+        }
+        for reason, payload in cases.items():
+            with self.assertRaises(wire.WireError) as ctx:
+                wire.parse_registration(payload)
+            self.assertEqual(ctx.exception.reason, reason)
+        three_fields = struct.pack("<H", 32) + bytes(32) + b"app\x00ib\x00u\x00"
+        with self.assertRaises(wire.WireError):
+            wire.parse_registration(three_fields)
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.binary(max_size=300))
+    def test_arbitrary_bytes(self, data: bytes) -> None:
+        """Any bytes either parse or raise WireError, nothing else."""
+        try:
+            wire.parse_registration(data)
+        except wire.WireError:
+            pass
+
+
+class FrameTests(SynchronousTestCase):
+    def test_message_vectors(self) -> None:
+        """Encrypting each vector plaintext gives the vector frame byte for byte."""
+        for vector in WIRE["message_frames"]:
+            plaintext = vector["plaintext_utf8"].encode("utf-8")
+            self.assertEqual(wire.encode_frame(KEY, plaintext).hex(), vector["frame_hex"])
+
+    def test_header_fields(self) -> None:
+        """L = 4 + ciphertext length, P = exact plaintext length."""
+        frame = wire.encode_frame(KEY, b'{"topic": "x"}')
+        length, plain = struct.unpack_from("<ii", frame)
+        self.assertEqual(length, len(frame) - 4)
+        self.assertEqual(plain, 14)
+
+    def test_refuses_non_object(self) -> None:
+        """A plaintext not starting with '{' is never framed."""
+        with self.assertRaises(wire.WireError):
+            wire.encode_frame(KEY, b" {}")
+
+    def test_decoder_split_everywhere(self) -> None:
+        """The decoders reassemble frames split at every byte position."""
+        frames = b"".join(bytes.fromhex(v["frame_hex"]) for v in WIRE["message_frames"])
+        expected = [v["plaintext_utf8"].encode() for v in WIRE["message_frames"]]
+        for cut in range(len(frames) + 1):
+            for decoder in (wire.FrameDecoder(KEY), ClientSideDecoder(ClientSideKey(KEY.key, KEY.iv))):
+                got = decoder.feed(frames[:cut]) + decoder.feed(frames[cut:])
+                self.assertEqual(got, expected)
+
+    def test_decoder_rejects_wrong_key(self) -> None:
+        """A frame under another key is an error, as for the add-in."""
+        frame = bytes.fromhex(WIRE["message_frames"][1]["frame_hex"])
+        with self.assertRaises(wire.WireError):
+            wire.FrameDecoder(wire.ClientKey.generate()).feed(frame)
