@@ -27,7 +27,7 @@ class ApiError(Exception):
 
 
 def bearer_token(request: Any) -> str:
-    header = request.getHeader(b"authorization") or ""
+    header = (request.getHeader(b"authorization") or b"").decode("latin-1")
     scheme, _, value = header.strip().partition(" ")
     if scheme.lower() != "bearer":
         return ""

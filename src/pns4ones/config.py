@@ -238,6 +238,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("ssl_certificate_key", "", _path, "PEM private key file (FromFileWithPrivateKey)", "PATH"),
     Option("ssl_certificate_password", "", _text, "password of the PFX file or of an encrypted private key", "PASSWORD", secret=True),
     Option("expires_in_format", "unix", _choice("unix", "legacy"), "expires_in of /auth: unix (default, as documented) or legacy (seconds since 0001-01-01, as the original)", "FORMAT"),
+    Option("token_lifetime", "3600", _number(float, 2, 86400 * 30), "seconds an access token from /auth stays valid (default 3600, as the original)", "SECONDS"),
     Option("max_body_size", "256K", parse_size, "largest accepted HTTP request body (default 256K)", "SIZE"),
     Option("max_registration_size", "4096", _number(int, 64, 65535), "largest accepted add-in registration frame in bytes (default 4096)", "BYTES"),
     Option("registration_timeout", "10", _number(float, 0.1, 3600), "seconds a new add-in connection has to register (default 10)", "SECONDS"),
@@ -271,6 +272,7 @@ class Config:
     ssl_certificate_key: str
     ssl_certificate_password: str
     expires_in_format: str
+    token_lifetime: float
     max_body_size: int
     max_registration_size: int
     registration_timeout: float
@@ -376,7 +378,7 @@ def build(cli: Mapping[str, str], environ: Mapping[str, str] | None = None, euid
     config_file = ""
     if "config" in cli and cli["config"].strip():
         config_file = _path(cli["config"], "config")
-        if not os.path.isfile(config_file):
+        if not os.path.exists(config_file) or os.path.isdir(config_file):
             raise ConfigError("config", f"file {config_file} does not exist", "command line")
     else:
         data_dir_guess = Path(_path(cli["data_dir"], "data_dir")) if cli.get("data_dir") else default_data_dir(environ, euid)

@@ -53,7 +53,7 @@ class PnsService(service.MultiService):
         """Open the store and build the node's parts (no network yet)."""
         cfg = self.config
         self.store = SQLiteStore(cfg.data_dir, reactor=self.reactor)
-        self.core = Core(self.store, LocalHub(), self.reactor)
+        self.core = Core(self.store, LocalHub(), self.reactor, token_lifetime=cfg.token_lifetime)
         self.api = SendAPI(self.core, cfg.expires_in_format)
         self.site = ApiSite(self.api.resource(), cfg.max_body_size, cfg.request_timeout, clock=self.reactor)
         self.addin_factory = AddinFactory(self.core, cfg, self.reactor)
@@ -76,8 +76,9 @@ class PnsService(service.MultiService):
         except StartupError as e:
             for port in self.ports:
                 port.stopListening()
-            sys.stderr.write(f"pns4ones: {e}\n")
-            sys.stderr.flush()
+            self.log.critical("cannot start: {error}", error=str(e), **{logs.ALWAYS: True})
+            if self.config.log_level == "None":
+                sys.__stderr__.write(f"pns4ones: cannot start: {e}\n")
             raise SystemExit(1) from None
         super().privilegedStartService()
 

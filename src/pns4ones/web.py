@@ -6,6 +6,7 @@ request bodies (413 before buffering), times out clients that dribble a request
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
@@ -59,14 +60,35 @@ class BoundedRequest(server.Request):
             peer=getattr(self.channel.transport.getPeer(), "host", "?"),
             limit=site.max_body_size,
         )
-        transport = self.channel.transport
-        transport.write(_canned(413, b"Payload Too Large", {"error": "payload_too_large", "reason": f"request body over {site.max_body_size} bytes"}))
+        lingering_close(self.channel, _canned(413, b"Payload Too Large", {"error": "payload_too_large", "reason": f"request body over {site.max_body_size} bytes"}))
+        self.content = io.BytesIO()
+
+
+def lingering_close(channel: Any, response: bytes, linger: float = 5.0) -> None:
+    """
+    Answer early and close without losing the answer: shut our side, then read
+    and discard what the client is still sending for a bounded time (closing at
+    once with unread data would reset the connection and destroy the answer).
+    """
+    transport = channel.transport
+    channel.dataReceived = lambda data: None  # ignore the rest of the request
+    transport.write(response)
+    try:
+        transport.loseWriteConnection()
+    except (AttributeError, NotImplementedError):
         transport.loseConnection()
-        self.channel._dataBuffer = []
-        self.channel.length = 0
-        self.content = None  # type: ignore[assignment]
-        # Ignore whatever else arrives on this connection.
-        self.channel.dataReceived = lambda data: None  # type: ignore[method-assign]
+        return
+    clock = getattr(channel.site, "clock", None) or _default_reactor
+    timer = clock.callLater(linger, transport.abortConnection)
+    original_lost = channel.connectionLost
+
+    def lost(reason: Any) -> None:
+        if timer.active():
+            timer.cancel()
+        original_lost(reason)
+
+    channel.connectionLost = lost
+    channel.setTimeout(None)
 
 
 class _TimedChannel(http.HTTPChannel):
@@ -99,8 +121,7 @@ class _TimedChannel(http.HTTPChannel):
 
     def _expired(self) -> None:
         self._deadline = None
-        self.transport.write(_canned(408, b"Request Timeout", {"error": "request_timeout", "reason": "the request was not received in time"}))
-        self.transport.loseConnection()
+        lingering_close(self, _canned(408, b"Request Timeout", {"error": "request_timeout", "reason": "the request was not received in time"}))
 
     def connectionLost(self, reason: Any) -> None:
         self._disarm()
