@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, error, task
-from twisted.logger import ILogObserver, Logger
+from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.python.components import Componentized
 
 from . import __version__, logs
@@ -54,7 +54,7 @@ class PnsService(service.MultiService):
         cfg = self.config
         self.store = SQLiteStore(cfg.data_dir, reactor=self.reactor)
         self.core = Core(self.store, LocalHub(), self.reactor, token_lifetime=cfg.token_lifetime)
-        self.api = SendAPI(self.core, cfg.expires_in_format)
+        self.api = SendAPI(self.core, cfg.expires_in_format, log_sends=logs.level_enabled(cfg.log_level, LogLevel.info))
         self.site = ApiSite(self.api.resource(), cfg.max_body_size, cfg.request_timeout, clock=self.reactor)
         self.addin_factory = AddinFactory(self.core, cfg, self.reactor)
 

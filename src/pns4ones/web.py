@@ -21,7 +21,9 @@ def json_body(request: Any, status: int, doc: Any) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", JSON)
     request.setHeader(b"Cache-Control", b"no-store")
-    return json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    body = json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
 
 
 def _canned(status: int, phrase: bytes, doc: dict[str, Any]) -> bytes:
@@ -135,6 +137,9 @@ class ApiSite(server.Site):
     requestFactory = BoundedRequest
 
     def __init__(self, resource: Any, max_body_size: int, request_timeout: float, clock: Any = None, **kwargs: Any) -> None:
+        # The API reads JSON; parsing form bodies (twisted.web builds an email
+        # message per request to read Content-Type) would cost ~10% of a send.
+        kwargs.setdefault("parsePOSTFormSubmission", False)
         super().__init__(resource, **kwargs)
         self.max_body_size = max_body_size
         self.request_timeout = request_timeout
