@@ -79,12 +79,13 @@ class SendAPI:
             raise ApiError(400, "bad_request", e.reason, field=e.field) from None
         report = yield self.core.send(application, send)
         self.log.info(
-            "send: app={app_id} type={type} ib={ib_id} target={target} sessions={sessions}",
+            "send: app={app_id} type={type} ib={ib_id} target={target} sessions={sessions} peer={peer}",
             app_id=application.id,
             type=send.recipient.type,
             ib_id=send.recipient.ib_id,
             target=send.recipient.target,
             sessions=report.sessions,
+            peer=getattr(request.getClientAddress(), "host", "?"),
             event="send",
         )
         request.setHeader(b"X-PNS-Sessions", str(report.sessions).encode())
