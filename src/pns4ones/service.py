@@ -150,6 +150,9 @@ class PnsService(service.MultiService):
             except ConfigError as e:
                 ok, message = False, f"certificate reload failed, keeping the current one ({old.describe()}): {e}"
                 self.log.error("{trigger}: {message}", trigger=trigger, message=message)
+            except Exception:  # a bug, not a bad file: still keep serving with the old certificate
+                ok, message = False, f"certificate reload failed unexpectedly, keeping the current one ({old.describe()}); see the log"
+                self.log.failure("{trigger}: certificate reload failed unexpectedly", trigger=trigger)
             else:
                 ok = True
                 same = " (unchanged)" if new.serial == old.serial and new.certificate == old.certificate else ""
