@@ -93,12 +93,13 @@ class SendAPI:
     def _sent(self, report: Any, request: Any, application: Any, send: Any) -> bytes:
         if self.log_sends:
             self.log.info(
-                "send: app={app_id} type={type} ib={ib_id} target={target} sessions={sessions}",
+                "send: app={app_id} type={type} ib={ib_id} target={target} sessions={sessions} peer={peer}",
                 app_id=application.id,
                 type=send.recipient.type,
                 ib_id=send.recipient.ib_id,
                 target=send.recipient.target,
                 sessions=report.sessions,
+                peer=getattr(request.getClientAddress(), "host", "?"),
                 event="send",
             )
         request.setHeader(b"X-PNS-Sessions", str(report.sessions).encode())

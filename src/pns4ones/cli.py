@@ -26,6 +26,7 @@ COMMANDS = {
     "upd_cli_key": "new client key for an application (ends its live subscriptions): upd_cli_key ID",
     "remove": "remove an application (ends its subscriptions, revokes its tokens): remove ID",
     "reset_token": "revoke every access token of an application: reset_token ID",
+    "reload_tls": "make the running server re-read its HTTPS certificate files (same as SIGHUP)",
 }
 
 
@@ -47,6 +48,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     sub.add_parser("list", parents=[common], help=COMMANDS["list"])
+    sub.add_parser("reload_tls", parents=[common], help=COMMANDS["reload_tls"])
     p = sub.add_parser("create", parents=[common], help=COMMANDS["create"])
     p.add_argument("name", nargs="+", help="title of the new application")
     for name in ("upd_srv_key", "upd_cli_key", "remove", "reset_token"):
@@ -64,15 +66,36 @@ def _describe(app: Application) -> str:
     )
 
 
-def open_store(args: argparse.Namespace) -> Any:
+def _config_of(args: argparse.Namespace) -> _config.Config:
     cli: dict[str, str] = {}
     for name in ("data_dir", "config"):
         if getattr(args, name, None):
             cli[name] = getattr(args, name)
     try:
-        cfg = _config.build(cli)
+        return _config.build(cli)
     except _config.ConfigError as e:
         raise CommandError(str(e)) from None
+
+
+def reload_tls(args: argparse.Namespace, out: Any) -> None:
+    """SIGHUP the server of this data directory and report what it did."""
+    from . import control
+
+    cfg = _config_of(args)
+    try:
+        status = control.request_reload(cfg.data_dir)
+    except control.ControlError as e:
+        raise CommandError(str(e)) from None
+    if getattr(args, "json", False):
+        out.write(json.dumps(status, ensure_ascii=False) + "\n")
+    else:
+        out.write(f"{status['message']}\n")
+    if not status.get("ok"):
+        raise CommandError("the server kept its current certificate (see above)")
+
+
+def open_store(args: argparse.Namespace) -> Any:
+    cfg = _config_of(args)
     from .store.sqlite import SQLiteStore
 
     return SQLiteStore(cfg.data_dir)
@@ -142,6 +165,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "pns4ones-admin", out: A
     if not args.command:
         parser.print_help(out)
         return 2
+    if args.command == "reload_tls":  # no store, no reactor: a signal and a file
+        try:
+            reload_tls(args, out)
+        except CommandError as e:
+            err.write(f"{prog}: {e}\n")
+            return 1
+        return 0
     result: dict[str, int] = {}
 
     def go(reactor: Any) -> Any:

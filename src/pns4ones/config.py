@@ -237,6 +237,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("ssl_certificate", "", _text, "certificate file (PEM or PFX), or its name in the store for FromStorage", "PATH|NAME"),
     Option("ssl_certificate_key", "", _path, "PEM private key file (FromFileWithPrivateKey)", "PATH"),
     Option("ssl_certificate_password", "", _text, "password of the PFX file or of an encrypted private key", "PASSWORD", secret=True),
+    Option("trusted_proxies", "", _text, "reverse proxies (CIDR, comma-separated) whose X-Forwarded-For/-Proto name the real sender (default none)", "CIDRS"),
     Option("expires_in_format", "unix", _choice("unix", "legacy"), "expires_in of /auth: unix (default, as documented) or legacy (seconds since 0001-01-01, as the original)", "FORMAT"),
     Option("token_lifetime", "3600", _number(float, 2, 86400 * 30), "seconds an access token from /auth stays valid (default 3600, as the original)", "SECONDS"),
     Option("max_body_size", "256K", parse_size, "largest accepted HTTP request body (default 256K)", "SIZE"),
@@ -284,6 +285,7 @@ class Config:
     request_timeout: float
     send_rate_limit: float
     store_poll_interval: float
+    trusted_proxies: tuple[Any, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def source_of(self, option: str) -> str:
@@ -409,6 +411,13 @@ def build(cli: Mapping[str, str], environ: Mapping[str, str] | None = None, euid
         except ConfigError as e:
             raise ConfigError(name, str(e).split(": ", 1)[-1], source) from None
 
+    def _networks(name: str) -> tuple[Any, ...]:
+        value, source = raw[name]
+        try:
+            return parse_networks(value, name)
+        except ConfigError as e:
+            raise ConfigError(name, str(e).split(": ", 1)[-1], source) from None
+
     data_dir = Path(values["data_dir"]) if values["data_dir"] else default_data_dir(environ, euid)
     values.update(
         config_file=config_file,
@@ -416,6 +425,7 @@ def build(cli: Mapping[str, str], environ: Mapping[str, str] | None = None, euid
         listen=addr("listen", DEFAULT_LISTEN_PORT, None),
         service=addr("service", DEFAULT_SERVICE_PORT, "service_allow"),
         service_allow=parse_networks(raw["service_allow"][0], "service_allow"),
+        trusted_proxies=_networks("trusted_proxies"),
         sources={k: s for k, (_, s) in raw.items()},
     )
     values.pop("config")
@@ -426,7 +436,7 @@ def build(cli: Mapping[str, str], environ: Mapping[str, str] | None = None, euid
 def help_text(program: str = "twistd -n pns4ones") -> str:
     lines = [
         f"Usage: {program} [options]",
-        f"       {program.replace(' -n', '')} admin <command> [...]   (list, create, upd_srv_key, upd_cli_key, remove, reset_token)",
+        f"       {program.replace(' -n', '')} admin <command> [...]   (list, create, upd_srv_key, upd_cli_key, remove, reset_token, reload_tls)",
         "",
         "Options (also INI keys; write them as --name=value, --name value, -name=value or /name value):",
     ]

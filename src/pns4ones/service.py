@@ -5,17 +5,20 @@ the listeners, watch the store for CLI changes, purge tokens, stop gracefully.
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, error, task
 from twisted.logger import ILogObserver, Logger, LogLevel
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.components import Componentized
 
-from . import __version__, logs
+from . import __version__, control, logs
+from . import tls as _tls
 from .api import SendAPI
-from .config import Address, Config
+from .config import Address, Config, ConfigError
 from .core import Core
 from .hub.local import LocalHub
 from .store.sqlite import SQLiteStore
@@ -30,10 +33,12 @@ class StartupError(Exception):
 class PnsService(service.MultiService):
     log = Logger()
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(self, config: Config, reactor: Any, tls: _tls.ReloadableServerTLS | None = None) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
+        self.tls = tls
+        self._old_sighup: Any = None
         self.store: Any = None
         self.core: Core | None = None
         self.ports: list[Any] = []
@@ -55,7 +60,15 @@ class PnsService(service.MultiService):
         self.store = SQLiteStore(cfg.data_dir, reactor=self.reactor)
         self.core = Core(self.store, LocalHub(), self.reactor, token_lifetime=cfg.token_lifetime)
         self.api = SendAPI(self.core, cfg.expires_in_format, log_sends=logs.level_enabled(cfg.log_level, LogLevel.info))
-        self.site = ApiSite(self.api.resource(), cfg.max_body_size, cfg.request_timeout, clock=self.reactor)
+        self.site = ApiSite(self.api.resource(), cfg.max_body_size, cfg.request_timeout, clock=self.reactor, trusted_proxies=cfg.trusted_proxies)
+        self.api_factory: Any = self.site
+        if cfg.ssl_mode != "None":
+            if self.tls is None:
+                try:
+                    self.tls = _tls.from_config(cfg)
+                except ConfigError as e:
+                    raise StartupError(str(e)) from None
+            self.api_factory = TLSMemoryBIOFactory(self.tls, False, self.site)
         self.addin_factory = AddinFactory(self.core, cfg, self.reactor)
 
     def _listen(self, address: Address, factory: Any, option: str) -> None:
@@ -71,7 +84,7 @@ class PnsService(service.MultiService):
         try:
             if self.core is None:
                 self.build()
-            self._listen(self.config.listen, self.site, "listen")
+            self._listen(self.config.listen, self.api_factory, "listen")
             self._listen(self.config.service, self.addin_factory, "service")
         except StartupError as e:
             for port in self.ports:
@@ -97,11 +110,70 @@ class PnsService(service.MultiService):
         self._purge.clock = self.reactor
         self._purge.start(3600, now=True).addErrback(lambda f: self.log.failure("token purge failed", f))
         self.ready = True
+        self._start_control()
         always = {logs.ALWAYS: True}
         self.log.info("pns4ones {version} started; data in {data_dir}; config {config}", version=__version__, data_dir=str(cfg.data_dir), config=cfg.config_file or "(none, defaults)", **always)
-        self.log.info("send API (HTTP) on {where}", where=cfg.listen.describe(), **always)
+        if self.tls is None:
+            self.log.info("send API (HTTP) on {where}", where=cfg.listen.describe(), **always)
+        else:
+            self.log.info("send API (HTTPS, ssl_mode={mode}) on {where}; certificate {certificate}", mode=cfg.ssl_mode, where=cfg.listen.describe(), certificate=self.tls.material.describe(), **always)
+            for warning in self.tls.material.warnings:
+                self.log.warn("{warning}", warning=warning)
         self.log.info("add-in subscriptions (TCP) on {where}", where=cfg.service.describe(), **always)
         self.log.info("{count} applications in the store", count=len(self.core.apps), **always)
+
+    # -- control: PID file, SIGHUP = reload the certificate ---------------------------------
+
+    def _start_control(self) -> None:
+        try:
+            control.write_pid(self.config.data_dir)
+        except OSError as e:
+            self.log.warn("cannot write the PID file in {data_dir} (pns4ones-admin reload_tls will not find this server): {error}", data_dir=str(self.config.data_dir), error=str(e))
+        try:
+            self._old_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
+        except ValueError:  # not the main thread (embedded): no signal handling
+            self._old_sighup = None
+
+    def _on_sighup(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.reload_tls, "SIGHUP")
+
+    def reload_tls(self, trigger: str = "reload_tls") -> bool:
+        """Re-read the certificate files; new connections use them.  A bad file keeps the old certificate."""
+        always = {logs.ALWAYS: True}
+        if self.tls is None:
+            ok, message = True, "ssl_mode=None: no certificate to reload"
+            self.log.info("{trigger}: {message}", trigger=trigger, message=message, **always)
+        else:
+            old = self.tls.material
+            try:
+                new = self.tls.reload()
+            except ConfigError as e:
+                ok, message = False, f"certificate reload failed, keeping the current one ({old.describe()}): {e}"
+                self.log.error("{trigger}: {message}", trigger=trigger, message=message)
+            except Exception:  # a bug, not a bad file: still keep serving with the old certificate
+                ok, message = False, f"certificate reload failed unexpectedly, keeping the current one ({old.describe()}); see the log"
+                self.log.failure("{trigger}: certificate reload failed unexpectedly", trigger=trigger)
+            else:
+                ok = True
+                same = " (unchanged)" if new.serial == old.serial and new.certificate == old.certificate else ""
+                message = f"certificate reloaded{same}: {new.describe()}"
+                self.log.info("{trigger}: {message}", trigger=trigger, message=message, **always)
+                for warning in new.warnings:
+                    self.log.warn("{warning}", warning=warning)
+        try:
+            control.write_reload_status(self.config.data_dir, ok, message, trigger)
+        except OSError as e:
+            self.log.warn("cannot record the reload outcome in {data_dir}: {error}", data_dir=str(self.config.data_dir), error=str(e))
+        return ok
+
+    def _stop_control(self) -> None:
+        if self._old_sighup is not None:
+            try:
+                signal.signal(signal.SIGHUP, self._old_sighup)
+            except (ValueError, TypeError):
+                pass
+            self._old_sighup = None
+        control.remove_pid(self.config.data_dir)
 
     def _failed_start(self, failure: Any) -> None:
         self.log.failure("cannot load the store; stopping", failure)
@@ -112,6 +184,7 @@ class PnsService(service.MultiService):
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         self.ready = False
+        self._stop_control()
         self.log.info("stopping: closing listeners and subscriptions", **{logs.ALWAYS: True})
         yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports], consumeErrors=True)
         self.ports = []

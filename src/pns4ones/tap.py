@@ -29,6 +29,7 @@ class Options(usage.Options):
         super().__init__()
         self.cli: dict[str, str] = {}
         self.config: _config.Config | None = None
+        self.tls: Any = None
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         if options is None:
@@ -53,6 +54,11 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         try:
             self.config = _config.build(self.cli)
+            if self.config.ssl_mode != "None":
+                # Load and check the certificate now, so a refusal comes before anything listens.
+                from . import tls
+
+                self.tls = tls.from_config(self.config)
         except _config.ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -74,4 +80,4 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     from .service import PnsService
 
     assert options.config is not None
-    return PnsService(options.config, reactor)
+    return PnsService(options.config, reactor, tls=options.tls)
