@@ -18,15 +18,23 @@ from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from .core import LEGACY_EPOCH_OFFSET, AuthError, Core
+from .logs import RateLimited
 from .messages import MessageError, parse_send
+from .ratelimit import RateLimiter
 from .web import json_body
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, error: str, reason: str, **extra: Any) -> None:
+    def __init__(self, status: int, error: str, reason: str, headers: dict[bytes, bytes] | None = None, **extra: Any) -> None:
         super().__init__(reason)
         self.status = status
+        self.headers = headers or {}
         self.doc = {"error": error, "reason": reason, **extra}
+
+    def body(self, request: Any) -> bytes:
+        for name, value in self.headers.items():
+            request.setHeader(name, value)
+        return json_body(request, self.status, self.doc)
 
 
 def bearer_token(request: Any) -> str:
@@ -43,9 +51,11 @@ class SendAPI:
     app = Klein()
     log = Logger()
 
-    def __init__(self, core: Core, expires_in_format: str = "unix", log_sends: bool = True) -> None:
+    def __init__(self, core: Core, expires_in_format: str = "unix", log_sends: bool = True, send_rate_limit: float = 0.0) -> None:
         self.core = core
         self.expires_in_format = expires_in_format
+        self.limiter = RateLimiter(send_rate_limit) if send_rate_limit > 0 else None
+        self._warn = RateLimited(core.clock, 10.0)
         #: A log event per send only when Information is on (it costs ~4% of a send).
         self.log_sends = log_sends
 
@@ -61,9 +71,27 @@ class SendAPI:
 
     def _app_for(self, request: Any) -> Any:
         try:
-            return self.core.check_token(bearer_token(request))
+            app = self.core.check_token(bearer_token(request))
         except AuthError as e:
+            self._rejected(request, e.status, e.reason)
             raise ApiError(e.status, "unauthorized" if e.status == 401 else "token_expired", e.reason) from None
+        if self.limiter is not None:
+            wait = self.limiter.take(app.id, self.core.clock.seconds())
+            if wait:
+                retry = str(max(1, int(wait + 0.999))).encode()
+                self._rejected(request, 429, f"application {app.id} over send_rate_limit")
+                raise ApiError(429, "rate_limited", f"over {self.limiter.rate:g} sends per second for this application", headers={b"Retry-After": retry})
+        return app
+
+    def _rejected(self, request: Any, status: int, reason: str) -> None:
+        """A rate-limited warning: a flood of bad tokens does not flood the log."""
+        peer = getattr(request.getClientAddress(), "host", "?")
+
+        def emit(suppressed: int) -> None:
+            more = f" ({suppressed} more like it in the last 10 s)" if suppressed else ""
+            self.log.warn("rejected {method} {path} from {peer}: {status} {reason}{more}", method=request.method.decode("latin-1"), path=request.path.decode("latin-1", "replace"), peer=peer, status=status, reason=reason, more=more, event="rejected")
+
+        self._warn(f"{status}:{reason[:20]}", emit)
 
     # -- routes --------------------------------------------------------------------------
 
@@ -75,6 +103,7 @@ class SendAPI:
         try:
             issued = yield self.core.authorize(server_key)
         except AuthError as e:
+            self._rejected(request, e.status, e.reason)
             raise ApiError(e.status, "unauthorized", e.reason) from None
         expires = int(issued.expires_at)
         if self.expires_in_format == "legacy":
@@ -108,7 +137,7 @@ class SendAPI:
 
     def _error_body(self, request: Any, error: Exception) -> bytes:
         if isinstance(error, ApiError):
-            return json_body(request, error.status, error.doc)
+            return error.body(request)
         self.log.failure("unexpected error answering {path}", Failure(error), path=request.path)
         return json_body(request, 500, {"error": "internal", "reason": "internal error, see the service log"})
 
@@ -116,8 +145,7 @@ class SendAPI:
 
     @app.handle_errors(ApiError)
     def api_error(self, request: Any, failure: Any) -> bytes:
-        error = failure.value
-        return json_body(request, error.status, error.doc)
+        return failure.value.body(request)
 
     @app.handle_errors(NotFound)
     def not_found(self, request: Any, failure: Any) -> bytes:

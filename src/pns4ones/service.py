@@ -59,7 +59,7 @@ class PnsService(service.MultiService):
         cfg = self.config
         self.store = SQLiteStore(cfg.data_dir, reactor=self.reactor)
         self.core = Core(self.store, LocalHub(), self.reactor, token_lifetime=cfg.token_lifetime)
-        self.api = SendAPI(self.core, cfg.expires_in_format, log_sends=logs.level_enabled(cfg.log_level, LogLevel.info))
+        self.api = SendAPI(self.core, cfg.expires_in_format, log_sends=logs.level_enabled(cfg.log_level, LogLevel.info), send_rate_limit=cfg.send_rate_limit)
         self.site = ApiSite(self.api.resource(), cfg.max_body_size, cfg.request_timeout, clock=self.reactor, trusted_proxies=cfg.trusted_proxies)
         self.api_factory: Any = self.site
         if cfg.ssl_mode != "None":
@@ -131,8 +131,21 @@ class PnsService(service.MultiService):
             self.log.warn("cannot write the PID file in {data_dir} (pns4ones-admin reload_tls will not find this server): {error}", data_dir=str(self.config.data_dir), error=str(e))
         try:
             self._old_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
+            # A stop on SIGTERM/SIGINT is the normal way to end: exit 0 (twistd's
+            # own handlers would make the process die by the signal again).
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._on_stop_signal)
         except ValueError:  # not the main thread (embedded): no signal handling
             self._old_sighup = None
+
+    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        self.reactor.callFromThread(self._stop_requested, name)
+
+    def _stop_requested(self, name: str) -> None:
+        self.log.info("received {signal}: stopping gracefully", signal=name, **{logs.ALWAYS: True})
+        if self.reactor.running:
+            self.reactor.stop()
 
     def _on_sighup(self, signum: int, frame: Any) -> None:
         self.reactor.callFromThread(self.reload_tls, "SIGHUP")
@@ -194,6 +207,7 @@ class PnsService(service.MultiService):
             self.addin_factory.end_all("service stopping")
         if self.store is not None:
             self.store.stop_watching()
+        yield self.site.drain(self.reactor, timeout=5.0)
         yield super().stopService()
         # Give queued frames and the goodbye FINs a moment to leave.
         yield task.deferLater(self.reactor, 0.2, lambda: None)

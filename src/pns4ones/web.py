@@ -144,6 +144,9 @@ class _TimedChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Any) -> None:
         self._disarm()
+        site = getattr(self, "site", None)
+        if site is not None and hasattr(site, "channels"):
+            site.channels.discard(self)
         super().connectionLost(reason)
 
 
@@ -170,7 +173,35 @@ class ApiSite(server.Site):
         channel = super().buildProtocol(addr)
         channel.request_timeout = self.request_timeout
         channel.clock = self.clock
+        self.channels.add(channel)
         return channel
+
+    @property
+    def channels(self) -> set[Any]:
+        try:
+            return self._channels
+        except AttributeError:
+            self._channels: set[Any] = set()
+            return self._channels
+
+    def drain(self, clock: Any, timeout: float) -> Any:
+        """
+        Graceful stop (listeners already closed): let requests in progress
+        finish, for at most ``timeout`` seconds, then close every connection.
+        """
+        from twisted.internet import defer, task
+
+        deadline = clock.seconds() + timeout
+
+        @defer.inlineCallbacks
+        def wait() -> Any:
+            while any(ch.requests for ch in list(self.channels)) and clock.seconds() < deadline:
+                yield task.deferLater(clock, 0.05, lambda: None)
+            for ch in list(self.channels):
+                if ch.transport is not None:
+                    ch.transport.loseConnection()
+
+        return wait()
 
     protocol = _TimedChannel
 
