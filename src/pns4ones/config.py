@@ -362,10 +362,17 @@ def parse_argv(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     return options, positional
 
 
+def _owner_of(path: Path) -> int | None:
+    try:
+        return path.stat().st_uid
+    except OSError:
+        return None
+
+
 def default_data_dir(environ: Mapping[str, str] | None = None, euid: int | None = None) -> Path:
     environ = os.environ if environ is None else environ
     euid = os.geteuid() if euid is None else euid
-    if euid == 0:
+    if euid == 0 or _owner_of(SYSTEM_DATA_DIR) == euid:  # root, or the installed service's user
         return SYSTEM_DATA_DIR
     base = environ.get("XDG_CONFIG_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".config")
     return Path(base) / "pns4ones"
