@@ -226,7 +226,7 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("config", "", _path, "INI file (default /etc/pns4ones/pns4ones.ini, else DATA_DIR/pns4ones.ini, when present)", "PATH"),
-    Option("data_dir", "", _path, "where the store, keys and account live (default /etc/pns4ones for root, else ~/.config/pns4ones)", "DIR"),
+    Option("data_dir", "", _path, "where the store, keys and account live (default /etc/pns4ones for root and for its owner, the service user; else ~/.config/pns4ones)", "DIR"),
     Option("listen", "*", _text, "send API address: *, *:PORT, HOST, HOST:PORT, [IPv6]:PORT (default *:36696)", "ADDR"),
     Option("service", "*", _text, "add-in subscription address, same syntax (default *:36695)", "ADDR"),
     Option("service_allow", "", _text, "accept add-in clients only from these networks (CIDR, comma-separated; default all)", "CIDRS"),
