@@ -306,6 +306,9 @@ class InstallTests(TestCase):
         app = json.loads(as_root.stdout)
         for path in data.iterdir():
             self.assertEqual((path.stat().st_uid, path.stat().st_gid), (self.uid, self.gid), path)
+        via_twistd = run(self.bin / "twistd", "pns4ones", "--config", self.etc / "pns4ones.ini", "--data-dir", data, "admin", "create", "via twistd", "--json", check=False)
+        self.assertEqual(via_twistd.returncode, 0, via_twistd.stderr)
+        self.assertEqual((data / "pns4ones.db").stat().st_uid, self.uid)
         listed = json.loads(server.admin("list", "--json").stdout)
         self.assertIn(app["id"], [a["id"] for a in listed])
         server.start()
