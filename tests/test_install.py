@@ -87,11 +87,12 @@ def auth_code(base: str, server_key: str) -> int:
 class InstalledServer(ServerProcess):
     """``twistd -n pns4ones`` from another installation, optionally as another user."""
 
-    def __init__(self, bin_dir: Path, config_file: Path | None = None, as_user: tuple[int, int] | None = None, **kwargs: Any) -> None:
+    def __init__(self, bin_dir: Path, config_file: Path | None = None, as_user: tuple[int, int] | None = None, journal: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.bin_dir = bin_dir
         self.config_file = config_file or self.ini
         self.as_user = as_user
+        self.journal = journal
         os.chmod(self.dir, 0o755)  # the service user's working directory
 
     def prefix(self) -> list[str]:
@@ -101,7 +102,10 @@ class InstalledServer(ServerProcess):
         return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
 
     def command(self) -> list[str]:
+        # journal: tell the service its stdout (the log file, open by now) is the journal, as systemd does.
+        st = self.log_path.stat() if self.journal else None
         return [
+            *(["env", f"JOURNAL_STREAM={st.st_dev}:{st.st_ino}"] if st else []),
             *self.prefix(), str(self.bin_dir / "twistd"), "--nodaemon", "--pidfile=", "pns4ones",
             "--config", str(self.config_file),
             "--data-dir", str(self.data_dir),
@@ -193,6 +197,7 @@ class WheelTests(TestCase):
         server.start()
         self.assertIn("1 applications in the store", server.log())
         server.exercise(self, app)
+        self.assertRegex(server.log(), r"(?m)^\d{4}-\d\d-\d\dT[\d:]+[+-]\d{4} \[pns4ones\.api\.\w+#info\] send: app=")
         self.assertEqual(server.stop(), -signal.SIGTERM)  # twistd stops cleanly, then re-raises the signal
         self.assertIn("stopping: closing listeners", server.log())
 
@@ -300,7 +305,7 @@ class InstallTests(TestCase):
     def test_service_and_admin_as_the_service_user(self) -> None:
         """Admin as root and as pns4ones share one store owned by pns4ones; the service runs as pns4ones with the installed INI and logs registrations and sends."""
         data = self.etc
-        server = InstalledServer(self.bin, config_file=self.etc / "pns4ones.ini", as_user=(self.uid, self.gid), data_dir=str(data))
+        server = InstalledServer(self.bin, config_file=self.etc / "pns4ones.ini", as_user=(self.uid, self.gid), journal=True, data_dir=str(data))
         self.addCleanup(server.cleanup)
         as_root = run(self.bin / "pns4ones-admin", "--config", self.etc / "pns4ones.ini", "--data-dir", data, "create", "by root", "--json")
         app = json.loads(as_root.stdout)
@@ -318,6 +323,10 @@ class InstallTests(TestCase):
         for path in data.iterdir():  # -wal and -shm too, made while root and the service both had it open
             self.assertEqual(path.stat().st_uid, self.uid, path)
         log = server.log()
+        # journald's priority prefixes, no timestamps of our own (the journal has them).
+        self.assertRegex(log, r"(?m)^<6>\[pns4ones\.transports\.addin\.\w+#info\] subscription registered: ")
+        self.assertRegex(log, r"(?m)^<6>\[pns4ones\.api\.\w+#info\] send: app=")
+        self.assertEqual([line for line in log.splitlines() if not line.startswith("<")], [])
         self.assertNotIn("Unable to write to plugin cache", log)
         self.assertNotIn("Traceback", log)
         self.assertEqual(server.stop(), -signal.SIGTERM)
