@@ -350,6 +350,25 @@ class InstallTests(TestCase):
         self.assertEqual(sum(line.startswith("pns4ones:") for line in (self.root / "etc/passwd").read_text().splitlines()), 1)
         self.assertIn("kept", run(self.bin / "pns4ones-admin", "--data-dir", self.etc, "list").stdout)
 
+    def test_upgrade_refused_when_new_code_rejects_the_configuration(self) -> None:
+        """An install over a configuration the new code refuses stops with the reason and changes nothing."""
+        copy = Path(self.tmp.name) / "refused"
+        shutil.copytree(self.root, copy, symlinks=True, ignore=lambda d, names: names if Path(d).parent.name == "releases" else [])
+        self.addCleanup(shutil.rmtree, copy, True)
+        ini = copy / "etc/pns4ones/pns4ones.ini"
+        ini.write_text(ini.read_text() + "service = 192.168.10.0\n")
+        before = {p.name: p.read_bytes() for p in ini.parent.iterdir()}
+        releases = sorted(p.name for p in (copy / "opt/pns4ones/releases").iterdir())
+        current = os.readlink(copy / "opt/pns4ones/venv")
+        result = run("bash", INSTALL, "--root", copy, "--wheel", built_wheel(), "--no-start", check=False)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("refuses", result.stderr)
+        self.assertIn("service_allow=192.168.10.0/24", result.stderr)
+        self.assertIn("Nothing was changed", result.stderr)
+        self.assertEqual({p.name: p.read_bytes() for p in ini.parent.iterdir()}, before)
+        self.assertEqual(sorted(p.name for p in (copy / "opt/pns4ones/releases").iterdir()), releases)
+        self.assertEqual(os.readlink(copy / "opt/pns4ones/venv"), current)
+
     def test_uninstall_keeps_data_unless_purge(self) -> None:
         """uninstall removes unit, code and admin link but keeps /etc/pns4ones and the user; --purge removes those too."""
         copy = Path(self.tmp.name) / "copy"
