@@ -166,7 +166,9 @@ def run(args: argparse.Namespace, out: Any) -> Any:
         yield store.close()
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "pns4ones-admin", out: Any = None, err: Any = None, as_data_owner: bool = False) -> int:
+def main(
+    argv: Sequence[str] | None = None, prog: str = "pns4ones-admin", out: Any = None, err: Any = None, as_data_owner: bool = False
+) -> int:
     """Run one command; ``as_data_owner``: as root, act as the data directory's owner (a whole-process switch, for the console scripts)."""
     out = out or sys.stdout
     err = err or sys.stderr
