@@ -284,7 +284,7 @@ class InstallTests(TestCase):
         self.assertEqual(os.readlink(wants), "/etc/systemd/system/pns4ones.service")
 
     def test_systemd_analyze_verify(self) -> None:
-        """systemd-analyze verify accepts the installed unit with no warning, its ExecStart resolved inside the root."""
+        """systemd-analyze verify accepts the installed unit with no warning (ExecStart resolved inside the root); its exposure score is at most 2."""
         analyze = shutil.which("systemd-analyze")
         if analyze is None:
             raise self.skipTest("systemd-analyze is missing (Debian package systemd; .ci/run installs it)")
@@ -294,6 +294,10 @@ class InstallTests(TestCase):
             shutil.copytree("/usr/lib/systemd/system", units, symlinks=True)
         result = run(analyze, "verify", f"--root={self.root}", "/etc/systemd/system/pns4ones.service", check=False)
         self.assertEqual((result.returncode, result.stdout + result.stderr), (0, ""))
+        # The hardening, as systemd scores it (0 = locked down, 10 = exposed): at most 2.0, "OK" (--threshold counts tenths).
+        result = run(analyze, "security", "--offline=yes", f"--root={self.root}", "--threshold=20", "pns4ones.service", check=False)
+        self.assertEqual(result.returncode, 0, result.stdout[-2000:] + result.stderr)
+        self.assertIn("Overall exposure level for pns4ones.service", result.stdout)
         # The same check fails when ExecStart does not exist: the verification is real.
         broken = self.root / "etc/systemd/system/pns4ones-broken.service"
         broken.write_text((self.root / "etc/systemd/system/pns4ones.service").read_text().replace("/venv/bin/twistd", "/venv/bin/no-such-twistd"))
