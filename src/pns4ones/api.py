@@ -6,7 +6,6 @@ The send API (PROTOCOL.md section 3): a Klein application over
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from klein import Klein

@@ -3,6 +3,11 @@ Admin commands (PROTOCOL.md section 5), behind two doors: the console script
 ``pns4ones-admin`` and ``twistd pns4ones admin``.  Changes go to the store; a
 running server notices them within ``store_poll_interval`` (1 s by default).
 
+Run as root against a data directory that belongs to another user (the service
+user of an installed service), the command acts as that user: whatever it creates
+(the ``.db``, ``-wal``, ``-shm`` files) keeps the service user's ownership, and root
+never follows links planted in a directory it does not own.
+
 Exit codes: 0 done, 1 the command failed (unknown id, bad store), 2 usage.
 """
 
@@ -10,8 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import pwd
 import sys
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 from twisted.internet import defer, task
@@ -66,6 +74,32 @@ def _describe(app: Application) -> str:
     )
 
 
+def become_data_owner(data_dir: Path) -> int | None:
+    """
+    As root, switch this process to the owner of ``data_dir`` when that is not
+    root (the service user); return the uid switched to, else None.
+    """
+    if os.geteuid() != 0:
+        return None
+    try:
+        st = data_dir.stat()
+    except OSError:
+        return None  # not there yet: root creates it
+    if st.st_uid == 0:
+        return None
+    try:
+        user = pwd.getpwuid(st.st_uid)
+    except KeyError:  # a bare uid: no supplementary groups
+        os.setgroups([])
+        gid = st.st_gid
+    else:
+        gid = user.pw_gid
+        os.initgroups(user.pw_name, gid)
+    os.setgid(gid)
+    os.setuid(st.st_uid)
+    return st.st_uid
+
+
 def _config_of(args: argparse.Namespace) -> _config.Config:
     cli: dict[str, str] = {}
     for name in ("data_dir", "config"):
@@ -96,6 +130,11 @@ def reload_tls(args: argparse.Namespace, out: Any) -> None:
 
 def open_store(args: argparse.Namespace) -> Any:
     cfg = _config_of(args)
+    if getattr(args, "as_data_owner", False):
+        try:
+            become_data_owner(cfg.data_dir)
+        except OSError as e:
+            raise CommandError(f"cannot act as the owner of {cfg.data_dir}: {e}") from None
     from .store.sqlite import SQLiteStore
 
     return SQLiteStore(cfg.data_dir)
@@ -150,7 +189,10 @@ def run(args: argparse.Namespace, out: Any) -> Any:
         yield store.close()
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "pns4ones-admin", out: Any = None, err: Any = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, prog: str = "pns4ones-admin", out: Any = None, err: Any = None, as_data_owner: bool = False
+) -> int:
+    """Run one command; ``as_data_owner``: as root, act as the data directory's owner (a whole-process switch, for the console scripts)."""
     out = out or sys.stdout
     err = err or sys.stderr
     parser = _parser(prog)
@@ -172,6 +214,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "pns4ones-admin", out: A
             err.write(f"{prog}: {e}\n")
             return 1
         return 0
+    args.as_data_owner = as_data_owner
     result: dict[str, int] = {}
 
     def go(reactor: Any) -> Any:
@@ -198,4 +241,4 @@ def main(argv: Sequence[str] | None = None, prog: str = "pns4ones-admin", out: A
 
 
 def console() -> None:
-    sys.exit(main())
+    sys.exit(main(as_data_owner=True))

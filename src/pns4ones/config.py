@@ -226,7 +226,7 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("config", "", _path, "INI file (default /etc/pns4ones/pns4ones.ini, else DATA_DIR/pns4ones.ini, when present)", "PATH"),
-    Option("data_dir", "", _path, "where the store, keys and account live (default /etc/pns4ones for root, else ~/.config/pns4ones)", "DIR"),
+    Option("data_dir", "", _path, "where the store, keys and account live (default /etc/pns4ones for root and for its owner, the service user; else ~/.config/pns4ones)", "DIR"),
     Option("listen", "*", _text, "send API address: *, *:PORT, HOST, HOST:PORT, [IPv6]:PORT (default *:36696)", "ADDR"),
     Option("service", "*", _text, "add-in subscription address, same syntax (default *:36695)", "ADDR"),
     Option("service_allow", "", _text, "accept add-in clients only from these networks (CIDR, comma-separated; default all)", "CIDRS"),
@@ -364,10 +364,17 @@ def parse_argv(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     return options, positional
 
 
+def _owner_of(path: Path) -> int | None:
+    try:
+        return path.stat().st_uid
+    except OSError:
+        return None
+
+
 def default_data_dir(environ: Mapping[str, str] | None = None, euid: int | None = None) -> Path:
     environ = os.environ if environ is None else environ
     euid = os.geteuid() if euid is None else euid
-    if euid == 0:
+    if euid == 0 or _owner_of(SYSTEM_DATA_DIR) == euid:  # root, or the installed service's user
         return SYSTEM_DATA_DIR
     base = environ.get("XDG_CONFIG_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".config")
     return Path(base) / "pns4ones"

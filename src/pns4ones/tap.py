@@ -76,7 +76,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         for name in ("data_dir", "config"):
             if name in options.cli and f"--{name.replace('_', '-')}" not in argv:
                 argv = [f"--{name.replace('_', '-')}", options.cli[name], *argv]
-        raise SystemExit(cli.main(argv, prog="twistd pns4ones admin"))
+        raise SystemExit(cli.main(argv, prog="twistd pns4ones admin", as_data_owner=True))
     from .service import PnsService
 
     assert options.config is not None
