@@ -12,13 +12,13 @@ from klein import Klein
 from twisted.python.failure import Failure
 from twisted.web import resource as _resource
 from twisted.web.server import NOT_DONE_YET
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from .core import LEGACY_EPOCH_OFFSET, AuthError, Core
 from .logs import RateLimited
-from .messages import MessageError, parse_send
+from .messages import MessageError, decode_json_body, parse_send, parse_send_object
 from .ratelimit import RateLimiter
 from .web import json_body
 
@@ -50,8 +50,9 @@ class SendAPI:
     app = Klein()
     log = Logger()
 
-    def __init__(self, core: Core, expires_in_format: str = "unix", log_sends: bool = True, send_rate_limit: float = 0.0) -> None:
+    def __init__(self, core: Core, expires_in_format: str = "unix", log_sends: bool = True, send_rate_limit: float = 0.0, max_batch: int = 1000) -> None:
         self.core = core
+        self.max_batch = max_batch
         self.expires_in_format = expires_in_format
         self.limiter = RateLimiter(send_rate_limit) if send_rate_limit > 0 else None
         self._warn = RateLimited(core.clock, 10.0)
@@ -68,14 +69,14 @@ class SendAPI:
         root.putChild(b"sendmessage", _SendMessage(self))
         return root
 
-    def _app_for(self, request: Any) -> Any:
+    def _app_for(self, request: Any, cost: int = 1) -> Any:
         try:
             app = self.core.check_token(bearer_token(request))
         except AuthError as e:
             self._rejected(request, e.status, e.reason)
             raise ApiError(e.status, "unauthorized" if e.status == 401 else "token_expired", e.reason) from None
         if self.limiter is not None:
-            wait = self.limiter.take(app.id, self.core.clock.seconds())
+            wait = self.limiter.take(app.id, self.core.clock.seconds(), cost)
             if wait:
                 retry = str(max(1, int(wait + 0.999))).encode()
                 self._rejected(request, 429, f"application {app.id} over send_rate_limit")
@@ -133,6 +134,46 @@ class SendAPI:
         request.setHeader(b"X-PNS-Sessions", str(report.sessions).encode())
         request.setHeader(b"X-PNS-Users", str(report.users).encode())
         return json_body(request, 200, {"sessions": report.sessions, "users": report.users})
+
+    @app.route("/sendmessages", methods=["POST"])
+    def sendmessages(self, request: Any) -> Any:
+        """
+        ``POST /sendmessages``: a JSON array of ``/sendmessage`` bodies, one
+        result per element in the answer (a bad element does not stop the
+        others); the batch counts as that many sends for ``send_rate_limit``.
+        """
+        try:
+            doc = decode_json_body(request.content.read())
+        except MessageError as e:
+            self._app_for(request)
+            raise ApiError(400, "bad_request", e.reason, field=e.field) from None
+        if not isinstance(doc, list):
+            self._app_for(request)
+            raise ApiError(400, "bad_request", "must be a JSON array of messages", field="body")
+        if len(doc) > self.max_batch:
+            self._app_for(request)
+            raise ApiError(413, "batch_too_large", f"at most {self.max_batch} messages per batch", field="body")
+        application = self._app_for(request, cost=max(1, len(doc)))
+        results: list[Any] = []
+        pending = []
+        for index, item in enumerate(doc):
+            try:
+                send = parse_send_object(item)
+            except MessageError as e:
+                results.append({"status": 400, "error": "bad_request", "field": f"[{index}].{e.field}", "reason": e.reason})
+                continue
+            slot = len(results)
+            results.append(None)
+            pending.append(self.core.send(application, send).addCallback(lambda report, slot=slot: results.__setitem__(slot, {"status": 200, "sessions": report.sessions, "users": report.users})))
+
+        def answer(_: Any) -> bytes:
+            sessions = sum(r.get("sessions", 0) for r in results)
+            if self.log_sends:
+                self.log.info("batch send: app={app_id} messages={count} sessions={sessions}", app_id=application.id, count=len(doc), sessions=sessions, event="send")
+            request.setHeader(b"X-PNS-Sessions", str(sessions).encode())
+            return json_body(request, 200, {"results": results, "sessions": sessions, "accepted": sum(r["status"] == 200 for r in results)})
+
+        return gatherResults(pending, consumeErrors=True).addCallback(answer)
 
     def _error_body(self, request: Any, error: Exception) -> bytes:
         if isinstance(error, ApiError):

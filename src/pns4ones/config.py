@@ -240,7 +240,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("trusted_proxies", "", _text, "reverse proxies (CIDR, comma-separated) whose X-Forwarded-For/-Proto name the real sender (default none)", "CIDRS"),
     Option("expires_in_format", "unix", _choice("unix", "legacy"), "expires_in of /auth: unix (default, as documented) or legacy (seconds since 0001-01-01, as the original)", "FORMAT"),
     Option("token_lifetime", "3600", _number(float, 2, 86400 * 30), "seconds an access token from /auth stays valid (default 3600, as the original)", "SECONDS"),
-    Option("max_body_size", "256K", parse_size, "largest accepted HTTP request body (default 256K)", "SIZE"),
+    Option("max_body_size", "1M", parse_size, "largest accepted HTTP request body (default 1M)", "SIZE"),
+    Option("max_batch", "1000", _number(int, 1, 100000), "most messages in one POST /sendmessages (default 1000)", "N"),
     Option("max_registration_size", "4096", _number(int, 64, 65535), "largest accepted add-in registration frame in bytes (default 4096)", "BYTES"),
     Option("registration_timeout", "10", _number(float, 0.1, 3600), "seconds a new add-in connection has to register (default 10)", "SECONDS"),
     Option("max_subscriptions", "0", _number(int, 0, 10_000_000), "most live add-in connections; 0 = no limit but the open-file limit (default 0)", "N"),
@@ -275,6 +276,7 @@ class Config:
     expires_in_format: str
     token_lifetime: float
     max_body_size: int
+    max_batch: int
     max_registration_size: int
     registration_timeout: float
     max_subscriptions: int

@@ -14,11 +14,11 @@ class RateLimiter:
         self.burst = max(1.0, burst if burst is not None else rate)
         self._buckets: dict[str, tuple[float, float]] = {}
 
-    def take(self, key: str, now: float) -> float:
+    def take(self, key: str, now: float, cost: float = 1.0) -> float:
         tokens, last = self._buckets.get(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now)
+        if tokens >= cost:
+            self._buckets[key] = (tokens - cost, now)
             return 0.0
         self._buckets[key] = (tokens, now)
-        return (1.0 - tokens) / self.rate
+        return (min(cost, self.burst) - tokens) / self.rate

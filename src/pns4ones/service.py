@@ -59,7 +59,7 @@ class PnsService(service.MultiService):
         cfg = self.config
         self.store = SQLiteStore(cfg.data_dir, reactor=self.reactor)
         self.core = Core(self.store, LocalHub(), self.reactor, token_lifetime=cfg.token_lifetime)
-        self.api = SendAPI(self.core, cfg.expires_in_format, log_sends=logs.level_enabled(cfg.log_level, LogLevel.info), send_rate_limit=cfg.send_rate_limit)
+        self.api = SendAPI(self.core, cfg.expires_in_format, log_sends=logs.level_enabled(cfg.log_level, LogLevel.info), send_rate_limit=cfg.send_rate_limit, max_batch=cfg.max_batch)
         self.site = ApiSite(self.api.resource(), cfg.max_body_size, cfg.request_timeout, clock=self.reactor, trusted_proxies=cfg.trusted_proxies)
         self.api_factory: Any = self.site
         if cfg.ssl_mode != "None":
