@@ -150,7 +150,7 @@ def main() -> int:
         pump()
         roll = rng.random()
         live = [s for s in subs.values() if s.state == "live"]
-        if roll < 0.04 or len(subs) < args.subscribers // 2:
+        if (roll < 0.04 and len(subs) < 2 * args.subscribers) or len(subs) < args.subscribers // 2:
             connect()
         elif roll < 0.06 and live:
             live_sub = rng.choice(live)
