@@ -22,7 +22,7 @@ from .config import Address, Config, ConfigError
 from .core import Core
 from .hub.local import LocalHub
 from .store.sqlite import SQLiteStore
-from .transports.addin import AddinFactory
+from .transports.addin import AddinFactory, configure_socket
 from .web import ApiSite
 
 
@@ -69,7 +69,7 @@ class PnsService(service.MultiService):
                 except ConfigError as e:
                     raise StartupError(str(e)) from None
             self.api_factory = TLSMemoryBIOFactory(self.tls, False, self.site)
-        self.addin_factory = AddinFactory(self.core, cfg, self.reactor)
+        self.addin_factory = AddinFactory(self.core, cfg, self.reactor, log_info=logs.level_enabled(cfg.log_level, LogLevel.info))
 
     def _listen(self, address: Address, factory: Any, option: str) -> None:
         for host in address.hosts:
@@ -80,12 +80,24 @@ class PnsService(service.MultiService):
             port.stopReading()  # accept only once the registry is loaded
             self.ports.append(port)
 
+    def _configure_addin_listeners(self) -> None:
+        """Keepalive options on the add-in listening sockets: accepted ones inherit them."""
+        try:
+            for port in self.ports:
+                if port.factory is self.addin_factory:
+                    configure_socket(port.socket, self.config)
+        except (AttributeError, OSError) as e:
+            self.log.warn("cannot set keepalive options on the listening socket ({error}); setting them per connection", error=str(e))
+        else:
+            self.addin_factory.listener_configured = True
+
     def privilegedStartService(self) -> None:
         try:
             if self.core is None:
                 self.build()
             self._listen(self.config.listen, self.api_factory, "listen")
             self._listen(self.config.service, self.addin_factory, "service")
+            self._configure_addin_listeners()
         except StartupError as e:
             for port in self.ports:
                 port.stopListening()
