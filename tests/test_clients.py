@@ -440,6 +440,24 @@ class CommandLineTests(ClientTestBase):
         self.assertIn("client key", garbled.stderr)
 
 
+    def test_listen_wrong_key_hint_and_sigterm(self) -> None:
+        """pns4ones-listen with another key keeps retrying, says the key may be wrong, and exits 0 on SIGTERM."""
+        import base64
+        import struct
+
+        other_key = base64.b64encode(struct.pack("<ii", 32, 16) + os.urandom(48)).decode()
+        err_path = self.server.dir / "listen.err"
+        with open(err_path, "wb") as err:
+            listen = subprocess.Popen([LISTEN, "--user", "u1", "--client-key", other_key], env=self.env(), stdout=subprocess.PIPE, stderr=err)
+        self.addCleanup(lambda: listen.poll() is None and listen.kill())
+        wait_for(lambda: err_path.read_text().count("wrong application id or client key") >= 2, 15, what="two failed registrations")
+        listen.terminate()
+        self.assertEqual(listen.wait(10), 0)
+        self.assertIn("retrying in", err_path.read_text())
+        self.assertEqual(listen.stdout.read(), b"")
+        listen.stdout.close()
+
+
 class PureTests(SynchronousTestCase):
     def test_backoff(self) -> None:
         """Delays double from the initial one up to the maximum, jittered within [d/2, d], and reset."""

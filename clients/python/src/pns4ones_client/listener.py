@@ -74,14 +74,18 @@ class Listener:
             self._current = subscriber
             self.on_status("connected", f"{self.address[0]}:{self.address[1]}")
             started = time.monotonic()
+            received = 0
             reason = "closed by the service"
             try:
                 while not self._stopped.is_set():
                     message = subscriber.receive(1.0)  # short waits, so that stop() is noticed
                     if message is not None:
+                        received += 1
                         self._backoff.reset()
                         yield message
                     elif subscriber.closed_by_server:
+                        if not received and time.monotonic() - started < 2:
+                            reason = "closed by the service right after registering: wrong application id or client key? (see the service log)"
                         break
             except ProtocolError as e:
                 reason = f"undecodable frame ({e}): wrong client key?"
