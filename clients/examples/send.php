@@ -38,7 +38,7 @@ function pns_request(string $url, ?array $json = null, ?string $token = null): a
 /** The access token: one /auth per hour, kept for this PHP process (use APCu or a file across requests). */
 function pns_token(string $base, string $serverKey, bool $fresh = false): string
 {
-    static $cached = null;  // [token, expiry in unix time]
+    static $cached = null;  // [token, expires_in: unix time; with expires_in_format = legacy the 403 below renews it]
     if (!$fresh && $cached !== null && $cached[1] - 60 > time()) {
         return $cached[0];
     }
