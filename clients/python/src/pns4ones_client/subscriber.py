@@ -1,4 +1,8 @@
-"""A blocking subscriber that behaves like the 1C add-in (standard library sockets)."""
+"""
+A blocking subscriber that behaves exactly like the 1C add-in (standard library
+sockets): one connection, one registration, no reconnection.  For a client that
+stays subscribed across restarts see :mod:`pns4ones_client.listener`.
+"""
 
 from __future__ import annotations
 
@@ -45,6 +49,8 @@ class Subscriber:
 
     def connect(self) -> "Subscriber":
         self.sock = socket.create_connection(self.address, timeout=self.timeout, source_address=self.source_address)
+        # The service never writes unless there is a message: let TCP notice a vanished server.
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self.sock.sendall(registration_frame(self.key, self.app_id, self.ib_id, self.user_id, self.group))
         return self
 

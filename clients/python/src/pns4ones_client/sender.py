@@ -1,0 +1,126 @@
+"""
+A blocking sender on the standard library (``urllib``), usable from any script,
+web application or thread::
+
+    sender = Sender("https://pns.example.com:36696", server_key)
+    sender.send_to_user(ib_id, user_id, "New order", "No. 1234", data={"order": "1234"})
+
+It asks ``/auth`` once and reuses the token until shortly before it expires; on
+a ``401``/``403`` it asks again once and repeats the send.  Refusals raise a
+:class:`~pns4ones_client.errors.SendError` subclass carrying the server's reason.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Callable
+from urllib.parse import quote
+
+from . import _api
+from ._api import SendResult
+from .errors import AuthenticationError, SendError, ServiceError, error_from_response
+
+USER_AGENT = "pns4ones-client/0.1 (python)"
+
+
+class Sender:
+    """
+    Send messages through a pns4ones (or PNS4OneS) send API.
+
+    ``ca_file`` trusts that CA (PEM) for HTTPS instead of the system's trust
+    store; ``clock`` is the wall clock (tests pass a frozen one).  Thread-safe.
+    Counters: ``auth_requests`` (calls of /auth), ``refused`` (sends answered
+    401/403 and repeated with a fresh token).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        server_key: str,
+        *,
+        ca_file: str | None = None,
+        timeout: float = 10.0,
+        refresh_margin: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.base_url = _api.check_base_url(base_url)
+        if not server_key:
+            raise ValueError("the server key is required")
+        self.server_key = server_key
+        self.timeout = timeout
+        self.clock = clock
+        self._tokens = _api.TokenCache(refresh_margin)
+        self._lock = threading.Lock()
+        handlers: list[Any] = []
+        if self.base_url.startswith("https:"):
+            handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=ca_file)))
+        self._opener = urllib.request.build_opener(*handlers)
+        self.auth_requests = 0
+        self.refused = 0
+
+    # -- sending ------------------------------------------------------------------------
+
+    def send(self, recipient: dict[str, Any], message: dict[str, Any]) -> SendResult:
+        """Send ``{"Recipient": recipient, "Message": message}`` as the API documents them."""
+        body = _api.send_body(recipient, message)
+        token = self.token()
+        try:
+            return self._post(token, body)
+        except AuthenticationError:
+            self.refused += 1
+            self._tokens.drop(token)
+        return self._post(self.token(), body)
+
+    def send_to_user(self, ib_id: str, user_id: str, title: str = "", body: str = "", **options: Any) -> SendResult:
+        """Every session of one user; ``options``: topic, data, important, icon, action."""
+        return self.send(_api.recipient("user", ib_id, user_id=user_id), _api.message(title, body, **options))
+
+    def send_to_group(self, ib_id: str, group: str, title: str = "", body: str = "", **options: Any) -> SendResult:
+        return self.send(_api.recipient("group", ib_id, group=group), _api.message(title, body, **options))
+
+    def send_to_all(self, ib_id: str, title: str = "", body: str = "", **options: Any) -> SendResult:
+        return self.send(_api.recipient("all", ib_id), _api.message(title, body, **options))
+
+    # -- tokens -------------------------------------------------------------------------
+
+    def token(self) -> str:
+        """The cached access token, or a fresh one from /auth."""
+        with self._lock:
+            token = self._tokens.current(self.clock())
+            if token is None:
+                status, body, headers = self._request("GET", f"/auth?server_key={quote(self.server_key, safe='')}")
+                self.auth_requests += 1
+                if status != 200:
+                    raise error_from_response(status, body, headers)
+                now = self.clock()
+                token, expires_at = _api.parse_auth(body, headers.get("Date"), now)
+                self._tokens.store(token, expires_at, now)
+            return token
+
+    # -- HTTP ---------------------------------------------------------------------------
+
+    def _post(self, token: str, body: bytes) -> SendResult:
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json; charset=utf-8"}
+        status, answer, answer_headers = self._request("POST", "/sendmessage", body, headers)
+        if status != 200:
+            raise error_from_response(status, answer, answer_headers)
+        return _api.parse_send_result(answer)
+
+    def _request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes, Any]:
+        request = urllib.request.Request(self.base_url + path, data=body, method=method, headers={"User-Agent": USER_AGENT, **(headers or {})})
+        try:
+            with self._opener.open(request, timeout=self.timeout) as response:
+                return response.status, response.read(), response.headers
+        except urllib.error.HTTPError as e:
+            with e:
+                return e.code, e.read(), e.headers
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise ServiceError(None, "unreachable", f"{method} {self.base_url}{path.split('?')[0]}: {reason}") from e
+
+
+__all__ = ["SendError", "SendResult", "Sender"]
