@@ -14,6 +14,7 @@ from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
 from . import __version__, logs
+from .admin.app import AdminPanel, AdminSite
 from .api import SendAPI
 from .config import Address, Config
 from .core import Core
@@ -21,6 +22,10 @@ from .hub.local import LocalHub
 from .store.sqlite import SQLiteStore
 from .transports.addin import AddinFactory
 from .web import ApiSite
+
+
+#: The admin panel listens here and nowhere else (PROTOCOL.md section 6).
+ADMIN_HOSTS = ("127.0.0.1", "::1")
 
 
 class StartupError(Exception):
@@ -57,6 +62,8 @@ class PnsService(service.MultiService):
         self.api = SendAPI(self.core, cfg.expires_in_format)
         self.site = ApiSite(self.api.resource(), cfg.max_body_size, cfg.request_timeout, clock=self.reactor)
         self.addin_factory = AddinFactory(self.core, cfg, self.reactor)
+        self.admin_panel = AdminPanel(self.core, self.store, cfg, self.reactor)
+        self.admin_site = AdminSite(self.admin_panel, cfg.admin_port, cfg.max_body_size, cfg.request_timeout, clock=self.reactor)
 
     def _listen(self, address: Address, factory: Any, option: str) -> None:
         for host in address.hosts:
@@ -67,12 +74,27 @@ class PnsService(service.MultiService):
             port.stopReading()  # accept only once the registry is loaded
             self.ports.append(port)
 
+    def _listen_admin(self) -> None:
+        """The admin panel: loopback only, whatever else is configured; [::1] when the host has it."""
+        port = self.config.admin_port
+        for host in ADMIN_HOSTS:
+            try:
+                listener = self.reactor.listenTCP(port, self.admin_site, interface=host)
+            except error.CannotListenError as e:
+                if host != ADMIN_HOSTS[0]:
+                    self.log.info("admin panel not on [{host}]:{port}: {error}", host=host, port=port, error=str(e.socketError))
+                    continue
+                raise StartupError(f"option 'admin_port' ({port}, from {self.config.source_of('admin_port')}): cannot listen on {host} port {port}: {e.socketError}") from None
+            listener.stopReading()
+            self.ports.append(listener)
+
     def privilegedStartService(self) -> None:
         try:
             if self.core is None:
                 self.build()
             self._listen(self.config.listen, self.site, "listen")
             self._listen(self.config.service, self.addin_factory, "service")
+            self._listen_admin()
         except StartupError as e:
             for port in self.ports:
                 port.stopListening()
@@ -101,6 +123,7 @@ class PnsService(service.MultiService):
         self.log.info("pns4ones {version} started; data in {data_dir}; config {config}", version=__version__, data_dir=str(cfg.data_dir), config=cfg.config_file or "(none, defaults)", **always)
         self.log.info("send API (HTTP) on {where}", where=cfg.listen.describe(), **always)
         self.log.info("add-in subscriptions (TCP) on {where}", where=cfg.service.describe(), **always)
+        self.log.info("admin panel (HTTP, loopback only) on http://127.0.0.1:{port}/", port=cfg.admin_port, **always)
         self.log.info("{count} applications in the store", count=len(self.core.apps), **always)
 
     def _failed_start(self, failure: Any) -> None:
