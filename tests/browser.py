@@ -7,6 +7,7 @@ empty profile and every background network feature off.  Screenshots go to
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
@@ -60,9 +61,12 @@ def start_chromium(testcase: Any) -> Any:
 
 
 def screenshot(driver: Any, name: str) -> Path:
-    """Save the current page as ``artifacts/admin-panel/<name>.png``."""
+    """Save the whole current page (not just the viewport) as ``artifacts/admin-panel/<name>.png``."""
     directory = ARTIFACTS / "admin-panel"
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / (re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".png")
-    driver.save_screenshot(str(path))
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip})
+    path.write_bytes(base64.b64decode(shot["data"]))
     return path

@@ -57,7 +57,7 @@ class PanelBrowserTests(SynchronousTestCase):
         from selenium.webdriver.support.ui import WebDriverWait
 
         self.By, self.NoAlert = By, NoAlertPresentException
-        self.wait = WebDriverWait(self.driver, TIMEOUT)
+        self.wait = WebDriverWait(self.driver, TIMEOUT, poll_frequency=0.05)
 
     # -- helpers -------------------------------------------------------------------------
 

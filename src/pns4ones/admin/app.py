@@ -128,8 +128,8 @@ class AdminPanel:
     def _cookie(self, request: Any, name: bytes) -> str:
         return (request.getCookie(name) or b"").decode("ascii", "replace")
 
-    def _session(self, request: Any) -> auth.Session | None:
-        return self.sessions.get(self._cookie(request, SESSION_COOKIE))
+    def _session(self, request: Any, touch: bool = True) -> auth.Session | None:
+        return self.sessions.get(self._cookie(request, SESSION_COOKIE), touch)
 
     def _set_cookie(self, request: Any, name: bytes, value: str, max_age: int | None) -> None:
         request.addCookie(name, value.encode("ascii"), path=b"/", max_age=None if max_age is None else str(max_age).encode(), httpOnly=True, sameSite=b"strict")
@@ -431,7 +431,7 @@ class AdminPanel:
 
     @app.route("/counts.json", methods=["GET"])
     def counts(self, request: Any) -> Any:
-        if self._session(request) is None:
+        if self._session(request, touch=False) is None:  # polling alone does not keep a session alive
             return json_body(request, 401, {"error": "unauthorized", "reason": "log in first"})
         counts = self.core.hub.counts()
         apps = {app_id: {"total": sum(ibs.values()), "ibs": ibs} for app_id, ibs in counts.items()}

@@ -104,7 +104,8 @@ class Sessions:
         self._sessions[_digest(token)] = session
         return token, session
 
-    def get(self, token: str | None) -> Session | None:
+    def get(self, token: str | None, touch: bool = True) -> Session | None:
+        """The live session of ``token``; ``touch=False`` (background polls) does not keep it alive."""
         if not token:
             return None
         key = _digest(token)
@@ -115,7 +116,8 @@ class Sessions:
         if now - session.seen_at > self.idle or now - session.created_at > self.lifetime:
             del self._sessions[key]
             return None
-        session.seen_at = now
+        if touch:
+            session.seen_at = now
         return session
 
     def end(self, token: str | None) -> None:
