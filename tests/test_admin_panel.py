@@ -189,11 +189,15 @@ class PanelBrowserTests(SynchronousTestCase):
         self.assertEqual(self.css("#client-key-1").text, cli["client_key"])
 
         # Copy: the clipboard holds the key afterwards.
-        self.driver.execute_cdp_cmd("Browser.grantPermissions", {"origin": self.base, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})
+        self.driver.execute_cdp_cmd(
+            "Browser.grantPermissions", {"origin": self.base, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]}
+        )
         for key_id, value in (("server-key-1", cli["server_key"]), ("client-key-1", cli["client_key"])):
             self.css(f'button[data-copy="{key_id}"]').click()
-            self.wait.until(lambda d: self.css(f'button[data-copy="{key_id}"]').get_attribute("data-copied") == value)
-            pasted = self.driver.execute_async_script("const done = arguments[0]; navigator.clipboard.readText().then(done, e => done('ERROR ' + e));")
+            self.wait.until(lambda d, key_id=key_id, value=value: self.css(f'button[data-copy="{key_id}"]').get_attribute("data-copied") == value)
+            pasted = self.driver.execute_async_script(
+                "const done = arguments[0]; navigator.clipboard.readText().then(done, e => done('ERROR ' + e));"
+            )
             self.assertEqual(pasted, value)
         self.assertIn("Скопировано", self.text(".copy-status"))
         screenshot(self.driver, "06-apps-expanded")
@@ -274,7 +278,9 @@ class PanelBrowserTests(SynchronousTestCase):
         screenshot(self.driver, "08-test-message-sent")
         for sub in subs[:2]:
             message = sub.receive(5)
-            self.assertEqual(message, {"notification": {"title": "Проверка <b>связи</b>", "body": 'Текст "в кавычках" 🚀', "important": False}})
+            self.assertEqual(
+                message, {"notification": {"title": "Проверка <b>связи</b>", "body": 'Текст "в кавычках" 🚀', "important": False}}
+            )
         self.assertIsNone(subs[2].receive(0.3))
         self.assertIn("admin panel: test message app=" + app_id, self.server.log())
 
@@ -284,7 +290,13 @@ class PanelBrowserTests(SynchronousTestCase):
         Select(self.css('select[name="type"]', form)).select_by_value("group")
         self.driver.execute_script("document.querySelector('form.send input[name=ib]').removeAttribute('required')")
         self.css("button.send-button", form).click()
-        self.wait.until(lambda d: "Recipient.IbId" in self.flash())
+        self.wait.until(lambda d: "заполните поле «Информационная база (IbId)»" in self.flash())
+        form = self.css("form.send")
+        self.css('input[name="ib"]', form).send_keys("ib1")
+        self.css('input[name="target"]', form).send_keys("Менеджеры")
+        Select(self.css('select[name="type"]', form)).select_by_value("group")
+        self.css("button.send-button", form).click()
+        self.wait.until(lambda d: "Получили подписок: 0" in self.flash())  # stock clients register no group
 
         for sub in subs:
             sub.close()
@@ -392,7 +404,9 @@ class PanelClient:
         self.host = host
         self.cookies: dict[str, str] = {}
 
-    def request(self, method: str, path: str, form: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any, str]:
+    def request(
+        self, method: str, path: str, form: dict[str, str] | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any, str]:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
         try:
             hdrs = {"Host": f"127.0.0.1:{self.port}", **(headers or {})}
@@ -425,7 +439,6 @@ class PanelClient:
         token = self.csrf("/setup")
         status, headers, _ = self.request("POST", "/setup", {"csrf": token, "login": "admin", "password": password, "password2": password})
         assert status == 303 and headers["Location"] == "/apps", status
-
 
 
 class PanelHttpTests(SynchronousTestCase):
@@ -463,9 +476,16 @@ class PanelHttpTests(SynchronousTestCase):
                 raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
                 found.append((socket.inet_ntop(family, raw), int(hex_port, 16)))
         admin = sorted(addr for addr, port in found if port == self.server.admin_port)
-        has_ipv6_loopback = any(line.split()[0] == "0" * 31 + "1" for line in Path("/proc/net/if_inet6").read_text().splitlines()) if os.path.exists("/proc/net/if_inet6") else False
+        has_ipv6_loopback = (
+            any(line.split()[0] == "0" * 31 + "1" for line in Path("/proc/net/if_inet6").read_text().splitlines())
+            if os.path.exists("/proc/net/if_inet6")
+            else False
+        )
         self.assertEqual(admin, ["127.0.0.1", "::1"] if has_ipv6_loopback else ["127.0.0.1"])
         self.assertIn(("127.0.0.1", self.server.api_port), found)  # the table was read right
+        for host in ["127.0.0.1"] + (["::1"] if has_ipv6_loopback else []):
+            status, _, page = PanelClient(self.server.admin_port, host).request("GET", "/setup")
+            self.assertEqual(status, 200, host)
 
     def test_headers_and_host_check(self) -> None:
         """Every answer carries CSP without inline script, X-Frame-Options DENY and no-store; a foreign Host is refused (DNS rebinding)."""
@@ -481,7 +501,7 @@ class PanelHttpTests(SynchronousTestCase):
         status, headers, _ = self.client.request("GET", "/setup")
         self.assertEqual(headers["Cache-Control"], "no-store")
         for host in ("evil.example", f"evil.example:{self.server.admin_port}", "127.0.0.1:1"):
-            status, _, body = self.client.request("GET", "/setup", headers={"Host": host})
+            status, _, _ = self.client.request("GET", "/setup", headers={"Host": host})
             self.assertEqual(status, 421, host)
         self.assertIn("refused a request for Host", self.server.log())
         self.assertEqual(self.client.request("GET", "/setup", headers={"Host": f"localhost:{self.server.admin_port}"})[0], 200)
@@ -504,7 +524,9 @@ class PanelHttpTests(SynchronousTestCase):
             self.assertEqual(status, 403, (form, headers))
             self.assertIn("Запрос отклонён", body)
         self.assertEqual(listed_apps(self.server), [])
-        status, headers, _ = self.client.request("POST", "/apps", {"title": "ok", "csrf": token}, {"Origin": f"http://127.0.0.1:{self.server.admin_port}"})
+        status, headers, _ = self.client.request(
+            "POST", "/apps", {"title": "ok", "csrf": token}, {"Origin": f"http://127.0.0.1:{self.server.admin_port}"}
+        )
         self.assertEqual(status, 303)
         self.assertEqual([a["title"] for a in listed_apps(self.server)], ["ok"])
         counts = json.loads(self.client.request("GET", "/counts.json")[2])

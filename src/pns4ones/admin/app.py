@@ -59,6 +59,10 @@ SECURITY_HEADERS = {
 }
 
 
+#: Fields of /sendmessage that the test-message form fills, and their labels.
+_SEND_FIELDS = {"Recipient.IbId": "send.ib", "Recipient.UserId": "send.target", "Recipient.UserGroup": "send.target"}
+
+
 def _peer(request: Any) -> str:
     return getattr(request.getClientAddress(), "host", "?")
 
@@ -132,7 +136,14 @@ class AdminPanel:
         return self.sessions.get(self._cookie(request, SESSION_COOKIE), touch)
 
     def _set_cookie(self, request: Any, name: bytes, value: str, max_age: int | None) -> None:
-        request.addCookie(name, value.encode("ascii"), path=b"/", max_age=None if max_age is None else str(max_age).encode(), httpOnly=True, sameSite=b"strict")
+        request.addCookie(
+            name,
+            value.encode("ascii"),
+            path=b"/",
+            max_age=None if max_age is None else str(max_age).encode(),
+            httpOnly=True,
+            sameSite=b"strict",
+        )
 
     def _pre_session(self, request: Any) -> str:
         """The random pre-session cookie that the setup and login forms' CSRF token is bound to."""
@@ -169,7 +180,13 @@ class AdminPanel:
         elif not expected or not given or not hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace")):
             reason = "missing or wrong CSRF token"
         if reason:
-            self.log.warn("admin panel: refused {method} {path} from {peer}: {reason}", method=request.method.decode(), path=request.path.decode("utf-8", "replace"), peer=_peer(request), reason=reason)
+            self.log.warn(
+                "admin panel: refused {method} {path} from {peer}: {reason}",
+                method=request.method.decode(),
+                path=request.path.decode("utf-8", "replace"),
+                peer=_peer(request),
+                reason=reason,
+            )
             raise _Refused(403, "error.csrf")
 
     def _csrf_for(self, request: Any, session: auth.Session | None) -> str:
@@ -235,7 +252,15 @@ class AdminPanel:
         password2 = self._form(request, "password2", auth.PASSWORD_MAX)
         error = self._password_problem(login, password, password2)
         if error:
-            return self._render(request, "setup.html", None, status=400, error=self._t(request)(error, min=auth.PASSWORD_MIN, max=auth.LOGIN_MAX), form_login=login, password_min=auth.PASSWORD_MIN)
+            return self._render(
+                request,
+                "setup.html",
+                None,
+                status=400,
+                error=self._t(request)(error, min=auth.PASSWORD_MIN, max=auth.LOGIN_MAX),
+                form_login=login,
+                password_min=auth.PASSWORD_MIN,
+            )
         yield self._account_lock.acquire()
         try:
             if (yield self.store.get_admin()) is not None:  # another browser was first
@@ -276,13 +301,25 @@ class AdminPanel:
         password = self._form(request, "password", auth.PASSWORD_MAX)
         wait = self.throttle.wait()
         if wait > 0:
-            self.log.warn("admin panel: login from {peer} refused: throttled for {wait:.0f} s after {failures} failures", peer=_peer(request), wait=wait, failures=self.throttle.failures)
+            self.log.warn(
+                "admin panel: login from {peer} refused: throttled for {wait:.0f} s after {failures} failures",
+                peer=_peer(request),
+                wait=wait,
+                failures=self.throttle.failures,
+            )
             request.setHeader(b"Retry-After", str(int(wait) + 1).encode())
-            return self._render(request, "login.html", None, status=429, error=t("error.throttled", seconds=int(wait) + 1), form_login=login)
+            return self._render(
+                request, "login.html", None, status=429, error=t("error.throttled", seconds=int(wait) + 1), form_login=login
+            )
         valid = yield auth.verify_password_async(password, account.password_hash)
         if not (valid and hmac.compare_digest(login.encode("utf-8", "replace"), account.login.encode("utf-8", "replace"))):
             self.throttle.failed()
-            self.log.warn("admin panel: failed login as {login!r} from {peer} ({failures} in a row)", login=login, peer=_peer(request), failures=self.throttle.failures)
+            self.log.warn(
+                "admin panel: failed login as {login!r} from {peer} ({failures} in a row)",
+                login=login,
+                peer=_peer(request),
+                failures=self.throttle.failures,
+            )
             return self._render(request, "login.html", None, status=401, error=t("error.login_failed"), form_login=login)
         self.throttle.succeeded()
         self.log.info("admin panel: {login!r} logged in from {peer}", login=login, peer=_peer(request))
@@ -314,14 +351,18 @@ class AdminPanel:
         valid = account is not None and (yield auth.verify_password_async(current, account.password_hash))
         error = "error.current_password" if not valid else self._password_problem(None, new, new2)
         if error:
-            return self._render(request, "password.html", session, status=400, error=t(error, min=auth.PASSWORD_MIN), password_min=auth.PASSWORD_MIN)
+            return self._render(
+                request, "password.html", session, status=400, error=t(error, min=auth.PASSWORD_MIN), password_min=auth.PASSWORD_MIN
+            )
         yield self._account_lock.acquire()
         try:
             encoded = yield auth.hash_password_async(new)
             yield self.store.set_admin(AdminAccount(account.login, encoded), self.clock.seconds())
         finally:
             self._account_lock.release()
-        self.log.info("admin panel: password of {login!r} changed from {peer}; other sessions ended", login=account.login, peer=_peer(request))
+        self.log.info(
+            "admin panel: password of {login!r} changed from {peer}; other sessions ended", login=account.login, peer=_peer(request)
+        )
         self.sessions.end_all()
         self._start_session(request, account.login).flash.append(("ok", t("password.changed")))
         raise _Redirect("/apps")
@@ -344,7 +385,15 @@ class AdminPanel:
         apps = yield self.store.list_applications()
         counts = self.core.hub.counts()
         opened = (request.args.get(b"open") or [b""])[0].decode("utf-8", "replace")
-        rows = [{"app": a, "ibs": sorted(counts.get(a.id, {}).items()), "total": sum(counts.get(a.id, {}).values()), "client_key": a.client_key.encode()} for a in apps]
+        rows = [
+            {
+                "app": a,
+                "ibs": sorted(counts.get(a.id, {}).items()),
+                "total": sum(counts.get(a.id, {}).values()),
+                "client_key": a.client_key.encode(),
+            }
+            for a in apps
+        ]
         return self._render(request, "apps.html", session, rows=rows, opened=opened, error=None, poll_ms=POLL_MS, title_max=TITLE_MAX)
 
     @app.route("/apps", methods=["POST"])
@@ -415,11 +464,18 @@ class AdminPanel:
             recipient["UserId"] = target
         elif kind == "group":
             recipient["UserGroup"] = target
-        doc = {"Recipient": recipient, "Message": {"Notification": {"Title": self._form(request, "title"), "Body": self._form(request, "body")}}}
+        doc = {
+            "Recipient": recipient,
+            "Message": {"Notification": {"Title": self._form(request, "title"), "Body": self._form(request, "body")}},
+        }
         try:
             send = parse_send_object(doc)
         except MessageError as e:
-            self._flash(request, session, "error", "send.invalid", field=e.field, reason=e.reason)
+            label = _SEND_FIELDS.get(e.field)
+            if label is not None and e.reason == "is required":
+                self._flash(request, session, "error", "send.required", field=self._t(request)(label))
+            else:
+                self._flash(request, session, "error", "send.invalid", field=e.field, reason=e.reason)
             raise _Redirect(self._app_url(app_id)) from None
         report = yield self.core.send(app, send)
         self.log.info(
