@@ -558,6 +558,7 @@ class AdminSite(ApiSite):
     """The admin listener's ``Site``: bounded like the API's, with :class:`AdminRequest`."""
 
     requestFactory = AdminRequest
+    noisy = False  # no "Starting factory" lines
 
     def __init__(self, panel: AdminPanel, port: int, max_body_size: int, request_timeout: float, clock: Any = None) -> None:
         super().__init__(panel.resource(), max_body_size, request_timeout, clock=clock)
