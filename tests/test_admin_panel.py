@@ -52,12 +52,13 @@ class PanelBrowserTests(SynchronousTestCase):
         self.server.start()
         self.base = f"http://127.0.0.1:{self.server.admin_port}"
         self.driver = start_chromium(self)
-        from selenium.common.exceptions import NoAlertPresentException
+        from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import WebDriverWait
 
         self.By, self.NoAlert = By, NoAlertPresentException
-        self.wait = WebDriverWait(self.driver, TIMEOUT, poll_frequency=0.05)
+        # A page replaced mid-check (after a click) just means "not yet".
+        self.wait = WebDriverWait(self.driver, TIMEOUT, poll_frequency=0.05, ignored_exceptions=(StaleElementReferenceException,))
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -79,6 +80,14 @@ class PanelBrowserTests(SynchronousTestCase):
     def at(self, path: str) -> None:
         self.wait.until(lambda d: d.current_url.split("?")[0].split("#")[0] == self.base + path, f"expected to be at {path}")
 
+    def submit(self, selector: str, root: Any = None) -> None:
+        """Click something that loads a new page, and wait until the old page is gone."""
+        from selenium.webdriver.support.expected_conditions import staleness_of
+
+        old = self.driver.find_element(self.By.TAG_NAME, "html")
+        self.css(selector, root).click()
+        self.wait.until(staleness_of(old), f"a new page after clicking {selector}")
+
     def text(self, selector: str) -> str:
         return self.css(selector).get_attribute("textContent").strip()
 
@@ -99,21 +108,21 @@ class PanelBrowserTests(SynchronousTestCase):
         self.go("/")
         self.at("/setup")
         self.fill(login=login, password=password, password2=password)
-        self.css("#submit").click()
+        self.submit("#submit")
         self.at("/apps")
 
     def login(self, login: str = "admin", password: str = PASSWORD) -> None:
         self.fill(login=login, password=password)
-        self.css("#submit").click()
+        self.submit("#submit")
 
     def create_app(self, title: str) -> Any:
         self.fill(**{"new-title": title})
-        self.css("#create").click()
+        self.submit("#create")
         self.wait.until(lambda d: "создано" in self.flash() or "created" in self.flash(), "the creation message")
         return self.css("details[open]")
 
     def logout(self) -> None:
-        self.css("#logout").click()
+        self.submit("#logout")
         self.at("/login")
 
     # -- tests -------------------------------------------------------------------------------
@@ -125,15 +134,15 @@ class PanelBrowserTests(SynchronousTestCase):
         self.assertEqual(self.driver.find_element(self.By.TAG_NAME, "html").get_attribute("lang"), "ru")
         screenshot(self.driver, "01-setup")
         self.fill(login="admin", password=PASSWORD, password2=PASSWORD + "x")
-        self.css("#submit").click()
+        self.submit("#submit")
         self.wait.until(lambda d: "Пароли не совпадают" in self.text("#error"))
         screenshot(self.driver, "02-setup-error")
         self.fill(login="admin", password="short", password2="short")
         self.driver.execute_script("for (const e of document.querySelectorAll('input')) e.removeAttribute('minlength')")
-        self.css("#submit").click()
+        self.submit("#submit")
         self.wait.until(lambda d: "не короче 8" in self.text("#error"))
         self.fill(login="admin", password=PASSWORD, password2=PASSWORD)
-        self.css("#submit").click()
+        self.submit("#submit")
         self.at("/apps")
         self.assertIn("Приложений пока нет", self.text("#no-apps"))
         screenshot(self.driver, "03-apps-empty")
@@ -168,7 +177,7 @@ class PanelBrowserTests(SynchronousTestCase):
         """Create (name required), expand, copy, rotate both keys (with warnings) and delete (confirmation naming it) an application."""
         self.setup_admin()
         self.fill(**{"new-title": "   "})
-        self.css("#create").click()
+        self.submit("#create")
         self.wait.until(lambda d: "Укажите название приложения" in self.flash())
         self.assertEqual(listed_apps(self.server), [])
 
@@ -194,7 +203,9 @@ class PanelBrowserTests(SynchronousTestCase):
         )
         for key_id, value in (("server-key-1", cli["server_key"]), ("client-key-1", cli["client_key"])):
             self.css(f'button[data-copy="{key_id}"]').click()
-            self.wait.until(lambda d, key_id=key_id, value=value: self.css(f'button[data-copy="{key_id}"]').get_attribute("data-copied") == value)
+            self.wait.until(
+                lambda d, key_id=key_id, value=value: self.css(f'button[data-copy="{key_id}"]').get_attribute("data-copied") == value
+            )
             pasted = self.driver.execute_async_script(
                 "const done = arguments[0]; navigator.clipboard.readText().then(done, e => done('ERROR ' + e));"
             )
@@ -273,7 +284,7 @@ class PanelBrowserTests(SynchronousTestCase):
         self.css('input[name="target"]', form).send_keys("u1")
         self.css('input[name="title"]', form).send_keys("Проверка <b>связи</b>")
         self.css('textarea[name="body"]', form).send_keys('Текст "в кавычках" 🚀')
-        self.css("button.send-button", form).click()
+        self.submit("button.send-button", form)
         self.wait.until(lambda d: "Получили подписок: 2 (пользователей: 1)" in self.flash())
         screenshot(self.driver, "08-test-message-sent")
         for sub in subs[:2]:
@@ -289,13 +300,13 @@ class PanelBrowserTests(SynchronousTestCase):
         Select = __import__("selenium.webdriver.support.select", fromlist=["Select"]).Select
         Select(self.css('select[name="type"]', form)).select_by_value("group")
         self.driver.execute_script("document.querySelector('form.send input[name=ib]').removeAttribute('required')")
-        self.css("button.send-button", form).click()
+        self.submit("button.send-button", form)
         self.wait.until(lambda d: "заполните поле «Информационная база (IbId)»" in self.flash())
         form = self.css("form.send")
         self.css('input[name="ib"]', form).send_keys("ib1")
         self.css('input[name="target"]', form).send_keys("Менеджеры")
         Select(self.css('select[name="type"]', form)).select_by_value("group")
-        self.css("button.send-button", form).click()
+        self.submit("button.send-button", form)
         self.wait.until(lambda d: "Получили подписок: 0" in self.flash())  # stock clients register no group
 
         for sub in subs:
@@ -321,18 +332,18 @@ class PanelBrowserTests(SynchronousTestCase):
     def test_change_password(self) -> None:
         """Change password checks the current one and the repetition; afterwards only the new password logs in."""
         self.setup_admin()
-        self.css('nav a[href="/password"]').click()
+        self.submit('nav a[href="/password"]')
         self.at("/password")
         screenshot(self.driver, "10-password")
         new = "new password 22"
         self.fill(current="wrong one 123", password=new, password2=new)
-        self.css("#submit").click()
+        self.submit("#submit")
         self.wait.until(lambda d: "Текущий пароль указан неверно" in self.text("#error"))
         self.fill(current=PASSWORD, password=new, password2=new + "3")
-        self.css("#submit").click()
+        self.submit("#submit")
         self.wait.until(lambda d: "Пароли не совпадают" in self.text("#error"))
         self.fill(current=PASSWORD, password=new, password2=new)
-        self.css("#submit").click()
+        self.submit("#submit")
         self.at("/apps")
         self.assertIn("Пароль изменён", self.flash())
         self.logout()
@@ -345,18 +356,18 @@ class PanelBrowserTests(SynchronousTestCase):
         """Russian by default; the EN switch translates every page and is remembered in a cookie."""
         self.go("/setup")
         self.assertEqual(self.text("h1"), "Создание администратора")
-        self.css("#lang-en").click()
+        self.submit("#lang-en")
         self.wait.until(lambda d: self.text("h1") == "Create the administrator")
         self.assertEqual(self.driver.get_cookie("pns4ones_lang")["value"], "en")
         self.fill(login="admin", password=PASSWORD, password2=PASSWORD)
-        self.css("#submit").click()
+        self.submit("#submit")
         self.at("/apps")
         self.assertEqual(self.text("h1"), "Applications")
         self.create_app("Shop")
         self.assertIn("Application “Shop” created.", self.flash())
         self.assertEqual(self.driver.find_element(self.By.TAG_NAME, "html").get_attribute("lang"), "en")
         screenshot(self.driver, "11-apps-en")
-        self.css("#lang-ru").click()
+        self.submit("#lang-ru")
         self.wait.until(lambda d: self.text("h1") == "Приложения")
         self.assertEqual(self.driver.get_cookie("pns4ones_lang")["value"], "ru")
 
