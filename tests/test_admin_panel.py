@@ -52,13 +52,14 @@ class PanelBrowserTests(SynchronousTestCase):
         self.server.start()
         self.base = f"http://127.0.0.1:{self.server.admin_port}"
         self.driver = start_chromium(self)
-        from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
+        from selenium.common.exceptions import NoAlertPresentException, WebDriverException
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import WebDriverWait
 
         self.By, self.NoAlert = By, NoAlertPresentException
-        # A page replaced mid-check (after a click) just means "not yet".
-        self.wait = WebDriverWait(self.driver, TIMEOUT, poll_frequency=0.05, ignored_exceptions=(StaleElementReferenceException,))
+        # A page replaced mid-check (stale elements, nodes "not in the document") just means "not yet";
+        # a condition that never holds still fails with a timeout naming it.
+        self.wait = WebDriverWait(self.driver, TIMEOUT, poll_frequency=0.05, ignored_exceptions=(WebDriverException,))
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -82,11 +83,12 @@ class PanelBrowserTests(SynchronousTestCase):
 
     def submit(self, selector: str, root: Any = None) -> None:
         """Click something that loads a new page, and wait until the old page is gone."""
-        from selenium.webdriver.support.expected_conditions import staleness_of
-
-        old = self.driver.find_element(self.By.TAG_NAME, "html")
+        self.driver.execute_script("window.pnsOldPage = true")
         self.css(selector, root).click()
-        self.wait.until(staleness_of(old), f"a new page after clicking {selector}")
+        self.wait.until(
+            lambda d: d.execute_script("return window.pnsOldPage === undefined && document.readyState !== 'loading'"),
+            f"a new page after clicking {selector}",
+        )
 
     def text(self, selector: str) -> str:
         return self.css(selector).get_attribute("textContent").strip()
@@ -495,7 +497,7 @@ class PanelHttpTests(SynchronousTestCase):
         self.assertEqual(admin, ["127.0.0.1", "::1"] if has_ipv6_loopback else ["127.0.0.1"])
         self.assertIn(("127.0.0.1", self.server.api_port), found)  # the table was read right
         for host in ["127.0.0.1"] + (["::1"] if has_ipv6_loopback else []):
-            status, _, page = PanelClient(self.server.admin_port, host).request("GET", "/setup")
+            status, _, _ = PanelClient(self.server.admin_port, host).request("GET", "/setup")
             self.assertEqual(status, 200, host)
 
     def test_headers_and_host_check(self) -> None:
