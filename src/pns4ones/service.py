@@ -17,6 +17,7 @@ from twisted.python.components import Componentized
 
 from . import __version__, control, logs
 from . import tls as _tls
+from .admin.app import AdminPanel, AdminSite
 from .api import SendAPI
 from .config import Address, Config, ConfigError
 from .core import Core
@@ -24,6 +25,10 @@ from .hub.local import LocalHub
 from .store.sqlite import SQLiteStore
 from .transports.addin import AddinFactory, configure_socket
 from .web import ApiSite
+
+
+#: The admin panel listens here and nowhere else (PROTOCOL.md section 6).
+ADMIN_HOSTS = ("127.0.0.1", "::1")
 
 
 class StartupError(Exception):
@@ -70,6 +75,8 @@ class PnsService(service.MultiService):
                     raise StartupError(str(e)) from None
             self.api_factory = TLSMemoryBIOFactory(self.tls, False, self.site)
         self.addin_factory = AddinFactory(self.core, cfg, self.reactor, log_info=logs.level_enabled(cfg.log_level, LogLevel.info))
+        self.admin_panel = AdminPanel(self.core, self.store, cfg, self.reactor)
+        self.admin_site = AdminSite(self.admin_panel, cfg.admin_port, cfg.max_body_size, cfg.request_timeout, clock=self.reactor)
 
     def _listen(self, address: Address, factory: Any, option: str) -> None:
         for host in address.hosts:
@@ -79,6 +86,20 @@ class PnsService(service.MultiService):
                 raise StartupError(f"option '{option}' ({address.text}, from {self.config.source_of(option)}): cannot listen on {host} port {address.port}: {e.socketError}") from None
             port.stopReading()  # accept only once the registry is loaded
             self.ports.append(port)
+
+    def _listen_admin(self) -> None:
+        """The admin panel: loopback only, whatever else is configured; [::1] when the host has it."""
+        port = self.config.admin_port
+        for host in ADMIN_HOSTS:
+            try:
+                listener = self.reactor.listenTCP(port, self.admin_site, interface=host)
+            except error.CannotListenError as e:
+                if host != ADMIN_HOSTS[0]:
+                    self.log.info("admin panel not on [{host}]:{port}: {error}", host=host, port=port, error=str(e.socketError))
+                    continue
+                raise StartupError(f"option 'admin_port' ({port}, from {self.config.source_of('admin_port')}): cannot listen on {host} port {port}: {e.socketError}") from None
+            listener.stopReading()
+            self.ports.append(listener)
 
     def _configure_addin_listeners(self) -> None:
         """Keepalive options on the add-in listening sockets: accepted ones inherit them."""
@@ -98,6 +119,7 @@ class PnsService(service.MultiService):
             self._listen(self.config.listen, self.api_factory, "listen")
             self._listen(self.config.service, self.addin_factory, "service")
             self._configure_addin_listeners()
+            self._listen_admin()
         except StartupError as e:
             for port in self.ports:
                 port.stopListening()
@@ -132,6 +154,7 @@ class PnsService(service.MultiService):
             for warning in self.tls.material.warnings:
                 self.log.warn("{warning}", warning=warning)
         self.log.info("add-in subscriptions (TCP) on {where}", where=cfg.service.describe(), **always)
+        self.log.info("admin panel (HTTP, loopback only) on http://127.0.0.1:{port}/", port=cfg.admin_port, **always)
         self.log.info("{count} applications in the store", count=len(self.core.apps), **always)
 
     # -- control: PID file, SIGHUP = reload the certificate ---------------------------------
