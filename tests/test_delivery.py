@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import threading
 import time
 from typing import Any
 from urllib.parse import quote
@@ -195,14 +197,36 @@ class KeptTests(DeliveryTestBase):
         self.assertEqual(json.loads(self.server.admin("kept", "--json").stdout)[0]["kept"], 0)
 
     @inlineCallbacks
-    def test_live_message_does_not_overtake_kept_ones(self) -> None:
-        """A live message sent right after registration arrives after every kept message."""
+    def test_live_messages_do_not_overtake_kept_ones(self) -> None:
+        """Live messages sent while a user registers arrive only after all of its kept messages, in order."""
         token = yield self.token()
-        for i in range(3):
-            yield self.send_json(token, {"Recipient": to("all"), "Message": {"Topic": f"k{i}", "TTL": 600}})
-        sub = self.subscribe("u1")
-        yield self.send_json(token, {"Recipient": to("user", UserId="u1"), "Message": {"Topic": "live"}})
-        self.assertEqual(topics(sub.receive_all()), ["k0", "k1", "k2", "live"])
+        for i in range(150):
+            yield self.send_json(token, {"Recipient": to("all"), "Message": {"Topic": f"k{i:03}", "TTL": 600}})
+        stop = threading.Event()
+
+        def hammer() -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", self.server.api_port, timeout=10)
+            n = 0
+            while not stop.is_set():
+                body = json.dumps({"Recipient": to("user", UserId="u1"), "Message": {"Topic": f"live{n:05}"}})
+                conn.request("POST", "/sendmessage", body=body, headers={"Authorization": f"Bearer {token}"})
+                conn.getresponse().read()
+                n += 1
+            conn.close()
+
+        thread = threading.Thread(target=hammer)
+        thread.start()
+        try:
+            sub = self.subscribe("u1")
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            thread.join()
+        got = topics(sub.receive_all())
+        kept, live = got[:150], got[150:]
+        self.assertEqual(kept, [f"k{i:03}" for i in range(150)])
+        self.assertTrue(live and all(t.startswith("live") for t in live), got[140:160])
+        self.assertEqual(live, sorted(live))
 
     @inlineCallbacks
     def test_kept_group_and_all_messages_reach_each_user_once(self) -> None:
