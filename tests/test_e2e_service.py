@@ -74,7 +74,7 @@ class RoutingTests(ServiceTestBase):
         token = yield self.token()
         response, body = yield self.send(token, {"Recipient": to("user", UserId="u1"), "Message": {"Topic": "one"}})
         self.assertEqual(response.code, 200)
-        self.assertEqual(json.loads(body), {"sessions": 2, "users": 1})
+        self.assertEqual(json.loads(body), {"sessions": 2, "users": 1, "stored": False})
         self.assertEqual(response.headers.getRawHeaders("X-PNS-Sessions"), ["2"])
         response, _ = yield self.send(token, {"Recipient": to("group", UserGroup="Менеджеры"), "Message": {"Topic": "two"}})
         response, body = yield self.send(token, {"Recipient": to("all"), "Message": {"Topic": "three"}})

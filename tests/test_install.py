@@ -123,7 +123,7 @@ class InstalledServer(ServerProcess):
         wait_for(lambda: "subscription registered" in self.log(), what="the registration in the log")
         token = http_json(f"{self.url}/auth?server_key={app['server_key']}")["access_token"]
         report = http_post(f"{self.url}/sendmessage", token, {"Recipient": {"Type": "user", "IbId": "ib1", "UserId": "u1"}, "Message": {"Topic": "installed"}})
-        testcase.assertEqual(report, {"sessions": 1, "users": 1})
+        testcase.assertEqual(report, {"sessions": 1, "users": 1, "stored": False})
         testcase.assertEqual(sub.receive(timeout=5), {"topic": "installed"})
         wait_for(lambda: "send: app=" in self.log(), what="the send in the log")
 

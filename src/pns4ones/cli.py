@@ -34,6 +34,9 @@ COMMANDS = {
     "upd_cli_key": "new client key for an application (ends its live subscriptions): upd_cli_key ID",
     "remove": "remove an application (ends its subscriptions, revokes its tokens): remove ID",
     "reset_token": "revoke every access token of an application: reset_token ID",
+    "groups": "list the groups of an application: groups ID [IB_ID]",
+    "group_members": "list the members of a group: group_members ID IB_ID GROUP",
+    "kept": "count the messages kept for offline users, per application (and how many were dropped or expired)",
     "reload_tls": "make the running server re-read its HTTPS certificate files (same as SIGHUP)",
 }
 
@@ -57,6 +60,14 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     sub.add_parser("list", parents=[common], help=COMMANDS["list"])
     sub.add_parser("reload_tls", parents=[common], help=COMMANDS["reload_tls"])
+    sub.add_parser("kept", parents=[common], help=COMMANDS["kept"])
+    p = sub.add_parser("groups", parents=[common], help=COMMANDS["groups"])
+    p.add_argument("id", help="application id (see list)")
+    p.add_argument("ib_id", nargs="?", default=None, help="only this information base")
+    p = sub.add_parser("group_members", parents=[common], help=COMMANDS["group_members"])
+    p.add_argument("id", help="application id (see list)")
+    p.add_argument("ib_id", help="information base id")
+    p.add_argument("group", help="group name")
     p = sub.add_parser("create", parents=[common], help=COMMANDS["create"])
     p.add_argument("name", nargs="+", help="title of the new application")
     for name in ("upd_srv_key", "upd_cli_key", "remove", "reset_token"):
@@ -179,6 +190,30 @@ def run(args: argparse.Namespace, out: Any) -> Any:
                 out.write(json.dumps({"removed": app.id, "title": app.title}, ensure_ascii=False) + "\n")
             else:
                 out.write(f"Removed application {app.title} ({app.id}).\n")
+        elif cmd == "groups":
+            rows = yield store.list_groups(args.id, args.ib_id)
+            if as_json:
+                out.write(json.dumps([{"IbId": ib, "Group": g, "members": n} for ib, g, n in rows], ensure_ascii=False, indent=2) + "\n")
+            elif not rows:
+                out.write(f"Application {args.id} has no groups.\n")
+            else:
+                for ib, g, n in rows:
+                    out.write(f"{ib}\t{g}\t{n} member(s)\n")
+        elif cmd == "group_members":
+            members = yield store.group_members(args.id, args.ib_id, args.group)
+            if as_json:
+                out.write(json.dumps({"IbId": args.ib_id, "Group": args.group, "UserIds": members}, ensure_ascii=False, indent=2) + "\n")
+            elif not members:
+                out.write(f"Group {args.group} of {args.ib_id} has no members.\n")
+            else:
+                out.write("".join(f"{m}\n" for m in members))
+        elif cmd == "kept":
+            counts = yield store.kept_counts()
+            if as_json:
+                out.write(json.dumps([{"id": c.app_id, "kept": c.kept, "dropped": c.dropped, "expired": c.expired} for c in counts], indent=2) + "\n")
+            else:
+                for c in counts:
+                    out.write(f"{c.app_id}\tkept {c.kept}\tdropped {c.dropped}\texpired {c.expired}\n")
         elif cmd == "reset_token":
             count = yield store.reset_tokens(args.id)
             if as_json:

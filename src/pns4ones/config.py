@@ -252,6 +252,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("request_timeout", "30", _number(float, 1, 3600), "seconds an HTTP client may take to send a whole request (default 30)", "SECONDS"),
     Option("send_rate_limit", "0", _number(float, 0, 1e9), "sends per second per application, 0 = unlimited (default 0)", "RATE"),
     Option("store_poll_interval", "1", _number(float, 0.05, 60), "seconds between checks for changes made by the admin CLI (default 1)", "SECONDS"),
+    Option("max_ttl", "86400", _number(float, 0, 86400 * 365), "longest TTL a sender may ask to keep a message for offline users, in seconds (default 86400)", "SECONDS"),
+    Option("max_kept_per_user", "100", _number(int, 1, 1_000_000), "most kept messages for one user; the oldest is dropped first (default 100)", "N"),
+    Option("max_kept_per_app", "100000", _number(int, 1, 100_000_000), "most kept messages for one application; the oldest is dropped first (default 100000)", "N"),
+    Option("max_group_size", "10000", _number(int, 1, 10_000_000), "most members of one group (default 10000)", "N"),
+    Option("max_groups", "10000", _number(int, 1, 10_000_000), "most groups of one application (default 10000)", "N"),
 )
 
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
@@ -288,6 +293,11 @@ class Config:
     send_rate_limit: float
     store_poll_interval: float
     trusted_proxies: tuple[Any, ...] = ()
+    max_ttl: float = 86400.0
+    max_kept_per_user: int = 100
+    max_kept_per_app: int = 100000
+    max_group_size: int = 10000
+    max_groups: int = 10000
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def source_of(self, option: str) -> str:

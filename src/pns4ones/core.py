@@ -15,9 +15,10 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
 from . import crypto
-from .hub import Hub, Report, Session
-from .messages import SendRequest
-from .store import Application, Snapshot, Store, TokenRecord
+from .groups import GroupError, Membership, message_from_addin
+from .hub import Hub, Outbound, Report, Session
+from .messages import SendRequest, render_addin_json
+from .store import Application, KeptMessage, Snapshot, Store, TokenRecord
 from .wire import Registration
 
 TOKEN_LIFETIME = 3600.0
@@ -44,6 +45,27 @@ class RegistrationRejected(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Delivery:
+    """The report of a send: live sessions and users written to, and whether it was kept."""
+
+    sessions: int
+    users: int
+    stored: bool = False
+    dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds of groups and kept messages (see the options of the same names)."""
+
+    max_ttl: float = 86400.0
+    max_kept_per_user: int = 100
+    max_kept_per_app: int = 100000
+    max_group_size: int = 10000
+    max_groups: int = 10000
+
+
+@dataclass(frozen=True, slots=True)
 class IssuedToken:
     token: str
     expires_at: float
@@ -54,8 +76,22 @@ class Core:
 
     log = Logger()
 
-    def __init__(self, store: Store, hub: Hub, clock: Any, token_lifetime: float = TOKEN_LIFETIME) -> None:
+    def __init__(
+        self,
+        store: Store,
+        hub: Hub,
+        clock: Any,
+        token_lifetime: float = TOKEN_LIFETIME,
+        membership: Membership | None = None,
+        limits: Limits = Limits(),
+    ) -> None:
         self.store = store
+        #: Group membership in memory (the hub routes with it; the store keeps it).
+        self.membership = membership if membership is not None else Membership()
+        self.limits = limits
+        #: (app_id, ib_id) with kept messages: only registrations there look in the store.
+        self._kept_ibs: set[tuple[str, str]] = set()
+        self._kept_added: set[tuple[str, str]] | None = None
         self.hub = hub
         self.clock = clock
         self.token_lifetime = token_lifetime
@@ -72,6 +108,8 @@ class Core:
         self.apps = {a.id: a for a in snapshot.applications}
         self._by_server_key = {a.server_key: a for a in snapshot.applications}
         self._tokens = {t.digest: t for t in snapshot.tokens}
+        self.membership.load(snapshot.memberships)
+        self._kept_ibs |= snapshot.kept_ibs
         for app_id, previous in old.items():
             current = self.apps.get(app_id)
             if current is None:
@@ -151,8 +189,130 @@ class Core:
             raise RegistrationRejected("unknown-application", f"unknown application {registration.app_id!r}")
         if not registration.verify(app.client_key):
             raise RegistrationRejected("bad-signature", f"bad signature for application {app.id}")
-        self.hub.attach(session)
+        if (app.id, registration.ib_id) in self._kept_ibs:
+            # Kept messages may wait: live messages are buffered until they are written.
+            hold = getattr(session, "hold", None)
+            if hold is not None:
+                hold()
+            self.hub.attach(session)
+            self._deliver_kept(session, app.id, registration.ib_id, registration.user_id, registration.group)
+        else:
+            self.hub.attach(session)
         return app
 
-    def send(self, app: Application, request: SendRequest) -> Deferred[Report]:
-        return self.hub.publish(app.id, request.recipient, request.message)
+    @inlineCallbacks
+    def _deliver_kept(self, session: Session, app_id: str, ib_id: str, user_id: str, group: str) -> Any:
+        kept: list[Outbound] = []
+        try:
+            groups = set(self.membership.groups_of(app_id, ib_id, user_id))
+            if group:
+                groups.add(group)
+            payloads = yield self.store.take_kept(app_id, ib_id, user_id, sorted(groups), self.clock.seconds())
+            kept = [Outbound(message_from_addin(p)) for p in payloads]
+        except Exception:
+            self.log.failure("cannot read kept messages for app={app_id} ib={ib_id} user={user_id}", app_id=app_id, ib_id=ib_id, user_id=user_id)
+        release = getattr(session, "release", None)
+        if release is not None:
+            release(kept)
+        else:
+            for outbound in kept:
+                session.deliver(outbound)
+        if kept:
+            self.log.info(
+                "wrote {count} kept messages to app={app_id} ib={ib_id} user={user_id}",
+                count=len(kept), app_id=app_id, ib_id=ib_id, user_id=user_id, event="kept-delivered",
+            )
+
+    def send(self, app: Application, request: SendRequest, ttl: float = 0.0) -> Deferred[Any]:
+        """Live delivery; with a TTL also keep the message for users who are not reached."""
+        d = self.hub.publish(app.id, request.recipient, request.message)
+        if not ttl:
+            return d
+        return d.addCallback(self._keep, app, request, ttl)
+
+    @inlineCallbacks
+    def _keep(self, report: Report, app: Application, request: SendRequest, ttl: float) -> Any:
+        recipient = request.recipient
+        if recipient.type == "user" and report.sessions:
+            return Delivery(report.sessions, report.users, False)
+        now = self.clock.seconds()
+        key = (app.id, recipient.ib_id)
+        self._kept_ibs.add(key)
+        if self._kept_added is not None:
+            self._kept_added.add(key)
+        message = KeptMessage(app.id, recipient.ib_id, recipient.type, recipient.target, render_addin_json(request.message), now, now + ttl)
+        received = [] if recipient.type == "user" else list(report.reached)
+        outcome = yield self.store.keep_message(message, received, self.limits.max_kept_per_user, self.limits.max_kept_per_app)
+        dropped = outcome.dropped_user + outcome.dropped_app
+        if outcome.dropped_user:
+            self.log.warn(
+                "kept messages of app={app_id} ib={ib_id} user={user_id} over max_kept_per_user={limit}: dropped the {count} oldest",
+                app_id=app.id, ib_id=recipient.ib_id, user_id=recipient.user_id, limit=self.limits.max_kept_per_user, count=outcome.dropped_user, event="kept-dropped",
+            )
+        if outcome.dropped_app:
+            self.log.warn(
+                "kept messages of app={app_id} over max_kept_per_app={limit}: dropped the {count} oldest",
+                app_id=app.id, limit=self.limits.max_kept_per_app, count=outcome.dropped_app, event="kept-dropped",
+            )
+        return Delivery(report.sessions, report.users, True, dropped)
+
+    @inlineCallbacks
+    def purge_kept(self) -> Any:
+        """Forget expired kept messages; registrations where none are left skip the store."""
+        self._kept_added = set()
+        try:
+            count = yield self.store.purge_kept(self.clock.seconds())
+            fresh = yield self.store.kept_ibs()
+            self._kept_ibs = set(fresh) | self._kept_added
+        finally:
+            self._kept_added = None
+        if count:
+            self.log.info("purged {count} expired kept messages", count=count, event="kept-expired")
+        return count
+
+    # -- groups (the store first, then memory: the next send sees the change) -------------
+
+    def _check_group_room(self, app: Application, ib_id: str, group: str, new_members: int) -> None:
+        if new_members > self.limits.max_group_size:
+            raise GroupError(413, "UserIds", f"the group would have {new_members} members; at most {self.limits.max_group_size} (max_group_size)")
+        if group not in self.membership.groups(app.id, ib_id) and self.membership.group_count(app.id) >= self.limits.max_groups:
+            raise GroupError(413, "Group", f"the application has {self.limits.max_groups} groups already (max_groups)")
+
+    @inlineCallbacks
+    def set_group(self, app: Application, ib_id: str, group: str, user_ids: list[str]) -> Any:
+        if user_ids:
+            self._check_group_room(app, ib_id, group, len(user_ids))
+        yield self.store.set_group(app.id, ib_id, group, user_ids, self.clock.seconds())
+        self.membership.replace(app.id, ib_id, group, user_ids)
+        self.log.info("group set: app={app_id} ib={ib_id} group={group} members={count}", app_id=app.id, ib_id=ib_id, group=group, count=len(user_ids), event="group-set")
+        return len(user_ids)
+
+    @inlineCallbacks
+    def add_members(self, app: Application, ib_id: str, group: str, user_ids: list[str]) -> Any:
+        current = self.membership.members(app.id, ib_id, group)
+        self._check_group_room(app, ib_id, group, len(current) + sum(1 for u in user_ids if u not in current))
+        added = yield self.store.add_group_members(app.id, ib_id, group, user_ids, self.clock.seconds())
+        self.membership.add(app.id, ib_id, group, user_ids)
+        return added
+
+    @inlineCallbacks
+    def remove_member(self, app: Application, ib_id: str, group: str, user_id: str) -> Any:
+        removed = yield self.store.remove_group_member(app.id, ib_id, group, user_id)
+        self.membership.remove(app.id, ib_id, group, user_id)
+        return removed
+
+    @inlineCallbacks
+    def remove_group(self, app: Application, ib_id: str, group: str) -> Any:
+        removed = yield self.store.remove_group(app.id, ib_id, group)
+        self.membership.drop_group(app.id, ib_id, group)
+        return removed
+
+    # -- presence ------------------------------------------------------------------------
+
+    def presence(self, app_id: str, ib_id: str) -> dict[str, list[Session]]:
+        """Live sessions of one information base, by user."""
+        out: dict[str, list[Session]] = {}
+        for session in self.hub.sessions(app_id):
+            if session.ib_id == ib_id:
+                out.setdefault(session.user_id, []).append(session)
+        return out

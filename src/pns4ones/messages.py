@@ -64,6 +64,8 @@ class Recipient:
 class SendRequest:
     recipient: Recipient
     message: Message
+    #: ``Message.TTL`` as sent (checked against ``max_ttl`` by the API); None when absent.
+    ttl: Any = None
 
 
 def _lower_keys(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -158,7 +160,7 @@ def parse_send_object(doc: Any) -> SendRequest:
             if not isinstance(value, str):
                 raise MessageError(f"Message.Data.{key}", "must be a string (the manual: values are strings)")
             data[key] = value
-    return SendRequest(recipient, Message(topic, notification, data))
+    return SendRequest(recipient, Message(topic, notification, data), msg.get("ttl"))
 
 
 def addin_object(message: Message) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from . import tls as _tls
 from .admin.app import AdminPanel, AdminSite
 from .api import SendAPI
 from .config import Address, Config, ConfigError
-from .core import Core
+from .core import Core, Limits
+from .groups import Membership
 from .hub.local import LocalHub
 from .store.sqlite import SQLiteStore
 from .transports.addin import AddinFactory, configure_socket
@@ -29,6 +30,9 @@ from .web import ApiSite
 
 #: The admin panel listens here and nowhere else (PROTOCOL.md section 6).
 ADMIN_HOSTS = ("127.0.0.1", "::1")
+
+#: Seconds between purges of expired kept messages (expired ones are never written anyway).
+KEPT_PURGE_INTERVAL = 60.0
 
 
 class StartupError(Exception):
@@ -50,6 +54,7 @@ class PnsService(service.MultiService):
         self.addin_factory: AddinFactory | None = None
         self.ready = False
         self._purge: task.LoopingCall | None = None
+        self._purge_kept: task.LoopingCall | None = None
 
     # twistd: an ILogObserver component on the application sets the log format and level.
     def setServiceParent(self, parent: Any) -> None:
@@ -63,7 +68,9 @@ class PnsService(service.MultiService):
         """Open the store and build the node's parts (no network yet)."""
         cfg = self.config
         self.store = SQLiteStore(cfg.data_dir, reactor=self.reactor)
-        self.core = Core(self.store, LocalHub(), self.reactor, token_lifetime=cfg.token_lifetime)
+        membership = Membership()
+        limits = Limits(cfg.max_ttl, cfg.max_kept_per_user, cfg.max_kept_per_app, cfg.max_group_size, cfg.max_groups)
+        self.core = Core(self.store, LocalHub(membership.members), self.reactor, token_lifetime=cfg.token_lifetime, membership=membership, limits=limits)
         self.api = SendAPI(self.core, cfg.expires_in_format, log_sends=logs.level_enabled(cfg.log_level, LogLevel.info), send_rate_limit=cfg.send_rate_limit, max_batch=cfg.max_batch)
         self.site = ApiSite(self.api.resource(), cfg.max_body_size, cfg.request_timeout, clock=self.reactor, trusted_proxies=cfg.trusted_proxies)
         self.api_factory: Any = self.site
@@ -143,6 +150,9 @@ class PnsService(service.MultiService):
         self._purge = task.LoopingCall(self.core.purge_tokens)
         self._purge.clock = self.reactor
         self._purge.start(3600, now=True).addErrback(lambda f: self.log.failure("token purge failed", f))
+        self._purge_kept = task.LoopingCall(self.core.purge_kept)
+        self._purge_kept.clock = self.reactor
+        self._purge_kept.start(KEPT_PURGE_INTERVAL, now=True).addErrback(lambda f: self.log.failure("kept-message purge failed", f))
         self.ready = True
         self._start_control()
         always = {logs.ALWAYS: True}
@@ -238,6 +248,8 @@ class PnsService(service.MultiService):
         self.ports = []
         if self._purge is not None and self._purge.running:
             self._purge.stop()
+        if self._purge_kept is not None and self._purge_kept.running:
+            self._purge_kept.stop()
         if self.addin_factory is not None:
             self.addin_factory.end_all("service stopping")
         if self.store is not None:

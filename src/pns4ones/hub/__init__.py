@@ -35,6 +35,10 @@ class Session(Protocol):
     def end(self, reason: str) -> None:
         """Close the subscription (key rotated, application removed, shutdown)."""
 
+    # Optional (store and forward): ``hold()`` makes ``deliver`` buffer; ``release(first)``
+    # writes ``first`` (kept messages) and then the buffered ones.  Sessions without them
+    # get kept messages after attaching, where a live message may come first.
+
 
 class Outbound:
     """
@@ -63,6 +67,8 @@ class Report:
 
     sessions: int
     users: int
+    #: The user ids reached (for store and forward: who must not get the kept copy).
+    reached: frozenset[str] | set[str] = frozenset()
 
 
 class Hub(Protocol):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 from twisted.internet.defer import Deferred, succeed
 
@@ -32,7 +32,9 @@ def _discard(index: dict[str, set[Session]], key: str, session: Session) -> None
 class LocalHub:
     """:class:`pns4ones.hub.Hub` for one process."""
 
-    def __init__(self) -> None:
+    def __init__(self, members: Callable[[str, str, str], "set[str] | frozenset[str]"] | None = None) -> None:
+        #: Server-side group membership: (app_id, ib_id, group) -> user ids.
+        self._members = members
         self._ibs: dict[tuple[str, str], _IbIndex] = {}
         self._apps: dict[str, set[str]] = {}
         self._count = 0
@@ -78,7 +80,25 @@ class LocalHub:
         if recipient.type == "user":
             return ib.users.get(recipient.user_id, ())
         if recipient.type == "group":
-            return ib.groups.get(recipient.group, ())
+            registered = ib.groups.get(recipient.group, ())
+            members = self._members(app_id, recipient.ib_id, recipient.group) if self._members is not None else ()
+            if not members:
+                return registered
+            # Members with live sessions, plus sessions registered with the group name;
+            # a set, so each session once.  Walk the smaller side: the cost follows the
+            # recipients, not the connections.
+            out = set(registered)
+            users = ib.users
+            if len(members) <= len(users):
+                for user_id in members:
+                    sessions = users.get(user_id)
+                    if sessions:
+                        out.update(sessions)
+            else:
+                for user_id, sessions in users.items():
+                    if user_id in members:
+                        out.update(sessions)
+            return out
         return ib.all
 
     def route(self, app_id: str, recipient: Recipient, message: Message) -> Report:
@@ -94,7 +114,7 @@ class LocalHub:
             if session.deliver(outbound):
                 written += 1
                 users.add(session.user_id)
-        return Report(written, len(users))
+        return Report(written, len(users), users)
 
     def publish(self, app_id: str, recipient: Recipient, message: Message) -> Deferred[Report]:
         return succeed(self.route(app_id, recipient, message))

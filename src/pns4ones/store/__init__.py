@@ -59,6 +59,40 @@ class Snapshot:
 
     applications: tuple[Application, ...]
     tokens: tuple[TokenRecord, ...]
+    #: ``(app_id, ib_id, group, user_id)`` rows of every group.
+    memberships: tuple[tuple[str, str, str, str], ...] = ()
+    #: ``(app_id, ib_id)`` pairs that have kept messages (registrations there look them up).
+    kept_ibs: frozenset[tuple[str, str]] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class KeptMessage:
+    """A message kept for users who are offline (store and forward)."""
+
+    app_id: str
+    ib_id: str
+    type: str  # user, group or all
+    target: str  # the user id, the group name, or "" for all
+    payload: bytes  # the add-in JSON (rendered once)
+    created_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class KeptOutcome:
+    """What keeping a message did: its id and the older messages dropped to stay in bounds."""
+
+    id: int
+    dropped_user: int
+    dropped_app: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeptCount:
+    app_id: str
+    kept: int
+    dropped: int
+    expired: int
 
 
 class Store(Protocol):
@@ -76,6 +110,19 @@ class Store(Protocol):
     def purge_tokens(self, expired_before: float) -> Deferred[int]: ...
     def get_admin(self) -> Deferred[AdminAccount | None]: ...
     def set_admin(self, account: AdminAccount, now: float) -> Deferred[None]: ...
+    # groups: every change is one transaction
+    def set_group(self, app_id: str, ib_id: str, group: str, user_ids: list[str], now: float) -> Deferred[None]: ...
+    def add_group_members(self, app_id: str, ib_id: str, group: str, user_ids: list[str], now: float) -> Deferred[int]: ...
+    def remove_group_member(self, app_id: str, ib_id: str, group: str, user_id: str) -> Deferred[int]: ...
+    def remove_group(self, app_id: str, ib_id: str, group: str) -> Deferred[int]: ...
+    def list_groups(self, app_id: str, ib_id: str | None = None) -> Deferred[list[tuple[str, str, int]]]: ...
+    def group_members(self, app_id: str, ib_id: str, group: str) -> Deferred[list[str]]: ...
+    # kept messages
+    def keep_message(self, message: KeptMessage, received_by: list[str], max_per_user: int, max_per_app: int) -> Deferred[KeptOutcome]: ...
+    def take_kept(self, app_id: str, ib_id: str, user_id: str, groups: list[str], now: float) -> Deferred[list[bytes]]: ...
+    def purge_kept(self, now: float) -> Deferred[int]: ...
+    def kept_ibs(self) -> Deferred[frozenset[tuple[str, str]]]: ...
+    def kept_counts(self) -> Deferred[list[KeptCount]]: ...
     def start_watching(self, on_change: Callable[[], object], interval: float) -> None: ...
     def stop_watching(self) -> None: ...
     def close(self) -> Deferred[None]: ...

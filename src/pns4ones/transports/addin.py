@@ -100,10 +100,15 @@ class AddinProtocol(IntNStringReceiver):
     _paused = False
     _backlog = 0
     _ended = False
+    #: Live messages buffered while kept messages are read (store and forward).
+    _held: list[Outbound] | None = None
+    _held_bytes = 0
+    connected_at = 0.0
 
     def connectionMade(self) -> None:
         factory = self.factory
         self.peer = peer_host(self.transport)
+        self.connected_at = factory.clock.seconds()
         self.MAX_LENGTH = factory.config.max_registration_size
         if not factory.admit(self):
             self.transport.abortConnection()
@@ -190,6 +195,13 @@ class AddinProtocol(IntNStringReceiver):
         if keys is None or self._ended:
             return False
         frame = message.addin_frame(keys)
+        if self._held is not None:
+            self._held_bytes += len(frame)
+            if self._held_bytes > self.factory.config.send_buffer_limit:
+                self.factory.slow_reader(self)
+                return False
+            self._held.append(message)
+            return True
         if self._paused:
             self._backlog += len(frame)
             if self._backlog > self.factory.config.send_buffer_limit:
@@ -199,6 +211,20 @@ class AddinProtocol(IntNStringReceiver):
             return True
         self.transport.write(frame)
         return True
+
+    def hold(self) -> None:
+        """Buffer live messages until :meth:`release` (kept messages come first)."""
+        self._held = []
+        self._held_bytes = 0
+
+    def release(self, first: list[Outbound]) -> None:
+        """Write ``first`` (the kept messages, oldest first), then what was held."""
+        held = self._held or []
+        self._held = None
+        for message in first:
+            self.deliver(message)
+        for message in held:
+            self.deliver(message)
 
     def end(self, reason: str) -> None:
         """Close after writing what is queued (key rotated, removed, shutdown)."""
