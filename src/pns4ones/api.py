@@ -43,8 +43,10 @@ class SendAPI:
     app = Klein()
     log = Logger()
 
-    def __init__(self, core: Core, expires_in_format: str = "unix", log_sends: bool = True) -> None:
+    def __init__(self, core: Core, expires_in_format: str = "unix", log_sends: bool = True, subscriptions: Any = None) -> None:
         self.core = core
+        #: WebSocket/SSE subscriptions (:class:`pns4ones.transports.web.WebSubscriptions`), if served.
+        self.subscriptions = subscriptions
         self.expires_in_format = expires_in_format
         #: A log event per send only when Information is on (it costs ~4% of a send).
         self.log_sends = log_sends
@@ -57,6 +59,8 @@ class SendAPI:
         """
         root = _Root(self.app.resource())
         root.putChild(b"sendmessage", _SendMessage(self))
+        if self.subscriptions is not None:
+            root.putChild(b"subscribe", self.subscriptions.resource())
         return root
 
     def _app_for(self, request: Any) -> Any:
@@ -80,6 +84,18 @@ class SendAPI:
         if self.expires_in_format == "legacy":
             expires += LEGACY_EPOCH_OFFSET
         return json_body(request, 200, {"access_token": issued.token, "expires_in": expires})
+
+    @app.route("/tickets", methods=["POST"])
+    def tickets(self, request: Any) -> Any:
+        """``POST /tickets``: a subscription ticket for WebSocket/SSE (see transports/web.py)."""
+        application = self._app_for(request)
+        if self.subscriptions is None:
+            raise ApiError(404, "not_found", "WebSocket/SSE subscriptions are not served here")
+        try:
+            doc = self.subscriptions.issue(application, bearer_token(request), request.content.read())
+        except MessageError as e:
+            raise ApiError(400, "bad_request", e.reason, field=e.field) from None
+        return json_body(request, 200, doc)
 
     def sendmessage(self, request: Any) -> Any:
         """``POST /sendmessage``: bytes now, or a Deferred of them (a networked hub)."""

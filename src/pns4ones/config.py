@@ -211,6 +211,19 @@ def _path(value: str, option: str) -> str:
     return os.path.expanduser(value.strip()) if value.strip() else ""
 
 
+def _origins(value: str, option: str) -> tuple[str, ...]:
+    """``scheme://host[:port]`` origins (lowercased, no path), or ``*``."""
+    out = []
+    for item in re.split(r"[\s,]+", value.strip()):
+        if not item:
+            continue
+        origin = item.lower().rstrip("/")
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s?#]+", origin):
+            raise ConfigError(option, f"{item!r} is not an origin like https://host or https://host:port (or *)")
+        out.append(origin)
+    return tuple(out)
+
+
 # --- the option table ----------------------------------------------------------
 
 
@@ -251,6 +264,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("request_timeout", "30", _number(float, 1, 3600), "seconds an HTTP client may take to send a whole request (default 30)", "SECONDS"),
     Option("send_rate_limit", "0", _number(float, 0, 1e9), "sends per second per application, 0 = unlimited (default 0)", "RATE"),
     Option("store_poll_interval", "1", _number(float, 0.05, 60), "seconds between checks for changes made by the admin CLI (default 1)", "SECONDS"),
+    Option("allowed_origins", "", _origins, "browser origins allowed to subscribe over WebSocket/SSE (comma-separated, e.g. https://erp.example.com; * = any; default none)", "ORIGINS"),
+    Option("ticket_ttl", "300", _number(int, 5, 86400), "seconds a subscription ticket from /tickets is valid when no TTL is asked (default 300)", "SECONDS"),
+    Option("ticket_max_ttl", "3600", _number(int, 5, 86400), "longest TTL /tickets grants (default 3600)", "SECONDS"),
+    Option("ws_ping_interval", "30", _number(float, 0.05, 3600), "seconds between WebSocket pings (default 30)", "SECONDS"),
+    Option("ws_ping_timeout", "30", _number(float, 0.05, 3600), "seconds a WebSocket peer has to answer a ping before it is closed (default 30)", "SECONDS"),
+    Option("sse_heartbeat", "15", _number(float, 0.05, 3600), "seconds between Server-Sent Events comment heartbeats (default 15)", "SECONDS"),
+    Option("recovery_window", "120", _number(float, 0, 86400), "seconds of messages kept per information base for resuming WebSocket/SSE clients (default 120; 0 = none)", "SECONDS"),
+    Option("recovery_messages", "1000", _number(int, 0, 1_000_000), "most messages kept per information base for resuming clients (default 1000)", "N"),
 )
 
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
@@ -286,6 +307,14 @@ class Config:
     send_rate_limit: float
     store_poll_interval: float
     trusted_proxies: tuple[Any, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    ticket_ttl: int = 300
+    ticket_max_ttl: int = 3600
+    ws_ping_interval: float = 30.0
+    ws_ping_timeout: float = 30.0
+    sse_heartbeat: float = 15.0
+    recovery_window: float = 120.0
+    recovery_messages: int = 1000
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def source_of(self, option: str) -> str:

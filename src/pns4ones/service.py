@@ -23,6 +23,7 @@ from .core import Core
 from .hub.local import LocalHub
 from .store.sqlite import SQLiteStore
 from .transports.addin import AddinFactory
+from .transports.web import WebSubscriptions
 from .web import ApiSite
 
 
@@ -58,8 +59,9 @@ class PnsService(service.MultiService):
         """Open the store and build the node's parts (no network yet)."""
         cfg = self.config
         self.store = SQLiteStore(cfg.data_dir, reactor=self.reactor)
-        self.core = Core(self.store, LocalHub(), self.reactor, token_lifetime=cfg.token_lifetime)
-        self.api = SendAPI(self.core, cfg.expires_in_format, log_sends=logs.level_enabled(cfg.log_level, LogLevel.info))
+        self.core = Core(self.store, LocalHub(self.reactor, cfg.recovery_window, cfg.recovery_messages), self.reactor, token_lifetime=cfg.token_lifetime)
+        self.web_subscriptions = WebSubscriptions(self.core, cfg, self.reactor)
+        self.api = SendAPI(self.core, cfg.expires_in_format, log_sends=logs.level_enabled(cfg.log_level, LogLevel.info), subscriptions=self.web_subscriptions)
         self.site = ApiSite(self.api.resource(), cfg.max_body_size, cfg.request_timeout, clock=self.reactor, trusted_proxies=cfg.trusted_proxies)
         self.api_factory: Any = self.site
         if cfg.ssl_mode != "None":
@@ -120,6 +122,7 @@ class PnsService(service.MultiService):
             for warning in self.tls.material.warnings:
                 self.log.warn("{warning}", warning=warning)
         self.log.info("add-in subscriptions (TCP) on {where}", where=cfg.service.describe(), **always)
+        self.log.info("WebSocket and SSE subscriptions at /subscribe/ws and /subscribe/sse of the send API; allowed_origins: {origins}", origins=", ".join(cfg.allowed_origins) or "none", **always)
         self.log.info("{count} applications in the store", count=len(self.core.apps), **always)
 
     # -- control: PID file, SIGHUP = reload the certificate ---------------------------------
@@ -192,6 +195,8 @@ class PnsService(service.MultiService):
             self._purge.stop()
         if self.addin_factory is not None:
             self.addin_factory.end_all("service stopping")
+        if self.core is not None:
+            self.web_subscriptions.end_all("service stopping")
         if self.store is not None:
             self.store.stop_watching()
         yield super().stopService()
