@@ -346,6 +346,11 @@ class WebSocketSession(_WebSession):
 
     def negotiationStarted(self, transport: Any) -> None:
         self.ws = transport
+        # Close through the HTTP channel, which unregisters itself as the socket's
+        # producer first: a TLS connection would otherwise wait for that forever
+        # before sending its close_notify (and the client its close timeout).
+        if getattr(transport, "transport", None) is self.request.channel.transport:
+            transport.transport = self.request.channel
         # The library reassembles messages without a bound: install bounded buffers.
         if hasattr(transport, "_textBuffer") and hasattr(transport, "_bytesBuffer"):
             transport._textBuffer = _BoundedBuffer("", MAX_INBOUND, self._oversized)

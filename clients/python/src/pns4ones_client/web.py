@@ -23,9 +23,11 @@ Command line: ``python -m pns4ones_client.web URL TICKET [--transport ws|sse] [-
 from __future__ import annotations
 
 import json
+import queue
 import ssl
 import sys
-from typing import Any, Iterator
+import threading
+from typing import Any
 
 
 def get_ticket(url: str, token: str, ib_id: str, user_id: str, groups: list[str] | None = None, ttl: int | None = None, verify: Any = True) -> str:
@@ -59,7 +61,7 @@ class WebSubscriber:
         self._ws: Any = None
         self._client: Any = None
         self._stream: Any = None
-        self._events: Iterator[Any] | None = None
+        self._events: queue.Queue[Any] = queue.Queue()
 
     def __enter__(self) -> "WebSubscriber":
         return self.connect()
@@ -105,7 +107,7 @@ class WebSubscriber:
         headers = self._headers()
         if self.since is not None:
             headers["Last-Event-ID"] = str(self.since)
-        self._client = httpx.Client(verify=self.ssl_context or True, timeout=httpx.Timeout(self.timeout))
+        self._client = httpx.Client(verify=self.ssl_context or True, timeout=httpx.Timeout(self.timeout, read=None))
         self._stream = connect_sse(self._client, "GET", self.url + "/subscribe/sse", params=self._params(), headers=headers)
         source = self._stream.__enter__()
         try:
@@ -115,8 +117,18 @@ class WebSubscriber:
         except Exception:
             self.close()
             raise
-        self._events = source.iter_sse()
+        # A reader thread, so that receive() has a deadline even while heartbeats flow.
+        threading.Thread(target=self._read_sse, args=(source,), daemon=True).start()
         return self
+
+    def _read_sse(self, source: Any) -> None:
+        try:
+            for event in source.iter_sse():
+                if event.data:  # a "retry:" hint alone carries no data
+                    self._events.put(event.json())
+        except Exception as e:  # closed by us, or by the server
+            self._events.put(e)
+        self._events.put(EOFError("the server ended the stream"))
 
     def receive(self, timeout: float | None = None) -> dict[str, Any]:
         """The next event; TimeoutError if none arrives in time, EOFError when the server closed."""
@@ -129,18 +141,13 @@ class WebSubscriber:
                 raise EOFError(f"closed by the server: {e}") from None
             doc = json.loads(text)
         else:
-            import httpx
-
-            assert self._events is not None
-            event = None
-            while event is None or not event.data:  # a "retry:" hint alone carries no data
-                try:
-                    event = next(self._events)  # the read timeout of the client applies
-                except StopIteration:
-                    raise EOFError("the server ended the stream") from None
-                except httpx.ReadTimeout:
-                    raise TimeoutError("no event in time") from None
-            doc = event.json()
+            try:
+                doc = self._events.get(timeout=timeout if timeout is not None else self.timeout)
+            except queue.Empty:
+                raise TimeoutError("no event in time") from None
+            if isinstance(doc, Exception):
+                self._events.put(doc)  # stays closed
+                raise EOFError(f"the stream ended: {doc}")
         if isinstance(doc.get("id"), int):
             self.last_id = doc["id"]
         return doc
