@@ -33,6 +33,7 @@ class WebBase(SynchronousTestCase):
         "--ws_ping_interval", "0.3", "--ws_ping_timeout", "0.5",
         "--sse_heartbeat", "0.3",
         "--recovery_messages", "5",
+        "--send_buffer_limit", "64K",
     ]  # fmt: skip
     server: ServerProcess
 
@@ -283,6 +284,35 @@ class KeepaliveTests(WebBase):
         time.sleep(0.5)
         self.assertEqual(self.send({"Type": "all"}, "alive")["sessions"], 1)
         self.assertEqual(lively.messages(1)[0]["topic"], "alive")
+
+    def test_slow_readers_are_cut_off(self) -> None:
+        """A WebSocket or SSE subscriber that stops reading is cut off past send_buffer_limit; the others keep receiving."""
+        lively = self.subscriber("sse", self.ticket("lively"))
+        stuck = []
+        for path in ("/subscribe/ws", "/subscribe/sse"):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(5)
+            sock.connect(("127.0.0.1", self.server.api_port))
+            self.addCleanup(sock.close)
+            upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\nSec-WebSocket-Version: 13\r\n" if path.endswith("ws") else ""
+            sock.sendall(f"GET {path}?ticket={self.ticket('stuck')} HTTP/1.1\r\nHost: 127.0.0.1\r\n{upgrade}\r\n".encode())
+            stuck.append(sock)
+        wait_for(lambda: self.send({"Type": "user", "UserId": "stuck"}, "probe")["sessions"] == 2, what="both stuck sessions")
+        token = self.token()
+        body = {"Recipient": {"Type": "all", "IbId": self.ib}, "Message": {"Data": {"blob": "x" * 60_000}}}
+        for n in range(400):
+            response = self.http.post(f"{self.url}/sendmessage", json=body, headers={"Authorization": f"Bearer {token}"})
+            if response.json()["sessions"] == 1:
+                break
+        self.assertEqual(response.json(), {"sessions": 1, "users": 1}, f"still {response.json()} after {n + 1} large sends")
+        log = self.server.log()
+        self.assertIn("is not reading: over 65536 bytes queued, cut off", log)  # further ones are rate-limited
+        self.assertIn("subscription ended: peer=127.0.0.1 app={} ib={} user=stuck transport=ws".format(self.app["id"], self.ib), log)
+        self.assertIn("subscription ended: peer=127.0.0.1 app={} ib={} user=stuck transport=sse".format(self.app["id"], self.ib), log)
+        self.assertEqual(self.send({"Type": "user", "UserId": "lively"}, "fine")["sessions"], 1)
+        while (doc := lively.receive(5)).get("topic") != "fine":
+            pass
 
     def test_sse_heartbeat(self) -> None:
         """The SSE stream starts with a retry: hint and carries comment heartbeats."""

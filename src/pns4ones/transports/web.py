@@ -122,6 +122,10 @@ class WebSubscriptions:
         if origin and not self.origin_allowed(origin):
             self.warn("origin", "refused a subscription from {peer}: Origin {origin} is not in allowed_origins", peer=_peer(request), origin=origin)
             raise SubscribeError(403, "origin_not_allowed", f"Origin {origin} is not allowed (allowed_origins)")
+        limit = self.config.max_subscriptions
+        if limit and len(self.sessions) >= limit:
+            self.warn("limit", "max_subscriptions={limit} web subscriptions reached: refusing {peer}", limit=limit, peer=_peer(request))
+            raise SubscribeError(503, "too_many_subscriptions", f"this server takes at most {limit} web subscriptions (max_subscriptions)")
         text = ""
         header = (request.getHeader(b"authorization") or b"").decode("latin-1").strip()
         scheme, _, value = header.partition(" ")
