@@ -130,8 +130,8 @@ class FanOutTests(WebBase):
         # The same ids on both web transports: one id per message, node-wide.
         self.assertEqual(ws.last_id, sse.last_id)
         log = self.server.log()
-        self.assertIn("transport=ws", log)
-        self.assertIn("transport=sse", log)
+        for transport in ("tcp", "ws", "sse"):
+            self.assertIn(f"user=u1 group= transport={transport}", log)
 
     def test_groups_and_other_users(self) -> None:
         """Group sends reach tickets listing the group; other users and other information bases get nothing."""
@@ -407,6 +407,23 @@ class RecoveryUnitTests(SynchronousTestCase):
         self.assertEqual(floor, 1003)
         floor, items = rec.replay("b", S(), 999, now=13.5)  # never sent to: nothing missed
         self.assertEqual((floor, list(items)), (None, []))
+
+
+class TicketUnitTests(SynchronousTestCase):
+    def test_sign_verify(self) -> None:
+        """A ticket verifies with its application's server key until it expires; any change to it or the key fails."""
+        from pns4ones import tickets
+
+        ticket = tickets.Ticket("app", "ib", "пользователь", ("g",), 1000, b"\x01" * 32)
+        text = tickets.issue("key-1", ticket)
+        self.assertEqual(tickets.verify(text, {"app": "key-1"}.get, 999), ticket)
+        with self.assertRaises(tickets.TicketError) as e:
+            tickets.verify(text, {"app": "key-1"}.get, 1000)
+        self.assertEqual(e.exception.status, 403)
+        for bad in (text[:-2] + ("AA" if text[-2:] != "AA" else "BB"), text.replace("pt1.", "pt2."), text + ".x", "", "pt1." + "A" * 9000):
+            self.assertRaises(tickets.TicketError, tickets.verify, bad, {"app": "key-1"}.get, 999)
+        self.assertRaises(tickets.TicketError, tickets.verify, text, {"app": "key-2"}.get, 999)
+        self.assertRaises(tickets.TicketError, tickets.verify, text, {}.get, 999)
 
 
 class SecureTests(WebBase):

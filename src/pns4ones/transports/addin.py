@@ -146,7 +146,7 @@ class AddinProtocol(IntNStringReceiver):
             self._timer.cancel()
         self._timer = None
         self.log.info(
-            "subscription registered: peer={peer} app={app_id} ib={ib_id} user={user_id} group={group}",
+            "subscription registered: peer={peer} app={app_id} ib={ib_id} user={user_id} group={group} transport=tcp",
             peer=self.peer,
             app_id=self.app_id,
             ib_id=self.ib_id,
@@ -164,7 +164,7 @@ class AddinProtocol(IntNStringReceiver):
         if self.keys is not None:
             self.factory.core.hub.detach(self)
             self.log.info(
-                "subscription ended: peer={peer} app={app_id} ib={ib_id} user={user_id} group={group}",
+                "subscription ended: peer={peer} app={app_id} ib={ib_id} user={user_id} group={group} transport=tcp",
                 peer=self.peer,
                 app_id=self.app_id,
                 ib_id=self.ib_id,
