@@ -53,9 +53,11 @@ class SendAPI:
     app = Klein()
     log = Logger()
 
-    def __init__(self, core: Core, expires_in_format: str = "unix", log_sends: bool = True, send_rate_limit: float = 0.0, max_batch: int = 1000) -> None:
+    def __init__(self, core: Core, expires_in_format: str = "unix", log_sends: bool = True, send_rate_limit: float = 0.0, max_batch: int = 1000, subscriptions: Any = None) -> None:
         self.core = core
         self.max_batch = max_batch
+        #: WebSocket/SSE subscriptions (:class:`pns4ones.transports.web.WebSubscriptions`), if served.
+        self.subscriptions = subscriptions
         self.expires_in_format = expires_in_format
         self.limiter = RateLimiter(send_rate_limit) if send_rate_limit > 0 else None
         self._warn = RateLimited(core.clock, 10.0)
@@ -70,6 +72,8 @@ class SendAPI:
         """
         root = _Root(self.app.resource())
         root.putChild(b"sendmessage", _SendMessage(self))
+        if self.subscriptions is not None:
+            root.putChild(b"subscribe", self.subscriptions.resource())
         return root
 
     def _app_for(self, request: Any, cost: int = 1) -> Any:
@@ -112,6 +116,18 @@ class SendAPI:
         if self.expires_in_format == "legacy":
             expires += LEGACY_EPOCH_OFFSET
         return json_body(request, 200, {"access_token": issued.token, "expires_in": expires})
+
+    @app.route("/tickets", methods=["POST"])
+    def tickets(self, request: Any) -> Any:
+        """``POST /tickets``: a subscription ticket for WebSocket/SSE (see transports/web.py)."""
+        application = self._app_for(request)
+        if self.subscriptions is None:
+            raise ApiError(404, "not_found", "WebSocket/SSE subscriptions are not served here")
+        try:
+            doc = self.subscriptions.issue(application, bearer_token(request), request.content.read())
+        except MessageError as e:
+            raise ApiError(400, "bad_request", e.reason, field=e.field) from None
+        return json_body(request, 200, doc)
 
     def sendmessage(self, request: Any) -> Any:
         """``POST /sendmessage``: bytes now, or a Deferred of them (a networked hub)."""

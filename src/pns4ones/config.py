@@ -211,6 +211,19 @@ def _path(value: str, option: str) -> str:
     return os.path.expanduser(value.strip()) if value.strip() else ""
 
 
+def _origins(value: str, option: str) -> tuple[str, ...]:
+    """``scheme://host[:port]`` origins (lowercased, no path), or ``*``."""
+    out = []
+    for item in re.split(r"[\s,]+", value.strip()):
+        if not item:
+            continue
+        origin = item.lower().rstrip("/")
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s?#]+", origin):
+            raise ConfigError(option, f"{item!r} is not an origin like https://host or https://host:port (or *)")
+        out.append(origin)
+    return tuple(out)
+
+
 # --- the option table ----------------------------------------------------------
 
 
@@ -257,6 +270,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_kept_per_app", "100000", _number(int, 1, 100_000_000), "most kept messages for one application; the oldest is dropped first (default 100000)", "N"),
     Option("max_group_size", "10000", _number(int, 1, 10_000_000), "most members of one group (default 10000)", "N"),
     Option("max_groups", "10000", _number(int, 1, 10_000_000), "most groups of one application (default 10000)", "N"),
+    Option("allowed_origins", "", _origins, "browser origins allowed to subscribe over WebSocket/SSE (comma-separated, e.g. https://erp.example.com; * = any; default none)", "ORIGINS"),
+    Option("ticket_ttl", "300", _number(int, 5, 86400), "seconds a subscription ticket from /tickets is valid when no TTL is asked (default 300)", "SECONDS"),
+    Option("ticket_max_ttl", "3600", _number(int, 5, 86400), "longest TTL /tickets grants (default 3600)", "SECONDS"),
+    Option("ws_ping_interval", "30", _number(float, 0.05, 3600), "seconds between WebSocket pings (default 30)", "SECONDS"),
+    Option("ws_ping_timeout", "30", _number(float, 0.05, 3600), "seconds a WebSocket peer has to answer a ping before it is closed (default 30)", "SECONDS"),
+    Option("sse_heartbeat", "15", _number(float, 0.05, 3600), "seconds between Server-Sent Events comment heartbeats (default 15)", "SECONDS"),
+    Option("recovery_window", "120", _number(float, 0, 86400), "seconds of messages kept per information base for resuming WebSocket/SSE clients (default 120; 0 = none)", "SECONDS"),
+    Option("recovery_messages", "1000", _number(int, 0, 1_000_000), "most messages kept per information base for resuming clients (default 1000)", "N"),
 )
 
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
@@ -298,6 +319,14 @@ class Config:
     max_kept_per_app: int = 100000
     max_group_size: int = 10000
     max_groups: int = 10000
+    allowed_origins: tuple[str, ...] = ()
+    ticket_ttl: int = 300
+    ticket_max_ttl: int = 3600
+    ws_ping_interval: float = 30.0
+    ws_ping_timeout: float = 30.0
+    sse_heartbeat: float = 15.0
+    recovery_window: float = 120.0
+    recovery_messages: int = 1000
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def source_of(self, option: str) -> str:

@@ -174,6 +174,11 @@ class Core:
             raise AuthError(403, "access token expired: call /auth again")
         return app
 
+    def token_expiry(self, digest: bytes, app_id: str) -> float | None:
+        """When the access token with this digest expires(d), or None if it was revoked (reset, key rotated) or purged."""
+        record = self._tokens.get(digest)
+        return record.expires_at if record is not None and record.app_id == app_id else None
+
     def purge_tokens(self) -> Deferred[int]:
         cutoff = self.clock.seconds() - EXPIRED_TOKEN_MEMORY
         for digest in [d for d, r in self._tokens.items() if r.expires_at < cutoff]:

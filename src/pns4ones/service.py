@@ -25,6 +25,7 @@ from .groups import Membership
 from .hub.local import LocalHub
 from .store.sqlite import SQLiteStore
 from .transports.addin import AddinFactory, configure_socket
+from .transports.web import WebSubscriptions
 from .web import ApiSite
 
 
@@ -70,8 +71,17 @@ class PnsService(service.MultiService):
         self.store = SQLiteStore(cfg.data_dir, reactor=self.reactor)
         membership = Membership()
         limits = Limits(cfg.max_ttl, cfg.max_kept_per_user, cfg.max_kept_per_app, cfg.max_group_size, cfg.max_groups)
-        self.core = Core(self.store, LocalHub(membership.members), self.reactor, token_lifetime=cfg.token_lifetime, membership=membership, limits=limits)
-        self.api = SendAPI(self.core, cfg.expires_in_format, log_sends=logs.level_enabled(cfg.log_level, LogLevel.info), send_rate_limit=cfg.send_rate_limit, max_batch=cfg.max_batch)
+        hub = LocalHub(membership.members, self.reactor, cfg.recovery_window, cfg.recovery_messages)
+        self.core = Core(self.store, hub, self.reactor, token_lifetime=cfg.token_lifetime, membership=membership, limits=limits)
+        self.web_subscriptions = WebSubscriptions(self.core, cfg, self.reactor)
+        self.api = SendAPI(
+            self.core,
+            cfg.expires_in_format,
+            log_sends=logs.level_enabled(cfg.log_level, LogLevel.info),
+            send_rate_limit=cfg.send_rate_limit,
+            max_batch=cfg.max_batch,
+            subscriptions=self.web_subscriptions,
+        )
         self.site = ApiSite(self.api.resource(), cfg.max_body_size, cfg.request_timeout, clock=self.reactor, trusted_proxies=cfg.trusted_proxies)
         self.api_factory: Any = self.site
         if cfg.ssl_mode != "None":
@@ -165,6 +175,7 @@ class PnsService(service.MultiService):
                 self.log.warn("{warning}", warning=warning)
         self.log.info("add-in subscriptions (TCP) on {where}", where=cfg.service.describe(), **always)
         self.log.info("admin panel (HTTP, loopback only) on http://127.0.0.1:{port}/", port=cfg.admin_port, **always)
+        self.log.info("WebSocket and SSE subscriptions at /subscribe/ws and /subscribe/sse of the send API; allowed_origins: {origins}", origins=", ".join(cfg.allowed_origins) or "none", **always)
         self.log.info("{count} applications in the store", count=len(self.core.apps), **always)
 
     # -- control: PID file, SIGHUP = reload the certificate ---------------------------------
@@ -252,6 +263,8 @@ class PnsService(service.MultiService):
             self._purge_kept.stop()
         if self.addin_factory is not None:
             self.addin_factory.end_all("service stopping")
+        if self.core is not None:
+            self.web_subscriptions.end_all("service stopping")
         if self.store is not None:
             self.store.stop_watching()
         yield self.site.drain(self.reactor, timeout=5.0)

@@ -1,7 +1,10 @@
 """
 The message hub behind a small interface: who is subscribed where, and fan-out.
 
-A :class:`Session` is any live subscription (the add-in's TCP connection today).
+A :class:`Session` is any live subscription: the add-in's TCP connection
+(transport ``tcp``), a WebSocket (``ws``) or a Server-Sent Events stream (``sse``).
+A session may also have ``groups`` (several groups, from a ticket); ``group`` is
+then the first of them.
 The hub indexes sessions by (application, information base) and then by user and
 group, so finding the recipients of a send costs the same with 10 or 100,000
 connections.  :class:`LocalHub` serves one process; a networked hub can wrap its
@@ -44,15 +47,35 @@ class Outbound:
     """
     One message on its way out: its JSON is rendered once, and its add-in frame
     encrypted once per application key; every session writes the same bytes.
+    ``id`` is the message's id (see :mod:`pns4ones.hub.recovery`); the web
+    transports send the add-in JSON with it spliced in, built once.
     """
 
-    __slots__ = ("message", "plaintext", "_frame_key", "_frame")
+    __slots__ = ("message", "plaintext", "id", "_frame_key", "_frame", "_web", "_web_text")
 
-    def __init__(self, message: Message) -> None:
+    def __init__(self, message: Message, message_id: int = 0) -> None:
         self.message = message
         self.plaintext = render_addin_json(message)
+        self.id = message_id
         self._frame_key: ClientKey | None = None
         self._frame = b""
+        self._web: bytes | None = None
+        self._web_text: str | None = None
+
+    def web_json(self) -> bytes:
+        """``{"id": N, ...the add-in JSON...}`` as UTF-8 (one line: no raw newlines)."""
+        web = self._web
+        if web is None:
+            head = b'{"id":%d' % self.id
+            body = self.plaintext
+            web = self._web = head + b"}" if body == b"{}" else head + b"," + body[1:]
+        return web
+
+    def web_text(self) -> str:
+        text = self._web_text
+        if text is None:
+            text = self._web_text = self.web_json().decode("utf-8")
+        return text
 
     def addin_frame(self, key: ClientKey) -> bytes:
         if key is not self._frame_key and key != self._frame_key:
@@ -75,6 +98,9 @@ class Hub(Protocol):
     def attach(self, session: Session) -> None: ...
     def detach(self, session: Session) -> None: ...
     def publish(self, app_id: str, recipient: Recipient, message: Message) -> Deferred[Report]: ...
+    def replay(self, session: Session, since: int) -> tuple[int | None, list[Outbound]]: ...
+    @property
+    def last_id(self) -> int: ...
     def sessions(self, app_id: str | None = None) -> Iterator[Session]: ...
     def counts(self) -> dict[str, dict[str, int]]: ...
     def __len__(self) -> int: ...

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+import time
+from typing import Any, Callable, Iterator
 
 from twisted.internet.defer import Deferred, succeed
 
 from ..messages import Message, Recipient
 from . import Outbound, Report, Session
+from .recovery import Recovery
 
 
 class _IbIndex:
@@ -21,6 +23,13 @@ class _IbIndex:
         self.groups: dict[str, set[Session]] = {}
 
 
+def _groups(session: Session) -> Any:
+    groups = getattr(session, "groups", None)
+    if groups:
+        return groups
+    return (session.group,) if session.group else ()
+
+
 def _discard(index: dict[str, set[Session]], key: str, session: Session) -> None:
     bucket = index.get(key)
     if bucket is not None:
@@ -32,12 +41,20 @@ def _discard(index: dict[str, set[Session]], key: str, session: Session) -> None
 class LocalHub:
     """:class:`pns4ones.hub.Hub` for one process."""
 
-    def __init__(self, members: Callable[[str, str, str], "set[str] | frozenset[str]"] | None = None) -> None:
+    def __init__(
+        self,
+        members: Callable[[str, str, str], "set[str] | frozenset[str]"] | None = None,
+        clock: Any = None,
+        recovery_seconds: float = 120.0,
+        recovery_messages: int = 1000,
+    ) -> None:
         #: Server-side group membership: (app_id, ib_id, group) -> user ids.
         self._members = members
         self._ibs: dict[tuple[str, str], _IbIndex] = {}
         self._apps: dict[str, set[str]] = {}
         self._count = 0
+        self._now = clock.seconds if clock is not None else time.time
+        self.recovery = Recovery(int(time.time() * 1000) * 1000, recovery_seconds, recovery_messages)
 
     def __len__(self) -> int:
         return self._count
@@ -52,8 +69,8 @@ class LocalHub:
             return
         ib.all.add(session)
         ib.users.setdefault(session.user_id, set()).add(session)
-        if session.group:
-            ib.groups.setdefault(session.group, set()).add(session)
+        for group in _groups(session):
+            ib.groups.setdefault(group, set()).add(session)
         self._count += 1
 
     def detach(self, session: Session) -> None:
@@ -63,8 +80,8 @@ class LocalHub:
             return
         ib.all.discard(session)
         _discard(ib.users, session.user_id, session)
-        if session.group:
-            _discard(ib.groups, session.group, session)
+        for group in _groups(session):
+            _discard(ib.groups, group, session)
         self._count -= 1
         if not ib.all:
             del self._ibs[key]
@@ -104,9 +121,12 @@ class LocalHub:
     def route(self, app_id: str, recipient: Recipient, message: Message) -> Report:
         """Write ``message`` to every matching local session; the same bytes for all."""
         targets = self.recipients(app_id, recipient)
+        # Every message gets an id and a place in the recovery window, delivered or not.
         if not targets:
+            self.recovery.record(app_id, recipient, message, None, self._now())
             return Report(0, 0)
         outbound = Outbound(message)
+        outbound.id = self.recovery.record(app_id, recipient, message, outbound, self._now())
         written = 0
         users = set()
         # A copy: a delivery may end a session (slow reader), which detaches it.
@@ -118,6 +138,20 @@ class LocalHub:
 
     def publish(self, app_id: str, recipient: Recipient, message: Message) -> Deferred[Report]:
         return succeed(self.route(app_id, recipient, message))
+
+    @property
+    def last_id(self) -> int:
+        """The id of the latest routed message."""
+        return self.recovery.last_id
+
+    def replay(self, session: Session, since: int) -> tuple[int | None, list[Outbound]]:
+        """
+        What ``session`` should receive first when it resumes after message ``since``;
+        the first item is the window's floor when it may have missed messages
+        (``since`` older than the window), else None.
+        """
+        missed, items = self.recovery.replay(session.app_id, session, since, self._now())
+        return missed, [outbound if outbound is not None else Outbound(message, message_id) for message_id, message, outbound in items]
 
     def sessions(self, app_id: str | None = None) -> Iterator[Session]:
         apps = [app_id] if app_id is not None else list(self._apps)

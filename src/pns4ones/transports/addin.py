@@ -161,7 +161,7 @@ class AddinProtocol(IntNStringReceiver):
         self.factory.registered(self)
         if self.factory.log_info:
             self.log.info(
-                "subscription registered: peer={peer} app={app_id} ib={ib_id} user={user_id} group={group}",
+                "subscription registered: peer={peer} app={app_id} ib={ib_id} user={user_id} group={group} transport=tcp",
                 peer=self.peer,
                 app_id=self.app_id,
                 ib_id=self.ib_id,
@@ -178,7 +178,7 @@ class AddinProtocol(IntNStringReceiver):
             self.factory.core.hub.detach(self)
             if self.factory.log_info:
                 self.log.info(
-                    "subscription ended: peer={peer} app={app_id} ib={ib_id} user={user_id} group={group}",
+                    "subscription ended: peer={peer} app={app_id} ib={ib_id} user={user_id} group={group} transport=tcp",
                     peer=self.peer,
                     app_id=self.app_id,
                     ib_id=self.ib_id,

@@ -1,0 +1,566 @@
+"""
+Subscriptions without the add-in: WebSocket (``/subscribe/ws``) and Server-Sent
+Events (``/subscribe/sse``) on the send API listener, both authenticated by a
+ticket from ``POST /tickets`` (see :mod:`pns4ones.tickets`).
+
+Both are :class:`pns4ones.hub.Session` objects in the same hub as add-in
+connections.  Each message is the add-in's JSON with an ``"id"`` spliced in
+(built once per message, :meth:`pns4ones.hub.Outbound.web_json`).  Control
+events carry an ``"event"`` member, which messages never have:
+
+* ``{"event": "ready", "id": N}``: subscribed; N is where to resume from;
+* ``{"event": "missed", "id": F, "since": S}``: the resume point S is older than
+  the recovery window (or unknown): messages may have been missed;
+* ``{"event": "end", "reason": "..."}``: the server ends the subscription.
+
+Slow readers: the HTTP channel tells us (push producer) when the socket's
+buffer is full; what is queued beyond that is bounded by ``send_buffer_limit``,
+past which the subscriber is cut off, as for the add-in.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.web import resource as _resource
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.websocket import WebSocketResource
+from zope.interface import implementer
+from twisted.internet.interfaces import IPushProducer
+
+from .. import crypto, tickets
+from ..config import Config
+from ..core import EXPIRED_TOKEN_MEMORY, Core
+from ..hub import Outbound
+from ..logs import RateLimited
+from ..messages import MAX_FIELD, MessageError, _object, _string, decode_json_body
+from ..web import json_body
+
+#: Largest inbound WebSocket message (pongs aside); past it: close 1009.
+MAX_INBOUND = 4096
+#: Most groups a ticket may carry.
+MAX_GROUPS = 100
+#: SSE reconnection delay hint, milliseconds.
+SSE_RETRY_MS = 3000
+
+
+class SubscribeError(Exception):
+    def __init__(self, status: int, error: str, reason: str, **extra: Any) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.doc = {"error": error, "reason": reason, **extra}
+
+
+def _control(event: str, **fields: Any) -> bytes:
+    return json.dumps({"event": event, **fields}, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+class WebSubscriptions:
+    """Tickets, admission (origin, ticket, resume point) and the live web sessions."""
+
+    log = Logger()
+
+    def __init__(self, core: Core, config: Config, clock: Any) -> None:
+        self.core = core
+        self.config = config
+        self.clock = clock
+        self.sessions: set[_WebSession] = set()
+        self._limited = RateLimited(clock, 10.0)
+        core.on_change(self._revalidate)
+
+    # -- tickets --------------------------------------------------------------------------
+
+    def issue(self, app: Any, token: str, body: bytes) -> dict[str, Any]:
+        """``POST /tickets``: a ticket for the user named in ``body``; MessageError if malformed."""
+        doc = _object(decode_json_body(body), "body", True)
+        assert doc is not None
+        ib_id = _string(doc, "ibid", "IbId", True)
+        user_id = _string(doc, "userid", "UserId", True)
+        for name, value in (("IbId", ib_id), ("UserId", user_id)):
+            if len(value) > MAX_FIELD:
+                raise MessageError(name, f"is longer than {MAX_FIELD} characters")
+        groups = doc.get("usergroups")
+        if groups is None:
+            groups = []
+        if not isinstance(groups, list) or not all(isinstance(g, str) and len(g) <= MAX_FIELD for g in groups):
+            raise MessageError("UserGroups", f"must be a list of strings of at most {MAX_FIELD} characters")
+        if len(groups) > MAX_GROUPS:
+            raise MessageError("UserGroups", f"has more than {MAX_GROUPS} groups")
+        groups = list(dict.fromkeys(g for g in groups if g))
+        ttl = doc.get("ttl")
+        if ttl is None:
+            ttl = self.config.ticket_ttl
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
+            raise MessageError("TTL", "must be a positive number of seconds")
+        ttl = min(int(ttl) or 1, self.config.ticket_max_ttl)
+        expires_at = int(self.clock.seconds()) + ttl
+        ticket = tickets.Ticket(app.id, ib_id, user_id, tuple(groups), expires_at, crypto.token_digest(token))
+        self.log.info("issued a subscription ticket: app={app_id} ib={ib_id} user={user_id} ttl={ttl}", app_id=app.id, ib_id=ib_id, user_id=user_id, ttl=ttl, event="ticket")
+        return {"ticket": tickets.issue(app.server_key, ticket), "expires_in": ttl, "expires_at": expires_at}
+
+    def _server_key(self, app_id: str) -> str | None:
+        app = self.core.apps.get(app_id)
+        return app.server_key if app is not None else None
+
+    def _alive(self, session: _WebSession) -> bool:
+        app = self.core.apps.get(session.app_id)
+        if app is None or app.server_key != session.server_key:
+            return False
+        if self.core.token_expiry(session.ticket.token_digest, session.app_id) is not None:
+            return True
+        # Gone: revoked (reset_token), unless merely purged long after it expired.
+        return session.token_expires + EXPIRED_TOKEN_MEMORY - 60 < self.clock.seconds()
+
+    # -- admission ------------------------------------------------------------------------
+
+    def admit(self, request: Any) -> tuple[tickets.Ticket, str, float]:
+        """The request's ticket, the server key it was checked with and its token's expiry; or SubscribeError."""
+        origin = (request.getHeader(b"origin") or "")
+        origin = origin.decode("latin-1") if isinstance(origin, bytes) else origin
+        if origin and not self.origin_allowed(origin):
+            self.warn("origin", "refused a subscription from {peer}: Origin {origin} is not in allowed_origins", peer=_peer(request), origin=origin)
+            raise SubscribeError(403, "origin_not_allowed", f"Origin {origin} is not allowed (allowed_origins)")
+        limit = self.config.max_subscriptions
+        if limit and len(self.sessions) >= limit:
+            self.warn("limit", "max_subscriptions={limit} web subscriptions reached: refusing {peer}", limit=limit, peer=_peer(request))
+            raise SubscribeError(503, "too_many_subscriptions", f"this server takes at most {limit} web subscriptions (max_subscriptions)")
+        text = ""
+        header = (request.getHeader(b"authorization") or b"").decode("latin-1").strip()
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer":
+            text = value.strip()
+        elif request.args.get(b"ticket"):
+            text = request.args[b"ticket"][0].decode("utf-8", "replace")
+        try:
+            ticket = tickets.verify(text, self._server_key, self.clock.seconds())
+        except tickets.TicketError as e:
+            self.warn("ticket", "refused a subscription from {peer}: {reason}", peer=_peer(request), reason=e.reason)
+            raise SubscribeError(e.status, "unauthorized" if e.status == 401 else "ticket_expired", e.reason) from None
+        server_key = self._server_key(ticket.app_id) or ""
+        token_expires = self.core.token_expiry(ticket.token_digest, ticket.app_id)
+        if token_expires is None:
+            self.warn("ticket", "refused a subscription from {peer}: {reason}", peer=_peer(request), reason="ticket revoked")
+            raise SubscribeError(401, "unauthorized", "ticket revoked (the application's tokens were reset): ask for a new one")
+        return ticket, server_key, token_expires
+
+    def origin_allowed(self, origin: str) -> bool:
+        allowed = self.config.allowed_origins
+        return "*" in allowed or origin.lower().rstrip("/") in allowed
+
+    @staticmethod
+    def resume_point(request: Any, header: bool) -> int | None:
+        raw = request.getHeader(b"last-event-id") if header else None
+        if raw is None and request.args.get(b"since"):
+            raw = request.args[b"since"][0]
+        if raw is None:
+            return None
+        text = raw.decode("latin-1") if isinstance(raw, bytes) else raw
+        if not text.strip().isdigit() or len(text.strip()) > 18:
+            raise SubscribeError(400, "bad_request", f"resume id {text[:40]!r} is not a message id", field="since")
+        return int(text)
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def start(self, session: _WebSession, since: int | None) -> None:
+        """Replay what the session missed after ``since``, then attach it (one reactor turn: no gap, no duplicate)."""
+        hub = self.core.hub
+        if since is not None:
+            floor, backlog = hub.replay(session, since)
+            if floor is not None:
+                session.write_control(_control("missed", id=floor, since=since))
+            for outbound in backlog:
+                session.deliver(outbound)
+        if session.ended:
+            return
+        session.write_control(_control("ready", id=hub.last_id))
+        self.sessions.add(session)
+        hub.attach(session)
+        self.log.info(
+            "subscription registered: peer={peer} app={app_id} ib={ib_id} user={user_id} group={group} transport={transport}",
+            peer=session.peer,
+            app_id=session.app_id,
+            ib_id=session.ib_id,
+            user_id=session.user_id,
+            group=",".join(session.groups),
+            transport=session.transport_name,
+            event="registered",
+        )
+
+    def finished(self, session: _WebSession) -> None:
+        if session in self.sessions:
+            self.sessions.discard(session)
+            self.core.hub.detach(session)
+            self.log.info(
+                "subscription ended: peer={peer} app={app_id} ib={ib_id} user={user_id} transport={transport}",
+                peer=session.peer,
+                app_id=session.app_id,
+                ib_id=session.ib_id,
+                user_id=session.user_id,
+                transport=session.transport_name,
+                event="ended",
+            )
+
+    def _revalidate(self) -> None:
+        """After a store change: end sessions whose ticket was revoked."""
+        for session in list(self.sessions):
+            if not self._alive(session):
+                session.end("ticket revoked (application removed, server key rotated or tokens reset)")
+
+    def slow_reader(self, session: _WebSession) -> None:
+        self.warn(
+            "slow",
+            "subscriber {peer} (app={app_id} ib={ib_id} user={user_id} transport={transport}) is not reading: over {limit} bytes queued, cut off",
+            peer=session.peer,
+            app_id=session.app_id,
+            ib_id=session.ib_id,
+            user_id=session.user_id,
+            transport=session.transport_name,
+            limit=self.config.send_buffer_limit,
+            event="slow-reader",
+        )
+        session.abort()
+
+    def warn(self, key: str, fmt: str, **fields: Any) -> None:
+        def emit(suppressed: int) -> None:
+            more = f" ({suppressed} more like it in the last interval)" if suppressed else ""
+            self.log.warn(fmt + more, **fields)
+
+        self._limited(key, emit)
+
+    def end_all(self, reason: str) -> None:
+        for session in list(self.sessions):
+            session.end(reason)
+
+    def resource(self) -> Any:
+        root = _resource.Resource()
+        root.putChild(b"ws", _WSResource(self))
+        root.putChild(b"sse", _SSEResource(self))
+        return root
+
+
+def _peer(request: Any) -> str:
+    return getattr(request.getClientAddress(), "host", "?")
+
+
+@implementer(IPushProducer)
+class _WebSession:
+    """What both web transports share: identity from the ticket, flow control."""
+
+    transport_name = ""
+    ended = False
+    _paused = False
+    _backlog = 0
+    _timer: Any = None
+
+    def __init__(self, subs: WebSubscriptions, admitted: tuple[tickets.Ticket, str, float], request: Any) -> None:
+        ticket, self.server_key, self.token_expires = admitted
+        self.subs = subs
+        self.ticket = ticket
+        self.request = request
+        self.peer = _peer(request)
+        self.app_id = ticket.app_id
+        self.ib_id = ticket.ib_id
+        self.user_id = ticket.user_id
+        self.groups = ticket.groups
+        self.group = ticket.groups[0] if ticket.groups else ""
+
+    @property
+    def keys(self) -> Any:
+        """Web sessions need no client key: always the current one, so its rotation does not end them."""
+        app = self.subs.core.apps.get(self.app_id)
+        return app.client_key if app is not None else None
+
+    def _queue(self, size: int) -> bool:
+        """Account for ``size`` bytes about to be written; False if the reader is cut off."""
+        if self._paused:
+            self._backlog += size
+            if self._backlog > self.subs.config.send_buffer_limit:
+                self.subs.slow_reader(self)
+                return False
+        return True
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _gone(self) -> None:
+        self.ended = True
+        self._cancel_timer()
+        self.subs.finished(self)
+
+    def abort(self) -> None:
+        self.ended = True
+        self._cancel_timer()
+        self.subs.finished(self)
+        self.request.channel.transport.abortConnection()
+
+    # IPushProducer: the socket's buffer is full / drained.
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._backlog = 0
+
+    def stopProducing(self) -> None:
+        pass
+
+
+# -- WebSocket -----------------------------------------------------------------------------
+
+
+class _BoundedBuffer:
+    """The WebSocket message reassembly buffer, bounded (the library has no limit)."""
+
+    __slots__ = ("data", "limit", "on_overflow")
+
+    def __init__(self, empty: Any, limit: int, on_overflow: Any) -> None:
+        self.data = empty
+        self.limit = limit
+        self.on_overflow = on_overflow
+
+    def add(self, new: Any) -> None:
+        if len(self.data) + len(new) > self.limit:
+            self.data = self.data[0:0]
+            self.on_overflow()
+            return
+        self.data += new
+
+    def done(self) -> Any:
+        result = self.data
+        self.data = self.data[0:0]
+        return result
+
+
+class WebSocketSession(_WebSession):
+    """One ``/subscribe/ws`` connection (a twisted.web.websocket protocol)."""
+
+    transport_name = "ws"
+    log = Logger()
+    ws: Any = None
+    _awaiting_pong = False
+    _too_big = False
+
+    def __init__(self, subs: WebSubscriptions, admitted: tuple[tickets.Ticket, str, float], request: Any, since: int | None) -> None:
+        super().__init__(subs, admitted, request)
+        self.since = since
+
+    def negotiationStarted(self, transport: Any) -> None:
+        self.ws = transport
+        # Close through the HTTP channel, which unregisters itself as the socket's
+        # producer first: a TLS connection would otherwise wait for that forever
+        # before sending its close_notify (and the client its close timeout).
+        if getattr(transport, "transport", None) is self.request.channel.transport:
+            transport.transport = self.request.channel
+        # The library reassembles messages without a bound: install bounded buffers.
+        if hasattr(transport, "_textBuffer") and hasattr(transport, "_bytesBuffer"):
+            transport._textBuffer = _BoundedBuffer("", MAX_INBOUND, self._oversized)
+            transport._bytesBuffer = _BoundedBuffer(b"", MAX_INBOUND, self._oversized)
+
+    def negotiationFinished(self) -> None:
+        self.request.registerProducer(self, True)
+        self.subs.start(self, self.since)
+        if not self.ended:
+            self._timer = self.subs.clock.callLater(self.subs.config.ws_ping_interval, self._ping)
+
+    # -- keepalive --------------------------------------------------------------------------
+
+    def _ping(self) -> None:
+        self._awaiting_pong = True
+        self.ws.ping(b"pns4ones")
+        self._timer = self.subs.clock.callLater(self.subs.config.ws_ping_timeout, self._pong_timed_out)
+
+    def _pong_timed_out(self) -> None:
+        self._timer = None
+        self.subs.warn(
+            "ping",
+            "WebSocket subscriber {peer} (app={app_id} user={user_id}) did not answer a ping within {timeout} s: closed",
+            peer=self.peer,
+            app_id=self.app_id,
+            user_id=self.user_id,
+            timeout=self.subs.config.ws_ping_timeout,
+        )
+        self.abort()
+
+    def pongReceived(self, payload: bytes) -> None:
+        if self._awaiting_pong and not self.ended:
+            self._awaiting_pong = False
+            self._cancel_timer()
+            self._timer = self.subs.clock.callLater(self.subs.config.ws_ping_interval, self._ping)
+
+    # -- inbound ------------------------------------------------------------------------------
+
+    def _oversized(self) -> None:
+        if self._too_big:
+            return
+        self._too_big = True
+        self.subs.warn("oversized", "WebSocket subscriber {peer} sent a message over {limit} bytes: closed (1009)", peer=self.peer, limit=MAX_INBOUND)
+        self._close(1009, "message too big")
+
+    def textMessageReceived(self, message: str) -> None:
+        if self._too_big:
+            return
+        try:
+            doc = json.loads(message)
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict) and "ack" in doc:
+            self.log.debug("ack {id} from {peer}", id=doc.get("ack"), peer=self.peer)
+        # Anything else small is ignored: subscribers have nothing to say.
+
+    def bytesMessageReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Any) -> None:
+        self._gone()
+
+    # -- outbound (Session) ---------------------------------------------------------------------
+
+    def deliver(self, message: Outbound) -> bool:
+        if self.ended:
+            return False
+        text = message.web_text()
+        if not self._queue(len(text) + 10):
+            return False
+        self.ws.sendTextMessage(text)
+        return True
+
+    def write_control(self, data: bytes) -> None:
+        if not self.ended and self._queue(len(data) + 10):
+            self.ws.sendTextMessage(data.decode("utf-8"))
+
+    def _close(self, code: int, reason: str) -> None:
+        if self.ended:
+            return
+        self._gone()
+        self.ws.loseConnection(code, reason)
+
+    def end(self, reason: str) -> None:
+        """Close with 1001 (going away) or 1008 (ticket revoked) after an ``end`` event."""
+        if self.ended:
+            return
+        self.write_control(_control("end", reason=reason))
+        self._close(1008 if "revoked" in reason else 1001, reason[:100])
+
+
+class _WSFactory:
+    def __init__(self, subs: WebSubscriptions) -> None:
+        self.subs = subs
+
+    def buildProtocol(self, request: Any) -> WebSocketSession:
+        admitted, since = request.pns_subscription
+        return WebSocketSession(self.subs, admitted, request, since)
+
+
+class _WSResource(WebSocketResource):
+    isLeaf = True
+
+    def __init__(self, subs: WebSubscriptions) -> None:
+        super().__init__(_WSFactory(subs))
+        self.subs = subs
+
+    def render_GET(self, request: Any) -> Any:
+        upgrade = (request.getHeader(b"upgrade") or b"").lower()
+        if upgrade != b"websocket":
+            return json_body(request, 400, {"error": "bad_request", "reason": "this is a WebSocket endpoint: send a WebSocket upgrade request (ws:// or wss://)"})
+        try:
+            admitted = self.subs.admit(request)
+            since = self.subs.resume_point(request, header=False)
+        except SubscribeError as e:
+            return json_body(request, e.status, e.doc)
+        request.pns_subscription = (admitted, since)
+        # A long-lived connection: no idle timeout of the HTTP channel.
+        request.channel.setTimeout(None)
+        return super().render_GET(request)
+
+    def render(self, request: Any) -> Any:
+        if request.method != b"GET":
+            request.setHeader(b"Allow", b"GET")
+            return json_body(request, 405, {"error": "method_not_allowed", "reason": "use GET with a WebSocket upgrade"})
+        return super().render(request)
+
+
+# -- Server-Sent Events ----------------------------------------------------------------------
+
+
+class SSESession(_WebSession):
+    """One ``/subscribe/sse`` stream."""
+
+    transport_name = "sse"
+
+    def begin(self, since: int | None) -> None:
+        self.request.registerProducer(self, True)
+        self.request.notifyFinish().addBoth(lambda _: self._gone())
+        self.request.write(b"retry: %d\n: pns4ones\n\n" % SSE_RETRY_MS)
+        self.subs.start(self, since)
+        if not self.ended:
+            self._timer = self.subs.clock.callLater(self.subs.config.sse_heartbeat, self._heartbeat)
+
+    def _heartbeat(self) -> None:
+        self._timer = None
+        if self.ended:
+            return
+        if self._queue(3):
+            self.request.write(b":\n\n")
+            self._timer = self.subs.clock.callLater(self.subs.config.sse_heartbeat, self._heartbeat)
+
+    def deliver(self, message: Outbound) -> bool:
+        if self.ended:
+            return False
+        data = message.web_json()
+        if not self._queue(len(data) + 32):
+            return False
+        self.request.write(b"id: %d\ndata: %s\n\n" % (message.id, data))
+        return True
+
+    def write_control(self, data: bytes) -> None:
+        if self.ended or not self._queue(len(data) + 32):
+            return
+        doc = json.loads(data)
+        head = b"event: %s\n" % doc["event"].encode()
+        if "id" in doc:
+            head += b"id: %d\n" % doc["id"]
+        self.request.write(head + b"data: " + data + b"\n\n")
+
+    def end(self, reason: str) -> None:
+        if self.ended:
+            return
+        self.write_control(_control("end", reason=reason))
+        self._gone()
+        self.request.unregisterProducer()
+        self.request.finish()
+
+
+class _SSEResource(_resource.Resource):
+    isLeaf = True
+
+    def __init__(self, subs: WebSubscriptions) -> None:
+        super().__init__()
+        self.subs = subs
+
+    def render_GET(self, request: Any) -> Any:
+        origin = request.getHeader(b"origin")
+        if origin and self.subs.origin_allowed(origin.decode("latin-1")):
+            # EventSource from another origin needs CORS on the stream itself.
+            request.setHeader(b"Access-Control-Allow-Origin", origin)
+            request.setHeader(b"Vary", b"Origin")
+        try:
+            admitted = self.subs.admit(request)
+            since = self.subs.resume_point(request, header=True)
+        except SubscribeError as e:
+            return json_body(request, e.status, e.doc)
+        request.channel.setTimeout(None)
+        request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"X-Accel-Buffering", b"no")  # nginx: do not buffer the stream
+        SSESession(self.subs, admitted, request).begin(since)
+        return NOT_DONE_YET
+
+    def render(self, request: Any) -> Any:
+        if request.method != b"GET":
+            request.setHeader(b"Allow", b"GET")
+            return json_body(request, 405, {"error": "method_not_allowed", "reason": f"{request.method.decode('latin-1')} is not allowed here; use GET"})
+        return super().render(request)
