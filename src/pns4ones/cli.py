@@ -35,6 +35,7 @@ COMMANDS = {
     "remove": "remove an application (ends its subscriptions, revokes its tokens): remove ID",
     "reset_token": "revoke every access token of an application: reset_token ID",
     "reload_tls": "make the running server re-read its HTTPS certificate files (same as SIGHUP)",
+    "restart": "restart the running server from the code and configuration on disk, keeping 1C clients connected (same as SIGUSR2)",
 }
 
 
@@ -57,6 +58,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     sub.add_parser("list", parents=[common], help=COMMANDS["list"])
     sub.add_parser("reload_tls", parents=[common], help=COMMANDS["reload_tls"])
+    sub.add_parser("restart", parents=[common], help=COMMANDS["restart"])
     p = sub.add_parser("create", parents=[common], help=COMMANDS["create"])
     p.add_argument("name", nargs="+", help="title of the new application")
     for name in ("upd_srv_key", "upd_cli_key", "remove", "reset_token"):
@@ -126,6 +128,23 @@ def reload_tls(args: argparse.Namespace, out: Any) -> None:
         out.write(f"{status['message']}\n")
     if not status.get("ok"):
         raise CommandError("the server kept its current certificate (see above)")
+
+
+def restart(args: argparse.Namespace, out: Any) -> None:
+    """SIGUSR2 the server of this data directory; report the handoff's outcome."""
+    from . import control, handoff
+
+    cfg = _config_of(args)
+    try:
+        status = handoff.request_restart(cfg.data_dir)
+    except control.ControlError as e:
+        raise CommandError(str(e)) from None
+    if getattr(args, "json", False):
+        out.write(json.dumps(status, ensure_ascii=False) + "\n")
+    else:
+        out.write(f"{status['message']}\n")
+    if not status.get("ok"):
+        raise CommandError("restart failed; the running server keeps serving (see above and its log)")
 
 
 def open_store(args: argparse.Namespace) -> Any:
@@ -207,9 +226,9 @@ def main(
     if not args.command:
         parser.print_help(out)
         return 2
-    if args.command == "reload_tls":  # no store, no reactor: a signal and a file
+    if args.command in ("reload_tls", "restart"):  # no store, no reactor: a signal and a file
         try:
-            reload_tls(args, out)
+            (reload_tls if args.command == "reload_tls" else restart)(args, out)
         except CommandError as e:
             err.write(f"{prog}: {e}\n")
             return 1

@@ -5,6 +5,7 @@ the listeners, watch the store for CLI changes, purge tokens, stop gracefully.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Any
@@ -15,7 +16,7 @@ from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.components import Componentized
 
-from . import __version__, control, logs
+from . import __version__, control, handoff, logs
 from . import tls as _tls
 from .api import SendAPI
 from .config import Address, Config, ConfigError
@@ -45,6 +46,10 @@ class PnsService(service.MultiService):
         self.addin_factory: AddinFactory | None = None
         self.ready = False
         self._purge: task.LoopingCall | None = None
+        self.port_options: dict[Any, str] = {}
+        self.incoming: handoff.Incoming | None = None  # set when a previous process hands over
+        self.restarting: handoff.Restart | None = None
+        self.handed_over = False
 
     # twistd: an ILogObserver component on the application sets the log format and level.
     def setServiceParent(self, parent: Any) -> None:
@@ -72,6 +77,14 @@ class PnsService(service.MultiService):
         self.addin_factory = AddinFactory(self.core, cfg, self.reactor)
 
     def _listen(self, address: Address, factory: Any, option: str) -> None:
+        if self.incoming is not None:  # a restart: the same sockets, from the previous process
+            for fd, family in self.incoming.take(option, address.text):
+                port = self.reactor.adoptStreamPort(fd, family, factory)
+                os.close(fd)
+                port.stopReading()
+                self.ports.append(port)
+                self.port_options[port] = option
+            return
         for host in address.hosts:
             try:
                 port = self.reactor.listenTCP(address.port, factory, backlog=1024, interface=host)
@@ -79,14 +92,21 @@ class PnsService(service.MultiService):
                 raise StartupError(f"option '{option}' ({address.text}, from {self.config.source_of(option)}): cannot listen on {host} port {address.port}: {e.socketError}") from None
             port.stopReading()  # accept only once the registry is loaded
             self.ports.append(port)
+            self.port_options[port] = option
 
     def privilegedStartService(self) -> None:
         try:
             if self.core is None:
                 self.build()
+            if os.environ.get(handoff.ENV):
+                self.incoming = handoff.Incoming(os.environ.pop(handoff.ENV))
+                self.incoming.receive_listeners()
             self._listen(self.config.listen, self.api_factory, "listen")
             self._listen(self.config.service, self.addin_factory, "service")
-        except StartupError as e:
+        except (StartupError, handoff.HandoffError) as e:
+            if self.incoming is not None:  # never shutdown() sockets the old process still serves
+                self.log.critical("cannot take over from the previous process: {error}", error=str(e), **{logs.ALWAYS: True})
+                os._exit(1)
             for port in self.ports:
                 port.stopListening()
             self.log.critical("cannot start: {error}", error=str(e), **{logs.ALWAYS: True})
@@ -103,6 +123,13 @@ class PnsService(service.MultiService):
 
     def _loaded(self, _: Any) -> None:
         cfg = self.config
+        adopted = None
+        if self.incoming is not None:
+            try:
+                adopted = handoff.adopt_sessions(self, self.incoming)
+            except Exception as e:  # before the commit: the old process takes everything back
+                self.log.critical("cannot take over from the previous process: {error}", error=str(e), **{logs.ALWAYS: True})
+                os._exit(1)
         for port in self.ports:
             port.startReading()
         self.store.start_watching(self.core.reload, cfg.store_poll_interval)
@@ -121,6 +148,13 @@ class PnsService(service.MultiService):
                 self.log.warn("{warning}", warning=warning)
         self.log.info("add-in subscriptions (TCP) on {where}", where=cfg.service.describe(), **always)
         self.log.info("{count} applications in the store", count=len(self.core.apps), **always)
+        if self.incoming is not None:
+            self.log.info("took over {count} subscriptions from process {pid}", count=adopted, pid=self.incoming.old_pid, **always)
+            self.incoming.serving(adopted or 0)
+            self.incoming = None
+            handoff.sd_notify(f"MAINPID={os.getpid()}\nREADY=1")
+        else:
+            handoff.sd_notify("READY=1")
 
     # -- control: PID file, SIGHUP = reload the certificate ---------------------------------
 
@@ -135,6 +169,7 @@ class PnsService(service.MultiService):
             # own handlers would make the process die by the signal again).
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._on_stop_signal)
+            signal.signal(signal.SIGUSR2, self._on_sigusr2)
         except ValueError:  # not the main thread (embedded): no signal handling
             self._old_sighup = None
 
@@ -146,6 +181,22 @@ class PnsService(service.MultiService):
         self.log.info("received {signal}: stopping gracefully", signal=name, **{logs.ALWAYS: True})
         if self.reactor.running:
             self.reactor.stop()
+
+    def _on_sigusr2(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.restart, "SIGUSR2")
+
+    def restart(self, trigger: str = "restart") -> Any:
+        """Hand every listener and subscription over to a new process (see handoff.py), then exit."""
+        if self.restarting is not None or not self.ready:
+            self.log.warn("{trigger}: a restart is already under way or the server is not ready: ignored", trigger=trigger)
+            return defer.succeed(False)
+        self.restarting = handoff.Restart(self, trigger)
+
+        def done(ok: Any) -> Any:
+            self.restarting = None
+            return ok
+
+        return self.restarting.run().addBoth(done)
 
     def _on_sighup(self, signum: int, frame: Any) -> None:
         self.reactor.callFromThread(self.reload_tls, "SIGHUP")
@@ -198,7 +249,10 @@ class PnsService(service.MultiService):
     def stopService(self) -> Any:
         self.ready = False
         self._stop_control()
-        self.log.info("stopping: closing listeners and subscriptions", **{logs.ALWAYS: True})
+        if self.handed_over:
+            self.log.info("handed over to the new process: exiting", **{logs.ALWAYS: True})
+        else:
+            self.log.info("stopping: closing listeners and subscriptions", **{logs.ALWAYS: True})
         yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports], consumeErrors=True)
         self.ports = []
         if self._purge is not None and self._purge.running:

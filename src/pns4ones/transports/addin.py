@@ -86,6 +86,11 @@ class AddinProtocol(IntNStringReceiver):
         factory = self.factory
         self.peer = peer_host(self.transport)
         self.MAX_LENGTH = factory.config.max_registration_size
+        if factory.adopting:  # handed over by the previous process: handoff.py restores the rest
+            factory.connections.add(self)
+            self._set_keepalive()
+            self.transport.registerProducer(self, True)
+            return
         if not factory.admit(self):
             self.transport.abortConnection()
             return
@@ -216,6 +221,7 @@ class AddinFactory(protocol.Factory):
     protocol = AddinProtocol
     log = Logger()
     noisy = False
+    adopting = False
 
     def __init__(self, core: Core, config: Config, clock: Any) -> None:
         self.core = core
