@@ -20,7 +20,7 @@ from pns4ones_client.protocol import ClientKey, FrameDecoder, ProtocolError, reg
 class Fleet:
     """``count`` subscribers (user u0..uN of one information base), the same socket objects throughout."""
 
-    def __init__(self, port: int, app: dict[str, str], count: int, ib: str = "ib") -> None:
+    def __init__(self, port: int, app: dict[str, str], count: int, ib: str = "ib", first: int = 0) -> None:
         self.key = ClientKey.decode(app["client_key"])
         self.sockets: list[socket.socket] = []
         self.decoders: list[FrameDecoder] = []
@@ -31,7 +31,7 @@ class Fleet:
         self._sel = selectors.DefaultSelector()
         for i in range(count):
             s = socket.create_connection(("127.0.0.1", port), timeout=10)
-            s.sendall(registration_frame(self.key, app["id"], ib, f"u{i}"))
+            s.sendall(registration_frame(self.key, app["id"], ib, f"u{first + i}"))
             s.setblocking(False)
             self.sockets.append(s)
             self.decoders.append(FrameDecoder(self.key))

@@ -83,7 +83,7 @@ class HandoffTests(TestCase):
         wait_for(lambda: all(r and r[-1][0] == probe.seq - 1 for r in fleet.received), 10, what="the probe at every subscriber")
 
     def test_restart_hands_over_200_subscriptions_while_sending(self) -> None:
-        """pns4ones-admin restart under a continuous sender: new PID, the old process exits 0, all 200 sockets get every accepted message once, in order, frames intact."""
+        """pns4ones-admin restart under a continuous sender: new PID, the old process exits 0, every send accepted, all 200 sockets get every message once, in order, frames intact."""
         server = self.start()
         old = server.pid()
         fleet = self.fleet(server, 200)
@@ -101,6 +101,7 @@ class HandoffTests(TestCase):
         wait_for(lambda: not check_exactly_once(fleet, sender), 10, interval=0.2, what="every accepted message at every subscriber")
         self.assertEqual(check_exactly_once(fleet, sender), [])
         self.assertEqual(fleet.closed, set())
+        self.assertEqual(sender.failed, [])  # a keep-alive sender was told Connection: close, never cut off
         self.assertIn(f"took over 200 subscriptions from process {old}", server.log())
         self.assert_served_by(server, fleet, new)
 

@@ -57,6 +57,7 @@ MAX_FDS = 250  # per packet (SCM_MAX_FD is 253)
 BLOB = 60000
 START_TIMEOUT = 60.0  # the new process: start, load the registry
 STEP_TIMEOUT = 30.0
+HTTP_GRACE = 0.05  # see Restart._quiet
 
 log = Logger(namespace="pns4ones.handoff")
 
@@ -347,7 +348,8 @@ class Restart:
         finally:
             self._close()
         pause = time.monotonic() - self.pause_started
-        message = f"restarted: pid {os.getpid()} -> {self.child.pid}; {len(self.taken)} subscriptions handed over; delivery paused {pause * 1000:.0f} ms; took {time.monotonic() - started:.1f} s"
+        t = self.times
+        message = f"restarted: pid {os.getpid()} -> {self.child.pid}; {len(self.taken)} subscriptions handed over; delivery paused {pause * 1000:.0f} ms (HTTP requests in progress {1000 * (t[0] - self.pause_started):.0f}, sending {1000 * (t[1] - t[0]):.0f}, receiving {1000 * (t[2] - t[1]):.0f}, adopting {1000 * (t[3] - t[2]):.0f}); took {time.monotonic() - started:.1f} s"
         log.info("{trigger}: {message}", trigger=self.trigger, message=message, **always)
         self._status(True, message, self.child.pid)
         self.service.handed_over = True
@@ -408,6 +410,7 @@ class Restart:
         self.lsock.setblocking(False)
         env = {**os.environ, ENV: str(self.path)}
         env.pop("PNS4ONES_TEST_HANDOFF_PROTOCOL", None)
+        svc.site.closing = True  # responses from now on say Connection: close
         self.reactor.spawnProcess(self.child, argv[0], argv, env=env, path=os.getcwd(), childFDs={0: 0, 1: 1, 2: 2})
         log.info("started the new process {pid}: {argv}", pid=self.child.pid, argv=" ".join(argv))
         self.conn = yield self._wait("connecting to the handoff socket", self._accept, START_TIMEOUT)
@@ -435,21 +438,49 @@ class Restart:
         self.paused = True
         for port in svc.ports:
             port.stopReading()
+        for channel in list(svc.site.channels):  # requests in progress: answered here, then the connection closes
+            for request in channel.requests:
+                if not request.startedWriting:
+                    request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            if channel.requests:  # (on an idle channel this would drop the next request unanswered)
+                channel.persistent = False
+        yield self._quiet(svc.site)
         yield svc.site.drain(self.reactor, timeout=5.0)
+        self.times = [time.monotonic()]
         self._say_going_away()
         self._take_sessions()
         self.conn.setblocking(True)
         self.conn.settimeout(STEP_TIMEOUT)
         try:
             self._send_sessions()
+            self.times.append(time.monotonic())
             _expect(self.conn, "adopted")
+            self.times.append(time.monotonic())
             self.committed = True
             self._commit()
             _send(self.conn, {"type": "commit"})
             self.conn.settimeout(STEP_TIMEOUT + len(self.taken) / 2000)
             _expect(self.conn, "serving")
+            self.times.append(time.monotonic())
         except (OSError, socket.timeout) as e:
             raise HandoffError(f"handoff socket: {e}") from None
+
+    @defer.inlineCallbacks
+    def _quiet(self, site: Any) -> Any:
+        """
+        Serve requests in progress, and those arriving on open connections for
+        ``HTTP_GRACE`` seconds more (a sender that has just connected, or sent
+        while we stopped accepting), each answered with Connection: close; then
+        the remaining idle connections are closed.
+        """
+        deadline = time.monotonic() + 5.0
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            if any(ch.requests for ch in list(site.channels)):
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= HTTP_GRACE:
+                return
+            yield task.deferLater(self.reactor, 0.005, lambda: None)
 
     def _say_going_away(self) -> None:
         from .transports.addin import AddinProtocol
@@ -502,6 +533,7 @@ class Restart:
             svc.addin_factory.connections.discard(proto)
 
     def _rollback(self) -> None:
+        self.service.site.closing = False
         if self.child.exit_code is None and self.child.pid:
             try:
                 os.kill(self.child.pid, signal.SIGKILL)

@@ -86,9 +86,8 @@ class AddinProtocol(IntNStringReceiver):
         factory = self.factory
         self.peer = peer_host(self.transport)
         self.MAX_LENGTH = factory.config.max_registration_size
-        if factory.adopting:  # handed over by the previous process: handoff.py restores the rest
+        if factory.adopting:  # handed over by the previous process (socket options kept): handoff.py restores the rest
             factory.connections.add(self)
-            self._set_keepalive()
             self.transport.registerProducer(self, True)
             return
         if not factory.admit(self):
