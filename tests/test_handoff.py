@@ -167,6 +167,49 @@ class HandoffTests(TestCase):
         self.assert_served_by(server, fleet, old)
         self.assertFalse((server.data_dir / handoff.SOCKET_NAME).exists())
 
+    def test_https_listener_is_handed_over_and_a_new_certificate_taken(self) -> None:
+        """With ssl_mode set, the HTTPS listener moves too; the new process serves the certificate now on disk."""
+        import http.client
+        import json
+
+        from cryptography import x509
+
+        from .pki import ec_key
+        from .test_tls import CA, stdlib_context
+
+        server = HandoffServer("log_level = Warning\nssl_mode = FromFileWithPrivateKey\nssl_certificate = s.pem\nssl_certificate_key = s.key\n")
+        self.addCleanup(server.cleanup)
+        (server.dir / "root.pem").write_bytes(CA.root_pem)
+
+        def certificate() -> int:
+            cert = CA.server(key=ec_key(), via_intermediate=False)
+            (server.dir / "s.pem").write_bytes(cert.chain_pem())
+            (server.dir / "s.key").write_bytes(cert.key_pem(traditional=True))
+            return cert.serial
+
+        first = certificate()
+        self.app = server.create_app("tls")
+        server.start()
+        fleet = Fleet(server.service_port, self.app, 3)
+        self.addCleanup(fleet.close)
+
+        def send(seq: int) -> int:
+            conn = http.client.HTTPSConnection("localhost", server.api_port, context=stdlib_context(server.dir / "root.pem"), timeout=10)
+            self.addCleanup(conn.close)
+            conn.request("GET", f"/auth?server_key={self.app['server_key']}")
+            token = json.loads(conn.getresponse().read())["access_token"]
+            body = json.dumps({"Recipient": {"Type": "all", "IbId": "ib"}, "Message": {"Data": {"seq": str(seq)}}})
+            conn.request("POST", "/sendmessage", body, {"Authorization": f"Bearer {token}"})
+            self.assertEqual(conn.getresponse().status, 200)
+            return x509.load_der_x509_certificate(conn.sock.getpeercert(True)).serial_number
+
+        wait_for(lambda: send(0) == first and all(fleet.received), 10, interval=0.1, what="every subscriber to register")
+        second = certificate()
+        server.restart_handoff()
+        self.assertEqual(send(1), second)
+        wait_for(lambda: all(r[-1][0] == 1 for r in fleet.received), 10, what="the message after the restart")
+        self.assertEqual(fleet.closed, set())
+
     def test_sigterm_after_a_restart_still_ends_subscriptions(self) -> None:
         """A plain SIGTERM to the process that took over ends every subscription with end of stream."""
         server = self.start()
@@ -184,12 +227,15 @@ class PieceTests(SynchronousTestCase):
         """The new process runs the same command line, with twistd's own --pidfile emptied (the old process still holds it)."""
         import sys
 
+        from .support import TWISTD
+
         saved = getattr(sys, "orig_argv", None)
+        self.addCleanup(setattr, sys, "orig_argv", saved)
         sys.orig_argv = ["python3", "/v/bin/twistd", "-n", "--pidfile", "/run/x.pid", "pns4ones", "--config", "/etc/p.ini"]
-        try:
-            self.assertEqual(handoff.child_argv(), [sys.executable, "/v/bin/twistd", "-n", "--pidfile=", "pns4ones", "--config", "/etc/p.ini"])
-        finally:
-            sys.orig_argv = saved
+        self.assertEqual(handoff.child_argv(), [sys.executable, "/v/bin/twistd", "-n", "--pidfile=", "pns4ones", "--config", "/etc/p.ini"])
+        # Started through twistd's #! line: run the script itself, so an upgraded venv brings its own interpreter.
+        sys.orig_argv = ["/old/release/bin/python", TWISTD, "--nodaemon", "--pidfile=", "pns4ones"]
+        self.assertEqual(handoff.child_argv(), [TWISTD, "--nodaemon", "--pidfile=", "pns4ones"])
 
     def test_unit_reloads_by_handoff_and_follows_the_new_main_pid(self) -> None:
         """The systemd unit is Type=notify with NotifyAccess=all and reloads with pns4ones-admin restart."""

@@ -291,10 +291,23 @@ class _Child(protocol.ProcessProtocol):
             self.exit_code = -(getattr(value, "signal", 0) or 1)
 
 
+def _is_script(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"#!" and os.access(path, os.X_OK)
+    except OSError:
+        return False
+
+
 def child_argv() -> list[str]:
-    """The command line of this process again, with twistd's own PID file off."""
+    """
+    The command line of this process again, with twistd's own PID file off.
+    ``twistd`` is run as the script it was started as (``/opt/pns4ones/venv/bin/twistd``),
+    so its ``#!`` line picks the interpreter, and the code, that are on disk now
+    (an upgrade points ``venv`` at a new release).
+    """
     argv = list(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
-    out = [sys.executable]
+    out = [] if len(argv) > 1 and _is_script(argv[1]) else [sys.executable]
     skip = False
     for arg in argv[1:]:
         if skip:
@@ -393,7 +406,8 @@ class Restart:
     def _handoff(self) -> Any:
         svc = self.service
         argv = child_argv()
-        if "-n" not in argv and "--nodaemon" not in argv and not any(a.startswith("-") and not a.startswith("--") and "n" in a for a in argv[2:4]):
+        twistd_options = argv[: argv.index("pns4ones")] if "pns4ones" in argv else argv
+        if not any(a == "--nodaemon" or (a.startswith("-") and not a.startswith("--") and "n" in a[1:]) for a in twistd_options[1:]):
             raise HandoffError("restart needs the server to run in the foreground (twistd -n), as the systemd unit does")
         try:
             self.path.unlink()
