@@ -153,6 +153,24 @@ class HandoffTests(TestCase):
         self.assertNotEqual(server.pid(), old)
         self.assert_served_by(server, fleet, server.pid())
 
+    def test_crash_during_adoption_leaves_the_old_one_serving(self) -> None:
+        """The new process dies holding every handed-over socket: the old process takes them back, with their queued bytes, and keeps serving; nothing lost or doubled."""
+        server = self.start(env={"PNS4ONES_TEST_HANDOFF_CRASH": "1"})
+        old = server.pid()
+        fleet = self.fleet(server, 50)
+        sender = self.sending(server)
+        wait_for(lambda: len(sender.accepted) > 10, 10, what="sends before the restart")
+        result = server.restart_handoff(check=False)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("the new process exited with code 3", result.stdout)
+        self.assertIn("keeps serving every connection", server.log())
+        before = len(sender.accepted)
+        wait_for(lambda: len(sender.accepted) > before + 10, 10, what="sends after the failed restart")
+        sender.stop()
+        wait_for(lambda: not check_exactly_once(fleet, sender), 10, interval=0.2, what="every accepted message at every subscriber")
+        self.assertEqual(check_exactly_once(fleet, sender), [])
+        self.assert_served_by(server, fleet, old)
+
     def test_incompatible_version_is_refused(self) -> None:
         """The new process refuses a handoff from an incompatible handoff protocol with a clear message; the old process keeps serving."""
         server = self.start(env={"PNS4ONES_TEST_HANDOFF_PROTOCOL": "0"})

@@ -214,6 +214,8 @@ class Incoming:
                 n = int(meta["pending"])
                 out.append((meta, fd, blob[at : at + n]))
                 at += n
+        if os.environ.get("PNS4ONES_TEST_HANDOFF_CRASH"):  # tests: die holding every descriptor, before confirming
+            os._exit(3)
         if doc.get("count") != len(out):
             raise HandoffError(f"expected {doc.get('count')} subscriptions, received {len(out)}")
         _send(self.sock, {"type": "adopted", "count": len(out)})
@@ -353,6 +355,12 @@ class Restart:
             reason = str(e) if isinstance(e, HandoffError) else f"unexpected error: {e!r}"
             if not isinstance(e, HandoffError):
                 log.failure("restart failed unexpectedly")
+            if "exited with code" not in reason and self.child.pid:
+                for _ in range(100):  # did it die? say so (its own messages are in the log)
+                    if self.child.exit_code is not None:
+                        reason = f"the new process exited with code {self.child.exit_code} during the handoff ({reason}); see its messages in the log"
+                        break
+                    yield task.deferLater(self.reactor, 0.02, lambda: None)
             self._rollback()
             message = f"restart failed, this process (pid {os.getpid()}) keeps serving every connection: {reason}"
             log.error("{trigger}: {message}", trigger=self.trigger, message=message)
