@@ -184,6 +184,16 @@ class HandoffTests(TestCase):
         self.assertIsNone(server.proc.poll())
         self.assert_served_by(server, fleet, old)
         self.assertFalse((server.data_dir / handoff.SOCKET_NAME).exists())
+        self.assertIn("cannot take over from the previous process: pns4ones", server.log())  # the new process's own word
+
+    def test_subscriptions_of_a_rotated_key_end_at_the_restart(self) -> None:
+        """A client key rotated before the old process noticed: the new process ends those subscriptions instead of sending frames they cannot decrypt."""
+        server = self.start("log_level = Information\nstore_poll_interval = 60\n")
+        fleet = self.fleet(server, 5)
+        server.admin("upd_cli_key", self.app["id"])  # the old process polls the store once a minute
+        server.restart_handoff()
+        wait_for(lambda: len(fleet.closed) == 5, 10, what="the subscriptions of the rotated key to end")
+        self.assertIn("5 handed-over subscriptions ended", server.log())
 
     def test_https_listener_is_handed_over_and_a_new_certificate_taken(self) -> None:
         """With ssl_mode set, the HTTPS listener moves too; the new process serves the certificate now on disk."""

@@ -133,6 +133,16 @@ def sd_notify(state: str) -> None:
 # -- the new process ----------------------------------------------------------------------------
 
 
+def die() -> None:
+    """Exit at once, closing handed-over sockets without shutdown(): the old process still serves them."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(1)
+
+
 class Incoming:
     """The new process's side: adopt what the old process hands over."""
 
@@ -166,10 +176,14 @@ class Incoming:
             self.listeners.setdefault(spec["option"], []).append((spec, fd))
 
     def take(self, option: str, address_text: str) -> list[tuple[int, int]]:
-        """(fd, family) of the handed-over listeners of ``option``; refuse when the address changed."""
+        """
+        (fd, family) of the handed-over listeners of ``option``; none when the old
+        process had no such listener (a release that adds one: bind it afresh);
+        refuse when the address changed.
+        """
         handed = self.listeners.pop(option, [])
         if not handed:
-            raise self.refuse(f"the old process has no listener for option '{option}': restart with systemctl restart pns4ones")
+            return []
         old_text = handed[0][0]["address"]
         if old_text != address_text:
             for _, fd in handed:

@@ -77,13 +77,14 @@ class PnsService(service.MultiService):
         self.addin_factory = AddinFactory(self.core, cfg, self.reactor)
 
     def _listen(self, address: Address, factory: Any, option: str) -> None:
-        if self.incoming is not None:  # a restart: the same sockets, from the previous process
-            for fd, family in self.incoming.take(option, address.text):
-                port = self.reactor.adoptStreamPort(fd, family, factory)
-                os.close(fd)
-                port.stopReading()
-                self.ports.append(port)
-                self.port_options[port] = option
+        handed = self.incoming.take(option, address.text) if self.incoming is not None else []
+        for fd, family in handed:  # a restart: the same sockets, from the previous process
+            port = self.reactor.adoptStreamPort(fd, family, factory)
+            os.close(fd)
+            port.stopReading()
+            self.ports.append(port)
+            self.port_options[port] = option
+        if handed:
             return
         for host in address.hosts:
             try:
@@ -106,7 +107,7 @@ class PnsService(service.MultiService):
         except (StartupError, handoff.HandoffError) as e:
             if self.incoming is not None:  # never shutdown() sockets the old process still serves
                 self.log.critical("cannot take over from the previous process: {error}", error=str(e), **{logs.ALWAYS: True})
-                os._exit(1)
+                handoff.die()
             for port in self.ports:
                 port.stopListening()
             self.log.critical("cannot start: {error}", error=str(e), **{logs.ALWAYS: True})
@@ -129,7 +130,7 @@ class PnsService(service.MultiService):
                 adopted = handoff.adopt_sessions(self, self.incoming)
             except Exception as e:  # before the commit: the old process takes everything back
                 self.log.critical("cannot take over from the previous process: {error}", error=str(e), **{logs.ALWAYS: True})
-                os._exit(1)
+                handoff.die()
         for port in self.ports:
             port.startReading()
         self.store.start_watching(self.core.reload, cfg.store_poll_interval)
