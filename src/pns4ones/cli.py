@@ -38,6 +38,7 @@ COMMANDS = {
     "group_members": "list the members of a group: group_members ID IB_ID GROUP",
     "kept": "count the messages kept for offline users, per application (and how many were dropped or expired)",
     "reload_tls": "make the running server re-read its HTTPS certificate files (same as SIGHUP)",
+    "restart": "restart the running server from the code and configuration on disk, keeping 1C clients connected (same as SIGUSR2)",
 }
 
 
@@ -68,6 +69,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("id", help="application id (see list)")
     p.add_argument("ib_id", help="information base id")
     p.add_argument("group", help="group name")
+    sub.add_parser("restart", parents=[common], help=COMMANDS["restart"])
     p = sub.add_parser("create", parents=[common], help=COMMANDS["create"])
     p.add_argument("name", nargs="+", help="title of the new application")
     for name in ("upd_srv_key", "upd_cli_key", "remove", "reset_token"):
@@ -137,6 +139,23 @@ def reload_tls(args: argparse.Namespace, out: Any) -> None:
         out.write(f"{status['message']}\n")
     if not status.get("ok"):
         raise CommandError("the server kept its current certificate (see above)")
+
+
+def restart(args: argparse.Namespace, out: Any) -> None:
+    """SIGUSR2 the server of this data directory; report the handoff's outcome."""
+    from . import control, handoff
+
+    cfg = _config_of(args)
+    try:
+        status = handoff.request_restart(cfg.data_dir)
+    except control.ControlError as e:
+        raise CommandError(str(e)) from None
+    if getattr(args, "json", False):
+        out.write(json.dumps(status, ensure_ascii=False) + "\n")
+    else:
+        out.write(f"{status['message']}\n")
+    if not status.get("ok"):
+        raise CommandError("restart failed; the running server keeps serving (see above and its log)")
 
 
 def open_store(args: argparse.Namespace) -> Any:
@@ -242,9 +261,9 @@ def main(
     if not args.command:
         parser.print_help(out)
         return 2
-    if args.command == "reload_tls":  # no store, no reactor: a signal and a file
+    if args.command in ("reload_tls", "restart"):  # no store, no reactor: a signal and a file
         try:
-            reload_tls(args, out)
+            (reload_tls if args.command == "reload_tls" else restart)(args, out)
         except CommandError as e:
             err.write(f"{prog}: {e}\n")
             return 1

@@ -5,6 +5,7 @@ the listeners, watch the store for CLI changes, purge tokens, stop gracefully.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Any
@@ -15,7 +16,7 @@ from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.components import Componentized
 
-from . import __version__, control, logs
+from . import __version__, control, handoff, logs
 from . import tls as _tls
 from .admin.app import AdminPanel, AdminSite
 from .api import SendAPI
@@ -56,6 +57,10 @@ class PnsService(service.MultiService):
         self.ready = False
         self._purge: task.LoopingCall | None = None
         self._purge_kept: task.LoopingCall | None = None
+        self.port_options: dict[Any, str] = {}
+        self.incoming: handoff.Incoming | None = None  # set when a previous process hands over
+        self.restarting: handoff.Restart | None = None
+        self.handed_over = False
 
     # twistd: an ILogObserver component on the application sets the log format and level.
     def setServiceParent(self, parent: Any) -> None:
@@ -96,6 +101,15 @@ class PnsService(service.MultiService):
         self.admin_site = AdminSite(self.admin_panel, cfg.admin_port, cfg.max_body_size, cfg.request_timeout, clock=self.reactor)
 
     def _listen(self, address: Address, factory: Any, option: str) -> None:
+        handed = self.incoming.take(option, address.text) if self.incoming is not None else []
+        for fd, family in handed:  # a restart: the same sockets, from the previous process
+            port = self.reactor.adoptStreamPort(fd, family, factory)
+            os.close(fd)
+            port.stopReading()
+            self.ports.append(port)
+            self.port_options[port] = option
+        if handed:
+            return
         for host in address.hosts:
             try:
                 port = self.reactor.listenTCP(address.port, factory, backlog=1024, interface=host)
@@ -103,10 +117,20 @@ class PnsService(service.MultiService):
                 raise StartupError(f"option '{option}' ({address.text}, from {self.config.source_of(option)}): cannot listen on {host} port {address.port}: {e.socketError}") from None
             port.stopReading()  # accept only once the registry is loaded
             self.ports.append(port)
+            self.port_options[port] = option
 
     def _listen_admin(self) -> None:
         """The admin panel: loopback only, whatever else is configured; [::1] when the host has it."""
         port = self.config.admin_port
+        handed = self.incoming.take("admin_port", str(port)) if self.incoming is not None else []
+        for fd, family in handed:  # a restart: the same loopback sockets, from the previous process
+            listener = self.reactor.adoptStreamPort(fd, family, self.admin_site)
+            os.close(fd)
+            listener.stopReading()
+            self.ports.append(listener)
+            self.port_options[listener] = "admin_port"
+        if handed:
+            return
         for host in ADMIN_HOSTS:
             try:
                 listener = self.reactor.listenTCP(port, self.admin_site, interface=host)
@@ -117,6 +141,7 @@ class PnsService(service.MultiService):
                 raise StartupError(f"option 'admin_port' ({port}, from {self.config.source_of('admin_port')}): cannot listen on {host} port {port}: {e.socketError}") from None
             listener.stopReading()
             self.ports.append(listener)
+            self.port_options[listener] = "admin_port"
 
     def _configure_addin_listeners(self) -> None:
         """Keepalive options on the add-in listening sockets: accepted ones inherit them."""
@@ -133,11 +158,17 @@ class PnsService(service.MultiService):
         try:
             if self.core is None:
                 self.build()
+            if os.environ.get(handoff.ENV):
+                self.incoming = handoff.Incoming(os.environ.pop(handoff.ENV))
+                self.incoming.receive_listeners()
             self._listen(self.config.listen, self.api_factory, "listen")
             self._listen(self.config.service, self.addin_factory, "service")
             self._configure_addin_listeners()
             self._listen_admin()
-        except StartupError as e:
+        except (StartupError, handoff.HandoffError) as e:
+            if self.incoming is not None:  # never shutdown() sockets the old process still serves
+                self.log.critical("cannot take over from the previous process: {error}", error=str(e), **{logs.ALWAYS: True})
+                handoff.die()
             for port in self.ports:
                 port.stopListening()
             self.log.critical("cannot start: {error}", error=str(e), **{logs.ALWAYS: True})
@@ -154,6 +185,13 @@ class PnsService(service.MultiService):
 
     def _loaded(self, _: Any) -> None:
         cfg = self.config
+        adopted = None
+        if self.incoming is not None:
+            try:
+                adopted = handoff.adopt_sessions(self, self.incoming)
+            except Exception as e:  # before the commit: the old process takes everything back
+                self.log.critical("cannot take over from the previous process: {error}", error=str(e), **{logs.ALWAYS: True})
+                handoff.die()
         for port in self.ports:
             port.startReading()
         self.store.start_watching(self.core.reload, cfg.store_poll_interval)
@@ -177,6 +215,13 @@ class PnsService(service.MultiService):
         self.log.info("admin panel (HTTP, loopback only) on http://127.0.0.1:{port}/", port=cfg.admin_port, **always)
         self.log.info("WebSocket and SSE subscriptions at /subscribe/ws and /subscribe/sse of the send API; allowed_origins: {origins}", origins=", ".join(cfg.allowed_origins) or "none", **always)
         self.log.info("{count} applications in the store", count=len(self.core.apps), **always)
+        if self.incoming is not None:
+            self.log.info("took over {count} subscriptions from process {pid}", count=adopted, pid=self.incoming.old_pid, **always)
+            self.incoming.serving(adopted or 0)
+            self.incoming = None
+            handoff.sd_notify(f"MAINPID={os.getpid()}\nREADY=1")
+        else:
+            handoff.sd_notify("READY=1")
 
     # -- control: PID file, SIGHUP = reload the certificate ---------------------------------
 
@@ -191,6 +236,7 @@ class PnsService(service.MultiService):
             # own handlers would make the process die by the signal again).
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._on_stop_signal)
+            signal.signal(signal.SIGUSR2, self._on_sigusr2)
         except ValueError:  # not the main thread (embedded): no signal handling
             self._old_sighup = None
 
@@ -202,6 +248,22 @@ class PnsService(service.MultiService):
         self.log.info("received {signal}: stopping gracefully", signal=name, **{logs.ALWAYS: True})
         if self.reactor.running:
             self.reactor.stop()
+
+    def _on_sigusr2(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.restart, "SIGUSR2")
+
+    def restart(self, trigger: str = "restart") -> Any:
+        """Hand every listener and subscription over to a new process (see handoff.py), then exit."""
+        if self.restarting is not None or not self.ready:
+            self.log.warn("{trigger}: a restart is already under way or the server is not ready: ignored", trigger=trigger)
+            return defer.succeed(False)
+        self.restarting = handoff.Restart(self, trigger)
+
+        def done(ok: Any) -> Any:
+            self.restarting = None
+            return ok
+
+        return self.restarting.run().addBoth(done)
 
     def _on_sighup(self, signum: int, frame: Any) -> None:
         self.reactor.callFromThread(self.reload_tls, "SIGHUP")
@@ -254,7 +316,10 @@ class PnsService(service.MultiService):
     def stopService(self) -> Any:
         self.ready = False
         self._stop_control()
-        self.log.info("stopping: closing listeners and subscriptions", **{logs.ALWAYS: True})
+        if self.handed_over:
+            self.log.info("handed over to the new process: exiting", **{logs.ALWAYS: True})
+        else:
+            self.log.info("stopping: closing listeners and subscriptions", **{logs.ALWAYS: True})
         yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports], consumeErrors=True)
         self.ports = []
         if self._purge is not None and self._purge.running:

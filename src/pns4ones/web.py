@@ -134,6 +134,12 @@ class _TimedChannel(http.HTTPChannel):
         self._disarm()
         super().allContentReceived()
 
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        if getattr(self.site, "closing", False):  # a restart is under way: senders reconnect to the next process
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
+        return super().checkPersistence(request, version)
+
     def dataReceived(self, data: bytes) -> None:
         self._arm()  # a new request on a kept-alive connection starts its clock
         super().dataReceived(data)

@@ -110,6 +110,10 @@ class AddinProtocol(IntNStringReceiver):
         self.peer = peer_host(self.transport)
         self.connected_at = factory.clock.seconds()
         self.MAX_LENGTH = factory.config.max_registration_size
+        if factory.adopting:  # handed over by the previous process (socket options kept): handoff.py restores the rest
+            factory.connections.add(self)
+            self.transport.registerProducer(self, True)
+            return
         if not factory.admit(self):
             self.transport.abortConnection()
             return
@@ -251,6 +255,7 @@ class AddinFactory(protocol.Factory):
     protocol = AddinProtocol
     log = Logger()
     noisy = False
+    adopting = False
 
     def __init__(self, core: Core, config: Config, clock: Any, log_info: bool = True) -> None:
         self.core = core

@@ -1,0 +1,170 @@
+"""
+Many add-in subscribers on raw sockets read by one thread, and a sender posting
+numbered messages: for handoff tests and scripts/measure_handoff.py.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import selectors
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pns4ones_client.protocol import ClientKey, FrameDecoder, ProtocolError, registration_frame
+
+
+class Fleet:
+    """``count`` subscribers (user u0..uN of one information base), the same socket objects throughout."""
+
+    def __init__(self, port: int, app: dict[str, str], count: int, ib: str = "ib", first: int = 0) -> None:
+        self.key = ClientKey.decode(app["client_key"])
+        self.sockets: list[socket.socket] = []
+        self.decoders: list[FrameDecoder] = []
+        self.received: list[list[tuple[int, float]]] = [[] for _ in range(count)]
+        self.errors: list[str] = []
+        self.closed: set[int] = set()
+        self._stop = threading.Event()
+        self._sel = selectors.DefaultSelector()
+        for i in range(count):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(registration_frame(self.key, app["id"], ib, f"u{first + i}"))
+            s.setblocking(False)
+            self.sockets.append(s)
+            self.decoders.append(FrameDecoder(self.key))
+            self._sel.register(s, selectors.EVENT_READ, i)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for key, _ in self._sel.select(0.1):
+                i = key.data
+                try:
+                    data = self.sockets[i].recv(1 << 16)
+                except BlockingIOError:
+                    continue
+                except OSError as e:
+                    data = b""
+                    self.errors.append(f"subscriber {i}: {e}")
+                now = time.monotonic()
+                if not data:
+                    self.closed.add(i)
+                    self._sel.unregister(self.sockets[i])
+                    continue
+                try:
+                    for message in self.decoders[i].feed_messages(data):
+                        self.received[i].append((int(message["data"]["seq"]), now))
+                except (ProtocolError, KeyError, ValueError) as e:
+                    self.errors.append(f"subscriber {i}: {e!r}")
+
+    def total(self) -> int:
+        return sum(len(r) for r in self.received)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for s in self.sockets:
+            s.close()
+        self._sel.close()
+
+
+class Sender(threading.Thread):
+    """Posts ``seq`` 0, 1, 2, ... to every subscriber of the information base; records which were accepted (200) and when."""
+
+    def __init__(self, port: int, app: dict[str, str], ib: str = "ib", interval: float = 0.0) -> None:
+        super().__init__(daemon=True)
+        self.port, self.app, self.ib, self.interval = port, app, ib, interval
+        self.accepted: dict[int, float] = {}
+        self.failed: list[tuple[int, str]] = []
+        self.stop_flag = threading.Event()
+        self.seq = 0
+        self.conn: http.client.HTTPConnection | None = None
+        self.token = ""
+
+    def _connect(self) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        if not self.token:
+            self.conn.request("GET", f"/auth?server_key={self.app['server_key']}")
+            self.token = json.loads(self.conn.getresponse().read())["access_token"]
+
+    def send_one(self) -> bool:
+        seq = self.seq
+        self.seq += 1
+        body = json.dumps({"Recipient": {"Type": "all", "IbId": self.ib}, "Message": {"Data": {"seq": str(seq)}}})
+        started = time.monotonic()
+        try:
+            if self.conn is None:
+                self._connect()
+            self.conn.request("POST", "/sendmessage", body, {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+            response = self.conn.getresponse()
+            response.read()
+            if response.status == 200:
+                self.accepted[seq] = started
+                return True
+            self.failed.append((seq, f"HTTP {response.status}"))
+        except (OSError, http.client.HTTPException) as e:
+            self.failed.append((seq, repr(e)))
+            if self.conn is not None:
+                self.conn.close()
+            self.conn = None
+        return False
+
+    def run(self) -> None:
+        while not self.stop_flag.is_set():
+            self.send_one()
+            if self.interval:
+                time.sleep(self.interval)
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+        if self.is_alive():
+            self.join(60)
+        if self.conn is not None:
+            self.conn.close()
+
+
+def check_exactly_once(fleet: Fleet, sender: Sender) -> list[str]:
+    """Problems: a subscriber missing an accepted message, a duplicate, out of order, a closed socket, a bad frame."""
+    problems = list(fleet.errors)
+    attempted = set(range(sender.seq))
+    for i, got in enumerate(fleet.received):
+        seqs = [s for s, _ in got]
+        if any(b <= a for a, b in zip(seqs, seqs[1:])):
+            problems.append(f"subscriber {i}: duplicate or out of order: {seqs[:50]}...")
+        missing = set(sender.accepted) - set(seqs)
+        if missing:
+            problems.append(f"subscriber {i}: missing accepted messages {sorted(missing)[:20]}")
+        if set(seqs) - attempted:
+            problems.append(f"subscriber {i}: messages nobody sent")
+        if i in fleet.closed:
+            problems.append(f"subscriber {i}: connection closed")
+    return problems
+
+
+def latencies(fleet: Fleet, sender: Sender, seqs: set[int] | None = None) -> list[float]:
+    """Per (subscriber, message): receive time - the moment the send began."""
+    out = []
+    for got in fleet.received:
+        for seq, at in got:
+            if seq in sender.accepted and (seqs is None or seq in seqs):
+                out.append(at - sender.accepted[seq])
+    return out
+
+
+def server_pid(data_dir: Path) -> int:
+    try:
+        return int((Path(data_dir) / "pns4ones.pid").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")

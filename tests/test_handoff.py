@@ -1,0 +1,272 @@
+"""Restarts that 1C clients never notice: live subscriptions handed over to a new process (issue 13), on the real twistd."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from pns4ones import handoff
+
+from .handoff_support import Fleet, Sender, alive, check_exactly_once, server_pid
+from .support import ServerProcess, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class HandoffServer(ServerProcess):
+    """A server whose process may change: stop() ends whichever process serves now."""
+
+    def __init__(self, ini: str = "log_level = Warning\n") -> None:
+        super().__init__(ini=ini)
+
+    def command(self) -> list[str]:
+        cmd = super().command()
+        i = cmd.index("--log_level")
+        return cmd[:i] + cmd[i + 2 :]  # the log level comes from the INI file, so a restart can change it
+
+    def pid(self) -> int:
+        return server_pid(self.data_dir)
+
+    def restart_handoff(self, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.admin("restart", check=check)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        current = self.pid()
+        if self.proc is not None and current and current != self.proc.pid and alive(current):
+            os.kill(current, sig)
+            wait_for(lambda: not alive(current), timeout, what=f"process {current} to stop")
+        return super().stop(sig, timeout)
+
+
+class HandoffTests(TestCase):
+    def start(self, ini: str = "log_level = Warning\n", env: dict[str, str] | None = None) -> HandoffServer:
+        server = HandoffServer(ini)
+        self.addCleanup(server.cleanup)
+        self.app = server.create_app("handoff")
+        saved = dict(os.environ)
+        os.environ.update(env or {})
+        try:
+            server.start()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        return server
+
+    def fleet(self, server: HandoffServer, count: int) -> Fleet:
+        fleet = Fleet(server.service_port, self.app, count)
+        self.addCleanup(fleet.close)
+        # Every subscriber registered: a probe message reaches all of them.
+        probe = Sender(server.api_port, self.app)
+        self.addCleanup(probe.stop)
+        wait_for(lambda: probe.send_one() and all(fleet.received), 10, interval=0.1, what="every subscriber to register")
+        return fleet
+
+    def sending(self, server: HandoffServer) -> Sender:
+        sender = Sender(server.api_port, self.app, interval=0.002)
+        sender.seq = 1_000_000  # after the probes
+        sender.start()
+        self.addCleanup(sender.stop)
+        return sender
+
+    def assert_served_by(self, server: HandoffServer, fleet: Fleet, pid: int) -> None:
+        """Messages sent now reach every subscriber, from process ``pid``."""
+        self.assertEqual(server.pid(), pid)
+        probe = Sender(server.api_port, self.app)
+        self.addCleanup(probe.stop)
+        probe.seq = 2_000_000 + 1000 * len(fleet.received[0])
+        self.assertTrue(probe.send_one())
+        wait_for(lambda: all(r and r[-1][0] == probe.seq - 1 for r in fleet.received), 10, what="the probe at every subscriber")
+
+    def test_restart_hands_over_200_subscriptions_while_sending(self) -> None:
+        """pns4ones-admin restart under a continuous sender: new PID, the old process exits 0, every send accepted, all 200 sockets get every message once, in order, frames intact."""
+        server = self.start()
+        old = server.pid()
+        fleet = self.fleet(server, 200)
+        sender = self.sending(server)
+        wait_for(lambda: len(sender.accepted) > 20, 10, what="sends before the restart")
+        result = server.restart_handoff()
+        self.assertIn("200 subscriptions handed over", result.stdout)
+        new = server.pid()
+        self.assertNotEqual(new, old)
+        self.assertEqual(server.proc.wait(10), 0)  # the old process has exited, cleanly
+        self.assertTrue(alive(new))
+        before = len(sender.accepted)
+        wait_for(lambda: len(sender.accepted) > before + 20, 10, what="sends after the restart")
+        sender.stop()
+        wait_for(lambda: not check_exactly_once(fleet, sender), 10, interval=0.2, what="every accepted message at every subscriber")
+        self.assertEqual(check_exactly_once(fleet, sender), [])
+        self.assertEqual(fleet.closed, set())
+        self.assertEqual(sender.failed, [])  # a keep-alive sender was told Connection: close, never cut off
+        self.assertIn(f"took over 200 subscriptions from process {old}", server.log())
+        self.assert_served_by(server, fleet, new)
+
+    def test_three_restarts_in_a_row_pick_up_the_configuration(self) -> None:
+        """Three restarts in a row keep every subscription and message; a log level changed in the INI file is in effect after the restart."""
+        server = self.start()
+        fleet = self.fleet(server, 20)
+        sender = self.sending(server)
+        self.assertNotIn("send: app=", server.log())  # Warning: no line per send
+        pids = [server.pid()]
+        for round in range(3):
+            if round == 0:
+                server.ini.write_text("log_level = Information\n")
+            wait_for(lambda: len(sender.accepted) > 10 * (round + 1), 10, what="sends")
+            server.restart_handoff()
+            pids.append(server.pid())
+            self.assertFalse(alive(pids[-2]))
+        self.assertEqual(len(set(pids)), 4)
+        before = len(sender.accepted)
+        wait_for(lambda: len(sender.accepted) > before + 10, 10, what="sends after the restarts")
+        sender.stop()
+        wait_for(lambda: not check_exactly_once(fleet, sender), 10, interval=0.2, what="every accepted message at every subscriber")
+        self.assertEqual(check_exactly_once(fleet, sender), [])
+        self.assertIn("send: app=", server.log())  # Information is now in effect
+
+    def test_new_process_that_fails_to_start_leaves_the_old_one_serving(self) -> None:
+        """A configuration the new process rejects: restart exits 1 with the reason, the old process keeps every subscription and the send API."""
+        server = self.start()
+        old = server.pid()
+        fleet = self.fleet(server, 20)
+        sender = self.sending(server)
+        server.ini.write_text("log_level = Chatty\n")
+        result = server.restart_handoff(check=False)
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertIn(f"restart failed, this process (pid {old}) keeps serving every connection", result.stdout)
+        self.assertIn("the new process exited with code 1", result.stdout)
+        self.assertIn("restart failed; the running server keeps serving", result.stderr)
+        self.assertIn("log_level", server.log())  # the new process said why
+        self.assertIsNone(server.proc.poll())
+        before = len(sender.accepted)
+        wait_for(lambda: len(sender.accepted) > before + 10, 10, what="sends after the failed restart")
+        sender.stop()
+        wait_for(lambda: not check_exactly_once(fleet, sender), 10, interval=0.2, what="every accepted message at every subscriber")
+        self.assertEqual(check_exactly_once(fleet, sender), [])
+        self.assert_served_by(server, fleet, old)
+        # Fixed: the next restart goes through.
+        server.ini.write_text("log_level = Warning\n")
+        server.restart_handoff()
+        self.assertNotEqual(server.pid(), old)
+        self.assert_served_by(server, fleet, server.pid())
+
+    def test_crash_during_adoption_leaves_the_old_one_serving(self) -> None:
+        """The new process dies holding every handed-over socket: the old process takes them back, with their queued bytes, and keeps serving; nothing lost or doubled."""
+        server = self.start(env={"PNS4ONES_TEST_HANDOFF_CRASH": "1"})
+        old = server.pid()
+        fleet = self.fleet(server, 50)
+        sender = self.sending(server)
+        wait_for(lambda: len(sender.accepted) > 10, 10, what="sends before the restart")
+        result = server.restart_handoff(check=False)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("the new process exited with code 3", result.stdout)
+        self.assertIn("keeps serving every connection", server.log())
+        before = len(sender.accepted)
+        wait_for(lambda: len(sender.accepted) > before + 10, 10, what="sends after the failed restart")
+        sender.stop()
+        wait_for(lambda: not check_exactly_once(fleet, sender), 10, interval=0.2, what="every accepted message at every subscriber")
+        self.assertEqual(check_exactly_once(fleet, sender), [])
+        self.assert_served_by(server, fleet, old)
+
+    def test_incompatible_version_is_refused(self) -> None:
+        """The new process refuses a handoff from an incompatible handoff protocol with a clear message; the old process keeps serving."""
+        server = self.start(env={"PNS4ONES_TEST_HANDOFF_PROTOCOL": "0"})
+        old = server.pid()
+        fleet = self.fleet(server, 5)
+        result = server.restart_handoff(check=False)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("cannot take over from pns4ones", result.stdout)
+        self.assertIn("handoff protocol 0", result.stdout)
+        self.assertIn("systemctl restart pns4ones", result.stdout)
+        self.assertIsNone(server.proc.poll())
+        self.assert_served_by(server, fleet, old)
+        self.assertFalse((server.data_dir / handoff.SOCKET_NAME).exists())
+        self.assertIn("cannot take over from the previous process: pns4ones", server.log())  # the new process's own word
+
+    def test_subscriptions_of_a_rotated_key_end_at_the_restart(self) -> None:
+        """A client key rotated before the old process noticed: the new process ends those subscriptions instead of sending frames they cannot decrypt."""
+        server = self.start("log_level = Information\nstore_poll_interval = 60\n")
+        fleet = self.fleet(server, 5)
+        server.admin("upd_cli_key", self.app["id"])  # the old process polls the store once a minute
+        server.restart_handoff()
+        wait_for(lambda: len(fleet.closed) == 5, 10, what="the subscriptions of the rotated key to end")
+        self.assertIn("5 handed-over subscriptions ended", server.log())
+
+    def test_https_listener_is_handed_over_and_a_new_certificate_taken(self) -> None:
+        """With ssl_mode set, the HTTPS listener moves too; the new process serves the certificate now on disk."""
+        import http.client
+        import json
+
+        from cryptography import x509
+
+        from .pki import ec_key
+        from .test_tls import CA, stdlib_context
+
+        server = HandoffServer("log_level = Warning\nssl_mode = FromFileWithPrivateKey\nssl_certificate = s.pem\nssl_certificate_key = s.key\n")
+        self.addCleanup(server.cleanup)
+        (server.dir / "root.pem").write_bytes(CA.root_pem)
+
+        def certificate() -> int:
+            cert = CA.server(key=ec_key(), via_intermediate=False)
+            (server.dir / "s.pem").write_bytes(cert.chain_pem())
+            (server.dir / "s.key").write_bytes(cert.key_pem(traditional=True))
+            return cert.serial
+
+        first = certificate()
+        self.app = server.create_app("tls")
+        server.start()
+        fleet = Fleet(server.service_port, self.app, 3)
+        self.addCleanup(fleet.close)
+
+        def send(seq: int) -> int:
+            conn = http.client.HTTPSConnection("localhost", server.api_port, context=stdlib_context(server.dir / "root.pem"), timeout=10)
+            self.addCleanup(conn.close)
+            conn.request("GET", f"/auth?server_key={self.app['server_key']}")
+            token = json.loads(conn.getresponse().read())["access_token"]
+            body = json.dumps({"Recipient": {"Type": "all", "IbId": "ib"}, "Message": {"Data": {"seq": str(seq)}}})
+            conn.request("POST", "/sendmessage", body, {"Authorization": f"Bearer {token}"})
+            self.assertEqual(conn.getresponse().status, 200)
+            return x509.load_der_x509_certificate(conn.sock.getpeercert(True)).serial_number
+
+        wait_for(lambda: send(0) == first and all(fleet.received), 10, interval=0.1, what="every subscriber to register")
+        second = certificate()
+        server.restart_handoff()
+        self.assertEqual(send(1), second)
+        wait_for(lambda: all(r[-1][0] == 1 for r in fleet.received), 10, what="the message after the restart")
+        self.assertEqual(fleet.closed, set())
+
+    def test_sigterm_after_a_restart_still_ends_subscriptions(self) -> None:
+        """A plain SIGTERM to the process that took over ends every subscription with end of stream."""
+        server = self.start()
+        fleet = self.fleet(server, 10)
+        server.restart_handoff()
+        new = server.pid()
+        os.kill(new, signal.SIGTERM)
+        wait_for(lambda: len(fleet.closed) == 10, 15, what="every subscription to end")
+        wait_for(lambda: not alive(new), 15, what="the new process to exit")
+        self.assertIn("stopping gracefully", server.log())
+
+
+class PieceTests(SynchronousTestCase):
+    def test_child_argv_keeps_the_command_line_without_twistds_pid_file(self) -> None:
+        """The new process runs the same command line, with twistd's own --pidfile emptied (the old process still holds it)."""
+        import sys
+
+        from .support import TWISTD
+
+        saved = getattr(sys, "orig_argv", None)
+        self.addCleanup(setattr, sys, "orig_argv", saved)
+        sys.orig_argv = ["python3", "/v/bin/twistd", "-n", "--pidfile", "/run/x.pid", "pns4ones", "--config", "/etc/p.ini"]
+        self.assertEqual(handoff.child_argv(), [sys.executable, "/v/bin/twistd", "-n", "--pidfile=", "pns4ones", "--config", "/etc/p.ini"])
+        # Started through twistd's #! line: run the script itself, so an upgraded venv brings its own interpreter.
+        sys.orig_argv = ["/old/release/bin/python", TWISTD, "--nodaemon", "--pidfile=", "pns4ones"]
+        self.assertEqual(handoff.child_argv(), [TWISTD, "--nodaemon", "--pidfile=", "pns4ones"])
+
+    def test_unit_reloads_by_handoff_and_follows_the_new_main_pid(self) -> None:
+        """The systemd unit is Type=notify with NotifyAccess=all and reloads with pns4ones-admin restart."""
+        lines = set((ROOT / "scripts/pns4ones.service").read_text().splitlines())
+        for line in ("Type=notify", "NotifyAccess=all", "ExecReload=/opt/pns4ones/venv/bin/pns4ones-admin --config /etc/pns4ones/pns4ones.ini restart"):
+            self.assertIn(line, lines)
