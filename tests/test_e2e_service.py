@@ -392,3 +392,33 @@ class StartupTests(TestCase):
         self.assertIn("no application with id 'nope'", result.stderr)
 
 
+
+
+class BatchTests(ServiceTestBase):
+    ini = "max_batch = 5\n"
+
+    @inlineCallbacks
+    def test_batch_send(self) -> None:
+        """POST /sendmessages delivers each element, answers one result per element, and bounds the batch."""
+        u1, u2 = self.subscribe("u1"), self.subscribe("u2")
+        token = yield self.token()
+        batch = [
+            {"Recipient": to("user", UserId="u1"), "Message": {"Topic": "a"}},
+            {"Recipient": to("user"), "Message": {}},
+            {"Recipient": to("user", UserId="u2"), "Message": {"Topic": "b"}},
+            {"Recipient": to("all"), "Message": {"Topic": "c"}},
+        ]
+        response = yield self.http.post(f"{self.server.url}/sendmessages", json=batch, headers={"Authorization": f"Bearer {token}"})
+        self.assertEqual(response.code, 200)
+        doc = yield response.json()
+        self.assertEqual([r["status"] for r in doc["results"]], [200, 400, 200, 200])
+        self.assertEqual(doc["results"][1]["field"], "[1].Recipient.UserId")
+        self.assertEqual((doc["sessions"], doc["accepted"]), (4, 3))
+        self.assertEqual([m["topic"] for m in u1.receive_all()], ["a", "c"])
+        self.assertEqual([m["topic"] for m in u2.receive_all()], ["b", "c"])
+        response = yield self.http.post(f"{self.server.url}/sendmessages", json=batch * 2, headers={"Authorization": f"Bearer {token}"})
+        self.assertEqual(response.code, 413)
+        response = yield self.http.post(f"{self.server.url}/sendmessages", json={"not": "a list"}, headers={"Authorization": f"Bearer {token}"})
+        self.assertEqual(response.code, 400)
+        response = yield self.http.post(f"{self.server.url}/sendmessages", json=batch, headers={"Authorization": "Bearer nope"})
+        self.assertEqual(response.code, 401)

@@ -3,6 +3,11 @@ Admin commands (PROTOCOL.md section 5), behind two doors: the console script
 ``pns4ones-admin`` and ``twistd pns4ones admin``.  Changes go to the store; a
 running server notices them within ``store_poll_interval`` (1 s by default).
 
+Run as root against a data directory that belongs to another user (the service
+user of an installed service), the command acts as that user: whatever it creates
+(the ``.db``, ``-wal``, ``-shm`` files) keeps the service user's ownership, and root
+never follows links planted in a directory it does not own.
+
 Exit codes: 0 done, 1 the command failed (unknown id, bad store), 2 usage.
 """
 
@@ -10,8 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import pwd
 import sys
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 from twisted.internet import defer, task
@@ -26,6 +34,7 @@ COMMANDS = {
     "upd_cli_key": "new client key for an application (ends its live subscriptions): upd_cli_key ID",
     "remove": "remove an application (ends its subscriptions, revokes its tokens): remove ID",
     "reset_token": "revoke every access token of an application: reset_token ID",
+    "reload_tls": "make the running server re-read its HTTPS certificate files (same as SIGHUP)",
 }
 
 
@@ -47,6 +56,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     sub.add_parser("list", parents=[common], help=COMMANDS["list"])
+    sub.add_parser("reload_tls", parents=[common], help=COMMANDS["reload_tls"])
     p = sub.add_parser("create", parents=[common], help=COMMANDS["create"])
     p.add_argument("name", nargs="+", help="title of the new application")
     for name in ("upd_srv_key", "upd_cli_key", "remove", "reset_token"):
@@ -64,15 +74,67 @@ def _describe(app: Application) -> str:
     )
 
 
-def open_store(args: argparse.Namespace) -> Any:
+def become_data_owner(data_dir: Path) -> int | None:
+    """
+    As root, switch this process to the owner of ``data_dir`` when that is not
+    root (the service user); return the uid switched to, else None.
+    """
+    if os.geteuid() != 0:
+        return None
+    try:
+        st = data_dir.stat()
+    except OSError:
+        return None  # not there yet: root creates it
+    if st.st_uid == 0:
+        return None
+    try:
+        user = pwd.getpwuid(st.st_uid)
+    except KeyError:  # a bare uid: no supplementary groups
+        os.setgroups([])
+        gid = st.st_gid
+    else:
+        gid = user.pw_gid
+        os.initgroups(user.pw_name, gid)
+    os.setgid(gid)
+    os.setuid(st.st_uid)
+    return st.st_uid
+
+
+def _config_of(args: argparse.Namespace) -> _config.Config:
     cli: dict[str, str] = {}
     for name in ("data_dir", "config"):
         if getattr(args, name, None):
             cli[name] = getattr(args, name)
     try:
-        cfg = _config.build(cli)
+        return _config.build(cli)
     except _config.ConfigError as e:
         raise CommandError(str(e)) from None
+
+
+def reload_tls(args: argparse.Namespace, out: Any) -> None:
+    """SIGHUP the server of this data directory and report what it did."""
+    from . import control
+
+    cfg = _config_of(args)
+    try:
+        status = control.request_reload(cfg.data_dir)
+    except control.ControlError as e:
+        raise CommandError(str(e)) from None
+    if getattr(args, "json", False):
+        out.write(json.dumps(status, ensure_ascii=False) + "\n")
+    else:
+        out.write(f"{status['message']}\n")
+    if not status.get("ok"):
+        raise CommandError("the server kept its current certificate (see above)")
+
+
+def open_store(args: argparse.Namespace) -> Any:
+    cfg = _config_of(args)
+    if getattr(args, "as_data_owner", False):
+        try:
+            become_data_owner(cfg.data_dir)
+        except OSError as e:
+            raise CommandError(f"cannot act as the owner of {cfg.data_dir}: {e}") from None
     from .store.sqlite import SQLiteStore
 
     return SQLiteStore(cfg.data_dir)
@@ -127,7 +189,10 @@ def run(args: argparse.Namespace, out: Any) -> Any:
         yield store.close()
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "pns4ones-admin", out: Any = None, err: Any = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, prog: str = "pns4ones-admin", out: Any = None, err: Any = None, as_data_owner: bool = False
+) -> int:
+    """Run one command; ``as_data_owner``: as root, act as the data directory's owner (a whole-process switch, for the console scripts)."""
     out = out or sys.stdout
     err = err or sys.stderr
     parser = _parser(prog)
@@ -142,6 +207,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "pns4ones-admin", out: A
     if not args.command:
         parser.print_help(out)
         return 2
+    if args.command == "reload_tls":  # no store, no reactor: a signal and a file
+        try:
+            reload_tls(args, out)
+        except CommandError as e:
+            err.write(f"{prog}: {e}\n")
+            return 1
+        return 0
+    args.as_data_owner = as_data_owner
     result: dict[str, int] = {}
 
     def go(reactor: Any) -> Any:
@@ -168,4 +241,4 @@ def main(argv: Sequence[str] | None = None, prog: str = "pns4ones-admin", out: A
 
 
 def console() -> None:
-    sys.exit(main())
+    sys.exit(main(as_data_owner=True))

@@ -226,7 +226,7 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("config", "", _path, "INI file (default /etc/pns4ones/pns4ones.ini, else DATA_DIR/pns4ones.ini, when present)", "PATH"),
-    Option("data_dir", "", _path, "where the store, keys and account live (default /etc/pns4ones for root, else ~/.config/pns4ones)", "DIR"),
+    Option("data_dir", "", _path, "where the store, keys and account live (default /etc/pns4ones for root and for its owner, the service user; else ~/.config/pns4ones)", "DIR"),
     Option("listen", "*", _text, "send API address: *, *:PORT, HOST, HOST:PORT, [IPv6]:PORT (default *:36696)", "ADDR"),
     Option("service", "*", _text, "add-in subscription address, same syntax (default *:36695)", "ADDR"),
     Option("service_allow", "", _text, "accept add-in clients only from these networks (CIDR, comma-separated; default all)", "CIDRS"),
@@ -237,9 +237,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("ssl_certificate", "", _text, "certificate file (PEM or PFX), or its name in the store for FromStorage", "PATH|NAME"),
     Option("ssl_certificate_key", "", _path, "PEM private key file (FromFileWithPrivateKey)", "PATH"),
     Option("ssl_certificate_password", "", _text, "password of the PFX file or of an encrypted private key", "PASSWORD", secret=True),
+    Option("trusted_proxies", "", _text, "reverse proxies (CIDR, comma-separated) whose X-Forwarded-For/-Proto name the real sender (default none)", "CIDRS"),
     Option("expires_in_format", "unix", _choice("unix", "legacy"), "expires_in of /auth: unix (default, as documented) or legacy (seconds since 0001-01-01, as the original)", "FORMAT"),
     Option("token_lifetime", "3600", _number(float, 2, 86400 * 30), "seconds an access token from /auth stays valid (default 3600, as the original)", "SECONDS"),
-    Option("max_body_size", "256K", parse_size, "largest accepted HTTP request body (default 256K)", "SIZE"),
+    Option("max_body_size", "1M", parse_size, "largest accepted HTTP request body (default 1M)", "SIZE"),
+    Option("max_batch", "1000", _number(int, 1, 100000), "most messages in one POST /sendmessages (default 1000)", "N"),
     Option("max_registration_size", "4096", _number(int, 64, 65535), "largest accepted add-in registration frame in bytes (default 4096)", "BYTES"),
     Option("registration_timeout", "10", _number(float, 0.1, 3600), "seconds a new add-in connection has to register (default 10)", "SECONDS"),
     Option("max_subscriptions", "0", _number(int, 0, 10_000_000), "most live add-in connections; 0 = no limit but the open-file limit (default 0)", "N"),
@@ -274,6 +276,7 @@ class Config:
     expires_in_format: str
     token_lifetime: float
     max_body_size: int
+    max_batch: int
     max_registration_size: int
     registration_timeout: float
     max_subscriptions: int
@@ -284,6 +287,7 @@ class Config:
     request_timeout: float
     send_rate_limit: float
     store_poll_interval: float
+    trusted_proxies: tuple[Any, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def source_of(self, option: str) -> str:
@@ -362,10 +366,17 @@ def parse_argv(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     return options, positional
 
 
+def _owner_of(path: Path) -> int | None:
+    try:
+        return path.stat().st_uid
+    except OSError:
+        return None
+
+
 def default_data_dir(environ: Mapping[str, str] | None = None, euid: int | None = None) -> Path:
     environ = os.environ if environ is None else environ
     euid = os.geteuid() if euid is None else euid
-    if euid == 0:
+    if euid == 0 or _owner_of(SYSTEM_DATA_DIR) == euid:  # root, or the installed service's user
         return SYSTEM_DATA_DIR
     base = environ.get("XDG_CONFIG_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".config")
     return Path(base) / "pns4ones"
@@ -409,6 +420,13 @@ def build(cli: Mapping[str, str], environ: Mapping[str, str] | None = None, euid
         except ConfigError as e:
             raise ConfigError(name, str(e).split(": ", 1)[-1], source) from None
 
+    def _networks(name: str) -> tuple[Any, ...]:
+        value, source = raw[name]
+        try:
+            return parse_networks(value, name)
+        except ConfigError as e:
+            raise ConfigError(name, str(e).split(": ", 1)[-1], source) from None
+
     data_dir = Path(values["data_dir"]) if values["data_dir"] else default_data_dir(environ, euid)
     values.update(
         config_file=config_file,
@@ -416,6 +434,7 @@ def build(cli: Mapping[str, str], environ: Mapping[str, str] | None = None, euid
         listen=addr("listen", DEFAULT_LISTEN_PORT, None),
         service=addr("service", DEFAULT_SERVICE_PORT, "service_allow"),
         service_allow=parse_networks(raw["service_allow"][0], "service_allow"),
+        trusted_proxies=_networks("trusted_proxies"),
         sources={k: s for k, (_, s) in raw.items()},
     )
     values.pop("config")
@@ -426,7 +445,7 @@ def build(cli: Mapping[str, str], environ: Mapping[str, str] | None = None, euid
 def help_text(program: str = "twistd -n pns4ones") -> str:
     lines = [
         f"Usage: {program} [options]",
-        f"       {program.replace(' -n', '')} admin <command> [...]   (list, create, upd_srv_key, upd_cli_key, remove, reset_token)",
+        f"       {program.replace(' -n', '')} admin <command> [...]   (list, create, upd_srv_key, upd_cli_key, remove, reset_token, reload_tls)",
         "",
         "Options (also INI keys; write them as --name=value, --name value, -name=value or /name value):",
     ]

@@ -1,19 +1,26 @@
 """
 Logging through :mod:`twisted.logger`: the configured level, text or JSON lines
 on standard output (the journal), and rate-limited warnings for floods.
+
+When standard output is systemd's journal stream (``JOURNAL_STREAM`` names its
+device and inode), text lines carry journald's ``<N>`` priority prefix instead of a
+timestamp (the journal has its own), so ``journalctl -p warning`` works.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Mapping
 
 from twisted.logger import (
+    FileLogObserver,
     FilteringLogObserver,
     ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
     PredicateResult,
+    eventAsText,
     jsonFileLogObserver,
     textFileLogObserver,
 )
@@ -46,7 +53,12 @@ def make_observer(level_name: str, fmt: str = "text", out: IO[str] | None = None
     if level is None:
         return _Nothing()
     out = sys.stdout if out is None else out
-    sink = jsonFileLogObserver(out) if fmt == "json" else textFileLogObserver(out)
+    if fmt == "json":
+        sink = jsonFileLogObserver(out)
+    elif writes_to_journal(out):
+        sink = FileLogObserver(out, journal_line)
+    else:
+        sink = textFileLogObserver(out)
     by_level = LogLevelFilterPredicate(defaultLogLevel=level)
 
     def predicate(event: dict[str, Any]) -> PredicateResult:
@@ -58,6 +70,28 @@ def make_observer(level_name: str, fmt: str = "text", out: IO[str] | None = None
         return by_level(event)
 
     return FilteringLogObserver(sink, [predicate])
+
+
+#: journald's priorities (sd-daemon(3) ``<N>`` line prefixes) for twisted.logger's levels.
+JOURNAL_PRIORITIES = {LogLevel.debug: 7, LogLevel.info: 6, LogLevel.warn: 4, LogLevel.error: 3, LogLevel.critical: 2}
+
+
+def writes_to_journal(out: IO[str], environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``out`` is the stream systemd connected to the journal (``JOURNAL_STREAM=DEV:INODE``)."""
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    try:
+        dev, inode = (int(part) for part in value.split(":"))
+        st = os.fstat(out.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, inode)
+
+
+def journal_line(event: dict[str, Any]) -> str:
+    """One event as journal lines: each with the event's priority prefix, no timestamp."""
+    priority = JOURNAL_PRIORITIES.get(event.get("log_level", LogLevel.info), 6)
+    text = eventAsText(event, includeTraceback=True, includeTimestamp=False, includeSystem=True)
+    return "".join(f"<{priority}>{line}\n" for line in text.splitlines() or [""])
 
 
 def level_enabled(level_name: str, wanted: LogLevel) -> bool:

@@ -5,22 +5,25 @@ the listeners, watch the store for CLI changes, purge tokens, stop gracefully.
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, error, task
-from twisted.logger import ILogObserver, Logger
+from twisted.logger import ILogObserver, Logger, LogLevel
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.components import Componentized
 
-from . import __version__, logs
+from . import __version__, control, logs
+from . import tls as _tls
 from .admin.app import AdminPanel, AdminSite
 from .api import SendAPI
-from .config import Address, Config
+from .config import Address, Config, ConfigError
 from .core import Core
 from .hub.local import LocalHub
 from .store.sqlite import SQLiteStore
-from .transports.addin import AddinFactory
+from .transports.addin import AddinFactory, configure_socket
 from .web import ApiSite
 
 
@@ -35,10 +38,12 @@ class StartupError(Exception):
 class PnsService(service.MultiService):
     log = Logger()
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(self, config: Config, reactor: Any, tls: _tls.ReloadableServerTLS | None = None) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
+        self.tls = tls
+        self._old_sighup: Any = None
         self.store: Any = None
         self.core: Core | None = None
         self.ports: list[Any] = []
@@ -59,9 +64,17 @@ class PnsService(service.MultiService):
         cfg = self.config
         self.store = SQLiteStore(cfg.data_dir, reactor=self.reactor)
         self.core = Core(self.store, LocalHub(), self.reactor, token_lifetime=cfg.token_lifetime)
-        self.api = SendAPI(self.core, cfg.expires_in_format)
-        self.site = ApiSite(self.api.resource(), cfg.max_body_size, cfg.request_timeout, clock=self.reactor)
-        self.addin_factory = AddinFactory(self.core, cfg, self.reactor)
+        self.api = SendAPI(self.core, cfg.expires_in_format, log_sends=logs.level_enabled(cfg.log_level, LogLevel.info), send_rate_limit=cfg.send_rate_limit, max_batch=cfg.max_batch)
+        self.site = ApiSite(self.api.resource(), cfg.max_body_size, cfg.request_timeout, clock=self.reactor, trusted_proxies=cfg.trusted_proxies)
+        self.api_factory: Any = self.site
+        if cfg.ssl_mode != "None":
+            if self.tls is None:
+                try:
+                    self.tls = _tls.from_config(cfg)
+                except ConfigError as e:
+                    raise StartupError(str(e)) from None
+            self.api_factory = TLSMemoryBIOFactory(self.tls, False, self.site)
+        self.addin_factory = AddinFactory(self.core, cfg, self.reactor, log_info=logs.level_enabled(cfg.log_level, LogLevel.info))
         self.admin_panel = AdminPanel(self.core, self.store, cfg, self.reactor)
         self.admin_site = AdminSite(self.admin_panel, cfg.admin_port, cfg.max_body_size, cfg.request_timeout, clock=self.reactor)
 
@@ -88,12 +101,24 @@ class PnsService(service.MultiService):
             listener.stopReading()
             self.ports.append(listener)
 
+    def _configure_addin_listeners(self) -> None:
+        """Keepalive options on the add-in listening sockets: accepted ones inherit them."""
+        try:
+            for port in self.ports:
+                if port.factory is self.addin_factory:
+                    configure_socket(port.socket, self.config)
+        except (AttributeError, OSError) as e:
+            self.log.warn("cannot set keepalive options on the listening socket ({error}); setting them per connection", error=str(e))
+        else:
+            self.addin_factory.listener_configured = True
+
     def privilegedStartService(self) -> None:
         try:
             if self.core is None:
                 self.build()
-            self._listen(self.config.listen, self.site, "listen")
+            self._listen(self.config.listen, self.api_factory, "listen")
             self._listen(self.config.service, self.addin_factory, "service")
+            self._configure_addin_listeners()
             self._listen_admin()
         except StartupError as e:
             for port in self.ports:
@@ -119,12 +144,84 @@ class PnsService(service.MultiService):
         self._purge.clock = self.reactor
         self._purge.start(3600, now=True).addErrback(lambda f: self.log.failure("token purge failed", f))
         self.ready = True
+        self._start_control()
         always = {logs.ALWAYS: True}
         self.log.info("pns4ones {version} started; data in {data_dir}; config {config}", version=__version__, data_dir=str(cfg.data_dir), config=cfg.config_file or "(none, defaults)", **always)
-        self.log.info("send API (HTTP) on {where}", where=cfg.listen.describe(), **always)
+        if self.tls is None:
+            self.log.info("send API (HTTP) on {where}", where=cfg.listen.describe(), **always)
+        else:
+            self.log.info("send API (HTTPS, ssl_mode={mode}) on {where}; certificate {certificate}", mode=cfg.ssl_mode, where=cfg.listen.describe(), certificate=self.tls.material.describe(), **always)
+            for warning in self.tls.material.warnings:
+                self.log.warn("{warning}", warning=warning)
         self.log.info("add-in subscriptions (TCP) on {where}", where=cfg.service.describe(), **always)
         self.log.info("admin panel (HTTP, loopback only) on http://127.0.0.1:{port}/", port=cfg.admin_port, **always)
         self.log.info("{count} applications in the store", count=len(self.core.apps), **always)
+
+    # -- control: PID file, SIGHUP = reload the certificate ---------------------------------
+
+    def _start_control(self) -> None:
+        try:
+            control.write_pid(self.config.data_dir)
+        except OSError as e:
+            self.log.warn("cannot write the PID file in {data_dir} (pns4ones-admin reload_tls will not find this server): {error}", data_dir=str(self.config.data_dir), error=str(e))
+        try:
+            self._old_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
+            # A stop on SIGTERM/SIGINT is the normal way to end: exit 0 (twistd's
+            # own handlers would make the process die by the signal again).
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._on_stop_signal)
+        except ValueError:  # not the main thread (embedded): no signal handling
+            self._old_sighup = None
+
+    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        self.reactor.callFromThread(self._stop_requested, name)
+
+    def _stop_requested(self, name: str) -> None:
+        self.log.info("received {signal}: stopping gracefully", signal=name, **{logs.ALWAYS: True})
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def _on_sighup(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.reload_tls, "SIGHUP")
+
+    def reload_tls(self, trigger: str = "reload_tls") -> bool:
+        """Re-read the certificate files; new connections use them.  A bad file keeps the old certificate."""
+        always = {logs.ALWAYS: True}
+        if self.tls is None:
+            ok, message = True, "ssl_mode=None: no certificate to reload"
+            self.log.info("{trigger}: {message}", trigger=trigger, message=message, **always)
+        else:
+            old = self.tls.material
+            try:
+                new = self.tls.reload()
+            except ConfigError as e:
+                ok, message = False, f"certificate reload failed, keeping the current one ({old.describe()}): {e}"
+                self.log.error("{trigger}: {message}", trigger=trigger, message=message)
+            except Exception:  # a bug, not a bad file: still keep serving with the old certificate
+                ok, message = False, f"certificate reload failed unexpectedly, keeping the current one ({old.describe()}); see the log"
+                self.log.failure("{trigger}: certificate reload failed unexpectedly", trigger=trigger)
+            else:
+                ok = True
+                same = " (unchanged)" if new.serial == old.serial and new.certificate == old.certificate else ""
+                message = f"certificate reloaded{same}: {new.describe()}"
+                self.log.info("{trigger}: {message}", trigger=trigger, message=message, **always)
+                for warning in new.warnings:
+                    self.log.warn("{warning}", warning=warning)
+        try:
+            control.write_reload_status(self.config.data_dir, ok, message, trigger)
+        except OSError as e:
+            self.log.warn("cannot record the reload outcome in {data_dir}: {error}", data_dir=str(self.config.data_dir), error=str(e))
+        return ok
+
+    def _stop_control(self) -> None:
+        if self._old_sighup is not None:
+            try:
+                signal.signal(signal.SIGHUP, self._old_sighup)
+            except (ValueError, TypeError):
+                pass
+            self._old_sighup = None
+        control.remove_pid(self.config.data_dir)
 
     def _failed_start(self, failure: Any) -> None:
         self.log.failure("cannot load the store; stopping", failure)
@@ -135,6 +232,7 @@ class PnsService(service.MultiService):
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         self.ready = False
+        self._stop_control()
         self.log.info("stopping: closing listeners and subscriptions", **{logs.ALWAYS: True})
         yield defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports], consumeErrors=True)
         self.ports = []
@@ -144,6 +242,7 @@ class PnsService(service.MultiService):
             self.addin_factory.end_all("service stopping")
         if self.store is not None:
             self.store.stop_watching()
+        yield self.site.drain(self.reactor, timeout=5.0)
         yield super().stopService()
         # Give queued frames and the goodbye FINs a moment to leave.
         yield task.deferLater(self.reactor, 0.2, lambda: None)

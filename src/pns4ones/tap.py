@@ -29,6 +29,7 @@ class Options(usage.Options):
         super().__init__()
         self.cli: dict[str, str] = {}
         self.config: _config.Config | None = None
+        self.tls: Any = None
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         if options is None:
@@ -53,6 +54,11 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         try:
             self.config = _config.build(self.cli)
+            if self.config.ssl_mode != "None":
+                # Load and check the certificate now, so a refusal comes before anything listens.
+                from . import tls
+
+                self.tls = tls.from_config(self.config)
         except _config.ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -70,8 +76,8 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         for name in ("data_dir", "config"):
             if name in options.cli and f"--{name.replace('_', '-')}" not in argv:
                 argv = [f"--{name.replace('_', '-')}", options.cli[name], *argv]
-        raise SystemExit(cli.main(argv, prog="twistd pns4ones admin"))
+        raise SystemExit(cli.main(argv, prog="twistd pns4ones admin", as_data_owner=True))
     from .service import PnsService
 
     assert options.config is not None
-    return PnsService(options.config, reactor)
+    return PnsService(options.config, reactor, tls=options.tls)

@@ -31,6 +31,51 @@ from ..logs import RateLimited
 from ..wire import ClientKey
 
 
+def _send_now(transport: Any, data: bytes) -> bool:
+    """
+    Fan-out fast path: when nothing is queued on a plain TCP transport, hand the
+    frame straight to the kernel (one ``send()``), instead of queueing it and
+    registering for writability, which costs two epoll changes and a later
+    ``doWrite`` per subscriber.  Whatever the kernel does not take goes through
+    ``transport.write()`` as usual, keeping order and flow control.  Measured:
+    fan-out to 1,000 subscribers went from about 18,000 to (see README,
+    Performance) deliveries per second.  Returns False when the transport is
+    not one this applies to; the caller then writes normally.
+    """
+    sock = getattr(transport, "socket", None)
+    if (
+        sock is None
+        or transport._tempDataBuffer
+        or len(transport.dataBuffer) != transport.offset
+        or not transport.connected
+        or transport.disconnecting
+    ):
+        return False
+    try:
+        sent = sock.send(data)
+    except BlockingIOError:
+        sent = 0
+    except OSError:
+        return False  # let the transport notice and report the error
+    if sent < len(data):
+        transport.write(data[sent:])
+    return True
+
+
+def configure_socket(sock: socket.socket, cfg: Config) -> None:
+    """
+    Keepalive with short timings, no Nagle delay, and a user timeout for
+    unacknowledged data to a vanished peer.  Set on the listening socket, Linux
+    copies these options to every accepted connection (no syscalls per client).
+    """
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, cfg.keepalive_idle)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, cfg.keepalive_interval)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, cfg.keepalive_count)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 1000 * (cfg.keepalive_idle + cfg.keepalive_interval * cfg.keepalive_count))
+
+
 def peer_host(transport: Any) -> str:
     peer = transport.getPeer()
     host = getattr(peer, "host", str(peer))
@@ -52,7 +97,6 @@ class AddinProtocol(IntNStringReceiver):
     app_id = ib_id = user_id = group = ""
     keys: ClientKey | None = None
     peer = ""
-    _timer: Any = None
     _paused = False
     _backlog = 0
     _ended = False
@@ -67,24 +111,16 @@ class AddinProtocol(IntNStringReceiver):
         factory.connections.add(self)
         self._set_keepalive()
         self.transport.registerProducer(self, True)
-        self._timer = factory.clock.callLater(factory.config.registration_timeout, self._registration_timed_out)
+        factory.awaiting_registration(self)
 
     def _set_keepalive(self) -> None:
-        cfg = self.factory.config
-        try:
-            self.transport.setTcpKeepAlive(True)
-            self.transport.setTcpNoDelay(True)
-            sock = self.transport.getHandle()
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, cfg.keepalive_idle)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, cfg.keepalive_interval)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, cfg.keepalive_count)
-            # Unacknowledged data to a vanished peer: give up as keepalive would.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 1000 * cfg.keepalive_interval * cfg.keepalive_count + 1000 * cfg.keepalive_idle)
-        except (AttributeError, OSError):
-            pass  # not a real TCP socket (tests over memory transports)
+        if not self.factory.listener_configured:
+            try:
+                configure_socket(self.transport.getHandle(), self.factory.config)
+            except (AttributeError, OSError):
+                pass  # not a real TCP socket (tests over memory transports)
 
-    def _registration_timed_out(self) -> None:
-        self._timer = None
+    def registration_timed_out(self) -> None:
         self.factory.warn(
             "registration-timeout",
             "add-in client {peer} sent no registration within {timeout} s: closed",
@@ -117,36 +153,34 @@ class AddinProtocol(IntNStringReceiver):
             self.factory.reject(self, e.reason, e.detail)
             return
         self.keys = app.client_key
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        self.log.info(
-            "subscription registered: peer={peer} app={app_id} ib={ib_id} user={user_id} group={group}",
-            peer=self.peer,
-            app_id=self.app_id,
-            ib_id=self.ib_id,
-            user_id=self.user_id,
-            group=self.group,
-            event="registered",
-        )
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self._ended = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        self.factory.connections.discard(self)
-        if self.keys is not None:
-            self.factory.core.hub.detach(self)
+        self.factory.registered(self)
+        if self.factory.log_info:
             self.log.info(
-                "subscription ended: peer={peer} app={app_id} ib={ib_id} user={user_id} group={group}",
+                "subscription registered: peer={peer} app={app_id} ib={ib_id} user={user_id} group={group}",
                 peer=self.peer,
                 app_id=self.app_id,
                 ib_id=self.ib_id,
                 user_id=self.user_id,
                 group=self.group,
-                event="ended",
+                event="registered",
             )
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._ended = True
+        self.factory.connections.discard(self)
+        self.factory.registered(self)
+        if self.keys is not None:
+            self.factory.core.hub.detach(self)
+            if self.factory.log_info:
+                self.log.info(
+                    "subscription ended: peer={peer} app={app_id} ib={ib_id} user={user_id} group={group}",
+                    peer=self.peer,
+                    app_id=self.app_id,
+                    ib_id=self.ib_id,
+                    user_id=self.user_id,
+                    group=self.group,
+                    event="ended",
+                )
             self.keys = None
 
     # -- outbound (Session) ---------------------------------------------------------------
@@ -161,6 +195,8 @@ class AddinProtocol(IntNStringReceiver):
             if self._backlog > self.factory.config.send_buffer_limit:
                 self.factory.slow_reader(self)
                 return False
+        elif _send_now(self.transport, frame):
+            return True
         self.transport.write(frame)
         return True
 
@@ -190,13 +226,46 @@ class AddinFactory(protocol.Factory):
     log = Logger()
     noisy = False
 
-    def __init__(self, core: Core, config: Config, clock: Any) -> None:
+    def __init__(self, core: Core, config: Config, clock: Any, log_info: bool = True) -> None:
         self.core = core
         self.config = config
         self.clock = clock
         self.connections: set[AddinProtocol] = set()
+        #: Info-level events only when they are shown (each costs several µs).
+        self.log_info = log_info
+        #: True once the listening socket carries the keepalive options.
+        self.listener_configured = False
+        # Connections that have not registered yet, oldest first, with their deadline.
+        self._pending: dict[AddinProtocol, float] = {}
+        self._sweeper: Any = None
         self._limited = RateLimited(clock, 10.0)
         self._allow = config.service_allow
+
+    def awaiting_registration(self, proto: AddinProtocol) -> None:
+        """Start the registration clock (one periodic sweep, not a timer per client)."""
+        self._pending[proto] = self.clock.seconds() + self.config.registration_timeout
+        if self._sweeper is None or not self._sweeper.active():
+            self._sweeper = self.clock.callLater(min(1.0, self.config.registration_timeout), self._sweep)
+
+    def registered(self, proto: AddinProtocol) -> None:
+        self._pending.pop(proto, None)
+
+    def _sweep(self) -> None:
+        now = self.clock.seconds()
+        for proto, deadline in list(self._pending.items()):
+            if deadline > now:
+                break  # in insertion order, so the rest are younger
+            del self._pending[proto]
+            proto.registration_timed_out()
+        self._sweeper = None
+        if self._pending:
+            first = next(iter(self._pending.values()))
+            self._sweeper = self.clock.callLater(max(0.05, min(1.0, first - now)), self._sweep)
+
+    def stop(self) -> None:
+        if self._sweeper is not None and self._sweeper.active():
+            self._sweeper.cancel()
+        self._sweeper = None
 
     def warn(self, key: str, fmt: str, **fields: Any) -> None:
         def emit(suppressed: int) -> None:
@@ -212,11 +281,24 @@ class AddinFactory(protocol.Factory):
             except ValueError:
                 ip = None
             if ip is None or not any(ip in net for net in self._allow):
-                self.warn("not-allowed", "add-in client {peer} is not in service_allow: closed", peer=proto.peer, event="rejected", reason="not-allowed")
+                self.warn(
+                    "not-allowed",
+                    "add-in client {peer} is not in service_allow: closed",
+                    peer=proto.peer,
+                    event="rejected",
+                    reason="not-allowed",
+                )
                 return False
         limit = self.config.max_subscriptions
         if limit and len(self.connections) >= limit:
-            self.warn("limit", "max_subscriptions={limit} reached: refusing add-in client {peer}", limit=limit, peer=proto.peer, event="rejected", reason="limit")
+            self.warn(
+                "limit",
+                "max_subscriptions={limit} reached: refusing add-in client {peer}",
+                limit=limit,
+                peer=proto.peer,
+                event="rejected",
+                reason="limit",
+            )
             return False
         return True
 
@@ -252,5 +334,6 @@ class AddinFactory(protocol.Factory):
         proto.transport.abortConnection()
 
     def end_all(self, reason: str) -> None:
+        self.stop()
         for proto in list(self.connections):
             proto.end(reason)

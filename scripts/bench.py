@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""
+Benchmark pns4ones against nchan and Mosquitto on the shared harness
+(../shared/bench/bench.py) and print one comparison table.
+
+    scripts/bench              the full matrix, 3 runs per point (about 30 minutes)
+    scripts/bench --quick      a smoke run: N = 1,000, 1 run per point (a few minutes)
+    scripts/bench --table      only print the table of what --results-dir holds
+
+Figures go to --results-dir (default bench-results/ in the checkout). The
+server is started fresh for every run on 127.0.0.1 (send API 36696, add-in
+36695, admin 36697: stop any development server first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PNS4ONES_SHARED", ROOT.parent / "shared"))
+BENCH = SHARED / "bench" / "bench.py"
+VENV_BIN = Path(sys.executable).parent
+
+FIGURES = {
+    "idle": [("connected", "ready", False), ("conn/s", "connect_per_s", True), ("RSS B/conn", "rss_bytes_per_conn", False)],
+    "fanout": [("deliveries/s", "deliveries_per_s", True), ("latency p99 ms", "lat_us.p99", False), ("lost", "lost_max", False), ("load core %", "load_core_busy_pct", None)],
+    "unicast": [("publishes/s", "publishes_per_s", True), ("latency p99 ms", "lat_us.p99", False), ("lost", "lost_max", False), ("load core %", "load_core_busy_pct", None)],
+}
+
+
+def run(cmd: list[str], **kw: object) -> None:
+    print("+", shlex.join(cmd), flush=True)
+    subprocess.run(cmd, check=True, **kw)  # type: ignore[arg-type]
+
+
+def prepare_app(data: Path) -> list[str]:
+    out = subprocess.run([str(VENV_BIN / "pns4ones-admin"), "--data-dir", str(data), "create", "bench", "--json"], check=True, capture_output=True, text=True).stdout
+    app = json.loads(out)
+    return ["--app-id", app["id"], "--server-key", app["server_key"], "--client-key", app["client_key"], "--ib-id", "bench"]
+
+
+def run_ours(results: Path, extra: list[str]) -> None:
+    data = Path(tempfile.mkdtemp(prefix="pns4ones-bench-"))
+    try:
+        driver_args = prepare_app(data)
+        twistd = str(VENV_BIN / "twistd")
+        server = f"{twistd} -n --pidfile= pns4ones --config /dev/null --data-dir {data} --listen 127.0.0.1:36696 --service 127.0.0.1:36695"
+        env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+        run([sys.executable, str(BENCH), "run", "--peer", "cmd", "--name", "pns4ones", "--driver", "pns4ones", "--server-cmd", server,
+             "--port", "36695", "--pub-port", "36696", "--driver-args", shlex.join(driver_args), "--results-dir", str(results), *extra], env=env)  # fmt: skip
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def load(results: Path, peer: str, scenario: str) -> dict[str, dict[str, object]]:
+    path = results / f"{peer}-{scenario}.json"
+    if not path.exists():
+        return {}
+    doc = json.loads(path.read_text())
+    out = {}
+    for point in doc["points"]:
+        params = point["params"]
+        key = f"n={params['n']}" + (f", C={params['concurrency']}" if scenario == "unicast" else "")
+        out[key] = point["median"]
+    return out
+
+
+def fmt(value: object, key: str) -> str:
+    if value is None:
+        return "-"
+    if key.startswith("lat_us"):
+        return f"{float(value) / 1000:.3g}"  # type: ignore[arg-type]
+    if isinstance(value, float):
+        return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def table(results: Path) -> str:
+    lines = ["| scenario | point | figure | pns4ones | nchan | Mosquitto | pns4ones / nchan |", "|---|---|---|---:|---:|---:|---:|"]
+    for scenario, figures in FIGURES.items():
+        ours, nchan, mosq = (load(results, p, scenario) for p in ("pns4ones", "nchan", "mosquitto"))
+        for point in ours:
+            for label, key, higher_better in figures:
+                a = ours[point].get(key)
+                b = nchan.get(point, {}).get(key)
+                c = mosq.get(point, {}).get(key)
+                ratio = f"{float(a) / float(b):.2f}" if higher_better is not None and a not in (None, 0) and b not in (None, 0) else ""  # type: ignore[arg-type]
+                lines.append(f"| {scenario} | {point} | {label} | {fmt(a, key)} | {fmt(b, key)} | {fmt(c, key)} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="N = 1,000, one run per point, short unicast")
+    parser.add_argument("--peers", default="nchan,mosquitto", help="peers to measure beside ours ('' for none)")
+    parser.add_argument("--scenario", default="idle,fanout,unicast")
+    parser.add_argument("--results-dir", default=str(ROOT / "bench-results"))
+    parser.add_argument("--table", action="store_true", help="only print the table")
+    args, extra = parser.parse_known_args()
+    results = Path(args.results_dir)
+    if not args.table:
+        if not BENCH.exists():
+            print(f"{BENCH} not found (set PNS4ONES_SHARED)", file=sys.stderr)
+            return 1
+        if not (BENCH.parent / "swarm" / "swarm").exists():
+            run([sys.executable, str(BENCH), "build"])
+        common = ["--scenario", args.scenario]
+        if args.quick:
+            common += ["--n", "1000", "--repeat", "1", "--duration", "3"]
+        common += extra
+        run_ours(results, common)
+        for peer in filter(None, args.peers.split(",")):
+            run([sys.executable, str(BENCH), "run", "--peer", peer, "--results-dir", str(results), *common])
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
