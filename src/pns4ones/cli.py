@@ -35,6 +35,7 @@ COMMANDS = {
     "remove": "remove an application (ends its subscriptions, revokes its tokens): remove ID",
     "reset_token": "revoke every access token of an application: reset_token ID",
     "reload_tls": "make the running server re-read its HTTPS certificate files (same as SIGHUP)",
+    "status": "live figures of the running server: uptime, subscriptions, sends, store, listeners",
 }
 
 
@@ -57,6 +58,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     sub.add_parser("list", parents=[common], help=COMMANDS["list"])
     sub.add_parser("reload_tls", parents=[common], help=COMMANDS["reload_tls"])
+    p = sub.add_parser("status", parents=[common], help=COMMANDS["status"])
+    p.add_argument("--admin-port", type=int, default=None, help="admin port of the server (default: the one it recorded in DATA_DIR/admin.json)")
     p = sub.add_parser("create", parents=[common], help=COMMANDS["create"])
     p.add_argument("name", nargs="+", help="title of the new application")
     for name in ("upd_srv_key", "upd_cli_key", "remove", "reset_token"):
@@ -126,6 +129,19 @@ def reload_tls(args: argparse.Namespace, out: Any) -> None:
         out.write(f"{status['message']}\n")
     if not status.get("ok"):
         raise CommandError("the server kept its current certificate (see above)")
+
+
+def status(args: argparse.Namespace, out: Any) -> None:
+    """Ask the server of this data directory for its live figures."""
+    from . import control
+    from . import status as _status
+
+    cfg = _config_of(args)
+    try:
+        doc = _status.fetch(cfg.data_dir, args.admin_port)
+    except control.ControlError as e:
+        raise CommandError(str(e)) from None
+    out.write(json.dumps(doc, ensure_ascii=False, indent=2) + "\n" if getattr(args, "json", False) else _status.render(doc))
 
 
 def open_store(args: argparse.Namespace) -> Any:
@@ -207,9 +223,9 @@ def main(
     if not args.command:
         parser.print_help(out)
         return 2
-    if args.command == "reload_tls":  # no store, no reactor: a signal and a file
+    if args.command in ("reload_tls", "status"):  # no store, no reactor: a signal, a file, a local HTTP request
         try:
-            reload_tls(args, out)
+            (reload_tls if args.command == "reload_tls" else status)(args, out)
         except CommandError as e:
             err.write(f"{prog}: {e}\n")
             return 1

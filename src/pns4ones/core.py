@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from . import crypto
 from .hub import Hub, Report, Session
 from .messages import SendRequest
+from .metrics import NULL
 from .store import Application, Snapshot, Store, TokenRecord
 from .wire import Registration
 
@@ -53,6 +54,7 @@ class Core:
     """Applications, tokens, subscriptions and sends for one node."""
 
     log = Logger()
+    metrics = NULL
 
     def __init__(self, store: Store, hub: Hub, clock: Any, token_lifetime: float = TOKEN_LIFETIME) -> None:
         self.store = store
@@ -121,6 +123,7 @@ class Core:
         record = TokenRecord(crypto.token_digest(token), app.id, token_id, now, now + self.token_lifetime)
         yield self.store.add_token(record)
         self._tokens[record.digest] = record
+        self.metrics.token_issued(app.id)
         self.log.info("issued an access token to application {app_id}", app_id=app.id)
         return IssuedToken(token, record.expires_at)
 

@@ -77,6 +77,9 @@ class PnsService(service.MultiService):
         self.addin_factory = AddinFactory(self.core, cfg, self.reactor, log_info=logs.level_enabled(cfg.log_level, LogLevel.info))
         self.admin_panel = AdminPanel(self.core, self.store, cfg, self.reactor)
         self.admin_site = AdminSite(self.admin_panel, cfg.admin_port, cfg.max_body_size, cfg.request_timeout, clock=self.reactor)
+        from .observe import Observability  # prometheus_client imports the reactor: only now
+
+        self.observability = Observability(self)
 
     def _listen(self, address: Address, factory: Any, option: str) -> None:
         for host in address.hosts:
@@ -120,6 +123,8 @@ class PnsService(service.MultiService):
             self._listen(self.config.service, self.addin_factory, "service")
             self._configure_addin_listeners()
             self._listen_admin()
+            if self.metrics_site is not None:
+                self._listen(self.config.metrics_listen, self.metrics_site, "metrics_listen")
         except StartupError as e:
             for port in self.ports:
                 port.stopListening()
@@ -145,6 +150,7 @@ class PnsService(service.MultiService):
         self._purge.start(3600, now=True).addErrback(lambda f: self.log.failure("token purge failed", f))
         self.ready = True
         self._start_control()
+        self.observability.started()
         always = {logs.ALWAYS: True}
         self.log.info("pns4ones {version} started; data in {data_dir}; config {config}", version=__version__, data_dir=str(cfg.data_dir), config=cfg.config_file or "(none, defaults)", **always)
         if self.tls is None:
@@ -222,6 +228,8 @@ class PnsService(service.MultiService):
                 pass
             self._old_sighup = None
         control.remove_pid(self.config.data_dir)
+        if self.core is not None:
+            self.observability.stopped()
 
     def _failed_start(self, failure: Any) -> None:
         self.log.failure("cannot load the store; stopping", failure)

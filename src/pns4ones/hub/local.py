@@ -7,6 +7,7 @@ from typing import Iterator
 from twisted.internet.defer import Deferred, succeed
 
 from ..messages import Message, Recipient
+from ..metrics import NULL
 from . import Outbound, Report, Session
 
 
@@ -31,6 +32,9 @@ def _discard(index: dict[str, set[Session]], key: str, session: Session) -> None
 
 class LocalHub:
     """:class:`pns4ones.hub.Hub` for one process."""
+
+    #: Metrics hook, once per routed message: (application, sessions written, frame bytes).
+    on_routed = staticmethod(NULL.routed)
 
     def __init__(self) -> None:
         self._ibs: dict[tuple[str, str], _IbIndex] = {}
@@ -94,6 +98,7 @@ class LocalHub:
             if session.deliver(outbound):
                 written += 1
                 users.add(session.user_id)
+        self.on_routed(app_id, written, len(outbound._frame))
         return Report(written, len(users))
 
     def publish(self, app_id: str, recipient: Recipient, message: Message) -> Deferred[Report]:

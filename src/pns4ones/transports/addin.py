@@ -28,6 +28,7 @@ from ..config import Config
 from ..core import Core, RegistrationRejected
 from ..hub import Outbound
 from ..logs import RateLimited
+from ..metrics import NULL
 from ..wire import ClientKey
 
 
@@ -127,6 +128,7 @@ class AddinProtocol(IntNStringReceiver):
             peer=self.peer,
             timeout=self.factory.config.registration_timeout,
         )
+        self.factory.metrics.cut("idle")
         self.transport.abortConnection()
 
     # -- inbound -----------------------------------------------------------------------
@@ -154,6 +156,7 @@ class AddinProtocol(IntNStringReceiver):
             return
         self.keys = app.client_key
         self.factory.registered(self)
+        self.factory.metrics.registration_accepted()
         if self.factory.log_info:
             self.log.info(
                 "subscription registered: peer={peer} app={app_id} ib={ib_id} user={user_id} group={group}",
@@ -225,6 +228,7 @@ class AddinFactory(protocol.Factory):
     protocol = AddinProtocol
     log = Logger()
     noisy = False
+    metrics = NULL
 
     def __init__(self, core: Core, config: Config, clock: Any, log_info: bool = True) -> None:
         self.core = core
@@ -288,6 +292,7 @@ class AddinFactory(protocol.Factory):
                     event="rejected",
                     reason="not-allowed",
                 )
+                self.metrics.registration_rejected("not-allowed")
                 return False
         limit = self.config.max_subscriptions
         if limit and len(self.connections) >= limit:
@@ -299,6 +304,7 @@ class AddinFactory(protocol.Factory):
                 event="rejected",
                 reason="limit",
             )
+            self.metrics.registration_rejected("limit")
             return False
         return True
 
@@ -310,7 +316,10 @@ class AddinFactory(protocol.Factory):
             detail=detail,
             reason=reason,
             event="rejected",
+            app_id=proto.app_id,
+            ib_id=proto.ib_id,
         )
+        self.metrics.registration_rejected(reason)
         proto._ended = True
         if proto.keys is not None:
             self.core.hub.detach(proto)
@@ -328,6 +337,7 @@ class AddinFactory(protocol.Factory):
             limit=self.config.send_buffer_limit,
             event="slow-reader",
         )
+        self.metrics.cut("slow-reader")
         proto._ended = True
         if proto.keys is not None:
             self.core.hub.detach(proto)
