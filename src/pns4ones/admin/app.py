@@ -561,7 +561,7 @@ class AdminSite(ApiSite):
     noisy = False  # no "Starting factory" lines
 
     def __init__(self, panel: AdminPanel, port: int, max_body_size: int, request_timeout: float, clock: Any = None) -> None:
-        super().__init__(panel.resource(), max_body_size, request_timeout, clock=clock)
+        super().__init__(panel.resource(), max_body_size, request_timeout, clock=clock, parsePOSTFormSubmission=True)  # the panel reads its forms
         self.allowed_hosts = {f"{name}:{port}".encode() for name in ("127.0.0.1", "localhost", "[::1]")}
         if port == 80:
             self.allowed_hosts |= {b"127.0.0.1", b"localhost", b"[::1]"}
