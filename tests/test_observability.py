@@ -20,7 +20,7 @@ from pns4ones_client import Subscriber
 from pns4ones_client.protocol import ClientKey, registration_frame
 
 from .pki import PKI
-from .support import ServerProcess, free_port, http_client, wait_for
+from .support import ServerProcess, free_port, http_client, run_twistd, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "contrib" / "grafana" / "pns4ones.json"
@@ -88,6 +88,20 @@ class ObservedServer(TestCase):
 
 
 class MetricsTests(ObservedServer):
+    extra_args = ["--registration_timeout", "0.5"]
+
+    @inlineCallbacks
+    def test_idle_connection_cut_is_counted(self) -> None:
+        """A connection that never registers is cut after registration_timeout and counted as an idle cut."""
+        with socket.create_connection(("127.0.0.1", self.server.service_port), timeout=5) as s:
+            try:
+                self.assertEqual(s.recv(10), b"")
+            except ConnectionResetError:
+                pass
+        now = samples((yield self.scrape()))
+        self.assertEqual(value(now, "pns4ones_subscriptions_cut_total", reason="idle"), 1)
+        self.assertEqual(value(now, "pns4ones_subscriptions_cut_total", reason="slow-reader"), 0)
+
     @inlineCallbacks
     def test_counters_follow_subscribers_and_sends(self) -> None:
         """Subscriptions, registrations by result, sends, deliveries, bytes, latency, HTTP and tokens move with real traffic; no user id in any label."""
@@ -170,6 +184,9 @@ class MetricsTests(ObservedServer):
         text = self.server.admin("status").stdout
         self.assertIn("subscriptions: 3", text)
         self.assertIn("information base ib2: 1", text)
+        via_twistd = run_twistd("pns4ones", "admin", "--data-dir", str(self.server.data_dir), "status", "--json")
+        self.assertEqual(via_twistd.returncode, 0, via_twistd.stderr)
+        self.assertEqual(json.loads(via_twistd.stdout)["applications"], doc["applications"])
         admin_file = self.server.data_dir / "admin.json"
         self.assertEqual(admin_file.stat().st_mode & 0o777, 0o600)
 
