@@ -85,3 +85,35 @@ def test_route_all_to_1000(benchmark) -> None:  # type: ignore[no-untyped-def]
     """A broadcast to 1,000 sessions: one encryption, 1,000 deliveries."""
     hub = _hub(1000)
     assert benchmark(hub.route, "app", Recipient("all", "ib"), MESSAGE).sessions == 1000
+
+
+def _metrics():  # type: ignore[no-untyped-def]
+    import time
+
+    from pns4ones.metrics import Metrics
+
+    return Metrics(type("Clock", (), {"seconds": staticmethod(time.time)}))
+
+
+def test_route_user_among_100_with_metrics(benchmark) -> None:  # type: ignore[no-untyped-def]
+    """test_route_user_among_100 with the metrics hook counting deliveries and bytes."""
+    hub = _hub(100)
+    hub.on_routed = _metrics().routed
+    assert benchmark(hub.route, "app", Recipient("user", "ib", "u7"), MESSAGE).sessions == 1
+
+
+def test_metrics_per_send(benchmark) -> None:  # type: ignore[no-untyped-def]
+    """Everything the metrics add to one send: routed, sent (counter + latency histogram), HTTP request counter."""
+    import time
+
+    metrics = _metrics()
+    request = type("Request", (), {"path": b"/sendmessage", "code": 200})()
+
+    def one_send() -> None:
+        started = time.perf_counter()
+        metrics.routed("app", 1, 400)
+        metrics.sent("app", "user", time.perf_counter() - started)
+        metrics.http_request(request)
+
+    benchmark(one_send)
+    assert metrics.sends > 0

@@ -12,7 +12,6 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from pns4ones_client.protocol import ClientKey, FrameDecoder, ProtocolError, registration_frame
 

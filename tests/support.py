@@ -87,7 +87,10 @@ class ServerProcess:
             wait_for(lambda: self.proc.poll() is not None or (port_open(self.api_port) and port_open(self.service_port)), 20, what="the server's ports")
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            wait_for(lambda: "applications in the store" in self.log(), 10, what="the server to load its store")
+            try:
+                wait_for(lambda: "applications in the store" in self.log(), 10, what="the server to load its store")
+            except AssertionError as e:  # say what the server was doing
+                raise AssertionError(f"{e}; server {'running' if self.proc.poll() is None else f'exited with {self.proc.returncode}'}, its log:\n{self.log()[-3000:]}") from None
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:

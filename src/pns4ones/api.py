@@ -7,6 +7,7 @@ The send API (PROTOCOL.md section 3): a Klein application over
 from __future__ import annotations
 
 import time
+from time import perf_counter
 from typing import Any
 from urllib.parse import unquote
 
@@ -21,6 +22,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from .core import LEGACY_EPOCH_OFFSET, AuthError, Core
 from .groups import GroupError, check_name, parse_ttl, parse_user_ids
 from .logs import RateLimited
+from .metrics import NULL
 from .messages import MessageError, decode_json_body, parse_send, parse_send_object
 from .ratelimit import RateLimiter
 from .web import json_body
@@ -52,6 +54,7 @@ class SendAPI:
 
     app = Klein()
     log = Logger()
+    metrics = NULL
 
     def __init__(self, core: Core, expires_in_format: str = "unix", log_sends: bool = True, send_rate_limit: float = 0.0, max_batch: int = 1000, subscriptions: Any = None) -> None:
         self.core = core
@@ -63,6 +66,8 @@ class SendAPI:
         self._warn = RateLimited(core.clock, 10.0)
         #: A log event per send only when Information is on (it costs ~4% of a send).
         self.log_sends = log_sends
+        #: ``/ready``: () -> (ready, reason); the service passes its own.
+        self.readiness = lambda: (True, "ready")
 
     def resource(self) -> Any:
         """
@@ -131,6 +136,7 @@ class SendAPI:
 
     def sendmessage(self, request: Any) -> Any:
         """``POST /sendmessage``: bytes now, or a Deferred of them (a networked hub)."""
+        started = perf_counter()
         application = self._app_for(request)
         try:
             send = parse_send(request.content.read())
@@ -139,7 +145,7 @@ class SendAPI:
         ttl = 0.0
         if send.ttl is not None or b"ttl" in request.args:
             ttl = self._ttl(request, send)
-        return self.core.send(application, send, ttl).addCallback(self._sent, request, application, send)
+        return self.core.send(application, send, ttl).addCallback(self._sent, request, application, send, started)
 
     def _ttl(self, request: Any, send: Any) -> float:
         """``Message.TTL`` or ``?ttl=`` (the body wins), bounded by ``max_ttl``."""
@@ -151,7 +157,8 @@ class SendAPI:
         except GroupError as e:
             raise ApiError(400, "bad_request", f"{e.field} {e.reason}", field=e.field) from None
 
-    def _sent(self, report: Any, request: Any, application: Any, send: Any) -> bytes:
+    def _sent(self, report: Any, request: Any, application: Any, send: Any, started: float) -> bytes:
+        self.metrics.sent(application.id, send.recipient.type, perf_counter() - started)
         if self.log_sends:
             self.log.info(
                 "send: app={app_id} type={type} ib={ib_id} target={target} sessions={sessions} peer={peer}",
@@ -307,6 +314,7 @@ class SendAPI:
         result per element in the answer (a bad element does not stop the
         others); the batch counts as that many sends for ``send_rate_limit``.
         """
+        started = perf_counter()
         try:
             doc = decode_json_body(request.content.read())
         except MessageError as e:
@@ -333,11 +341,7 @@ class SendAPI:
                 continue
             slot = len(results)
             results.append(None)
-
-            def done(report: Any, slot: int = slot) -> None:
-                results[slot] = {"status": 200, "sessions": report.sessions, "users": report.users, "stored": bool(getattr(report, "stored", False))}
-
-            pending.append(self.core.send(application, send, ttl).addCallback(done))
+            pending.append(self.core.send(application, send, ttl).addCallback(self._batch_sent, results, slot, application.id, send.recipient.type, started))
 
         def answer(_: Any) -> bytes:
             sessions = sum(r.get("sessions", 0) for r in results)
@@ -347,6 +351,21 @@ class SendAPI:
             return json_body(request, 200, {"results": results, "sessions": sessions, "accepted": sum(r["status"] == 200 for r in results)})
 
         return gatherResults(pending, consumeErrors=True).addCallback(answer)
+
+    def _batch_sent(self, report: Any, results: list[Any], slot: int, app_id: str, kind: str, started: float) -> None:
+        self.metrics.sent(app_id, kind, perf_counter() - started)
+        results[slot] = {"status": 200, "sessions": report.sessions, "users": report.users, "stored": bool(getattr(report, "stored", False))}
+
+    @app.route("/health", methods=["GET"])
+    def health(self, request: Any) -> bytes:
+        """The process serves HTTP (liveness): always 200."""
+        return json_body(request, 200, {"status": "ok"})
+
+    @app.route("/ready", methods=["GET"])
+    def ready(self, request: Any) -> bytes:
+        """Store open, listeners bound, not stopping: 200; otherwise 503 (take the node out of rotation)."""
+        ok, reason = self.readiness()
+        return json_body(request, 200 if ok else 503, {"ready": ok, "status": reason})
 
     def _error_body(self, request: Any, error: Exception) -> bytes:
         if isinstance(error, ApiError):

@@ -39,6 +39,7 @@ COMMANDS = {
     "kept": "count the messages kept for offline users, per application (and how many were dropped or expired)",
     "reload_tls": "make the running server re-read its HTTPS certificate files (same as SIGHUP)",
     "restart": "restart the running server from the code and configuration on disk, keeping 1C clients connected (same as SIGUSR2)",
+    "status": "live figures of the running server: uptime, subscriptions, sends, store, listeners",
 }
 
 
@@ -70,6 +71,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("ib_id", help="information base id")
     p.add_argument("group", help="group name")
     sub.add_parser("restart", parents=[common], help=COMMANDS["restart"])
+    p = sub.add_parser("status", parents=[common], help=COMMANDS["status"])
+    p.add_argument("--admin-port", type=int, default=None, help="admin port of the server (default: the one it recorded in DATA_DIR/admin.json)")
     p = sub.add_parser("create", parents=[common], help=COMMANDS["create"])
     p.add_argument("name", nargs="+", help="title of the new application")
     for name in ("upd_srv_key", "upd_cli_key", "remove", "reset_token"):
@@ -156,6 +159,19 @@ def restart(args: argparse.Namespace, out: Any) -> None:
         out.write(f"{status['message']}\n")
     if not status.get("ok"):
         raise CommandError("restart failed; the running server keeps serving (see above and its log)")
+
+
+def status(args: argparse.Namespace, out: Any) -> None:
+    """Ask the server of this data directory for its live figures."""
+    from . import control
+    from . import status as _status
+
+    cfg = _config_of(args)
+    try:
+        doc = _status.fetch(cfg.data_dir, args.admin_port)
+    except control.ControlError as e:
+        raise CommandError(str(e)) from None
+    out.write(json.dumps(doc, ensure_ascii=False, indent=2) + "\n" if getattr(args, "json", False) else _status.render(doc))
 
 
 def open_store(args: argparse.Namespace) -> Any:
@@ -261,9 +277,9 @@ def main(
     if not args.command:
         parser.print_help(out)
         return 2
-    if args.command in ("reload_tls", "restart"):  # no store, no reactor: a signal and a file
+    if args.command in ("reload_tls", "restart", "status"):  # no store, no reactor: a signal, a file, a local HTTP request
         try:
-            (reload_tls if args.command == "reload_tls" else restart)(args, out)
+            {"reload_tls": reload_tls, "restart": restart, "status": status}[args.command](args, out)
         except CommandError as e:
             err.write(f"{prog}: {e}\n")
             return 1

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 DEFAULT_LISTEN_PORT = 36696
 DEFAULT_SERVICE_PORT = 36695
 DEFAULT_ADMIN_PORT = 36697
+DEFAULT_METRICS_PORT = 36698
 SYSTEM_CONFIG = Path("/etc/pns4ones/pns4ones.ini")
 SYSTEM_DATA_DIR = Path("/etc/pns4ones")
 
@@ -203,6 +204,13 @@ def _log_level(value: str, option: str) -> str:
     return _choice(*LOG_LEVELS)(value, option)
 
 
+def _metrics_auth(value: str, option: str) -> str:
+    value = value.strip()
+    if value and (":" not in value or not value.split(":", 1)[0] or not value.split(":", 1)[1]):
+        raise ConfigError(option, "write it as USER:PASSWORD")
+    return value
+
+
 def _text(value: str, option: str) -> str:
     return value
 
@@ -264,6 +272,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("keepalive_count", "6", _number(int, 1, 100), "TCP keepalive: unanswered probes before the peer is dead (default 6)", "N"),
     Option("request_timeout", "30", _number(float, 1, 3600), "seconds an HTTP client may take to send a whole request (default 30)", "SECONDS"),
     Option("send_rate_limit", "0", _number(float, 0, 1e9), "sends per second per application, 0 = unlimited (default 0)", "RATE"),
+    Option("metrics_listen", "", _text, "also serve /metrics on this address (syntax of listen, default port 36698; default: only on the admin listener)", "ADDR"),
+    Option("metrics_auth", "", _metrics_auth, "USER:PASSWORD that scrapes of metrics_listen must send (HTTP basic auth; default none)", "USER:PASSWORD", secret=True),
     Option("store_poll_interval", "1", _number(float, 0.05, 60), "seconds between checks for changes made by the admin CLI (default 1)", "SECONDS"),
     Option("max_ttl", "86400", _number(float, 0, 86400 * 365), "longest TTL a sender may ask to keep a message for offline users, in seconds (default 86400)", "SECONDS"),
     Option("max_kept_per_user", "100", _number(int, 1, 1_000_000), "most kept messages for one user; the oldest is dropped first (default 100)", "N"),
@@ -327,6 +337,8 @@ class Config:
     sse_heartbeat: float = 15.0
     recovery_window: float = 120.0
     recovery_messages: int = 1000
+    metrics_listen: Address | None = None
+    metrics_auth: str = ""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def source_of(self, option: str) -> str:
@@ -474,6 +486,7 @@ def build(cli: Mapping[str, str], environ: Mapping[str, str] | None = None, euid
         service=addr("service", DEFAULT_SERVICE_PORT, "service_allow"),
         service_allow=parse_networks(raw["service_allow"][0], "service_allow"),
         trusted_proxies=_networks("trusted_proxies"),
+        metrics_listen=addr("metrics_listen", DEFAULT_METRICS_PORT, None) if raw["metrics_listen"][0].strip() else None,
         sources={k: s for k, (_, s) in raw.items()},
     )
     values.pop("config")
@@ -484,7 +497,7 @@ def build(cli: Mapping[str, str], environ: Mapping[str, str] | None = None, euid
 def help_text(program: str = "twistd -n pns4ones") -> str:
     lines = [
         f"Usage: {program} [options]",
-        f"       {program.replace(' -n', '')} admin <command> [...]   (list, create, upd_srv_key, upd_cli_key, remove, reset_token, reload_tls)",
+        f"       {program.replace(' -n', '')} admin <command> [...]   (list, create, upd_srv_key, upd_cli_key, remove, reset_token, reload_tls, status)",
         "",
         "Options (also INI keys; write them as --name=value, --name value, -name=value or /name value):",
     ]

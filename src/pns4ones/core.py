@@ -18,6 +18,7 @@ from . import crypto
 from .groups import GroupError, Membership, message_from_addin
 from .hub import Hub, Outbound, Report, Session
 from .messages import SendRequest, render_addin_json
+from .metrics import NULL
 from .store import Application, KeptMessage, Snapshot, Store, TokenRecord
 from .wire import Registration
 
@@ -75,6 +76,7 @@ class Core:
     """Applications, tokens, subscriptions and sends for one node."""
 
     log = Logger()
+    metrics = NULL
 
     def __init__(
         self,
@@ -159,6 +161,7 @@ class Core:
         record = TokenRecord(crypto.token_digest(token), app.id, token_id, now, now + self.token_lifetime)
         yield self.store.add_token(record)
         self._tokens[record.digest] = record
+        self.metrics.token_issued(app.id)
         self.log.info("issued an access token to application {app_id}", app_id=app.id)
         return IssuedToken(token, record.expires_at)
 

@@ -21,6 +21,7 @@ from twisted.logger import (
     LogLevelFilterPredicate,
     PredicateResult,
     eventAsText,
+    formatEvent,
     jsonFileLogObserver,
     textFileLogObserver,
 )
@@ -54,7 +55,7 @@ def make_observer(level_name: str, fmt: str = "text", out: IO[str] | None = None
         return _Nothing()
     out = sys.stdout if out is None else out
     if fmt == "json":
-        sink = jsonFileLogObserver(out)
+        sink = json_lines(out)
     elif writes_to_journal(out):
         sink = FileLogObserver(out, journal_line)
     else:
@@ -92,6 +93,27 @@ def journal_line(event: dict[str, Any]) -> str:
     priority = JOURNAL_PRIORITIES.get(event.get("log_level", LogLevel.info), 6)
     text = eventAsText(event, includeTraceback=True, includeTimestamp=False, includeSystem=True)
     return "".join(f"<{priority}>{line}\n" for line in text.splitlines() or [""])
+
+
+def json_lines(out: IO[str]) -> ILogObserver:
+    """
+    One JSON object per line (no RFC 7464 record separator, which line-based
+    shippers do not expect), with the formatted ``text`` and the common fields
+    under the names operators search for: ``application`` (``app_id``) and
+    ``IbId`` (``ib_id``) beside ``peer`` and ``event``.
+    """
+    inner = jsonFileLogObserver(out, recordSeparator="")
+
+    @implementer(ILogObserver)
+    def observe(event: dict[str, Any]) -> None:
+        extra: dict[str, Any] = {"text": formatEvent(event)}
+        if "app_id" in event:
+            extra["application"] = event["app_id"]
+        if "ib_id" in event:
+            extra["IbId"] = event["ib_id"]
+        inner({**event, **extra})
+
+    return observe
 
 
 def level_enabled(level_name: str, wanted: LogLevel) -> bool:

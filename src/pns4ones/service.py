@@ -99,6 +99,9 @@ class PnsService(service.MultiService):
         self.addin_factory = AddinFactory(self.core, cfg, self.reactor, log_info=logs.level_enabled(cfg.log_level, LogLevel.info))
         self.admin_panel = AdminPanel(self.core, self.store, cfg, self.reactor)
         self.admin_site = AdminSite(self.admin_panel, cfg.admin_port, cfg.max_body_size, cfg.request_timeout, clock=self.reactor)
+        from .observe import Observability  # prometheus_client imports the reactor: only now
+
+        self.observability = Observability(self)
 
     def _listen(self, address: Address, factory: Any, option: str) -> None:
         handed = self.incoming.take(option, address.text) if self.incoming is not None else []
@@ -165,6 +168,8 @@ class PnsService(service.MultiService):
             self._listen(self.config.service, self.addin_factory, "service")
             self._configure_addin_listeners()
             self._listen_admin()
+            if self.metrics_site is not None:
+                self._listen(self.config.metrics_listen, self.metrics_site, "metrics_listen")
         except (StartupError, handoff.HandoffError) as e:
             if self.incoming is not None:  # never shutdown() sockets the old process still serves
                 self.log.critical("cannot take over from the previous process: {error}", error=str(e), **{logs.ALWAYS: True})
@@ -203,6 +208,7 @@ class PnsService(service.MultiService):
         self._purge_kept.start(KEPT_PURGE_INTERVAL, now=True).addErrback(lambda f: self.log.failure("kept-message purge failed", f))
         self.ready = True
         self._start_control()
+        self.observability.started()
         always = {logs.ALWAYS: True}
         self.log.info("pns4ones {version} started; data in {data_dir}; config {config}", version=__version__, data_dir=str(cfg.data_dir), config=cfg.config_file or "(none, defaults)", **always)
         if self.tls is None:
@@ -305,6 +311,8 @@ class PnsService(service.MultiService):
                 pass
             self._old_sighup = None
         control.remove_pid(self.config.data_dir)
+        if self.core is not None:
+            self.observability.stopped()
 
     def _failed_start(self, failure: Any) -> None:
         self.log.failure("cannot load the store; stopping", failure)

@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterator
 from twisted.internet.defer import Deferred, succeed
 
 from ..messages import Message, Recipient
+from ..metrics import NULL
 from . import Outbound, Report, Session
 from .recovery import Recovery
 
@@ -40,6 +41,9 @@ def _discard(index: dict[str, set[Session]], key: str, session: Session) -> None
 
 class LocalHub:
     """:class:`pns4ones.hub.Hub` for one process."""
+
+    #: Metrics hook, once per routed message: (application, sessions written, frame bytes).
+    on_routed = staticmethod(NULL.routed)
 
     def __init__(
         self,
@@ -134,6 +138,7 @@ class LocalHub:
             if session.deliver(outbound):
                 written += 1
                 users.add(session.user_id)
+        self.on_routed(app_id, written, len(outbound._frame))
         return Report(written, len(users), users)
 
     def publish(self, app_id: str, recipient: Recipient, message: Message) -> Deferred[Report]:

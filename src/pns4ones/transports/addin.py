@@ -28,6 +28,7 @@ from ..config import Config
 from ..core import Core, RegistrationRejected
 from ..hub import Outbound
 from ..logs import RateLimited
+from ..metrics import NULL
 from ..wire import ClientKey
 
 
@@ -136,6 +137,7 @@ class AddinProtocol(IntNStringReceiver):
             peer=self.peer,
             timeout=self.factory.config.registration_timeout,
         )
+        self.factory.metrics.cut("idle")
         self.transport.abortConnection()
 
     # -- inbound -----------------------------------------------------------------------
@@ -163,6 +165,7 @@ class AddinProtocol(IntNStringReceiver):
             return
         self.keys = app.client_key
         self.factory.registered(self)
+        self.factory.metrics.registration_accepted()
         if self.factory.log_info:
             self.log.info(
                 "subscription registered: peer={peer} app={app_id} ib={ib_id} user={user_id} group={group} transport=tcp",
@@ -256,6 +259,7 @@ class AddinFactory(protocol.Factory):
     log = Logger()
     noisy = False
     adopting = False
+    metrics = NULL
 
     def __init__(self, core: Core, config: Config, clock: Any, log_info: bool = True) -> None:
         self.core = core
@@ -319,6 +323,7 @@ class AddinFactory(protocol.Factory):
                     event="rejected",
                     reason="not-allowed",
                 )
+                self.metrics.registration_rejected("not-allowed")
                 return False
         limit = self.config.max_subscriptions
         if limit and len(self.connections) >= limit:
@@ -330,6 +335,7 @@ class AddinFactory(protocol.Factory):
                 event="rejected",
                 reason="limit",
             )
+            self.metrics.registration_rejected("limit")
             return False
         return True
 
@@ -341,7 +347,10 @@ class AddinFactory(protocol.Factory):
             detail=detail,
             reason=reason,
             event="rejected",
+            app_id=proto.app_id,
+            ib_id=proto.ib_id,
         )
+        self.metrics.registration_rejected(reason)
         proto._ended = True
         if proto.keys is not None:
             self.core.hub.detach(proto)
@@ -359,6 +368,7 @@ class AddinFactory(protocol.Factory):
             limit=self.config.send_buffer_limit,
             event="slow-reader",
         )
+        self.metrics.cut("slow-reader")
         proto._ended = True
         if proto.keys is not None:
             self.core.hub.detach(proto)

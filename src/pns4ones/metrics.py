@@ -1,0 +1,182 @@
+"""
+Observability counters, behind one object the hot paths call.
+
+:data:`NULL` is a do-nothing stand-in (the default everywhere, so parts built
+without a service, as in unit tests, need no registry).  :class:`Metrics` is the
+real thing over ``prometheus_client``; import it only once the reactor is
+installed (``prometheus_client.twisted`` imports the reactor), i.e. from the
+service, never from the twistd plugin.
+
+Cost rules: the hot paths call at most one method per send and per route; label
+children are bound once and cached per application, so a call is a dict lookup
+and an ``inc()``.  Live subscriptions are not counted per event: a collector asks
+the hub at scrape time.  Labels never carry user ids, information base ids or
+peers: only application ids (bounded by the store), recipient types, reasons,
+routes and statuses from fixed sets.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any, Callable
+
+
+class NullMetrics:
+    """Counts nothing (parts used without a service)."""
+
+    sends = deliveries = 0
+
+    def registration_accepted(self) -> None:
+        pass
+
+    def registration_rejected(self, reason: str) -> None:
+        pass
+
+    def cut(self, reason: str) -> None:
+        pass
+
+    def sent(self, app_id: str, kind: str, seconds: float) -> None:
+        pass
+
+    def routed(self, app_id: str, written: int, frame_bytes: int) -> None:
+        pass
+
+    def token_issued(self, app_id: str) -> None:
+        pass
+
+    def http_request(self, request: Any) -> None:
+        pass
+
+
+NULL = NullMetrics()
+
+#: Registration rejections by reason (anything else is counted as "other").
+REJECT_REASONS = (
+    "unknown-application", "bad-signature", "malformed", "truncated", "signature-length",
+    "oversized", "not-allowed", "limit", "other",
+)  # fmt: skip
+#: Subscriptions the server cut: slow reader (send_buffer_limit), idle (no registration in time).
+CUT_REASONS = ("slow-reader", "idle")
+#: Routes of the send API listener for the HTTP request counter (anything else: "other").
+ROUTES = {b"/auth": "/auth", b"/sendmessage": "/sendmessage", b"/sendmessages": "/sendmessages", b"/health": "/health", b"/ready": "/ready", b"/metrics": "/metrics"}
+#: Send latency buckets (seconds): a local send takes tens of microseconds, a big fan-out milliseconds.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics(NullMetrics):
+    """The node's metrics in their own registry (with the library's process metrics)."""
+
+    def __init__(self, clock: Any) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+        from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, ProcessCollector
+        from prometheus_client import disable_created_metrics
+
+        disable_created_metrics()  # no *_created series: half the series, nothing the dashboard uses
+
+        self.clock = clock
+        self.started = time.time()
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=registry)
+        for default in (PLATFORM_COLLECTOR, GC_COLLECTOR):
+            registry.register(default)
+        self._registrations = Counter("pns4ones_registrations", "Add-in registrations by result (accepted, rejected) and reason of a rejection", ["result", "reason"], registry=registry)
+        self._accepted = self._registrations.labels("accepted", "")
+        self._rejected = {r: self._registrations.labels("rejected", r) for r in REJECT_REASONS}
+        cuts = Counter("pns4ones_subscriptions_cut", "Subscriptions the server cut off: slow-reader (over send_buffer_limit queued), idle (no registration within registration_timeout)", ["reason"], registry=registry)
+        self._cuts = {r: cuts.labels(r) for r in CUT_REASONS}
+        self._messages = Counter("pns4ones_messages_sent", "Messages accepted for sending, by application and recipient type", ["application", "recipient_type"], registry=registry)
+        self._deliveries = Counter("pns4ones_deliveries", "Frames written to subscriptions (one per recipient session), by application", ["application"], registry=registry)
+        self._bytes = Counter("pns4ones_frame_bytes", "Bytes of message frames written to subscriptions, by application", ["application"], registry=registry)
+        self._tokens = Counter("pns4ones_tokens_issued", "Access tokens issued by /auth, by application", ["application"], registry=registry)
+        self._latency = Histogram("pns4ones_send_latency_seconds", "From a send request received to the write to its last recipient queued", buckets=LATENCY_BUCKETS, registry=registry)
+        self._http = Counter("pns4ones_http_requests", "HTTP requests of the send API listener by route and status", ["route", "status"], registry=registry)
+        self._observe_latency = self._latency.observe
+        self._sent_children: dict[tuple[str, str], Any] = {}
+        self._routed_children: dict[str, tuple[Any, Any]] = {}
+        self._http_children: dict[tuple[bytes, int], Any] = {}
+        self._token_children: dict[str, Any] = {}
+        #: Plain running totals for the status command's "last minute" figures.
+        self.sends = 0
+        self.deliveries = 0
+        self._history: collections.deque[tuple[float, int, int]] = collections.deque(maxlen=62)
+
+    # -- the hot paths ---------------------------------------------------------------
+
+    def registration_accepted(self) -> None:
+        self._accepted.inc()
+
+    def registration_rejected(self, reason: str) -> None:
+        (self._rejected.get(reason) or self._rejected["other"]).inc()
+
+    def cut(self, reason: str) -> None:
+        self._cuts[reason].inc()
+
+    def sent(self, app_id: str, kind: str, seconds: float) -> None:
+        child = self._sent_children.get((app_id, kind))
+        if child is None:
+            child = self._sent_children[(app_id, kind)] = self._messages.labels(app_id, kind)
+        child.inc()
+        self._observe_latency(seconds)
+        self.sends += 1
+
+    def routed(self, app_id: str, written: int, frame_bytes: int) -> None:
+        """Once per routed message: ``written`` sessions got ``frame_bytes`` each."""
+        children = self._routed_children.get(app_id)
+        if children is None:
+            children = self._routed_children[app_id] = (self._deliveries.labels(app_id), self._bytes.labels(app_id))
+        children[0].inc(written)
+        children[1].inc(written * frame_bytes)
+        self.deliveries += written
+
+    def token_issued(self, app_id: str) -> None:
+        child = self._token_children.get(app_id)
+        if child is None:
+            child = self._token_children[app_id] = self._tokens.labels(app_id)
+        child.inc()
+
+    def http_request(self, request: Any) -> None:
+        """The API site's per-request hook (instead of an access log line)."""
+        key = (request.path, request.code)
+        child = self._http_children.get(key)
+        if child is None:
+            route = ROUTES.get(request.path, "other")
+            child = self._http.labels(route, str(request.code))
+            if len(self._http_children) < 1000:  # unknown paths share "other" but are distinct keys
+                self._http_children[key] = child
+        child.inc()
+
+    # -- live figures ------------------------------------------------------------------
+
+    def add_collector(self, collect: Callable[[], Any]) -> None:
+        """A collector computed at scrape time (``collect()`` yields metric families)."""
+
+        class _Collector:
+            def collect(self) -> Any:
+                return collect()
+
+            def describe(self) -> Any:
+                return []
+
+        self.registry.register(_Collector())
+
+    def tick(self) -> None:
+        """Every second: remember the totals, for figures over the last minute."""
+        self._history.append((self.clock.seconds(), self.sends, self.deliveries))
+
+    def last_minute(self) -> dict[str, int]:
+        """Sends and deliveries over (about) the last 60 seconds."""
+        now = self.clock.seconds()
+        base = None
+        for entry in self._history:
+            if now - entry[0] <= 60.5:
+                base = entry
+                break
+        if base is None:
+            return {"sends": 0, "deliveries": 0}
+        return {"sends": self.sends - base[1], "deliveries": self.deliveries - base[2]}
+
+    def exposition(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)

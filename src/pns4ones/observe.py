@@ -1,0 +1,311 @@
+"""
+The service's observability surface: ``/metrics`` (Prometheus, through
+``prometheus_client``'s Twisted ``MetricsResource``) and ``/status.json`` on the
+loopback admin listener, an optional ``metrics_listen`` listener with basic auth,
+and ``DATA_DIR/admin.json`` which tells ``pns4ones-admin status`` where to ask.
+
+``/status.json`` answers only with the bearer token written (mode 0600) to
+``DATA_DIR/admin.json`` at start: whoever can read the data directory's secrets
+may read the live figures, other local users may not (the admin listener is on
+loopback, open to every local user).  ``/metrics`` on the admin listener holds no
+secrets nor user ids and needs no token, so a local Prometheus can scrape it.
+
+Import this module from the service only: it imports the reactor.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.twisted import MetricsResource
+from twisted.logger import Logger
+from twisted.web import resource
+
+from . import __version__, control
+from .metrics import Metrics
+from .status import ADMIN_FILE
+from .web import json_body
+
+
+# -- the figures computed at scrape time ---------------------------------------------------
+
+
+class LiveFigures:
+    """
+    Figures read from the service at scrape time, in the reactor thread (the
+    scrape's ``render``), then exposed by the collector that ``MetricsResource``
+    runs in a worker thread: the hub is never read from another thread.
+    """
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+        self._snapshot: dict[str, Any] = {}
+
+    def refresh(self) -> None:
+        svc = self.service
+        counts = svc.core.hub.counts() if svc.core is not None else {}
+        factory = svc.addin_factory
+        material = getattr(svc.tls, "material", None) if svc.tls is not None else None
+        self._snapshot = {
+            "apps": {app: sum(ibs.values()) for app, ibs in counts.items()},
+            "known": list(svc.core.apps) if svc.core is not None else [],
+            "connections": len(factory.connections) if factory is not None else 0,
+            "ready": 1.0 if svc.ready else 0.0,
+            "expiry": material.certificate.not_valid_after_utc.timestamp() if material is not None else None,
+        }
+
+    def collect(self) -> Any:
+        snap = self._snapshot
+        subs = GaugeMetricFamily("pns4ones_subscriptions", "Live add-in subscriptions by application", labels=["application"])
+        apps = dict.fromkeys(snap.get("known", ()), 0)
+        apps.update(snap.get("apps", {}))
+        for app, count in sorted(apps.items()):
+            subs.add_metric([app], count)
+        yield subs
+        yield GaugeMetricFamily("pns4ones_connections", "Open add-in TCP connections, registered or not", value=snap.get("connections", 0))
+        yield GaugeMetricFamily("pns4ones_ready", "1 while the node accepts work (store open, listeners bound, not stopping)", value=snap.get("ready", 0.0))
+        info = GaugeMetricFamily("pns4ones_info", "The running version", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        if snap.get("expiry") is not None:
+            yield GaugeMetricFamily("pns4ones_tls_certificate_expiry_timestamp_seconds", "Unix time when the send API's HTTPS certificate expires", value=snap["expiry"])
+
+
+class ScrapeResource(resource.Resource):
+    """``MetricsResource`` behind a refresh of the live figures in the reactor thread."""
+
+    isLeaf = True
+
+    def __init__(self, metrics: Metrics, figures: LiveFigures) -> None:
+        super().__init__()
+        self.figures = figures
+        self.inner = MetricsResource(metrics.registry)
+
+    def render(self, request: Any) -> Any:
+        self.figures.refresh()
+        return self.inner.render(request)
+
+
+# -- status for pns4ones-admin status ---------------------------------------------------------
+
+
+def status_doc(service: Any, metrics: Metrics) -> dict[str, Any]:
+    core = service.core
+    counts = core.hub.counts()
+    apps = {}
+    for app_id in sorted(set(core.apps) | set(counts)):
+        ibs = counts.get(app_id, {})
+        app = core.apps.get(app_id)
+        apps[app_id] = {"title": app.title if app is not None else None, "subscriptions": sum(ibs.values()), "ibs": dict(sorted(ibs.items()))}
+    data_dir = Path(service.config.data_dir)
+    store_bytes = 0
+    for path in data_dir.glob("*.db*"):
+        try:
+            store_bytes += path.stat().st_size
+        except OSError:
+            pass
+    return {
+        "version": __version__,
+        "pid": os.getpid(),
+        "started": metrics.started,
+        "uptime": round(time.time() - metrics.started, 3),
+        "ready": bool(service.ready),
+        "subscriptions": len(core.hub),
+        "connections": len(service.addin_factory.connections),
+        "applications": apps,
+        "last_minute": metrics.last_minute(),
+        "totals": {"sends": metrics.sends, "deliveries": metrics.deliveries},
+        "store": {"directory": str(data_dir), "bytes": store_bytes},
+        "listeners": listeners(service),
+    }
+
+
+def listeners(service: Any) -> list[dict[str, Any]]:
+    names = {id(service.api_factory): "send API", id(service.addin_factory): "add-in subscriptions", id(service.admin_site): "admin panel"}
+    site = getattr(service, "metrics_site", None)
+    if site is not None:
+        names[id(site)] = "metrics"
+    out = []
+    for port in service.ports:
+        host = port.getHost()
+        out.append({"name": names.get(id(port.factory), "other"), "host": host.host, "port": host.port})
+    return out
+
+
+class StatusResource(resource.Resource):
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, service: Any, metrics: Metrics, token: str) -> None:
+        super().__init__()
+        self.service = service
+        self.metrics = metrics
+        self._expected = f"Bearer {token}".encode()
+
+    def render_GET(self, request: Any) -> bytes:
+        given = request.getHeader(b"authorization") or b""
+        if not hmac.compare_digest(given.encode("latin-1") if isinstance(given, str) else given, self._expected):
+            self.log.warn("status: refused a request without the status token from {peer}", peer=getattr(request.getClientAddress(), "host", "?"), event="rejected")
+            return json_body(request, 401, {"error": "unauthorized", "reason": f"send the token of {ADMIN_FILE} in the data directory (Authorization: Bearer ...)"})
+        return json_body(request, 200, status_doc(self.service, self.metrics))
+
+
+class AdminRoot(resource.Resource):
+    """The admin listener's root: ``/metrics`` and ``/status.json`` here, the rest to the panel."""
+
+    def __init__(self, panel: Any, children: dict[bytes, Any]) -> None:
+        super().__init__()
+        self._panel = panel
+        self._mine = children
+
+    def getChild(self, path: bytes, request: Any) -> Any:
+        mine = self._mine.get(path)
+        if mine is not None and not request.postpath:
+            return mine
+        request.prepath.pop()
+        request.postpath.insert(0, path)
+        return self._panel
+
+    def render(self, request: Any) -> Any:
+        return self._panel.render(request)
+
+
+# -- metrics_listen ---------------------------------------------------------------------------
+
+
+class BasicAuth(resource.Resource):
+    """Basic authentication in front of a resource; the secret compared in constant time."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, inner: Any, credentials: str) -> None:
+        super().__init__()
+        self.inner = inner
+        self._expected = credentials.encode("utf-8")
+
+    def render(self, request: Any) -> Any:
+        given = request.getUser() + b":" + request.getPassword()
+        if not hmac.compare_digest(given, self._expected):
+            self.log.warn("metrics: refused a scrape with wrong or missing credentials from {peer}", peer=getattr(request.getClientAddress(), "host", "?"), event="rejected")
+            request.setHeader(b"WWW-Authenticate", b'Basic realm="pns4ones metrics"')
+            return json_body(request, 401, {"error": "unauthorized", "reason": "basic authentication required (metrics_auth)"})
+        return self.inner.render(request)
+
+
+class MetricsOnly(resource.Resource):
+    """The ``metrics_listen`` root: ``/metrics`` and nothing else."""
+
+    def __init__(self, scrape: Any) -> None:
+        super().__init__()
+        self._scrape = scrape
+
+    def getChild(self, path: bytes, request: Any) -> Any:
+        if path == b"metrics" and not request.postpath:
+            return self._scrape
+        return _NotFound()
+
+    def render(self, request: Any) -> Any:
+        return _NotFound().render(request)
+
+
+class _NotFound(resource.Resource):
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        return json_body(request, 404, {"error": "not_found", "reason": "only /metrics is served here"})
+
+
+# -- DATA_DIR/admin.json ------------------------------------------------------------------------
+
+
+def new_status_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def write_admin_file(data_dir: Path, admin_port: int, token: str) -> Path:
+    """Where the admin listener is and the status token (mode 0600: mkstemp's)."""
+    path = Path(data_dir) / ADMIN_FILE
+    doc = {"pid": os.getpid(), "admin_port": admin_port, "host": "127.0.0.1", "status_token": token, "started": time.time()}
+    control._atomic_write(path, json.dumps(doc) + "\n")
+    return path
+
+
+def remove_admin_file(data_dir: Path) -> None:
+    path = Path(data_dir) / ADMIN_FILE
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def readiness(service: Any) -> Callable[[], tuple[bool, str]]:
+    """``/ready``: the ``ready`` flag is set once the store is loaded and the listeners accept, cleared first on stop."""
+
+    def ready() -> tuple[bool, str]:
+        if service.ready:
+            return True, "ready"
+        return False, "stopping" if service.running else "starting"
+
+    return ready
+
+
+# -- wiring into the service ----------------------------------------------------------------------
+
+
+class Observability:
+    """Built with the service's parts (:meth:`PnsService.build`); one hook on each part."""
+
+    log = Logger()
+
+    def __init__(self, service: Any) -> None:
+        from twisted.internet import task
+
+        cfg = service.config
+        self.service = service
+        self.metrics = metrics = Metrics(service.reactor)
+        self.figures = LiveFigures(service)
+        metrics.add_collector(self.figures.collect)
+        service.core.metrics = metrics
+        service.core.hub.on_routed = metrics.routed
+        service.api.metrics = metrics
+        service.api.readiness = readiness(service)
+        service.site.on_request = metrics.http_request
+        service.addin_factory.metrics = metrics
+        self.token = new_status_token()
+        scrape = ScrapeResource(metrics, self.figures)
+        admin = service.admin_site
+        admin.resource = AdminRoot(admin.resource, {b"metrics": scrape, b"status.json": StatusResource(service, metrics, self.token)})
+        service.metrics_site = None
+        if cfg.metrics_listen is not None:
+            from .web import ApiSite
+
+            guarded = BasicAuth(scrape, cfg.metrics_auth) if cfg.metrics_auth else scrape
+            service.metrics_site = ApiSite(MetricsOnly(guarded), cfg.max_body_size, cfg.request_timeout, clock=service.reactor)
+            service.metrics_site.noisy = False
+        self._ticker = task.LoopingCall(metrics.tick)
+        self._ticker.clock = service.reactor
+
+    def started(self) -> None:
+        cfg = self.service.config
+        self._ticker.start(1.0, now=True)
+        try:
+            write_admin_file(cfg.data_dir, cfg.admin_port, self.token)
+        except OSError as e:
+            self.log.warn("cannot write {file} in {data_dir} (pns4ones-admin status will not find this server): {error}", file=ADMIN_FILE, data_dir=str(cfg.data_dir), error=str(e))
+        if cfg.metrics_listen is not None:
+            auth = "basic auth" if cfg.metrics_auth else "no authentication"
+            self.log.info("metrics (HTTP, {auth}) on {where}, path /metrics", auth=auth, where=cfg.metrics_listen.describe(), pns_always=True)
+
+    def stopped(self) -> None:
+        if self._ticker.running:
+            self._ticker.stop()
+        remove_admin_file(self.service.config.data_dir)
