@@ -37,6 +37,11 @@ ADMIN_HOSTS = ("127.0.0.1", "::1")
 KEPT_PURGE_INTERVAL = 60.0
 
 
+#: Listen queue: thousands of desktops reconnect at once (after a network outage);
+#: the kernel caps it at net.core.somaxconn (4096 on current kernels).
+LISTEN_BACKLOG = 4096
+
+
 class StartupError(Exception):
     """The node cannot start (a port taken, a store unreadable): message for the operator."""
 
@@ -115,7 +120,7 @@ class PnsService(service.MultiService):
             return
         for host in address.hosts:
             try:
-                port = self.reactor.listenTCP(address.port, factory, backlog=1024, interface=host)
+                port = self.reactor.listenTCP(address.port, factory, backlog=LISTEN_BACKLOG, interface=host)
             except error.CannotListenError as e:
                 raise StartupError(f"option '{option}' ({address.text}, from {self.config.source_of(option)}): cannot listen on {host} port {address.port}: {e.socketError}") from None
             port.stopReading()  # accept only once the registry is loaded
