@@ -127,38 +127,32 @@ def _config_of(args: argparse.Namespace) -> _config.Config:
         raise CommandError(str(e)) from None
 
 
-def reload_tls(args: argparse.Namespace, out: Any) -> None:
-    """SIGHUP the server of this data directory and report what it did."""
+def _signal_server(args: argparse.Namespace, out: Any, request: Any, failed: str) -> None:
+    """Signal the server of this data directory (``request``) and report its outcome."""
     from . import control
 
     cfg = _config_of(args)
     try:
-        status = control.request_reload(cfg.data_dir)
+        outcome = request(cfg.data_dir)
     except control.ControlError as e:
         raise CommandError(str(e)) from None
-    if getattr(args, "json", False):
-        out.write(json.dumps(status, ensure_ascii=False) + "\n")
-    else:
-        out.write(f"{status['message']}\n")
-    if not status.get("ok"):
-        raise CommandError("the server kept its current certificate (see above)")
+    out.write(json.dumps(outcome, ensure_ascii=False) + "\n" if getattr(args, "json", False) else f"{outcome['message']}\n")
+    if not outcome.get("ok"):
+        raise CommandError(failed)
+
+
+def reload_tls(args: argparse.Namespace, out: Any) -> None:
+    """SIGHUP the server of this data directory and report what it did."""
+    from . import control
+
+    _signal_server(args, out, control.request_reload, "the server kept its current certificate (see above)")
 
 
 def restart(args: argparse.Namespace, out: Any) -> None:
     """SIGUSR2 the server of this data directory; report the handoff's outcome."""
-    from . import control, handoff
+    from . import handoff
 
-    cfg = _config_of(args)
-    try:
-        status = handoff.request_restart(cfg.data_dir)
-    except control.ControlError as e:
-        raise CommandError(str(e)) from None
-    if getattr(args, "json", False):
-        out.write(json.dumps(status, ensure_ascii=False) + "\n")
-    else:
-        out.write(f"{status['message']}\n")
-    if not status.get("ok"):
-        raise CommandError("restart failed; the running server keeps serving (see above and its log)")
+    _signal_server(args, out, handoff.request_restart, "restart failed; the running server keeps serving (see above and its log)")
 
 
 def status(args: argparse.Namespace, out: Any) -> None:
