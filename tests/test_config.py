@@ -136,3 +136,32 @@ class AddressTests(SynchronousTestCase):
                 parse_address(text, 1, "listen")
 
 
+
+
+class StoreAndHubTests(SynchronousTestCase):
+    def test_store_forms(self) -> None:
+        """`store` takes sqlite, an absolute sqlite:/// file or a PostgreSQL URL; anything else names the option."""
+        build = lambda v: config.build({"store": v, "data_dir": tempfile.mkdtemp()}).store  # noqa: E731
+        self.assertEqual(build("SQLite"), "sqlite")
+        self.assertEqual(build("sqlite:///srv/pns/one.db"), "sqlite:///srv/pns/one.db")
+        self.assertEqual(build("postgresql://pns:pw@db:5432/pns4ones"), "postgresql://pns:pw@db:5432/pns4ones")
+        for bad in ("sqlite:///relative/../", "mysql://x", "sqlite://relative.db"):
+            with self.assertRaises(ConfigError) as caught:
+                build(bad)
+            self.assertIn("store", str(caught.exception))
+
+    def test_hub_forms(self) -> None:
+        """`hub` takes local or a redis:// / rediss:// URL."""
+        build = lambda v: config.build({"hub": v, "data_dir": tempfile.mkdtemp()}).hub  # noqa: E731
+        self.assertEqual(build("Local"), "local")
+        self.assertEqual(build("rediss://:pw@cache:6380/2"), "rediss://:pw@cache:6380/2")
+        with self.assertRaises(ConfigError):
+            build("memcached://x")
+
+    def test_redact_url(self) -> None:
+        """Passwords in store and hub URLs never reach logs or messages."""
+        from pns4ones.store import redact_url
+
+        self.assertEqual(redact_url("postgresql://pns:s3cret@db:5432/x"), "postgresql://pns:***@db:5432/x")
+        self.assertEqual(redact_url("redis://:s3cret@h:6379/0"), "redis://:***@h:6379/0")
+        self.assertEqual(redact_url("postgresql://db/x"), "postgresql://db/x")

@@ -175,9 +175,12 @@ def open_store(args: argparse.Namespace) -> Any:
             become_data_owner(cfg.data_dir)
         except OSError as e:
             raise CommandError(f"cannot act as the owner of {cfg.data_dir}: {e}") from None
-    from .store.sqlite import SQLiteStore
+    from .store import open_store
 
-    return SQLiteStore(cfg.data_dir)
+    try:
+        return open_store(cfg)
+    except StoreError as e:
+        raise CommandError(str(e)) from None
 
 
 @defer.inlineCallbacks

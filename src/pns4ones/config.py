@@ -215,6 +215,33 @@ def _text(value: str, option: str) -> str:
     return value
 
 
+def _store(value: str, option: str) -> str:
+    """``sqlite`` (the data directory's file), ``sqlite:///ABSOLUTE/PATH.db`` or a PostgreSQL URL."""
+    value = value.strip()
+    lowered = value.lower()
+    if lowered in ("", "sqlite"):
+        return "sqlite"
+    if lowered.startswith("sqlite:///"):
+        path = value[len("sqlite://"):]
+        if not os.path.isabs(path) or path.endswith("/"):
+            raise ConfigError(option, "write a SQLite file as sqlite:///ABSOLUTE/PATH.db")
+        return "sqlite://" + path
+    if lowered.startswith(("postgresql://", "postgres://")):
+        return value
+    raise ConfigError(option, f"{value!r} is neither sqlite, sqlite:///PATH nor a postgresql:// URL")
+
+
+def _hub(value: str, option: str) -> str:
+    """``local`` (one process) or ``redis://``/``rediss://`` URL of the hub between nodes."""
+    value = value.strip()
+    lowered = value.lower()
+    if lowered in ("", "local"):
+        return "local"
+    if lowered.startswith(("redis://", "rediss://")):
+        return value
+    raise ConfigError(option, f"{value!r} is neither local nor a redis:// or rediss:// URL")
+
+
 def _path(value: str, option: str) -> str:
     return os.path.expanduser(value.strip()) if value.strip() else ""
 
@@ -274,6 +301,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("send_rate_limit", "0", _number(float, 0, 1e9), "sends per second per application, 0 = unlimited (default 0)", "RATE"),
     Option("metrics_listen", "", _text, "also serve /metrics on this address (syntax of listen, default port 36698; default: only on the admin listener)", "ADDR"),
     Option("metrics_auth", "", _metrics_auth, "USER:PASSWORD that scrapes of metrics_listen must send (HTTP basic auth; default none)", "USER:PASSWORD", secret=True),
+    Option("store", "sqlite", _store, "sqlite (default: DATA_DIR/pns4ones.db), sqlite:///PATH.db, or postgresql://USER[:PASSWORD]@HOST:PORT/DB to share one store between nodes", "STORE", secret=True),
+    Option("store_password_file", "", _path, "file holding the PostgreSQL password (instead of the URL or PGPASSWORD)", "PATH"),
+    Option("hub", "local", _hub, "local (default: one process) or redis://HOST:PORT/DB (rediss:// for TLS) to fan out between nodes", "HUB", secret=True),
+    Option("node_name", "", _text, "this node's name in presence and logs when hub is redis (default HOSTNAME:LISTEN_PORT)", "NAME"),
     Option("store_poll_interval", "1", _number(float, 0.05, 60), "seconds between checks for changes made by the admin CLI (default 1)", "SECONDS"),
     Option("max_ttl", "86400", _number(float, 0, 86400 * 365), "longest TTL a sender may ask to keep a message for offline users, in seconds (default 86400)", "SECONDS"),
     Option("max_kept_per_user", "100", _number(int, 1, 1_000_000), "most kept messages for one user; the oldest is dropped first (default 100)", "N"),
@@ -339,6 +370,10 @@ class Config:
     recovery_messages: int = 1000
     metrics_listen: Address | None = None
     metrics_auth: str = ""
+    store: str = "sqlite"
+    store_password_file: str = ""
+    hub: str = "local"
+    node_name: str = ""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def source_of(self, option: str) -> str:

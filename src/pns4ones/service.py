@@ -24,8 +24,8 @@ from .api import SendAPI
 from .config import Address, Config, ConfigError
 from .core import Core, Limits
 from .groups import Membership
-from .hub.local import LocalHub
-from .store.sqlite import SQLiteStore
+from .hub import HubUnavailable, open_hub
+from .store import StoreError, open_store
 from .transports.addin import AddinFactory, configure_socket
 from .transports.web import WebSubscriptions
 from .web import ApiSite
@@ -79,10 +79,16 @@ class PnsService(service.MultiService):
     def build(self) -> None:
         """Open the store and build the node's parts (no network yet)."""
         cfg = self.config
-        self.store = SQLiteStore(cfg.data_dir, reactor=self.reactor)
+        try:
+            self.store = open_store(cfg, reactor=self.reactor)
+        except StoreError as e:
+            raise StartupError(str(e)) from None
         membership = Membership()
         limits = Limits(cfg.max_ttl, cfg.max_kept_per_user, cfg.max_kept_per_app, cfg.max_group_size, cfg.max_groups)
-        hub = LocalHub(membership.members, self.reactor, cfg.recovery_window, cfg.recovery_messages)
+        try:
+            hub = open_hub(cfg, membership.members, self.reactor)
+        except HubUnavailable as e:
+            raise StartupError(str(e)) from None
         self.core = Core(self.store, hub, self.reactor, token_lifetime=cfg.token_lifetime, membership=membership, limits=limits)
         self.web_subscriptions = WebSubscriptions(self.core, cfg, self.reactor)
         self.api = SendAPI(

@@ -14,7 +14,7 @@ routing to serve several nodes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from twisted.internet.defer import Deferred
 
@@ -108,3 +108,16 @@ class Hub(Protocol):
 
 def distinct_users(sessions: Iterable[Session]) -> int:
     return len({s.user_id for s in sessions})
+
+
+class HubUnavailable(Exception):
+    """The hub between nodes cannot take a message now (sends answer 503)."""
+
+
+def open_hub(config: Any, members: Callable[[str, str, str], Any], reactor: Any) -> Any:
+    """The hub ``config.hub`` names: the in-process one by default."""
+    if config.hub == "local":
+        from .local import LocalHub
+
+        return LocalHub(members, reactor, config.recovery_window, config.recovery_messages)
+    raise HubUnavailable(f"hub {config.hub.split('@')[-1]}: Redis is not supported by this build")

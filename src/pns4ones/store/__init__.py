@@ -9,7 +9,7 @@ store can stand in for the embedded SQLite one without changes above.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred
 
@@ -126,3 +126,29 @@ class Store(Protocol):
     def start_watching(self, on_change: Callable[[], object], interval: float) -> None: ...
     def stop_watching(self) -> None: ...
     def close(self) -> Deferred[None]: ...
+
+
+def open_store(config: Any, reactor: Any = None) -> Store:
+    """The store ``config.store`` names: the data directory's SQLite file by default."""
+    location = config.store
+    if location == "sqlite" or location.startswith("sqlite://"):
+        from .sqlite import SQLiteStore
+
+        path = location[len("sqlite://"):] if location != "sqlite" else None
+        return SQLiteStore(config.data_dir, reactor=reactor, path=path)
+    raise StoreError(f"store {redact_url(location)}: PostgreSQL is not supported by this build")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, for logs and messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))

@@ -89,8 +89,8 @@ class SQLiteStore:
 
     log = Logger()
 
-    def __init__(self, data_dir: Path | str, reactor: Any = None) -> None:
-        self.path = Path(data_dir) / DB_NAME
+    def __init__(self, data_dir: Path | str, reactor: Any = None, path: Path | str | None = None) -> None:
+        self.path = Path(path) if path is not None else Path(data_dir) / DB_NAME
         self.location = str(self.path)
         prepare_database(self.path)
         kwargs: dict[str, Any] = {}
