@@ -15,10 +15,15 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}
 
     def take(self, key: str, now: float, cost: float = 1.0) -> float:
+        """
+        A batch dearer than the whole burst goes ahead when the bucket is full and
+        leaves it in debt: the sends after it wait until it is paid for.
+        """
         tokens, last = self._buckets.get(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens >= cost:
+        need = min(cost, self.burst)
+        if tokens >= need:
             self._buckets[key] = (tokens - cost, now)
             return 0.0
         self._buckets[key] = (tokens, now)
-        return (min(cost, self.burst) - tokens) / self.rate
+        return (need - tokens) / self.rate
