@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 
 from .. import crypto
 from ..wire import ClientKey
@@ -429,7 +429,10 @@ class SQLStore:
         applications imported.  Refused (:class:`StoreError`) when the store
         has applications already, unless ``replace`` (which empties it first).
         """
-        data = _check_export(doc)
+        try:
+            data = _check_export(doc)
+        except StoreError:
+            return fail()
 
         def load(cursor: Any) -> int:
             x = self._x

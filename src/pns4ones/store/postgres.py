@@ -91,8 +91,9 @@ class _Connection(adbapi.Connection):
             conn.rollback()
         except Exception:
             pass
-        if conn.closed or conn.broken:
-            self._pool.disconnect(conn)
+        pool = self._pool
+        if (conn.closed or conn.broken) and pool.connections.get(pool.threadID()) is conn:
+            pool.disconnect(conn)
 
 
 class _Pool(adbapi.ConnectionPool):
