@@ -9,6 +9,7 @@ store can stand in for the embedded SQLite one without changes above.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred
@@ -147,6 +148,11 @@ def open_store(config: Any, reactor: Any = None) -> Store:
         return SQLiteStore(config.data_dir, reactor=reactor, path=path)
     from .postgres import PostgresStore
 
+    # The data directory still holds the node's own files (PID, admin.json, handoff).
+    try:
+        Path(config.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"cannot create the data directory {config.data_dir}: {e.strerror or e}") from None
     return PostgresStore(location, password_file=config.store_password_file, reactor=reactor)
 
 
