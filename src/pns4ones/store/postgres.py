@@ -149,6 +149,8 @@ class PostgresStore(SQLStore):
         self._again = False
         self._poll: task.LoopingCall | None = None
         self._seen: int | None = None
+        #: Change-sequence values of this process's own writes (set.add is atomic: written from pool threads).
+        self._own: set[int] = set()
         self._settle = False
         self._listener: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -237,7 +239,8 @@ class PostgresStore(SQLStore):
     # -- writes announce themselves -----------------------------------------------------------
 
     def _after_write(self, cursor: Any) -> None:
-        cursor.execute("SELECT nextval('pns4ones_change_seq'), pg_notify(%s, %s)", (CHANNEL, self._source))
+        (value,) = cursor.execute("SELECT nextval('pns4ones_change_seq'), pg_notify(%s, %s)", (CHANNEL, self._source)).fetchone()[:1]
+        self._own.add(value)  # our own change: the poll need not reload for it
 
     # -- change notification ----------------------------------------------------------
 
@@ -284,13 +287,18 @@ class PostgresStore(SQLStore):
             return None
 
         def seen(value: int) -> None:
-            moved = self._seen is not None and value != self._seen
+            moved = self._seen is not None and value != self._seen and not self._only_own(self._seen, value)
+            self._own = {v for v in self._own if v > value}
             if moved or self._settle:
                 self._changed()
             self._settle = moved
             self._seen = value
 
         return self._run(lambda c: c.execute("SELECT last_value FROM pns4ones_change_seq").fetchone()[0]).addCallbacks(seen, lambda f: None)
+
+    def _only_own(self, seen: int, value: int) -> bool:
+        """Every change between the last poll and this one was made by this process."""
+        return value > seen and value - seen <= 1000 and all(v in self._own for v in range(seen + 1, value + 1))
 
     def _listen(self) -> None:
         """The listener thread: LISTEN on a connection of its own; reconnect with backoff."""
