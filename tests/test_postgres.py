@@ -172,6 +172,31 @@ class StoreContract:
         self.assertIn("tokens[0].app_id", str(e))
 
     @inlineCallbacks
+    def test_core_adopts_a_token_issued_by_another_node(self) -> None:
+        """A token only the store knows (another node issued it) is looked up once, then checked in memory; an unknown one is 401 after one look-up."""
+        from pns4ones import crypto
+        from pns4ones.core import AuthError, Core, TokenUnknown
+        from pns4ones.hub.local import LocalHub
+
+        here = Core(self.store, LocalHub(), reactor)
+        yield here.reload()
+        other_store = self.open_again()
+        self.addCleanup(other_store.close)
+        there = Core(other_store, LocalHub(), reactor)
+        app = yield other_store.create_application("Shop", time.time())
+        yield there.reload()
+        issued = yield there.authorize(app.server_key)
+        e = self.assertRaises(TokenUnknown, here.check_token, issued.token)
+        self.assertEqual(e.status, 401, "a caller that does not look it up still answers 401")
+        yield here.fetch_token(e.digest)
+        self.assertEqual(here.check_token(issued.token).id, app.id)
+        bogus = self.assertRaises(TokenUnknown, here.check_token, "not-a-token")
+        yield here.fetch_token(bogus.digest)
+        self.assertFalse(here.token_unchecked(crypto.token_digest("not-a-token")))
+        refused = self.assertRaises(AuthError, here.check_token, "not-a-token")
+        self.assertNotIsInstance(refused, TokenUnknown)
+
+    @inlineCallbacks
     def test_changes_are_announced(self) -> None:
         """A change made through another connection calls on_change within a second or so."""
         calls: list[float] = []
@@ -218,6 +243,29 @@ class PostgresStoreContract(_WithCluster, StoreContract, TestCase):
         from pns4ones.store.postgres import PostgresStore
 
         return PostgresStore(self.cluster.url(self.cluster.new_database()), reactor=reactor)
+
+    @inlineCallbacks
+    def test_only_changes_to_the_registry_are_announced(self) -> None:
+        """Other nodes reload for a kept message in a new information base, not for the next ones there nor for taking them."""
+        app = yield self.store.create_application("Shop", 1.0)
+        calls: list[float] = []
+        self.store.start_watching(lambda: calls.append(time.monotonic()), 0.2)
+        self.addCleanup(self.store.stop_watching)
+        other = self.open_again()
+        self.addCleanup(other.close)
+
+        @inlineCallbacks
+        def reloads_after(action: Any) -> Any:
+            yield sleep(0.6)
+            before = len(calls)
+            yield action()
+            yield sleep(0.8)
+            return len(calls) - before
+
+        first = yield reloads_after(lambda: other.keep_message(KeptMessage(app.id, "ib1", "user", "u1", b"{}", 1.0, 9e9), [], 10, 10))
+        self.assertGreaterEqual(first, 1)
+        self.assertEqual((yield reloads_after(lambda: other.keep_message(KeptMessage(app.id, "ib1", "user", "u1", b"[]", 1.0, 9e9), [], 10, 10))), 0)
+        self.assertEqual((yield reloads_after(lambda: other.take_kept(app.id, "ib1", "u1", [], 2.0))), 0)
 
     def test_migrations_once_under_concurrency(self) -> None:
         """Two migrate commands at once on a new database: both succeed, the schema is applied once, and again is a no-op."""
@@ -359,7 +407,7 @@ class TwoNodesTests(_Nodes, TestCase):
 class StoreOutageTests(_Nodes, TestCase):
     @inlineCallbacks
     def test_postgresql_restarted_under_a_running_node(self) -> None:
-        """PostgreSQL stopped: the node stays up, sends from memory work, store-needing calls are 503 with a reason, /ready is 503; restarted: all works again, the subscription survived."""
+        """PostgreSQL stopped: the node stays up, sends from memory work, store-needing calls (group change, ttl send, batch element, new token) are 503 with a reason, /ready is 503; restarted: all works again, the subscription survived."""
         self.url = self.cluster.url(self.cluster.new_database())
         self.http = http_client(self)
         app = json.loads(admin(self.url, "create", "Shop", "--json").stdout)
@@ -385,6 +433,13 @@ class StoreOutageTests(_Nodes, TestCase):
             self.assertIn("unreachable", doc["reason"])
             code, doc = yield self.request("POST", f"{node.url}/sendmessage?ttl=60", token, message("user", UserId="nobody"))
             self.assertEqual((code, doc["error"]), (503, "store_unavailable"))
+            kept = message("user", UserId="nobody")
+            kept["Message"]["TTL"] = 60
+            code, doc = yield self.request("POST", f"{node.url}/sendmessages", token, [kept, message("user", UserId="u1", title="in a batch")])
+            self.assertEqual(code, 200, doc)
+            self.assertEqual([r["status"] for r in doc["results"]], [503, 200])
+            self.assertEqual(doc["results"][0]["error"], "store_unavailable")
+            self.assertEqual(sub.receive(5)["notification"]["title"], "in a batch")
             response = yield self.http.get(f"{node.url}/auth", params={"server_key": spare["server_key"]})
             doc = yield response.json()
             self.assertEqual((response.code, doc["error"]), (503, "store_unavailable"))

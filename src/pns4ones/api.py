@@ -346,7 +346,7 @@ class SendAPI:
                 continue
             slot = len(results)
             results.append(None)
-            pending.append(self.core.send(application, send, ttl).addCallback(self._batch_sent, results, slot, application.id, send.recipient.type, started))
+            pending.append(self.core.send(application, send, ttl).addCallback(self._batch_sent, results, slot, application.id, send.recipient.type, started).addErrback(self._batch_store_down, results, slot))
 
         def answer(_: Any) -> bytes:
             sessions = sum(r.get("sessions", 0) for r in results)
@@ -360,6 +360,12 @@ class SendAPI:
     def _batch_sent(self, report: Any, results: list[Any], slot: int, app_id: str, kind: str, started: float) -> None:
         self.metrics.sent(app_id, kind, perf_counter() - started)
         results[slot] = {"status": 200, "sessions": report.sessions, "users": report.users, "stored": bool(getattr(report, "stored", False))}
+
+    @staticmethod
+    def _batch_store_down(failure: Failure, results: list[Any], slot: int) -> None:
+        """A kept message (ttl) while the store is unreachable: that element is 503, the others stand."""
+        failure.trap(StoreUnavailable)
+        results[slot] = {"status": 503, "error": "store_unavailable", "reason": str(failure.value)}
 
     @app.route("/health", methods=["GET"])
     def health(self, request: Any) -> bytes:

@@ -124,7 +124,7 @@ def status_doc(service: Any, metrics: Metrics) -> dict[str, Any]:
         "applications": apps,
         "last_minute": metrics.last_minute(),
         "totals": {"sends": metrics.sends, "deliveries": metrics.deliveries},
-        "store": {"directory": str(data_dir), "bytes": store_bytes},
+        "store": {"directory": str(data_dir), "bytes": store_bytes, "location": getattr(service.store, "location", ""), "available": getattr(service.store, "available", True)},
         "listeners": listeners(service),
     }
 

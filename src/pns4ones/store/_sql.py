@@ -9,7 +9,11 @@ parameter is matched (``json_each`` on SQLite, ``= ANY`` on PostgreSQL).  The
 rest (upserts with ``ON CONFLICT``, ``RETURNING``) is SQL both understand.
 
 A subclass provides ``_run(interaction, *args)`` (run it on its pool) and may
-override ``_after_write(cursor)`` (PostgreSQL announces the change there).
+override ``_announce(cursor)``, called in every write transaction that changes
+what the nodes keep in memory (PostgreSQL notifies the other nodes there).
+Writes that do not (taking kept messages, purges, keeping a message where
+others already wait) are not announced: a burst of them would otherwise make
+every node reload its registry over and over.
 """
 
 from __future__ import annotations
@@ -91,8 +95,8 @@ class SQLStore:
     def _run(self, interaction: Callable[..., Any], *args: Any) -> Deferred[Any]:
         raise NotImplementedError
 
-    def _after_write(self, cursor: Any) -> None:
-        """Called last in every write transaction."""
+    def _announce(self, cursor: Any) -> None:
+        """Called last in every write transaction that changes what nodes keep in memory."""
 
     def _x(self, cursor: Any, sql: str, args: Any = ()) -> Any:
         return cursor.execute(self.dialect.sql(sql), args)
@@ -103,14 +107,15 @@ class SQLStore:
         cursor.executemany(self.dialect.sql(sql), rows)
         return max(cursor.rowcount, 0)
 
-    def _write(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    def _write(self, fn: Callable[..., Any], *args: Any, announce: bool = True) -> Deferred[Any]:
         begin = self.dialect.begin_write
 
         def txn(cursor: Any) -> Any:
             if begin:
                 cursor.execute(begin)
             result = fn(cursor, *args)
-            self._after_write(cursor)
+            if announce:
+                self._announce(cursor)
             return result
 
         return self._run(txn)
@@ -232,7 +237,7 @@ class SQLStore:
         return self._write(add)
 
     def purge_tokens(self, expired_before: float) -> Deferred[int]:
-        return self._write(lambda c: self._x(c, "DELETE FROM tokens WHERE expires_at < ?", (expired_before,)).rowcount)
+        return self._write(lambda c: self._x(c, "DELETE FROM tokens WHERE expires_at < ?", (expired_before,)).rowcount, announce=False)
 
     def set_admin(self, account: AdminAccount, now: float) -> Deferred[None]:
         def put(cursor: Any) -> None:
@@ -319,6 +324,7 @@ class SQLStore:
 
         def keep(cursor: Any) -> KeptOutcome:
             self._get(cursor, m.app_id)
+            (waiting,) = self._x(cursor, "SELECT COUNT(*) FROM (SELECT 1 FROM kept_messages WHERE app_id = ? AND ib_id = ? LIMIT 1) AS w", (m.app_id, m.ib_id)).fetchone()
             (message_id,) = self._x(
                 cursor,
                 "INSERT INTO kept_messages (app_id, ib_id, type, target, payload, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
@@ -335,9 +341,11 @@ class SQLStore:
                     "INSERT INTO kept_stats (app_id, dropped) VALUES (?, ?) ON CONFLICT (app_id) DO UPDATE SET dropped = kept_stats.dropped + excluded.dropped",
                     (m.app_id, dropped_user + dropped_app),
                 )
+            if not waiting:  # registrations in this information base now look for kept messages
+                self._announce(cursor)
             return KeptOutcome(message_id, dropped_user, dropped_app)
 
-        return self._write(keep)
+        return self._write(keep, announce=False)
 
     def take_kept(self, app_id: str, ib_id: str, user_id: str, groups: list[str], now: float) -> Deferred[list[bytes]]:
         """The unexpired kept messages for this user not received yet, oldest first; recorded as received."""
@@ -355,7 +363,7 @@ class SQLStore:
             self._many(cursor, "INSERT INTO kept_received (message_id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING", [(r[0], user_id) for r in rows if r[1] != "user"])
             return [bytes(r[2]) for r in rows]
 
-        return self._write(take)
+        return self._write(take, announce=False)
 
     def purge_kept(self, now: float) -> Deferred[int]:
         def purge(cursor: Any) -> int:
@@ -367,7 +375,7 @@ class SQLStore:
             )
             return self._x(cursor, "DELETE FROM kept_messages WHERE expires_at <= ?", (now,)).rowcount
 
-        return self._write(purge)
+        return self._write(purge, announce=False)
 
     def kept_ibs(self) -> Deferred[frozenset[tuple[str, str]]]:
         return self._read(lambda c: frozenset((r[0], r[1]) for r in self._x(c, "SELECT DISTINCT app_id, ib_id FROM kept_messages").fetchall()))

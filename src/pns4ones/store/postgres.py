@@ -13,8 +13,9 @@ memory, the store is read at start and when something changes.
 * Schema as versioned files ``schema_pg/NNN_*.sql``, applied at start inside
   one transaction under ``pg_advisory_xact_lock`` (two nodes starting at once
   apply them once), recorded in ``schema_version``.
-* Every write transaction ends with ``pg_notify('pns4ones_changes', <source>)``
-  and advances the sequence ``pns4ones_change_seq``.  A thread holds its own
+* Every write transaction that changes what the nodes keep in memory ends with
+  ``pg_notify('pns4ones_changes', <source>)`` and advances the sequence
+  ``pns4ones_change_seq`` (see ``_sql.py`` for the writes that do not).  A thread holds its own
   connection ``LISTEN``ing (the node reloads its registry at once when another
   node or the CLI changed something); the sequence is polled every
   ``store_poll_interval`` as the fallback.
@@ -149,6 +150,8 @@ class PostgresStore(SQLStore):
         self._again = False
         self._poll: task.LoopingCall | None = None
         self._seen: int | None = None
+        #: The highest change announced by a notification (the poll need not reload for it again).
+        self._notified = 0
         #: Change-sequence values of this process's own writes (set.add is atomic: written from pool threads).
         self._own: set[int] = set()
         self._settle = False
@@ -238,8 +241,10 @@ class PostgresStore(SQLStore):
 
     # -- writes announce themselves -----------------------------------------------------------
 
-    def _after_write(self, cursor: Any) -> None:
-        (value,) = cursor.execute("SELECT nextval('pns4ones_change_seq'), pg_notify(%s, %s)", (CHANNEL, self._source)).fetchone()[:1]
+    def _announce(self, cursor: Any) -> None:
+        (value,) = cursor.execute(
+            "SELECT v FROM (SELECT nextval('pns4ones_change_seq') AS v) AS s, LATERAL pg_notify(%s, %s || ':' || v)", (CHANNEL, self._source)
+        ).fetchone()
         self._own.add(value)  # our own change: the poll need not reload for it
 
     # -- change notification ----------------------------------------------------------
@@ -287,7 +292,8 @@ class PostgresStore(SQLStore):
             return None
 
         def seen(value: int) -> None:
-            moved = self._seen is not None and value != self._seen and not self._only_own(self._seen, value)
+            known = max(self._seen, self._notified) if self._seen is not None else None
+            moved = known is not None and value > known and not self._only_own(known, value)
             self._own = {v for v in self._own if v > value}
             if moved or self._settle:
                 self._changed()
@@ -326,7 +332,10 @@ class PostgresStore(SQLStore):
                     call(self._changed)  # anything committed before LISTEN took effect
                     while not self._stopping.is_set():
                         for note in conn.notifies(timeout=0.5):
-                            if note.payload != self._source:
+                            source, _, number = note.payload.partition(":")
+                            if number.isdigit():
+                                self._notified = max(self._notified, int(number))
+                            if source != self._source:
                                 call(self._changed)
             except psycopg.Error as e:
                 if not self._stopping.is_set():
