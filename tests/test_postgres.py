@@ -7,6 +7,7 @@ PostgreSQL restarted under a running node), export/import through the CLI.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import stat
@@ -342,6 +343,20 @@ class TwoNodesTests(_Nodes, TestCase):
         self.a = self.node()
         self.b = self.node()
 
+    def plant_token(self, app: dict[str, str]) -> str:
+        """A token written straight into the store, as a node would, but without announcing it."""
+        from pns4ones import crypto
+
+        token_id = crypto.new_token_id()
+        token = crypto.derive_token(app["server_key"], token_id)
+        now = time.time()
+        self.cluster.psql(
+            "INSERT INTO tokens (digest, app_id, token_id, issued_at, expires_at) "
+            f"VALUES ('\\x{crypto.token_digest(token).hex()}', '{app['id']}', '\\x{token_id.hex()}', {now}, {now + 3600})",
+            self.url.rsplit("/", 1)[1],
+        )
+        return token
+
     @inlineCallbacks
     def test_one_node_serves_from_postgresql(self) -> None:
         """A node on PostgreSQL: an application made with the CLI authorizes, sends, and its add-in subscriber receives."""
@@ -361,6 +376,19 @@ class TwoNodesTests(_Nodes, TestCase):
         self.assertEqual(sub.receive(5)["notification"]["title"], "hello")
         other = yield self.auth(self.b, self.app)
         self.assertEqual(other, token, "node B hands out the token node A issued (it has over half its life)")
+        for path, method, doc in (("sendmessage", "POST", message("user", UserId="u1", title="planted")), ("groups/ib1", "GET", None)):
+            planted = self.plant_token(self.app)  # in the store, never announced: B can only learn it by looking it up
+            code, answer = yield self.request(method, f"{self.b.url}/{path}", planted, doc)
+            self.assertEqual(code, 200, answer)
+        self.assertEqual(sub.receive(5)["notification"]["title"], "planted")
+        planted = self.plant_token(self.app)  # a ticket from A (which looks the token up), used on B (which does too)
+        code, ticket = yield self.request("POST", f"{self.a.url}/tickets", planted, {"IbId": "ib1", "UserId": "w1"})
+        self.assertEqual(code, 200, ticket)
+        conn = http.client.HTTPConnection("127.0.0.1", self.b.api_port, timeout=5)
+        self.addCleanup(conn.close)
+        conn.request("GET", f"/subscribe/sse?ticket={ticket['ticket']}")
+        response = conn.getresponse()
+        self.assertEqual((response.status, response.getheader("Content-Type")), (200, "text/event-stream; charset=utf-8"))
         admin(self.url, "reset_token", self.app["id"])  # then a new token from A, used on B's Klein routes at once
         yield sleep(1.5)
         token2 = yield self.auth(self.a, self.app)
