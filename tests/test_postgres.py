@@ -387,16 +387,21 @@ class TwoNodesTests(_Nodes, TestCase):
         code, ticket = yield self.request("POST", f"{self.a.url}/tickets", planted, {"IbId": "ib1", "UserId": "w1"})
         self.assertEqual(code, 200, ticket)
         conn = http.client.HTTPConnection("127.0.0.1", self.b.api_port, timeout=5)
-        self.addCleanup(conn.close)
-        conn.request("GET", f"/subscribe/sse?ticket={ticket['ticket']}")
-        response = conn.getresponse()
-        self.assertEqual((response.status, response.getheader("Content-Type")), (200, "text/event-stream; charset=utf-8"))
+        try:
+            conn.request("GET", f"/subscribe/sse?ticket={ticket['ticket']}")
+            response = conn.getresponse()
+            self.assertEqual((response.status, response.getheader("Content-Type")), (200, "text/event-stream; charset=utf-8"))
+            response.close()
+        finally:
+            conn.close()
         planted = self.plant_token(self.app)  # the same for a WebSocket upgrade
         code, ticket = yield self.request("POST", f"{self.a.url}/tickets", planted, {"IbId": "ib1", "UserId": "w2"})
         with socket.create_connection(("127.0.0.1", self.b.api_port), timeout=5) as raw:
             key = base64.b64encode(os.urandom(16)).decode()
             raw.sendall(f"GET /subscribe/ws?ticket={ticket['ticket']} HTTP/1.1\r\nHost: b\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
             self.assertTrue(raw.recv(4096).startswith(b"HTTP/1.1 101 "))
+            raw.sendall(b"\x88\x80" + os.urandom(4))  # a close frame (masked, empty): the node ends the session
+            wait_for(lambda: raw.recv(4096) == b"", 5, what="the node to close the WebSocket")
         admin(self.url, "reset_token", self.app["id"])  # then a new token from A, used on B's Klein routes at once
         yield sleep(1.5)
         token2 = yield self.auth(self.a, self.app)
