@@ -548,3 +548,20 @@ class ExportImportTests(_WithCluster, TestCase):
         missing = admin(sqlite_b, "import", str(work / "none.json"), check=False)
         self.assertEqual(missing.returncode, 1)
         self.assertIn("cannot read", missing.stderr)
+
+
+class StartupTests(TestCase):
+    def test_unreachable_postgresql_at_start_is_a_clear_refusal(self) -> None:
+        """A node whose PostgreSQL cannot be reached at start exits 1 naming the store without its password."""
+        from .support import free_port, run_twistd
+
+        data = tempfile.mkdtemp(prefix="pns4ones-start-")
+        url = f"postgresql://pns:{PASSWORD}@127.0.0.1:{free_port()}/pns4ones"
+        result = run_twistd(
+            "-n", "--pidfile=", "pns4ones", "--data-dir", data, "--store", url,
+            "--listen", f"127.0.0.1:{free_port()}", "--service", f"127.0.0.1:{free_port()}", "--admin-port", str(free_port()),
+        )  # fmt: skip
+        output = result.stdout + result.stderr
+        self.assertEqual(result.returncode, 1, output)
+        self.assertIn("cannot open the store postgresql://pns:***@127.0.0.1:", output)
+        self.assertNotIn(PASSWORD, output)
