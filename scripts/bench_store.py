@@ -132,8 +132,8 @@ def main() -> None:
         except SystemExit as e:
             if e.code:
                 raise
-        http_auth("SQLite    ", f"sqlite://{work}/http.db", 5)
-        http_auth("PostgreSQL", cluster.url(cluster.new_database()), 5)
+        http_auth("SQLite    ", f"sqlite://{work}/http.db", 20)
+        http_auth("PostgreSQL", cluster.url(cluster.new_database()), 20)
     finally:
         cluster.cleanup()
 
