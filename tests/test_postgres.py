@@ -154,6 +154,20 @@ class StoreContract:
         self.assertEqual((count.app_id, count.kept, count.dropped, count.expired), (a.id, 1, 1, 1))
 
     @inlineCallbacks
+    def test_kept_messages_taken_once_by_concurrent_takers(self) -> None:
+        """Two connections taking one user's kept messages at once (two sessions on two nodes): each message goes to one of them."""
+        from twisted.internet.defer import gatherResults
+
+        a = yield self.store.create_application("Shop", 10.0)
+        other = self.open_again()
+        self.addCleanup(other.close)
+        for n in range(10):
+            yield self.store.keep_message(KeptMessage(a.id, "ib1", "group", "g", b"%d" % n, 1.0, 9e9), [], 100, 100)
+            yield self.store.keep_message(KeptMessage(a.id, "ib1", "user", "u1", b"u%d" % n, 1.0, 9e9), [], 100, 100)
+            got = yield gatherResults([s.take_kept(a.id, "ib1", "u1", ["g"], 2.0) for s in (self.store, other, self.store, other)])
+            self.assertEqual(sorted(p for batch in got for p in batch), sorted([b"%d" % n, b"u%d" % n]))
+
+    @inlineCallbacks
     def test_export_import_round_trip(self) -> None:
         """An export imported into an empty store exports the same; a store with applications refuses it unless replace."""
         a = yield self.store.create_application("Shop", 10.0)

@@ -51,6 +51,8 @@ class Dialect:
     #: SQL matching ``target`` against a list parameter, and how to pass the list.
     in_list: str
     list_param: Callable[[list[str]], Any]
+    #: Serializes takers of one user's kept messages (two sessions of a user on two nodes), or None when writes are serial anyway.
+    user_lock: str | None = None
 
     def sql(self, text: str, _cache: dict[tuple[str, str], str] = {}) -> str:  # noqa: B006 - a deliberate cache
         key = (self.placeholder, text)
@@ -78,6 +80,7 @@ POSTGRES = Dialect(
     placeholder="%s",
     in_list="target = ANY(?)",
     list_param=list,
+    user_lock="SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
 )
 
 
@@ -352,6 +355,8 @@ class SQLStore:
         d = self.dialect
 
         def take(cursor: Any) -> list[bytes]:
+            if d.user_lock:  # then the query below sees what another taker committed
+                self._x(cursor, d.user_lock, (json.dumps(["pns4ones-kept", app_id, ib_id, user_id]),))
             rows = self._x(
                 cursor,
                 "SELECT id, type, payload FROM kept_messages AS k WHERE app_id = ? AND ib_id = ? AND expires_at > ? "
