@@ -19,12 +19,15 @@ from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from .core import LEGACY_EPOCH_OFFSET, AuthError, Core
+from . import crypto
+from .core import LEGACY_EPOCH_OFFSET, AuthError, Core, TokenUnknown
 from .groups import GroupError, check_name, parse_ttl, parse_user_ids
 from .logs import RateLimited
 from .metrics import NULL
 from .messages import MessageError, decode_json_body, parse_send, parse_send_object
 from .ratelimit import RateLimiter
+from .store import StoreUnavailable
+from .tokenfetch import render_after_fetch
 from .web import json_body
 
 
@@ -75,7 +78,7 @@ class SendAPI:
         front: it is the hot path, and Klein's per-request machinery (routing,
         Deferred chains) cost about a fifth of a send there.
         """
-        root = _Root(self.app.resource())
+        root = _Root(self.app.resource(), self.core)
         root.putChild(b"sendmessage", _SendMessage(self))
         if self.subscriptions is not None:
             root.putChild(b"subscribe", self.subscriptions.resource())
@@ -84,6 +87,8 @@ class SendAPI:
     def _app_for(self, request: Any, cost: int = 1) -> Any:
         try:
             app = self.core.check_token(bearer_token(request))
+        except TokenUnknown:
+            raise  # the resource looks it up in the store and renders again (tokenfetch.py)
         except AuthError as e:
             self._rejected(request, e.status, e.reason)
             raise ApiError(e.status, "unauthorized" if e.status == 401 else "token_expired", e.reason) from None
@@ -341,7 +346,7 @@ class SendAPI:
                 continue
             slot = len(results)
             results.append(None)
-            pending.append(self.core.send(application, send, ttl).addCallback(self._batch_sent, results, slot, application.id, send.recipient.type, started))
+            pending.append(self.core.send(application, send, ttl).addCallback(self._batch_sent, results, slot, application.id, send.recipient.type, started).addErrback(self._batch_store_down, results, slot))
 
         def answer(_: Any) -> bytes:
             sessions = sum(r.get("sessions", 0) for r in results)
@@ -355,6 +360,12 @@ class SendAPI:
     def _batch_sent(self, report: Any, results: list[Any], slot: int, app_id: str, kind: str, started: float) -> None:
         self.metrics.sent(app_id, kind, perf_counter() - started)
         results[slot] = {"status": 200, "sessions": report.sessions, "users": report.users, "stored": bool(getattr(report, "stored", False))}
+
+    @staticmethod
+    def _batch_store_down(failure: Failure, results: list[Any], slot: int) -> None:
+        """A kept message (ttl) while the store is unreachable: that element is 503, the others stand."""
+        failure.trap(StoreUnavailable)
+        results[slot] = {"status": 503, "error": "store_unavailable", "reason": str(failure.value)}
 
     @app.route("/health", methods=["GET"])
     def health(self, request: Any) -> bytes:
@@ -370,6 +381,8 @@ class SendAPI:
     def _error_body(self, request: Any, error: Exception) -> bytes:
         if isinstance(error, ApiError):
             return error.body(request)
+        if isinstance(error, StoreUnavailable):
+            return store_unavailable(request, error)
         self.log.failure("unexpected error answering {path}", Failure(error), path=request.path)
         return json_body(request, 500, {"error": "internal", "reason": "internal error, see the service log"})
 
@@ -378,6 +391,14 @@ class SendAPI:
     @app.handle_errors(ApiError)
     def api_error(self, request: Any, failure: Any) -> bytes:
         return failure.value.body(request)
+
+    @app.handle_errors(StoreUnavailable)
+    def store_down(self, request: Any, failure: Any) -> bytes:
+        return store_unavailable(request, failure.value)
+
+    @app.handle_errors(TokenUnknown)
+    def token_unknown(self, request: Any, failure: Any) -> bytes:
+        return json_body(request, 401, {"error": "unauthorized", "reason": failure.value.reason})
 
     @app.handle_errors(NotFound)
     def not_found(self, request: Any, failure: Any) -> bytes:
@@ -397,12 +418,19 @@ class SendAPI:
 
 
 
+def store_unavailable(request: Any, error: Exception) -> bytes:
+    """503: what was asked needs the store, which cannot be reached now (never a silent loss)."""
+    request.setHeader(b"Retry-After", b"5")
+    return json_body(request, 503, {"error": "store_unavailable", "reason": str(error)})
+
+
 class _Root(_resource.Resource):
     """Everything but the hot path goes to the Klein app."""
 
-    def __init__(self, klein_resource: Any) -> None:
+    def __init__(self, klein_resource: Any, core: Any) -> None:
         super().__init__()
         self._klein = klein_resource
+        self._core = core
 
     def getChild(self, path: bytes, request: Any) -> Any:
         try:
@@ -413,10 +441,28 @@ class _Root(_resource.Resource):
         # unquoted them, which would split a name holding %2F ("/").
         request.prepath = []
         request.postpath = request.path[1:].split(b"/")
+        token = bearer_token(request)
+        if token:  # a token issued by another node a moment ago: look it up first
+            digest = crypto.token_digest(token)
+            if self._core.token_unchecked(digest):
+                return _AfterTokenFetch(self._core, digest, self._klein)
         return self._klein
 
     def render(self, request: Any) -> Any:
         return self._klein.render(request)
+
+
+class _AfterTokenFetch(_resource.Resource):
+    isLeaf = True
+
+    def __init__(self, core: Any, digest: bytes, klein_resource: Any) -> None:
+        super().__init__()
+        self._core = core
+        self._digest = digest
+        self._klein = klein_resource
+
+    def render(self, request: Any) -> Any:
+        return render_after_fetch(self._core, request, self._digest, self._klein.render)
 
 
 class _BadPath(_resource.Resource):
@@ -440,6 +486,8 @@ class _SendMessage(_resource.Resource):
     def render_POST(self, request: Any) -> Any:
         try:
             result = self.api.sendmessage(request)
+        except TokenUnknown as e:
+            return render_after_fetch(self.api.core, request, e.digest, self.render_POST)
         except Exception as e:
             return self.api._error_body(request, e)
         # The local hub answers at once (no TTL): no Deferred chain needed.

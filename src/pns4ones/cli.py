@@ -36,6 +36,9 @@ COMMANDS = {
     "reset_token": "revoke every access token of an application: reset_token ID",
     "groups": "list the groups of an application: groups ID [IB_ID]",
     "group_members": "list the members of a group: group_members ID IB_ID GROUP",
+    "migrate": "create or upgrade the store's schema and report its version",
+    "export": "write everything in the store (applications with keys, tokens, groups, kept messages, admin account) as JSON: export FILE|-",
+    "import": "load an export into an empty store (--replace: overwrite a store that has applications): import FILE|-",
     "kept": "count the messages kept for offline users, per application (and how many were dropped or expired)",
     "reload_tls": "make the running server re-read its HTTPS certificate files (same as SIGHUP)",
     "restart": "restart the running server from the code and configuration on disk, keeping 1C clients connected (same as SIGUSR2)",
@@ -51,6 +54,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", default=argparse.SUPPRESS, help="data directory of the service")
     common.add_argument("--config", default=argparse.SUPPRESS, help="the service's INI file (for data_dir)")
+    common.add_argument("--store", default=argparse.SUPPRESS, help="the store: sqlite, sqlite:///PATH.db or postgresql://USER@HOST:PORT/DB (default: the config file's store, else DATA_DIR/pns4ones.db)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -63,6 +67,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     sub.add_parser("list", parents=[common], help=COMMANDS["list"])
     sub.add_parser("reload_tls", parents=[common], help=COMMANDS["reload_tls"])
     sub.add_parser("kept", parents=[common], help=COMMANDS["kept"])
+    sub.add_parser("migrate", parents=[common], help=COMMANDS["migrate"])
+    p = sub.add_parser("export", parents=[common], help=COMMANDS["export"])
+    p.add_argument("file", help="file to write (created with mode 0600: it holds every secret), or - for standard output")
+    p = sub.add_parser("import", parents=[common], help=COMMANDS["import"])
+    p.add_argument("file", help="a file written by export, or - for standard input")
+    p.add_argument("--replace", action="store_true", help="empty the target store first (it may have applications)")
     p = sub.add_parser("groups", parents=[common], help=COMMANDS["groups"])
     p.add_argument("id", help="application id (see list)")
     p.add_argument("ib_id", nargs="?", default=None, help="only this information base")
@@ -118,7 +128,7 @@ def become_data_owner(data_dir: Path) -> int | None:
 
 def _config_of(args: argparse.Namespace) -> _config.Config:
     cli: dict[str, str] = {}
-    for name in ("data_dir", "config"):
+    for name in ("data_dir", "config", "store"):
         if getattr(args, name, None):
             cli[name] = getattr(args, name)
     try:
@@ -246,6 +256,27 @@ def run(args: argparse.Namespace, out: Any) -> Any:
             else:
                 for c in counts:
                     out.write(f"{c.app_id}\tkept {c.kept}\tdropped {c.dropped}\texpired {c.expired}\n")
+        elif cmd == "migrate":
+            before, version = store.migrated_from, store.schema_version
+            if as_json:
+                out.write(json.dumps({"store": store.location, "from": before, "version": version}) + "\n")
+            elif before == version:
+                out.write(f"Store {store.location}: schema version {version}, up to date.\n")
+            else:
+                out.write(f"Store {store.location}: schema migrated from version {before} to {version}.\n")
+        elif cmd == "export":
+            doc = yield store.export_data()
+            doc["exported_at"] = now
+            _write_export(args.file, doc, out)
+            if args.file != "-":
+                out.write(f"Exported {_summary(doc)} from {store.location} to {args.file} (mode 0600: it holds every key).\n")
+        elif cmd == "import":
+            doc = _read_export(args.file)
+            yield store.import_data(doc, replace=args.replace)
+            if as_json:
+                out.write(json.dumps({"store": store.location, "applications": len(doc.get("applications", []))}) + "\n")
+            else:
+                out.write(f"Imported {_summary(doc)} into {store.location}.\n")
         elif cmd == "reset_token":
             count = yield store.reset_tokens(args.id)
             if as_json:
@@ -254,6 +285,42 @@ def run(args: argparse.Namespace, out: Any) -> Any:
                 out.write(f"Revoked {count} access token(s) of application {args.id}; its senders must call /auth again.\n")
     finally:
         yield store.close()
+
+
+def _summary(doc: dict[str, Any]) -> str:
+    members = sum(len(g.get("members", [])) for g in doc.get("groups", []))
+    return (
+        f"{len(doc.get('applications', []))} application(s), {len(doc.get('tokens', []))} token(s), "
+        f"{len(doc.get('groups', []))} group(s) with {members} member(s), {len(doc.get('kept_messages', []))} kept message(s), "
+        f"{'an' if doc.get('admin') else 'no'} admin account"
+    )
+
+
+def _write_export(name: str, doc: dict[str, Any], out: Any) -> None:
+    text = json.dumps(doc, ensure_ascii=False, indent=1) + "\n"
+    if name == "-":
+        out.write(text)
+        return
+    try:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        os.fchmod(fd, 0o600)  # an existing file keeps no wider mode
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise CommandError(f"cannot write {name}: {e.strerror or e}") from None
+
+
+def _read_export(name: str) -> Any:
+    try:
+        text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+    except OSError as e:
+        raise CommandError(f"cannot read {name}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise CommandError(f"{name} is not UTF-8 text: not a pns4ones export") from None
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise CommandError(f"{name} is not JSON ({e}): not a pns4ones export") from None
 
 
 def main(

@@ -13,13 +13,14 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from . import crypto
 from .groups import GroupError, Membership, message_from_addin
 from .hub import Hub, Outbound, Report, Session
 from .messages import SendRequest, render_addin_json
 from .metrics import NULL
-from .store import Application, KeptMessage, Snapshot, Store, TokenRecord
+from .store import Application, KeptMessage, Snapshot, Store, StoreUnavailable, TokenRecord
 from .wire import Registration
 
 TOKEN_LIFETIME = 3600.0
@@ -36,6 +37,22 @@ class AuthError(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+class TokenUnknown(AuthError):
+    """
+    A token this node has not seen: another node may have issued it a moment
+    ago.  The caller asks :meth:`Core.fetch_token` and checks again; a caller
+    that does not answers 401, as before.
+    """
+
+    def __init__(self, digest: bytes) -> None:
+        super().__init__(401, "invalid access token")
+        self.digest = digest
+
+
+#: How many digests of unknown tokens are remembered (then forgotten at once).
+MAX_ABSENT_TOKENS = 100_000
 
 
 class RegistrationRejected(Exception):
@@ -100,6 +117,9 @@ class Core:
         self.apps: dict[str, Application] = {}
         self._by_server_key: dict[str, Application] = {}
         self._tokens: dict[bytes, TokenRecord] = {}
+        #: Digests the store did not know either (tokens are never reused: no expiry needed).
+        self._absent: set[bytes] = set()
+        self._fetching: dict[bytes, list[Deferred[None]]] = {}
         self._listeners: list[Callable[[], None]] = []
 
     # -- the registry ------------------------------------------------------------
@@ -169,13 +189,57 @@ class Core:
         """The application a bearer token belongs to; :class:`AuthError` otherwise."""
         if not token:
             raise AuthError(401, "missing access token (Authorization: Bearer ...)")
-        record = self._tokens.get(crypto.token_digest(token))
+        digest = crypto.token_digest(token)
+        record = self._tokens.get(digest)
+        if record is None and digest not in self._absent:
+            raise TokenUnknown(digest)
         app = self.apps.get(record.app_id) if record is not None else None
         if record is None or app is None:
             raise AuthError(401, "invalid access token")
         if record.expires_at <= self.clock.seconds():
             raise AuthError(403, "access token expired: call /auth again")
         return app
+
+    def token_unchecked(self, digest: bytes) -> bool:
+        """Neither in memory nor known to be absent from the store: worth :meth:`fetch_token`."""
+        return digest not in self._tokens and digest not in self._absent
+
+    def fetch_token(self, digest: bytes) -> Deferred[None]:
+        """
+        Look a token up in the store (issued by another node, or by this one's
+        store before the last snapshot) and remember what it says, either way.
+        Concurrent look-ups of one digest share one query.  Fails with
+        :class:`~pns4ones.store.StoreUnavailable` when the store cannot answer.
+        """
+        d: Deferred[None] = Deferred()
+        waiting = self._fetching.get(digest)
+        if waiting is not None:
+            waiting.append(d)
+            return d
+        self._fetching[digest] = [d]
+
+        def done(result: Any) -> None:
+            for waiter in self._fetching.pop(digest, []):
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(None)
+
+        self._fetch_token(digest).addBoth(done)
+        return d
+
+    @inlineCallbacks
+    def _fetch_token(self, digest: bytes) -> Any:
+        record = yield self.store.get_token(digest)
+        if record is None:
+            if len(self._absent) >= MAX_ABSENT_TOKENS:
+                self._absent.clear()
+            self._absent.add(digest)
+            return
+        if record.app_id not in self.apps:  # an application created a moment ago on another node
+            yield self.reload()
+        self._tokens[digest] = record
+        self.log.debug("adopted an access token of application {app_id} from the store", app_id=record.app_id)
 
     def token_expiry(self, digest: bytes, app_id: str) -> float | None:
         """When the access token with this digest expires(d), or None if it was revoked (reset, key rotated) or purged."""
@@ -217,6 +281,8 @@ class Core:
                 groups.add(group)
             payloads = yield self.store.take_kept(app_id, ib_id, user_id, sorted(groups), self.clock.seconds())
             kept = [Outbound(message_from_addin(p)) for p in payloads]
+        except StoreUnavailable as e:
+            self.log.warn("kept messages for app={app_id} ib={ib_id} user={user_id} not read: {reason}", app_id=app_id, ib_id=ib_id, user_id=user_id, reason=str(e))
         except Exception:
             self.log.failure("cannot read kept messages for app={app_id} ib={ib_id} user={user_id}", app_id=app_id, ib_id=ib_id, user_id=user_id)
         release = getattr(session, "release", None)

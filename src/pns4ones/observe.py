@@ -58,6 +58,7 @@ class LiveFigures:
             "known": list(svc.core.apps) if svc.core is not None else [],
             "connections": len(factory.connections) if factory is not None else 0,
             "ready": 1.0 if svc.ready else 0.0,
+            "store_up": 1.0 if getattr(svc.store, "available", True) else 0.0,
             "expiry": material.certificate.not_valid_after_utc.timestamp() if material is not None else None,
         }
 
@@ -71,6 +72,7 @@ class LiveFigures:
         yield subs
         yield GaugeMetricFamily("pns4ones_connections", "Open add-in TCP connections, registered or not", value=snap.get("connections", 0))
         yield GaugeMetricFamily("pns4ones_ready", "1 while the node accepts work (store open, listeners bound, not stopping)", value=snap.get("ready", 0.0))
+        yield GaugeMetricFamily("pns4ones_store_up", "1 while the store answers (0: PostgreSQL unreachable, reconnecting)", value=snap.get("store_up", 1.0))
         info = GaugeMetricFamily("pns4ones_info", "The running version", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
@@ -122,7 +124,7 @@ def status_doc(service: Any, metrics: Metrics) -> dict[str, Any]:
         "applications": apps,
         "last_minute": metrics.last_minute(),
         "totals": {"sends": metrics.sends, "deliveries": metrics.deliveries},
-        "store": {"directory": str(data_dir), "bytes": store_bytes},
+        "store": {"directory": str(data_dir), "bytes": store_bytes, "location": getattr(service.store, "location", ""), "available": getattr(service.store, "available", True)},
         "listeners": listeners(service),
     }
 
@@ -252,6 +254,9 @@ def readiness(service: Any) -> Callable[[], tuple[bool, str]]:
 
     def ready() -> tuple[bool, str]:
         if service.ready:
+            store = service.store
+            if not getattr(store, "available", True):
+                return False, f"store unavailable: {store.unavailable_reason}"
             return True, "ready"
         return False, "stopping" if service.running else "starting"
 

@@ -25,7 +25,7 @@ from .config import Address, Config, ConfigError
 from .core import Core, Limits
 from .groups import Membership
 from .hub import HubUnavailable, open_hub
-from .store import StoreError, open_store
+from .store import StoreError, StoreUnavailable, open_store
 from .transports.addin import AddinFactory, configure_socket
 from .transports.web import WebSubscriptions
 from .web import ApiSite
@@ -216,10 +216,10 @@ class PnsService(service.MultiService):
         for port in self.ports:
             port.startReading()
         self.store.start_watching(self.core.reload, cfg.store_poll_interval)
-        self._purge = task.LoopingCall(self.core.purge_tokens)
+        self._purge = task.LoopingCall(self._store_task, self.core.purge_tokens, "token purge")
         self._purge.clock = self.reactor
         self._purge.start(3600, now=True).addErrback(lambda f: self.log.failure("token purge failed", f))
-        self._purge_kept = task.LoopingCall(self.core.purge_kept)
+        self._purge_kept = task.LoopingCall(self._store_task, self.core.purge_kept, "kept-message purge")
         self._purge_kept.clock = self.reactor
         self._purge_kept.start(KEPT_PURGE_INTERVAL, now=True).addErrback(lambda f: self.log.failure("kept-message purge failed", f))
         self.ready = True
@@ -244,6 +244,15 @@ class PnsService(service.MultiService):
             handoff.sd_notify(f"MAINPID={os.getpid()}\nREADY=1")
         else:
             handoff.sd_notify("READY=1")
+
+    def _store_task(self, fn: Any, what: str) -> Any:
+        """A periodic store task that outlives a store outage (the store logs the outage itself)."""
+
+        def failed(failure: Any) -> None:
+            if not failure.check(StoreUnavailable):
+                self.log.failure("{what} failed", failure, what=what)
+
+        return defer.maybeDeferred(fn).addErrback(failed)
 
     # -- control: PID file, SIGHUP = reload the certificate ---------------------------------
 

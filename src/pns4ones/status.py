@@ -73,7 +73,11 @@ def render(doc: dict[str, Any]) -> str:
             lines.append(f"    information base {ib}: {count}")
     lines.append(f"last minute: {minute.get('sends', 0)} sends, {minute.get('deliveries', 0)} deliveries")
     store = doc.get("store", {})
-    lines.append(f"store: {_size(store.get('bytes', 0))} in {store.get('directory')}")
+    location = store.get("location", "")
+    if location.startswith(("postgresql://", "postgres://")):  # shown without its password
+        lines.append(f"store: {location} ({'available' if store.get('available', True) else 'UNAVAILABLE: reconnecting'})")
+    else:
+        lines.append(f"store: {_size(store.get('bytes', 0))} in {store.get('directory')}")
     lines.append("listeners:")
     for listener in doc.get("listeners", []):
         host = listener.get("host", "")

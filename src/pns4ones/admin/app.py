@@ -34,7 +34,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ..core import Core
 from ..messages import MessageError, parse_send_object
-from ..store import AdminAccount, Store, UnknownApplication
+from ..store import AdminAccount, Store, StoreUnavailable, UnknownApplication
 from ..web import ApiSite, BoundedRequest, json_body
 from . import auth, i18n
 
@@ -524,6 +524,10 @@ class AdminPanel:
     def bad_method(self, request: Any, failure: Any) -> bytes:
         request.setHeader(b"Allow", ", ".join(failure.value.valid_methods or []).encode())
         return self._render(request, "error.html", self._session(request), status=405, message=self._t(request)("error.method"))
+
+    @app.handle_errors(StoreUnavailable)
+    def store_down(self, request: Any, failure: Any) -> bytes:
+        return self._render(request, "error.html", self._session(request), status=503, message=str(failure.value))
 
     @app.handle_errors(Exception)
     def crashed(self, request: Any, failure: Any) -> bytes:

@@ -9,6 +9,7 @@ store can stand in for the embedded SQLite one without changes above.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred
@@ -18,6 +19,10 @@ from ..wire import ClientKey
 
 class StoreError(Exception):
     """The store cannot do what was asked."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached now (PostgreSQL restarting): answer 503, try again later."""
 
 
 class UnknownApplication(StoreError):
@@ -107,6 +112,8 @@ class Store(Protocol):
     def remove_application(self, app_id: str) -> Deferred[Application]: ...
     def reset_tokens(self, app_id: str) -> Deferred[int]: ...
     def add_token(self, token: TokenRecord) -> Deferred[None]: ...
+    #: A token issued by any node (another node's /auth a moment ago), or None.
+    def get_token(self, digest: bytes) -> Deferred[TokenRecord | None]: ...
     def purge_tokens(self, expired_before: float) -> Deferred[int]: ...
     def get_admin(self) -> Deferred[AdminAccount | None]: ...
     def set_admin(self, account: AdminAccount, now: float) -> Deferred[None]: ...
@@ -123,20 +130,30 @@ class Store(Protocol):
     def purge_kept(self, now: float) -> Deferred[int]: ...
     def kept_ibs(self) -> Deferred[frozenset[tuple[str, str]]]: ...
     def kept_counts(self) -> Deferred[list[KeptCount]]: ...
+    # pns4ones-admin export/import: everything, secrets included
+    def export_data(self) -> Deferred[dict[str, Any]]: ...
+    def import_data(self, doc: Any, replace: bool = False) -> Deferred[int]: ...
     def start_watching(self, on_change: Callable[[], object], interval: float) -> None: ...
     def stop_watching(self) -> None: ...
     def close(self) -> Deferred[None]: ...
 
 
 def open_store(config: Any, reactor: Any = None) -> Store:
-    """The store ``config.store`` names: the data directory's SQLite file by default."""
+    """The store ``config.store`` names: the data directory's SQLite file by default, or PostgreSQL (migrated on open)."""
     location = config.store
     if location == "sqlite" or location.startswith("sqlite://"):
         from .sqlite import SQLiteStore
 
         path = location[len("sqlite://"):] if location != "sqlite" else None
         return SQLiteStore(config.data_dir, reactor=reactor, path=path)
-    raise StoreError(f"store {redact_url(location)}: PostgreSQL is not supported by this build")
+    from .postgres import PostgresStore
+
+    # The data directory still holds the node's own files (PID, admin.json, handoff).
+    try:
+        Path(config.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"cannot create the data directory {config.data_dir}: {e.strerror or e}") from None
+    return PostgresStore(location, password_file=config.store_password_file, reactor=reactor)
 
 
 def redact_url(url: str) -> str:

@@ -1,0 +1,575 @@
+"""
+The SQL both stores share: every :class:`pns4ones.store.Store` method as an
+``adbapi`` interaction over a DB-API cursor, written once.
+
+What differs between SQLite and PostgreSQL is a small :class:`Dialect`: the
+placeholder style, how a write transaction begins (``BEGIN IMMEDIATE`` on
+SQLite, implicit on PostgreSQL), how a consistent read begins, and how a list
+parameter is matched (``json_each`` on SQLite, ``= ANY`` on PostgreSQL).  The
+rest (upserts with ``ON CONFLICT``, ``RETURNING``) is SQL both understand.
+
+A subclass provides ``_run(interaction, *args)`` (run it on its pool) and may
+override ``_announce(cursor)``, called in every write transaction that changes
+what the nodes keep in memory (PostgreSQL notifies the other nodes there).
+Writes that do not (taking kept messages, purges, keeping a message where
+others already wait) are not announced: a burst of them would otherwise make
+every node reload its registry over and over.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, fail
+
+from .. import crypto
+from ..wire import ClientKey
+from . import AdminAccount, Application, KeptCount, KeptMessage, KeptOutcome, Snapshot, StoreError, TokenRecord, UnknownApplication
+
+_APP_COLUMNS = "id, title, server_key, client_key, created_at"
+
+#: The format of ``pns4ones-admin export`` files.
+EXPORT_FORMAT = "pns4ones-export"
+EXPORT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+    #: First statement of a write transaction (None: the driver opens one).
+    begin_write: str | None
+    #: First statement of a multi-statement consistent read, and its end.
+    begin_read: str | None
+    end_read: str | None
+    #: Placeholder of the driver (the shared SQL is written with ``?``).
+    placeholder: str
+    #: SQL matching ``target`` against a list parameter, and how to pass the list.
+    in_list: str
+    list_param: Callable[[list[str]], Any]
+    #: Serializes takers of one user's kept messages (two sessions of a user on two nodes), or None when writes are serial anyway.
+    user_lock: str | None = None
+
+    def sql(self, text: str, _cache: dict[tuple[str, str], str] = {}) -> str:  # noqa: B006 - a deliberate cache
+        key = (self.placeholder, text)
+        out = _cache.get(key)
+        if out is None:
+            out = _cache[key] = text.replace("?", self.placeholder) if self.placeholder != "?" else text
+        return out
+
+
+SQLITE = Dialect(
+    "sqlite",
+    begin_write="BEGIN IMMEDIATE",
+    begin_read="BEGIN",
+    end_read="COMMIT",
+    placeholder="?",
+    in_list="target IN (SELECT value FROM json_each(?))",
+    list_param=json.dumps,
+)
+
+POSTGRES = Dialect(
+    "postgresql",
+    begin_write=None,
+    begin_read="SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+    end_read=None,
+    placeholder="%s",
+    in_list="target = ANY(?)",
+    list_param=list,
+    user_lock="SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
+)
+
+
+def _app(row: Any) -> Application:
+    return Application(row[0], row[1], row[2], ClientKey.decode(row[3]), row[4])
+
+
+class SQLStore:
+    """The Store protocol's methods, once, over :attr:`dialect`."""
+
+    dialect: Dialect
+
+    # -- plumbing (subclasses provide _run) ---------------------------------------------
+
+    def _run(self, interaction: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        raise NotImplementedError
+
+    def _announce(self, cursor: Any) -> None:
+        """Called last in every write transaction that changes what nodes keep in memory."""
+
+    def _x(self, cursor: Any, sql: str, args: Any = ()) -> Any:
+        return cursor.execute(self.dialect.sql(sql), args)
+
+    def _many(self, cursor: Any, sql: str, rows: list[Any]) -> int:
+        if not rows:
+            return 0
+        cursor.executemany(self.dialect.sql(sql), rows)
+        return max(cursor.rowcount, 0)
+
+    def _write(self, fn: Callable[..., Any], *args: Any, announce: bool = True) -> Deferred[Any]:
+        begin = self.dialect.begin_write
+
+        def txn(cursor: Any) -> Any:
+            if begin:
+                cursor.execute(begin)
+            result = fn(cursor, *args)
+            if announce:
+                self._announce(cursor)
+            return result
+
+        return self._run(txn)
+
+    def _read(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return self._run(fn, *args)
+
+    def _consistent(self, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """``fn`` in one consistent view of every table."""
+
+        def read(cursor: Any) -> Any:
+            if self.dialect.begin_read:
+                cursor.execute(self.dialect.begin_read)
+            result = fn(cursor)
+            if self.dialect.end_read:
+                cursor.execute(self.dialect.end_read)
+            return result
+
+        return read
+
+    # -- reads -------------------------------------------------------------------
+
+    def _snapshot(self, cursor: Any) -> Snapshot:
+        x = self._x
+        apps = tuple(_app(r) for r in x(cursor, f"SELECT {_APP_COLUMNS} FROM applications ORDER BY created_at, id").fetchall())
+        tokens = tuple(
+            TokenRecord(bytes(r[0]), r[1], bytes(r[2]), r[3], r[4]) for r in x(cursor, "SELECT digest, app_id, token_id, issued_at, expires_at FROM tokens").fetchall()
+        )
+        memberships = tuple((r[0], r[1], r[2], r[3]) for r in x(cursor, "SELECT app_id, ib_id, group_name, user_id FROM group_members").fetchall())
+        kept_ibs = frozenset((r[0], r[1]) for r in x(cursor, "SELECT DISTINCT app_id, ib_id FROM kept_messages").fetchall())
+        return Snapshot(apps, tokens, memberships, kept_ibs)
+
+    def snapshot(self) -> Deferred[Snapshot]:
+        return self._read(self._consistent(self._snapshot))
+
+    def list_applications(self) -> Deferred[list[Application]]:
+        return self._read(lambda c: [_app(r) for r in self._x(c, f"SELECT {_APP_COLUMNS} FROM applications ORDER BY created_at, id").fetchall()])
+
+    def get_application(self, app_id: str) -> Deferred[Application]:
+        return self._read(self._get, app_id)
+
+    def _get(self, cursor: Any, app_id: str) -> Application:
+        row = self._x(cursor, f"SELECT {_APP_COLUMNS} FROM applications WHERE id = ?", (app_id,)).fetchone()
+        if row is None:
+            raise UnknownApplication(app_id)
+        return _app(row)
+
+    def get_token(self, digest: bytes) -> Deferred[TokenRecord | None]:
+        """The token with this digest (issued by any node), or None."""
+
+        def read(cursor: Any) -> TokenRecord | None:
+            r = self._x(cursor, "SELECT digest, app_id, token_id, issued_at, expires_at FROM tokens WHERE digest = ?", (digest,)).fetchone()
+            return TokenRecord(bytes(r[0]), r[1], bytes(r[2]), r[3], r[4]) if r else None
+
+        return self._read(read)
+
+    def get_admin(self) -> Deferred[AdminAccount | None]:
+        def read(cursor: Any) -> AdminAccount | None:
+            row = self._x(cursor, "SELECT login, password_hash FROM admin_account WHERE id = 1").fetchone()
+            return AdminAccount(row[0], row[1]) if row else None
+
+        return self._read(read)
+
+    # -- writes ------------------------------------------------------------------
+
+    def create_application(self, title: str, now: float) -> Deferred[Application]:
+        def create(cursor: Any) -> Application:
+            app = Application(str(uuid.uuid4()), title, crypto.random_key(), ClientKey.generate(), now)
+            self._x(
+                cursor,
+                "INSERT INTO applications (id, title, server_key, client_key, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (app.id, app.title, app.server_key, app.client_key.encode(), now, now),
+            )
+            return app
+
+        return self._write(create)
+
+    def rotate_server_key(self, app_id: str, now: float) -> Deferred[Application]:
+        def rotate(cursor: Any) -> Application:
+            self._get(cursor, app_id)
+            self._x(cursor, "UPDATE applications SET server_key = ?, updated_at = ? WHERE id = ?", (crypto.random_key(), now, app_id))
+            self._x(cursor, "DELETE FROM tokens WHERE app_id = ?", (app_id,))
+            return self._get(cursor, app_id)
+
+        return self._write(rotate)
+
+    def rotate_client_key(self, app_id: str, now: float) -> Deferred[Application]:
+        def rotate(cursor: Any) -> Application:
+            self._get(cursor, app_id)
+            self._x(cursor, "UPDATE applications SET client_key = ?, updated_at = ? WHERE id = ?", (ClientKey.generate().encode(), now, app_id))
+            return self._get(cursor, app_id)
+
+        return self._write(rotate)
+
+    def remove_application(self, app_id: str) -> Deferred[Application]:
+        def remove(cursor: Any) -> Application:
+            app = self._get(cursor, app_id)
+            self._x(cursor, "DELETE FROM applications WHERE id = ?", (app_id,))
+            return app
+
+        return self._write(remove)
+
+    def reset_tokens(self, app_id: str) -> Deferred[int]:
+        def reset(cursor: Any) -> int:
+            self._get(cursor, app_id)
+            return self._x(cursor, "DELETE FROM tokens WHERE app_id = ?", (app_id,)).rowcount
+
+        return self._write(reset)
+
+    def add_token(self, token: TokenRecord) -> Deferred[None]:
+        def add(cursor: Any) -> None:
+            self._get(cursor, token.app_id)
+            self._x(
+                cursor,
+                "INSERT INTO tokens (digest, app_id, token_id, issued_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+                (token.digest, token.app_id, token.token_id, token.issued_at, token.expires_at),
+            )
+
+        return self._write(add)
+
+    def purge_tokens(self, expired_before: float) -> Deferred[int]:
+        return self._write(lambda c: self._x(c, "DELETE FROM tokens WHERE expires_at < ?", (expired_before,)).rowcount, announce=False)
+
+    def set_admin(self, account: AdminAccount, now: float) -> Deferred[None]:
+        def put(cursor: Any) -> None:
+            self._x(
+                cursor,
+                "INSERT INTO admin_account (id, login, password_hash, updated_at) VALUES (1, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET login = excluded.login, password_hash = excluded.password_hash, updated_at = excluded.updated_at",
+                (account.login, account.password_hash, now),
+            )
+
+        return self._write(put)
+
+    # -- groups ------------------------------------------------------------------------
+
+    def set_group(self, app_id: str, ib_id: str, group: str, user_ids: list[str], now: float) -> Deferred[None]:
+        def put(cursor: Any) -> None:
+            self._get(cursor, app_id)
+            self._x(cursor, "DELETE FROM group_members WHERE app_id = ? AND ib_id = ? AND group_name = ?", (app_id, ib_id, group))
+            self._many(
+                cursor,
+                "INSERT INTO group_members (app_id, ib_id, group_name, user_id, added_at) VALUES (?, ?, ?, ?, ?)",
+                [(app_id, ib_id, group, u, now) for u in user_ids],
+            )
+
+        return self._write(put)
+
+    def add_group_members(self, app_id: str, ib_id: str, group: str, user_ids: list[str], now: float) -> Deferred[int]:
+        def add(cursor: Any) -> int:
+            self._get(cursor, app_id)
+            return self._many(
+                cursor,
+                "INSERT INTO group_members (app_id, ib_id, group_name, user_id, added_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [(app_id, ib_id, group, u, now) for u in user_ids],
+            )
+
+        return self._write(add)
+
+    def remove_group_member(self, app_id: str, ib_id: str, group: str, user_id: str) -> Deferred[int]:
+        return self._write(
+            lambda c: self._x(
+                c, "DELETE FROM group_members WHERE app_id = ? AND ib_id = ? AND group_name = ? AND user_id = ?", (app_id, ib_id, group, user_id)
+            ).rowcount
+        )
+
+    def remove_group(self, app_id: str, ib_id: str, group: str) -> Deferred[int]:
+        return self._write(
+            lambda c: self._x(c, "DELETE FROM group_members WHERE app_id = ? AND ib_id = ? AND group_name = ?", (app_id, ib_id, group)).rowcount
+        )
+
+    def list_groups(self, app_id: str, ib_id: str | None = None) -> Deferred[list[tuple[str, str, int]]]:
+        def read(cursor: Any) -> list[tuple[str, str, int]]:
+            self._get(cursor, app_id)
+            sql = "SELECT ib_id, group_name, COUNT(*) FROM group_members WHERE app_id = ?"
+            args: tuple[str, ...] = (app_id,)
+            if ib_id is not None:
+                sql += " AND ib_id = ?"
+                args += (ib_id,)
+            return [(r[0], r[1], r[2]) for r in self._x(cursor, sql + " GROUP BY ib_id, group_name ORDER BY ib_id, group_name", args).fetchall()]
+
+        return self._read(read)
+
+    def group_members(self, app_id: str, ib_id: str, group: str) -> Deferred[list[str]]:
+        def read(cursor: Any) -> list[str]:
+            self._get(cursor, app_id)
+            rows = self._x(
+                cursor, "SELECT user_id FROM group_members WHERE app_id = ? AND ib_id = ? AND group_name = ? ORDER BY user_id", (app_id, ib_id, group)
+            ).fetchall()
+            return [r[0] for r in rows]
+
+        return self._read(read)
+
+    # -- kept messages (store and forward) ------------------------------------------------------
+
+    def _drop_oldest(self, cursor: Any, where: str, args: tuple[Any, ...], limit: int) -> int:
+        (count,) = self._x(cursor, f"SELECT COUNT(*) FROM kept_messages WHERE {where}", args).fetchone()
+        excess = count - limit
+        if excess <= 0:
+            return 0
+        self._x(cursor, f"DELETE FROM kept_messages WHERE id IN (SELECT id FROM kept_messages WHERE {where} ORDER BY id LIMIT ?)", (*args, excess))
+        return excess
+
+    def keep_message(self, message: KeptMessage, received_by: list[str], max_per_user: int, max_per_app: int) -> Deferred[KeptOutcome]:
+        m = message
+
+        def keep(cursor: Any) -> KeptOutcome:
+            self._get(cursor, m.app_id)
+            (waiting,) = self._x(cursor, "SELECT COUNT(*) FROM (SELECT 1 FROM kept_messages WHERE app_id = ? AND ib_id = ? LIMIT 1) AS w", (m.app_id, m.ib_id)).fetchone()
+            (message_id,) = self._x(
+                cursor,
+                "INSERT INTO kept_messages (app_id, ib_id, type, target, payload, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (m.app_id, m.ib_id, m.type, m.target, m.payload, m.created_at, m.expires_at),
+            ).fetchone()
+            self._many(cursor, "INSERT INTO kept_received (message_id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING", [(message_id, u) for u in received_by])
+            dropped_user = 0
+            if m.type == "user":
+                dropped_user = self._drop_oldest(cursor, "app_id = ? AND ib_id = ? AND type = 'user' AND target = ?", (m.app_id, m.ib_id, m.target), max_per_user)
+            dropped_app = self._drop_oldest(cursor, "app_id = ?", (m.app_id,), max_per_app)
+            if dropped_user or dropped_app:
+                self._x(
+                    cursor,
+                    "INSERT INTO kept_stats (app_id, dropped) VALUES (?, ?) ON CONFLICT (app_id) DO UPDATE SET dropped = kept_stats.dropped + excluded.dropped",
+                    (m.app_id, dropped_user + dropped_app),
+                )
+            if not waiting:  # registrations in this information base now look for kept messages
+                self._announce(cursor)
+            return KeptOutcome(message_id, dropped_user, dropped_app)
+
+        return self._write(keep, announce=False)
+
+    def take_kept(self, app_id: str, ib_id: str, user_id: str, groups: list[str], now: float) -> Deferred[list[bytes]]:
+        """The unexpired kept messages for this user not received yet, oldest first; recorded as received."""
+        d = self.dialect
+
+        def take(cursor: Any) -> list[bytes]:
+            if d.user_lock:  # then the query below sees what another taker committed
+                self._x(cursor, d.user_lock, (json.dumps(["pns4ones-kept", app_id, ib_id, user_id]),))
+            rows = self._x(
+                cursor,
+                "SELECT id, type, payload FROM kept_messages AS k WHERE app_id = ? AND ib_id = ? AND expires_at > ? "
+                f"AND ((type = 'user' AND target = ?) OR type = 'all' OR (type = 'group' AND {d.in_list})) "
+                "AND NOT EXISTS (SELECT 1 FROM kept_received AS r WHERE r.message_id = k.id AND r.user_id = ?) ORDER BY id",
+                (app_id, ib_id, now, user_id, d.list_param(groups), user_id),
+            ).fetchall()
+            self._many(cursor, "DELETE FROM kept_messages WHERE id = ?", [(r[0],) for r in rows if r[1] == "user"])
+            self._many(cursor, "INSERT INTO kept_received (message_id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING", [(r[0], user_id) for r in rows if r[1] != "user"])
+            return [bytes(r[2]) for r in rows]
+
+        return self._write(take, announce=False)
+
+    def purge_kept(self, now: float) -> Deferred[int]:
+        def purge(cursor: Any) -> int:
+            counts = self._x(cursor, "SELECT app_id, COUNT(*) FROM kept_messages WHERE expires_at <= ? GROUP BY app_id", (now,)).fetchall()
+            self._many(
+                cursor,
+                "INSERT INTO kept_stats (app_id, expired) VALUES (?, ?) ON CONFLICT (app_id) DO UPDATE SET expired = kept_stats.expired + excluded.expired",
+                [(r[0], r[1]) for r in counts],
+            )
+            return self._x(cursor, "DELETE FROM kept_messages WHERE expires_at <= ?", (now,)).rowcount
+
+        return self._write(purge, announce=False)
+
+    def kept_ibs(self) -> Deferred[frozenset[tuple[str, str]]]:
+        return self._read(lambda c: frozenset((r[0], r[1]) for r in self._x(c, "SELECT DISTINCT app_id, ib_id FROM kept_messages").fetchall()))
+
+    def kept_counts(self) -> Deferred[list[KeptCount]]:
+        def read(cursor: Any) -> list[KeptCount]:
+            rows = self._x(
+                cursor,
+                "SELECT a.id, (SELECT COUNT(*) FROM kept_messages k WHERE k.app_id = a.id), COALESCE(s.dropped, 0), COALESCE(s.expired, 0) "
+                "FROM applications a LEFT JOIN kept_stats s ON s.app_id = a.id ORDER BY a.created_at, a.id",
+            ).fetchall()
+            return [KeptCount(r[0], r[1], r[2], r[3]) for r in rows]
+
+        return self._read(read)
+
+    # -- export and import (pns4ones-admin export/import) -----------------------------------
+
+    def export_data(self) -> Deferred[dict[str, Any]]:
+        """Everything the store holds, secrets included, as a JSON-ready document."""
+
+        def read(cursor: Any) -> dict[str, Any]:
+            x = self._x
+            apps = [
+                {"id": r[0], "title": r[1], "server_key": r[2], "client_key": r[3], "created_at": r[4], "updated_at": r[5]}
+                for r in x(cursor, "SELECT id, title, server_key, client_key, created_at, updated_at FROM applications ORDER BY created_at, id").fetchall()
+            ]
+            tokens = [
+                {"digest": bytes(r[0]).hex(), "app_id": r[1], "token_id": bytes(r[2]).hex(), "issued_at": r[3], "expires_at": r[4]}
+                for r in x(cursor, "SELECT digest, app_id, token_id, issued_at, expires_at FROM tokens ORDER BY app_id, issued_at, digest").fetchall()
+            ]
+            groups: list[dict[str, Any]] = []
+            for r in x(cursor, "SELECT app_id, ib_id, group_name, user_id, added_at FROM group_members ORDER BY app_id, ib_id, group_name, user_id").fetchall():
+                if not groups or (groups[-1]["app_id"], groups[-1]["ib_id"], groups[-1]["group"]) != (r[0], r[1], r[2]):
+                    groups.append({"app_id": r[0], "ib_id": r[1], "group": r[2], "members": []})
+                groups[-1]["members"].append({"user_id": r[3], "added_at": r[4]})
+            received: dict[int, list[str]] = {}
+            for r in x(cursor, "SELECT message_id, user_id FROM kept_received ORDER BY message_id, user_id").fetchall():
+                received.setdefault(r[0], []).append(r[1])
+            kept = [
+                {
+                    "app_id": r[1], "ib_id": r[2], "type": r[3], "target": r[4], "payload": base64.b64encode(bytes(r[5])).decode("ascii"),
+                    "created_at": r[6], "expires_at": r[7], "received_by": received.get(r[0], []),
+                }
+                for r in x(cursor, "SELECT id, app_id, ib_id, type, target, payload, created_at, expires_at FROM kept_messages ORDER BY id").fetchall()
+            ]  # fmt: skip
+            stats = [{"app_id": r[0], "dropped": r[1], "expired": r[2]} for r in x(cursor, "SELECT app_id, dropped, expired FROM kept_stats ORDER BY app_id").fetchall()]
+            row = x(cursor, "SELECT login, password_hash, updated_at FROM admin_account WHERE id = 1").fetchone()
+            admin = {"login": row[0], "password_hash": row[1], "updated_at": row[2]} if row else None
+            return {
+                "format": EXPORT_FORMAT, "version": EXPORT_VERSION,
+                "applications": apps, "tokens": tokens, "groups": groups, "kept_messages": kept, "kept_stats": stats, "admin": admin,
+            }  # fmt: skip
+
+        return self._read(self._consistent(read))
+
+    def import_data(self, doc: Any, replace: bool = False) -> Deferred[int]:
+        """
+        Load an :meth:`export_data` document, in one transaction; the number of
+        applications imported.  Refused (:class:`StoreError`) when the store
+        has applications already, unless ``replace`` (which empties it first).
+        """
+        try:
+            data = _check_export(doc)
+        except StoreError:
+            return fail()
+
+        def load(cursor: Any) -> int:
+            x = self._x
+            (count,) = x(cursor, "SELECT COUNT(*) FROM applications").fetchone()
+            if count and not replace:
+                raise StoreError(f"the target store has {count} application(s) already: import into an empty store, or pass --replace to overwrite everything")
+            if replace:
+                for table in ("kept_received", "kept_messages", "kept_stats", "group_members", "tokens", "applications", "admin_account"):
+                    x(cursor, f"DELETE FROM {table}")
+            self._many(
+                cursor,
+                "INSERT INTO applications (id, title, server_key, client_key, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                [(a["id"], a["title"], a["server_key"], a["client_key"], a["created_at"], a["updated_at"]) for a in data["applications"]],
+            )
+            self._many(
+                cursor,
+                "INSERT INTO tokens (digest, app_id, token_id, issued_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+                [(t["digest"], t["app_id"], t["token_id"], t["issued_at"], t["expires_at"]) for t in data["tokens"]],
+            )
+            self._many(
+                cursor,
+                "INSERT INTO group_members (app_id, ib_id, group_name, user_id, added_at) VALUES (?, ?, ?, ?, ?)",
+                [(g["app_id"], g["ib_id"], g["group"], m["user_id"], m["added_at"]) for g in data["groups"] for m in g["members"]],
+            )
+            for k in data["kept_messages"]:
+                (message_id,) = x(
+                    cursor,
+                    "INSERT INTO kept_messages (app_id, ib_id, type, target, payload, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    (k["app_id"], k["ib_id"], k["type"], k["target"], k["payload"], k["created_at"], k["expires_at"]),
+                ).fetchone()
+                self._many(cursor, "INSERT INTO kept_received (message_id, user_id) VALUES (?, ?)", [(message_id, u) for u in k["received_by"]])
+            self._many(cursor, "INSERT INTO kept_stats (app_id, dropped, expired) VALUES (?, ?, ?)", [(s["app_id"], s["dropped"], s["expired"]) for s in data["kept_stats"]])
+            admin = data["admin"]
+            if admin is not None:
+                x(cursor, "INSERT INTO admin_account (id, login, password_hash, updated_at) VALUES (1, ?, ?, ?)", (admin["login"], admin["password_hash"], admin["updated_at"]))
+            return len(data["applications"])
+
+        return self._write(load)
+
+
+# -- checking an export document (bad input: a StoreError naming the place) ---------------------
+
+
+def _need(cond: bool, where: str, what: str) -> None:
+    if not cond:
+        raise StoreError(f"not a pns4ones export: {where} {what}")
+
+
+def _fields(item: Any, where: str, spec: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
+    _need(isinstance(item, dict), where, "must be an object")
+    for name, kind in spec.items():
+        _need(name in item, where, f"lacks {name!r}")
+        value = item[name]
+        ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
+        _need(ok, f"{where}.{name}", "has the wrong type")
+    return item
+
+
+def _list(doc: dict[str, Any], name: str) -> list[Any]:
+    value = doc.get(name, [])
+    _need(isinstance(value, list), name, "must be a list")
+    return value
+
+
+def _hex(value: str, where: str) -> bytes:
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise StoreError(f"not a pns4ones export: {where} is not hexadecimal") from None
+
+
+def _check_export(doc: Any) -> dict[str, Any]:
+    """The document with bytes decoded, or StoreError saying what is wrong."""
+    _need(isinstance(doc, dict) and doc.get("format") == EXPORT_FORMAT, "the document", f"lacks \"format\": \"{EXPORT_FORMAT}\"")
+    _need(doc.get("version") == EXPORT_VERSION, "version", f"must be {EXPORT_VERSION}")
+    num = (int, float)
+    apps = []
+    ids = set()
+    for i, a in enumerate(_list(doc, "applications")):
+        where = f"applications[{i}]"
+        _fields(a, where, {"id": str, "title": str, "server_key": str, "client_key": str, "created_at": num, "updated_at": num})
+        try:
+            ClientKey.decode(a["client_key"])
+        except Exception:
+            raise StoreError(f"not a pns4ones export: {where}.client_key is not a client key") from None
+        _need(a["id"] not in ids, f"{where}.id", "is a duplicate")
+        ids.add(a["id"])
+        apps.append(a)
+
+    def known(app_id: str, where: str) -> None:
+        _need(app_id in ids, f"{where}.app_id", f"names no application in the file ({app_id!r})")
+
+    tokens = []
+    for i, t in enumerate(_list(doc, "tokens")):
+        where = f"tokens[{i}]"
+        _fields(t, where, {"digest": str, "app_id": str, "token_id": str, "issued_at": num, "expires_at": num})
+        known(t["app_id"], where)
+        tokens.append({**t, "digest": _hex(t["digest"], f"{where}.digest"), "token_id": _hex(t["token_id"], f"{where}.token_id")})
+    groups = []
+    for i, g in enumerate(_list(doc, "groups")):
+        where = f"groups[{i}]"
+        _fields(g, where, {"app_id": str, "ib_id": str, "group": str, "members": list})
+        known(g["app_id"], where)
+        for j, m in enumerate(g["members"]):
+            _fields(m, f"{where}.members[{j}]", {"user_id": str, "added_at": num})
+        groups.append(g)
+    kept = []
+    for i, k in enumerate(_list(doc, "kept_messages")):
+        where = f"kept_messages[{i}]"
+        _fields(k, where, {"app_id": str, "ib_id": str, "type": str, "target": str, "payload": str, "created_at": num, "expires_at": num, "received_by": list})
+        known(k["app_id"], where)
+        _need(k["type"] in ("user", "group", "all"), f"{where}.type", "must be user, group or all")
+        _need(all(isinstance(u, str) for u in k["received_by"]), f"{where}.received_by", "must be a list of user ids")
+        try:
+            payload = base64.b64decode(k["payload"], validate=True)
+        except (binascii.Error, ValueError):
+            raise StoreError(f"not a pns4ones export: {where}.payload is not base64") from None
+        kept.append({**k, "payload": payload})
+    stats = []
+    for i, s in enumerate(_list(doc, "kept_stats")):
+        _fields(s, f"kept_stats[{i}]", {"app_id": str, "dropped": int, "expired": int})
+        known(s["app_id"], f"kept_stats[{i}]")
+        stats.append(s)
+    admin = doc.get("admin")
+    if admin is not None:
+        _fields(admin, "admin", {"login": str, "password_hash": str, "updated_at": num})
+    return {"applications": apps, "tokens": tokens, "groups": groups, "kept_messages": kept, "kept_stats": stats, "admin": admin}
