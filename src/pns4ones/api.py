@@ -21,11 +21,19 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from .core import LEGACY_EPOCH_OFFSET, AuthError, Core
 from .groups import GroupError, check_name, parse_ttl, parse_user_ids
+from .hub import HubUnavailable
 from .logs import RateLimited
 from .metrics import NULL
 from .messages import MessageError, decode_json_body, parse_send, parse_send_object
 from .ratelimit import RateLimiter
 from .web import json_body
+
+
+def _hub_unavailable(failure: Any) -> Any:
+    """A send the hub between nodes could not take (Redis unreachable): 503, never a success."""
+    if failure.check(HubUnavailable):
+        raise ApiError(503, "hub_unavailable", str(failure.value), headers={b"Retry-After": b"1"})
+    return failure
 
 
 class ApiError(Exception):
@@ -145,7 +153,7 @@ class SendAPI:
         ttl = 0.0
         if send.ttl is not None or b"ttl" in request.args:
             ttl = self._ttl(request, send)
-        return self.core.send(application, send, ttl).addCallback(self._sent, request, application, send, started)
+        return self.core.send(application, send, ttl).addCallbacks(self._sent, _hub_unavailable, callbackArgs=(request, application, send, started))
 
     def _ttl(self, request: Any, send: Any) -> float:
         """``Message.TTL`` or ``?ttl=`` (the body wins), bounded by ``max_ttl``."""
@@ -297,6 +305,10 @@ class SendAPI:
         sessions = sorted(self.core.presence(app.id, ib_id).get(user_id, []), key=lambda s: getattr(s, "connected_at", 0.0))
         out = []
         for s in sessions:
+            node = getattr(s, "node", None)
+            if node is not None:  # on another node (a hub between nodes): counted, no details
+                out.append({"node": node, "transport": s.transport_name, "group": s.group})
+                continue
             since = getattr(s, "connected_at", 0.0)
             out.append({
                 "connected_since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)),
@@ -341,7 +353,7 @@ class SendAPI:
                 continue
             slot = len(results)
             results.append(None)
-            pending.append(self.core.send(application, send, ttl).addCallback(self._batch_sent, results, slot, application.id, send.recipient.type, started))
+            pending.append(self.core.send(application, send, ttl).addCallbacks(self._batch_sent, self._batch_failed, callbackArgs=(results, slot, application.id, send.recipient.type, started), errbackArgs=(results, slot)))
 
         def answer(_: Any) -> bytes:
             sessions = sum(r.get("sessions", 0) for r in results)
@@ -351,6 +363,14 @@ class SendAPI:
             return json_body(request, 200, {"results": results, "sessions": sessions, "accepted": sum(r["status"] == 200 for r in results)})
 
         return gatherResults(pending, consumeErrors=True).addCallback(answer)
+
+    @staticmethod
+    def _batch_failed(failure: Any, results: list[Any], slot: int) -> Any:
+        """A message the hub between nodes could not take: 503 for this element, not the batch."""
+        if not failure.check(HubUnavailable):
+            return failure
+        results[slot] = {"status": 503, "error": "hub_unavailable", "reason": str(failure.value)}
+        return None
 
     def _batch_sent(self, report: Any, results: list[Any], slot: int, app_id: str, kind: str, started: float) -> None:
         self.metrics.sent(app_id, kind, perf_counter() - started)
