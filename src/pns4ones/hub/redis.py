@@ -42,6 +42,7 @@ from twisted.logger import Logger
 from ..messages import Message, Notification, Recipient, render_addin_json
 from . import HubUnavailable, Outbound, Report, Session
 from .local import LocalHub, _groups
+from ..transports.addin import _send_now
 from .recovery import addressed_to
 
 #: Seconds Redis has to answer a command before the connection counts as lost.
@@ -174,14 +175,64 @@ class RedisURL:
 # -- connections -----------------------------------------------------------------------------
 
 
+class _DirectWrites:
+    """The connection's transport, writing straight to the socket when nothing is queued (see :func:`_send_now`)."""
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+
+    def write(self, data: bytes) -> None:
+        if not _send_now(self._transport, data):
+            self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class _Watched:
+    """
+    Direct writes, and a reply deadline kept with one timestamp instead of a
+    timer per command: the hub's sweep aborts a connection that owes replies
+    and has said nothing for :data:`REPLY_TIMEOUT` (Redis stopped, a dead link).
+    """
+
+    waiting_since = 0.0
+
+    def makeConnection(self, transport: Any) -> None:
+        from twisted.internet.tcp import Connection
+
+        # plain TCP only: a TLS wrapper must see every byte
+        super().makeConnection(_DirectWrites(transport) if isinstance(transport, Connection) else transport)  # type: ignore[misc]
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.replyQueue.waiting:  # type: ignore[attr-defined]
+            self.waiting_since = time.monotonic()
+        return super().execute_command(*args, **kwargs)  # type: ignore[misc]
+
+    def replyReceived(self, reply: Any) -> None:
+        self.waiting_since = time.monotonic()
+        super().replyReceived(reply)  # type: ignore[misc]
+
+    def overdue(self, now: float) -> bool:
+        return bool(self.replyQueue.waiting) and now - self.waiting_since > REPLY_TIMEOUT  # type: ignore[attr-defined]
+
+
+class _Commands(_Watched, txredisapi.RedisProtocol):
+    pass
+
+
 class _Factory(txredisapi.RedisFactory):
     """One connection, reconnected with backoff; tells the hub when it is usable and when lost."""
+
+    protocol = _Commands
 
     initialDelay = 0.5
     maxDelay = 5.0
 
     def __init__(self, hub: "RedisHub", role: str, url: RedisURL) -> None:
-        super().__init__(url.describe(), url.db, 1, isLazy=True, password=url.password, replyTimeout=REPLY_TIMEOUT, convertNumbers=False, username=url.username)
+        super().__init__(url.describe(), url.db, 1, isLazy=True, password=url.password, replyTimeout=None, convertNumbers=False, username=url.username)
         self.hub = hub
         self.role = role
         self.deferred.addErrback(self._refused)
@@ -199,7 +250,7 @@ class _Factory(txredisapi.RedisFactory):
         self.hub._link_down(self.role, conn)
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):
+class _Subscriber(_Watched, txredisapi.SubscriberProtocol):
     def messageReceived(self, pattern: Any, channel: str, message: str) -> None:
         self.factory.hub._received(channel, message)
 
@@ -280,6 +331,7 @@ class RedisHub:
         self.presence_channel = self.prefix + "presence"
         self.nodes_key = self.prefix + "nodes"
         self.own_key = self.prefix + "node:" + self.member
+        self._origin = json.dumps(self.member).encode()
         # connections
         self._cmd: Any = None
         self._sub: Any = None
@@ -425,7 +477,7 @@ class RedisHub:
             self.publish_failures += 1
             return fail(HubUnavailable(f"the hub between nodes (Redis at {self.url.describe()}) is unreachable; the message was not sent, try again"))
         payload = b'{"o":%s,"t":"%s","to":%s,"m":%s}' % (
-            json.dumps(self.member).encode(),
+            self._origin,
             recipient.type.encode(),
             json.dumps(recipient.target, ensure_ascii=False).encode("utf-8"),
             render_addin_json(message),
@@ -786,7 +838,12 @@ class RedisHub:
         self.log.info("hub: node {node} left (presence)", node=name)
 
     def _sweep(self) -> None:
-        """Forget nodes not heard from within the expiry (killed, cut off)."""
+        """Forget nodes not heard from within the expiry (killed, cut off); drop a connection Redis stopped answering on."""
+        now = time.monotonic()
+        for conn in (self._cmd, self._sub):
+            if conn is not None and conn.overdue(now):
+                self.log.warn("hub: Redis at {url} has not answered for {timeout} s: reconnecting", url=self.url.describe(), timeout=REPLY_TIMEOUT)
+                conn.transport.abortConnection()
         cutoff = time.monotonic() - self.expiry
         for name, member in list(self._others.items()):
             if member.seen < cutoff:
