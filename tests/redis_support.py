@@ -19,20 +19,25 @@ SKIP = None if REDIS_SERVER else "redis-server is not installed (Debian: apt-get
 
 
 class RedisServer:
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
+        """``tls``: (certificate chain, key) files: TLS only (``rediss://``)."""
         self._tmp = tempfile.TemporaryDirectory(prefix="pns4ones-redis-")
         self.dir = Path(self._tmp.name)
         self.port = free_port()
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     def start(self) -> "RedisServer":
         log = open(self.dir / "redis.log", "ab")
+        listen = ["--port", str(self.port)]
+        if self.tls:
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls[0]), "--tls-key-file", str(self.tls[1]), "--tls-auth-clients", "no"]
         self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
+            [REDIS_SERVER, *listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
         )  # fmt: skip
         log.close()

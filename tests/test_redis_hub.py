@@ -231,3 +231,46 @@ class RedisFailureTests(NodesBase):
             log = server.log()
             self.assertEqual(log.count("hub: lost the connection to Redis"), 1, log[-3000:])
             self.assertEqual(log.count("hub: reconnected to Redis"), 1)
+
+
+class TLSTests(SynchronousTestCase):
+    def test_rediss_checks_the_certificate(self) -> None:
+        """rediss:// with ca_file: the node connects over TLS and sends work; with another CA it stays unready and says why."""
+        if SKIP:
+            raise SkipTest(SKIP)
+        from .pki import PKI
+
+        tmp = tempfile.TemporaryDirectory(prefix="pns4ones-rediss-")
+        self.addCleanup(tmp.cleanup)
+        directory = Path(tmp.name)
+        ca, other = PKI(), PKI("someone else")
+        (directory / "ca.pem").write_bytes(ca.root_pem)
+        (directory / "other.pem").write_bytes(other.root_pem)
+        redis = RedisServer(tls=ca.server(names=("127.0.0.1",)).write(directory, "redis"))
+        self.addCleanup(redis.cleanup)
+        try:
+            redis.start()
+        except AssertionError as e:
+            raise SkipTest(f"this redis-server has no TLS: {e}") from None
+        good = ServerProcess(ini=f"hub = {redis.url}?ca_file={directory / 'ca.pem'}\n")
+        bad = ServerProcess(ini=f"hub = {redis.url}?ca_file={directory / 'other.pem'}\n")
+        for server in (good, bad):
+            self.addCleanup(server.cleanup)
+        app = good.create_app()
+        good.start()
+        bad.start()
+        http = httpx.Client(timeout=10)
+        self.addCleanup(http.close)
+        wait_for(lambda: http.get(f"{good.url}/ready").status_code == 200, 10, what="the node over TLS")
+        sub = Subscriber("127.0.0.1", good.service_port, app["id"], app["client_key"], "ib", "u1", "", timeout=5).connect()
+        self.addCleanup(sub.close)
+        wait_for(lambda: "subscription registered" in good.log(), what="the registration")
+        token = http.get(f"{good.url}/auth", params={"server_key": app["server_key"]}).json()["access_token"]
+        response = http.post(f"{good.url}/sendmessage", json={"Recipient": {"Type": "user", "IbId": "ib", "UserId": "u1"}, "Message": {"Topic": "tls"}}, headers={"Authorization": f"Bearer {token}"})
+        self.assertEqual(response.status_code, 200, response.text)
+        self.assertEqual(sub.receive(5), {"topic": "tls"})
+        doc = http.get(f"{bad.url}/ready").json()
+        self.assertEqual(doc, {"ready": False, "status": f"hub connecting to Redis at rediss://127.0.0.1:{redis.port}/0"})
+        wait_for(lambda: "hub: cannot connect to Redis" in bad.log(), 5, what="the refusal in the log")
+        self.assertIn("certificate verify failed", bad.log())
+        self.assertEqual(bad.log().count("hub: cannot connect to Redis"), 1)

@@ -215,6 +215,12 @@ class _Watched:
         self.waiting_since = time.monotonic()
         super().replyReceived(reply)  # type: ignore[misc]
 
+    def connectionLost(self, why: Any) -> None:
+        if not self._ready:  # type: ignore[attr-defined]
+            # never usable: TLS handshake, authentication or SELECT failed
+            self.factory.hub._attempt_failed(self.factory.role, why.getErrorMessage())  # type: ignore[attr-defined]
+        super().connectionLost(why)  # type: ignore[misc]
+
     def overdue(self, now: float) -> bool:
         return bool(self.replyQueue.waiting) and now - self.waiting_since > REPLY_TIMEOUT  # type: ignore[attr-defined]
 
@@ -240,6 +246,14 @@ class _Factory(txredisapi.RedisFactory):
     def _refused(self, failure: Any) -> None:
         self.hub._refused(self.role, failure.getErrorMessage())
 
+    def stopTrying(self) -> Any:
+        """
+        txredisapi gives up for good when AUTH or SELECT fails, also when the
+        connection merely dropped meanwhile (Redis restarting, loading): keep
+        retrying with backoff instead; :meth:`RedisHub.close` disconnects.
+        """
+        return succeed(None)
+
     def addConnection(self, conn: Any) -> None:
         super().addConnection(conn)
         if conn.connected and not self.disconnectCalled:
@@ -248,6 +262,22 @@ class _Factory(txredisapi.RedisFactory):
     def delConnection(self, conn: Any) -> None:
         super().delConnection(conn)
         self.hub._link_down(self.role, conn)
+
+
+class _Endpoint:
+    """The Redis endpoint, telling the hub when a connection attempt fails."""
+
+    def __init__(self, endpoint: Any, hub: "RedisHub", role: str) -> None:
+        self.endpoint = endpoint
+        self.hub = hub
+        self.role = role
+
+    def connect(self, factory: Any) -> Any:
+        def failed(failure: Any) -> Any:
+            self.hub._attempt_failed(self.role, failure.getErrorMessage())
+            return failure
+
+        return self.endpoint.connect(factory).addErrback(failed)
 
 
 class _Subscriber(_Watched, txredisapi.SubscriberProtocol):
@@ -338,6 +368,7 @@ class RedisHub:
         self._factories: list[_Factory] = []
         self.state = "connecting"
         self._down_since = 0.0
+        self._failure_logged = False
         # channels: channel -> (app, ib); the ones Redis confirmed; waiters for a confirmation
         self._channels: dict[str, tuple[str, str]] = {}
         self._pins: dict[tuple[str, str], int] = {}
@@ -881,7 +912,7 @@ class RedisHub:
         for role, factory_class in (("commands", _Factory), ("subscriber", _SubscriberFactory)):
             factory = factory_class(self, role, self.url)
             self._factories.append(factory)
-            factory.startConnecting(endpoint)
+            factory.startConnecting(_Endpoint(endpoint, self, role))
         sweep = task.LoopingCall(self._sweep)
         sweep.clock = self.reactor
         sweep.start(1.0, now=False)
@@ -892,7 +923,15 @@ class RedisHub:
         self.log.info("hub: Redis at {url} as node {node}", url=self.url.describe(), node=self.member)
 
     def _refused(self, role: str, reason: str) -> None:
-        self.log.error("hub: Redis at {url} refused the {role} connection: {reason}", url=self.url.describe(), role=role, reason=reason)
+        self.log.error("hub: Redis at {url} refused the {role} connection: {reason}; retrying", url=self.url.describe(), role=role, reason=reason)
+        self._failure_logged = True
+
+    def _attempt_failed(self, role: str, reason: str) -> None:
+        """A connection attempt failed: said once until the hub is up again."""
+        if self._failure_logged:
+            return
+        self._failure_logged = True
+        self.log.error("hub: cannot connect to Redis at {url}: {reason}; retrying with backoff (up to {delay:g} s apart)", url=self.url.describe(), reason=reason, delay=_Factory.maxDelay)
 
     def _link_up(self, role: str, conn: Any) -> None:
         if role == "commands":
@@ -913,6 +952,7 @@ class RedisHub:
         if self._cmd is not None and self._sub is not None and self.state != "up":
             previous = self.state
             self.state = "up"
+            self._failure_logged = False
             if previous == "down":
                 self.log.info("hub: reconnected to Redis at {url} after {seconds:.1f} s; resubscribed to {channels} channels", url=self.url.describe(), seconds=time.monotonic() - self._down_since, channels=len(self._channels))
             else:
@@ -937,6 +977,7 @@ class RedisHub:
         self._flush_call = None
         if self.state == "up":
             self.state = "down"
+            self._failure_logged = True  # the failed attempts of this outage are not news
             self._down_since = time.monotonic()
             self.log.error("hub: lost the connection to Redis at {url}: sends answer 503 until it is back; reconnecting", url=self.url.describe())
 
