@@ -219,6 +219,9 @@ class RedisFailureTests(NodesBase):
         self.assertEqual(batch.status_code, 200, batch.text)
         self.assertEqual(batch.json()["results"][0]["status"], 503)
         self.assertEqual(batch.json()["accepted"], 0)
+        metrics = self.http.get(f"http://127.0.0.1:{a.admin_port}/metrics").text
+        self.assertIn("pns4ones_hub_connected 0.0", metrics)
+        self.assertIn('pns4ones_hub_publishes_total{result="failed"} 2.0', metrics)
         self.redis.start()
         for server in self.servers:
             wait_for(lambda: self.http.get(f"{server.url}/ready").status_code == 200, 10, what="/ready 200 again")
@@ -227,6 +230,9 @@ class RedisFailureTests(NodesBase):
         self.assertEqual(sub_a.receive_all(), [{"topic": "back"}])
         self.assertEqual(sub_b.receive_all(), [{"topic": "back"}])
         self.assertFalse(sub_a.closed_by_server or sub_b.closed_by_server)
+        metrics = self.http.get(f"http://127.0.0.1:{a.admin_port}/metrics").text
+        self.assertIn("pns4ones_hub_connected 1.0", metrics)
+        self.assertIn('pns4ones_hub_publishes_total{result="ok"} 1.0', metrics)
         for server in self.servers:
             log = server.log()
             self.assertEqual(log.count("hub: lost the connection to Redis"), 1, log[-3000:])

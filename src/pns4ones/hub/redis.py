@@ -369,6 +369,7 @@ class RedisHub:
         self.state = "connecting"
         self._down_since = 0.0
         self._failure_logged = False
+        self._closing = False
         # channels: channel -> (app, ib); the ones Redis confirmed; waiters for a confirmation
         self._channels: dict[str, tuple[str, str]] = {}
         self._pins: dict[tuple[str, str], int] = {}
@@ -975,7 +976,7 @@ class RedisHub:
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
-        if self.state == "up":
+        if self.state == "up" and not self._closing:
             self.state = "down"
             self._failure_logged = True  # the failed attempts of this outage are not news
             self._down_since = time.monotonic()
@@ -989,6 +990,7 @@ class RedisHub:
 
     def close(self) -> Deferred[Any]:
         """Leave: remove our presence (the others forget us at once), close the connections."""
+        self._closing = True
         for loop in self._loops:
             if loop.running:
                 loop.stop()
@@ -1008,9 +1010,10 @@ class RedisHub:
             from twisted.internet.defer import gatherResults
 
             factories, self._factories = self._factories, []
-            return gatherResults([f.disconnect() for f in factories], consumeErrors=True).addErrback(lambda _: None)
+            return gatherResults([f.disconnect() for f in factories], consumeErrors=True)
 
-        return d.addCallback(disconnect)
+        # a stuck Redis does not hold the stop up
+        return d.addCallback(disconnect).addTimeout(REPLY_TIMEOUT, self.reactor).addErrback(lambda _: None)
 
     # -- metrics -------------------------------------------------------------------------------
 
