@@ -362,6 +362,7 @@ class RedisHub:
         self.nodes_key = self.prefix + "nodes"
         self.own_key = self.prefix + "node:" + self.member
         self._origin = json.dumps(self.member).encode()
+        self._own_prefix = '{"o":' + json.dumps(self.member) + ","
         # connections
         self._cmd: Any = None
         self._sub: Any = None
@@ -552,11 +553,11 @@ class RedisHub:
             if channel == self.presence_channel:
                 self._presence_received(data)
             return
+        stream_id, _, payload = data.partition(" ")
+        if payload.startswith(self._own_prefix):  # ours: routed when Redis answered
+            return
         try:
-            stream_id, _, payload = data.partition(" ")
             doc = json.loads(payload)
-            if doc["o"] == self.member:
-                return
             message_id = stream_id_to_int(stream_id)
             recipient = _recipient(doc["t"], key[1], doc["to"])
             message = _message(doc["m"])
