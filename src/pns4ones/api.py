@@ -22,6 +22,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from . import crypto
 from .core import LEGACY_EPOCH_OFFSET, AuthError, Core, TokenUnknown
 from .groups import GroupError, check_name, parse_ttl, parse_user_ids
+from .hub import HubUnavailable
 from .logs import RateLimited
 from .metrics import NULL
 from .messages import MessageError, decode_json_body, parse_send, parse_send_object
@@ -29,6 +30,13 @@ from .ratelimit import RateLimiter
 from .store import StoreUnavailable
 from .tokenfetch import render_after_fetch
 from .web import json_body
+
+
+def _hub_unavailable(failure: Any) -> Any:
+    """A send the hub between nodes could not take (Redis unreachable): 503, never a success."""
+    if failure.check(HubUnavailable):
+        raise ApiError(503, "hub_unavailable", str(failure.value), headers={b"Retry-After": b"1"})
+    return failure
 
 
 class ApiError(Exception):
@@ -150,7 +158,7 @@ class SendAPI:
         ttl = 0.0
         if send.ttl is not None or b"ttl" in request.args:
             ttl = self._ttl(request, send)
-        return self.core.send(application, send, ttl).addCallback(self._sent, request, application, send, started)
+        return self.core.send(application, send, ttl).addCallbacks(self._sent, _hub_unavailable, callbackArgs=(request, application, send, started))
 
     def _ttl(self, request: Any, send: Any) -> float:
         """``Message.TTL`` or ``?ttl=`` (the body wins), bounded by ``max_ttl``."""
@@ -302,6 +310,10 @@ class SendAPI:
         sessions = sorted(self.core.presence(app.id, ib_id).get(user_id, []), key=lambda s: getattr(s, "connected_at", 0.0))
         out = []
         for s in sessions:
+            node = getattr(s, "node", None)
+            if node is not None:  # on another node (a hub between nodes): counted, no details
+                out.append({"node": node, "transport": s.transport_name, "group": s.group})
+                continue
             since = getattr(s, "connected_at", 0.0)
             out.append({
                 "connected_since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)),
@@ -346,7 +358,7 @@ class SendAPI:
                 continue
             slot = len(results)
             results.append(None)
-            pending.append(self.core.send(application, send, ttl).addCallback(self._batch_sent, results, slot, application.id, send.recipient.type, started).addErrback(self._batch_store_down, results, slot))
+            pending.append(self.core.send(application, send, ttl).addCallbacks(self._batch_sent, self._batch_unavailable, callbackArgs=(results, slot, application.id, send.recipient.type, started), errbackArgs=(results, slot)))
 
         def answer(_: Any) -> bytes:
             sessions = sum(r.get("sessions", 0) for r in results)
@@ -362,10 +374,12 @@ class SendAPI:
         results[slot] = {"status": 200, "sessions": report.sessions, "users": report.users, "stored": bool(getattr(report, "stored", False))}
 
     @staticmethod
-    def _batch_store_down(failure: Failure, results: list[Any], slot: int) -> None:
-        """A kept message (ttl) while the store is unreachable: that element is 503, the others stand."""
-        failure.trap(StoreUnavailable)
-        results[slot] = {"status": 503, "error": "store_unavailable", "reason": str(failure.value)}
+    def _batch_unavailable(failure: Failure, results: list[Any], slot: int) -> None:
+        """The hub between nodes, or the store for a kept message (ttl), cannot take this
+        message now: 503 for this element, the others stand."""
+        failure.trap(HubUnavailable, StoreUnavailable)
+        error = "hub_unavailable" if failure.check(HubUnavailable) else "store_unavailable"
+        results[slot] = {"status": 503, "error": error, "reason": str(failure.value)}
 
     @app.route("/health", methods=["GET"])
     def health(self, request: Any) -> bytes:

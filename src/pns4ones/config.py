@@ -305,6 +305,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("store_password_file", "", _path, "file holding the PostgreSQL password (instead of the URL or PGPASSWORD)", "PATH"),
     Option("hub", "local", _hub, "local (default: one process) or redis://HOST:PORT/DB (rediss:// for TLS) to fan out between nodes", "HUB", secret=True),
     Option("node_name", "", _text, "this node's name in presence and logs when hub is redis (default HOSTNAME:LISTEN_PORT)", "NAME"),
+    Option("hub_presence_expiry", "15", _number(float, 1, 3600), "seconds after which the other nodes forget a node that stopped refreshing its presence in Redis (default 15; refreshed every third of it)", "SECONDS"),
     Option("store_poll_interval", "1", _number(float, 0.05, 60), "seconds between checks for changes made by the admin CLI (default 1)", "SECONDS"),
     Option("max_ttl", "86400", _number(float, 0, 86400 * 365), "longest TTL a sender may ask to keep a message for offline users, in seconds (default 86400)", "SECONDS"),
     Option("max_kept_per_user", "100", _number(int, 1, 1_000_000), "most kept messages for one user; the oldest is dropped first (default 100)", "N"),
@@ -374,6 +375,7 @@ class Config:
     store_password_file: str = ""
     hub: str = "local"
     node_name: str = ""
+    hub_presence_expiry: float = 15.0
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def source_of(self, option: str) -> str:

@@ -389,4 +389,8 @@ class Core:
         for session in self.hub.sessions(app_id):
             if session.ib_id == ib_id:
                 out.setdefault(session.user_id, []).append(session)
+        remote = getattr(self.hub, "remote_sessions", None)
+        if remote is not None:  # the other nodes' (a hub between nodes)
+            for user_id, sessions in remote(app_id, ib_id).items():
+                out.setdefault(user_id, []).extend(sessions)
         return out

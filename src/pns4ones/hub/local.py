@@ -122,15 +122,23 @@ class LocalHub:
             return out
         return ib.all
 
-    def route(self, app_id: str, recipient: Recipient, message: Message) -> Report:
-        """Write ``message`` to every matching local session; the same bytes for all."""
+    def route(self, app_id: str, recipient: Recipient, message: Message, message_id: int | None = None) -> Report:
+        """
+        Write ``message`` to every matching local session; the same bytes for all.
+        ``message_id``: the id a hub between nodes gave it (its recovery window
+        is kept there, not here).
+        """
         targets = self.recipients(app_id, recipient)
         # Every message gets an id and a place in the recovery window, delivered or not.
         if not targets:
-            self.recovery.record(app_id, recipient, message, None, self._now())
+            if message_id is None:
+                self.recovery.record(app_id, recipient, message, None, self._now())
             return Report(0, 0)
         outbound = Outbound(message)
-        outbound.id = self.recovery.record(app_id, recipient, message, outbound, self._now())
+        if message_id is None:
+            outbound.id = self.recovery.record(app_id, recipient, message, outbound, self._now())
+        else:
+            outbound.id = message_id
         written = 0
         users = set()
         # A copy: a delivery may end a session (slow reader), which detaches it.
@@ -149,14 +157,18 @@ class LocalHub:
         """The id of the latest routed message."""
         return self.recovery.last_id
 
-    def replay(self, session: Session, since: int) -> tuple[int | None, list[Outbound]]:
+    def replay(self, session: Session, since: int | None) -> Deferred[tuple[int | None, list[Outbound], int]]:
         """
-        What ``session`` should receive first when it resumes after message ``since``;
-        the first item is the window's floor when it may have missed messages
-        (``since`` older than the window), else None.
+        What ``session`` should receive first when it resumes after message ``since``
+        (None: a new subscription): (the window's floor when it may have missed
+        messages (``since`` older than the window) else None, the messages, the id
+        to resume from).  Fires at once: the caller attaches in the same turn.
         """
+        if since is None:
+            return succeed((None, [], self.recovery.last_id))
         missed, items = self.recovery.replay(session.app_id, session, since, self._now())
-        return missed, [outbound if outbound is not None else Outbound(message, message_id) for message_id, message, outbound in items]
+        backlog = [outbound if outbound is not None else Outbound(message, message_id) for message_id, message, outbound in items]
+        return succeed((missed, backlog, self.recovery.last_id))
 
     def sessions(self, app_id: str | None = None) -> Iterator[Session]:
         apps = [app_id] if app_id is not None else list(self._apps)

@@ -4,8 +4,8 @@ Message ids and the recovery window (pure; time is passed in).
 Ids: one node-wide counter, starting at the node's start time in milliseconds
 times 1,000 and counting up by one per routed message.  So ids only grow, also
 across restarts (unless more than 1,000 messages a millisecond were sent for the
-whole previous run), and stay below 2**53 (exact in JavaScript).  Several nodes
-behind a networked hub would each need their own range (not done here).
+whole previous run), and stay below 2**53 (exact in JavaScript).  The Redis hub
+(:mod:`.redis`) uses its streams' ids ``MS-SEQ`` as ``MS * 1000 + SEQ`` instead.
 
 Window: per (application, information base), the messages of the last
 ``seconds`` and at most ``limit`` of them, with their recipient.  ``floor`` is

@@ -168,18 +168,26 @@ class WebSubscriptions:
 
     def start(self, session: _WebSession, since: int | None) -> None:
         """Replay what the session missed after ``since``, then attach it (one reactor turn: no gap, no duplicate)."""
-        hub = self.core.hub
-        if since is not None:
-            floor, backlog = hub.replay(session, since)
-            if floor is not None:
-                session.write_control(_control("missed", id=floor, since=since))
-            for outbound in backlog:
-                session.deliver(outbound)
+        # The local hub answers at once; a hub between nodes reads its stream first.
+        self.core.hub.replay(session, since).addCallbacks(self._resumed, self._resume_failed, callbackArgs=(session, since), errbackArgs=(session,))
+
+    def _resume_failed(self, failure: Any, session: _WebSession) -> None:
+        self.log.failure("cannot start the subscription of {peer}", failure, peer=session.peer)
+        session.end("internal error: try again")
+
+    def _resumed(self, result: tuple[int | None, list[Outbound], int], session: _WebSession, since: int | None) -> None:
+        floor, backlog, resume_id = result
         if session.ended:
             return
-        session.write_control(_control("ready", id=hub.last_id))
+        if floor is not None:
+            session.write_control(_control("missed", id=floor, since=since))
+        for outbound in backlog:
+            session.deliver(outbound)
+        if session.ended:
+            return
+        session.write_control(_control("ready", id=resume_id))
         self.sessions.add(session)
-        hub.attach(session)
+        self.core.hub.attach(session)
         self.log.info(
             "subscription registered: peer={peer} app={app_id} ib={ib_id} user={user_id} group={group} transport={transport}",
             peer=session.peer,
