@@ -367,6 +367,36 @@ class SendAPI:
         ok, reason = self.readiness()
         return json_body(request, 200 if ok else 503, {"ready": ok, "status": reason})
 
+    def respond(self, handler: Any, request: Any, later: Any) -> bytes | None:
+        """
+        Run a route handler (the plain ``/sendmessage`` resource and the lean
+        HTTP path, :mod:`pns4ones.lean`, both call it): the response body now,
+        or None and ``later(body)`` when the Deferred it returned fires (a
+        networked hub, a token written to the store).  Errors are answered as
+        the Klein routes answer them (:meth:`_error_body`).
+        """
+        try:
+            result = handler(request)
+        except Exception as e:
+            return self._error_body(request, e)
+        if isinstance(result, bytes):
+            return result
+        # The local hub answers at once (no TTL): then no Deferred chain is waited on.
+        state: list[Any] = []
+
+        def done(value: Any) -> None:
+            body = self._error_body(request, value.value) if isinstance(value, Failure) else value
+            if state:
+                later(body)
+            else:
+                state.append(body)
+
+        result.addBoth(done)
+        if state:
+            return state[0]
+        state.append(None)  # from now on, done() calls later()
+        return None
+
     def _error_body(self, request: Any, error: Exception) -> bytes:
         if isinstance(error, ApiError):
             return error.body(request)
@@ -438,27 +468,13 @@ class _SendMessage(_resource.Resource):
         self.api = api
 
     def render_POST(self, request: Any) -> Any:
-        try:
-            result = self.api.sendmessage(request)
-        except Exception as e:
-            return self.api._error_body(request, e)
-        # The local hub answers at once (no TTL): no Deferred chain needed.
-        sync: list[Any] = []
-        waiting = False
-
-        def done(value: Any) -> None:
-            if not waiting:
-                sync.append(value)
-            elif not request._disconnected:
-                request.write(value if isinstance(value, bytes) else self.api._error_body(request, value.value))
+        def later(body: bytes) -> None:
+            if not request._disconnected:
+                request.write(body)
                 request.finish()
 
-        result.addBoth(done)
-        if sync:
-            value = sync[0]
-            return self.api._error_body(request, value.value) if isinstance(value, Failure) else value
-        waiting = True
-        return NOT_DONE_YET
+        body = self.api.respond(self.api.sendmessage, request, later)
+        return NOT_DONE_YET if body is None else body
 
     def render(self, request: Any) -> Any:
         if request.method != b"POST":
