@@ -381,7 +381,15 @@ class SendAPI:
             return self._error_body(request, e)
         if isinstance(result, bytes):
             return result
-        # The local hub answers at once (no TTL): then no Deferred chain is waited on.
+        # The local hub answers at once (no TTL): the Deferred has fired already and
+        # its result is final; read it (a Failure is answered, logged and consumed).
+        if result.called and not result.paused and not result.callbacks:
+            value = result.result
+            if isinstance(value, bytes):
+                return value
+            if isinstance(value, Failure):
+                result.addErrback(lambda _: None)
+                return self._error_body(request, value.value)
         state: list[Any] = []
 
         def done(value: Any) -> None:

@@ -40,10 +40,12 @@ from typing import Any, Callable
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpRequestParser
 from twisted.internet import protocol, tcp
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.http import RESPONSES, datetimeToString, parse_qs
 from twisted.web.http_headers import _nameEncoder
+from zope.interface import implementer
 
 from . import proxies
 from .transports.addin import _send_now
@@ -250,6 +252,7 @@ class LeanChannel(protocol.Protocol):
         self._lost = False
         self._paused = False
         self._direct = False
+        self._first = True
         #: When the request in progress started (None: idle); the factory's sweep reads it.
         self.started: float | None = None
         self.idle_since = 0.0
@@ -264,6 +267,12 @@ class LeanChannel(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._done:
             return
+        if self._first:
+            self._first = False
+            if getattr(self.transport, "negotiatedProtocol", None) == b"h2":  # (ALPN) twisted.web speaks HTTP/2
+                self._raw = [data]
+                self._switch_now()
+                return
         if not self._receiving:
             self._fresh = True
             if self.started is None:
@@ -336,18 +345,20 @@ class LeanChannel(protocol.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
-        self._count_head(len(url))
-
-    def _count_head(self, size: int) -> None:
-        self._head_size += size
+        self._head_size += len(url)
         if self._head_size > MAX_HEAD:
-            if self._raw is not None:
-                raise _Switch()
-            self._queue(None, canned(431, b"Request Header Fields Too Large", {"error": "headers_too_large", "reason": f"request line and headers over {MAX_HEAD} bytes"}), True)
-            raise _Stop()
+            self._head_too_large()
+
+    def _head_too_large(self) -> None:
+        if self._raw is not None:
+            raise _Switch()
+        self._queue(None, canned(431, b"Request Header Fields Too Large", {"error": "headers_too_large", "reason": f"request line and headers over {MAX_HEAD} bytes"}), True)
+        raise _Stop()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value) + 4)
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_HEAD:
+            self._head_too_large()
         name = name.lower()
         headers = self._headers
         if name in headers:  # repeated: getHeader answers the last one, as twisted.web does
@@ -510,7 +521,8 @@ class LeanChannel(protocol.Protocol):
         self.factory.channels.discard(self)
         inner = self.site.buildProtocol(self.transport.getPeer())
         self.inner = inner
-        self.dataReceived = inner.dataReceived  # type: ignore[method-assign]
+        # Looked up at each call: an upgrade to WebSocket replaces the channel's dataReceived.
+        self.dataReceived = lambda data: inner.dataReceived(data)  # type: ignore[method-assign]
         inner.makeConnection(self.transport)
         if self._lost:
             return
@@ -524,6 +536,7 @@ def _keep_alive(connection: bytes | None) -> bool:
     return b"close" not in [t.lower() for t in connection.split(b" ")]
 
 
+@implementer(IProtocolNegotiationFactory)
 class LeanFactory(protocol.ServerFactory):
     """
     The send API listener's factory: :class:`LeanChannel` in front of ``site``
@@ -544,6 +557,10 @@ class LeanFactory(protocol.ServerFactory):
         }
         self.channels: set[LeanChannel] = set()
         self._sweep: LoopingCall | None = None
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """ALPN over TLS: what the site speaks (HTTP/1.1; h2, switched to twisted.web, when installed)."""
+        return list(self.site.acceptableProtocols())
 
     def buildProtocol(self, addr: Any) -> LeanChannel:
         channel = LeanChannel(self, addr)
