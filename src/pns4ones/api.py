@@ -383,7 +383,7 @@ class SendAPI:
             return result
         # The local hub answers at once (no TTL): the Deferred has fired already and
         # its result is final; read it (a Failure is answered, logged and consumed).
-        if result.called and not result.paused and not result.callbacks:
+        if result.called and not result.paused:  # (paused: waiting on another Deferred)
             value = result.result
             if isinstance(value, bytes):
                 return value
