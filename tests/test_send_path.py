@@ -498,3 +498,33 @@ class ParserAdapterTests(SynchronousTestCase):
         channel.makeConnection(transport)
         channel.dataReceived(b"POST /sendmessage HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}" + garbage)
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK\r\n"))
+
+    def test_late_answer_keeps_pipelined_order(self) -> None:
+        """An answer that comes later (a Deferred) holds back the answers pipelined behind it, which then follow in order."""
+        from twisted.internet.defer import Deferred
+        from twisted.internet.task import Clock
+
+        from pns4ones.api import SendAPI
+        from pns4ones.lean import LeanFactory
+
+        late: Deferred[bytes] = Deferred()
+
+        class Api(_Api):
+            def handle(self, request: Any) -> Any:
+                body = super().handle(request)
+                return late.addCallback(lambda _: body) if request.path == b"/auth" else body
+
+            respond = SendAPI.respond
+            _error_body = SendAPI._error_body
+
+        channel = LeanFactory(_site(), Api(), clock=Clock()).buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET /auth HTTP/1.1\r\n\r\nPOST /sendmessage HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}")
+        channel.dataReceived(b"POST /sendmessage HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}")
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(len(channel.requests), 3)
+        late.callback(None)
+        bodies = [a.rsplit(b"\r\n\r\n", 1)[1] for a in transport.value().split(b"HTTP/1.1 200 OK\r\n")[1:]]
+        self.assertEqual(bodies, [b"#1", b"#2", b"#3"])
+        self.assertEqual(channel.requests, [])
