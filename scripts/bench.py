@@ -47,14 +47,14 @@ def prepare_app(data: Path) -> list[str]:
     return ["--app-id", app["id"], "--server-key", app["server_key"], "--client-key", app["client_key"], "--ib-id", "bench"]
 
 
-def run_ours(results: Path, extra: list[str]) -> None:
+def run_ours(results: Path, extra: list[str], server_args: str = "", name: str = "pns4ones") -> None:
     data = Path(tempfile.mkdtemp(prefix="pns4ones-bench-"))
     try:
         driver_args = prepare_app(data)
         twistd = str(VENV_BIN / "twistd")
-        server = f"{twistd} -n --pidfile= pns4ones --config /dev/null --data-dir {data} --listen 127.0.0.1:36696 --service 127.0.0.1:36695"
+        server = f"{twistd} -n --pidfile= pns4ones --config /dev/null --data-dir {data} --listen 127.0.0.1:36696 --service 127.0.0.1:36695 {server_args}".rstrip()
         env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
-        run([sys.executable, str(BENCH), "run", "--peer", "cmd", "--name", "pns4ones", "--driver", "pns4ones", "--server-cmd", server,
+        run([sys.executable, str(BENCH), "run", "--peer", "cmd", "--name", name, "--driver", "pns4ones", "--server-cmd", server,
              "--port", "36695", "--pub-port", "36696", "--driver-args", shlex.join(driver_args), "--results-dir", str(results), *extra], env=env)  # fmt: skip
     finally:
         shutil.rmtree(data, ignore_errors=True)
@@ -84,7 +84,10 @@ def fmt(value: object, key: str) -> str:
 
 
 def table(results: Path) -> str:
-    lines = ["| scenario | point | figure | pns4ones | nchan | Mosquitto | pns4ones / nchan |", "|---|---|---|---:|---:|---:|---:|"]
+    # A comparison run of our twisted.web-only path (--name pns4ones-twisted --server-args '--http-engine twisted') adds a column.
+    before = {scenario: load(results, "pns4ones-twisted", scenario) for scenario in FIGURES}
+    extra = any(before.values())
+    lines = ["| scenario | point | figure | pns4ones |" + (" twisted.web only |" if extra else "") + " nchan | Mosquitto | pns4ones / nchan |", "|---|---|---|---:|" + ("---:|" if extra else "") + "---:|---:|---:|"]
     for scenario, figures in FIGURES.items():
         ours, nchan, mosq = (load(results, p, scenario) for p in ("pns4ones", "nchan", "mosquitto"))
         for point in ours:
@@ -93,7 +96,8 @@ def table(results: Path) -> str:
                 b = nchan.get(point, {}).get(key)
                 c = mosq.get(point, {}).get(key)
                 ratio = f"{float(a) / float(b):.2f}" if higher_better is not None and a not in (None, 0) and b not in (None, 0) else ""  # type: ignore[arg-type]
-                lines.append(f"| {scenario} | {point} | {label} | {fmt(a, key)} | {fmt(b, key)} | {fmt(c, key)} | {ratio} |")
+                was = f" {fmt(before[scenario].get(point, {}).get(key), key)} |" if extra else ""
+                lines.append(f"| {scenario} | {point} | {label} | {fmt(a, key)} |{was} {fmt(b, key)} | {fmt(c, key)} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -104,6 +108,8 @@ def main() -> int:
     parser.add_argument("--scenario", default="idle,fanout,unicast")
     parser.add_argument("--results-dir", default=str(ROOT / "bench-results"))
     parser.add_argument("--table", action="store_true", help="only print the table")
+    parser.add_argument("--server-args", default="", help="more pns4ones options, e.g. '--http-engine twisted'")
+    parser.add_argument("--name", default="pns4ones", help="name of our results (e.g. pns4ones-twisted for a comparison run)")
     args, extra = parser.parse_known_args()
     results = Path(args.results_dir)
     if not args.table:
@@ -116,7 +122,7 @@ def main() -> int:
         if args.quick:
             common += ["--n", "1000", "--repeat", "1", "--duration", "3"]
         common += extra
-        run_ours(results, common)
+        run_ours(results, common, args.server_args, args.name)
         for peer in filter(None, args.peers.split(",")):
             run([sys.executable, str(BENCH), "run", "--peer", peer, "--results-dir", str(results), *common])
     print(table(results))

@@ -392,6 +392,69 @@ class SendAPI:
         ok, reason = self.readiness()
         return json_body(request, 200 if ok else 503, {"ready": ok, "status": reason})
 
+    def respond(self, handler: Any, request: Any, later: Any, fetched: bool = False) -> bytes | None:
+        """
+        Run a route handler (the plain ``/sendmessage`` resource and the lean
+        HTTP path, :mod:`pns4ones.lean`, both call it): the response body now,
+        or None and ``later(body)`` when the Deferred it returned fires (a
+        networked hub, a token written to the store).  Errors are answered as
+        the Klein routes answer them (:meth:`_error_body`).
+        """
+        try:
+            result = handler(request)
+        except TokenUnknown as e:
+            if fetched:  # still unknown after the look-up (the memory of absent tokens was full)
+                return self._error_body(request, ApiError(401, "unauthorized", e.reason))
+            return self._after_token_fetch(handler, request, later, e)
+        except Exception as e:
+            return self._error_body(request, e)
+        if isinstance(result, bytes):
+            return result
+        # The local hub answers at once (no TTL): the Deferred has fired already and
+        # its result is final; read it (a Failure is answered, logged and consumed).
+        if result.called and not result.paused:  # (paused: waiting on another Deferred)
+            value = result.result
+            if isinstance(value, bytes):
+                return value
+            if isinstance(value, Failure):
+                result.addErrback(lambda _: None)
+                return self._error_body(request, value.value)
+        state: list[Any] = []
+
+        def done(value: Any) -> None:
+            body = self._error_body(request, value.value) if isinstance(value, Failure) else value
+            if state:
+                later(body)
+            else:
+                state.append(body)
+
+        result.addBoth(done)
+        if state:
+            return state[0]
+        state.append(None)  # from now on, done() calls later()
+        return None
+
+    def _after_token_fetch(self, handler: Any, request: Any, later: Any, unknown: TokenUnknown) -> None:
+        """
+        A token this node has not seen (another node may have issued it a moment
+        ago, see :mod:`pns4ones.tokenfetch`): look it up in the store, then run the
+        handler again; ``later`` gets the answer.
+        """
+
+        def again(_: Any) -> None:
+            request.content.seek(0)
+            body = self.respond(handler, request, later, fetched=True)
+            if body is not None:
+                later(body)
+
+        def failed(failure: Failure) -> None:
+            later(self._error_body(request, failure.value))
+
+        self.core.fetch_token(unknown.digest).addCallbacks(again, failed).addErrback(
+            lambda f: self.log.failure("answering after a token look-up failed", f)
+        )
+        return None
+
     def _error_body(self, request: Any, error: Exception) -> bytes:
         if isinstance(error, ApiError):
             return error.body(request)
@@ -498,29 +561,13 @@ class _SendMessage(_resource.Resource):
         self.api = api
 
     def render_POST(self, request: Any) -> Any:
-        try:
-            result = self.api.sendmessage(request)
-        except TokenUnknown as e:
-            return render_after_fetch(self.api.core, request, e.digest, self.render_POST)
-        except Exception as e:
-            return self.api._error_body(request, e)
-        # The local hub answers at once (no TTL): no Deferred chain needed.
-        sync: list[Any] = []
-        waiting = False
-
-        def done(value: Any) -> None:
-            if not waiting:
-                sync.append(value)
-            elif not request._disconnected:
-                request.write(value if isinstance(value, bytes) else self.api._error_body(request, value.value))
+        def later(body: bytes) -> None:
+            if not request._disconnected:
+                request.write(body)
                 request.finish()
 
-        result.addBoth(done)
-        if sync:
-            value = sync[0]
-            return self.api._error_body(request, value.value) if isinstance(value, Failure) else value
-        waiting = True
-        return NOT_DONE_YET
+        body = self.api.respond(self.api.sendmessage, request, later)
+        return NOT_DONE_YET if body is None else body
 
     def render(self, request: Any) -> Any:
         if request.method != b"POST":

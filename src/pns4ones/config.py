@@ -318,6 +318,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("ws_ping_interval", "30", _number(float, 0.05, 3600), "seconds between WebSocket pings (default 30)", "SECONDS"),
     Option("ws_ping_timeout", "30", _number(float, 0.05, 3600), "seconds a WebSocket peer has to answer a ping before it is closed (default 30)", "SECONDS"),
     Option("sse_heartbeat", "15", _number(float, 0.05, 3600), "seconds between Server-Sent Events comment heartbeats (default 15)", "SECONDS"),
+    Option("http_engine", "lean", _choice("lean", "twisted"), "send API HTTP: lean (default: /sendmessage, /sendmessages and /auth parsed by httptools, the rest by twisted.web) or twisted (twisted.web for everything)", "ENGINE"),
     Option("recovery_window", "120", _number(float, 0, 86400), "seconds of messages kept per information base for resuming WebSocket/SSE clients (default 120; 0 = none)", "SECONDS"),
     Option("recovery_messages", "1000", _number(int, 0, 1_000_000), "most messages kept per information base for resuming clients (default 1000)", "N"),
 )
@@ -367,6 +368,7 @@ class Config:
     ws_ping_interval: float = 30.0
     ws_ping_timeout: float = 30.0
     sse_heartbeat: float = 15.0
+    http_engine: str = "lean"
     recovery_window: float = 120.0
     recovery_messages: int = 1000
     metrics_listen: Address | None = None

@@ -25,6 +25,7 @@ from .config import Address, Config, ConfigError
 from .core import Core, Limits
 from .groups import Membership
 from .hub import HubUnavailable, open_hub
+from .lean import LeanFactory
 from .store import StoreError, StoreUnavailable, open_store
 from .transports.addin import AddinFactory, configure_socket
 from .transports.web import WebSubscriptions
@@ -101,13 +102,15 @@ class PnsService(service.MultiService):
         )
         self.site = ApiSite(self.api.resource(), cfg.max_body_size, cfg.request_timeout, clock=self.reactor, trusted_proxies=cfg.trusted_proxies)
         self.api_factory: Any = self.site
+        if cfg.http_engine == "lean":  # the hot routes without twisted.web's per-request machinery
+            self.api_factory = LeanFactory(self.site, self.api)
         if cfg.ssl_mode != "None":
             if self.tls is None:
                 try:
                     self.tls = _tls.from_config(cfg)
                 except ConfigError as e:
                     raise StartupError(str(e)) from None
-            self.api_factory = TLSMemoryBIOFactory(self.tls, False, self.site)
+            self.api_factory = TLSMemoryBIOFactory(self.tls, False, self.api_factory)
         self.addin_factory = AddinFactory(self.core, cfg, self.reactor, log_info=logs.level_enabled(cfg.log_level, LogLevel.info))
         self.admin_panel = AdminPanel(self.core, self.store, cfg, self.reactor)
         self.admin_site = AdminSite(self.admin_panel, cfg.admin_port, cfg.max_body_size, cfg.request_timeout, clock=self.reactor)

@@ -29,7 +29,8 @@ def json_body(request: Any, status: int, doc: Any) -> bytes:
     return body
 
 
-def _canned(status: int, phrase: bytes, doc: dict[str, Any]) -> bytes:
+def canned(status: int, phrase: bytes, doc: dict[str, Any]) -> bytes:
+    """A whole JSON response that closes the connection (written straight to the transport)."""
     body = json.dumps(doc).encode()
     return (
         b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
@@ -68,15 +69,19 @@ class BoundedRequest(server.Request):
         super().handleContentChunk(data)
 
     def _too_large(self, size: int) -> None:
-        site = self.channel.site
-        site.logger.warn(
-            "request body of {size} bytes from {peer} exceeds max_body_size={limit}: 413",
-            size=size,
-            peer=getattr(self.getClientAddress(), "host", "?"),
-            limit=site.max_body_size,
-        )
-        lingering_close(self.channel, _canned(413, b"Payload Too Large", {"error": "payload_too_large", "reason": f"request body over {site.max_body_size} bytes"}))
+        answer_too_large(self.channel.site, self.channel, size, getattr(self.getClientAddress(), "host", "?"))
         self.content = io.BytesIO()
+
+
+def answer_too_large(site: Any, channel: Any, size: int, peer: str) -> None:
+    """413 for a request body over ``max_body_size`` (both HTTP paths), then a lingering close."""
+    site.logger.warn(
+        "request body of {size} bytes from {peer} exceeds max_body_size={limit}: 413",
+        size=size,
+        peer=peer,
+        limit=site.max_body_size,
+    )
+    lingering_close(channel, canned(413, b"Payload Too Large", {"error": "payload_too_large", "reason": f"request body over {site.max_body_size} bytes"}))
 
 
 def lingering_close(channel: Any, response: bytes, linger: float = 5.0) -> None:
@@ -146,7 +151,7 @@ class _TimedChannel(http.HTTPChannel):
 
     def _expired(self) -> None:
         self._deadline = None
-        lingering_close(self, _canned(408, b"Request Timeout", {"error": "request_timeout", "reason": "the request was not received in time"}))
+        lingering_close(self, canned(408, b"Request Timeout", {"error": "request_timeout", "reason": "the request was not received in time"}))
 
     def connectionLost(self, reason: Any) -> None:
         self._disarm()
