@@ -22,10 +22,29 @@ TWISTD = str(BIN / "twistd")
 ADMIN = str(BIN / "pns4ones-admin")
 
 
+#: Listening ports for test servers come from below the kernel's ephemeral range
+#: (32768-60999), so that the outgoing connections of the tests, the nodes, Redis
+#: and PostgreSQL, which take their local ports from that range, never take one
+#: between the moment it was chosen here and the moment a server binds it.
+_PORTS = (20000, 32700)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    import random
+
+    for _ in range(1000):
+        port = random.randint(*_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise AssertionError(f"no free loopback port in {_PORTS}")
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> Any:
