@@ -118,10 +118,10 @@ class ClusterBehindProxyTests(SynchronousTestCase):
     def api(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
-    def send(self, recipient: dict[str, str], topic: str) -> httpx.Response:
+    def send(self, recipient: dict[str, str], topic: str, **message: Any) -> httpx.Response:
         """/auth and /sendmessage through the proxy (round robin: often two different nodes)."""
         token = self.http.get(f"{self.api}/auth", params={"server_key": self.app["server_key"]}).json()["access_token"]
-        return self.http.post(f"{self.api}/sendmessage", json={"Recipient": {"IbId": self.ib, **recipient}, "Message": {"Topic": topic}}, headers={"Authorization": f"Bearer {token}"})
+        return self.http.post(f"{self.api}/sendmessage", json={"Recipient": {"IbId": self.ib, **recipient}, "Message": {"Topic": topic, **message}}, headers={"Authorization": f"Bearer {token}"})
 
     def subscribe(self, user: str) -> Subscriber:
         sub = Subscriber("127.0.0.1", self.addin_port, self.app["id"], self.app["client_key"], self.ib, user, "", timeout=5).connect()
@@ -186,3 +186,16 @@ class ClusterBehindProxyTests(SynchronousTestCase):
                 self.assertEqual(got, [{"topic": f"after-{n}"} for n in range(3)], user)
         finally:
             victim.start()  # for the other tests of the class
+
+    def test_kept_messages_reach_a_user_on_whichever_node(self) -> None:
+        """Messages kept (TTL) for an offline user through either node reach him once, in order, on whichever node he connects to."""
+        for n in range(4):  # round robin: kept through both nodes
+            response = self.send({"Type": "user", "UserId": "late"}, f"kept-{n}", TTL=600)
+            self.assertEqual(response.status_code, 200, response.text)
+            self.assertEqual(response.json(), {"sessions": 0, "users": 0, "stored": True})
+        first = self.subscribe("late")
+        self.assertEqual([first.receive(5) for _ in range(4)], [{"topic": f"kept-{n}"} for n in range(4)])
+        self.assertEqual(first.receive_all(), [])
+        first.close()
+        second = self.subscribe("late")  # taken once: not again on the next connection
+        self.assertEqual(second.receive_all(1.0), [])
