@@ -144,3 +144,7 @@ class RateLimited:
         else:
             self._state[key] = (last, suppressed + 1)
 
+
+def session_fields(session: Any) -> dict[str, Any]:
+    """The fields every log line about one subscription carries (add-in, WebSocket or SSE)."""
+    return {"peer": session.peer, "app_id": session.app_id, "ib_id": session.ib_id, "user_id": session.user_id}

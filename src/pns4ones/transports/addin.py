@@ -27,7 +27,7 @@ from .. import wire
 from ..config import Config
 from ..core import Core, RegistrationRejected
 from ..hub import Outbound
-from ..logs import RateLimited
+from ..logs import RateLimited, session_fields
 from ..metrics import NULL
 from ..wire import ClientKey
 
@@ -169,10 +169,7 @@ class AddinProtocol(IntNStringReceiver):
         if self.factory.log_info:
             self.log.info(
                 "subscription registered: peer={peer} app={app_id} ib={ib_id} user={user_id} group={group} transport=tcp",
-                peer=self.peer,
-                app_id=self.app_id,
-                ib_id=self.ib_id,
-                user_id=self.user_id,
+                **session_fields(self),
                 group=self.group,
                 event="registered",
             )
@@ -186,10 +183,7 @@ class AddinProtocol(IntNStringReceiver):
             if self.factory.log_info:
                 self.log.info(
                     "subscription ended: peer={peer} app={app_id} ib={ib_id} user={user_id} group={group} transport=tcp",
-                    peer=self.peer,
-                    app_id=self.app_id,
-                    ib_id=self.ib_id,
-                    user_id=self.user_id,
+                    **session_fields(self),
                     group=self.group,
                     event="ended",
                 )
@@ -361,10 +355,7 @@ class AddinFactory(protocol.Factory):
         self.warn(
             "slow",
             "subscriber {peer} (app={app_id} ib={ib_id} user={user_id}) is not reading: over {limit} bytes queued, cut off",
-            peer=proto.peer,
-            app_id=proto.app_id,
-            ib_id=proto.ib_id,
-            user_id=proto.user_id,
+            **session_fields(proto),
             limit=self.config.send_buffer_limit,
             event="slow-reader",
         )

@@ -34,7 +34,7 @@ from .. import crypto, tickets
 from ..config import Config
 from ..core import EXPIRED_TOKEN_MEMORY, Core, TokenUnknown
 from ..hub import Outbound
-from ..logs import RateLimited
+from ..logs import RateLimited, session_fields
 from ..messages import MAX_FIELD, MessageError, _object, _string, decode_json_body
 from ..tokenfetch import render_after_fetch
 from ..web import json_body
@@ -190,10 +190,7 @@ class WebSubscriptions:
         self.core.hub.attach(session)
         self.log.info(
             "subscription registered: peer={peer} app={app_id} ib={ib_id} user={user_id} group={group} transport={transport}",
-            peer=session.peer,
-            app_id=session.app_id,
-            ib_id=session.ib_id,
-            user_id=session.user_id,
+            **session_fields(session),
             group=",".join(session.groups),
             transport=session.transport_name,
             event="registered",
@@ -205,10 +202,7 @@ class WebSubscriptions:
             self.core.hub.detach(session)
             self.log.info(
                 "subscription ended: peer={peer} app={app_id} ib={ib_id} user={user_id} transport={transport}",
-                peer=session.peer,
-                app_id=session.app_id,
-                ib_id=session.ib_id,
-                user_id=session.user_id,
+                **session_fields(session),
                 transport=session.transport_name,
                 event="ended",
             )
@@ -223,10 +217,7 @@ class WebSubscriptions:
         self.warn(
             "slow",
             "subscriber {peer} (app={app_id} ib={ib_id} user={user_id} transport={transport}) is not reading: over {limit} bytes queued, cut off",
-            peer=session.peer,
-            app_id=session.app_id,
-            ib_id=session.ib_id,
-            user_id=session.user_id,
+            **session_fields(session),
             transport=session.transport_name,
             limit=self.config.send_buffer_limit,
             event="slow-reader",
