@@ -10,13 +10,17 @@ import json
 from pns4ones import wire
 from pns4ones.hub import Outbound
 from pns4ones.hub.local import LocalHub
-from pns4ones.messages import Message, Recipient, parse_send, render_addin_json
+from pns4ones.messages import Recipient, parse_send, render_addin_json
 
 KEY = wire.ClientKey.generate()
 BODY = json.dumps(
     {
         "Recipient": {"Type": "user", "IbId": "d2273d53-b633-4817-a006-4fa627a5dea9", "UserId": "0b9e8f4c-3a2d-4c1b-9e8f-7a6b5c4d3e2f"},
-        "Message": {"Topic": "bench", "Notification": {"Title": "Новая задача", "Body": "Позвонить клиенту", "Important": True}, "Data": {"t": "123456789", "s": "B1", "p": "x" * 150}},
+        "Message": {
+            "Topic": "bench",
+            "Notification": {"Title": "Новая задача", "Body": "Позвонить клиенту", "Important": True},
+            "Data": {"t": "123456789", "s": "B1", "p": "x" * 150},
+        },
     },
     ensure_ascii=False,
     indent=4,
@@ -25,7 +29,7 @@ MESSAGE = parse_send(BODY).message
 
 
 class _Session:
-    __slots__ = ("app_id", "ib_id", "user_id", "group", "keys", "transport_name", "written")
+    __slots__ = ("app_id", "group", "ib_id", "keys", "transport_name", "user_id", "written")
 
     def __init__(self, user: str) -> None:
         self.app_id, self.ib_id, self.user_id, self.group, self.keys = "app", "ib", user, "", KEY
@@ -58,7 +62,9 @@ def test_encode_frame(benchmark) -> None:  # type: ignore[no-untyped-def]
 
 def test_parse_registration(benchmark) -> None:  # type: ignore[no-untyped-def]
     """Decode a registration frame."""
-    frame = wire.encode_registration(KEY, "7d3c0a52-5a4e-4b52-9d43-1f0a2b3c4d5e", "d2273d53-b633-4817-a006-4fa627a5dea9", "0b9e8f4c-3a2d-4c1b-9e8f-7a6b5c4d3e2f")
+    frame = wire.encode_registration(
+        KEY, "7d3c0a52-5a4e-4b52-9d43-1f0a2b3c4d5e", "d2273d53-b633-4817-a006-4fa627a5dea9", "0b9e8f4c-3a2d-4c1b-9e8f-7a6b5c4d3e2f"
+    )
     assert benchmark(wire.parse_registration, frame[2:]).verify(KEY)
 
 

@@ -31,8 +31,18 @@ VENV_BIN = Path(sys.executable).parent
 
 FIGURES = {
     "idle": [("connected", "ready", False), ("conn/s", "connect_per_s", True), ("RSS B/conn", "rss_bytes_per_conn", False)],
-    "fanout": [("deliveries/s", "deliveries_per_s", True), ("latency p99 ms", "lat_us.p99", False), ("lost", "lost_max", False), ("load core %", "load_core_busy_pct", None)],
-    "unicast": [("publishes/s", "publishes_per_s", True), ("latency p99 ms", "lat_us.p99", False), ("lost", "lost_max", False), ("load core %", "load_core_busy_pct", None)],
+    "fanout": [
+        ("deliveries/s", "deliveries_per_s", True),
+        ("latency p99 ms", "lat_us.p99", False),
+        ("lost", "lost_max", False),
+        ("load core %", "load_core_busy_pct", None),
+    ],
+    "unicast": [
+        ("publishes/s", "publishes_per_s", True),
+        ("latency p99 ms", "lat_us.p99", False),
+        ("lost", "lost_max", False),
+        ("load core %", "load_core_busy_pct", None),
+    ],
 }
 
 
@@ -42,7 +52,9 @@ def run(cmd: list[str], **kw: object) -> None:
 
 
 def prepare_app(data: Path) -> list[str]:
-    out = subprocess.run([str(VENV_BIN / "pns4ones-admin"), "--data-dir", str(data), "create", "bench", "--json"], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [str(VENV_BIN / "pns4ones-admin"), "--data-dir", str(data), "create", "bench", "--json"], check=True, capture_output=True, text=True
+    ).stdout
     app = json.loads(out)
     return ["--app-id", app["id"], "--server-key", app["server_key"], "--client-key", app["client_key"], "--ib-id", "bench"]
 
@@ -87,7 +99,10 @@ def table(results: Path) -> str:
     # A comparison run of our twisted.web-only path (--name pns4ones-twisted --server-args '--http-engine twisted') adds a column.
     before = {scenario: load(results, "pns4ones-twisted", scenario) for scenario in FIGURES}
     extra = any(before.values())
-    lines = ["| scenario | point | figure | pns4ones |" + (" twisted.web only |" if extra else "") + " nchan | Mosquitto | pns4ones / nchan |", "|---|---|---|---:|" + ("---:|" if extra else "") + "---:|---:|---:|"]
+    lines = [
+        "| scenario | point | figure | pns4ones |" + (" twisted.web only |" if extra else "") + " nchan | Mosquitto | pns4ones / nchan |",
+        "|---|---|---|---:|" + ("---:|" if extra else "") + "---:|---:|---:|",
+    ]
     for scenario, figures in FIGURES.items():
         ours, nchan, mosq = (load(results, p, scenario) for p in ("pns4ones", "nchan", "mosquitto"))
         for point in ours:

@@ -42,7 +42,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="pns4ones-batch-"))
-    app = json.loads(subprocess.run([str(BIN / "pns4ones-admin"), "--data-dir", str(tmp), "create", "batch", "--json"], check=True, capture_output=True, text=True).stdout)
+    app = json.loads(
+        subprocess.run(
+            [str(BIN / "pns4ones-admin"), "--data-dir", str(tmp), "create", "batch", "--json"], check=True, capture_output=True, text=True
+        ).stdout
+    )
     api, svc = free_port(), free_port()
     server = subprocess.Popen([str(BIN / "twistd"), "-n", "--pidfile=", "pns4ones", "--config", os.devnull, "--data-dir", str(tmp), "--listen", f"127.0.0.1:{api}",
                                "--service", f"127.0.0.1:{svc}", "--admin-port", str(free_port())], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -77,7 +81,13 @@ def main() -> int:
         cpu0 = sum(int(x) for x in open(f"/proc/{server.pid}/stat").read().split(")")[1].split()[11:13])
         started = time.monotonic()
         while time.monotonic() - started < args.seconds:
-            items = [{"Recipient": {"Type": "user", "IbId": "bench", "UserId": f"u{random.randrange(args.subscribers)}"}, "Message": {"Topic": "bench", "Data": payload}} for _ in range(args.batch)]
+            items = [
+                {
+                    "Recipient": {"Type": "user", "IbId": "bench", "UserId": f"u{random.randrange(args.subscribers)}"},
+                    "Message": {"Topic": "bench", "Data": payload},
+                }
+                for _ in range(args.batch)
+            ]
             if args.batch == 1:
                 conn.request("POST", "/sendmessage", json.dumps(items[0]), headers)
                 doc = json.loads(conn.getresponse().read())
@@ -93,7 +103,19 @@ def main() -> int:
         while received < accepted and time.monotonic() < deadline:
             drain(0.1)
         cpu_us = (cpu1 - cpu0) / os.sysconf("SC_CLK_TCK") / max(accepted, 1) * 1e6
-        print(json.dumps({"batch": args.batch, "subscribers": args.subscribers, "messages_per_s": round(accepted / elapsed), "accepted": accepted, "received": received, "lost": accepted - received, "server_cpu_us_per_message": round(cpu_us, 1)}))
+        print(
+            json.dumps(
+                {
+                    "batch": args.batch,
+                    "subscribers": args.subscribers,
+                    "messages_per_s": round(accepted / elapsed),
+                    "accepted": accepted,
+                    "received": received,
+                    "lost": accepted - received,
+                    "server_cpu_us_per_message": round(cpu_us, 1),
+                }
+            )
+        )
         return 0 if received == accepted else 1
     finally:
         server.terminate()

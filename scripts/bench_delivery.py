@@ -27,9 +27,9 @@ from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pns4ones_client import Subscriber  # noqa: E402
-from pns4ones_client.protocol import ClientKey, registration_frame  # noqa: E402
-from tests.support import ServerProcess, wait_for  # noqa: E402
+from pns4ones_client import Subscriber
+from pns4ones_client.protocol import ClientKey, registration_frame
+from tests.support import ServerProcess, wait_for
 
 
 class Api:
@@ -104,20 +104,25 @@ def main() -> None:
         for user in members:
             drain.connect(server.service_port, app, "ib1", user)
         wait_for(lambda: online(api, "ib1") == 1000, 30, what="1,000 sessions")
-        group = {"Recipient": {"Type": "group", "IbId": "ib1", "UserGroup": "Все менеджеры"}, "Message": {"Topic": "t", "Notification": {"Title": "Заказ", "Body": "готов"}}}
+        group = {
+            "Recipient": {"Type": "group", "IbId": "ib1", "UserGroup": "Все менеджеры"},
+            "Message": {"Topic": "t", "Notification": {"Title": "Заказ", "Body": "готов"}},
+        }
         everyone = {"Recipient": {"Type": "all", "IbId": "ib1"}, "Message": group["Message"]}
         # Alternate the two kinds, so both see the same load from the reading side.
         ms: dict[str, list[float]] = {"group": [], "all": []}
         for _ in range(50):
             for kind, doc in (("group", group), ("all", everyone)):
-                t, report = timed(lambda: api.call("POST", "/sendmessage", doc)[1], 1)
+                t, report = timed(lambda doc=doc: api.call("POST", "/sendmessage", doc)[1], 1)
                 ms[kind].append(t)
                 if kind == "group":
                     report_group = report
                 else:
                     report_all = report
         ms_group, ms_all, report = statistics.median(ms["group"]), statistics.median(ms["all"]), report_group
-        print(f"group send, 1,000 members all online: {ms_group:.2f} ms per send (report {report}); 'all' to the same 1,000 sessions: {ms_all:.2f} ms ({report_all})")
+        print(
+            f"group send, 1,000 members all online: {ms_group:.2f} ms per send (report {report}); 'all' to the same 1,000 sessions: {ms_all:.2f} ms ({report_all})"
+        )
         kept_group = {**group, "Message": {**group["Message"], "TTL": 600}}
         ms_kept, report = timed(lambda: api.call("POST", "/sendmessage", kept_group)[1], 20)
         print(f"the same group send with a TTL (kept, 1,000 receivers recorded): {ms_kept:.2f} ms per send (report {report})")
@@ -133,13 +138,19 @@ def main() -> None:
         ms_sparse, report = timed(lambda: api.call("POST", "/sendmessage", sparse)[1], 50)
         user = {"Recipient": {"Type": "user", "IbId": "ib2", "UserId": "m1"}, "Message": {"Topic": "t"}}
         ms_user, _ = timed(lambda: api.call("POST", "/sendmessage", user)[1], 50)
-        print(f"group send, 1,000 members, 10 online among 3,010 connections: {ms_sparse:.2f} ms per send (report {report}); a user send there: {ms_user:.2f} ms")
+        print(
+            f"group send, 1,000 members, 10 online among 3,010 connections: {ms_sparse:.2f} ms per send (report {report}); a user send there: {ms_user:.2f} ms"
+        )
 
         # Registration with 100 kept messages waiting.
         def kept_registration(n: int, k: int) -> float:
             uid = f"late{n}"
             for i in range(k):
-                api.call("POST", "/sendmessage?ttl=600", {"Recipient": {"Type": "user", "IbId": "ib3", "UserId": uid}, "Message": {"Topic": f"k{i}"}})
+                api.call(
+                    "POST",
+                    "/sendmessage?ttl=600",
+                    {"Recipient": {"Type": "user", "IbId": "ib3", "UserId": uid}, "Message": {"Topic": f"k{i}"}},
+                )
             t0 = time.perf_counter()
             sub = Subscriber("127.0.0.1", server.service_port, app["id"], app["client_key"], "ib3", uid, timeout=10).connect()
             try:
@@ -152,7 +163,9 @@ def main() -> None:
 
         with_kept = statistics.median(kept_registration(n, 100) for n in range(10))
         one = statistics.median(kept_registration(100 + n, 1) for n in range(10))
-        print(f"registration with 100 kept messages waiting: {with_kept:.1f} ms from connect to the 100th message; with 1 kept message: {one:.1f} ms")
+        print(
+            f"registration with 100 kept messages waiting: {with_kept:.1f} ms from connect to the 100th message; with 1 kept message: {one:.1f} ms"
+        )
     finally:
         drain.close()
         server.cleanup()

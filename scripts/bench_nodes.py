@@ -85,12 +85,22 @@ def main() -> int:
         if args.hub == "redis":
             redis_server = shutil.which("redis-server") or "/usr/bin/redis-server"
             rport = free_port()
-            redis = subprocess.Popen([redis_server, "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp)], stdout=subprocess.DEVNULL)
+            redis = subprocess.Popen(
+                [redis_server, "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+                stdout=subprocess.DEVNULL,
+            )
             procs.append(redis)
             wait_port(rport)
             lines.append(f"hub = redis://127.0.0.1:{rport}/0")
         ini.write_text("\n".join(lines) + "\n")
-        app = json.loads(subprocess.run([str(BIN / "pns4ones-admin"), "--config", str(ini), "--data-dir", str(tmp / "admin"), "create", "bench", "--json"], check=True, capture_output=True, text=True).stdout)
+        app = json.loads(
+            subprocess.run(
+                [str(BIN / "pns4ones-admin"), "--config", str(ini), "--data-dir", str(tmp / "admin"), "create", "bench", "--json"],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
         nodes = []
         for n in range(args.nodes):
             api, svc = free_port(), free_port()
@@ -134,12 +144,14 @@ def main() -> int:
         send_latency: list[float] = []
         expected = 0
         started = time.monotonic()
-        for n in range(args.messages):
+        for _ in range(args.messages):
             if args.mode == "unicast":
                 recipient = {"Type": "user", "IbId": "bench", "UserId": f"u{random.randrange(args.subscribers)}"}
             else:
                 recipient = {"Type": "all", "IbId": "bench"}
-            body = json.dumps({"Recipient": recipient, "Message": {"Topic": "bench", "Data": {"t": repr(time.perf_counter()), "p": "x" * 100}}})
+            body = json.dumps(
+                {"Recipient": recipient, "Message": {"Topic": "bench", "Data": {"t": repr(time.perf_counter()), "p": "x" * 100}}}
+            )
             t0 = time.perf_counter()
             conn.request("POST", "/sendmessage", body, headers)
             response = conn.getresponse()
@@ -173,7 +185,9 @@ def main() -> int:
                 "delivery_ms_p50": round(percentile(delivery_latency, 0.5) * 1000, 3), "delivery_ms_p99": round(percentile(delivery_latency, 0.99) * 1000, 3),
             })  # fmt: skip
         else:
-            out.update({"deliveries_per_s": round(received / elapsed), "nodes_cpu_us_per_delivery": round(node_cpu / max(received, 1) * 1e6, 2)})
+            out.update(
+                {"deliveries_per_s": round(received / elapsed), "nodes_cpu_us_per_delivery": round(node_cpu / max(received, 1) * 1e6, 2)}
+            )
         print(json.dumps(out))
         return 0 if received == expected else 1
     finally:

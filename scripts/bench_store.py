@@ -23,14 +23,14 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from twisted.internet import defer, task  # noqa: E402
+from twisted.internet import defer, task
 
-from pns4ones import crypto  # noqa: E402
-from pns4ones.store import TokenRecord  # noqa: E402
-from pns4ones.store.postgres import PostgresStore  # noqa: E402
-from pns4ones.store.sqlite import SQLiteStore  # noqa: E402
-from tests.pg_support import PgCluster  # noqa: E402
-from tests.support import ADMIN, ServerProcess  # noqa: E402
+from pns4ones import crypto
+from pns4ones.store import TokenRecord
+from pns4ones.store.postgres import PostgresStore
+from pns4ones.store.sqlite import SQLiteStore
+from tests.pg_support import PgCluster
+from tests.support import ADMIN, ServerProcess
 
 
 def ms(samples: list[float]) -> str:
@@ -47,10 +47,18 @@ def fill(store: Any, apps: int, tokens: int, members: int) -> Any:
     doc = yield store.export_data()
     now = time.time()
     doc["tokens"] = [
-        {"digest": os.urandom(32).hex(), "app_id": ids[n % apps], "token_id": os.urandom(16).hex(), "issued_at": now, "expires_at": now + 3600} for n in range(tokens)
+        {
+            "digest": os.urandom(32).hex(),
+            "app_id": ids[n % apps],
+            "token_id": os.urandom(16).hex(),
+            "issued_at": now,
+            "expires_at": now + 3600,
+        }
+        for n in range(tokens)
     ]
     doc["groups"] = [
-        {"app_id": ids[g % apps], "ib_id": "ib", "group": f"g{g}", "members": [{"user_id": f"u{m}", "added_at": now} for m in range(100)]} for g in range(members // 100)
+        {"app_id": ids[g % apps], "ib_id": "ib", "group": f"g{g}", "members": [{"user_id": f"u{m}", "added_at": now} for m in range(100)]}
+        for g in range(members // 100)
     ]
     yield store.import_data(doc, replace=True)
 
@@ -66,7 +74,9 @@ def measure(name: str, store: Any, args: argparse.Namespace) -> Any:
     apps = yield store.list_applications()
     adds, gets = [], []
     for n in range(args.rounds * 5):
-        record = TokenRecord(crypto.token_digest(f"t{n}{time.time()}"), apps[n % len(apps)].id, crypto.new_token_id(), time.time(), time.time() + 3600)
+        record = TokenRecord(
+            crypto.token_digest(f"t{n}{time.time()}"), apps[n % len(apps)].id, crypto.new_token_id(), time.time(), time.time() + 3600
+        )
         started = time.perf_counter()
         yield store.add_token(record)
         adds.append(time.perf_counter() - started)
@@ -81,7 +91,14 @@ def measure(name: str, store: Any, args: argparse.Namespace) -> Any:
 
 def http_auth(name: str, store_url: str, rounds: int) -> None:
     """/auth over HTTP on a real node: the first issues a token (store write), the rest answer it from memory."""
-    app = json.loads(subprocess.run([ADMIN, "--data-dir", tempfile.gettempdir(), "create", "bench", "--json", "--store", store_url], capture_output=True, text=True, check=True).stdout)
+    app = json.loads(
+        subprocess.run(
+            [ADMIN, "--data-dir", tempfile.gettempdir(), "create", "bench", "--json", "--store", store_url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     server = ServerProcess(args=["--store", store_url], log_level="Warning")
     server.start(wait=False)
     try:
@@ -96,7 +113,11 @@ def http_auth(name: str, store_url: str, rounds: int) -> None:
                 time.sleep(0.05)
         issue, hit = [], []
         for _ in range(rounds):
-            subprocess.run([ADMIN, "--data-dir", tempfile.gettempdir(), "reset_token", app["id"], "--store", store_url], capture_output=True, check=True)
+            subprocess.run(
+                [ADMIN, "--data-dir", tempfile.gettempdir(), "reset_token", app["id"], "--store", store_url],
+                capture_output=True,
+                check=True,
+            )
             time.sleep(1.2)  # the node reloads (store_poll_interval / NOTIFY)
             started = time.perf_counter()
             urllib.request.urlopen(f"{server.url}/auth?server_key={app['server_key']}").read()

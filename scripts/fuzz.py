@@ -60,24 +60,27 @@ def target_argv(data: bytes) -> None:
 TARGETS = {"registration": target_registration, "send": target_send, "ini": target_ini, "argv": target_argv}
 SEEDS = {
     "registration": [bytes.fromhex("2000544818abff73ed9fb5b1c4ff200b5704cea4df4f53acb12e17aed6aa13ea5d0b6170700069620075310000")],
-    "send": [b'{"Recipient": {"Type": "all", "IbId": "x"}, "Message": {"Topic": "t", "Notification": {"Title": "a", "Important": true}, "Data": {"k": "v"}}}'],
+    "send": [
+        b'{"Recipient": {"Type": "all", "IbId": "x"}, "Message": {"Topic": "t", "Notification": {"Title": "a", "Important": true}, "Data": {"k": "v"}}}'
+    ],
     "ini": [b"listen = *:8092\n; c\nlog level=Error\n"],
     "argv": [b"/listen\x00localhost\x00-log_level=Error\x00--service=*:1"],
 }
 
 
 def _run(name: str, seconds: int) -> None:
-    import atheris
     import os
     import tempfile
+
+    import atheris
 
     corpus = tempfile.mkdtemp(prefix=f"fuzz-{name}-")
     for i, seed in enumerate(SEEDS[name]):
         with open(os.path.join(corpus, f"seed{i}"), "wb") as f:
             f.write(seed)
     with atheris.instrument_imports():
-        import pns4ones.config  # noqa: F401
-        import pns4ones.messages  # noqa: F401
+        import pns4ones.config
+        import pns4ones.messages
         import pns4ones.wire  # noqa: F401
     atheris.Setup([sys.argv[0], f"-max_total_time={seconds}", "-print_final_stats=1", "-max_len=4096", corpus], TARGETS[name])
     atheris.Fuzz()
@@ -99,8 +102,17 @@ def main() -> int:
     for name in args.targets or list(TARGETS):
         print(f"== fuzzing {name} for {args.seconds} s", flush=True)
         started = time.monotonic()
-        proc = subprocess.run([sys.executable, __file__, "--child", name, "--seconds", str(args.seconds)], capture_output=True, text=True, timeout=args.seconds + 120)
-        stats = [line for line in proc.stderr.splitlines() if line.startswith(("stat::number_of_executed_units", "stat::average_exec_per_sec", "==", "Done"))]
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", name, "--seconds", str(args.seconds)],
+            capture_output=True,
+            text=True,
+            timeout=args.seconds + 120,
+        )
+        stats = [
+            line
+            for line in proc.stderr.splitlines()
+            if line.startswith(("stat::number_of_executed_units", "stat::average_exec_per_sec", "==", "Done"))
+        ]
         print(*stats, sep="\n")
         print(f"== {name}: exit code {proc.returncode} after {time.monotonic() - started:.0f} s", flush=True)
         if proc.returncode != 0:

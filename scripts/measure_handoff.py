@@ -117,7 +117,9 @@ def main() -> int:
         during = {s for s, at in sender.accepted.items() if start <= at <= end}
         for name, seqs in (("before", before), ("during", during)):
             lat = latencies(fleet, sender, seqs)
-            print(f"{name:>7}: {len(seqs)} messages, {len(lat)} deliveries: p50 {pct(lat, 50) * 1000:.0f} ms, p99 {pct(lat, 99) * 1000:.0f} ms, max {max(lat, default=0) * 1000:.0f} ms")
+            print(
+                f"{name:>7}: {len(seqs)} messages, {len(lat)} deliveries: p50 {pct(lat, 50) * 1000:.0f} ms, p99 {pct(lat, 99) * 1000:.0f} ms, max {max(lat, default=0) * 1000:.0f} ms"
+            )
         new = server_pid(server.data_dir)
         print(f"server pid {old} -> {new}; old alive: {alive(old) and server.proc.poll() is None}; failed sends: {sender.failed[:5]}")
         print("exactly once, in order, frames intact:", "yes" if not problems else problems[:5])

@@ -12,6 +12,7 @@ few clients register with a wrong key.  Everything on 127.0.0.1.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import selectors
@@ -24,10 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families
 
-from pns4ones_client.protocol import ClientKey, registration_frame  # noqa: E402
-from tests.support import ServerProcess  # noqa: E402
+from pns4ones_client.protocol import ClientKey, registration_frame
+from tests.support import ServerProcess
 
 DURATION = 60.0
 
@@ -115,7 +116,10 @@ def sender(api_port: int, app: dict[str, str], rate: list[float], stop: threadin
     token = json.loads(conn.getresponse().read())["access_token"]
     while not stop.is_set():
         kind = "all" if random.random() < 0.3 else "user"
-        body = {"Recipient": {"Type": kind, "IbId": "ib1", "UserId": f"user{random.randrange(400)}"}, "Message": {"Topic": "plot", "Data": {"n": "x" * 200}}}
+        body = {
+            "Recipient": {"Type": kind, "IbId": "ib1", "UserId": f"user{random.randrange(400)}"},
+            "Message": {"Topic": "plot", "Data": {"n": "x" * 200}},
+        }
         conn.request("POST", "/sendmessage", body=json.dumps(body), headers={"Authorization": f"Bearer {token}"})
         conn.getresponse().read()
         time.sleep(1.0 / max(rate[0], 1.0))
@@ -162,13 +166,15 @@ def main(out: str) -> None:
     times = [t for t, _ in rows[1:]]
 
     def rate_of(name: str, **match: str) -> list[float]:
-        return [(total(b, name, **match) - total(a, name, **match)) / (tb - ta) for (ta, a), (tb, b) in zip(rows, rows[1:])]
+        return [(total(b, name, **match) - total(a, name, **match)) / (tb - ta) for (ta, a), (tb, b) in itertools.pairwise(rows)]
 
     def quantile(q: float) -> list[float]:
         out = []
-        for (_, a), (_, b) in zip(rows, rows[1:]):
+        for (_, a), (_, b) in itertools.pairwise(rows):
             buckets = sorted(
-                (float(dict(labels)["le"]), v - a.get((n, labels), 0.0)) for (n, labels), v in b.items() if n == "pns4ones_send_latency_seconds_bucket"
+                (float(dict(labels)["le"]), v - a.get((n, labels), 0.0))
+                for (n, labels), v in b.items()
+                if n == "pns4ones_send_latency_seconds_bucket"
             )
             count = buckets[-1][1] if buckets else 0
             if count <= 0:

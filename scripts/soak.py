@@ -51,7 +51,7 @@ def rss_kb(pid: int) -> int:
 
 
 class Sub:
-    __slots__ = ("name", "sock", "decoder", "expected", "received", "state")
+    __slots__ = ("decoder", "expected", "name", "received", "sock", "state")
 
     def __init__(self, name: str, sock: socket.socket, key: ClientKey) -> None:
         self.name, self.sock = name, sock
@@ -70,7 +70,11 @@ def main() -> int:
     rng = random.Random(args.seed)
     tmp = Path(tempfile.mkdtemp(prefix="pns4ones-soak-"))
     data = tmp / "data"
-    app = json.loads(subprocess.run([str(BIN / "pns4ones-admin"), "--data-dir", str(data), "create", "soak", "--json"], check=True, capture_output=True, text=True).stdout)
+    app = json.loads(
+        subprocess.run(
+            [str(BIN / "pns4ones-admin"), "--data-dir", str(data), "create", "soak", "--json"], check=True, capture_output=True, text=True
+        ).stdout
+    )
     key = ClientKey.decode(app["client_key"])
     api, svc = free_port(), free_port()
     log_path = tmp / "server.log"
@@ -90,7 +94,9 @@ def main() -> int:
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
     def send(user: str, seq: int) -> int:
-        body = json.dumps({"Recipient": {"Type": "user", "IbId": "soak", "UserId": user}, "Message": {"Topic": "soak", "Data": {"seq": str(seq)}}})
+        body = json.dumps(
+            {"Recipient": {"Type": "user", "IbId": "soak", "UserId": user}, "Message": {"Topic": "soak", "Data": {"seq": str(seq)}}}
+        )
         conn.request("POST", "/sendmessage", body, headers)
         response = conn.getresponse()
         doc = json.loads(response.read())
@@ -168,7 +174,10 @@ def main() -> int:
             finish(sub, graceful=True)
         if time.monotonic() - last_report > 30:
             last_report = time.monotonic()
-            print(f"  {last_report - started:4.0f} s: {counts}, live {len(subs)}, server fds {fds(server.pid)}, rss {rss_kb(server.pid) // 1024} MiB", flush=True)
+            print(
+                f"  {last_report - started:4.0f} s: {counts}, live {len(subs)}, server fds {fds(server.pid)}, rss {rss_kb(server.pid) // 1024} MiB",
+                flush=True,
+            )
     # drain the rest
     drain_until = time.monotonic() + 10
     while time.monotonic() < drain_until and any(len(s.received) < len(s.expected) for s in subs.values()):
@@ -203,7 +212,9 @@ def main() -> int:
     if not ok:
         print("SOAK FAILED", *bad[:10], sep="\n", file=sys.stderr)
     else:
-        print(f"soak ok: {counts['connections']} connections ({counts['resets']} reset), {counts['written']} messages written, 0 lost, 0 duplicated; fds {base_fds} -> {end_fds}, rss {report['rss_before_mib']} -> {report['rss_after_mib']} MiB")
+        print(
+            f"soak ok: {counts['connections']} connections ({counts['resets']} reset), {counts['written']} messages written, 0 lost, 0 duplicated; fds {base_fds} -> {end_fds}, rss {report['rss_before_mib']} -> {report['rss_after_mib']} MiB"
+        )
     return 0 if ok else 1
 
 

@@ -6,6 +6,7 @@ numbered messages: for handoff tests and scripts/measure_handoff.py.
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import selectors
 import socket
@@ -132,7 +133,7 @@ def check_exactly_once(fleet: Fleet, sender: Sender) -> list[str]:
     attempted = set(range(sender.seq))
     for i, got in enumerate(fleet.received):
         seqs = [s for s, _ in got]
-        if any(b <= a for a, b in zip(seqs, seqs[1:])):
+        if any(b <= a for a, b in itertools.pairwise(seqs)):
             problems.append(f"subscriber {i}: duplicate or out of order: {seqs[:50]}...")
         missing = set(sender.accepted) - set(seqs)
         if missing:

@@ -28,7 +28,9 @@ SKIP_REASON = "no PostgreSQL binaries (Debian package postgresql: /usr/lib/postg
 
 
 def find_bindir() -> str | None:
-    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]) if p.split("/")[-2].isdigit() else 0, reverse=True):
+    for candidate in sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]) if p.split("/")[-2].isdigit() else 0, reverse=True
+    ):
         if os.path.exists(os.path.join(candidate, "initdb")):
             return candidate
     initdb = shutil.which("initdb")
@@ -63,12 +65,26 @@ class PgCluster:
         pwfile.write_text(PASSWORD + "\n")
         if os.geteuid() == 0:
             os.chown(pwfile, pw.pw_uid, pw.pw_gid)
-        self._pg("initdb", "-D", str(self.data), "-U", USER, f"--pwfile={pwfile}", "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync")
+        self._pg(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            USER,
+            f"--pwfile={pwfile}",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
         pwfile.unlink()
         self.start()
 
     def _pg(self, tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([*self.run_as, os.path.join(self.bindir, tool), *args], capture_output=True, text=True, timeout=timeout, cwd=self.dir)
+        result = subprocess.run(
+            [*self.run_as, os.path.join(self.bindir, tool), *args], capture_output=True, text=True, timeout=timeout, cwd=self.dir
+        )
         if result.returncode != 0:
             raise RuntimeError(f"{tool} failed ({result.returncode}): {result.stderr}{result.stdout}")
         return result
@@ -87,7 +103,24 @@ class PgCluster:
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL over the local socket (trust): setup and inspection."""
-        return self._pg("psql", "-h", str(self.dir), "-p", str(self.port), "-U", USER, "-d", database, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql).stdout
+        return self._pg(
+            "psql",
+            "-h",
+            str(self.dir),
+            "-p",
+            str(self.port),
+            "-U",
+            USER,
+            "-d",
+            database,
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ).stdout
 
     def new_database(self) -> str:
         name = "t_" + uuid.uuid4().hex[:12]

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-NOW = datetime.datetime.now(datetime.timezone.utc)
+NOW = datetime.datetime.now(datetime.UTC)
 DAY = datetime.timedelta(days=1)
 
 
@@ -113,5 +113,7 @@ class PKI:
                not_after: datetime.datetime | None = None) -> Issued:  # fmt: skip
         key = key or rsa_key()
         issuer = self.intermediate if via_intermediate else self.root
-        cert = self._sign(_name(cn), key.public_key(), issuer.cert.subject, issuer.key, names=names, not_before=not_before, not_after=not_after)
+        cert = self._sign(
+            _name(cn), key.public_key(), issuer.cert.subject, issuer.key, names=names, not_before=not_before, not_after=not_after
+        )
         return Issued(cert, key, (self.intermediate.cert,) if via_intermediate else ())

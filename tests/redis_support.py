@@ -31,11 +31,22 @@ class RedisServer:
     def url(self) -> str:
         return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         log = open(self.dir / "redis.log", "ab")
         listen = ["--port", str(self.port)]
         if self.tls:
-            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls[0]), "--tls-key-file", str(self.tls[1]), "--tls-auth-clients", "no"]
+            listen = [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                str(self.tls[0]),
+                "--tls-key-file",
+                str(self.tls[1]),
+                "--tls-auth-clients",
+                "no",
+            ]
         self.proc = subprocess.Popen(
             [REDIS_SERVER, *listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,

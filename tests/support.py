@@ -14,8 +14,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 BIN = Path(sys.executable).parent
 TWISTD = str(BIN / "twistd")
@@ -99,17 +100,23 @@ class ServerProcess:
             *self.extra,
         ]  # fmt: skip
 
-    def start(self, wait: bool = True) -> "ServerProcess":
+    def start(self, wait: bool = True) -> ServerProcess:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, cwd=self.dir)
         if wait:
-            wait_for(lambda: self.proc.poll() is not None or (port_open(self.api_port) and port_open(self.service_port)), 20, what="the server's ports")
+            wait_for(
+                lambda: self.proc.poll() is not None or (port_open(self.api_port) and port_open(self.service_port)),
+                20,
+                what="the server's ports",
+            )
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 wait_for(lambda: "applications in the store" in self.log(), 10, what="the server to load its store")
             except AssertionError as e:  # say what the server was doing
-                raise AssertionError(f"{e}; server {'running' if self.proc.poll() is None else f'exited with {self.proc.returncode}'}, its log:\n{self.log()[-3000:]}") from None
+                raise AssertionError(
+                    f"{e}; server {'running' if self.proc.poll() is None else f'exited with {self.proc.returncode}'}, its log:\n{self.log()[-3000:]}"
+                ) from None
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
@@ -127,7 +134,7 @@ class ServerProcess:
         self.proc = None
         return code
 
-    def restart(self) -> "ServerProcess":
+    def restart(self) -> ServerProcess:
         self.stop()
         return self.start()
 

@@ -31,7 +31,9 @@ class ProtocolTests(SynchronousTestCase):
         self.clock = MemoryReactorClock()
         self.core = Core(store=None, hub=LocalHub(), clock=self.clock)  # type: ignore[arg-type]
         self.core.apply_snapshot(Snapshot((APP, OTHER), ()))
-        self.cfg = config.build({"config": "/dev/null", "data_dir": "/nonexistent", "registration_timeout": "5", "send_buffer_limit": "1000"})
+        self.cfg = config.build(
+            {"config": "/dev/null", "data_dir": "/nonexistent", "registration_timeout": "5", "send_buffer_limit": "1000"}
+        )
         self.factory = AddinFactory(self.core, self.cfg, self.clock)
 
     def connect(self, host: str = "127.0.0.1") -> tuple[object, StringTransport]:
@@ -69,7 +71,7 @@ class ProtocolTests(SynchronousTestCase):
 
     def test_registration_timeout(self) -> None:
         """A connection that does not register in time is closed; a registered one is not."""
-        silent, silent_t = self.connect()
+        _, silent_t = self.connect()
         ok, ok_t = self.connect()
         ok.dataReceived(good_frame())
         self.clock.advance(5.1)

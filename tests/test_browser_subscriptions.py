@@ -57,7 +57,9 @@ class PageServer:
     def ticket(self) -> str:
         with httpx.Client(timeout=10) as http:
             token = http.get(f"{self.api_url}/auth", params={"server_key": self.server_key}).json()["access_token"]
-            response = http.post(f"{self.api_url}/tickets", json={"IbId": "ib1", "UserId": self.user}, headers={"Authorization": f"Bearer {token}"})
+            response = http.post(
+                f"{self.api_url}/tickets", json={"IbId": "ib1", "UserId": self.user}, headers={"Authorization": f"Bearer {token}"}
+            )
             return str(response.json()["ticket"])
 
     def close(self) -> None:
@@ -103,10 +105,17 @@ class BrowserTests(SynchronousTestCase):
     def test_receives_through_both_transports(self) -> None:
         """browser.html from an allowed origin gets a ticket, subscribes with WebSocket and EventSource and shows a message from each."""
         self.page(self.allowed_port)
-        wait_for(lambda: self.status("ws") == "connected" and self.status("sse") == "connected", 15, what=f"both transports (ws: {self.status('ws')}, sse: {self.status('sse')})")
+        wait_for(
+            lambda: self.status("ws") == "connected" and self.status("sse") == "connected",
+            15,
+            what=f"both transports (ws: {self.status('ws')}, sse: {self.status('sse')})",
+        )
         with httpx.Client(timeout=10) as http:
             token = http.get(f"{self.server.url}/auth", params={"server_key": self.app["server_key"]}).json()["access_token"]
-            body = {"Recipient": {"Type": "user", "IbId": "ib1", "UserId": "u1"}, "Message": {"Notification": {"Title": "Заказ <b>7</b>", "Body": "готов"}}}
+            body = {
+                "Recipient": {"Type": "user", "IbId": "ib1", "UserId": "u1"},
+                "Message": {"Notification": {"Title": "Заказ <b>7</b>", "Body": "готов"}},
+            }
             response = http.post(f"{self.server.url}/sendmessage", json=body, headers={"Authorization": f"Bearer {token}"})
         self.assertEqual(response.json()["sessions"], 2)
         wait_for(lambda: len(self.shown()) >= 2, 10, what="the message on the page")
@@ -115,6 +124,10 @@ class BrowserTests(SynchronousTestCase):
     def test_other_origin_refused(self) -> None:
         """The same page from an origin not in allowed_origins is refused on both transports."""
         self.page()
-        wait_for(lambda: self.status("ws") == "refused or closed" and self.status("sse") == "refused or closed", 15, what=f"refusals (ws: {self.status('ws')}, sse: {self.status('sse')})")
+        wait_for(
+            lambda: self.status("ws") == "refused or closed" and self.status("sse") == "refused or closed",
+            15,
+            what=f"refusals (ws: {self.status('ws')}, sse: {self.status('sse')})",
+        )
         self.assertIn("is not in allowed_origins", self.server.log())
         self.assertNotIn("subscription registered", self.server.log())

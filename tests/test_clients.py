@@ -13,7 +13,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList, inlineCallbacks
@@ -57,7 +58,9 @@ class ClientTestBase(TestCase):
 
     def subscribe(self, user: str, ib: str = "ib1", group: str = "") -> Subscriber:
         before = self.registrations()
-        sub = Subscriber("127.0.0.1", self.server.service_port, self.app["id"], self.app["client_key"], ib, user, group, timeout=5).connect()
+        sub = Subscriber(
+            "127.0.0.1", self.server.service_port, self.app["id"], self.app["client_key"], ib, user, group, timeout=5
+        ).connect()
         self.addCleanup(sub.close)
         wait_for(lambda: self.registrations() > before, what=f"registration of {user}")
         return sub
@@ -70,7 +73,9 @@ class ClientTestBase(TestCase):
 
         def revoked() -> bool:
             request = urllib.request.Request(
-                f"{self.server.url}/sendmessage", data=b'{"Recipient": {"Type": "all", "IbId": "x"}, "Message": {}}', headers={"Authorization": f"Bearer {token}"}
+                f"{self.server.url}/sendmessage",
+                data=b'{"Recipient": {"Type": "all", "IbId": "x"}, "Message": {}}',
+                headers={"Authorization": f"Bearer {token}"},
             )
             try:
                 urllib.request.urlopen(request, timeout=5).close()
@@ -109,7 +114,10 @@ class BlockingSenderTests(ClientTestBase):
         self.assertEqual(self.server.log().count("issued an access token"), 1)
         received = sub.receive_all()
         self.assertEqual(len(received), 20)
-        self.assertEqual(received[0], {"topic": "orders", "notification": {"title": "Заказ №0", "body": 'body "quoted"', "important": True}, "data": {"n": "0"}})
+        self.assertEqual(
+            received[0],
+            {"topic": "orders", "notification": {"title": "Заказ №0", "body": 'body "quoted"', "important": True}, "data": {"n": "0"}},
+        )
         self.assertEqual(received[19]["notification"]["important"], False)
 
     def test_group_all_and_plain_send(self) -> None:
@@ -141,7 +149,9 @@ class BlockingSenderTests(ClientTestBase):
         sender = self.sender()
         with self.assertRaises(BadRequest) as caught:
             sender.send({"Type": "user", "IbId": "ib1"}, {})
-        self.assertEqual((caught.exception.status, caught.exception.field, caught.exception.reason), (400, "Recipient.UserId", "is required"))
+        self.assertEqual(
+            (caught.exception.status, caught.exception.field, caught.exception.reason), (400, "Recipient.UserId", "is required")
+        )
         with self.assertRaises(PayloadTooLarge) as caught:
             sender.send_to_all("ib1", "big", "x" * 4096)
         self.assertEqual(caught.exception.status, 413)
@@ -190,7 +200,9 @@ class TwistedSenderTests(ClientTestBase):
         sub = self.subscribe("u1")
         sender = TwistedSender(self.server.url, self.app["server_key"])
         self.addCleanup(sender.close)
-        results = yield DeferredList([sender.send_to_user("ib1", "u1", f"n{n}") for n in range(10)], fireOnOneErrback=True, consumeErrors=True)
+        results = yield DeferredList(
+            [sender.send_to_user("ib1", "u1", f"n{n}") for n in range(10)], fireOnOneErrback=True, consumeErrors=True
+        )
         self.assertEqual([r for _, r in results], [SendResult(1, 1)] * 10)
         self.assertEqual(sender.auth_requests, 1)
         old = yield sender.token()
@@ -237,7 +249,10 @@ class TLSRelay:
 
     def _serve(self, client: socket.socket) -> None:
         try:
-            with self.context.wrap_socket(client, server_side=True) as tls, socket.create_connection(("127.0.0.1", self.backend), timeout=10) as plain:
+            with (
+                self.context.wrap_socket(client, server_side=True) as tls,
+                socket.create_connection(("127.0.0.1", self.backend), timeout=10) as plain,
+            ):
                 tls.settimeout(10)
                 threading.Thread(target=self._pump, args=(plain, tls), daemon=True).start()
                 self._pump(tls, plain)
@@ -270,7 +285,7 @@ def make_ca_and_certificate(directory: str) -> tuple[str, str, str]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pns4ones test CA")])
     ca = (
@@ -312,7 +327,9 @@ class HTTPSTests(ClientTestBase):
     def test_https_with_ca_file(self) -> None:
         """Over HTTPS both senders succeed when trusting the CA file, and refuse a certificate the system does not trust."""
         sub = self.subscribe("u1")
-        self.assertEqual(Sender(self.https, self.app["server_key"], ca_file=self.ca).send_to_user("ib1", "u1", "blocking"), SendResult(1, 1))
+        self.assertEqual(
+            Sender(self.https, self.app["server_key"], ca_file=self.ca).send_to_user("ib1", "u1", "blocking"), SendResult(1, 1)
+        )
         with self.assertRaises(ServiceError) as caught:
             Sender(self.https, self.app["server_key"]).send_to_user("ib1", "u1", "untrusted")
         self.assertIn("CERTIFICATE_VERIFY_FAILED", caught.exception.reason)
@@ -404,7 +421,9 @@ class CommandLineTests(ClientTestBase):
         )  # fmt: skip
         self.assertEqual((sent.returncode, sent.stderr), (0, ""))
         self.assertEqual(json.loads(sent.stdout), {"sessions": 1, "users": 1})
-        sent = subprocess.run([SEND, "--url", self.server.url, "all", "--data", "only=data"], env=self.env(), capture_output=True, text=True, timeout=30)
+        sent = subprocess.run(
+            [SEND, "--url", self.server.url, "all", "--data", "only=data"], env=self.env(), capture_output=True, text=True, timeout=30
+        )
         self.assertEqual(sent.returncode, 0, sent.stderr)
         out, err = listen.communicate(timeout=15)
         self.assertEqual(listen.returncode, 0, err)
@@ -412,7 +431,11 @@ class CommandLineTests(ClientTestBase):
         self.assertEqual(
             [json.loads(line) for line in lines],
             [
-                {"topic": "orders", "notification": {"title": 'Заказ "5"', "body": "строка 😀", "important": True}, "data": {"order": "5", "eq": "a=b"}},
+                {
+                    "topic": "orders",
+                    "notification": {"title": 'Заказ "5"', "body": "строка 😀", "important": True},
+                    "data": {"order": "5", "eq": "a=b"},
+                },
                 {"data": {"only": "data"}},
             ],
         )
@@ -435,10 +458,11 @@ class CommandLineTests(ClientTestBase):
         missing = subprocess.run([LISTEN, "--user", "u1"], env=no_key, capture_output=True, text=True, timeout=30)
         self.assertEqual(missing.returncode, 2)
         self.assertIn("--client-key", missing.stderr)
-        garbled = subprocess.run([LISTEN, "--user", "u1", "--client-key", "bm90IGEga2V5"], env=self.env(), capture_output=True, text=True, timeout=30)
+        garbled = subprocess.run(
+            [LISTEN, "--user", "u1", "--client-key", "bm90IGEga2V5"], env=self.env(), capture_output=True, text=True, timeout=30
+        )
         self.assertEqual(garbled.returncode, 1)
         self.assertIn("client key", garbled.stderr)
-
 
     def test_listen_wrong_key_hint_and_sigterm(self) -> None:
         """pns4ones-listen with another key keeps retrying, says the key may be wrong, and exits 0 on SIGTERM."""
@@ -448,7 +472,9 @@ class CommandLineTests(ClientTestBase):
         other_key = base64.b64encode(struct.pack("<ii", 32, 16) + os.urandom(48)).decode()
         err_path = self.server.dir / "listen.err"
         with open(err_path, "wb") as err:
-            listen = subprocess.Popen([LISTEN, "--user", "u1", "--client-key", other_key], env=self.env(), stdout=subprocess.PIPE, stderr=err)
+            listen = subprocess.Popen(
+                [LISTEN, "--user", "u1", "--client-key", other_key], env=self.env(), stdout=subprocess.PIPE, stderr=err
+            )
         self.addCleanup(lambda: listen.poll() is None and listen.kill())
         wait_for(lambda: err_path.read_text().count("wrong application id or client key") >= 2, 15, what="two failed registrations")
         listen.terminate()
@@ -476,7 +502,9 @@ class PureTests(SynchronousTestCase):
         date = "Mon, 23 Nov 2026 10:00:00 GMT"
         server_now = 1795428000.0
         self.assertEqual(parse_auth(b'{"access_token": "t", "expires_in": %d}' % (server_now + 3600), date, 50.0), ("t", 3650.0))
-        self.assertEqual(parse_auth(b'{"access_token": "t", "expires_in": %d}' % (server_now + 3600 + LEGACY_EPOCH_OFFSET), date, 50.0), ("t", 3650.0))
+        self.assertEqual(
+            parse_auth(b'{"access_token": "t", "expires_in": %d}' % (server_now + 3600 + LEGACY_EPOCH_OFFSET), date, 50.0), ("t", 3650.0)
+        )
         self.assertEqual(parse_auth(b'{"access_token": "t", "expires_in": 3600}', None, 50.0), ("t", 3650.0))
         with self.assertRaises(ServiceError):
             parse_auth(b"<html>", None, 0)
@@ -497,7 +525,12 @@ class PureTests(SynchronousTestCase):
         """Builders refuse incomplete recipients and non-string data; 429 carries Retry-After; non-JSON errors keep the text."""
         self.assertEqual(recipient("group", "ib", group="g"), {"Type": "group", "IbId": "ib", "UserGroup": "g"})
         self.assertEqual(message(topic="t"), {"Topic": "t"})
-        for bad in (lambda: recipient("user", "ib"), lambda: recipient("everyone", "ib"), lambda: recipient("all", ""), lambda: message(data={"n": 1})):
+        for bad in (
+            lambda: recipient("user", "ib"),
+            lambda: recipient("everyone", "ib"),
+            lambda: recipient("all", ""),
+            lambda: message(data={"n": 1}),
+        ):
             self.assertRaises(ValueError, bad)
         limited = error_from_response(429, b'{"error": "rate_limited", "reason": "slow down"}', {"Retry-After": "2"})
         self.assertIsInstance(limited, RateLimited)

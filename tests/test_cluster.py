@@ -72,7 +72,13 @@ class ClusterBehindProxyTests(SynchronousTestCase):
             cls.pg = PgCluster()
             cls.store = cls.pg.url(cls.pg.new_database())
             cls.redis = RedisServer().start()
-            created = subprocess.run([ADMIN, "--data-dir", cls._tmp.name, "create", "Shop", "--json", "--store", cls.store], capture_output=True, text=True, timeout=60, check=True)
+            created = subprocess.run(
+                [ADMIN, "--data-dir", cls._tmp.name, "create", "Shop", "--json", "--store", cls.store],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
             cls.app = json.loads(created.stdout)
             ini = f"store = {cls.store}\nhub = {cls.redis.url}\ntrusted_proxies = 127.0.0.1/32\nhub_presence_expiry = 3\n"
             for name in NODES:
@@ -87,7 +93,12 @@ class ClusterBehindProxyTests(SynchronousTestCase):
             cls.proxy = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=cls.proxy_log, stderr=subprocess.STDOUT)
             wait_for(lambda: port_open(cls.addin_port) and port_open(cls.api_port), 10, what="HAProxy's ports")
             with httpx.Client(timeout=10) as http:
-                wait_for(lambda: http.get(f"http://127.0.0.1:{cls.api_port}/ready").status_code == 200, 20, interval=0.5, what="/ready through HAProxy")
+                wait_for(
+                    lambda: http.get(f"http://127.0.0.1:{cls.api_port}/ready").status_code == 200,
+                    20,
+                    interval=0.5,
+                    what="/ready through HAProxy",
+                )
         except BaseException:
             cls.tearDownClass()
             raise
@@ -121,7 +132,11 @@ class ClusterBehindProxyTests(SynchronousTestCase):
     def send(self, recipient: dict[str, str], topic: str, **message: Any) -> httpx.Response:
         """/auth and /sendmessage through the proxy (round robin: often two different nodes)."""
         token = self.http.get(f"{self.api}/auth", params={"server_key": self.app["server_key"]}).json()["access_token"]
-        return self.http.post(f"{self.api}/sendmessage", json={"Recipient": {"IbId": self.ib, **recipient}, "Message": {"Topic": topic, **message}}, headers={"Authorization": f"Bearer {token}"})
+        return self.http.post(
+            f"{self.api}/sendmessage",
+            json={"Recipient": {"IbId": self.ib, **recipient}, "Message": {"Topic": topic, **message}},
+            headers={"Authorization": f"Bearer {token}"},
+        )
 
     def subscribe(self, user: str) -> Subscriber:
         sub = Subscriber("127.0.0.1", self.addin_port, self.app["id"], self.app["client_key"], self.ib, user, "", timeout=5).connect()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import tempfile
 from pathlib import Path
 
@@ -17,8 +16,12 @@ from pns4ones.config import ConfigError, HelpRequested, parse_address, parse_arg
 class ArgvTests(SynchronousTestCase):
     def test_manual_forms(self) -> None:
         """/opt value, -opt=value, --opt=value and --opt value all work."""
-        opts, pos = parse_argv(["/ssl_mode", "FromStorage", "-listen=localhost", "--log_level=Information", "--service", "*:1", "-data-dir", "/x"])
-        self.assertEqual(opts, {"ssl_mode": "FromStorage", "listen": "localhost", "log_level": "Information", "service": "*:1", "data_dir": "/x"})
+        opts, pos = parse_argv(
+            ["/ssl_mode", "FromStorage", "-listen=localhost", "--log_level=Information", "--service", "*:1", "-data-dir", "/x"]
+        )
+        self.assertEqual(
+            opts, {"ssl_mode": "FromStorage", "listen": "localhost", "log_level": "Information", "service": "*:1", "data_dir": "/x"}
+        )
         self.assertEqual(pos, [])
 
     def test_help(self) -> None:
@@ -134,8 +137,6 @@ class AddressTests(SynchronousTestCase):
         for text in ("*:0", "*:70000", "host:port", "1.2.3.4.5", "[::1", "[zz]:1", "no-such-host.invalid", "::1:80:zz"):
             with self.assertRaises(ConfigError, msg=text):
                 parse_address(text, 1, "listen")
-
-
 
 
 class StoreAndHubTests(SynchronousTestCase):

@@ -37,7 +37,9 @@ class DeliveryTestBase(ServiceTestBase):
 
     @inlineCallbacks
     def send_json(self, token: str, doc: Any, query: str = "") -> Any:
-        response = yield self.http.post(f"{self.server.url}/sendmessage{query}", data=json.dumps(doc).encode(), headers={"Authorization": f"Bearer {token}"})
+        response = yield self.http.post(
+            f"{self.server.url}/sendmessage{query}", data=json.dumps(doc).encode(), headers={"Authorization": f"Bearer {token}"}
+        )
         body = yield response.json()
         return response, body
 
@@ -154,7 +156,10 @@ class PresenceTests(DeliveryTestBase):
         self.subscribe("a", ib="ib2")
         token = yield self.token()
         code, doc = yield self.call("GET", "/presence/ib1", token=token)
-        self.assertEqual((code, doc["users"], doc["online"], doc["sessions"]), (200, [{"UserId": "a", "sessions": 2}, {"UserId": "b", "sessions": 1}], 2, 3))
+        self.assertEqual(
+            (code, doc["users"], doc["online"], doc["sessions"]),
+            (200, [{"UserId": "a", "sessions": 2}, {"UserId": "b", "sessions": 1}], 2, 3),
+        )
         code, doc = yield self.call("GET", "/presence/ib1/a", token=token)
         self.assertTrue(doc["online"])
         self.assertEqual(sorted(s["group"] for s in doc["sessions"]), ["", "g"])
@@ -180,7 +185,7 @@ class KeptTests(DeliveryTestBase):
     def test_kept_user_messages_arrive_once_in_order_after_restart(self) -> None:
         """TTL messages for an offline user survive a restart and reach its first session once, in order, before live ones."""
         token = yield self.token()
-        response, body = yield self.send_json(token, {"Recipient": to("user", UserId="late"), "Message": {"Topic": "k1", "TTL": 600}})
+        _, body = yield self.send_json(token, {"Recipient": to("user", UserId="late"), "Message": {"Topic": "k1", "TTL": 600}})
         self.assertEqual(body, {"sessions": 0, "users": 0, "stored": True})
         _, body = yield self.send_json(token, {"Recipient": to("user", UserId="late"), "Message": {"Topic": "k2"}}, "?ttl=600")
         self.assertTrue(body["stored"])

@@ -53,7 +53,9 @@ class ServiceTestBase(TestCase):
     @inlineCallbacks
     def send(self, token: str, doc: Any, raw: bytes | None = None) -> Any:
         body = raw if raw is not None else json.dumps(doc).encode("utf-8")
-        response = yield self.http.post(f"{self.server.url}/sendmessage", data=body, headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        response = yield self.http.post(
+            f"{self.server.url}/sendmessage", data=body, headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        )
         content = yield response.content()
         return response, content
 
@@ -104,14 +106,29 @@ class RoutingTests(ServiceTestBase):
         token = yield self.token()
         message = {
             "Topic": 'Тема "в кавычках"',
-            "Notification": {"Title": 'Заказ №5 "срочно" 😀', "Body": "строка\nвторая\\", "Icon": "Картинка", "Action": "e1cib/data/Документ.Заказ?ref=\"x\"", "Important": True},
-            "Data": {"ключ \"1\"": "значение 🚀", "пусто": ""},
+            "Notification": {
+                "Title": 'Заказ №5 "срочно" 😀',
+                "Body": "строка\nвторая\\",
+                "Icon": "Картинка",
+                "Action": 'e1cib/data/Документ.Заказ?ref="x"',
+                "Important": True,
+            },
+            "Data": {'ключ "1"': "значение 🚀", "пусто": ""},
         }
         response, _ = yield self.send(token, {"Recipient": to("user", ib="база\\1", UserId='Пользователь "1"'), "Message": message})
         self.assertEqual(response.code, 200)
         got = sub.receive(5)
         self.assertEqual(got["topic"], message["Topic"])
-        self.assertEqual(got["notification"], {"title": message["Notification"]["Title"], "body": "строка\nвторая\\", "icon": "Картинка", "action": message["Notification"]["Action"], "important": True})
+        self.assertEqual(
+            got["notification"],
+            {
+                "title": message["Notification"]["Title"],
+                "body": "строка\nвторая\\",
+                "icon": "Картинка",
+                "action": message["Notification"]["Action"],
+                "important": True,
+            },
+        )
         self.assertEqual(got["data"], message["Data"])
         raw = sub.raw_frames[-1]
         self.assertTrue(raw.startswith(b'{"topic": '))
@@ -123,7 +140,17 @@ class RoutingTests(ServiceTestBase):
         """A pretty-printed body with a BOM, nulls and odd member case is delivered."""
         sub = self.subscribe("u1")
         token = yield self.token()
-        raw = "\ufeff" + json.dumps({"recipient": {"type": "USER", "ibid": "ib1", "userid": "u1", "UserGroup": None}, "message": {"Topic": None, "notification": {"title": "T", "body": "B", "Icon": None, "Action": None, "important": False}, "Data": None}}, indent=4)
+        raw = "\ufeff" + json.dumps(
+            {
+                "recipient": {"type": "USER", "ibid": "ib1", "userid": "u1", "UserGroup": None},
+                "message": {
+                    "Topic": None,
+                    "notification": {"title": "T", "body": "B", "Icon": None, "Action": None, "important": False},
+                    "Data": None,
+                },
+            },
+            indent=4,
+        )
         response, _ = yield self.send(token, None, raw=raw.encode("utf-8"))
         self.assertEqual(response.code, 200)
         self.assertEqual(sub.receive(5), {"notification": {"title": "T", "body": "B", "important": False}})
@@ -285,7 +312,7 @@ class BadRegistrationTests(ServiceTestBase):
             return s.recv(100) == b""
         except ConnectionResetError:
             return True
-        except socket.timeout:
+        except TimeoutError:
             return False
 
     @inlineCallbacks
@@ -392,8 +419,6 @@ class StartupTests(TestCase):
         self.assertIn("no application with id 'nope'", result.stderr)
 
 
-
-
 class BatchTests(ServiceTestBase):
     ini = "max_batch = 5\n"
 
@@ -418,7 +443,9 @@ class BatchTests(ServiceTestBase):
         self.assertEqual([m["topic"] for m in u2.receive_all()], ["b", "c"])
         response = yield self.http.post(f"{self.server.url}/sendmessages", json=batch * 2, headers={"Authorization": f"Bearer {token}"})
         self.assertEqual(response.code, 413)
-        response = yield self.http.post(f"{self.server.url}/sendmessages", json={"not": "a list"}, headers={"Authorization": f"Bearer {token}"})
+        response = yield self.http.post(
+            f"{self.server.url}/sendmessages", json={"not": "a list"}, headers={"Authorization": f"Bearer {token}"}
+        )
         self.assertEqual(response.code, 400)
         response = yield self.http.post(f"{self.server.url}/sendmessages", json=batch, headers={"Authorization": "Bearer nope"})
         self.assertEqual(response.code, 401)

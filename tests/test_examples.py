@@ -95,7 +95,13 @@ class ExampleSenders(SynchronousTestCase):
 # -- the 1C module, which cannot run here: its request against the PHP one and the README ---------
 
 #: The module's parameters, and what the PHP example is given in their place.
-BSL_PARAMETERS = {"ИдентификаторИБ": "ib-1", "ИдентификаторПользователя": "user-1", "Заголовок": "title", "Текст": "text", "Данные": {"k": "v"}}
+BSL_PARAMETERS = {
+    "ИдентификаторИБ": "ib-1",
+    "ИдентификаторПользователя": "user-1",
+    "Заголовок": "title",
+    "Текст": "text",
+    "Данные": {"k": "v"},
+}
 BSL_LITERALS = {"Ложь": False, "Истина": True}
 
 
@@ -152,7 +158,13 @@ class OneCModule(SynchronousTestCase):
     def test_http_requests_match_php(self) -> None:
         """Same calls as send.php: GET /auth?server_key=, POST /sendmessage with Bearer and JSON headers, one retry on 401/403."""
         php = PHP.read_text(encoding="utf-8")
-        for needle in ("'/auth?server_key='", "'/sendmessage'", "'Authorization: Bearer '", "'Content-Type: application/json; charset=utf-8'", "$status === 401 || $status === 403"):
+        for needle in (
+            "'/auth?server_key='",
+            "'/sendmessage'",
+            "'Authorization: Bearer '",
+            "'Content-Type: application/json; charset=utf-8'",
+            "$status === 401 || $status === 403",
+        ):
             self.assertIn(needle, php)
         for needle in (
             'Новый HTTPЗапрос("/auth?server_key=" + КодироватьСтроку(КлючСервера, СпособКодированияСтроки.КодировкаURL))',
@@ -169,7 +181,14 @@ class OneCModule(SynchronousTestCase):
 
     def test_blocks_are_balanced(self) -> None:
         """Every Функция/Если/Попытка has its end, in order (a cheap syntax check of code that cannot run here)."""
-        pairs = {"Функция": "КонецФункции", "Процедура": "КонецПроцедуры", "Если": "КонецЕсли", "Попытка": "КонецПопытки", "Для": "КонецЦикла", "Пока": "КонецЦикла"}
+        pairs = {
+            "Функция": "КонецФункции",
+            "Процедура": "КонецПроцедуры",
+            "Если": "КонецЕсли",
+            "Попытка": "КонецПопытки",
+            "Для": "КонецЦикла",
+            "Пока": "КонецЦикла",
+        }
         stack: list[str] = []
         for number, line in enumerate(self.text.splitlines(), 1):
             word = (re.match(r"\s*(\w+)", line.split("//")[0]) or [None, None])[1]

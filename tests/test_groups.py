@@ -53,7 +53,13 @@ class MembershipTests(SynchronousTestCase):
         """The hub's group recipients are member sessions plus group-registered sessions, each once, in this IbId and application only."""
         m = Membership()
         hub = LocalHub(m.members)
-        m1a, m1b, both, reg, other = FakeSession("m1"), FakeSession("m1"), FakeSession("m2", group="g"), FakeSession("x", group="g"), FakeSession("o")
+        m1a, m1b, both, reg, other = (
+            FakeSession("m1"),
+            FakeSession("m1"),
+            FakeSession("m2", group="g"),
+            FakeSession("x", group="g"),
+            FakeSession("o"),
+        )
         elsewhere, other_app = FakeSession("m1", ib_id="ib2"), FakeSession("m1", app_id="b")
         for s in (m1a, m1b, both, reg, other, elsewhere, other_app):
             hub.attach(s)
@@ -79,14 +85,22 @@ class ParsingTests(SynchronousTestCase):
     def test_user_ids(self) -> None:
         """UserIds: case-insensitive member, strings only, non-empty, deduplicated in order, 413 over the size bound."""
         self.assertEqual(parse_user_ids({"userIDs": ["b", "a", "b"]}, 3), ["b", "a"])
-        for doc, status in (([], 400), ({}, 400), ({"UserIds": "a"}, 400), ({"UserIds": [1]}, 400), ({"UserIds": [""]}, 400), ({"UserIds": ["x" * 2000]}, 400), ({"UserIds": list("abcd")}, 413)):
+        for doc, status in (
+            ([], 400),
+            ({}, 400),
+            ({"UserIds": "a"}, 400),
+            ({"UserIds": [1]}, 400),
+            ({"UserIds": [""]}, 400),
+            ({"UserIds": ["x" * 2000]}, 400),
+            ({"UserIds": list("abcd")}, 413),
+        ):
             with self.assertRaises(GroupError) as caught:
                 parse_user_ids(doc, 3)
             self.assertEqual(caught.exception.status, status, doc)
 
     def test_stored_message_round_trip(self) -> None:
         """A kept message read back renders to the same add-in bytes, emoji and Cyrillic included."""
-        message = Message("Тема 😀", Notification("Заголовок", "", "", "e1cib/x", True), {"k": "v \"q\""})
+        message = Message("Тема 😀", Notification("Заголовок", "", "", "e1cib/x", True), {"k": 'v "q"'})
         plaintext = render_addin_json(message)
         self.assertEqual(render_addin_json(message_from_addin(plaintext)), plaintext)
 

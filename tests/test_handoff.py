@@ -114,7 +114,7 @@ class HandoffTests(TestCase):
         for round in range(3):
             if round == 0:
                 server.ini.write_text("log_level = Information\n")
-            wait_for(lambda: len(sender.accepted) > 10 * (round + 1), 10, what="sends")
+            wait_for(lambda round=round: len(sender.accepted) > 10 * (round + 1), 10, what="sends")
             server.restart_handoff()
             pids.append(server.pid())
             self.assertFalse(alive(pids[-2]))
@@ -204,7 +204,9 @@ class HandoffTests(TestCase):
         from .pki import ec_key
         from .test_tls import CA, stdlib_context
 
-        server = HandoffServer("log_level = Warning\nssl_mode = FromFileWithPrivateKey\nssl_certificate = s.pem\nssl_certificate_key = s.key\n")
+        server = HandoffServer(
+            "log_level = Warning\nssl_mode = FromFileWithPrivateKey\nssl_certificate = s.pem\nssl_certificate_key = s.key\n"
+        )
         self.addCleanup(server.cleanup)
         (server.dir / "root.pem").write_bytes(CA.root_pem)
 
@@ -267,5 +269,9 @@ class PieceTests(SynchronousTestCase):
     def test_unit_reloads_by_handoff_and_follows_the_new_main_pid(self) -> None:
         """The systemd unit is Type=notify with NotifyAccess=all and reloads with pns4ones-admin restart."""
         lines = set((ROOT / "scripts/pns4ones.service").read_text().splitlines())
-        for line in ("Type=notify", "NotifyAccess=all", "ExecReload=/opt/pns4ones/venv/bin/pns4ones-admin --config /etc/pns4ones/pns4ones.ini restart"):
+        for line in (
+            "Type=notify",
+            "NotifyAccess=all",
+            "ExecReload=/opt/pns4ones/venv/bin/pns4ones-admin --config /etc/pns4ones/pns4ones.ini restart",
+        ):
             self.assertIn(line, lines)

@@ -50,7 +50,9 @@ def built_wheel() -> Path:
         for name in ("setup.cfg", "pyproject.toml", "README.md"):
             shutil.copy2(CHECKOUT / name, src / name)
         out = Path(work.name) / "dist"
-        result = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(src)], capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(src)], capture_output=True, text=True, timeout=300
+        )
         if result.returncode != 0:
             raise AssertionError(f"python -m build failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
         (_wheel["path"],) = out.glob("pns4ones-*.whl")
@@ -70,7 +72,9 @@ def http_json(url: str) -> Any:
 
 
 def http_post(url: str, token: str, doc: Any) -> Any:
-    request = urllib.request.Request(url, data=json.dumps(doc).encode(), headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(doc).encode(), headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
@@ -86,7 +90,9 @@ def auth_code(base: str, server_key: str) -> int:
 class InstalledServer(ServerProcess):
     """``twistd -n pns4ones`` from another installation, optionally as another user."""
 
-    def __init__(self, bin_dir: Path, config_file: Path | None = None, as_user: tuple[int, int] | None = None, journal: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, bin_dir: Path, config_file: Path | None = None, as_user: tuple[int, int] | None = None, journal: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.bin_dir = bin_dir
         self.config_file = config_file or self.ini
@@ -114,7 +120,17 @@ class InstalledServer(ServerProcess):
         ]  # fmt: skip
 
     def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run(*self.prefix(), self.bin_dir / "pns4ones-admin", "--config", self.config_file, "--data-dir", self.data_dir, *args, check=check, timeout=60)
+        return run(
+            *self.prefix(),
+            self.bin_dir / "pns4ones-admin",
+            "--config",
+            self.config_file,
+            "--data-dir",
+            self.data_dir,
+            *args,
+            check=check,
+            timeout=60,
+        )
 
     def exercise(self, testcase: TestCase, app: dict[str, str]) -> None:
         """One add-in registration and one send, end to end."""
@@ -122,7 +138,11 @@ class InstalledServer(ServerProcess):
         testcase.addCleanup(sub.close)
         wait_for(lambda: "subscription registered" in self.log(), what="the registration in the log")
         token = http_json(f"{self.url}/auth?server_key={app['server_key']}")["access_token"]
-        report = http_post(f"{self.url}/sendmessage", token, {"Recipient": {"Type": "user", "IbId": "ib1", "UserId": "u1"}, "Message": {"Topic": "installed"}})
+        report = http_post(
+            f"{self.url}/sendmessage",
+            token,
+            {"Recipient": {"Type": "user", "IbId": "ib1", "UserId": "u1"}, "Message": {"Topic": "installed"}},
+        )
         testcase.assertEqual(report, {"sessions": 1, "users": 1, "stored": False})
         testcase.assertEqual(sub.receive(timeout=5), {"topic": "installed"})
         wait_for(lambda: "send: app=" in self.log(), what="the send in the log")
@@ -165,7 +185,18 @@ class WheelTests(TestCase):
         cls.venv = Path(cls.tmp.name) / "venv"
         # Fresh and empty (no pip of its own: the test's pip installs into it, which saves ensurepip's time).
         run(sys.executable, "-m", "venv", "--without-pip", cls.venv)
-        run(sys.executable, "-m", "pip", "--python", cls.venv / "bin" / "python", "install", "--disable-pip-version-check", "--no-compile", "-q", cls.wheel)
+        run(
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            cls.venv / "bin" / "python",
+            "install",
+            "--disable-pip-version-check",
+            "--no-compile",
+            "-q",
+            cls.wheel,
+        )
 
     @classmethod
     def tearDownClass(cls) -> None:
@@ -232,7 +263,9 @@ class InstallTests(TestCase):
 
     def test_user_directories_and_modes(self) -> None:
         """A system user with no login; /etc/pns4ones 0700 and its INI 0600, both the user's; code root-owned and readable."""
-        name, _, uid, gid, _, home, shell = next(line.split(":") for line in (self.root / "etc/passwd").read_text().splitlines() if line.startswith("pns4ones:"))
+        _, _, uid, gid, _, _, shell = next(
+            line.split(":") for line in (self.root / "etc/passwd").read_text().splitlines() if line.startswith("pns4ones:")
+        )
         self.assertLess(int(uid), 1000)
         self.assertEqual(shell, "/usr/sbin/nologin")
         self.assertIn(f"pns4ones:x:{gid}:", (self.root / "etc/group").read_text())
@@ -299,7 +332,9 @@ class InstallTests(TestCase):
         self.assertIn("Overall exposure level for pns4ones.service", result.stdout)
         # The same check fails when ExecStart does not exist: the verification is real.
         broken = self.root / "etc/systemd/system/pns4ones-broken.service"
-        broken.write_text((self.root / "etc/systemd/system/pns4ones.service").read_text().replace("/venv/bin/twistd", "/venv/bin/no-such-twistd"))
+        broken.write_text(
+            (self.root / "etc/systemd/system/pns4ones.service").read_text().replace("/venv/bin/twistd", "/venv/bin/no-such-twistd")
+        )
         self.addCleanup(broken.unlink)
         result = run(analyze, "verify", f"--root={self.root}", "/etc/systemd/system/pns4ones-broken.service", check=False)
         self.assertNotEqual(result.returncode, 0)
@@ -308,13 +343,27 @@ class InstallTests(TestCase):
     def test_service_and_admin_as_the_service_user(self) -> None:
         """Admin as root and as pns4ones share one store owned by pns4ones; the service runs as pns4ones with the installed INI and logs registrations and sends."""
         data = self.etc
-        server = InstalledServer(self.bin, config_file=self.etc / "pns4ones.ini", as_user=(self.uid, self.gid), journal=True, data_dir=str(data))
+        server = InstalledServer(
+            self.bin, config_file=self.etc / "pns4ones.ini", as_user=(self.uid, self.gid), journal=True, data_dir=str(data)
+        )
         self.addCleanup(server.cleanup)
         as_root = run(self.bin / "pns4ones-admin", "--config", self.etc / "pns4ones.ini", "--data-dir", data, "create", "by root", "--json")
         app = json.loads(as_root.stdout)
         for path in data.iterdir():
             self.assertEqual((path.stat().st_uid, path.stat().st_gid), (self.uid, self.gid), path)
-        via_twistd = run(self.bin / "twistd", "pns4ones", "--config", self.etc / "pns4ones.ini", "--data-dir", data, "admin", "create", "via twistd", "--json", check=False)
+        via_twistd = run(
+            self.bin / "twistd",
+            "pns4ones",
+            "--config",
+            self.etc / "pns4ones.ini",
+            "--data-dir",
+            data,
+            "admin",
+            "create",
+            "via twistd",
+            "--json",
+            check=False,
+        )
         self.assertEqual(via_twistd.returncode, 0, via_twistd.stderr)
         self.assertEqual((data / "pns4ones.db").stat().st_uid, self.uid)
         listed = json.loads(server.admin("list", "--json").stdout)
@@ -348,7 +397,9 @@ class InstallTests(TestCase):
         self.assertIn("upgrade; previous release kept", output)
         now = os.readlink(self.root / "opt/pns4ones/venv")
         self.assertNotEqual(now, release)
-        self.assertEqual(sorted(p.name for p in (self.root / "opt/pns4ones/releases").iterdir()), sorted([release.split("/")[-1], now.split("/")[-1]]))
+        self.assertEqual(
+            sorted(p.name for p in (self.root / "opt/pns4ones/releases").iterdir()), sorted([release.split("/")[-1], now.split("/")[-1]])
+        )
         self.assertEqual(stat.S_IMODE(self.etc.stat().st_mode), 0o700)
         self.assertEqual(sum(line.startswith("pns4ones:") for line in (self.root / "etc/passwd").read_text().splitlines()), 1)
         self.assertIn("kept", run(self.bin / "pns4ones-admin", "--data-dir", self.etc, "list").stdout)
@@ -381,7 +432,12 @@ class InstallTests(TestCase):
         before = {p.name: p.read_bytes() for p in (copy / "etc/pns4ones").iterdir()}
         output = run("bash", UNINSTALL, "--root", copy).stdout
         self.assertIn("Kept /etc/pns4ones", output)
-        for gone in ("etc/systemd/system/pns4ones.service", "etc/systemd/system/multi-user.target.wants/pns4ones.service", "opt/pns4ones", "usr/local/bin/pns4ones-admin"):
+        for gone in (
+            "etc/systemd/system/pns4ones.service",
+            "etc/systemd/system/multi-user.target.wants/pns4ones.service",
+            "opt/pns4ones",
+            "usr/local/bin/pns4ones-admin",
+        ):
             self.assertFalse(os.path.lexists(copy / gone), gone)
         self.assertEqual({p.name: p.read_bytes() for p in (copy / "etc/pns4ones").iterdir()}, before)
         self.assertIn("pns4ones:", (copy / "etc/passwd").read_text())
@@ -389,4 +445,3 @@ class InstallTests(TestCase):
         self.assertFalse((copy / "etc/pns4ones").exists())
         self.assertNotIn("pns4ones:", (copy / "etc/passwd").read_text())
         self.assertNotIn("pns4ones:", (copy / "etc/group").read_text())
-

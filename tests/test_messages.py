@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from pns4ones.messages import MessageError, Message, Notification, parse_send, render_addin_json
+from pns4ones.messages import Message, MessageError, Notification, parse_send, render_addin_json
 
 from .vectors import WIRE
 
@@ -53,7 +53,11 @@ class ParseTests(SynchronousTestCase):
         raw = "\ufeff" + json.dumps(
             {
                 "recipient": {"TYPE": "User", "ibid": "ib", "userid": "u", "UserGroup": None},
-                "MESSAGE": {"Topic": None, "Notification": {"Title": "t", "Body": None, "Icon": None, "Action": None, "Important": None}, "Data": None},
+                "MESSAGE": {
+                    "Topic": None,
+                    "Notification": {"Title": "t", "Body": None, "Icon": None, "Action": None, "Important": None},
+                    "Data": None,
+                },
             },
             indent=4,
         )
@@ -85,7 +89,16 @@ class ParseTests(SynchronousTestCase):
             self.assertEqual(ctx.exception.field, field, raw)
 
     @settings(max_examples=300, deadline=None)
-    @given(st.one_of(st.binary(max_size=200), st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=10), lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=10), c, max_size=3), max_leaves=10).map(lambda o: json.dumps(o).encode())))
+    @given(
+        st.one_of(
+            st.binary(max_size=200),
+            st.recursive(
+                st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+                lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=10), c, max_size=3),
+                max_leaves=10,
+            ).map(lambda o: json.dumps(o).encode()),
+        )
+    )
     def test_arbitrary_input(self, raw: bytes) -> None:
         """Arbitrary bytes or JSON either parse or raise MessageError."""
         try:
@@ -114,7 +127,10 @@ class RenderTests(SynchronousTestCase):
     def test_omission_rules(self) -> None:
         """Empty topic, data and a notification without title and body are left out."""
         self.assertEqual(render_addin_json(Message(notification=Notification(icon="i"))), b"{}")
-        self.assertEqual(render_addin_json(Message(notification=Notification(body="b", important=True))), b'{"notification": {"body": "b", "important": true}}')
+        self.assertEqual(
+            render_addin_json(Message(notification=Notification(body="b", important=True))),
+            b'{"notification": {"body": "b", "important": true}}',
+        )
 
     @settings(max_examples=300, deadline=None)
     @given(st.text(), st.text(), st.dictionaries(st.text(max_size=5), st.text(max_size=20), max_size=3))

@@ -59,7 +59,10 @@ class ObservedServer(TestCase):
         before = self.server.log().count('"registered"') + self.server.log().count("subscription registered")
         sub = Subscriber("127.0.0.1", self.server.service_port, self.app["id"], self.app["client_key"], ib, user, "", timeout=5).connect()
         self.addCleanup(sub.close)
-        wait_for(lambda: self.server.log().count('"registered"') + self.server.log().count("subscription registered") > before, what=f"registration of {user}")
+        wait_for(
+            lambda: self.server.log().count('"registered"') + self.server.log().count("subscription registered") > before,
+            what=f"registration of {user}",
+        )
         return sub
 
     def bad_signature(self) -> None:
@@ -198,7 +201,9 @@ class MetricsTests(ObservedServer):
         yield self.send_all()
         doc = json.loads(self.server.admin("status", "--json").stdout)
         self.assertEqual(doc["last_minute"], {"sends": 2, "deliveries": 2})
-        response = yield self.http.get(f"http://127.0.0.1:{self.server.admin_port}/status.json", headers={"Authorization": "Bearer guessed"})
+        response = yield self.http.get(
+            f"http://127.0.0.1:{self.server.admin_port}/status.json", headers={"Authorization": "Bearer guessed"}
+        )
         self.assertEqual(response.code, 401)
         yield response.content()
 
@@ -283,7 +288,12 @@ class ShippedDashboardTests(ObservedServer):
         self.addCleanup(conn.close)
         conn.request("GET", f"/auth?server_key={self.app['server_key']}")
         token = json.loads(conn.getresponse().read())["access_token"]
-        conn.request("POST", "/sendmessage", body=json.dumps({"Recipient": {"Type": "all", "IbId": "ib1"}, "Message": {"Topic": "x"}}), headers={"Authorization": f"Bearer {token}"})
+        conn.request(
+            "POST",
+            "/sendmessage",
+            body=json.dumps({"Recipient": {"Type": "all", "IbId": "ib1"}, "Message": {"Topic": "x"}}),
+            headers={"Authorization": f"Bearer {token}"},
+        )
         self.assertEqual(conn.getresponse().status, 200)
         text = yield self.scrape()
         exported = {name for name, _ in samples(text)}

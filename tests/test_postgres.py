@@ -37,10 +37,18 @@ def sleep(seconds: float) -> Deferred[None]:
     return deferLater(reactor, seconds, lambda: None)
 
 
-def admin(store: str, *args: str, check: bool = True, env: dict[str, str] | None = None, data_dir: str = "") -> subprocess.CompletedProcess[str]:
+def admin(
+    store: str, *args: str, check: bool = True, env: dict[str, str] | None = None, data_dir: str = ""
+) -> subprocess.CompletedProcess[str]:
     """``pns4ones-admin ... --store STORE``."""
     data_dir = data_dir or tempfile.gettempdir()
-    result = subprocess.run([ADMIN, "--data-dir", data_dir, *args, "--store", store], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
+    result = subprocess.run(
+        [ADMIN, "--data-dir", data_dir, *args, "--store", store],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"pns4ones-admin {' '.join(args)} failed ({result.returncode}): {result.stderr}")
     return result
@@ -173,7 +181,7 @@ class StoreContract:
         a = yield self.store.create_application("Shop", 10.0)
         yield self.store.add_token(TokenRecord(b"\x07" * 32, a.id, b"\x08" * 16, 10.0, 5000.0))
         yield self.store.set_group(a.id, "ib1", "g", ["u1", "u2"], 1.5)
-        yield self.store.keep_message(KeptMessage(a.id, "ib1", "group", "g", "{\"т\":1}".encode(), 1.0, 9e9), ["u1"], 5, 5)
+        yield self.store.keep_message(KeptMessage(a.id, "ib1", "group", "g", '{"т":1}'.encode(), 1.0, 9e9), ["u1"], 5, 5)
         yield self.store.set_admin(AdminAccount("admin", "hash"), 3.0)
         doc = yield self.store.export_data()
         other = self.open_empty()
@@ -281,18 +289,25 @@ class PostgresStoreContract(_WithCluster, StoreContract, TestCase):
 
         first = yield reloads_after(lambda: other.keep_message(KeptMessage(app.id, "ib1", "user", "u1", b"{}", 1.0, 9e9), [], 10, 10))
         self.assertGreaterEqual(first, 1)
-        self.assertEqual((yield reloads_after(lambda: other.keep_message(KeptMessage(app.id, "ib1", "user", "u1", b"[]", 1.0, 9e9), [], 10, 10))), 0)
+        self.assertEqual(
+            (yield reloads_after(lambda: other.keep_message(KeptMessage(app.id, "ib1", "user", "u1", b"[]", 1.0, 9e9), [], 10, 10))), 0
+        )
         self.assertEqual((yield reloads_after(lambda: other.take_kept(app.id, "ib1", "u1", [], 2.0))), 0)
 
     def test_migrations_once_under_concurrency(self) -> None:
         """Two migrate commands at once on a new database: both succeed, the schema is applied once, and again is a no-op."""
         url = self.cluster.url(self.cluster.new_database())
-        procs = [subprocess.Popen([ADMIN, "migrate", "--json", "--store", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        procs = [
+            subprocess.Popen([ADMIN, "migrate", "--json", "--store", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
         outs = [p.communicate(timeout=60) for p in procs]
         self.assertEqual([p.returncode for p in procs], [0, 0], outs)
         reports = sorted((json.loads(o[0])["from"], json.loads(o[0])["version"]) for o in outs)
         self.assertEqual(reports, [(0, 1), (1, 1)])
-        self.assertEqual(self.cluster.psql("SELECT version, name FROM schema_version", url.rsplit("/", 1)[1]).split(), ["1|001_initial.sql"])
+        self.assertEqual(
+            self.cluster.psql("SELECT version, name FROM schema_version", url.rsplit("/", 1)[1]).split(), ["1|001_initial.sql"]
+        )
         again = admin(url, "migrate")
         self.assertIn("schema version 1, up to date", again.stdout)
         self.assertNotIn(PASSWORD, again.stdout + again.stderr)
@@ -306,7 +321,13 @@ class PostgresStoreContract(_WithCluster, StoreContract, TestCase):
         secret.write_text(PASSWORD + "\n")
         ini = secret.parent / "pns4ones.ini"
         ini.write_text(f"store = {bare}\nstore_password_file = {secret}\n")
-        result = subprocess.run([ADMIN, "--config", str(ini), "list", "--json"], capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items() if not k.startswith("PG")})
+        result = subprocess.run(
+            [ADMIN, "--config", str(ini), "list", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={k: v for k, v in os.environ.items() if not k.startswith("PG")},
+        )
         self.assertEqual((result.returncode, result.stdout.strip()), (0, "[]"), result.stderr)
         wrong = admin(bare.replace("@", ":not-it@"), "list", check=False, env={"PGPASSWORD": ""})
         self.assertEqual(wrong.returncode, 1)
@@ -342,7 +363,9 @@ class _Nodes(_WithCluster):
 
     @inlineCallbacks
     def request(self, method: str, url: str, token: str, doc: Any = None) -> Any:
-        response = yield self.http.request(method, url, data=json.dumps(doc).encode() if doc is not None else None, headers={"Authorization": f"Bearer {token}"})
+        response = yield self.http.request(
+            method, url, data=json.dumps(doc).encode() if doc is not None else None, headers={"Authorization": f"Bearer {token}"}
+        )
         body = yield response.content()
         return response.code, json.loads(body) if body else None
 
@@ -412,7 +435,9 @@ class TwoNodesTests(_Nodes, TestCase):
         code, ticket = yield self.request("POST", f"{self.a.url}/tickets", planted, {"IbId": "ib1", "UserId": "w2"})
         with socket.create_connection(("127.0.0.1", self.b.api_port), timeout=5) as raw:
             key = base64.b64encode(os.urandom(16)).decode()
-            raw.sendall(f"GET /subscribe/ws?ticket={ticket['ticket']} HTTP/1.1\r\nHost: b\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+            raw.sendall(
+                f"GET /subscribe/ws?ticket={ticket['ticket']} HTTP/1.1\r\nHost: b\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
             self.assertTrue(raw.recv(4096).startswith(b"HTTP/1.1 101 "))
             raw.sendall(b"\x88\x80" + os.urandom(4))  # a close frame (masked, empty): the node ends the session
             wait_for(lambda: raw.recv(4096) == b"", 5, what="the node to close the WebSocket")
@@ -434,7 +459,11 @@ class TwoNodesTests(_Nodes, TestCase):
         on_b = self.subscribe(self.b, self.app, "u2")
         started = time.monotonic()
         admin(self.url, "upd_cli_key", self.app["id"])
-        wait_for(lambda: "client key rotated" in self.a.log() and "client key rotated" in self.b.log(), 5, what="both nodes to end the subscriptions")
+        wait_for(
+            lambda: "client key rotated" in self.a.log() and "client key rotated" in self.b.log(),
+            5,
+            what="both nodes to end the subscriptions",
+        )
         self.assertLess(time.monotonic() - started, 2.5)
         for sub in (on_a, on_b):
             self.assertIsNone(sub.receive(2))
@@ -490,7 +519,9 @@ class StoreOutageTests(_Nodes, TestCase):
             self.assertEqual((code, doc["error"]), (503, "store_unavailable"))
             kept = message("user", UserId="nobody")
             kept["Message"]["TTL"] = 60
-            code, doc = yield self.request("POST", f"{node.url}/sendmessages", token, [kept, message("user", UserId="u1", title="in a batch")])
+            code, doc = yield self.request(
+                "POST", f"{node.url}/sendmessages", token, [kept, message("user", UserId="u1", title="in a batch")]
+            )
             self.assertEqual(code, 200, doc)
             self.assertEqual([r["status"] for r in doc["results"]], [503, 200])
             self.assertEqual(doc["results"][0]["error"], "store_unavailable")
@@ -529,7 +560,7 @@ class ExportImportTests(_WithCluster, TestCase):
         a = yield first.create_application("Shop", 10.0)
         yield first.add_token(TokenRecord(b"\x07" * 32, a.id, b"\x08" * 16, 10.0, 9e9))
         yield first.set_group(a.id, "ib1", "Склад", ["u1", "u2"], 1.5)
-        yield first.keep_message(KeptMessage(a.id, "ib1", "group", "Склад", "{\"т\":1}".encode(), 1.0, 9e9), ["u1"], 5, 5)
+        yield first.keep_message(KeptMessage(a.id, "ib1", "group", "Склад", '{"т":1}'.encode(), 1.0, 9e9), ["u1"], 5, 5)
         yield first.keep_message(KeptMessage(a.id, "ib1", "user", "u3", b"{}", 1.0, 9e9), [], 5, 5)
         yield first.set_admin(AdminAccount("admin", "hash"), 3.0)
         yield first.close()

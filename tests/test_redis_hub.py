@@ -43,7 +43,7 @@ class NodesBase(SynchronousTestCase):
             for server in cls.servers:
                 server.start()
             for server in cls.servers:
-                wait_for(lambda: "hub: connected to Redis" in server.log(), 10, what="the hub connection")
+                wait_for(lambda server=server: "hub: connected to Redis" in server.log(), 10, what="the hub connection")
         except BaseException:
             cls.tearDownClass()
             raise
@@ -81,7 +81,9 @@ class NodesBase(SynchronousTestCase):
 
     def addin(self, server: ServerProcess, user: str, group: str = "") -> Subscriber:
         before = server.log().count("subscription registered")
-        sub = Subscriber("127.0.0.1", server.service_port, self.app["id"], self.app["client_key"], self.ib, user, group, timeout=5).connect()
+        sub = Subscriber(
+            "127.0.0.1", server.service_port, self.app["id"], self.app["client_key"], self.ib, user, group, timeout=5
+        ).connect()
         self.addCleanup(sub.close)
         wait_for(lambda: server.log().count("subscription registered") > before, what=f"registration of {user}")
         return sub
@@ -93,7 +95,9 @@ class NodesBase(SynchronousTestCase):
 
     def wait_sessions(self, server: ServerProcess, sessions: int, timeout: float = 5.0) -> None:
         """Until ``server`` sees ``sessions`` in this information base on all nodes (subscribed there, too)."""
-        wait_for(lambda: self.presence(server)["sessions"] == sessions, timeout, what=f"{sessions} sessions in the presence seen by {server.url}")
+        wait_for(
+            lambda: self.presence(server)["sessions"] == sessions, timeout, what=f"{sessions} sessions in the presence seen by {server.url}"
+        )
 
 
 class TwoNodesTests(NodesBase):
@@ -103,9 +107,17 @@ class TwoNodesTests(NodesBase):
         sub = self.addin(a, "u1")
         self.wait_sessions(b, 1)
         self.assertEqual(self.send(b, {"Type": "user", "UserId": "u1"}, "one"), {"sessions": 1, "users": 1, "stored": False})
-        response = self.http.put(f"{b.url}/groups/{self.ib}/sales", json={"UserIds": ["u1", "u9"]}, headers={"Authorization": f"Bearer {self.token(b)}"})
+        response = self.http.put(
+            f"{b.url}/groups/{self.ib}/sales", json={"UserIds": ["u1", "u9"]}, headers={"Authorization": f"Bearer {self.token(b)}"}
+        )
         self.assertEqual(response.status_code, 200, response.text)
-        wait_for(lambda: "u1" in self.http.get(f"{a.url}/groups/{self.ib}/sales", headers={"Authorization": f"Bearer {self.token(a)}"}).json()["UserIds"], what="the membership on node A")
+        wait_for(
+            lambda: (
+                "u1"
+                in self.http.get(f"{a.url}/groups/{self.ib}/sales", headers={"Authorization": f"Bearer {self.token(a)}"}).json()["UserIds"]
+            ),
+            what="the membership on node A",
+        )
         self.assertEqual(self.send(b, {"Type": "group", "UserGroup": "sales"}, "two")["sessions"], 1)
         self.assertEqual(self.send(b, {"Type": "all"}, "three")["sessions"], 1)
         self.assertEqual([sub.receive(5) for _ in range(3)], [{"topic": "one"}, {"topic": "two"}, {"topic": "three"}])
@@ -144,7 +156,10 @@ class TwoNodesTests(NodesBase):
         other = self.admin("create", "Rotated", "--json")
         subs = []
         for server in self.servers:
-            wait_for(lambda: self.http.get(f"{server.url}/auth", params={"server_key": other["server_key"]}).status_code == 200, what="the new application on every node")
+            wait_for(
+                lambda server=server: self.http.get(f"{server.url}/auth", params={"server_key": other["server_key"]}).status_code == 200,
+                what="the new application on every node",
+            )
             sub = Subscriber("127.0.0.1", server.service_port, other["id"], other["client_key"], self.ib, "u1", "", timeout=5).connect()
             self.addCleanup(sub.close)
             subs.append(sub)
@@ -211,11 +226,19 @@ class RedisFailureTests(NodesBase):
         wait_for(lambda: self.http.get(f"{a.url}/ready").status_code == 503, 5, what="/ready 503")
         wait_for(lambda: self.http.get(f"{b.url}/ready").status_code == 503, 5, what="/ready 503 on B")
         self.assertIn("Redis", self.http.get(f"{a.url}/ready").json()["status"])
-        response = self.http.post(f"{a.url}/sendmessage", json={"Recipient": {"Type": "all", "IbId": self.ib}, "Message": {"Topic": "lost"}}, headers={"Authorization": f"Bearer {token}"})
+        response = self.http.post(
+            f"{a.url}/sendmessage",
+            json={"Recipient": {"Type": "all", "IbId": self.ib}, "Message": {"Topic": "lost"}},
+            headers={"Authorization": f"Bearer {token}"},
+        )
         self.assertEqual(response.status_code, 503, response.text)
         self.assertEqual(response.json()["error"], "hub_unavailable")
         self.assertIn("not sent", response.json()["reason"])
-        batch = self.http.post(f"{a.url}/sendmessages", json=[{"Recipient": {"Type": "all", "IbId": self.ib}, "Message": {"Topic": "lost"}}], headers={"Authorization": f"Bearer {token}"})
+        batch = self.http.post(
+            f"{a.url}/sendmessages",
+            json=[{"Recipient": {"Type": "all", "IbId": self.ib}, "Message": {"Topic": "lost"}}],
+            headers={"Authorization": f"Bearer {token}"},
+        )
         self.assertEqual(batch.status_code, 200, batch.text)
         self.assertEqual(batch.json()["results"][0]["status"], 503)
         self.assertEqual(batch.json()["accepted"], 0)
@@ -224,7 +247,7 @@ class RedisFailureTests(NodesBase):
         self.assertIn('pns4ones_hub_publishes_total{result="failed"} 2.0', metrics)
         self.redis.start()
         for server in self.servers:
-            wait_for(lambda: self.http.get(f"{server.url}/ready").status_code == 200, 10, what="/ready 200 again")
+            wait_for(lambda server=server: self.http.get(f"{server.url}/ready").status_code == 200, 10, what="/ready 200 again")
         self.wait_sessions(a, 2)
         self.assertEqual(self.send(a, {"Type": "all"}, "back"), {"sessions": 2, "users": 1, "stored": False})
         self.assertEqual(sub_a.receive_all(), [{"topic": "back"}])
@@ -272,7 +295,11 @@ class TLSTests(SynchronousTestCase):
         self.addCleanup(sub.close)
         wait_for(lambda: "subscription registered" in good.log(), what="the registration")
         token = http.get(f"{good.url}/auth", params={"server_key": app["server_key"]}).json()["access_token"]
-        response = http.post(f"{good.url}/sendmessage", json={"Recipient": {"Type": "user", "IbId": "ib", "UserId": "u1"}, "Message": {"Topic": "tls"}}, headers={"Authorization": f"Bearer {token}"})
+        response = http.post(
+            f"{good.url}/sendmessage",
+            json={"Recipient": {"Type": "user", "IbId": "ib", "UserId": "u1"}, "Message": {"Topic": "tls"}},
+            headers={"Authorization": f"Bearer {token}"},
+        )
         self.assertEqual(response.status_code, 200, response.text)
         self.assertEqual(sub.receive(5), {"topic": "tls"})
         doc = http.get(f"{bad.url}/ready").json()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-
 import selectors
 import signal
 import socket
@@ -67,7 +66,9 @@ class SlowConsumerTests(TestCase):
             healthy.append(s)
             self.addCleanup(s.close)
         sender = Sender(self.server, self.app)
-        wait_for(lambda: sender.send({"Type": "all", "IbId": "ib"}, {"Topic": "warmup"})[1]["sessions"] == 201, what="all 201 subscriptions")
+        wait_for(
+            lambda: sender.send({"Type": "all", "IbId": "ib"}, {"Topic": "warmup"})[1]["sessions"] == 201, what="all 201 subscriptions"
+        )
         rss_before = rss_kb(self.server.proc.pid)
 
         selector = selectors.DefaultSelector()
@@ -114,7 +115,9 @@ class SlowConsumerTests(TestCase):
         self.assertIn("is not reading", self.server.log())
         latencies.sort()
         p99 = latencies[int(len(latencies) * 0.99) - 1]
-        print(f"\nstalled-reader test: {ticks} broadcasts x 200 healthy, latency p50 {1000 * latencies[len(latencies) // 2]:.1f} ms, p99 {1000 * p99:.1f} ms, max {1000 * latencies[-1]:.1f} ms; stalled cut after {cut_after + 1} rounds (~{(cut_after + 1) * 300} KB)")
+        print(
+            f"\nstalled-reader test: {ticks} broadcasts x 200 healthy, latency p50 {1000 * latencies[len(latencies) // 2]:.1f} ms, p99 {1000 * p99:.1f} ms, max {1000 * latencies[-1]:.1f} ms; stalled cut after {cut_after + 1} rounds (~{(cut_after + 1) * 300} KB)"
+        )
         self.assertLess(p99, 2.0)
         rss_after = rss_kb(self.server.proc.pid)
         self.assertLess(rss_after - rss_before, 64 * 1024, "server memory grew by more than 64 MiB")
@@ -175,7 +178,10 @@ class DeadPeerAndLimitTests(TestCase):
         """Connections beyond max_subscriptions are closed at once, logged once per interval, not per connection."""
         sender = Sender(self.server, self.app)
         time.sleep(0.5)  # the start-up port probes have come and gone
-        keep = [Subscriber("127.0.0.1", self.server.service_port, self.app["id"], self.app["client_key"], "ib", f"u{i}").connect() for i in range(3)]
+        keep = [
+            Subscriber("127.0.0.1", self.server.service_port, self.app["id"], self.app["client_key"], "ib", f"u{i}").connect()
+            for i in range(3)
+        ]
         for sub in keep:
             self.addCleanup(sub.close)
         wait_for(lambda: sender.send({"Type": "all", "IbId": "ib"}, {})[1].get("sessions") == 3, what="the three subscriptions")
@@ -190,6 +196,7 @@ class DeadPeerAndLimitTests(TestCase):
             self.assertLess(time.monotonic() - t0, 1.0)
         self.assertEqual(refused, 50)
         self.assertLessEqual(self.server.log().count("max_subscriptions=3 reached"), 2)
+
 
 class LogFloodTests(TestCase):
     def setUp(self) -> None:
@@ -236,7 +243,9 @@ class CrashSafetyTests(TestCase):
             i = 0
             while not stop.is_set():
                 i += 1
-                r = subprocess.run([ADMIN, "--data-dir", str(server.data_dir), "create", f"app{i}", "--json"], capture_output=True, text=True)
+                r = subprocess.run(
+                    [ADMIN, "--data-dir", str(server.data_dir), "create", f"app{i}", "--json"], capture_output=True, text=True
+                )
                 if r.returncode == 0:
                     committed.append(json.loads(r.stdout)["id"])
                 else:
@@ -253,7 +262,9 @@ class CrashSafetyTests(TestCase):
                 server.start()
             # a CLI killed in the middle of its write
             for _ in range(5):
-                p = subprocess.Popen([ADMIN, "--data-dir", str(server.data_dir), "create", "victim"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                p = subprocess.Popen(
+                    [ADMIN, "--data-dir", str(server.data_dir), "create", "victim"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
                 time.sleep(0.15)
                 p.kill()
                 p.wait()
@@ -301,5 +312,3 @@ class GracefulStopTests(TestCase):
             sub.close()
         self.assertIn("received SIGTERM: stopping gracefully", server.log())
         server.proc = None
-
-

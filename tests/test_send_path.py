@@ -79,7 +79,7 @@ class Conn:
             return self.f.read(1) == b""
         except (ConnectionResetError, ssl.SSLError):
             return True
-        except socket.timeout:
+        except TimeoutError:
             return False
 
     def close(self) -> None:
@@ -94,7 +94,9 @@ def request(method: str, path: str, body: bytes = b"", token: str = "", headers:
 
 
 def send_doc(user: str = "u1", ib: str = "ib1", **message: Any) -> bytes:
-    return json.dumps({"Recipient": {"Type": "user", "IbId": ib, "UserId": user}, "Message": message or {"Topic": "t"}}, ensure_ascii=False).encode()
+    return json.dumps(
+        {"Recipient": {"Type": "user", "IbId": ib, "UserId": user}, "Message": message or {"Topic": "t"}}, ensure_ascii=False
+    ).encode()
 
 
 class Servers(TestCase):
@@ -113,13 +115,15 @@ class Servers(TestCase):
             cls.apps[engine] = server.create_app("Shop")
             server.start()
             cls.servers[engine] = server
-            conn = Conn(server.api_port).send(request("GET", f"/auth?server_key={cls.apps[engine]['server_key']}", headers="Connection: close\r\n"))
+            conn = Conn(server.api_port).send(
+                request("GET", f"/auth?server_key={cls.apps[engine]['server_key']}", headers="Connection: close\r\n")
+            )
             cls.tokens[engine] = json.loads(conn.response()[1])["access_token"]
             conn.close()
             app = cls.apps[engine]
             sub = Subscriber("127.0.0.1", server.service_port, app["id"], app["client_key"], "ib1", "u1", "", timeout=5).connect()
             cls.subs.append(sub)
-            wait_for(lambda: "subscription registered" in server.log(), what="the subscription")
+            wait_for(lambda server=server: "subscription registered" in server.log(), what="the subscription")
 
     @classmethod
     def tearDownClass(cls) -> None:
@@ -156,8 +160,18 @@ class Servers(TestCase):
         cases = [
             lambda t: request("POST", "/sendmessage", send_doc("u1"), t),
             lambda t: request("POST", "/sendmessage", send_doc("nobody"), t),
-            lambda t: request("POST", "/sendmessage", b"\xef\xbb\xbf" + send_doc("u1", Topic=None, Notification={"Title": "«Привет»", "Important": True}), t),
-            lambda t: request("POST", "/sendmessage", json.dumps({"recipient": {"type": "ALL", "ibid": "ib1"}, "message": {"data": {"k": "v"}}}).encode(), t),
+            lambda t: request(
+                "POST",
+                "/sendmessage",
+                b"\xef\xbb\xbf" + send_doc("u1", Topic=None, Notification={"Title": "«Привет»", "Important": True}),
+                t,
+            ),
+            lambda t: request(
+                "POST",
+                "/sendmessage",
+                json.dumps({"recipient": {"type": "ALL", "ibid": "ib1"}, "message": {"data": {"k": "v"}}}).encode(),
+                t,
+            ),
             lambda t: request("POST", "/sendmessage", b"{not json", t),
             lambda t: request("POST", "/sendmessage", b"", t),
             lambda t: request("POST", "/sendmessage", send_doc("u1", Data={"n": 1}), t),
@@ -166,7 +180,7 @@ class Servers(TestCase):
             lambda t: request("POST", "/sendmessage", send_doc("u1"), "not-a-token"),
             lambda t: request("POST", "/sendmessage", send_doc("u1"), headers="Authorization: Basic abc\r\n"),
             lambda t: request("POST", "/sendmessage?ttl=forever", send_doc("nobody"), t),
-            lambda t: request("POST", "/sendmessages", b"[" + send_doc("u1") + b", {\"Recipient\": 1}, " + send_doc("u2") + b"]", t),
+            lambda t: request("POST", "/sendmessages", b"[" + send_doc("u1") + b', {"Recipient": 1}, ' + send_doc("u2") + b"]", t),
             lambda t: request("POST", "/sendmessages", b"{}", t),
             lambda t: request("POST", "/sendmessages", b"[]", "bad"),
             lambda t: request("GET", "/auth?server_key=wrong"),
@@ -242,7 +256,11 @@ class Servers(TestCase):
         """A chunked request body, sent in pieces, is delivered."""
         body = send_doc("u1", Topic="chunked")
         c = self.conn()
-        c.send(b"POST /sendmessage HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + self.tokens["lean"].encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+        c.send(
+            b"POST /sendmessage HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + self.tokens["lean"].encode()
+            + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
         for part in (body[:10], body[10:25], body[25:]):
             time.sleep(0.05)
             c.send(b"%x\r\n%s\r\n" % (len(part), part))
@@ -254,7 +272,11 @@ class Servers(TestCase):
     def test_expect_100_continue(self) -> None:
         """Expect: 100-continue gets 100 Continue before the body is sent, then the answer."""
         body = send_doc("u1", Topic="continued")
-        c = self.conn().send(request("POST", "/sendmessage", b"", self.tokens["lean"], headers="Expect: 100-continue\r\n").replace(b"Content-Length: 0", b"Content-Length: %d" % len(body)))
+        c = self.conn().send(
+            request("POST", "/sendmessage", b"", self.tokens["lean"], headers="Expect: 100-continue\r\n").replace(
+                b"Content-Length: 0", b"Content-Length: %d" % len(body)
+            )
+        )
         self.assertEqual(c.f.readline(), b"HTTP/1.1 100 Continue\r\n")
         self.assertEqual(c.f.readline(), b"\r\n")
         head, _ = c.send(body).response()
@@ -268,7 +290,15 @@ class Servers(TestCase):
         self.assertEqual(status(head), 413)
         self.assertEqual(json.loads(body)["error"], "payload_too_large")
         self.assertTrue(c.closed())
-        c = self.conn().send(b"POST /sendmessage HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + b"2000\r\n" + b"x" * 8192 + b"\r\n" + b"10\r\n" + b"y" * 16 + b"\r\n")
+        c = self.conn().send(
+            b"POST /sendmessage HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"2000\r\n"
+            + b"x" * 8192
+            + b"\r\n"
+            + b"10\r\n"
+            + b"y" * 16
+            + b"\r\n"
+        )
         head, body = c.response()
         self.assertEqual(status(head), 413)
         self.assertTrue(c.closed())
@@ -344,17 +374,27 @@ class Servers(TestCase):
             self.assertEqual(status(head), 400)
             self.assertTrue(c.closed())
         self.assertEqual(self.lean.proc.poll(), None)
-        self.assertEqual(status(self.conn().send(request("POST", "/sendmessage", send_doc("nobody"), self.tokens["lean"])).response()[0]), 200)
+        self.assertEqual(
+            status(self.conn().send(request("POST", "/sendmessage", send_doc("nobody"), self.tokens["lean"])).response()[0]), 200
+        )
 
     def test_trusted_proxy_peer_in_logs(self) -> None:
         """From a trusted proxy, X-Forwarded-For names the peer in the send log line; from others it is ignored."""
         c = self.conn(source="127.0.0.2")
         c.send(request("POST", "/sendmessage", send_doc("nobody"), self.tokens["lean"], headers="X-Forwarded-For: 203.0.113.7\r\n"))
         self.assertEqual(status(c.response()[0]), 200)
-        c.send(request("POST", "/sendmessage", send_doc("nobody"), self.tokens["lean"], headers="X-Forwarded-For: 198.51.100.1, 203.0.113.8\r\n"))
+        c.send(
+            request(
+                "POST", "/sendmessage", send_doc("nobody"), self.tokens["lean"], headers="X-Forwarded-For: 198.51.100.1, 203.0.113.8\r\n"
+            )
+        )
         self.assertEqual(status(c.response()[0]), 200)
-        wait_for(lambda: "peer=203.0.113.7" in self.lean.log() and "peer=203.0.113.8" in self.lean.log(), what="the forwarded peers in the log")
-        untrusted = self.conn().send(request("POST", "/sendmessage", send_doc("nobody"), self.tokens["lean"], headers="X-Forwarded-For: 192.0.2.99\r\n"))
+        wait_for(
+            lambda: "peer=203.0.113.7" in self.lean.log() and "peer=203.0.113.8" in self.lean.log(), what="the forwarded peers in the log"
+        )
+        untrusted = self.conn().send(
+            request("POST", "/sendmessage", send_doc("nobody"), self.tokens["lean"], headers="X-Forwarded-For: 192.0.2.99\r\n")
+        )
         self.assertEqual(status(untrusted.response()[0]), 200)
         time.sleep(0.2)
         self.assertNotIn("192.0.2.99", self.lean.log())
@@ -382,7 +422,9 @@ class TlsTests(TestCase):
     def setUp(self) -> None:
         pki = PKI()
         server_cert = pki.server()
-        self.server = ServerProcess(ini="ssl_mode = FromFileWithPrivateKey\nssl_certificate = server.pem\nssl_certificate_key = server.key\n")
+        self.server = ServerProcess(
+            ini="ssl_mode = FromFileWithPrivateKey\nssl_certificate = server.pem\nssl_certificate_key = server.key\n"
+        )
         self.addCleanup(self.server.cleanup)
         (self.server.dir / "server.pem").write_bytes(server_cert.chain_pem())
         (self.server.dir / "server.key").write_bytes(server_cert.key_pem())
@@ -392,7 +434,9 @@ class TlsTests(TestCase):
 
     def test_send_and_switch_over_tls(self) -> None:
         """Over HTTPS: auth and sends on one connection, then /health (twisted.web) on it, then a send again."""
-        sub = Subscriber("127.0.0.1", self.server.service_port, self.app["id"], self.app["client_key"], "ib1", "u1", "", timeout=5).connect()
+        sub = Subscriber(
+            "127.0.0.1", self.server.service_port, self.app["id"], self.app["client_key"], "ib1", "u1", "", timeout=5
+        ).connect()
         self.addCleanup(sub.close)
         wait_for(lambda: "subscription registered" in self.server.log(), what="the subscription")
         c = Conn(self.server.api_port, tls=self.context)
@@ -464,9 +508,18 @@ class ParserAdapterTests(SynchronousTestCase):
             uri = path + (b"?q=" + query.encode() if query else b"")
             if chunked:
                 encoded = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
-                stream += b"%s %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\nTransfer-Encoding: chunked\r\n\r\n%s" % (method, uri, encoded)
+                stream += b"%s %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\nTransfer-Encoding: chunked\r\n\r\n%s" % (
+                    method,
+                    uri,
+                    encoded,
+                )
             else:
-                stream += b"%s %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\nContent-Length: %d\r\n\r\n%s" % (method, uri, len(body), body)
+                stream += b"%s %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\nContent-Length: %d\r\n\r\n%s" % (
+                    method,
+                    uri,
+                    len(body),
+                    body,
+                )
             expected.append((method, uri, body, b"Bearer t"))
         api = _Api()
         factory = LeanFactory(_site(), api, clock=__import__("twisted.internet.task", fromlist=["Clock"]).Clock())

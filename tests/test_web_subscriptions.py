@@ -75,7 +75,14 @@ class WebBase(SynchronousTestCase):
         self.assertEqual(response.status_code, 200, response.text)
         return str(response.json()["access_token"])
 
-    def ticket(self, user: str = "u1", ib: str | None = None, groups: list[str] | None = None, ttl: int | None = None, app: dict[str, str] | None = None) -> str:
+    def ticket(
+        self,
+        user: str = "u1",
+        ib: str | None = None,
+        groups: list[str] | None = None,
+        ttl: int | None = None,
+        app: dict[str, str] | None = None,
+    ) -> str:
         return get_ticket(self.url, self.token(app), ib or self.ib, user, groups, ttl, verify=self.verify())
 
     def send(self, recipient: dict[str, str], topic: str, app: dict[str, str] | None = None) -> dict[str, Any]:
@@ -113,7 +120,9 @@ class WebBase(SynchronousTestCase):
 class FanOutTests(WebBase):
     def test_one_user_three_transports(self) -> None:
         """An add-in, a WebSocket and an SSE session of one user each get every message exactly once, and sends count them."""
-        addin = Subscriber("127.0.0.1", self.server.service_port, self.app["id"], self.app["client_key"], self.ib, "u1", "", timeout=5).connect()
+        addin = Subscriber(
+            "127.0.0.1", self.server.service_port, self.app["id"], self.app["client_key"], self.ib, "u1", "", timeout=5
+        ).connect()
         self.addCleanup(addin.close)
         wait_for(lambda: "subscription registered" in self.server.log(), what="the add-in registration")
         ws = self.subscriber("ws")
@@ -156,7 +165,6 @@ class FanOutTests(WebBase):
 
 
 class TicketTests(WebBase):
-
     def test_ticket_response(self) -> None:
         """/tickets needs the bearer token, validates its body and bounds the TTL."""
         response = self.http.post(f"{self.url}/tickets", json={"IbId": "ib1", "UserId": "u1"})
@@ -236,7 +244,6 @@ class TicketTests(WebBase):
 
 
 class OriginTests(WebBase):
-
     def test_origins(self) -> None:
         """Listed Origins are accepted (SSE gets CORS), others refused with 403, no Origin accepted."""
         ticket = self.ticket()
@@ -245,13 +252,14 @@ class OriginTests(WebBase):
             self.assertEqual((status, doc["error"]), (403, "origin_not_allowed"))
             self.subscriber(transport, ticket, origin="https://ERP.example.com").close()
             self.subscriber(transport, ticket).close()
-        with self.http.stream("GET", f"{self.url}/subscribe/sse", params={"ticket": ticket}, headers={"Origin": "https://erp.example.com"}) as response:
+        with self.http.stream(
+            "GET", f"{self.url}/subscribe/sse", params={"ticket": ticket}, headers={"Origin": "https://erp.example.com"}
+        ) as response:
             self.assertEqual(response.headers["access-control-allow-origin"], "https://erp.example.com")
             self.assertTrue(response.headers["content-type"].startswith("text/event-stream"))
 
 
 class KeepaliveTests(WebBase):
-
     def raw_ws(self, ticket: str) -> socket.socket:
         """A WebSocket handshake by hand, then silence: a peer that never answers pings."""
         sock = socket.create_connection(("127.0.0.1", self.server.api_port), timeout=5)
@@ -295,23 +303,29 @@ class KeepaliveTests(WebBase):
             sock.settimeout(5)
             sock.connect(("127.0.0.1", self.server.api_port))
             self.addCleanup(sock.close)
-            upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\nSec-WebSocket-Version: 13\r\n" if path.endswith("ws") else ""
+            upgrade = (
+                "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\nSec-WebSocket-Version: 13\r\n"
+                if path.endswith("ws")
+                else ""
+            )
             sock.sendall(f"GET {path}?ticket={self.ticket('stuck')} HTTP/1.1\r\nHost: 127.0.0.1\r\n{upgrade}\r\n".encode())
             stuck.append(sock)
         wait_for(lambda: self.send({"Type": "user", "UserId": "stuck"}, "probe")["sessions"] == 2, what="both stuck sessions")
         token = self.token()
         body = {"Recipient": {"Type": "all", "IbId": self.ib}, "Message": {"Data": {"blob": "x" * 60_000}}}
-        for n in range(400):
+        for n in range(400):  # noqa: B007 (n is reported below)
             response = self.http.post(f"{self.url}/sendmessage", json=body, headers={"Authorization": f"Bearer {token}"})
             if response.json()["sessions"] == 1:
                 break
-        self.assertEqual(response.json(), {"sessions": 1, "users": 1, "stored": False}, f"still {response.json()} after {n + 1} large sends")
+        self.assertEqual(
+            response.json(), {"sessions": 1, "users": 1, "stored": False}, f"still {response.json()} after {n + 1} large sends"
+        )
         log = self.server.log()
         self.assertIn("is not reading: over 65536 bytes queued, cut off", log)  # further ones are rate-limited
         self.assertIn("subscription ended: peer=127.0.0.1 app={} ib={} user=stuck transport=ws".format(self.app["id"], self.ib), log)
         self.assertIn("subscription ended: peer=127.0.0.1 app={} ib={} user=stuck transport=sse".format(self.app["id"], self.ib), log)
         self.assertEqual(self.send({"Type": "user", "UserId": "lively"}, "fine")["sessions"], 1)
-        while (doc := lively.receive(5)).get("topic") != "fine":
+        while lively.receive(5).get("topic") != "fine":
             pass
 
     def test_sse_heartbeat(self) -> None:
@@ -325,7 +339,7 @@ class KeepaliveTests(WebBase):
                 if seen.split("\n").count(":") >= 2 or time.monotonic() > deadline:
                     break
         self.assertTrue(seen.startswith("retry: 3000\n"), seen)
-        self.assertIn('event: ready\nid: ', seen)
+        self.assertIn("event: ready\nid: ", seen)
         self.assertGreaterEqual(seen.split("\n").count(":"), 2, seen)
 
     def test_oversized_inbound_frame(self) -> None:
@@ -344,7 +358,6 @@ class KeepaliveTests(WebBase):
 
 
 class ResumeTests(WebBase):
-
     def test_resume_without_loss_or_duplicates(self) -> None:
         """Reconnecting with ?since / Last-Event-ID first gets what was missed in order, then live messages, no duplicates."""
         ticket = self.ticket()
@@ -355,7 +368,7 @@ class ResumeTests(WebBase):
             resume = sub.last_id
             ended = self.server.log().count("subscription ended")
             sub.close()
-            wait_for(lambda: self.server.log().count("subscription ended") > ended, what="the session to end")
+            wait_for(lambda ended=ended: self.server.log().count("subscription ended") > ended, what="the session to end")
             self.send({"Type": "user", "UserId": "u1"}, "b")
             self.send({"Type": "user", "UserId": "someone else"}, "not mine")
             self.send({"Type": "all"}, "c")

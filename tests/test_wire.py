@@ -49,7 +49,9 @@ class RegistrationTests(SynchronousTestCase):
             (n,) = struct.unpack_from("<H", frame)
             self.assertEqual(n, len(frame) - 2)
             reg = wire.parse_registration(frame[2:])
-            self.assertEqual((reg.app_id, reg.ib_id, reg.user_id, reg.group), (vector["app_id"], vector["ib_id"], vector["user_id"], vector["group"]))
+            self.assertEqual(
+                (reg.app_id, reg.ib_id, reg.user_id, reg.group), (vector["app_id"], vector["ib_id"], vector["user_id"], vector["group"])
+            )
             self.assertTrue(reg.verify(KEY))
             self.assertFalse(reg.verify(wire.ClientKey.generate()))
 

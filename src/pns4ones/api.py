@@ -12,11 +12,11 @@ from typing import Any
 from urllib.parse import unquote
 
 from klein import Klein
+from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource as _resource
 from twisted.web.server import NOT_DONE_YET
-from twisted.internet.defer import gatherResults, inlineCallbacks
-from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from . import crypto
@@ -24,8 +24,8 @@ from .core import LEGACY_EPOCH_OFFSET, AuthError, Core, TokenUnknown
 from .groups import GroupError, check_name, parse_ttl, parse_user_ids
 from .hub import HubUnavailable
 from .logs import RateLimited
-from .metrics import NULL
 from .messages import MessageError, decode_json_body, parse_send, parse_send_object
+from .metrics import NULL
 from .ratelimit import RateLimiter
 from .store import StoreUnavailable
 from .tokenfetch import render_after_fetch
@@ -67,7 +67,15 @@ class SendAPI:
     log = Logger()
     metrics = NULL
 
-    def __init__(self, core: Core, expires_in_format: str = "unix", log_sends: bool = True, send_rate_limit: float = 0.0, max_batch: int = 1000, subscriptions: Any = None) -> None:
+    def __init__(
+        self,
+        core: Core,
+        expires_in_format: str = "unix",
+        log_sends: bool = True,
+        send_rate_limit: float = 0.0,
+        max_batch: int = 1000,
+        subscriptions: Any = None,
+    ) -> None:
         self.core = core
         self.max_batch = max_batch
         #: WebSocket/SSE subscriptions (:class:`pns4ones.transports.web.WebSubscriptions`), if served.
@@ -105,7 +113,12 @@ class SendAPI:
             if wait:
                 retry = str(max(1, int(wait + 0.999))).encode()
                 self._rejected(request, 429, f"application {app.id} over send_rate_limit")
-                raise ApiError(429, "rate_limited", f"over {self.limiter.rate:g} sends per second for this application", headers={b"Retry-After": retry})
+                raise ApiError(
+                    429,
+                    "rate_limited",
+                    f"over {self.limiter.rate:g} sends per second for this application",
+                    headers={b"Retry-After": retry},
+                )
         return app
 
     def _rejected(self, request: Any, status: int, reason: str) -> None:
@@ -114,7 +127,16 @@ class SendAPI:
 
         def emit(suppressed: int) -> None:
             more = f" ({suppressed} more like it in the last 10 s)" if suppressed else ""
-            self.log.warn("rejected {method} {path} from {peer}: {status} {reason}{more}", method=request.method.decode("latin-1"), path=request.path.decode("latin-1", "replace"), peer=peer, status=status, reason=reason, more=more, event="rejected")
+            self.log.warning(
+                "rejected {method} {path} from {peer}: {status} {reason}{more}",
+                method=request.method.decode("latin-1"),
+                path=request.path.decode("latin-1", "replace"),
+                peer=peer,
+                status=status,
+                reason=reason,
+                more=more,
+                event="rejected",
+            )
 
         self._warn(f"{status}:{reason[:20]}", emit)
 
@@ -158,7 +180,9 @@ class SendAPI:
         ttl = 0.0
         if send.ttl is not None or b"ttl" in request.args:
             ttl = self._ttl(request, send)
-        return self.core.send(application, send, ttl).addCallbacks(self._sent, _hub_unavailable, callbackArgs=(request, application, send, started))
+        return self.core.send(application, send, ttl).addCallbacks(
+            self._sent, _hub_unavailable, callbackArgs=(request, application, send, started)
+        )
 
     def _ttl(self, request: Any, send: Any) -> float:
         """``Message.TTL`` or ``?ttl=`` (the body wins), bounded by ``max_ttl``."""
@@ -230,8 +254,13 @@ class SendAPI:
     def _changed(self, request: Any, what: str, app: Any, ib_id: str, group: str, **fields: Any) -> None:
         self.log.info(
             "groups: {what} app={app_id} ib={ib_id} group={group} {fields} peer={peer}",
-            what=what, app_id=app.id, ib_id=ib_id, group=group, fields=fields,
-            peer=getattr(request.getClientAddress(), "host", "?"), event="group-change",
+            what=what,
+            app_id=app.id,
+            ib_id=ib_id,
+            group=group,
+            fields=fields,
+            peer=getattr(request.getClientAddress(), "host", "?"),
+            event="group-change",
         )
 
     def _group_doc(self, app: Any, ib_id: str, group: str) -> dict[str, Any]:
@@ -296,12 +325,16 @@ class SendAPI:
     def presence(self, request: Any, ib: str) -> Any:
         app, ib_id = self._names(request, ib)
         users = self.core.presence(app.id, ib_id)
-        return json_body(request, 200, {
-            "IbId": ib_id,
-            "users": [{"UserId": u, "sessions": len(s)} for u, s in sorted(users.items())],
-            "online": len(users),
-            "sessions": sum(len(s) for s in users.values()),
-        })
+        return json_body(
+            request,
+            200,
+            {
+                "IbId": ib_id,
+                "users": [{"UserId": u, "sessions": len(s)} for u, s in sorted(users.items())],
+                "online": len(users),
+                "sessions": sum(len(s) for s in users.values()),
+            },
+        )
 
     @app.route("/presence/<ib>/<user>", methods=["GET"])
     def presence_of(self, request: Any, ib: str, user: str) -> Any:
@@ -315,13 +348,15 @@ class SendAPI:
                 out.append({"node": node, "transport": s.transport_name, "group": s.group})
                 continue
             since = getattr(s, "connected_at", 0.0)
-            out.append({
-                "connected_since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)),
-                "connected_since_unix": round(since, 3),
-                "peer": getattr(s, "peer", ""),
-                "group": s.group,
-                "transport": s.transport_name,
-            })
+            out.append(
+                {
+                    "connected_since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)),
+                    "connected_since_unix": round(since, 3),
+                    "peer": getattr(s, "peer", ""),
+                    "group": s.group,
+                    "transport": s.transport_name,
+                }
+            )
         return json_body(request, 200, {"IbId": ib_id, "UserId": user_id, "online": bool(out), "sessions": out})
 
     @app.route("/sendmessages", methods=["POST"])
@@ -358,12 +393,25 @@ class SendAPI:
                 continue
             slot = len(results)
             results.append(None)
-            pending.append(self.core.send(application, send, ttl).addCallbacks(self._batch_sent, self._batch_unavailable, callbackArgs=(results, slot, application.id, send.recipient.type, started), errbackArgs=(results, slot)))
+            pending.append(
+                self.core.send(application, send, ttl).addCallbacks(
+                    self._batch_sent,
+                    self._batch_unavailable,
+                    callbackArgs=(results, slot, application.id, send.recipient.type, started),
+                    errbackArgs=(results, slot),
+                )
+            )
 
         def answer(_: Any) -> bytes:
             sessions = sum(r.get("sessions", 0) for r in results)
             if self.log_sends:
-                self.log.info("batch send: app={app_id} messages={count} sessions={sessions}", app_id=application.id, count=len(doc), sessions=sessions, event="send")
+                self.log.info(
+                    "batch send: app={app_id} messages={count} sessions={sessions}",
+                    app_id=application.id,
+                    count=len(doc),
+                    sessions=sessions,
+                    event="send",
+                )
             request.setHeader(b"X-PNS-Sessions", str(sessions).encode())
             return json_body(request, 200, {"results": results, "sessions": sessions, "accepted": sum(r["status"] == 200 for r in results)})
 
@@ -371,7 +419,12 @@ class SendAPI:
 
     def _batch_sent(self, report: Any, results: list[Any], slot: int, app_id: str, kind: str, started: float) -> None:
         self.metrics.sent(app_id, kind, perf_counter() - started)
-        results[slot] = {"status": 200, "sessions": report.sessions, "users": report.users, "stored": bool(getattr(report, "stored", False))}
+        results[slot] = {
+            "status": 200,
+            "sessions": report.sessions,
+            "users": report.users,
+            "stored": bool(getattr(report, "stored", False)),
+        }
 
     @staticmethod
     def _batch_unavailable(failure: Failure, results: list[Any], slot: int) -> None:
@@ -485,14 +538,14 @@ class SendAPI:
     def bad_method(self, request: Any, failure: Any) -> bytes:
         allowed = ", ".join(failure.value.valid_methods or [])
         request.setHeader(b"Allow", allowed.encode())
-        return json_body(request, 405, {"error": "method_not_allowed", "reason": f"{request.method.decode()} is not allowed here; use {allowed}"})
+        return json_body(
+            request, 405, {"error": "method_not_allowed", "reason": f"{request.method.decode()} is not allowed here; use {allowed}"}
+        )
 
     @app.handle_errors(Exception)
     def crashed(self, request: Any, failure: Any) -> bytes:
         self.log.failure("unexpected error answering {path}", failure, path=request.path)
         return json_body(request, 500, {"error": "internal", "reason": "internal error, see the service log"})
-
-
 
 
 def store_unavailable(request: Any, error: Exception) -> bytes:
@@ -572,5 +625,7 @@ class _SendMessage(_resource.Resource):
     def render(self, request: Any) -> Any:
         if request.method != b"POST":
             request.setHeader(b"Allow", b"POST")
-            return json_body(request, 405, {"error": "method_not_allowed", "reason": f"{request.method.decode('latin-1')} is not allowed here; use POST"})
+            return json_body(
+                request, 405, {"error": "method_not_allowed", "reason": f"{request.method.decode('latin-1')} is not allowed here; use POST"}
+            )
         return super().render(request)

@@ -19,8 +19,9 @@ import os
 import pwd
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from twisted.internet import defer, task
 
@@ -54,7 +55,11 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", default=argparse.SUPPRESS, help="data directory of the service")
     common.add_argument("--config", default=argparse.SUPPRESS, help="the service's INI file (for data_dir)")
-    common.add_argument("--store", default=argparse.SUPPRESS, help="the store: sqlite, sqlite:///PATH.db or postgresql://USER@HOST:PORT/DB (default: the config file's store, else DATA_DIR/pns4ones.db)")
+    common.add_argument(
+        "--store",
+        default=argparse.SUPPRESS,
+        help="the store: sqlite, sqlite:///PATH.db or postgresql://USER@HOST:PORT/DB (default: the config file's store, else DATA_DIR/pns4ones.db)",
+    )
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -82,7 +87,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("group", help="group name")
     sub.add_parser("restart", parents=[common], help=COMMANDS["restart"])
     p = sub.add_parser("status", parents=[common], help=COMMANDS["status"])
-    p.add_argument("--admin-port", type=int, default=None, help="admin port of the server (default: the one it recorded in DATA_DIR/admin.json)")
+    p.add_argument(
+        "--admin-port", type=int, default=None, help="admin port of the server (default: the one it recorded in DATA_DIR/admin.json)"
+    )
     p = sub.add_parser("create", parents=[common], help=COMMANDS["create"])
     p.add_argument("name", nargs="+", help="title of the new application")
     for name in ("upd_srv_key", "upd_cli_key", "remove", "reset_token"):
@@ -92,12 +99,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 
 
 def _describe(app: Application) -> str:
-    return (
-        f"{app.title}\n"
-        f"  id:          {app.id}\n"
-        f"  server key:  {app.server_key}\n"
-        f"  client key:  {app.client_key.encode()}\n"
-    )
+    return f"{app.title}\n  id:          {app.id}\n  server key:  {app.server_key}\n  client key:  {app.client_key.encode()}\n"
 
 
 def become_data_owner(data_dir: Path) -> int | None:
@@ -224,7 +226,11 @@ def run(args: argparse.Namespace, out: Any) -> Any:
             if as_json:
                 out.write(json.dumps(app.as_json(), ensure_ascii=False) + "\n")
             else:
-                what = "server key (its access tokens are revoked)" if cmd == "upd_srv_key" else "client key (its connected 1C sessions are disconnected)"
+                what = (
+                    "server key (its access tokens are revoked)"
+                    if cmd == "upd_srv_key"
+                    else "client key (its connected 1C sessions are disconnected)"
+                )
                 out.write(f"New {what}:\n" + _describe(app))
         elif cmd == "remove":
             app = yield store.remove_application(args.id)
@@ -252,7 +258,10 @@ def run(args: argparse.Namespace, out: Any) -> Any:
         elif cmd == "kept":
             counts = yield store.kept_counts()
             if as_json:
-                out.write(json.dumps([{"id": c.app_id, "kept": c.kept, "dropped": c.dropped, "expired": c.expired} for c in counts], indent=2) + "\n")
+                out.write(
+                    json.dumps([{"id": c.app_id, "kept": c.kept, "dropped": c.dropped, "expired": c.expired} for c in counts], indent=2)
+                    + "\n"
+                )
             else:
                 for c in counts:
                     out.write(f"{c.app_id}\tkept {c.kept}\tdropped {c.dropped}\texpired {c.expired}\n")

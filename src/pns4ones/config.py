@@ -15,9 +15,10 @@ import ipaddress
 import os
 import re
 import socket
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 DEFAULT_LISTEN_PORT = 36696
 DEFAULT_SERVICE_PORT = 36695
@@ -222,7 +223,7 @@ def _store(value: str, option: str) -> str:
     if lowered in ("", "sqlite"):
         return "sqlite"
     if lowered.startswith("sqlite:///"):
-        path = value[len("sqlite://"):]
+        path = value[len("sqlite://") :]
         if not os.path.isabs(path) or path.endswith("/"):
             raise ConfigError(option, "write a SQLite file as sqlite:///ABSOLUTE/PATH.db")
         return "sqlite://" + path
@@ -274,53 +275,194 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("config", "", _path, "INI file (default /etc/pns4ones/pns4ones.ini, else DATA_DIR/pns4ones.ini, when present)", "PATH"),
-    Option("data_dir", "", _path, "where the store, keys and account live (default /etc/pns4ones for root and for its owner, the service user; else ~/.config/pns4ones)", "DIR"),
+    Option(
+        "data_dir",
+        "",
+        _path,
+        "where the store, keys and account live (default /etc/pns4ones for root and for its owner, the service user; else ~/.config/pns4ones)",
+        "DIR",
+    ),
     Option("listen", "*", _text, "send API address: *, *:PORT, HOST, HOST:PORT, [IPv6]:PORT (default *:36696)", "ADDR"),
     Option("service", "*", _text, "add-in subscription address, same syntax (default *:36695)", "ADDR"),
     Option("service_allow", "", _text, "accept add-in clients only from these networks (CIDR, comma-separated; default all)", "CIDRS"),
-    Option("admin_port", str(DEFAULT_ADMIN_PORT), _number(int, 1, 65535), "port of the admin panel, always on loopback only (default 36697)", "PORT"),
+    Option(
+        "admin_port",
+        str(DEFAULT_ADMIN_PORT),
+        _number(int, 1, 65535),
+        "port of the admin panel, always on loopback only (default 36697)",
+        "PORT",
+    ),
     Option("log_level", "Warning", _log_level, "Trace, Debug, Information, Warning (default), Error, Critical, None", "LEVEL"),
     Option("log_format", "text", _choice("text", "json"), "text (default) or json (one JSON event per line)", "FORMAT"),
     Option("ssl_mode", "None", _choice(*SSL_MODES), "None (default), FromStorage, FromFileWithPrivateKey, FromFileWithPassword", "MODE"),
     Option("ssl_certificate", "", _text, "certificate file (PEM or PFX), or its name in the store for FromStorage", "PATH|NAME"),
     Option("ssl_certificate_key", "", _path, "PEM private key file (FromFileWithPrivateKey)", "PATH"),
     Option("ssl_certificate_password", "", _text, "password of the PFX file or of an encrypted private key", "PASSWORD", secret=True),
-    Option("trusted_proxies", "", _text, "reverse proxies (CIDR, comma-separated) whose X-Forwarded-For/-Proto name the real sender (default none)", "CIDRS"),
-    Option("expires_in_format", "unix", _choice("unix", "legacy"), "expires_in of /auth: unix (default, as documented) or legacy (seconds since 0001-01-01, as the original)", "FORMAT"),
-    Option("token_lifetime", "3600", _number(float, 2, 86400 * 30), "seconds an access token from /auth stays valid (default 3600, as the original)", "SECONDS"),
+    Option(
+        "trusted_proxies",
+        "",
+        _text,
+        "reverse proxies (CIDR, comma-separated) whose X-Forwarded-For/-Proto name the real sender (default none)",
+        "CIDRS",
+    ),
+    Option(
+        "expires_in_format",
+        "unix",
+        _choice("unix", "legacy"),
+        "expires_in of /auth: unix (default, as documented) or legacy (seconds since 0001-01-01, as the original)",
+        "FORMAT",
+    ),
+    Option(
+        "token_lifetime",
+        "3600",
+        _number(float, 2, 86400 * 30),
+        "seconds an access token from /auth stays valid (default 3600, as the original)",
+        "SECONDS",
+    ),
     Option("max_body_size", "1M", parse_size, "largest accepted HTTP request body (default 1M)", "SIZE"),
     Option("max_batch", "1000", _number(int, 1, 100000), "most messages in one POST /sendmessages (default 1000)", "N"),
-    Option("max_registration_size", "4096", _number(int, 64, 65535), "largest accepted add-in registration frame in bytes (default 4096)", "BYTES"),
-    Option("registration_timeout", "10", _number(float, 0.1, 3600), "seconds a new add-in connection has to register (default 10)", "SECONDS"),
-    Option("max_subscriptions", "0", _number(int, 0, 10_000_000), "most live add-in connections; 0 = no limit but the open-file limit (default 0)", "N"),
+    Option(
+        "max_registration_size",
+        "4096",
+        _number(int, 64, 65535),
+        "largest accepted add-in registration frame in bytes (default 4096)",
+        "BYTES",
+    ),
+    Option(
+        "registration_timeout", "10", _number(float, 0.1, 3600), "seconds a new add-in connection has to register (default 10)", "SECONDS"
+    ),
+    Option(
+        "max_subscriptions",
+        "0",
+        _number(int, 0, 10_000_000),
+        "most live add-in connections; 0 = no limit but the open-file limit (default 0)",
+        "N",
+    ),
     Option("send_buffer_limit", "1M", parse_size, "bytes queued for one slow subscriber before it is cut off (default 1M)", "SIZE"),
     Option("keepalive_idle", "60", _number(int, 1, 86400), "TCP keepalive: idle seconds before the first probe (default 60)", "SECONDS"),
     Option("keepalive_interval", "10", _number(int, 1, 3600), "TCP keepalive: seconds between probes (default 10)", "SECONDS"),
     Option("keepalive_count", "6", _number(int, 1, 100), "TCP keepalive: unanswered probes before the peer is dead (default 6)", "N"),
-    Option("request_timeout", "30", _number(float, 1, 3600), "seconds an HTTP client may take to send a whole request (default 30)", "SECONDS"),
+    Option(
+        "request_timeout", "30", _number(float, 1, 3600), "seconds an HTTP client may take to send a whole request (default 30)", "SECONDS"
+    ),
     Option("send_rate_limit", "0", _number(float, 0, 1e9), "sends per second per application, 0 = unlimited (default 0)", "RATE"),
-    Option("metrics_listen", "", _text, "also serve /metrics on this address (syntax of listen, default port 36698; default: only on the admin listener)", "ADDR"),
-    Option("metrics_auth", "", _metrics_auth, "USER:PASSWORD that scrapes of metrics_listen must send (HTTP basic auth; default none)", "USER:PASSWORD", secret=True),
-    Option("store", "sqlite", _store, "sqlite (default: DATA_DIR/pns4ones.db), sqlite:///PATH.db, or postgresql://USER[:PASSWORD]@HOST:PORT/DB to share one store between nodes", "STORE", secret=True),
+    Option(
+        "metrics_listen",
+        "",
+        _text,
+        "also serve /metrics on this address (syntax of listen, default port 36698; default: only on the admin listener)",
+        "ADDR",
+    ),
+    Option(
+        "metrics_auth",
+        "",
+        _metrics_auth,
+        "USER:PASSWORD that scrapes of metrics_listen must send (HTTP basic auth; default none)",
+        "USER:PASSWORD",
+        secret=True,
+    ),
+    Option(
+        "store",
+        "sqlite",
+        _store,
+        "sqlite (default: DATA_DIR/pns4ones.db), sqlite:///PATH.db, or postgresql://USER[:PASSWORD]@HOST:PORT/DB to share one store between nodes",
+        "STORE",
+        secret=True,
+    ),
     Option("store_password_file", "", _path, "file holding the PostgreSQL password (instead of the URL or PGPASSWORD)", "PATH"),
-    Option("hub", "local", _hub, "local (default: one process) or redis://HOST:PORT/DB (rediss:// for TLS) to fan out between nodes", "HUB", secret=True),
+    Option(
+        "hub",
+        "local",
+        _hub,
+        "local (default: one process) or redis://HOST:PORT/DB (rediss:// for TLS) to fan out between nodes",
+        "HUB",
+        secret=True,
+    ),
     Option("node_name", "", _text, "this node's name in presence and logs when hub is redis (default HOSTNAME:LISTEN_PORT)", "NAME"),
-    Option("hub_presence_expiry", "15", _number(float, 1, 3600), "seconds after which the other nodes forget a node that stopped refreshing its presence in Redis (default 15; refreshed every third of it)", "SECONDS"),
-    Option("store_poll_interval", "1", _number(float, 0.05, 60), "seconds between checks for changes made by the admin CLI (default 1)", "SECONDS"),
-    Option("max_ttl", "86400", _number(float, 0, 86400 * 365), "longest TTL a sender may ask to keep a message for offline users, in seconds (default 86400)", "SECONDS"),
-    Option("max_kept_per_user", "100", _number(int, 1, 1_000_000), "most kept messages for one user; the oldest is dropped first (default 100)", "N"),
-    Option("max_kept_per_app", "100000", _number(int, 1, 100_000_000), "most kept messages for one application; the oldest is dropped first (default 100000)", "N"),
+    Option(
+        "hub_presence_expiry",
+        "15",
+        _number(float, 1, 3600),
+        "seconds after which the other nodes forget a node that stopped refreshing its presence in Redis (default 15; refreshed every third of it)",
+        "SECONDS",
+    ),
+    Option(
+        "store_poll_interval",
+        "1",
+        _number(float, 0.05, 60),
+        "seconds between checks for changes made by the admin CLI (default 1)",
+        "SECONDS",
+    ),
+    Option(
+        "max_ttl",
+        "86400",
+        _number(float, 0, 86400 * 365),
+        "longest TTL a sender may ask to keep a message for offline users, in seconds (default 86400)",
+        "SECONDS",
+    ),
+    Option(
+        "max_kept_per_user",
+        "100",
+        _number(int, 1, 1_000_000),
+        "most kept messages for one user; the oldest is dropped first (default 100)",
+        "N",
+    ),
+    Option(
+        "max_kept_per_app",
+        "100000",
+        _number(int, 1, 100_000_000),
+        "most kept messages for one application; the oldest is dropped first (default 100000)",
+        "N",
+    ),
     Option("max_group_size", "10000", _number(int, 1, 10_000_000), "most members of one group (default 10000)", "N"),
     Option("max_groups", "10000", _number(int, 1, 10_000_000), "most groups of one application (default 10000)", "N"),
-    Option("allowed_origins", "", _origins, "browser origins allowed to subscribe over WebSocket/SSE (comma-separated, e.g. https://erp.example.com; * = any; default none)", "ORIGINS"),
-    Option("ticket_ttl", "300", _number(int, 5, 86400), "seconds a subscription ticket from /tickets is valid when no TTL is asked (default 300)", "SECONDS"),
+    Option(
+        "allowed_origins",
+        "",
+        _origins,
+        "browser origins allowed to subscribe over WebSocket/SSE (comma-separated, e.g. https://erp.example.com; * = any; default none)",
+        "ORIGINS",
+    ),
+    Option(
+        "ticket_ttl",
+        "300",
+        _number(int, 5, 86400),
+        "seconds a subscription ticket from /tickets is valid when no TTL is asked (default 300)",
+        "SECONDS",
+    ),
     Option("ticket_max_ttl", "3600", _number(int, 5, 86400), "longest TTL /tickets grants (default 3600)", "SECONDS"),
     Option("ws_ping_interval", "30", _number(float, 0.05, 3600), "seconds between WebSocket pings (default 30)", "SECONDS"),
-    Option("ws_ping_timeout", "30", _number(float, 0.05, 3600), "seconds a WebSocket peer has to answer a ping before it is closed (default 30)", "SECONDS"),
-    Option("sse_heartbeat", "15", _number(float, 0.05, 3600), "seconds between Server-Sent Events comment heartbeats (default 15)", "SECONDS"),
-    Option("http_engine", "lean", _choice("lean", "twisted"), "send API HTTP: lean (default: /sendmessage, /sendmessages and /auth parsed by httptools, the rest by twisted.web) or twisted (twisted.web for everything)", "ENGINE"),
-    Option("recovery_window", "120", _number(float, 0, 86400), "seconds of messages kept per information base for resuming WebSocket/SSE clients (default 120; 0 = none)", "SECONDS"),
-    Option("recovery_messages", "1000", _number(int, 0, 1_000_000), "most messages kept per information base for resuming clients (default 1000)", "N"),
+    Option(
+        "ws_ping_timeout",
+        "30",
+        _number(float, 0.05, 3600),
+        "seconds a WebSocket peer has to answer a ping before it is closed (default 30)",
+        "SECONDS",
+    ),
+    Option(
+        "sse_heartbeat", "15", _number(float, 0.05, 3600), "seconds between Server-Sent Events comment heartbeats (default 15)", "SECONDS"
+    ),
+    Option(
+        "http_engine",
+        "lean",
+        _choice("lean", "twisted"),
+        "send API HTTP: lean (default: /sendmessage, /sendmessages and /auth parsed by httptools, the rest by twisted.web) or twisted (twisted.web for everything)",
+        "ENGINE",
+    ),
+    Option(
+        "recovery_window",
+        "120",
+        _number(float, 0, 86400),
+        "seconds of messages kept per information base for resuming WebSocket/SSE clients (default 120; 0 = none)",
+        "SECONDS",
+    ),
+    Option(
+        "recovery_messages",
+        "1000",
+        _number(int, 0, 1_000_000),
+        "most messages kept per information base for resuming clients (default 1000)",
+        "N",
+    ),
 )
 
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}

@@ -8,8 +8,9 @@ Time is passed in (``clock.seconds()``), so tests can drive it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
@@ -282,9 +283,17 @@ class Core:
             payloads = yield self.store.take_kept(app_id, ib_id, user_id, sorted(groups), self.clock.seconds())
             kept = [Outbound(message_from_addin(p)) for p in payloads]
         except StoreUnavailable as e:
-            self.log.warn("kept messages for app={app_id} ib={ib_id} user={user_id} not read: {reason}", app_id=app_id, ib_id=ib_id, user_id=user_id, reason=str(e))
+            self.log.warning(
+                "kept messages for app={app_id} ib={ib_id} user={user_id} not read: {reason}",
+                app_id=app_id,
+                ib_id=ib_id,
+                user_id=user_id,
+                reason=str(e),
+            )
         except Exception:
-            self.log.failure("cannot read kept messages for app={app_id} ib={ib_id} user={user_id}", app_id=app_id, ib_id=ib_id, user_id=user_id)
+            self.log.failure(
+                "cannot read kept messages for app={app_id} ib={ib_id} user={user_id}", app_id=app_id, ib_id=ib_id, user_id=user_id
+            )
         release = getattr(session, "release", None)
         if release is not None:
             release(kept)
@@ -294,7 +303,11 @@ class Core:
         if kept:
             self.log.info(
                 "wrote {count} kept messages to app={app_id} ib={ib_id} user={user_id}",
-                count=len(kept), app_id=app_id, ib_id=ib_id, user_id=user_id, event="kept-delivered",
+                count=len(kept),
+                app_id=app_id,
+                ib_id=ib_id,
+                user_id=user_id,
+                event="kept-delivered",
             )
 
     def send(self, app: Application, request: SendRequest, ttl: float = 0.0) -> Deferred[Any]:
@@ -319,14 +332,22 @@ class Core:
         outcome = yield self.store.keep_message(message, received, self.limits.max_kept_per_user, self.limits.max_kept_per_app)
         dropped = outcome.dropped_user + outcome.dropped_app
         if outcome.dropped_user:
-            self.log.warn(
+            self.log.warning(
                 "kept messages of app={app_id} ib={ib_id} user={user_id} over max_kept_per_user={limit}: dropped the {count} oldest",
-                app_id=app.id, ib_id=recipient.ib_id, user_id=recipient.user_id, limit=self.limits.max_kept_per_user, count=outcome.dropped_user, event="kept-dropped",
+                app_id=app.id,
+                ib_id=recipient.ib_id,
+                user_id=recipient.user_id,
+                limit=self.limits.max_kept_per_user,
+                count=outcome.dropped_user,
+                event="kept-dropped",
             )
         if outcome.dropped_app:
-            self.log.warn(
+            self.log.warning(
                 "kept messages of app={app_id} over max_kept_per_app={limit}: dropped the {count} oldest",
-                app_id=app.id, limit=self.limits.max_kept_per_app, count=outcome.dropped_app, event="kept-dropped",
+                app_id=app.id,
+                limit=self.limits.max_kept_per_app,
+                count=outcome.dropped_app,
+                event="kept-dropped",
             )
         return Delivery(report.sessions, report.users, True, dropped)
 
@@ -348,7 +369,9 @@ class Core:
 
     def _check_group_room(self, app: Application, ib_id: str, group: str, new_members: int) -> None:
         if new_members > self.limits.max_group_size:
-            raise GroupError(413, "UserIds", f"the group would have {new_members} members; at most {self.limits.max_group_size} (max_group_size)")
+            raise GroupError(
+                413, "UserIds", f"the group would have {new_members} members; at most {self.limits.max_group_size} (max_group_size)"
+            )
         if group not in self.membership.groups(app.id, ib_id) and self.membership.group_count(app.id) >= self.limits.max_groups:
             raise GroupError(413, "Group", f"the application has {self.limits.max_groups} groups already (max_groups)")
 
@@ -358,7 +381,14 @@ class Core:
             self._check_group_room(app, ib_id, group, len(user_ids))
         yield self.store.set_group(app.id, ib_id, group, user_ids, self.clock.seconds())
         self.membership.replace(app.id, ib_id, group, user_ids)
-        self.log.info("group set: app={app_id} ib={ib_id} group={group} members={count}", app_id=app.id, ib_id=ib_id, group=group, count=len(user_ids), event="group-set")
+        self.log.info(
+            "group set: app={app_id} ib={ib_id} group={group} members={count}",
+            app_id=app.id,
+            ib_id=ib_id,
+            group=group,
+            count=len(user_ids),
+            event="group-set",
+        )
         return len(user_ids)
 
     @inlineCallbacks

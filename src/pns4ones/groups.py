@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from .messages import MAX_FIELD, Message, Notification
 
@@ -40,7 +41,7 @@ class Membership:
         self._groups_of: dict[tuple[str, str, str], set[str]] = {}
 
     @classmethod
-    def from_rows(cls, rows: Iterable[tuple[str, str, str, str]]) -> "Membership":
+    def from_rows(cls, rows: Iterable[tuple[str, str, str, str]]) -> Membership:
         """From ``(app_id, ib_id, group, user_id)`` rows."""
         out = cls()
         for app_id, ib_id, group, user_id in rows:
@@ -166,5 +167,7 @@ def message_from_addin(plaintext: bytes) -> Message:
     note = doc.get("notification")
     notification = None
     if note:
-        notification = Notification(note.get("title", ""), note.get("body", ""), note.get("icon", ""), note.get("action", ""), bool(note.get("important", False)))
+        notification = Notification(
+            note.get("title", ""), note.get("body", ""), note.get("icon", ""), note.get("action", ""), bool(note.get("important", False))
+        )
     return Message(doc.get("topic", ""), notification, doc.get("data") or {})

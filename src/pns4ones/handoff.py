@@ -127,7 +127,7 @@ def sd_notify(state: str) -> None:
             s.connect(where)
             s.sendall(state.encode())
     except OSError as e:
-        log.warn("cannot notify systemd ({state}): {error}", state=state.replace("\n", " "), error=str(e))
+        log.warning("cannot notify systemd ({state}): {error}", state=state.replace("\n", " "), error=str(e))
 
 
 # -- the new process ----------------------------------------------------------------------------
@@ -138,7 +138,7 @@ def die() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except Exception:
+        except Exception:  # noqa: S110 (exiting anyway: nothing to report to)
             pass
     os._exit(1)
 
@@ -188,7 +188,9 @@ class Incoming:
         if old_text != address_text:
             for _, fd in handed:
                 os.close(fd)
-            raise self.refuse(f"option '{option}' changed from {old_text} to {address_text}: listeners cannot move in a handoff; use systemctl restart pns4ones (clients reconnect)")
+            raise self.refuse(
+                f"option '{option}' changed from {old_text} to {address_text}: listeners cannot move in a handoff; use systemctl restart pns4ones (clients reconnect)"
+            )
         return [(fd, spec["family"]) for spec, fd in handed]
 
     def refuse(self, reason: str) -> HandoffError:
@@ -362,7 +364,12 @@ class Restart:
     def run(self) -> Any:
         always = {logs.ALWAYS: True}
         started = time.monotonic()
-        log.info("{trigger}: restarting with the code and configuration on disk; handing over {count} subscriptions", trigger=self.trigger, count=len(self.service.addin_factory.connections), **always)
+        log.info(
+            "{trigger}: restarting with the code and configuration on disk; handing over {count} subscriptions",
+            trigger=self.trigger,
+            count=len(self.service.addin_factory.connections),
+            **always,
+        )
         try:
             yield self._handoff()
         except Exception as e:
@@ -396,7 +403,7 @@ class Restart:
         try:
             control._atomic_write(Path(self.service.config.data_dir) / STATUS_FILE, json.dumps(doc, ensure_ascii=False) + "\n")
         except OSError as e:
-            log.warn("cannot record the restart outcome: {error}", error=str(e))
+            log.warning("cannot record the restart outcome: {error}", error=str(e))
 
     @defer.inlineCallbacks
     def _wait(self, what: str, ready: Any, timeout: float) -> Any:
@@ -463,7 +470,11 @@ class Restart:
             listeners.append({"option": option, "address": getattr(address, "text", str(address)), "family": int(port.socket.family)})
             fds.append(port.fileno())
         self.conn.setblocking(True)
-        _send(self.conn, {"type": "listeners", "handoff": _advertised_protocol(), "version": __version__, "pid": os.getpid(), "listeners": listeners}, fds)
+        _send(
+            self.conn,
+            {"type": "listeners", "handoff": _advertised_protocol(), "version": __version__, "pid": os.getpid(), "listeners": listeners},
+            fds,
+        )
         self.conn.setblocking(False)
         tag, doc, _ = yield self._wait("loading its configuration and store", self._poll, START_TIMEOUT)
         if tag != "J" or doc.get("type") != "ready":
@@ -498,7 +509,7 @@ class Restart:
             self.conn.settimeout(STEP_TIMEOUT + len(self.taken) / 2000)
             _expect(self.conn, "serving")
             self.times.append(time.monotonic())
-        except (OSError, socket.timeout) as e:
+        except (TimeoutError, OSError) as e:
             raise HandoffError(f"handoff socket: {e}") from None
 
     @defer.inlineCallbacks

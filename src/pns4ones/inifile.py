@@ -6,7 +6,7 @@ default, commented out, except the few the installed service sets.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from .config import OPTIONS, SYSTEM_DATA_DIR
 

@@ -36,7 +36,8 @@ from __future__ import annotations
 import io
 import time
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpRequestParser
 from twisted.internet import protocol, tcp
@@ -48,7 +49,7 @@ from twisted.web.http_headers import _nameEncoder
 from zope.interface import implementer
 
 from . import proxies
-from .transports.addin import _send_now
+from .txinternals import send_now
 from .web import answer_too_large, canned, lingering_close
 
 #: The longest request head (request line and headers) parsed here; a longer
@@ -75,7 +76,7 @@ def canonical(name: bytes) -> bytes:
 class _Date:
     """``Date:`` header bytes, rebuilt once a second."""
 
-    __slots__ = ("second", "line")
+    __slots__ = ("line", "second")
 
     def __init__(self) -> None:
         self.second = -1
@@ -118,13 +119,35 @@ class LeanRequest:
     (headers, body, query arguments, peer; response code and headers).
     """
 
-    __slots__ = ("method", "uri", "path", "query", "clientproto", "headers", "multi", "body", "client", "code", "out", "forwarded_proto", "_args")
+    __slots__ = (
+        "_args",
+        "body",
+        "client",
+        "clientproto",
+        "code",
+        "forwarded_proto",
+        "headers",
+        "method",
+        "multi",
+        "out",
+        "path",
+        "query",
+        "uri",
+    )
 
     #: For the restart handoff: the lean path decides ``Connection: close`` when it
     #: writes (``site.closing``), so a request never needs its headers changed.
     startedWriting = True
 
-    def __init__(self, method: bytes, uri: bytes, clientproto: bytes, headers: dict[bytes, bytes], multi: dict[bytes, list[bytes]] | None, client: Any) -> None:
+    def __init__(
+        self,
+        method: bytes,
+        uri: bytes,
+        clientproto: bytes,
+        headers: dict[bytes, bytes],
+        multi: dict[bytes, list[bytes]] | None,
+        client: Any,
+    ) -> None:
         self.method = method
         self.uri = uri
         path, _, query = uri.partition(b"?")
@@ -209,7 +232,7 @@ _RECEIVING = _Receiving()
 class _Slot:
     """A pipelined request whose answer is not written yet (answers go out in order)."""
 
-    __slots__ = ("request", "data", "close")
+    __slots__ = ("close", "data", "request")
 
     def __init__(self, request: Any, data: bytes | None, close: bool) -> None:
         self.request = request
@@ -352,7 +375,15 @@ class LeanChannel(protocol.Protocol):
     def _head_too_large(self) -> None:
         if self._raw is not None:
             raise _Switch()
-        self._queue(None, canned(431, b"Request Header Fields Too Large", {"error": "headers_too_large", "reason": f"request line and headers over {MAX_HEAD} bytes"}), True)
+        self._queue(
+            None,
+            canned(
+                431,
+                b"Request Header Fields Too Large",
+                {"error": "headers_too_large", "reason": f"request line and headers over {MAX_HEAD} bytes"},
+            ),
+            True,
+        )
         raise _Stop()
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -375,7 +406,18 @@ class LeanChannel(protocol.Protocol):
         if hot is None or parser.should_upgrade():
             if self._raw is not None:
                 raise _Switch()
-            self._queue(None, canned(400, b"Bad Request", {"error": "pipelined_request", "reason": "only /sendmessage, /sendmessages and /auth may be pipelined behind other requests on a connection: send this one on its own"}), True)
+            self._queue(
+                None,
+                canned(
+                    400,
+                    b"Bad Request",
+                    {
+                        "error": "pipelined_request",
+                        "reason": "only /sendmessage, /sendmessages and /auth may be pipelined behind other requests on a connection: send this one on its own",
+                    },
+                ),
+                True,
+            )
             raise _Stop()
         self._raw = None
         self._hot = hot
@@ -478,7 +520,7 @@ class LeanChannel(protocol.Protocol):
             out.clear()
             # Plain TCP with nothing queued: one send() now, rather than queueing
             # and two epoll changes around a later doWrite (see transports/addin.py).
-            if not (self._direct and _send_now(self.transport, data)):
+            if not (self._direct and send_now(self.transport, data)):
                 self.transport.write(data)
         if self._lose and not self._pending:
             self._lose = False
@@ -494,7 +536,7 @@ class LeanChannel(protocol.Protocol):
             self._switch_now()
             return
         peer = getattr(self.peer, "host", "?")
-        self.log.warn("malformed HTTP request from {peer}: {error}: 400", peer=peer, error=str(error) or type(error).__name__)
+        self.log.warning("malformed HTTP request from {peer}: {error}: 400", peer=peer, error=str(error) or type(error).__name__)
         self._receiving = False
         self._queue(None, canned(400, b"Bad Request", {"error": "bad_request", "reason": f"malformed HTTP request: {error}"}), True)
 
@@ -508,7 +550,9 @@ class LeanChannel(protocol.Protocol):
         """The factory's sweep: the request in progress took longer than ``request_timeout``."""
         self._receiving = False
         self._flush()
-        lingering_close(self, canned(408, b"Request Timeout", {"error": "request_timeout", "reason": "the request was not received in time"}))
+        lingering_close(
+            self, canned(408, b"Request Timeout", {"error": "request_timeout", "reason": "the request was not received in time"})
+        )
 
     def _switch_now(self) -> None:
         """Hand the connection to twisted.web, replaying the current request's bytes."""
@@ -593,4 +637,3 @@ class LeanFactory(protocol.ServerFactory):
                 channel.log.info("closing an idle connection from {peer}", peer=str(channel.peer))
                 channel._done = True
                 channel.transport.loseConnection()
-

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import IO, Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import IO, Any
 
 from twisted.logger import (
     FileLogObserver,
@@ -66,7 +67,11 @@ def make_observer(level_name: str, fmt: str = "text", out: IO[str] | None = None
         if event.get(ALWAYS):
             return PredicateResult.yes
         # Twisted's own chatter (twistd, reactor, HTTP access log) only from Debug on.
-        if level > LogLevel.debug and event.get("log_namespace", "").startswith(("twisted.", "log_legacy")) and event.get("log_level", LogLevel.info) < LogLevel.warn:
+        if (
+            level > LogLevel.debug
+            and event.get("log_namespace", "").startswith(("twisted.", "log_legacy"))
+            and event.get("log_level", LogLevel.info) < LogLevel.warn
+        ):
             return PredicateResult.no
         return by_level(event)
 

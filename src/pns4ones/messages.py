@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 RECIPIENT_TYPES = ("user", "group", "all")
 #: Longest accepted id, group, topic or key (bytes of UTF-8 would be larger).
@@ -187,7 +188,7 @@ _ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 
 def _surrogates(match: re.Match[str]) -> str:
     code = ord(match.group()) - 0x10000
-    return "\\u%04x\\u%04x" % (0xD800 + (code >> 10), 0xDC00 + (code & 0x3FF))
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 def dumps_for_addin(obj: Mapping[str, Any]) -> bytes:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class NullMetrics:
@@ -59,7 +60,14 @@ REJECT_REASONS = (
 #: Subscriptions the server cut: slow reader (send_buffer_limit), idle (no registration in time).
 CUT_REASONS = ("slow-reader", "idle")
 #: Routes of the send API listener for the HTTP request counter (anything else: "other").
-ROUTES = {b"/auth": "/auth", b"/sendmessage": "/sendmessage", b"/sendmessages": "/sendmessages", b"/health": "/health", b"/ready": "/ready", b"/metrics": "/metrics"}
+ROUTES = {
+    b"/auth": "/auth",
+    b"/sendmessage": "/sendmessage",
+    b"/sendmessages": "/sendmessages",
+    b"/health": "/health",
+    b"/ready": "/ready",
+    b"/metrics": "/metrics",
+}
 #: Send latency buckets (seconds): a local send takes tens of microseconds, a big fan-out milliseconds.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -68,9 +76,15 @@ class Metrics(NullMetrics):
     """The node's metrics in their own registry (with the library's process metrics)."""
 
     def __init__(self, clock: Any) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Histogram
-        from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, ProcessCollector
-        from prometheus_client import disable_created_metrics
+        from prometheus_client import (
+            GC_COLLECTOR,
+            PLATFORM_COLLECTOR,
+            CollectorRegistry,
+            Counter,
+            Histogram,
+            ProcessCollector,
+            disable_created_metrics,
+        )
 
         disable_created_metrics()  # no *_created series: half the series, nothing the dashboard uses
 
@@ -80,17 +94,48 @@ class Metrics(NullMetrics):
         ProcessCollector(registry=registry)
         for default in (PLATFORM_COLLECTOR, GC_COLLECTOR):
             registry.register(default)
-        self._registrations = Counter("pns4ones_registrations", "Add-in registrations by result (accepted, rejected) and reason of a rejection", ["result", "reason"], registry=registry)
+        self._registrations = Counter(
+            "pns4ones_registrations",
+            "Add-in registrations by result (accepted, rejected) and reason of a rejection",
+            ["result", "reason"],
+            registry=registry,
+        )
         self._accepted = self._registrations.labels("accepted", "")
         self._rejected = {r: self._registrations.labels("rejected", r) for r in REJECT_REASONS}
-        cuts = Counter("pns4ones_subscriptions_cut", "Subscriptions the server cut off: slow-reader (over send_buffer_limit queued), idle (no registration within registration_timeout)", ["reason"], registry=registry)
+        cuts = Counter(
+            "pns4ones_subscriptions_cut",
+            "Subscriptions the server cut off: slow-reader (over send_buffer_limit queued), idle (no registration within registration_timeout)",
+            ["reason"],
+            registry=registry,
+        )
         self._cuts = {r: cuts.labels(r) for r in CUT_REASONS}
-        self._messages = Counter("pns4ones_messages_sent", "Messages accepted for sending, by application and recipient type", ["application", "recipient_type"], registry=registry)
-        self._deliveries = Counter("pns4ones_deliveries", "Frames written to subscriptions (one per recipient session), by application", ["application"], registry=registry)
-        self._bytes = Counter("pns4ones_frame_bytes", "Bytes of message frames written to subscriptions, by application", ["application"], registry=registry)
-        self._tokens = Counter("pns4ones_tokens_issued", "Access tokens issued by /auth, by application", ["application"], registry=registry)
-        self._latency = Histogram("pns4ones_send_latency_seconds", "From a send request received to the write to its last recipient queued", buckets=LATENCY_BUCKETS, registry=registry)
-        self._http = Counter("pns4ones_http_requests", "HTTP requests of the send API listener by route and status", ["route", "status"], registry=registry)
+        self._messages = Counter(
+            "pns4ones_messages_sent",
+            "Messages accepted for sending, by application and recipient type",
+            ["application", "recipient_type"],
+            registry=registry,
+        )
+        self._deliveries = Counter(
+            "pns4ones_deliveries",
+            "Frames written to subscriptions (one per recipient session), by application",
+            ["application"],
+            registry=registry,
+        )
+        self._bytes = Counter(
+            "pns4ones_frame_bytes", "Bytes of message frames written to subscriptions, by application", ["application"], registry=registry
+        )
+        self._tokens = Counter(
+            "pns4ones_tokens_issued", "Access tokens issued by /auth, by application", ["application"], registry=registry
+        )
+        self._latency = Histogram(
+            "pns4ones_send_latency_seconds",
+            "From a send request received to the write to its last recipient queued",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._http = Counter(
+            "pns4ones_http_requests", "HTTP requests of the send API listener by route and status", ["route", "status"], registry=registry
+        )
         self._observe_latency = self._latency.observe
         self._sent_children: dict[tuple[str, str], Any] = {}
         self._routed_children: dict[str, tuple[Any, Any]] = {}

@@ -20,8 +20,9 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.twisted import MetricsResource
@@ -32,7 +33,6 @@ from . import __version__, control
 from .metrics import Metrics
 from .status import ADMIN_FILE
 from .web import json_body
-
 
 # -- the figures computed at scrape time ---------------------------------------------------
 
@@ -71,13 +71,21 @@ class LiveFigures:
             subs.add_metric([app], count)
         yield subs
         yield GaugeMetricFamily("pns4ones_connections", "Open add-in TCP connections, registered or not", value=snap.get("connections", 0))
-        yield GaugeMetricFamily("pns4ones_ready", "1 while the node accepts work (store open, listeners bound, not stopping)", value=snap.get("ready", 0.0))
-        yield GaugeMetricFamily("pns4ones_store_up", "1 while the store answers (0: PostgreSQL unreachable, reconnecting)", value=snap.get("store_up", 1.0))
+        yield GaugeMetricFamily(
+            "pns4ones_ready", "1 while the node accepts work (store open, listeners bound, not stopping)", value=snap.get("ready", 0.0)
+        )
+        yield GaugeMetricFamily(
+            "pns4ones_store_up", "1 while the store answers (0: PostgreSQL unreachable, reconnecting)", value=snap.get("store_up", 1.0)
+        )
         info = GaugeMetricFamily("pns4ones_info", "The running version", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
         if snap.get("expiry") is not None:
-            yield GaugeMetricFamily("pns4ones_tls_certificate_expiry_timestamp_seconds", "Unix time when the send API's HTTPS certificate expires", value=snap["expiry"])
+            yield GaugeMetricFamily(
+                "pns4ones_tls_certificate_expiry_timestamp_seconds",
+                "Unix time when the send API's HTTPS certificate expires",
+                value=snap["expiry"],
+            )
 
 
 class ScrapeResource(resource.Resource):
@@ -105,7 +113,11 @@ def status_doc(service: Any, metrics: Metrics) -> dict[str, Any]:
     for app_id in sorted(set(core.apps) | set(counts)):
         ibs = counts.get(app_id, {})
         app = core.apps.get(app_id)
-        apps[app_id] = {"title": app.title if app is not None else None, "subscriptions": sum(ibs.values()), "ibs": dict(sorted(ibs.items()))}
+        apps[app_id] = {
+            "title": app.title if app is not None else None,
+            "subscriptions": sum(ibs.values()),
+            "ibs": dict(sorted(ibs.items())),
+        }
     data_dir = Path(service.config.data_dir)
     store_bytes = 0
     for path in data_dir.glob("*.db*"):
@@ -124,7 +136,12 @@ def status_doc(service: Any, metrics: Metrics) -> dict[str, Any]:
         "applications": apps,
         "last_minute": metrics.last_minute(),
         "totals": {"sends": metrics.sends, "deliveries": metrics.deliveries},
-        "store": {"directory": str(data_dir), "bytes": store_bytes, "location": getattr(service.store, "location", ""), "available": getattr(service.store, "available", True)},
+        "store": {
+            "directory": str(data_dir),
+            "bytes": store_bytes,
+            "location": getattr(service.store, "location", ""),
+            "available": getattr(service.store, "available", True),
+        },
         "listeners": listeners(service),
     }
 
@@ -154,8 +171,16 @@ class StatusResource(resource.Resource):
     def render_GET(self, request: Any) -> bytes:
         given = request.getHeader(b"authorization") or b""
         if not hmac.compare_digest(given.encode("latin-1") if isinstance(given, str) else given, self._expected):
-            self.log.warn("status: refused a request without the status token from {peer}", peer=getattr(request.getClientAddress(), "host", "?"), event="rejected")
-            return json_body(request, 401, {"error": "unauthorized", "reason": f"send the token of {ADMIN_FILE} in the data directory (Authorization: Bearer ...)"})
+            self.log.warning(
+                "status: refused a request without the status token from {peer}",
+                peer=getattr(request.getClientAddress(), "host", "?"),
+                event="rejected",
+            )
+            return json_body(
+                request,
+                401,
+                {"error": "unauthorized", "reason": f"send the token of {ADMIN_FILE} in the data directory (Authorization: Bearer ...)"},
+            )
         return json_body(request, 200, status_doc(self.service, self.metrics))
 
 
@@ -196,7 +221,11 @@ class BasicAuth(resource.Resource):
     def render(self, request: Any) -> Any:
         given = request.getUser() + b":" + request.getPassword()
         if not hmac.compare_digest(given, self._expected):
-            self.log.warn("metrics: refused a scrape with wrong or missing credentials from {peer}", peer=getattr(request.getClientAddress(), "host", "?"), event="rejected")
+            self.log.warning(
+                "metrics: refused a scrape with wrong or missing credentials from {peer}",
+                peer=getattr(request.getClientAddress(), "host", "?"),
+                event="rejected",
+            )
             request.setHeader(b"WWW-Authenticate", b'Basic realm="pns4ones metrics"')
             return json_body(request, 401, {"error": "unauthorized", "reason": "basic authentication required (metrics_auth)"})
         return self.inner.render(request)
@@ -309,10 +338,17 @@ class Observability:
         try:
             write_admin_file(cfg.data_dir, cfg.admin_port, self.token)
         except OSError as e:
-            self.log.warn("cannot write {file} in {data_dir} (pns4ones-admin status will not find this server): {error}", file=ADMIN_FILE, data_dir=str(cfg.data_dir), error=str(e))
+            self.log.warning(
+                "cannot write {file} in {data_dir} (pns4ones-admin status will not find this server): {error}",
+                file=ADMIN_FILE,
+                data_dir=str(cfg.data_dir),
+                error=str(e),
+            )
         if cfg.metrics_listen is not None:
             auth = "basic auth" if cfg.metrics_auth else "no authentication"
-            self.log.info("metrics (HTTP, {auth}) on {where}, path /metrics", auth=auth, where=cfg.metrics_listen.describe(), pns_always=True)
+            self.log.info(
+                "metrics (HTTP, {auth}) on {where}, path /metrics", auth=auth, where=cfg.metrics_listen.describe(), pns_always=True
+            )
 
     def stopped(self) -> None:
         if self._ticker.running:

@@ -12,7 +12,8 @@ the client.  A malformed entry ends the walk at the last good hop.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
 

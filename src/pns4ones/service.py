@@ -5,8 +5,8 @@ the listeners, watch the store for CLI changes, purge tokens, stop gracefully.
 
 from __future__ import annotations
 
-import os
 import gc
+import os
 import signal
 import sys
 from typing import Any
@@ -30,7 +30,6 @@ from .store import StoreError, StoreUnavailable, open_store
 from .transports.addin import AddinFactory, configure_socket
 from .transports.web import WebSubscriptions
 from .web import ApiSite
-
 
 #: The admin panel listens here and nowhere else (PROTOCOL.md section 6).
 ADMIN_HOSTS = ("127.0.0.1", "::1")
@@ -100,7 +99,9 @@ class PnsService(service.MultiService):
             max_batch=cfg.max_batch,
             subscriptions=self.web_subscriptions,
         )
-        self.site = ApiSite(self.api.resource(), cfg.max_body_size, cfg.request_timeout, clock=self.reactor, trusted_proxies=cfg.trusted_proxies)
+        self.site = ApiSite(
+            self.api.resource(), cfg.max_body_size, cfg.request_timeout, clock=self.reactor, trusted_proxies=cfg.trusted_proxies
+        )
         self.api_factory: Any = self.site
         if cfg.http_engine == "lean":  # the hot routes without twisted.web's per-request machinery
             self.api_factory = LeanFactory(self.site, self.api)
@@ -132,7 +133,9 @@ class PnsService(service.MultiService):
             try:
                 port = self.reactor.listenTCP(address.port, factory, backlog=LISTEN_BACKLOG, interface=host)
             except error.CannotListenError as e:
-                raise StartupError(f"option '{option}' ({address.text}, from {self.config.source_of(option)}): cannot listen on {host} port {address.port}: {e.socketError}") from None
+                raise StartupError(
+                    f"option '{option}' ({address.text}, from {self.config.source_of(option)}): cannot listen on {host} port {address.port}: {e.socketError}"
+                ) from None
             port.stopReading()  # accept only once the registry is loaded
             self.ports.append(port)
             self.port_options[port] = option
@@ -156,7 +159,9 @@ class PnsService(service.MultiService):
                 if host != ADMIN_HOSTS[0]:
                     self.log.info("admin panel not on [{host}]:{port}: {error}", host=host, port=port, error=str(e.socketError))
                     continue
-                raise StartupError(f"option 'admin_port' ({port}, from {self.config.source_of('admin_port')}): cannot listen on {host} port {port}: {e.socketError}") from None
+                raise StartupError(
+                    f"option 'admin_port' ({port}, from {self.config.source_of('admin_port')}): cannot listen on {host} port {port}: {e.socketError}"
+                ) from None
             listener.stopReading()
             self.ports.append(listener)
             self.port_options[listener] = "admin_port"
@@ -168,7 +173,7 @@ class PnsService(service.MultiService):
                 if port.factory is self.addin_factory:
                     configure_socket(port.socket, self.config)
         except (AttributeError, OSError) as e:
-            self.log.warn("cannot set keepalive options on the listening socket ({error}); setting them per connection", error=str(e))
+            self.log.warning("cannot set keepalive options on the listening socket ({error}); setting them per connection", error=str(e))
         else:
             self.addin_factory.listener_configured = True
 
@@ -232,16 +237,32 @@ class PnsService(service.MultiService):
         self._start_control()
         self.observability.started()
         always = {logs.ALWAYS: True}
-        self.log.info("pns4ones {version} started; data in {data_dir}; config {config}", version=__version__, data_dir=str(cfg.data_dir), config=cfg.config_file or "(none, defaults)", **always)
+        self.log.info(
+            "pns4ones {version} started; data in {data_dir}; config {config}",
+            version=__version__,
+            data_dir=str(cfg.data_dir),
+            config=cfg.config_file or "(none, defaults)",
+            **always,
+        )
         if self.tls is None:
             self.log.info("send API (HTTP) on {where}", where=cfg.listen.describe(), **always)
         else:
-            self.log.info("send API (HTTPS, ssl_mode={mode}) on {where}; certificate {certificate}", mode=cfg.ssl_mode, where=cfg.listen.describe(), certificate=self.tls.material.describe(), **always)
+            self.log.info(
+                "send API (HTTPS, ssl_mode={mode}) on {where}; certificate {certificate}",
+                mode=cfg.ssl_mode,
+                where=cfg.listen.describe(),
+                certificate=self.tls.material.describe(),
+                **always,
+            )
             for warning in self.tls.material.warnings:
-                self.log.warn("{warning}", warning=warning)
+                self.log.warning("{warning}", warning=warning)
         self.log.info("add-in subscriptions (TCP) on {where}", where=cfg.service.describe(), **always)
         self.log.info("admin panel (HTTP, loopback only) on http://127.0.0.1:{port}/", port=cfg.admin_port, **always)
-        self.log.info("WebSocket and SSE subscriptions at /subscribe/ws and /subscribe/sse of the send API; allowed_origins: {origins}", origins=", ".join(cfg.allowed_origins) or "none", **always)
+        self.log.info(
+            "WebSocket and SSE subscriptions at /subscribe/ws and /subscribe/sse of the send API; allowed_origins: {origins}",
+            origins=", ".join(cfg.allowed_origins) or "none",
+            **always,
+        )
         self.log.info("{count} applications in the store", count=len(self.core.apps), **always)
         if self.incoming is not None:
             self.log.info("took over {count} subscriptions from process {pid}", count=adopted, pid=self.incoming.old_pid, **always)
@@ -266,7 +287,11 @@ class PnsService(service.MultiService):
         try:
             control.write_pid(self.config.data_dir)
         except OSError as e:
-            self.log.warn("cannot write the PID file in {data_dir} (pns4ones-admin reload_tls will not find this server): {error}", data_dir=str(self.config.data_dir), error=str(e))
+            self.log.warning(
+                "cannot write the PID file in {data_dir} (pns4ones-admin reload_tls will not find this server): {error}",
+                data_dir=str(self.config.data_dir),
+                error=str(e),
+            )
         try:
             self._old_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
             # A stop on SIGTERM/SIGINT is the normal way to end: exit 0 (twistd's
@@ -292,7 +317,7 @@ class PnsService(service.MultiService):
     def restart(self, trigger: str = "restart") -> Any:
         """Hand every listener and subscription over to a new process (see handoff.py), then exit."""
         if self.restarting is not None or not self.ready:
-            self.log.warn("{trigger}: a restart is already under way or the server is not ready: ignored", trigger=trigger)
+            self.log.warning("{trigger}: a restart is already under way or the server is not ready: ignored", trigger=trigger)
             return defer.succeed(False)
         self.restarting = handoff.Restart(self, trigger)
 
@@ -327,11 +352,11 @@ class PnsService(service.MultiService):
                 message = f"certificate reloaded{same}: {new.describe()}"
                 self.log.info("{trigger}: {message}", trigger=trigger, message=message, **always)
                 for warning in new.warnings:
-                    self.log.warn("{warning}", warning=warning)
+                    self.log.warning("{warning}", warning=warning)
         try:
             control.write_reload_status(self.config.data_dir, ok, message, trigger)
         except OSError as e:
-            self.log.warn("cannot record the reload outcome in {data_dir}: {error}", data_dir=str(self.config.data_dir), error=str(e))
+            self.log.warning("cannot record the reload outcome in {data_dir}: {error}", data_dir=str(self.config.data_dir), error=str(e))
         return ok
 
     def _stop_control(self) -> None:

@@ -24,7 +24,9 @@ def fetch(data_dir: Path, admin_port: int | None = None, timeout: float = 5.0) -
     try:
         info = json.loads(path.read_text())
     except FileNotFoundError:
-        raise control.ControlError(f"the server (pid {pid}) has not written {path}: it is still starting, or older than this command") from None
+        raise control.ControlError(
+            f"the server (pid {pid}) has not written {path}: it is still starting, or older than this command"
+        ) from None
     except PermissionError:
         raise control.ControlError(f"cannot read {path}: run this as the service's user (or root)") from None
     except (OSError, ValueError) as e:
@@ -39,7 +41,9 @@ def fetch(data_dir: Path, admin_port: int | None = None, timeout: float = 5.0) -
         raise control.ControlError(f"the server at {url} refused the status request ({e.code}): is {path} from this server?") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise control.ControlError(f"no answer from the server's admin listener at {url} ({reason}); is it running with this data directory and admin port?") from None
+        raise control.ControlError(
+            f"no answer from the server's admin listener at {url} ({reason}); is it running with this data directory and admin port?"
+        ) from None
     except ValueError as e:
         raise control.ControlError(f"the server at {url} answered something that is not JSON: {e}") from None
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from . import crypto
 
@@ -67,7 +67,14 @@ def secret_for(server_key: str) -> bytes:
 
 def issue(server_key: str, ticket: Ticket) -> str:
     payload = json.dumps(
-        {"a": ticket.app_id, "i": ticket.ib_id, "u": ticket.user_id, "g": list(ticket.groups), "e": ticket.expires_at, "t": _b64(ticket.token_digest)},
+        {
+            "a": ticket.app_id,
+            "i": ticket.ib_id,
+            "u": ticket.user_id,
+            "g": list(ticket.groups),
+            "e": ticket.expires_at,
+            "t": _b64(ticket.token_digest),
+        },
         separators=(",", ":"),
         ensure_ascii=False,
     ).encode("utf-8")
@@ -99,7 +106,9 @@ def verify(text: str, server_key_of: Callable[[str], str | None], now: float) ->
         )
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
         raise TicketError("malformed ticket") from None
-    if not all(isinstance(v, str) for v in (ticket.app_id, ticket.ib_id, ticket.user_id, *ticket.groups)) or not isinstance(ticket.expires_at, int):
+    if not all(isinstance(v, str) for v in (ticket.app_id, ticket.ib_id, ticket.user_id, *ticket.groups)) or not isinstance(
+        ticket.expires_at, int
+    ):
         raise TicketError("malformed ticket")
     server_key = server_key_of(ticket.app_id)
     if server_key is None or not crypto.verify_hmac_sha256(secret_for(server_key), signed.encode("ascii"), mac):

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -87,7 +88,9 @@ def _common_name(cert: x509.Certificate) -> str:
 def _validity_warnings(cert: x509.Certificate, now: datetime.datetime) -> tuple[str, ...]:
     what = f"the certificate {_subject(cert)} (serial {cert.serial_number:#x})"
     if now > cert.not_valid_after_utc:
-        return (f"{what} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: HTTPS clients will refuse it; renew it and reload (SIGHUP or pns4ones-admin reload_tls)",)
+        return (
+            f"{what} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: HTTPS clients will refuse it; renew it and reload (SIGHUP or pns4ones-admin reload_tls)",
+        )
     if now < cert.not_valid_before_utc:
         return (f"{what} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC: HTTPS clients will refuse it until then",)
     if cert.not_valid_after_utc - now < EXPIRY_WARNING:
@@ -126,7 +129,9 @@ def _pem_certificates(data: bytes, path: str, option: str, source: str) -> list[
         certs = x509.load_pem_x509_certificates(data)
     except ValueError:
         if b"PRIVATE KEY-----" in data:
-            raise ConfigError(option, f"{path} holds a private key, not a certificate (are ssl_certificate and ssl_certificate_key swapped?)", source) from None
+            raise ConfigError(
+                option, f"{path} holds a private key, not a certificate (are ssl_certificate and ssl_certificate_key swapped?)", source
+            ) from None
         raise ConfigError(option, f"{path} is not a PEM certificate (no readable 'CERTIFICATE' block)", source) from None
     return certs
 
@@ -135,7 +140,9 @@ def _pem_key(data: bytes, password: str, path: str, option: str, source: str, pa
     encrypted = b"ENCRYPTED" in data
     if b"PRIVATE KEY-----" not in data:
         if b"CERTIFICATE-----" in data:
-            raise ConfigError(option, f"{path} holds a certificate, not a private key (are ssl_certificate and ssl_certificate_key swapped?)", source)
+            raise ConfigError(
+                option, f"{path} holds a certificate, not a private key (are ssl_certificate and ssl_certificate_key swapped?)", source
+            )
         raise ConfigError(option, f"{path} is not a PEM private key (no '-----BEGIN ... PRIVATE KEY-----' block)", source)
     if encrypted and not password:
         raise ConfigError("ssl_certificate_password", f"is required: the private key {path} is encrypted", password_source)
@@ -157,7 +164,11 @@ def _looks_like_pkcs12(data: bytes) -> bool:
 def _load_pfx(path: str, password: str, source: str, password_source: str) -> tuple[x509.Certificate, Any, list[x509.Certificate]]:
     data = _read(path, "ssl_certificate", source)
     if b"-----BEGIN" in data:
-        raise ConfigError("ssl_certificate", f"{path} is a PEM file, not PFX/PKCS#12: use ssl_mode=FromFileWithPrivateKey with ssl_certificate_key", source)
+        raise ConfigError(
+            "ssl_certificate",
+            f"{path} is a PEM file, not PFX/PKCS#12: use ssl_mode=FromFileWithPrivateKey with ssl_certificate_key",
+            source,
+        )
     attempts = [password.encode("utf-8"), None] if password else [None, b""]
     loaded = None
     for attempt in attempts:
@@ -181,7 +192,9 @@ def _load_pfx(path: str, password: str, source: str, password_source: str) -> tu
     return loaded.cert.certificate, loaded.key, [c.certificate for c in loaded.additional_certs]
 
 
-def _assemble(certs: list[x509.Certificate], key: Any, files: tuple[str, ...], key_option: str, key_source: str, now: datetime.datetime) -> Material:
+def _assemble(
+    certs: list[x509.Certificate], key: Any, files: tuple[str, ...], key_option: str, key_source: str, now: datetime.datetime
+) -> Material:
     """The certificate is the one matching the key (normally the first); the rest is the chain."""
     wanted = _public_bytes(key.public_key())
     for i, cert in enumerate(certs):
@@ -225,14 +238,18 @@ def _required(settings: Settings, option: str, value: str, why: str) -> None:
 
 def load(settings: Settings, now: datetime.datetime | None = None) -> Material:
     """Read and check the files of ``settings``; raise :class:`ConfigError` on any problem."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.UTC)
     mode = settings.mode
     cert_src, key_src, pw_src = (settings.source(o) for o in ("ssl_certificate", "ssl_certificate_key", "ssl_certificate_password"))
     if mode == "FromFileWithPrivateKey":
         _required(settings, "ssl_certificate", settings.certificate, "the PEM certificate file")
         _required(settings, "ssl_certificate_key", settings.key, "the PEM private key file")
-        certs = _pem_certificates(_read(settings.certificate, "ssl_certificate", cert_src), settings.certificate, "ssl_certificate", cert_src)
-        key = _pem_key(_read(settings.key, "ssl_certificate_key", key_src), settings.password, settings.key, "ssl_certificate_key", key_src, pw_src)
+        certs = _pem_certificates(
+            _read(settings.certificate, "ssl_certificate", cert_src), settings.certificate, "ssl_certificate", cert_src
+        )
+        key = _pem_key(
+            _read(settings.key, "ssl_certificate_key", key_src), settings.password, settings.key, "ssl_certificate_key", key_src, pw_src
+        )
         return _assemble(certs, key, (settings.certificate, settings.key), "ssl_certificate_key", key_src, now)
     if mode == "FromFileWithPassword":
         _required(settings, "ssl_certificate", settings.certificate, "the PFX/PKCS#12 file")
@@ -241,7 +258,9 @@ def load(settings: Settings, now: datetime.datetime | None = None) -> Material:
     if mode == "FromStorage":
         _required(settings, "ssl_certificate", settings.certificate, f"the name of a certificate in {settings.store_dir}")
         return _from_store(settings, now)
-    raise ConfigError("ssl_mode", f"{mode!r} is not one of: None, FromStorage, FromFileWithPrivateKey, FromFileWithPassword", settings.source("ssl_mode"))
+    raise ConfigError(
+        "ssl_mode", f"{mode!r} is not one of: None, FromStorage, FromFileWithPrivateKey, FromFileWithPassword", settings.source("ssl_mode")
+    )
 
 
 def _load_pem_pair(pem: Path, key_file: Path | None, settings: Settings, now: datetime.datetime) -> Material:
@@ -249,7 +268,9 @@ def _load_pem_pair(pem: Path, key_file: Path | None, settings: Settings, now: da
     data = _read(str(pem), "ssl_certificate", cert_src)
     certs = _pem_certificates(data, str(pem), "ssl_certificate", cert_src)
     if key_file is not None and key_file.exists():
-        key = _pem_key(_read(str(key_file), "ssl_certificate", cert_src), settings.password, str(key_file), "ssl_certificate", cert_src, pw_src)
+        key = _pem_key(
+            _read(str(key_file), "ssl_certificate", cert_src), settings.password, str(key_file), "ssl_certificate", cert_src, pw_src
+        )
         files = (str(pem), str(key_file))
     elif b"PRIVATE KEY-----" in data:
         key = _pem_key(data, settings.password, str(pem), "ssl_certificate", cert_src, pw_src)
@@ -261,7 +282,9 @@ def _load_pem_pair(pem: Path, key_file: Path | None, settings: Settings, now: da
 
 def _load_store_file(path: Path, settings: Settings, now: datetime.datetime) -> Material:
     if path.suffix == ".pfx":
-        cert, key, extra = _load_pfx(str(path), settings.password, settings.source("ssl_certificate"), settings.source("ssl_certificate_password"))
+        cert, key, extra = _load_pfx(
+            str(path), settings.password, settings.source("ssl_certificate"), settings.source("ssl_certificate_password")
+        )
         return _assemble([cert, *extra], key, (str(path),), "ssl_certificate", settings.source("ssl_certificate"), now)
     return _load_pem_pair(path, path.with_suffix(".key"), settings, now)
 
@@ -273,7 +296,11 @@ def _from_store(settings: Settings, now: datetime.datetime) -> Material:
         name = name[3:].strip()
     store = settings.store_dir
     if not store.is_dir():
-        raise ConfigError("ssl_certificate", f"the certificate store {store} does not exist: create it and put {name}.pem with {name}.key (or {name}.pfx) there", source)
+        raise ConfigError(
+            "ssl_certificate",
+            f"the certificate store {store} does not exist: create it and put {name}.pem with {name}.key (or {name}.pfx) there",
+            source,
+        )
     if "/" not in name and "\\" not in name and not name.startswith("."):
         for suffix in (".pfx", ".pem"):
             path = store / f"{name}{suffix}"
@@ -298,6 +325,7 @@ def _from_store(settings: Settings, now: datetime.datetime) -> Material:
             f"or a certificate whose subject CN is {name} (found: {present})",
             source,
         )
+
     # Several with that name (a renewal beside the old one): the valid one that lasts longest.
     def rank(m: Material) -> tuple[bool, datetime.datetime]:
         c = m.certificate

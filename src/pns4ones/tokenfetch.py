@@ -12,7 +12,8 @@ once the store has answered (:func:`render_after_fetch`).  A token in memory
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -43,7 +44,11 @@ def render_after_fetch(core: Any, request: Any, digest: bytes, render: Callable[
         if request._disconnected:
             return
         if failure.check(StoreUnavailable):
-            body = json_body(request, 503, {"error": "store_unavailable", "reason": f"cannot check an access token this node has not seen: {failure.value}"})
+            body = json_body(
+                request,
+                503,
+                {"error": "store_unavailable", "reason": f"cannot check an access token this node has not seen: {failure.value}"},
+            )
         else:
             log.failure("looking an access token up in the store failed", failure)
             body = json_body(request, 500, {"error": "internal", "reason": "internal error, see the service log"})

@@ -33,8 +33,7 @@ def canned(status: int, phrase: bytes, doc: dict[str, Any]) -> bytes:
     """A whole JSON response that closes the connection (written straight to the transport)."""
     body = json.dumps(doc).encode()
     return (
-        b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-        % (status, phrase, len(body))
+        b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % (status, phrase, len(body))
         + body
     )
 
@@ -75,13 +74,16 @@ class BoundedRequest(server.Request):
 
 def answer_too_large(site: Any, channel: Any, size: int, peer: str) -> None:
     """413 for a request body over ``max_body_size`` (both HTTP paths), then a lingering close."""
-    site.logger.warn(
+    site.logger.warning(
         "request body of {size} bytes from {peer} exceeds max_body_size={limit}: 413",
         size=size,
         peer=peer,
         limit=site.max_body_size,
     )
-    lingering_close(channel, canned(413, b"Payload Too Large", {"error": "payload_too_large", "reason": f"request body over {site.max_body_size} bytes"}))
+    lingering_close(
+        channel,
+        canned(413, b"Payload Too Large", {"error": "payload_too_large", "reason": f"request body over {site.max_body_size} bytes"}),
+    )
 
 
 def lingering_close(channel: Any, response: bytes, linger: float = 5.0) -> None:
@@ -151,7 +153,9 @@ class _TimedChannel(http.HTTPChannel):
 
     def _expired(self) -> None:
         self._deadline = None
-        lingering_close(self, canned(408, b"Request Timeout", {"error": "request_timeout", "reason": "the request was not received in time"}))
+        lingering_close(
+            self, canned(408, b"Request Timeout", {"error": "request_timeout", "reason": "the request was not received in time"})
+        )
 
     def connectionLost(self, reason: Any) -> None:
         self._disarm()
@@ -167,7 +171,9 @@ class ApiSite(server.Site):
     logger = Logger()
     requestFactory = BoundedRequest
 
-    def __init__(self, resource: Any, max_body_size: int, request_timeout: float, clock: Any = None, trusted_proxies: Any = (), **kwargs: Any) -> None:
+    def __init__(
+        self, resource: Any, max_body_size: int, request_timeout: float, clock: Any = None, trusted_proxies: Any = (), **kwargs: Any
+    ) -> None:
         # The API reads JSON; parsing form bodies (twisted.web builds an email
         # message per request to read Content-Type) would cost ~10% of a send.
         kwargs.setdefault("parsePOSTFormSubmission", False)

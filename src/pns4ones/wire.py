@@ -56,7 +56,7 @@ class ClientKey:
         return base64.b64encode(raw).decode("ascii")
 
     @classmethod
-    def decode(cls, text: str) -> "ClientKey":
+    def decode(cls, text: str) -> ClientKey:
         try:
             raw = base64.b64decode(text.strip(), validate=True)
         except (binascii.Error, ValueError) as e:
@@ -69,7 +69,7 @@ class ClientKey:
         return cls(raw[8:40], raw[40:56])
 
     @classmethod
-    def generate(cls) -> "ClientKey":
+    def generate(cls) -> ClientKey:
         return cls(*crypto.random_aes_material())
 
 

@@ -7,8 +7,9 @@ Russian, then to the key itself (a test checks that both catalogs have the same 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from importlib import resources
-from typing import Any, Callable
+from typing import Any
 
 DEFAULT = "ru"
 LANGUAGES = ("ru", "en")

@@ -13,8 +13,9 @@ routing to serve several nodes.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
@@ -32,7 +33,7 @@ class Session(Protocol):
     keys: ClientKey | None
     transport_name: str
 
-    def deliver(self, message: "Outbound") -> bool:
+    def deliver(self, message: Outbound) -> bool:
         """Queue ``message``; False if the session could not take it."""
 
     def end(self, reason: str) -> None:
@@ -51,7 +52,7 @@ class Outbound:
     transports send the add-in JSON with it spliced in, built once.
     """
 
-    __slots__ = ("message", "plaintext", "id", "_frame_key", "_frame", "_web", "_web_text")
+    __slots__ = ("_frame", "_frame_key", "_web", "_web_text", "id", "message", "plaintext")
 
     def __init__(self, message: Message, message_id: int = 0) -> None:
         self.message = message
@@ -100,6 +101,7 @@ class Hub(Protocol):
     def publish(self, app_id: str, recipient: Recipient, message: Message) -> Deferred[Report]: ...
     def replay(self, session: Session, since: int | None) -> Deferred[tuple[int | None, list[Outbound], int]]:
         """(floor if messages may be missed, backlog, resume id); attach in the callback: no gap, no duplicate."""
+
     def sessions(self, app_id: str | None = None) -> Iterator[Session]: ...
     def counts(self) -> dict[str, dict[str, int]]: ...
     def __len__(self) -> int: ...

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 
@@ -16,7 +17,7 @@ from .recovery import Recovery
 class _IbIndex:
     """Sessions of one (application, information base)."""
 
-    __slots__ = ("all", "users", "groups")
+    __slots__ = ("all", "groups", "users")
 
     def __init__(self) -> None:
         self.all: set[Session] = set()
@@ -47,7 +48,7 @@ class LocalHub:
 
     def __init__(
         self,
-        members: Callable[[str, str, str], "set[str] | frozenset[str]"] | None = None,
+        members: Callable[[str, str, str], set[str] | frozenset[str]] | None = None,
         clock: Any = None,
         recovery_seconds: float = 120.0,
         recovery_messages: int = 1000,

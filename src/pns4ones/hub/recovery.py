@@ -19,7 +19,8 @@ was routed to this information base is in ``entries``.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from ..messages import Message, Recipient
 

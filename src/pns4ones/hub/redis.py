@@ -31,7 +31,8 @@ import json
 import os
 import socket
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi
@@ -40,9 +41,9 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from ..messages import Message, Notification, Recipient, render_addin_json
+from ..txinternals import send_now
 from . import HubUnavailable, Outbound, Report, Session
 from .local import LocalHub, _groups
-from ..transports.addin import _send_now
 from .recovery import addressed_to
 
 #: Seconds Redis has to answer a command before the connection counts as lost.
@@ -115,7 +116,9 @@ def _message(doc: dict[str, Any]) -> Message:
     note = doc.get("notification")
     notification = None
     if note:
-        notification = Notification(note.get("title", ""), note.get("body", ""), note.get("icon", ""), note.get("action", ""), bool(note.get("important", False)))
+        notification = Notification(
+            note.get("title", ""), note.get("body", ""), note.get("icon", ""), note.get("action", ""), bool(note.get("important", False))
+        )
     return Message(doc.get("topic", ""), notification, doc.get("data") or {})
 
 
@@ -176,7 +179,7 @@ class RedisURL:
 
 
 class _DirectWrites:
-    """The connection's transport, writing straight to the socket when nothing is queued (see :func:`_send_now`)."""
+    """The connection's transport, writing straight to the socket when nothing is queued (see :func:`pns4ones.txinternals.send_now`)."""
 
     __slots__ = ("_transport",)
 
@@ -184,7 +187,7 @@ class _DirectWrites:
         self._transport = transport
 
     def write(self, data: bytes) -> None:
-        if not _send_now(self._transport, data):
+        if not send_now(self._transport, data):
             self._transport.write(data)
 
     def __getattr__(self, name: str) -> Any:
@@ -237,8 +240,10 @@ class _Factory(txredisapi.RedisFactory):
     initialDelay = 0.5
     maxDelay = 5.0
 
-    def __init__(self, hub: "RedisHub", role: str, url: RedisURL) -> None:
-        super().__init__(url.describe(), url.db, 1, isLazy=True, password=url.password, replyTimeout=None, convertNumbers=False, username=url.username)
+    def __init__(self, hub: RedisHub, role: str, url: RedisURL) -> None:
+        super().__init__(
+            url.describe(), url.db, 1, isLazy=True, password=url.password, replyTimeout=None, convertNumbers=False, username=url.username
+        )
         self.hub = hub
         self.role = role
         self.deferred.addErrback(self._refused)
@@ -267,7 +272,7 @@ class _Factory(txredisapi.RedisFactory):
 class _Endpoint:
     """The Redis endpoint, telling the hub when a connection attempt fails."""
 
-    def __init__(self, endpoint: Any, hub: "RedisHub", role: str) -> None:
+    def __init__(self, endpoint: Any, hub: RedisHub, role: str) -> None:
         self.endpoint = endpoint
         self.hub = hub
         self.role = role
@@ -295,7 +300,7 @@ class _SubscriberFactory(_Factory):
 class _RemoteIb:
     """Sessions of one (application, information base) on the other nodes."""
 
-    __slots__ = ("users", "groups")
+    __slots__ = ("groups", "users")
 
     def __init__(self) -> None:
         self.users: dict[str, int] = {}
@@ -305,7 +310,7 @@ class _RemoteIb:
 class _Member:
     """One other node (one process: NAME/INCARNATION) as last heard."""
 
-    __slots__ = ("name", "seq", "fields", "seen", "loading", "pending")
+    __slots__ = ("fields", "loading", "name", "pending", "seen", "seq")
 
     def __init__(self, name: str, now: float) -> None:
         self.name = name
@@ -319,7 +324,7 @@ class _Member:
 class RemoteSession:
     """A session on another node, as presence shows it."""
 
-    __slots__ = ("app_id", "ib_id", "user_id", "group", "node")
+    __slots__ = ("app_id", "group", "ib_id", "node", "user_id")
     transport_name = "remote"
     keys = None
 
@@ -508,7 +513,11 @@ class RedisHub:
         cmd = self._cmd
         if cmd is None or self.state != "up":
             self.publish_failures += 1
-            return fail(HubUnavailable(f"the hub between nodes (Redis at {self.url.describe()}) is unreachable; the message was not sent, try again"))
+            return fail(
+                HubUnavailable(
+                    f"the hub between nodes (Redis at {self.url.describe()}) is unreachable; the message was not sent, try again"
+                )
+            )
         payload = b'{"o":%s,"t":"%s","to":%s,"m":%s}' % (
             self._origin,
             recipient.type.encode(),
@@ -533,7 +542,9 @@ class RedisHub:
     def _publish_failed(self, failure: Any) -> Any:
         self.publish_failures += 1
         if failure.check(txredisapi.ConnectionError, txredisapi.ResponseError):
-            raise HubUnavailable(f"the hub between nodes (Redis) did not take the message ({failure.getErrorMessage()}); the message was not sent, try again")
+            raise HubUnavailable(
+                f"the hub between nodes (Redis) did not take the message ({failure.getErrorMessage()}); the message was not sent, try again"
+            )
         return failure
 
     def _route(self, app_id: str, recipient: Recipient, message: Message, message_id: int) -> Report:
@@ -562,7 +573,7 @@ class RedisHub:
             recipient = _recipient(doc["t"], key[1], doc["to"])
             message = _message(doc["m"])
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            self.log.warn("ignored a malformed message on Redis channel {channel}: {error}", channel=channel, error=str(e))
+            self.log.warning("ignored a malformed message on Redis channel {channel}: {error}", channel=channel, error=str(e))
             return
         self.received += 1
         self._route(key[0], recipient, message, message_id)
@@ -657,7 +668,12 @@ class RedisHub:
             return result
 
         def failed(failure: Any) -> tuple[int | None, list[Outbound], int]:
-            self.log.warn("cannot read the recovery stream of app={app_id} ib={ib_id} from Redis: {error}", app_id=key[0], ib_id=key[1], error=failure.getErrorMessage())
+            self.log.warning(
+                "cannot read the recovery stream of app={app_id} ib={ib_id} from Redis: {error}",
+                app_id=key[0],
+                ib_id=key[1],
+                error=failure.getErrorMessage(),
+            )
             resume = self._last_ids.get(key, 0)
             return (since if since is not None else None), [], resume
 
@@ -737,7 +753,14 @@ class RedisHub:
             doc["full"] = 1
         elif fields:
             doc["f"] = [[f, n] for f, n in fields.items()]
-        args: list[Any] = [self.member, int(self.expiry * 1000), self.presence_channel, json.dumps(doc, ensure_ascii=False), "1" if full else "0", self._seq]
+        args: list[Any] = [
+            self.member,
+            int(self.expiry * 1000),
+            self.presence_channel,
+            json.dumps(doc, ensure_ascii=False),
+            "1" if full else "0",
+            self._seq,
+        ]
         for field, n in fields.items():
             args.append(field)
             args.append(n)
@@ -854,7 +877,7 @@ class RedisHub:
             member.seq = seq
             pending, member.pending = member.pending, []
             for doc in pending:
-                if int(doc.get("s", 0)) > seq or doc.get("f") is None and not doc.get("full"):
+                if int(doc.get("s", 0)) > seq or (doc.get("f") is None and not doc.get("full")):
                     self._apply(member, doc)
 
         def failed(failure: Any) -> None:
@@ -875,7 +898,9 @@ class RedisHub:
         now = time.monotonic()
         for conn in (self._cmd, self._sub):
             if conn is not None and conn.overdue(now):
-                self.log.warn("hub: Redis at {url} has not answered for {timeout} s: reconnecting", url=self.url.describe(), timeout=REPLY_TIMEOUT)
+                self.log.warning(
+                    "hub: Redis at {url} has not answered for {timeout} s: reconnecting", url=self.url.describe(), timeout=REPLY_TIMEOUT
+                )
                 conn.transport.abortConnection()
         cutoff = time.monotonic() - self.expiry
         for name, member in list(self._others.items()):
@@ -925,7 +950,9 @@ class RedisHub:
         self.log.info("hub: Redis at {url} as node {node}", url=self.url.describe(), node=self.member)
 
     def _refused(self, role: str, reason: str) -> None:
-        self.log.error("hub: Redis at {url} refused the {role} connection: {reason}; retrying", url=self.url.describe(), role=role, reason=reason)
+        self.log.error(
+            "hub: Redis at {url} refused the {role} connection: {reason}; retrying", url=self.url.describe(), role=role, reason=reason
+        )
         self._failure_logged = True
 
     def _attempt_failed(self, role: str, reason: str) -> None:
@@ -933,7 +960,12 @@ class RedisHub:
         if self._failure_logged:
             return
         self._failure_logged = True
-        self.log.error("hub: cannot connect to Redis at {url}: {reason}; retrying with backoff (up to {delay:g} s apart)", url=self.url.describe(), reason=reason, delay=_Factory.maxDelay)
+        self.log.error(
+            "hub: cannot connect to Redis at {url}: {reason}; retrying with backoff (up to {delay:g} s apart)",
+            url=self.url.describe(),
+            reason=reason,
+            delay=_Factory.maxDelay,
+        )
 
     def _link_up(self, role: str, conn: Any) -> None:
         if role == "commands":
@@ -956,7 +988,12 @@ class RedisHub:
             self.state = "up"
             self._failure_logged = False
             if previous == "down":
-                self.log.info("hub: reconnected to Redis at {url} after {seconds:.1f} s; resubscribed to {channels} channels", url=self.url.describe(), seconds=time.monotonic() - self._down_since, channels=len(self._channels))
+                self.log.info(
+                    "hub: reconnected to Redis at {url} after {seconds:.1f} s; resubscribed to {channels} channels",
+                    url=self.url.describe(),
+                    seconds=time.monotonic() - self._down_since,
+                    channels=len(self._channels),
+                )
             else:
                 self.log.info("hub: connected to Redis at {url}", url=self.url.describe())
         self._sync()
@@ -981,7 +1018,9 @@ class RedisHub:
             self.state = "down"
             self._failure_logged = True  # the failed attempts of this outage are not news
             self._down_since = time.monotonic()
-            self.log.error("hub: lost the connection to Redis at {url}: sends answer 503 until it is back; reconnecting", url=self.url.describe())
+            self.log.error(
+                "hub: lost the connection to Redis at {url}: sends answer 503 until it is back; reconnecting", url=self.url.describe()
+            )
 
     def status(self) -> tuple[bool, str]:
         """For ``/ready``."""
@@ -1021,7 +1060,9 @@ class RedisHub:
     def metric_families(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        yield GaugeMetricFamily("pns4ones_hub_connected", "1 while the hub between nodes (Redis) is connected", value=1 if self.state == "up" else 0)
+        yield GaugeMetricFamily(
+            "pns4ones_hub_connected", "1 while the hub between nodes (Redis) is connected", value=1 if self.state == "up" else 0
+        )
         published = CounterMetricFamily("pns4ones_hub_publishes", "Messages published to Redis by this node, by result", labels=["result"])
         published.add_metric(["ok"], self.published)
         published.add_metric(["failed"], self.publish_failures)

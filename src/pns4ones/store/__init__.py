@@ -8,9 +8,10 @@ store can stand in for the embedded SQLite one without changes above.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
@@ -144,7 +145,7 @@ def open_store(config: Any, reactor: Any = None) -> Store:
     if location == "sqlite" or location.startswith("sqlite://"):
         from .sqlite import SQLiteStore
 
-        path = location[len("sqlite://"):] if location != "sqlite" else None
+        path = location[len("sqlite://") :] if location != "sqlite" else None
         return SQLiteStore(config.data_dir, reactor=reactor, path=path)
     from .postgres import PostgresStore
 

@@ -22,8 +22,9 @@ import base64
 import binascii
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, fail
 
@@ -145,9 +146,12 @@ class SQLStore:
         x = self._x
         apps = tuple(_app(r) for r in x(cursor, f"SELECT {_APP_COLUMNS} FROM applications ORDER BY created_at, id").fetchall())
         tokens = tuple(
-            TokenRecord(bytes(r[0]), r[1], bytes(r[2]), r[3], r[4]) for r in x(cursor, "SELECT digest, app_id, token_id, issued_at, expires_at FROM tokens").fetchall()
+            TokenRecord(bytes(r[0]), r[1], bytes(r[2]), r[3], r[4])
+            for r in x(cursor, "SELECT digest, app_id, token_id, issued_at, expires_at FROM tokens").fetchall()
         )
-        memberships = tuple((r[0], r[1], r[2], r[3]) for r in x(cursor, "SELECT app_id, ib_id, group_name, user_id FROM group_members").fetchall())
+        memberships = tuple(
+            (r[0], r[1], r[2], r[3]) for r in x(cursor, "SELECT app_id, ib_id, group_name, user_id FROM group_members").fetchall()
+        )
         kept_ibs = frozenset((r[0], r[1]) for r in x(cursor, "SELECT DISTINCT app_id, ib_id FROM kept_messages").fetchall())
         return Snapshot(apps, tokens, memberships, kept_ibs)
 
@@ -155,7 +159,9 @@ class SQLStore:
         return self._read(self._consistent(self._snapshot))
 
     def list_applications(self) -> Deferred[list[Application]]:
-        return self._read(lambda c: [_app(r) for r in self._x(c, f"SELECT {_APP_COLUMNS} FROM applications ORDER BY created_at, id").fetchall()])
+        return self._read(
+            lambda c: [_app(r) for r in self._x(c, f"SELECT {_APP_COLUMNS} FROM applications ORDER BY created_at, id").fetchall()]
+        )
 
     def get_application(self, app_id: str) -> Deferred[Application]:
         return self._read(self._get, app_id)
@@ -208,7 +214,9 @@ class SQLStore:
     def rotate_client_key(self, app_id: str, now: float) -> Deferred[Application]:
         def rotate(cursor: Any) -> Application:
             self._get(cursor, app_id)
-            self._x(cursor, "UPDATE applications SET client_key = ?, updated_at = ? WHERE id = ?", (ClientKey.generate().encode(), now, app_id))
+            self._x(
+                cursor, "UPDATE applications SET client_key = ?, updated_at = ? WHERE id = ?", (ClientKey.generate().encode(), now, app_id)
+            )
             return self._get(cursor, app_id)
 
         return self._write(rotate)
@@ -280,14 +288,20 @@ class SQLStore:
 
     def remove_group_member(self, app_id: str, ib_id: str, group: str, user_id: str) -> Deferred[int]:
         return self._write(
-            lambda c: self._x(
-                c, "DELETE FROM group_members WHERE app_id = ? AND ib_id = ? AND group_name = ? AND user_id = ?", (app_id, ib_id, group, user_id)
-            ).rowcount
+            lambda c: (
+                self._x(
+                    c,
+                    "DELETE FROM group_members WHERE app_id = ? AND ib_id = ? AND group_name = ? AND user_id = ?",
+                    (app_id, ib_id, group, user_id),
+                ).rowcount
+            )
         )
 
     def remove_group(self, app_id: str, ib_id: str, group: str) -> Deferred[int]:
         return self._write(
-            lambda c: self._x(c, "DELETE FROM group_members WHERE app_id = ? AND ib_id = ? AND group_name = ?", (app_id, ib_id, group)).rowcount
+            lambda c: (
+                self._x(c, "DELETE FROM group_members WHERE app_id = ? AND ib_id = ? AND group_name = ?", (app_id, ib_id, group)).rowcount
+            )
         )
 
     def list_groups(self, app_id: str, ib_id: str | None = None) -> Deferred[list[tuple[str, str, int]]]:
@@ -298,7 +312,9 @@ class SQLStore:
             if ib_id is not None:
                 sql += " AND ib_id = ?"
                 args += (ib_id,)
-            return [(r[0], r[1], r[2]) for r in self._x(cursor, sql + " GROUP BY ib_id, group_name ORDER BY ib_id, group_name", args).fetchall()]
+            return [
+                (r[0], r[1], r[2]) for r in self._x(cursor, sql + " GROUP BY ib_id, group_name ORDER BY ib_id, group_name", args).fetchall()
+            ]
 
         return self._read(read)
 
@@ -306,7 +322,9 @@ class SQLStore:
         def read(cursor: Any) -> list[str]:
             self._get(cursor, app_id)
             rows = self._x(
-                cursor, "SELECT user_id FROM group_members WHERE app_id = ? AND ib_id = ? AND group_name = ? ORDER BY user_id", (app_id, ib_id, group)
+                cursor,
+                "SELECT user_id FROM group_members WHERE app_id = ? AND ib_id = ? AND group_name = ? ORDER BY user_id",
+                (app_id, ib_id, group),
             ).fetchall()
             return [r[0] for r in rows]
 
@@ -319,7 +337,11 @@ class SQLStore:
         excess = count - limit
         if excess <= 0:
             return 0
-        self._x(cursor, f"DELETE FROM kept_messages WHERE id IN (SELECT id FROM kept_messages WHERE {where} ORDER BY id LIMIT ?)", (*args, excess))
+        self._x(
+            cursor,
+            f"DELETE FROM kept_messages WHERE id IN (SELECT id FROM kept_messages WHERE {where} ORDER BY id LIMIT ?)",
+            (*args, excess),
+        )
         return excess
 
     def keep_message(self, message: KeptMessage, received_by: list[str], max_per_user: int, max_per_app: int) -> Deferred[KeptOutcome]:
@@ -327,16 +349,26 @@ class SQLStore:
 
         def keep(cursor: Any) -> KeptOutcome:
             self._get(cursor, m.app_id)
-            (waiting,) = self._x(cursor, "SELECT COUNT(*) FROM (SELECT 1 FROM kept_messages WHERE app_id = ? AND ib_id = ? LIMIT 1) AS w", (m.app_id, m.ib_id)).fetchone()
+            (waiting,) = self._x(
+                cursor,
+                "SELECT COUNT(*) FROM (SELECT 1 FROM kept_messages WHERE app_id = ? AND ib_id = ? LIMIT 1) AS w",
+                (m.app_id, m.ib_id),
+            ).fetchone()
             (message_id,) = self._x(
                 cursor,
                 "INSERT INTO kept_messages (app_id, ib_id, type, target, payload, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (m.app_id, m.ib_id, m.type, m.target, m.payload, m.created_at, m.expires_at),
             ).fetchone()
-            self._many(cursor, "INSERT INTO kept_received (message_id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING", [(message_id, u) for u in received_by])
+            self._many(
+                cursor,
+                "INSERT INTO kept_received (message_id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                [(message_id, u) for u in received_by],
+            )
             dropped_user = 0
             if m.type == "user":
-                dropped_user = self._drop_oldest(cursor, "app_id = ? AND ib_id = ? AND type = 'user' AND target = ?", (m.app_id, m.ib_id, m.target), max_per_user)
+                dropped_user = self._drop_oldest(
+                    cursor, "app_id = ? AND ib_id = ? AND type = 'user' AND target = ?", (m.app_id, m.ib_id, m.target), max_per_user
+                )
             dropped_app = self._drop_oldest(cursor, "app_id = ?", (m.app_id,), max_per_app)
             if dropped_user or dropped_app:
                 self._x(
@@ -365,7 +397,11 @@ class SQLStore:
                 (app_id, ib_id, now, user_id, d.list_param(groups), user_id),
             ).fetchall()
             self._many(cursor, "DELETE FROM kept_messages WHERE id = ?", [(r[0],) for r in rows if r[1] == "user"])
-            self._many(cursor, "INSERT INTO kept_received (message_id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING", [(r[0], user_id) for r in rows if r[1] != "user"])
+            self._many(
+                cursor,
+                "INSERT INTO kept_received (message_id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                [(r[0], user_id) for r in rows if r[1] != "user"],
+            )
             return [bytes(r[2]) for r in rows]
 
         return self._write(take, announce=False)
@@ -383,7 +419,9 @@ class SQLStore:
         return self._write(purge, announce=False)
 
     def kept_ibs(self) -> Deferred[frozenset[tuple[str, str]]]:
-        return self._read(lambda c: frozenset((r[0], r[1]) for r in self._x(c, "SELECT DISTINCT app_id, ib_id FROM kept_messages").fetchall()))
+        return self._read(
+            lambda c: frozenset((r[0], r[1]) for r in self._x(c, "SELECT DISTINCT app_id, ib_id FROM kept_messages").fetchall())
+        )
 
     def kept_counts(self) -> Deferred[list[KeptCount]]:
         def read(cursor: Any) -> list[KeptCount]:
@@ -405,14 +443,20 @@ class SQLStore:
             x = self._x
             apps = [
                 {"id": r[0], "title": r[1], "server_key": r[2], "client_key": r[3], "created_at": r[4], "updated_at": r[5]}
-                for r in x(cursor, "SELECT id, title, server_key, client_key, created_at, updated_at FROM applications ORDER BY created_at, id").fetchall()
+                for r in x(
+                    cursor, "SELECT id, title, server_key, client_key, created_at, updated_at FROM applications ORDER BY created_at, id"
+                ).fetchall()
             ]
             tokens = [
                 {"digest": bytes(r[0]).hex(), "app_id": r[1], "token_id": bytes(r[2]).hex(), "issued_at": r[3], "expires_at": r[4]}
-                for r in x(cursor, "SELECT digest, app_id, token_id, issued_at, expires_at FROM tokens ORDER BY app_id, issued_at, digest").fetchall()
+                for r in x(
+                    cursor, "SELECT digest, app_id, token_id, issued_at, expires_at FROM tokens ORDER BY app_id, issued_at, digest"
+                ).fetchall()
             ]
             groups: list[dict[str, Any]] = []
-            for r in x(cursor, "SELECT app_id, ib_id, group_name, user_id, added_at FROM group_members ORDER BY app_id, ib_id, group_name, user_id").fetchall():
+            for r in x(
+                cursor, "SELECT app_id, ib_id, group_name, user_id, added_at FROM group_members ORDER BY app_id, ib_id, group_name, user_id"
+            ).fetchall():
                 if not groups or (groups[-1]["app_id"], groups[-1]["ib_id"], groups[-1]["group"]) != (r[0], r[1], r[2]):
                     groups.append({"app_id": r[0], "ib_id": r[1], "group": r[2], "members": []})
                 groups[-1]["members"].append({"user_id": r[3], "added_at": r[4]})
@@ -426,7 +470,10 @@ class SQLStore:
                 }
                 for r in x(cursor, "SELECT id, app_id, ib_id, type, target, payload, created_at, expires_at FROM kept_messages ORDER BY id").fetchall()
             ]  # fmt: skip
-            stats = [{"app_id": r[0], "dropped": r[1], "expired": r[2]} for r in x(cursor, "SELECT app_id, dropped, expired FROM kept_stats ORDER BY app_id").fetchall()]
+            stats = [
+                {"app_id": r[0], "dropped": r[1], "expired": r[2]}
+                for r in x(cursor, "SELECT app_id, dropped, expired FROM kept_stats ORDER BY app_id").fetchall()
+            ]
             row = x(cursor, "SELECT login, password_hash, updated_at FROM admin_account WHERE id = 1").fetchone()
             admin = {"login": row[0], "password_hash": row[1], "updated_at": row[2]} if row else None
             return {
@@ -451,7 +498,9 @@ class SQLStore:
             x = self._x
             (count,) = x(cursor, "SELECT COUNT(*) FROM applications").fetchone()
             if count and not replace:
-                raise StoreError(f"the target store has {count} application(s) already: import into an empty store, or pass --replace to overwrite everything")
+                raise StoreError(
+                    f"the target store has {count} application(s) already: import into an empty store, or pass --replace to overwrite everything"
+                )
             if replace:
                 for table in ("kept_received", "kept_messages", "kept_stats", "group_members", "tokens", "applications", "admin_account"):
                     x(cursor, f"DELETE FROM {table}")
@@ -476,11 +525,21 @@ class SQLStore:
                     "INSERT INTO kept_messages (app_id, ib_id, type, target, payload, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     (k["app_id"], k["ib_id"], k["type"], k["target"], k["payload"], k["created_at"], k["expires_at"]),
                 ).fetchone()
-                self._many(cursor, "INSERT INTO kept_received (message_id, user_id) VALUES (?, ?)", [(message_id, u) for u in k["received_by"]])
-            self._many(cursor, "INSERT INTO kept_stats (app_id, dropped, expired) VALUES (?, ?, ?)", [(s["app_id"], s["dropped"], s["expired"]) for s in data["kept_stats"]])
+                self._many(
+                    cursor, "INSERT INTO kept_received (message_id, user_id) VALUES (?, ?)", [(message_id, u) for u in k["received_by"]]
+                )
+            self._many(
+                cursor,
+                "INSERT INTO kept_stats (app_id, dropped, expired) VALUES (?, ?, ?)",
+                [(s["app_id"], s["dropped"], s["expired"]) for s in data["kept_stats"]],
+            )
             admin = data["admin"]
             if admin is not None:
-                x(cursor, "INSERT INTO admin_account (id, login, password_hash, updated_at) VALUES (1, ?, ?, ?)", (admin["login"], admin["password_hash"], admin["updated_at"]))
+                x(
+                    cursor,
+                    "INSERT INTO admin_account (id, login, password_hash, updated_at) VALUES (1, ?, ?, ?)",
+                    (admin["login"], admin["password_hash"], admin["updated_at"]),
+                )
             return len(data["applications"])
 
         return self._write(load)
@@ -519,7 +578,7 @@ def _hex(value: str, where: str) -> bytes:
 
 def _check_export(doc: Any) -> dict[str, Any]:
     """The document with bytes decoded, or StoreError saying what is wrong."""
-    _need(isinstance(doc, dict) and doc.get("format") == EXPORT_FORMAT, "the document", f"lacks \"format\": \"{EXPORT_FORMAT}\"")
+    _need(isinstance(doc, dict) and doc.get("format") == EXPORT_FORMAT, "the document", f'lacks "format": "{EXPORT_FORMAT}"')
     _need(doc.get("version") == EXPORT_VERSION, "version", f"must be {EXPORT_VERSION}")
     num = (int, float)
     apps = []
@@ -555,7 +614,20 @@ def _check_export(doc: Any) -> dict[str, Any]:
     kept = []
     for i, k in enumerate(_list(doc, "kept_messages")):
         where = f"kept_messages[{i}]"
-        _fields(k, where, {"app_id": str, "ib_id": str, "type": str, "target": str, "payload": str, "created_at": num, "expires_at": num, "received_by": list})
+        _fields(
+            k,
+            where,
+            {
+                "app_id": str,
+                "ib_id": str,
+                "type": str,
+                "target": str,
+                "payload": str,
+                "created_at": num,
+                "expires_at": num,
+                "received_by": list,
+            },
+        )
         known(k["app_id"], where)
         _need(k["type"] in ("user", "group", "all"), f"{where}.type", "must be user, group or all")
         _need(all(isinstance(u, str) for u in k["received_by"]), f"{where}.received_by", "must be a list of user ids")

@@ -34,9 +34,10 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psycopg
 from twisted.enterprise import adbapi
@@ -72,7 +73,9 @@ def migrate(conn: psycopg.Connection) -> tuple[int, int]:
     """Apply pending migrations in one transaction; (version before, after)."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, name text NOT NULL, applied_at double precision NOT NULL)")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, name text NOT NULL, applied_at double precision NOT NULL)"
+        )
         (before,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
         version = before
         for number, name, sql in migrations():
@@ -90,7 +93,7 @@ class _Connection(adbapi.Connection):
         conn = self._connection
         try:
             conn.rollback()
-        except Exception:
+        except Exception:  # noqa: S110 (the connection is dropped below; the outage is logged once by the store)
             pass
         pool = self._pool
         if (conn.closed or conn.broken) and pool.connections.get(pool.threadID()) is conn:
@@ -103,7 +106,7 @@ class _Pool(adbapi.ConnectionPool):
     def _close(self, conn: Any) -> None:
         try:
             conn.close()
-        except Exception:
+        except Exception:  # noqa: S110 (closing a broken connection: nothing left to do)
             pass
 
 
@@ -197,7 +200,12 @@ class PostgresStore(SQLStore):
         self._down_since = time.monotonic()
         self._generation += 1
         self._backoff = BACKOFF_FIRST
-        self.log.error("store {location} unavailable: {reason}; answering 503 where the store is needed, reconnecting", location=self.location, reason=reason, event="store-down")
+        self.log.error(
+            "store {location} unavailable: {reason}; answering 503 where the store is needed, reconnecting",
+            location=self.location,
+            reason=reason,
+            event="store-down",
+        )
         self._schedule_probe()
 
     def _schedule_probe(self) -> None:
@@ -228,7 +236,12 @@ class PostgresStore(SQLStore):
             return
         self.available = True
         self.unavailable_reason = ""
-        self.log.info("store {location} available again after {seconds:.1f} s", location=self.location, seconds=time.monotonic() - self._down_since, event="store-up")
+        self.log.info(
+            "store {location} available again after {seconds:.1f} s",
+            location=self.location,
+            seconds=time.monotonic() - self._down_since,
+            event="store-up",
+        )
         self._changed()  # changes made meanwhile were not announced to us
 
     def probe_now(self) -> None:
@@ -243,7 +256,8 @@ class PostgresStore(SQLStore):
 
     def _announce(self, cursor: Any) -> None:
         (value,) = cursor.execute(
-            "SELECT v FROM (SELECT nextval('pns4ones_change_seq') AS v) AS s, LATERAL pg_notify(%s, %s || ':' || v)", (CHANNEL, self._source)
+            "SELECT v FROM (SELECT nextval('pns4ones_change_seq') AS v) AS s, LATERAL pg_notify(%s, %s || ':' || v)",
+            (CHANNEL, self._source),
         ).fetchone()
         self._own.add(value)  # our own change: the poll need not reload for it
 
@@ -317,7 +331,12 @@ class PostgresStore(SQLStore):
             except psycopg.Error as e:
                 if not lost_reason:
                     lost_reason = _message(e)
-                    call(self.log.warn, "store change notifications lost ({reason}); reconnecting", reason=lost_reason, event="store-listen-lost")
+                    call(
+                        self.log.warn,
+                        "store change notifications lost ({reason}); reconnecting",
+                        reason=lost_reason,
+                        event="store-listen-lost",
+                    )
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
@@ -340,7 +359,12 @@ class PostgresStore(SQLStore):
             except psycopg.Error as e:
                 if not self._stopping.is_set():
                     lost_reason = _message(e)
-                    call(self.log.warn, "store change notifications lost ({reason}); reconnecting", reason=lost_reason, event="store-listen-lost")
+                    call(
+                        self.log.warn,
+                        "store change notifications lost ({reason}); reconnecting",
+                        reason=lost_reason,
+                        event="store-listen-lost",
+                    )
                     call(self._down, lost_reason)
                     self._stopping.wait(backoff)
 

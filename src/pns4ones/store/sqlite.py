@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from twisted.enterprise import adbapi
 from twisted.internet import task

@@ -29,38 +29,8 @@ from ..core import Core, RegistrationRejected
 from ..hub import Outbound
 from ..logs import RateLimited, session_fields
 from ..metrics import NULL
+from ..txinternals import send_now
 from ..wire import ClientKey
-
-
-def _send_now(transport: Any, data: bytes) -> bool:
-    """
-    Fan-out fast path: when nothing is queued on a plain TCP transport, hand the
-    frame straight to the kernel (one ``send()``), instead of queueing it and
-    registering for writability, which costs two epoll changes and a later
-    ``doWrite`` per subscriber.  Whatever the kernel does not take goes through
-    ``transport.write()`` as usual, keeping order and flow control.  Measured:
-    fan-out to 1,000 subscribers went from about 18,000 to (see README,
-    Performance) deliveries per second.  Returns False when the transport is
-    not one this applies to; the caller then writes normally.
-    """
-    sock = getattr(transport, "socket", None)
-    if (
-        sock is None
-        or transport._tempDataBuffer
-        or len(transport.dataBuffer) != transport.offset
-        or not transport.connected
-        or transport.disconnecting
-    ):
-        return False
-    try:
-        sent = sock.send(data)
-    except BlockingIOError:
-        sent = 0
-    except OSError:
-        return False  # let the transport notice and report the error
-    if sent < len(data):
-        transport.write(data[sent:])
-    return True
 
 
 def configure_socket(sock: socket.socket, cfg: Config) -> None:
@@ -94,7 +64,7 @@ class AddinProtocol(IntNStringReceiver):
     transport_name = "tcp"
     log = Logger()
 
-    factory: "AddinFactory"
+    factory: AddinFactory
     app_id = ib_id = user_id = group = ""
     keys: ClientKey | None = None
     peer = ""
@@ -208,7 +178,7 @@ class AddinProtocol(IntNStringReceiver):
             if self._backlog > self.factory.config.send_buffer_limit:
                 self.factory.slow_reader(self)
                 return False
-        elif _send_now(self.transport, frame):
+        elif send_now(self.transport, frame):
             return True
         self.transport.write(frame)
         return True
@@ -299,7 +269,7 @@ class AddinFactory(protocol.Factory):
     def warn(self, key: str, fmt: str, **fields: Any) -> None:
         def emit(suppressed: int) -> None:
             more = f" ({suppressed} more like it in the last interval)" if suppressed else ""
-            self.log.warn(fmt + more, **fields)
+            self.log.warning(fmt + more, **fields)  # noqa: G003 (fmt is a constant format string of the caller)
 
         self._limited(key, emit)
 

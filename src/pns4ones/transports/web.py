@@ -23,12 +23,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web import resource as _resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.websocket import WebSocketResource
 from zope.interface import implementer
-from twisted.internet.interfaces import IPushProducer
 
 from .. import crypto, tickets
 from ..config import Config
@@ -98,7 +98,14 @@ class WebSubscriptions:
         ttl = min(int(ttl) or 1, self.config.ticket_max_ttl)
         expires_at = int(self.clock.seconds()) + ttl
         ticket = tickets.Ticket(app.id, ib_id, user_id, tuple(groups), expires_at, crypto.token_digest(token))
-        self.log.info("issued a subscription ticket: app={app_id} ib={ib_id} user={user_id} ttl={ttl}", app_id=app.id, ib_id=ib_id, user_id=user_id, ttl=ttl, event="ticket")
+        self.log.info(
+            "issued a subscription ticket: app={app_id} ib={ib_id} user={user_id} ttl={ttl}",
+            app_id=app.id,
+            ib_id=ib_id,
+            user_id=user_id,
+            ttl=ttl,
+            event="ticket",
+        )
         return {"ticket": tickets.issue(app.server_key, ticket), "expires_in": ttl, "expires_at": expires_at}
 
     def _server_key(self, app_id: str) -> str | None:
@@ -118,10 +125,15 @@ class WebSubscriptions:
 
     def admit(self, request: Any) -> tuple[tickets.Ticket, str, float]:
         """The request's ticket, the server key it was checked with and its token's expiry; or SubscribeError."""
-        origin = (request.getHeader(b"origin") or "")
+        origin = request.getHeader(b"origin") or ""
         origin = origin.decode("latin-1") if isinstance(origin, bytes) else origin
         if origin and not self.origin_allowed(origin):
-            self.warn("origin", "refused a subscription from {peer}: Origin {origin} is not in allowed_origins", peer=_peer(request), origin=origin)
+            self.warn(
+                "origin",
+                "refused a subscription from {peer}: Origin {origin} is not in allowed_origins",
+                peer=_peer(request),
+                origin=origin,
+            )
             raise SubscribeError(403, "origin_not_allowed", f"Origin {origin} is not allowed (allowed_origins)")
         limit = self.config.max_subscriptions
         if limit and len(self.sessions) >= limit:
@@ -169,7 +181,9 @@ class WebSubscriptions:
     def start(self, session: _WebSession, since: int | None) -> None:
         """Replay what the session missed after ``since``, then attach it (one reactor turn: no gap, no duplicate)."""
         # The local hub answers at once; a hub between nodes reads its stream first.
-        self.core.hub.replay(session, since).addCallbacks(self._resumed, self._resume_failed, callbackArgs=(session, since), errbackArgs=(session,))
+        self.core.hub.replay(session, since).addCallbacks(
+            self._resumed, self._resume_failed, callbackArgs=(session, since), errbackArgs=(session,)
+        )
 
     def _resume_failed(self, failure: Any, session: _WebSession) -> None:
         self.log.failure("cannot start the subscription of {peer}", failure, peer=session.peer)
@@ -227,7 +241,7 @@ class WebSubscriptions:
     def warn(self, key: str, fmt: str, **fields: Any) -> None:
         def emit(suppressed: int) -> None:
             more = f" ({suppressed} more like it in the last interval)" if suppressed else ""
-            self.log.warn(fmt + more, **fields)
+            self.log.warning(fmt + more, **fields)  # noqa: G003 (fmt is a constant format string of the caller)
 
         self._limited(key, emit)
 
@@ -399,7 +413,9 @@ class WebSocketSession(_WebSession):
         if self._too_big:
             return
         self._too_big = True
-        self.subs.warn("oversized", "WebSocket subscriber {peer} sent a message over {limit} bytes: closed (1009)", peer=self.peer, limit=MAX_INBOUND)
+        self.subs.warn(
+            "oversized", "WebSocket subscriber {peer} sent a message over {limit} bytes: closed (1009)", peer=self.peer, limit=MAX_INBOUND
+        )
         self._close(1009, "message too big")
 
     def textMessageReceived(self, message: str) -> None:
@@ -467,7 +483,11 @@ class _WSResource(WebSocketResource):
     def render_GET(self, request: Any) -> Any:
         upgrade = (request.getHeader(b"upgrade") or b"").lower()
         if upgrade != b"websocket":
-            return json_body(request, 400, {"error": "bad_request", "reason": "this is a WebSocket endpoint: send a WebSocket upgrade request (ws:// or wss://)"})
+            return json_body(
+                request,
+                400,
+                {"error": "bad_request", "reason": "this is a WebSocket endpoint: send a WebSocket upgrade request (ws:// or wss://)"},
+            )
         try:
             admitted = self.subs.admit(request)
             since = self.subs.resume_point(request, header=False)
@@ -568,5 +588,7 @@ class _SSEResource(_resource.Resource):
     def render(self, request: Any) -> Any:
         if request.method != b"GET":
             request.setHeader(b"Allow", b"GET")
-            return json_body(request, 405, {"error": "method_not_allowed", "reason": f"{request.method.decode('latin-1')} is not allowed here; use GET"})
+            return json_body(
+                request, 405, {"error": "method_not_allowed", "reason": f"{request.method.decode('latin-1')} is not allowed here; use GET"}
+            )
         return super().render(request)

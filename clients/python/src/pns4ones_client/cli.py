@@ -11,7 +11,8 @@ import json
 import os
 import signal
 import sys
-from typing import Any, Sequence, TextIO
+from collections.abc import Sequence
+from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from . import _api
@@ -60,7 +61,7 @@ def _service(text: str) -> tuple[str, int]:
 def send_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pns4ones-send",
-        description="Send one message through the pns4ones send API and print {\"sessions\", \"users\"} it reached.",
+        description='Send one message through the pns4ones send API and print {"sessions", "users"} it reached.',
         epilog="examples:\n"
         "  PNS4ONES_SERVER_KEY=... pns4ones-send --ib $IB user:$USER 'New order' 'No. 1234' --data order=1234\n"
         "  pns4ones-send --url https://pns.example.com:36696 --ca-file ca.pem --ib $IB all 'Price list updated'\n"
@@ -78,7 +79,11 @@ def send_parser() -> argparse.ArgumentParser:
     p.add_argument("--action", default="", help="notification action (a 1C navigation link)")
     p.add_argument("--url", default=_env("PNS4ONES_URL", DEFAULT_URL), help=f"send API (env PNS4ONES_URL, default {DEFAULT_URL})")
     p.add_argument("--server-key", default=_env("PNS4ONES_SERVER_KEY"), help="the application's server key (env PNS4ONES_SERVER_KEY)")
-    p.add_argument("--ca-file", default=_env("PNS4ONES_CA_FILE") or None, help="PEM CA certificate(s) to trust for HTTPS (env PNS4ONES_CA_FILE; default: the system's)")
+    p.add_argument(
+        "--ca-file",
+        default=_env("PNS4ONES_CA_FILE") or None,
+        help="PEM CA certificate(s) to trust for HTTPS (env PNS4ONES_CA_FILE; default: the system's)",
+    )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP request (default 10)")
     return p
 
@@ -94,7 +99,9 @@ def send_main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: 
     try:
         sender = Sender(args.url, args.server_key, ca_file=args.ca_file, timeout=args.timeout)
         recipient = _api.recipient(kind, args.ib, user_id=target if kind == "user" else "", group=target if kind == "group" else "")
-        message = _api.message(args.title, args.body, topic=args.topic, data=dict(args.data), important=args.important, icon=args.icon, action=args.action)
+        message = _api.message(
+            args.title, args.body, topic=args.topic, data=dict(args.data), important=args.important, icon=args.icon, action=args.action
+        )
         result = sender.send(recipient, message)
     except (ValueError, OSError) as e:
         err.write(f"pns4ones-send: {e}\n")
@@ -117,12 +124,21 @@ def listen_parser() -> argparse.ArgumentParser:
         epilog="example:\n  PNS4ONES_APP_ID=... PNS4ONES_CLIENT_KEY=... pns4ones-listen --ib $IB --user $USER | jq .",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--service", type=_service, default=_env("PNS4ONES_SERVICE", DEFAULT_SERVICE), help=f"HOST[:PORT] of the subscription listener (env PNS4ONES_SERVICE, default {DEFAULT_SERVICE})")
+    p.add_argument(
+        "--service",
+        type=_service,
+        default=_env("PNS4ONES_SERVICE", DEFAULT_SERVICE),
+        help=f"HOST[:PORT] of the subscription listener (env PNS4ONES_SERVICE, default {DEFAULT_SERVICE})",
+    )
     p.add_argument("--app-id", default=_env("PNS4ONES_APP_ID"), help="application id (env PNS4ONES_APP_ID)")
     p.add_argument("--client-key", default=_env("PNS4ONES_CLIENT_KEY"), help="the application's client key (env PNS4ONES_CLIENT_KEY)")
     p.add_argument("--ib", default=_env("PNS4ONES_IB"), help="information base id (env PNS4ONES_IB)")
     p.add_argument("--user", default=_env("PNS4ONES_USER"), help="user id to register as (env PNS4ONES_USER)")
-    p.add_argument("--group", default=_env("PNS4ONES_GROUP"), help="user group to register with (env PNS4ONES_GROUP; the stock add-in always sends none)")
+    p.add_argument(
+        "--group",
+        default=_env("PNS4ONES_GROUP"),
+        help="user group to register with (env PNS4ONES_GROUP; the stock add-in always sends none)",
+    )
     p.add_argument("--count", type=int, default=0, help="exit after this many messages (default: run until interrupted)")
     p.add_argument("--quiet", action="store_true", help="no status lines on stderr")
     return p

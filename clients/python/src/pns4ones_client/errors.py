@@ -45,7 +45,13 @@ class ServiceError(SendError):
     """Any other answer (404, 5xx, not JSON) or no answer at all (``status`` None)."""
 
 
-_BY_STATUS: dict[int, type[SendError]] = {400: BadRequest, 401: AuthenticationError, 403: AuthenticationError, 413: PayloadTooLarge, 429: RateLimited}
+_BY_STATUS: dict[int, type[SendError]] = {
+    400: BadRequest,
+    401: AuthenticationError,
+    403: AuthenticationError,
+    413: PayloadTooLarge,
+    429: RateLimited,
+}
 
 
 def error_from_response(status: int, body: bytes, headers: Any = None) -> SendError:
@@ -66,4 +72,10 @@ def error_from_response(status: int, body: bytes, headers: Any = None) -> SendEr
             retry_after = None
     cls = _BY_STATUS.get(status, ServiceError)
     field = doc.get("field")
-    return cls(status, str(doc.get("error", "http_error")), str(doc.get("reason", "")), field=str(field) if field else None, retry_after=retry_after)
+    return cls(
+        status,
+        str(doc.get("error", "http_error")),
+        str(doc.get("reason", "")),
+        field=str(field) if field else None,
+        retry_after=retry_after,
+    )

@@ -15,7 +15,8 @@ from __future__ import annotations
 import random
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from .backoff import Backoff
 from .protocol import ClientKey, ProtocolError
@@ -64,7 +65,9 @@ class Listener:
     def messages(self) -> Iterator[dict[str, Any]]:
         """Every message received, across reconnections, until :meth:`stop`."""
         while not self._stopped.is_set():
-            subscriber = Subscriber(*self.address, self.app_id, self.key, self.ib_id, self.user_id, self.group, timeout=self.connect_timeout)
+            subscriber = Subscriber(
+                *self.address, self.app_id, self.key, self.ib_id, self.user_id, self.group, timeout=self.connect_timeout
+            )
             try:
                 subscriber.connect()
             except OSError as e:
@@ -85,7 +88,9 @@ class Listener:
                         yield message
                     elif subscriber.closed_by_server:
                         if not received and time.monotonic() - started < 2:
-                            reason = "closed by the service right after registering: wrong application id or client key? (see the service log)"
+                            reason = (
+                                "closed by the service right after registering: wrong application id or client key? (see the service log)"
+                            )
                         break
             except ProtocolError as e:
                 reason = f"undecodable frame ({e}): wrong client key?"
@@ -107,7 +112,9 @@ class Listener:
         self._stopped.wait(delay)
 
 
-def listen(host: str, port: int, app_id: str, client_key: str | ClientKey, ib_id: str, user_id: str, group: str = "", **options: Any) -> Iterator[dict[str, Any]]:
+def listen(
+    host: str, port: int, app_id: str, client_key: str | ClientKey, ib_id: str, user_id: str, group: str = "", **options: Any
+) -> Iterator[dict[str, Any]]:
     """Shorthand: ``for message in listen(...)`` with a :class:`Listener`."""
     return Listener(host, port, app_id, client_key, ib_id, user_id, group, **options).messages()
 

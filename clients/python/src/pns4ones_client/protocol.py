@@ -31,7 +31,7 @@ class ClientKey:
     iv: bytes
 
     @classmethod
-    def decode(cls, text: str) -> "ClientKey":
+    def decode(cls, text: str) -> ClientKey:
         raw = base64.b64decode(text.strip(), validate=True)
         if len(raw) != 56 or struct.unpack_from("<ii", raw) != (32, 16):
             raise ValueError("not a pns4ones client key (base64 of 56 bytes)")

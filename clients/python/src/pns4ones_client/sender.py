@@ -17,7 +17,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 from . import _api
@@ -111,7 +112,9 @@ class Sender:
         return _api.parse_send_result(answer)
 
     def _request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes, Any]:
-        request = urllib.request.Request(self.base_url + path, data=body, method=method, headers={"User-Agent": USER_AGENT, **(headers or {})})
+        request = urllib.request.Request(
+            self.base_url + path, data=body, method=method, headers={"User-Agent": USER_AGENT, **(headers or {})}
+        )
         try:
             with self._opener.open(request, timeout=self.timeout) as response:
                 return response.status, response.read(), response.headers

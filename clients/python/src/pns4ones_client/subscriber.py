@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import socket
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from .protocol import ClientKey, FrameDecoder, registration_frame
 
@@ -47,7 +48,7 @@ class Subscriber:
         self.raw_frames: list[bytes] = []
         self.closed_by_server = False
 
-    def connect(self) -> "Subscriber":
+    def connect(self) -> Subscriber:
         self.sock = socket.create_connection(self.address, timeout=self.timeout, source_address=self.source_address)
         # The service never writes unless there is a message: let TCP notice a vanished server.
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -77,7 +78,7 @@ class Subscriber:
             self.sock.settimeout(remaining)
             try:
                 data = self.sock.recv(65536)
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 return None
             except ConnectionError:
                 data = b""

@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import random
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
-from treq.client import HTTPClient
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from treq.client import HTTPClient
 from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -182,7 +183,7 @@ class TwistedSender:
 class _AddinProtocol(Protocol):
     """One subscription: register on connect, decode frames into the listener."""
 
-    def __init__(self, listener: "TwistedListener") -> None:
+    def __init__(self, listener: TwistedListener) -> None:
         self.listener = listener
         self.decoder = FrameDecoder(listener.key)
         self.received = 0
@@ -190,14 +191,16 @@ class _AddinProtocol(Protocol):
     def connectionMade(self) -> None:
         self.connected_at = self.listener._clock.seconds()
         self.transport.setTcpKeepAlive(True)
-        self.transport.write(registration_frame(self.listener.key, self.listener.app_id, self.listener.ib_id, self.listener.user_id, self.listener.group))
+        self.transport.write(
+            registration_frame(self.listener.key, self.listener.app_id, self.listener.ib_id, self.listener.user_id, self.listener.group)
+        )
         self.listener._connected(self)
 
     def dataReceived(self, data: bytes) -> None:
         try:
             plaintexts = self.decoder.feed(data)
         except ProtocolError as e:
-            self.listener.log.warn("pns4ones sent an undecodable frame ({reason}): reconnecting", reason=str(e))
+            self.listener.log.warning("pns4ones sent an undecodable frame ({reason}): reconnecting", reason=str(e))
             self.transport.abortConnection()
             return
         for plaintext in plaintexts:

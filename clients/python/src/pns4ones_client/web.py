@@ -30,7 +30,9 @@ import threading
 from typing import Any
 
 
-def get_ticket(url: str, token: str, ib_id: str, user_id: str, groups: list[str] | None = None, ttl: int | None = None, verify: Any = True) -> str:
+def get_ticket(
+    url: str, token: str, ib_id: str, user_id: str, groups: list[str] | None = None, ttl: int | None = None, verify: Any = True
+) -> str:
     """``POST /tickets`` with the application's access token (from ``/auth``)."""
     import httpx
 
@@ -63,7 +65,7 @@ class WebSubscriber:
         self._stream: Any = None
         self._events: queue.Queue[Any] = queue.Queue()
 
-    def __enter__(self) -> "WebSubscriber":
+    def __enter__(self) -> WebSubscriber:
         return self.connect()
 
     def __exit__(self, *exc: Any) -> None:
@@ -83,7 +85,7 @@ class WebSubscriber:
             headers["Origin"] = self.origin
         return headers
 
-    def connect(self) -> "WebSubscriber":
+    def connect(self) -> WebSubscriber:
         """Subscribe; raises on refusal (websockets' InvalidStatus, httpx's HTTPStatusError)."""
         if self.transport == "ws":
             from urllib.parse import urlencode
@@ -95,7 +97,9 @@ class WebSubscriber:
                 ws_url += "?" + urlencode(self._params())
             headers = self._headers()
             origin = headers.pop("Origin", None)
-            options: dict[str, Any] = dict(additional_headers=headers, origin=origin, ssl=self.ssl_context, open_timeout=self.timeout, max_size=2**22)
+            options: dict[str, Any] = dict(
+                additional_headers=headers, origin=origin, ssl=self.ssl_context, open_timeout=self.timeout, max_size=2**22
+            )
             try:
                 self._ws = connect(ws_url, legacy=True, **options)  # websockets >= 16: a plain connection, not a context manager
             except TypeError:
@@ -181,7 +185,9 @@ class WebSubscriber:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m pns4ones_client.web", description="Print pns4ones events received over WebSocket or SSE")
+    parser = argparse.ArgumentParser(
+        prog="python -m pns4ones_client.web", description="Print pns4ones events received over WebSocket or SSE"
+    )
     parser.add_argument("url", help="the send API, e.g. http://localhost:36696")
     parser.add_argument("ticket", help="a ticket from POST /tickets")
     parser.add_argument("--transport", choices=("ws", "sse"), default="ws")
