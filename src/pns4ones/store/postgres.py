@@ -76,7 +76,8 @@ def migrate(conn: psycopg.Connection) -> tuple[int, int]:
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, name text NOT NULL, applied_at double precision NOT NULL)"
         )
-        (before,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
+        row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
+        before = int(row[0]) if row is not None else 0
         version = before
         for number, name, sql in migrations():
             if number > version:
