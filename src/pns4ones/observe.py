@@ -265,7 +265,7 @@ def write_admin_file(data_dir: Path, admin_port: int, token: str) -> Path:
     """Where the admin listener is and the status token (mode 0600: mkstemp's)."""
     path = Path(data_dir) / ADMIN_FILE
     doc = {"pid": os.getpid(), "admin_port": admin_port, "host": "127.0.0.1", "status_token": token, "started": time.time()}
-    control._atomic_write(path, json.dumps(doc) + "\n")
+    control.atomic_write(path, json.dumps(doc) + "\n")
     return path
 
 
