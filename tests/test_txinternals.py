@@ -187,3 +187,86 @@ class ReceiverTests(SynchronousTestCase):
         receiver.dataReceived(frame(b"third")[4:])
         self.assertEqual(txinternals.unparsed_input(receiver), b"")
         self.assertEqual([s for s, _ in receiver.seen], [b"first", b"second", b"third"])
+
+
+class _FakeConnection:
+    """A DB-API connection whose server has gone: rollback and close raise."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.close_calls = 0
+
+    def cursor(self) -> Any:
+        return self
+
+    def execute(self, *args: Any) -> None:
+        raise ConnectionError("server closed the connection")
+
+    def commit(self) -> None:
+        pass
+
+    def rollback(self) -> None:
+        self.closed = True
+        raise ConnectionError("cannot roll back: no connection")
+
+    def close(self) -> None:
+        self.close_calls += 1
+        raise ConnectionError("already gone")
+
+
+class _FakeDriver:
+    """The DB-API module adbapi imports by name (registered in sys.modules for the test)."""
+
+    apilevel = "2.0"
+    threadsafety = 1
+    paramstyle = "qmark"
+
+    def __init__(self) -> None:
+        self.made: list[_FakeConnection] = []
+
+    def connect(self, *args: Any, **kwargs: Any) -> _FakeConnection:
+        self.made.append(_FakeConnection())
+        return self.made[-1]
+
+
+class _Pool(txinternals.QuietPool):
+    def broken(self, conn: Any) -> bool:
+        return bool(conn.closed)
+
+
+class AdbapiTests(TestCase):
+    def setUp(self) -> None:
+        import sys
+
+        self.driver = _FakeDriver()
+        sys.modules["pns4ones_fake_dbapi"] = self.driver  # type: ignore[assignment]
+        self.addCleanup(sys.modules.pop, "pns4ones_fake_dbapi")
+        self.pool = _Pool("pns4ones_fake_dbapi", cp_min=1, cp_max=1, cp_reconnect=True)
+        self.addCleanup(self.pool.close)
+
+    def test_attributes_exist(self) -> None:
+        """adbapi keeps a connection's DB-API connection and pool where QuietConnection reads them, and closes through _close."""
+        from twisted.enterprise import adbapi
+
+        conn = adbapi.Connection(self.pool)
+        for name in txinternals.ADBAPI_CONNECTION_ATTRIBUTES:
+            self.assertTrue(hasattr(conn, name), f"adbapi.Connection has no {name!r}: update pns4ones.txinternals")
+        self.assertIs(conn._pool, self.pool)
+        self.assertIs(conn._connection, self.driver.made[0])
+        for name in txinternals.ADBAPI_POOL_METHODS:
+            self.assertTrue(
+                callable(getattr(adbapi.ConnectionPool, name, None)), f"adbapi.ConnectionPool has no {name}(): update pns4ones.txinternals"
+            )
+
+    @defer.inlineCallbacks
+    def test_a_failed_rollback_drops_the_broken_connection_quietly(self) -> Generator[Any, Any, None]:
+        """The interaction's own error reaches the caller (not the rollback's), the broken connection is closed through _close without a logged error, and the next interaction gets a new one."""
+
+        def fails(cursor: Any) -> None:
+            cursor.execute("SELECT 1")
+
+        yield self.assertFailure(self.pool.runInteraction(fails), ConnectionError)
+        self.assertEqual(self.driver.made[0].close_calls, 1, "closed once, its error swallowed")
+        yield self.assertFailure(self.pool.runInteraction(fails), ConnectionError)
+        self.assertEqual(len(self.driver.made), 2, "a new connection for the next interaction")
+        self.assertEqual(self.flushLoggedErrors(), [])

@@ -19,13 +19,17 @@ Attributes relied on:
   ``_shouldShutdown`` (closing calls ``shutdown()`` first, which would end
   the connection for every process holding the socket);
 * ``twisted.protocols.basic.IntNStringReceiver``: ``_unprocessed`` and
-  ``_compatibilityOffset`` (bytes received and not yet cut into frames).
+  ``_compatibilityOffset`` (bytes received and not yet cut into frames);
+* ``twisted.enterprise.adbapi``: ``Connection._connection`` and ``._pool``
+  (the DB-API connection and its pool, in :class:`QuietConnection`'s
+  rollback) and ``ConnectionPool._close`` (overridden by :class:`QuietPool`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from twisted.enterprise import adbapi
 from twisted.internet import tcp
 from twisted.protocols.basic import IntNStringReceiver
 
@@ -35,6 +39,9 @@ TCP_ATTRIBUTES = ("dataBuffer", "offset", "_tempDataBuffer", "_tempDataLen", "_s
 PORT_ATTRIBUTES = ("_shouldShutdown",)
 #: ... of an ``IntNStringReceiver``.
 RECEIVER_ATTRIBUTES = ("_unprocessed", "_compatibilityOffset")
+#: ... of an ``adbapi.Connection``, and the method of ``adbapi.ConnectionPool`` overridden.
+ADBAPI_CONNECTION_ATTRIBUTES = ("_connection", "_pool")
+ADBAPI_POOL_METHODS = ("_close",)
 
 
 def send_now(transport: Any, data: bytes) -> bool:
@@ -100,3 +107,38 @@ def set_handed_over(selectable: tcp.Connection | tcp.Port, handed: bool) -> None
 def unparsed_input(receiver: IntNStringReceiver) -> bytes:
     """The bytes an ``IntNStringReceiver`` has received and not yet cut into frames (part of the next frame)."""
     return bytes(receiver._unprocessed[receiver._compatibilityOffset :])
+
+
+class QuietConnection(adbapi.Connection):
+    """
+    A pooled connection whose failed rollback (the database server went away)
+    raises nothing: the interaction's own error reaches the caller, and the
+    connection is dropped when its pool says it is :meth:`QuietPool.broken`
+    (the next interaction opens a new one).  The store reports the outage once.
+    """
+
+    def rollback(self) -> None:
+        conn = self._connection
+        try:
+            conn.rollback()
+        except Exception:  # noqa: S110 (the connection is dropped below when broken; the outage is reported by the store)
+            pass
+        pool = self._pool
+        if isinstance(pool, QuietPool) and pool.broken(conn) and pool.connections.get(pool.threadID()) is conn:
+            pool.disconnect(conn)
+
+
+class QuietPool(adbapi.ConnectionPool):
+    """``adbapi.ConnectionPool`` of :class:`QuietConnection`\\s, whose closing of a broken connection logs no traceback."""
+
+    connectionFactory = QuietConnection
+
+    def broken(self, conn: Any) -> bool:
+        """Whether ``conn`` (a DB-API connection) is past use; subclasses know their driver."""
+        return False
+
+    def _close(self, conn: Any) -> None:
+        try:
+            conn.close()
+        except Exception:  # noqa: S110 (closing a broken connection: nothing left to do)
+            pass
