@@ -14,6 +14,7 @@ House rules checked over the source tree (pure: reads files, runs nothing).
 from __future__ import annotations
 
 import ast
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,7 +111,9 @@ class PrivateNameTests(SynchronousTestCase):
 
     def test_the_check_finds_what_it_looks_for(self) -> None:
         """The check sees a private import, a private module attribute, another object's private attribute read or written, and not a module's own."""
-        sample = Path(self.mktemp())
+        directory = tempfile.TemporaryDirectory()
+        self.addCleanup(directory.cleanup)
+        sample = Path(directory.name) / "sample.py"
         sample.write_text(
             "from twisted.web.http_headers import _nameEncoder\n"
             "from . import control\n"
