@@ -8,7 +8,7 @@ House rules checked over the source tree (pure: reads files, runs nothing).
   attribute ``tests/test_txinternals.py`` pins.
 * Twisted's ``Logger`` has ``warn()``, not ``warning()``: a ``warning()`` call
   raises ``AttributeError`` where a warning was due (ruff's G010 autofix made
-  that rename once; the rule is off now).
+  that rename once; its rules are not selected now).
 """
 
 from __future__ import annotations
