@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
+from pns4ones.hub import Outbound
 from pns4ones.hub.recovery import Recovery
 from pns4ones.messages import Message, Recipient
 from pns4ones_client import Subscriber
@@ -403,23 +404,20 @@ class RecoveryUnitTests(SynchronousTestCase):
     def test_window_by_time_and_count(self) -> None:
         """The window keeps the last N messages of the last T seconds; older resume points are reported as missed."""
 
-        class S:
-            app_id, ib_id, user_id, group, groups = "a", "ib", "u", "", ()
-
         rec = Recovery(1000, seconds=10, limit=3)
         r = Recipient("all", "ib")
-        ids = [rec.record("a", r, Message(topic=str(n)), None, now=float(n)) for n in range(5)]
+        ids = [rec.record("a", r, Outbound(Message(topic=str(n))), now=float(n)) for n in range(5)]
         self.assertEqual(ids, [1000, 1001, 1002, 1003, 1004])
-        floor, items = rec.replay("a", S(), 1002, now=5.0)
-        self.assertEqual((floor, [i for i, _, _ in items]), (None, [1003, 1004]))
-        floor, items = rec.replay("a", S(), 1000, now=5.0)
-        self.assertEqual((floor, [i for i, _, _ in items]), (1001, [1002, 1003, 1004]))
-        floor, items = rec.replay("a", S(), 1003, now=13.5)  # 1002 and 1003 expired by time
-        self.assertEqual((floor, [i for i, _, _ in items]), (None, [1004]))
-        floor, _ = rec.replay("a", S(), 5000, now=13.5)  # from the future
-        self.assertEqual(floor, 1003)
-        floor, items = rec.replay("b", S(), 999, now=13.5)  # never sent to: nothing missed
-        self.assertEqual((floor, list(items)), (None, []))
+
+        def replay(app: str, since: int, now: float) -> tuple[int | None, list[int]]:
+            floor, items = rec.replay(app, "ib", since, now, lambda recipient: True)
+            return floor, [o.id for o in items]
+
+        self.assertEqual(replay("a", 1002, now=5.0), (None, [1003, 1004]))
+        self.assertEqual(replay("a", 1000, now=5.0), (1001, [1002, 1003, 1004]))
+        self.assertEqual(replay("a", 1003, now=13.5), (None, [1004]))  # 1002 and 1003 expired by time
+        self.assertEqual(replay("a", 5000, now=13.5)[0], 1003)  # from the future
+        self.assertEqual(replay("b", 999, now=13.5), (None, []))  # never sent to: nothing missed
 
 
 class TicketUnitTests(SynchronousTestCase):

@@ -534,8 +534,7 @@ class Restart:
 
         for session in list(self.service.core.hub.sessions()):
             if not isinstance(session, AddinProtocol):
-                going_away = getattr(session, "going_away", None) or session.end
-                going_away("server restarting")
+                session.going_away("server restarting")
 
     def _take_sessions(self) -> None:
         factory, hub = self.service.addin_factory, self.service.core.hub

@@ -6,6 +6,7 @@ times 1,000 and counting up by one per routed message.  So ids only grow, also
 across restarts (unless more than 1,000 messages a millisecond were sent for the
 whole previous run), and stay below 2**53 (exact in JavaScript).  The Redis hub
 (:mod:`.redis`) uses its streams' ids ``MS-SEQ`` as ``MS * 1000 + SEQ`` instead.
+Id 0 is never given: it means "no id" (a kept message).
 
 Window: per (application, information base), the messages of the last
 ``seconds`` and at most ``limit`` of them, with their recipient.  ``floor`` is
@@ -19,10 +20,10 @@ was routed to this information base is in ``entries``.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
-from ..messages import Message, Recipient
+from ..messages import Recipient
+from .outbound import Outbound
 
 #: Most windows kept; past it the longest-idle empty ones are forgotten.
 MAX_WINDOWS = 10_000
@@ -32,17 +33,8 @@ class Window:
     __slots__ = ("entries", "floor")
 
     def __init__(self, floor: int) -> None:
-        self.entries: deque[tuple[int, float, Recipient, Message, Any]] = deque()
+        self.entries: deque[tuple[int, float, Recipient, Outbound]] = deque()
         self.floor = floor
-
-
-def addressed_to(recipient: Recipient, session: Any) -> bool:
-    if recipient.type == "user":
-        return bool(recipient.user_id == session.user_id)
-    if recipient.type == "group":
-        groups = getattr(session, "groups", None) or ((session.group,) if session.group else ())
-        return recipient.group in groups
-    return True
 
 
 class Recovery:
@@ -60,9 +52,9 @@ class Recovery:
         self.last_id += 1
         return self.last_id
 
-    def record(self, app_id: str, recipient: Recipient, message: Message, outbound: Any, now: float) -> int:
-        """Give the message its id and keep it in its window; returns the id."""
-        message_id = self.next_id()
+    def record(self, app_id: str, recipient: Recipient, outbound: Outbound, now: float) -> int:
+        """Give the message its id (``outbound.id``) and keep it in its window; returns the id."""
+        message_id = outbound.id = self.next_id()
         if self.limit <= 0 or self.seconds <= 0:
             return message_id
         key = (app_id, recipient.ib_id)
@@ -72,7 +64,7 @@ class Recovery:
                 self._forget_idle(now)
             window = self._windows[key] = Window(self._forgotten_floor)
         entries = window.entries
-        entries.append((message_id, now, recipient, message, outbound))
+        entries.append((message_id, now, recipient, outbound))
         if len(entries) > self.limit:
             window.floor = entries.popleft()[0]
         self._expire(window, now)
@@ -95,13 +87,16 @@ class Recovery:
             window = self._windows.pop(key)
             self._forgotten_floor = max(self._forgotten_floor, window.entries[-1][0])
 
-    def replay(self, app_id: str, session: Any, since: int, now: float) -> tuple[int | None, Iterator[tuple[int, Message, Any]]]:
+    def replay(
+        self, app_id: str, ib_id: str, since: int, now: float, wanted: Callable[[Recipient], bool]
+    ) -> tuple[int | None, Iterator[Outbound]]:
         """
-        (the window's floor if ``session`` may have missed messages after ``since``,
-        else None; what it should get after ``since``, in id order).
-        An id from the future (another node, a clock that went back) counts as missed.
+        (the window's floor if a session of ``ib_id`` may have missed messages after
+        ``since``, else None; the messages after ``since`` whose recipient is
+        ``wanted``, in id order).  An id from the future (another node, a clock
+        that went back) counts as missed.
         """
-        window = self._windows.get((app_id, session.ib_id))
+        window = self._windows.get((app_id, ib_id))
         if window is not None:
             self._expire(window, now)
         floor = window.floor if window is not None else self._forgotten_floor
@@ -110,9 +105,9 @@ class Recovery:
             since = floor
         entries = tuple(window.entries) if window is not None else ()
 
-        def matching() -> Iterator[tuple[int, Message, Any]]:
-            for message_id, _, recipient, message, outbound in entries:
-                if message_id > since and addressed_to(recipient, session):
-                    yield message_id, message, outbound
+        def matching() -> Iterator[Outbound]:
+            for message_id, _, recipient, outbound in entries:
+                if message_id > since and wanted(recipient):
+                    yield outbound
 
         return (floor if missed else None), matching()
