@@ -181,6 +181,10 @@ class RedisHub:
         """Sends are accepted: the link is up and nothing missed during an outage is still being read."""
         return self.link.up and not self._gates
 
+    def receiving(self, app_id: str, ib_id: str) -> bool:
+        """Redis confirmed this node's subscription to the channel of (app, ib): it gets the other nodes' messages there."""
+        return self.channel(app_id, ib_id) in self._confirmed
+
     def channel(self, app_id: str, ib_id: str) -> str:
         return f"{self.prefix}msg:{app_id}:{ib_id}"
 
