@@ -427,8 +427,8 @@ class RedisHub:
                 self._gates.setdefault(key, [])
             else:
                 self.log.warn(
-                    "hub: app={app_id} ib={ib_id}: the link was lost before this node knew where its stream stood; "
-                    "messages sent there during the outage are not replayed",
+                    "hub: app={app_id} ib={ib_id}: this node did not know where its stream stood (its first session there came "
+                    "during the outage or just before): messages sent there during the outage are not replayed",
                     app_id=key[0],
                     ib_id=key[1],
                 )
