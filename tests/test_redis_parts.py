@@ -7,9 +7,9 @@ import json
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from pns4ones.hub import HubUnavailable
+from pns4ones.hub import HubUnavailable, Outbound
 from pns4ones.hub.redis.presence import Mirror, OwnPresence, group_field, user_field
-from pns4ones.hub.redis.stream import decode_payload, encode_payload, int_to_stream_id, read_stream, stream_id_to_int
+from pns4ones.hub.redis.stream import Gates, decode_payload, encode_payload, int_to_stream_id, read_stream, replay_backlog, stream_id_to_int
 from pns4ones.hub.redis.url import RedisURL
 from pns4ones.hub.testing import RecordingSession
 from pns4ones.messages import Message, Notification, Recipient, render_addin_json
@@ -152,6 +152,43 @@ class StreamTests(SynchronousTestCase):
         self.assertEqual(read_stream("ib", 5000, trimmed).missed, 19999)
         self.assertEqual(read_stream("ib", 5000, [0]).missed, 0)
         self.assertIsNone(read_stream("ib", None, [0]).missed)
+
+
+class CatchUpTests(SynchronousTestCase):
+    def caught(self, *ids: int) -> list[tuple[int, Recipient, Outbound]]:
+        return [(i, Recipient("all", "ib"), Outbound.rendered(b'{"topic":"%d"}' % i, i)) for i in ids]
+
+    def test_gates_merge_stream_and_queue_once_in_order(self) -> None:
+        """Opening a gate gives the stream's entries and what was queued meanwhile merged by id, above the last routed id, each once."""
+        gates = Gates()
+        key = ("app", "ib")
+        self.assertFalse(gates.queue(key, self.caught(1)[0]), "not gated: route it")
+        gates.close(key)
+        for item in self.caught(5, 6, 7):
+            self.assertTrue(gates.queue(key, item))
+        self.assertTrue(gates and key in gates)
+        opened = gates.open(key, since=2, missed=self.caught(2, 3, 4, 5, 6))
+        self.assertEqual([i for i, _, _ in opened], [3, 4, 5, 6, 7])
+        self.assertFalse(gates)
+        gates.close(key)
+        gates.close(key)  # closing again keeps what is queued
+        gates.queue(key, self.caught(9)[0])
+        gates.close(key)
+        self.assertEqual([i for i, _, _ in gates.open(key, 0, [])], [9])
+        gates.close(key)
+        self.assertTrue(gates.drop(key))
+        self.assertFalse(gates.drop(key))
+
+    def test_replay_backlog_adds_what_came_during_the_read(self) -> None:
+        """A resume's backlog is the read's entries for the session, then later messages routed while reading; it resumes from the last."""
+        read = read_stream(
+            "ib",
+            1000,
+            [1, "3-0", "3", "3", "1-0", [["2-0", ["d", encode_payload(b'"B"', Recipient("all", "ib"), b'{"topic":"a"}').decode()]]]],
+        )
+        caught = [*self.caught(2000), (4000, Recipient("user", "ib", user_id="other"), Outbound.rendered(b"{}", 4000)), *self.caught(5000)]
+        replay = replay_backlog(read, 1000, caught, lambda r: r.type == "all")
+        self.assertEqual(([m.id for m in replay.backlog], replay.resume_id, replay.missed), ([2000, 5000], 5000, None))
 
 
 class URLTests(SynchronousTestCase):

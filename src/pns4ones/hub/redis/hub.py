@@ -2,8 +2,8 @@
 :class:`RedisHub`: several nodes sharing one Redis, in the style of
 Centrifugo's Redis engine.  Each node routes to its own sessions with a
 :class:`~pns4ones.hub.local.LocalHub`; Redis carries what the nodes share
-(:mod:`.stream`: messages and the recovery window; :mod:`.presence`: who is
-online where), over the connections of :mod:`.link`.
+(:mod:`.stream`: messages and the recovery window; :mod:`.presence` and
+:mod:`.sync`: who is online where), over the connections of :mod:`.link`.
 
 * Publish: one script per send (add to the stream, trim, publish); the sending
   node routes to its own sessions when Redis answers and ignores its own
@@ -34,8 +34,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import txredisapi  # type: ignore[import-untyped]
-from twisted.internet import task
-from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -46,17 +44,21 @@ from ..local import LocalHub
 from ..outbound import Outbound
 from ..routing import reaches
 from .link import REPLY_TIMEOUT, Link
-from .presence import BYE_SCRIPT, PRESENCE_SCRIPT, Mirror, OwnPresence
 from .stream import (
     LAST_ID_SCRIPT,
     PUBLISH_SCRIPT,
     REPLAY_SCRIPT,
+    Caught,
+    Gates,
+    Key,
     decode_payload,
     encode_payload,
     int_to_stream_id,
     read_stream,
+    replay_backlog,
     stream_id_to_int,
 )
+from .sync import PresenceSync
 from .url import RedisURL
 
 if TYPE_CHECKING:
@@ -64,11 +66,6 @@ if TYPE_CHECKING:
 
     from ...config import Config
 
-#: Presence changes are batched this long (seconds).
-PRESENCE_BATCH = 0.1
-
-Key = tuple[str, str]
-Caught = tuple[int, Recipient, Outbound]
 T = TypeVar("T")
 
 
@@ -115,9 +112,6 @@ class RedisHub:
         #: This process: the node's name and an incarnation (a restarted node is a new member).
         self.member = f"{node}/{os.urandom(4).hex()}"
         self.prefix = f"pns4ones:{self.url.db}:"
-        self.presence_channel = self.prefix + "presence"
-        self.nodes_key = self.prefix + "nodes"
-        self.own_key = self.prefix + "node:" + self.member
         self._origin = json.dumps(self.member).encode()
         self._own_prefix = '{"o":' + json.dumps(self.member) + ","
         self.link = Link(self.url, reactor, self)
@@ -127,22 +121,18 @@ class RedisHub:
         self._pins: dict[Key, int] = {}
         self._confirmed: set[str] = set()
         self._waiters: dict[str, list[Deferred[None]]] = {}
-        self._presence_subscribed = False
         # recovery: messages routed while a resuming session reads the stream; the last id routed per key
         self._catchers: dict[Key, list[list[Caught]]] = {}
         self._last_ids: dict[Key, int] = {}
         # catching up after an outage: queued messages per gated key, keys being read, waiters for a gate
         self._cut = False
-        self._gates: dict[Key, list[Caught]] = {}
-        self._reading: set[Key] = set()
+        self._gates = Gates()
         self._gate_waiters: dict[Key, list[Deferred[None]]] = {}
         self._caught_up = 0
-        # presence
-        self.own = OwnPresence(self.member)
-        self.mirror = Mirror(self.member, reactor, presence_expiry)
-        self._flush_call: DelayedCall | None = None
-        self._synced = False
-        self._loops: list[task.LoopingCall] = []
+        self.presence = PresenceSync(
+            self.link, reactor, self.member, self.prefix, presence_expiry, lambda: all(c in self._confirmed for c in self._channels)
+        )
+        self.mirror = self.presence.mirror
         # counters for the metrics
         self.published = 0
         self.publish_failures = 0
@@ -199,16 +189,16 @@ class RedisHub:
         if len(self.local) == before:
             return
         self._want(session.app_id, session.ib_id)
-        self.own.count(session, 1)
-        self._schedule_flush()
+        self.presence.own.count(session, 1)
+        self.presence.changed()
 
     def detach(self, session: Session) -> None:
         before = len(self.local)
         self.local.detach(session)
         if len(self.local) == before:
             return
-        self.own.count(session, -1)
-        self._schedule_flush()
+        self.presence.own.count(session, -1)
+        self.presence.changed()
         self._unwant(session.app_id, session.ib_id)
 
     def _want(self, app_id: str, ib_id: str) -> None:
@@ -234,9 +224,7 @@ class RedisHub:
         self._channels.pop(channel, None)
         self._confirmed.discard(channel)
         self._last_ids.pop(key, None)
-        self._reading.discard(key)
-        queued = self._gates.pop(key, None)
-        if queued is not None:
+        if self._gates.drop(key):
             self._gate_opened(key)
         sub = self.link.subscriber
         if sub is not None:
@@ -253,7 +241,7 @@ class RedisHub:
             for waiter in self._waiters.pop(channel, []):
                 if not waiter.called:  # not timed out
                     waiter.callback(None)
-            self._schedule_flush()
+            self.presence.changed()
             if key in self._gates:
                 self._catch_up(key)
             elif key not in self._last_ids:
@@ -324,10 +312,8 @@ class RedisHub:
 
     def _route(self, app_id: str, recipient: Recipient, message: Outbound) -> Delivery:
         key = (app_id, recipient.ib_id)
-        gate = self._gates.get(key)
-        if gate is not None:  # catching up: after what the stream says we missed
-            gate.append((message.id, recipient, message))
-            return Delivery(0, 0, message_id=message.id)
+        if self._gates and self._gates.queue(key, (message.id, recipient, message)):
+            return Delivery(0, 0, message_id=message.id)  # catching up: after what the stream says we missed
         if message.id > self._last_ids.get(key, 0) and key in self._pins:
             self._last_ids[key] = message.id
         catchers = self._catchers.get(key)
@@ -340,8 +326,8 @@ class RedisHub:
         """A message published by any node (our own ones are routed already), or presence."""
         key = self._channels.get(channel)
         if key is None:
-            if channel == self.presence_channel:
-                self._presence_received(data)
+            if channel == self.presence.channel:
+                self.presence.received(data)
             return
         stream_id, _, payload = data.partition(" ")
         if payload.startswith(self._own_prefix):  # ours: routed when Redis answered
@@ -404,19 +390,10 @@ class RedisHub:
         return d.addBoth(cleanup)
 
     def _backlog(self, session: Session, since: int | None, reply: Any, caught: list[Caught]) -> Replay:
-        read = read_stream(session.ib_id, since, reply)
         app_id = session.app_id
-        backlog = [
-            Outbound.rendered(plaintext, message_id)
-            for message_id, recipient, plaintext in read.entries
-            if reaches(app_id, recipient, session, self._members)
-        ]
-        last_written = backlog[-1].id if backlog else max(read.last_id, since or 0)
-        for message_id, recipient, message in caught:
-            if message_id > last_written and reaches(app_id, recipient, session, self._members):
-                backlog.append(message)
-                last_written = message_id
-        return Replay(read.missed, backlog, max(read.last_id, last_written))
+        return replay_backlog(
+            read_stream(session.ib_id, since, reply), since, caught, lambda recipient: reaches(app_id, recipient, session, self._members)
+        )
 
     # -- recovery: this node after an outage -------------------------------------------------
 
@@ -424,7 +401,7 @@ class RedisHub:
         """The subscriber connection is back after an outage: queue every channel's messages until its stream is read."""
         for key in set(self._channels.values()):
             if key in self._last_ids:
-                self._gates.setdefault(key, [])
+                self._gates.close(key)
             else:
                 self.log.warn(
                     "hub: app={app_id} ib={ib_id}: this node did not know where its stream stood (its first session there came "
@@ -436,9 +413,9 @@ class RedisHub:
     def _catch_up(self, key: Key) -> None:
         """Read what the stream of ``key`` got after the last id routed here, then open its gate."""
         cmd = self.link.commands
-        if cmd is None or key in self._reading or key not in self._gates or self.channel(*key) not in self._confirmed:
+        if cmd is None or key in self._gates.reading or key not in self._gates or self.channel(*key) not in self._confirmed:
             return  # again when the commands connection is back, or the channel confirmed
-        self._reading.add(key)
+        self._gates.reading.add(key)
         since = self._last_ids.get(key, 0)
         d = maybeDeferred(
             cmd.eval, REPLAY_SCRIPT, [self.stream(*key)], [int_to_stream_id(since), self.recovery_window_ms, self.recovery_messages + 200]
@@ -446,7 +423,7 @@ class RedisHub:
         _deadline(d, self.reactor).addCallbacks(self._stream_read, self._stream_unread, callbackArgs=(key, since), errbackArgs=(key,))
 
     def _stream_read(self, reply: Any, key: Key, since: int) -> None:
-        if key not in self._reading:
+        if key not in self._gates.reading:
             return
         read = read_stream(key[1], since, reply)
         if read.missed is not None:
@@ -461,7 +438,7 @@ class RedisHub:
         self._open(key, [(i, r, Outbound.rendered(p, i)) for i, r, p in read.entries])
 
     def _stream_unread(self, failure: Failure, key: Key) -> None:
-        if key not in self._reading:
+        if key not in self._gates.reading:
             return
         self.log.warn(
             "hub: app={app_id} ib={ib_id}: cannot read what was sent during the outage ({error}); it is lost for this node's sessions",
@@ -473,22 +450,12 @@ class RedisHub:
 
     def _open(self, key: Key, missed: list[Caught]) -> None:
         """Route the stream's entries and the queued messages, merged by id, each once; then route live again."""
-        self._reading.discard(key)
-        queued = self._gates.pop(key, [])
-        since = self._last_ids.get(key, 0)
-        merged = {message_id: (recipient, message) for message_id, recipient, message in missed}
-        for message_id, recipient, message in queued:
-            merged.setdefault(message_id, (recipient, message))
-        replayed = 0
-        for message_id in sorted(merged):
-            if message_id <= since:
-                continue
-            recipient, message = merged[message_id]
-            if message_id <= (missed[-1][0] if missed else 0):
-                replayed += 1
+        read_up_to = missed[-1][0] if missed else 0
+        for message_id, recipient, message in self._gates.open(key, self._last_ids.get(key, 0), missed):
+            if message_id <= read_up_to:
+                self.replayed += 1
+                self._caught_up += 1
             self._route(key[0], recipient, message)
-        self.replayed += replayed
-        self._caught_up += replayed
         self._gate_opened(key)
 
     def _gate_opened(self, key: Key) -> None:
@@ -515,35 +482,23 @@ class RedisHub:
 
     def connection_up(self, role: str, conn: Any) -> None:
         if role == "commands":
-            for key in list(self._gates):
+            for key in self._gates:
                 self._catch_up(key)
             return
         self._confirmed = set()
-        self._presence_subscribed = False
         if self._cut:
             self._gate_all()
-
-        def presence(_: Any) -> None:
-            if conn is self.link.subscriber:
-                self._presence_subscribed = True
-                self._sync()
-
-        maybeDeferred(conn.subscribe, self.presence_channel).addCallbacks(presence, lambda _: None)
+        self.presence.subscriber_up(conn)
         for channel in list(self._channels):
             self._subscribe(channel)
 
     def connection_down(self, role: str) -> None:
         if role == "subscriber":
             self._confirmed = set()
-            self._presence_subscribed = False
             if not self._closing:
                 self._cut = True  # what is published until we are back is read from the streams
-        self._reading.clear()  # a read in flight is lost with its connection: read again
-        self._synced = False
-        self.own.need_full = True
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
+        self._gates.reading.clear()  # a read in flight is lost with its connection: read again
+        self.presence.lost(role)
 
     def link_up(self, reconnected: bool) -> None:
         if reconnected:
@@ -552,112 +507,16 @@ class RedisHub:
                 channels=len(self._channels),
                 gated=len(self._gates),
             )
-        self._sync()
+        self.presence.sync()
 
     def link_down(self) -> None:
         pass
-
-    # -- presence: our summary out, the others' in --------------------------------------------
-
-    def _schedule_flush(self) -> None:
-        if self._flush_call is None and self.link.up and self._synced:
-            self._flush_call = self.reactor.callLater(PRESENCE_BATCH, self._flush)
-
-    def _flush(self, full: bool = False, heartbeat: bool = False) -> Deferred[None]:
-        self._flush_call = None
-        cmd = self.link.commands
-        if cmd is None or not self.link.up:
-            self.own.failed()
-            return succeed(None)
-        if any(channel not in self._confirmed for channel in self._channels):
-            # presence only once the node receives the information base's messages
-            self._flush_call = self.reactor.callLater(PRESENCE_BATCH, self._flush)
-            return succeed(None)
-        update = self.own.update(full, heartbeat)
-        if update is None:
-            return succeed(None)
-        args: list[Any] = [
-            self.member,
-            int(self.expiry * 1000),
-            self.presence_channel,
-            update.doc,
-            "1" if update.full else "0",
-            update.seq,
-        ]
-        for field, n in update.fields.items():
-            args.append(field)
-            args.append(n)
-        d = maybeDeferred(cmd.eval, PRESENCE_SCRIPT, [self.own_key, self.nodes_key], args)
-
-        def failed(failure: Failure) -> None:
-            self.own.failed()
-            self.log.debug("presence update failed: {error}", error=failure.getErrorMessage())
-
-        return d.addCallbacks(lambda _: None, failed)
-
-    def _heartbeat(self) -> None:
-        if self.link.up and self._synced:
-            self._flush(heartbeat=True)
-
-    def _expire(self) -> None:
-        for name in self.mirror.expire():
-            self.log.info("hub: node {node} not heard from for {expiry} s: dropped from presence", node=name, expiry=self.expiry)
-
-    def _presence_received(self, data: str) -> None:
-        try:
-            doc = json.loads(data)
-            if doc.get("bye") and doc["n"] != self.member:
-                if self.mirror.forget(doc["n"]):
-                    self.log.info("hub: node {node} left (presence)", node=doc["n"])
-                return
-            self._load(self.mirror.received(doc))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return
-
-    def _load(self, names: Iterable[str]) -> None:
-        """Read other nodes' whole summaries (new to us, or we missed some of their changes)."""
-        for name in names:
-            cmd = self.link.commands
-            if cmd is None:
-                self.mirror.load_failed(name)
-                continue
-
-            def loaded(values: Any, name: str = name) -> None:
-                if isinstance(values, list):
-                    values = dict(zip(values[::2], values[1::2]))
-                try:
-                    self._load(self.mirror.loaded(name, dict(values or {})))
-                except (ValueError, TypeError):
-                    self.mirror.load_failed(name)
-
-            def failed(_: Failure, name: str = name) -> None:
-                self.mirror.load_failed(name)
-
-            maybeDeferred(cmd.execute_command, "HGETALL", self.prefix + "node:" + name).addCallbacks(loaded, failed)
-
-    def _sync(self) -> None:
-        """Both connections up: publish our whole presence, read everybody's."""
-        cmd = self.link.commands
-        if cmd is None or self.link.subscriber is None or not self._presence_subscribed or self._synced:
-            return
-        self._synced = True
-        self.own.need_full = True
-        self._flush(full=True)
-
-        def members(names: Any) -> None:
-            self._load(self.mirror.known(names or ()))
-
-        maybeDeferred(cmd.execute_command, "ZRANGE", self.nodes_key, 0, -1).addCallbacks(members, lambda _: None)
 
     # -- life ------------------------------------------------------------------------------------
 
     def start(self) -> None:
         self.link.start()
-        for call, interval in ((self._expire, 1.0), (self._heartbeat, max(0.2, self.expiry / 3))):
-            loop = task.LoopingCall(call)
-            loop.clock = self.reactor  # type: ignore[assignment]  # (typed as IReactorTime)
-            loop.start(interval, now=False)
-            self._loops.append(loop)
+        self.presence.start()
         self.log.info("hub: Redis at {url} as node {node}", url=self.url.describe(), node=self.member)
 
     def status(self) -> tuple[bool, str]:
@@ -671,20 +530,8 @@ class RedisHub:
     def close(self) -> Deferred[None]:
         """Leave: remove our presence (the others forget us at once), close the connections."""
         self._closing = True
-        for loop in self._loops:
-            if loop.running:
-                loop.stop()
-        self._loops = []
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
-        cmd = self.link.commands
-        if cmd is not None:
-            bye = json.dumps({"n": self.member, "bye": 1})
-            d = maybeDeferred(cmd.eval, BYE_SCRIPT, [self.own_key, self.nodes_key], [self.member, self.presence_channel, bye])
-            d.addErrback(lambda _: None)
-        else:
-            d = succeed(None)
+        self.presence.stop()
+        d = self.presence.bye()
         d.addCallback(lambda _: self.link.close())
         # a stuck Redis does not hold the stop up
         return _deadline(d, self.reactor).addCallbacks(lambda _: None, lambda _: None)

@@ -14,17 +14,25 @@ what a stream read means.
   are JSON strings, where a quote is always escaped.
 
 Invariants: ids of one stream only grow, and the pub/sub channel carries them
-in that order (one script adds to the stream and publishes).
+in that order (one script adds to the stream and publishes).  What a node
+gets from a read and what it receives live meanwhile are merged by id: each
+message once, in order (:func:`replay_backlog`, :class:`Gates`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ...messages import Recipient
+from ..interface import Replay
+from ..outbound import Outbound
+
+Key = tuple[str, str]
+#: A message as a node routes it: (id, recipient, the message).
+Caught = tuple[int, Recipient, Outbound]
 
 PUBLISH_SCRIPT = """
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'd', ARGV[2])
@@ -141,3 +149,70 @@ def read_stream(ib_id: str, since: int | None, reply: Any) -> StreamRead:
             continue
         out.append((message_id, recipient, plaintext))
     return StreamRead(missed, out, last_id)
+
+
+def replay_backlog(read: StreamRead, since: int | None, caught: Sequence[Caught], wanted: Callable[[Recipient], bool]) -> Replay:
+    """
+    What a resuming session gets: the read's entries for it, then what was routed
+    while the stream was read (``caught``) and came after them; resume from the last.
+    """
+    backlog = [Outbound.rendered(plaintext, message_id) for message_id, recipient, plaintext in read.entries if wanted(recipient)]
+    last_written = backlog[-1].id if backlog else max(read.last_id, since or 0)
+    for message_id, recipient, message in caught:
+        if message_id > last_written and wanted(recipient):
+            backlog.append(message)
+            last_written = message_id
+    return Replay(read.missed, backlog, max(read.last_id, last_written))
+
+
+class Gates:
+    """
+    The channels whose messages a node holds back while it reads from their
+    streams what it missed during an outage of its link.
+
+    Invariants: a gated key's messages are queued, never routed; :meth:`open`
+    merges the read's entries with the queue by id, keeps only ids above the
+    last one routed, each once, in id order.
+    """
+
+    def __init__(self) -> None:
+        self._queued: dict[Key, list[Caught]] = {}
+        #: Gated keys whose stream is being read.
+        self.reading: set[Key] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self._queued)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._queued
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(list(self._queued))
+
+    def __len__(self) -> int:
+        return len(self._queued)
+
+    def close(self, key: Key) -> None:
+        """Hold ``key``'s messages back (what was queued already stays)."""
+        self._queued.setdefault(key, [])
+
+    def queue(self, key: Key, item: Caught) -> bool:
+        """Queue ``item`` if ``key`` is gated; False if it is not (route it)."""
+        queued = self._queued.get(key)
+        if queued is None:
+            return False
+        queued.append(item)
+        return True
+
+    def open(self, key: Key, since: int, missed: Sequence[Caught]) -> list[Caught]:
+        """Ungate ``key``: the read's entries (``missed``) and the queue, merged, above ``since``, in id order."""
+        self.reading.discard(key)
+        merged: dict[int, Caught] = {item[0]: item for item in missed}
+        for item in self._queued.pop(key, []):
+            merged.setdefault(item[0], item)
+        return [merged[message_id] for message_id in sorted(merged) if message_id > since]
+
+    def drop(self, key: Key) -> bool:
+        """Forget ``key`` (no session needs it any more); True if it was gated."""
+        self.reading.discard(key)
+        return self._queued.pop(key, None) is not None
