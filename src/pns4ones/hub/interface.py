@@ -156,9 +156,13 @@ class Catchup:
         yield from self.backlog
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delivery:
-    """What a send reached: the answer of ``/sendmessage`` (and of :meth:`Hub.publish`, before keeping)."""
+    """
+    What a send reached: the answer of ``/sendmessage`` (and of :meth:`Hub.publish`,
+    before keeping).  A value: never changed once made (not frozen only because a
+    frozen dataclass costs 0.4 µs more to build, once per send).
+    """
 
     #: Live sessions written to (on every node).
     sessions: int

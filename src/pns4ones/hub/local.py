@@ -144,7 +144,7 @@ class LocalHub:
         """Write ``message`` (its id given already) to every matching session of this node; the same bytes for all."""
         targets = self.recipients(app_id, recipient)
         if not targets:
-            return Delivery(0, 0, message_id=message.id)
+            return Delivery(0, 0, False, 0, message.id)
         written = 0
         users = set()
         # A copy: a delivery may end a session (slow reader), which detaches it.
@@ -153,7 +153,7 @@ class LocalHub:
                 written += 1
                 users.add(session.user_id)
         self.on_routed(app_id, written, message.frame_size)
-        return Delivery(written, len(users), message_id=message.id, reached=users)
+        return Delivery(written, len(users), False, 0, message.id, users)
 
     def publish(self, app_id: str, recipient: Recipient, message: Outbound) -> Deferred[Delivery]:
         # Every message gets an id and a place in the recovery window, delivered or not.
