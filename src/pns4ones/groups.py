@@ -62,12 +62,14 @@ class Membership:
 
     def _remove(self, app_id: str, ib_id: str, group: str, user_id: str) -> bool:
         groups = self._members.get((app_id, ib_id))
-        members = groups.get(group) if groups else None
+        if groups is None:
+            return False
+        members = groups.get(group)
         if not members or user_id not in members:
             return False
         members.discard(user_id)
         if not members:
-            del groups[group]  # type: ignore[index]
+            del groups[group]
             if not groups:
                 del self._members[(app_id, ib_id)]
         of = self._groups_of[(app_id, ib_id, user_id)]

@@ -9,6 +9,12 @@ The native add-in's subscription protocol over TCP: a thin adapter around
   what is queued beyond that is bounded by ``send_buffer_limit``, past which the
   slow reader is cut off, so it never holds up anybody else.
 * TCP keepalive with short timings finds peers that vanished (sleeping laptops).
+
+Invariants: a connection joins the hub only through ``Core.subscribe`` after
+an accepted registration and leaves through ``Core.unsubscribe`` (a new
+registration, ``end``, a lost connection, a cut-off reader, a rejected
+frame); ``keys`` is set exactly while it is subscribed.  While it joins,
+``deliver`` queues in ``_held``, bounded like the transport's buffer.
 """
 
 from __future__ import annotations

@@ -21,6 +21,11 @@ point, then ``ready``, then live messages.  Control events carry an
 Slow readers: the HTTP channel tells us (push producer) when the socket's
 buffer is full; what is queued beyond that is bounded by ``send_buffer_limit``,
 past which the subscriber is cut off, as for the add-in.
+
+Invariants: a session is in ``WebSubscriptions.sessions`` from its start
+(``Core.subscribe``) until ``finished`` (``Core.unsubscribe``), joining or
+live; ``ready`` is written once, after the catch-up and before any live
+message.
 """
 
 from __future__ import annotations
