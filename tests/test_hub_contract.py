@@ -336,3 +336,30 @@ class BetweenNodesTests(RedisBase):
         self.assertIn("lost Redis", b.status()[1])
         proxy.restore()
         yield until(lambda: b.status()[0], timeout=10, what="B back")
+
+    @inlineCallbacks
+    def test_a_channel_never_read_back_gives_up_in_time(self) -> Generator[Deferred[Any], Any, None]:
+        """If what a channel missed cannot be read back, the node routes live again after CATCH_UP_TIMEOUT instead of refusing sends for good."""
+        from pns4ones.hub.redis import hub as hub_module
+
+        self.patch(hub_module, "CATCH_UP_TIMEOUT", 0.5)
+        proxy = CuttableProxy(self.redis.port)
+        self.addCleanup(proxy.close)
+        a = yield self.redis_hub(node="A")
+        b = yield self.redis_hub(node="B", url=proxy.url())
+        on_b = RecordingSession("u1")
+        b.attach(on_b)
+        yield until(lambda: self.confirmed(b), what="B's channel")
+        yield a.publish("app", Recipient("user", "ib", user_id="u1"), Outbound(Message("before")))
+        yield until(lambda: topics(on_b) == ["before"], what="the first message on B")
+        self.patch(b, "_catch_up", lambda key: None)  # the read back never starts
+        proxy.cut()
+        yield until(lambda: not b.link.up, what="B to notice the cut")
+        yield a.publish("app", Recipient("user", "ib", user_id="u1"), Outbound(Message("lost")))
+        proxy.restore()
+        yield until(lambda: b.link.up, timeout=10, what="B's link back")
+        self.assertEqual(b.status()[0], False)
+        yield until(lambda: b.status()[0], timeout=5, what="B to give up catching up")
+        yield a.publish("app", Recipient("user", "ib", user_id="u1"), Outbound(Message("after")))
+        yield until(lambda: "after" in topics(on_b), what="the message after")
+        self.assertEqual(topics(on_b), ["before", "after"])

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import txredisapi  # type: ignore[import-untyped]
+from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -67,6 +68,9 @@ if TYPE_CHECKING:
     from ...config import Config
 
 T = TypeVar("T")
+
+#: Seconds a node may take to read back what it missed after an outage before it routes live again without it.
+CATCH_UP_TIMEOUT = 10.0
 
 
 def _deadline(d: Deferred[T], clock: Clock, seconds: float = REPLY_TIMEOUT) -> Deferred[T]:
@@ -129,6 +133,7 @@ class RedisHub:
         self._gates = Gates()
         self._gate_waiters: dict[Key, list[Deferred[None]]] = {}
         self._caught_up = 0
+        self._catch_up_deadline: DelayedCall | None = None
         self.presence = PresenceSync(
             self.link, reactor, self.member, self.prefix, presence_expiry, lambda: all(c in self._confirmed for c in self._channels)
         )
@@ -464,12 +469,32 @@ class RedisHub:
                 waiter.callback(None)
         if not self._gates and self._cut:
             self._cut = False
+            self._cancel_catch_up_deadline()
             if self.link.up:
                 self.log.info(
                     "hub: caught up after the outage: {count} messages sent meanwhile went to this node's sessions",
                     count=self._caught_up,
                 )
             self._caught_up = 0
+
+    def _give_up_catching_up(self) -> None:
+        """A channel could not be read back in time (a subscription Redis never confirmed): route live again without it."""
+        self._catch_up_deadline = None
+        if not self.link.up:
+            return  # the next connection starts over
+        for key in self._gates:
+            self.log.warn(
+                "hub: app={app_id} ib={ib_id}: could not read what was sent during the outage within {timeout} s; it is lost for this node's sessions",
+                app_id=key[0],
+                ib_id=key[1],
+                timeout=CATCH_UP_TIMEOUT,
+            )
+            self._open(key, [])
+
+    def _cancel_catch_up_deadline(self) -> None:
+        if self._catch_up_deadline is not None and self._catch_up_deadline.active():
+            self._catch_up_deadline.cancel()
+        self._catch_up_deadline = None
 
     def _ungated(self, key: Key) -> Deferred[None]:
         if key not in self._gates:
@@ -488,6 +513,11 @@ class RedisHub:
         self._confirmed = set()
         if self._cut:
             self._gate_all()
+            if not self._gates:
+                self._cut = False  # nothing to read back
+            else:
+                self._cancel_catch_up_deadline()
+                self._catch_up_deadline = self.reactor.callLater(CATCH_UP_TIMEOUT, self._give_up_catching_up)
         self.presence.subscriber_up(conn)
         for channel in list(self._channels):
             self._subscribe(channel)
@@ -530,6 +560,7 @@ class RedisHub:
     def close(self) -> Deferred[None]:
         """Leave: remove our presence (the others forget us at once), close the connections."""
         self._closing = True
+        self._cancel_catch_up_deadline()
         self.presence.stop()
         d = self.presence.bye()
         d.addCallback(lambda _: self.link.close())
