@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
@@ -32,7 +32,7 @@ from .groups import GroupError, Membership
 from .hub import Catchup, Delivery, Hub, Outbound, Replay, Session, SessionInfo
 from .messages import Recipient, SendRequest
 from .metrics import NULL
-from .store import Application, KeptMessage, Snapshot, Store, StoreUnavailable, TokenRecord
+from .store import Application, Groups, KeptMessage, KeptMessages, Registry, Snapshot, StoreUnavailable, TokenRecord
 from .wire import Registration
 
 TOKEN_LIFETIME = 3600.0
@@ -120,6 +120,10 @@ class IssuedToken:
     expires_at: float
 
 
+class CoreStore(Registry, Groups, KeptMessages, Protocol):
+    """What Core uses of the store: the registry, groups and kept messages."""
+
+
 class Core:
     """Applications, tokens, subscriptions and sends for one node."""
 
@@ -128,7 +132,7 @@ class Core:
 
     def __init__(
         self,
-        store: Store,
+        store: CoreStore,
         hub: Hub,
         clock: Any,
         token_lifetime: float = TOKEN_LIFETIME,

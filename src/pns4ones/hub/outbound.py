@@ -45,6 +45,11 @@ class Outbound:
         return self
 
     @property
+    def message(self) -> Message | None:
+        """The message it was made from (None: made from rendered bytes)."""
+        return self._message
+
+    @property
     def plaintext(self) -> bytes:
         """The add-in JSON (what the add-in decrypts), rendered on first use."""
         plaintext = self._plaintext
