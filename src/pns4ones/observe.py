@@ -286,8 +286,7 @@ def readiness(service: Any) -> Callable[[], tuple[bool, str]]:
             store = service.store
             if not store.available:
                 return False, f"store unavailable: {store.unavailable_reason}"
-            hub_status = getattr(service.core.hub, "status", None)
-            return hub_status() if hub_status is not None else (True, "ready")
+            return service.core.hub.status()
         return False, "stopping" if service.running else "starting"
 
     return ready
@@ -309,9 +308,8 @@ class Observability:
         self.metrics = metrics = Metrics(service.reactor)
         self.figures = LiveFigures(service)
         metrics.add_collector(self.figures.collect)
-        hub_families = getattr(service.core.hub, "metric_families", None)
-        if hub_families is not None:  # the hub between nodes: connected, publishes
-            metrics.add_collector(hub_families)
+        # the hub's own (between nodes: connected, publishes)
+        metrics.add_collector(service.core.hub.metric_families)
         service.core.metrics = metrics
         service.core.hub.on_routed = metrics.routed
         service.api.metrics = metrics
