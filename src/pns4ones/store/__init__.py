@@ -101,6 +101,45 @@ class KeptCount:
     expired: int
 
 
+@dataclass(frozen=True, slots=True)
+class KeptTarget:
+    """Kept messages waiting for one recipient: a user, a group, or everyone (``all``) of an information base."""
+
+    ib_id: str
+    type: str
+    target: str
+    count: int
+    oldest: float  # created_at of the oldest
+    next_expiry: float  # the first to expire
+    last_expiry: float
+
+
+@dataclass(frozen=True, slots=True)
+class KeptInfo:
+    """One kept message as the admin panel lists it."""
+
+    id: int
+    type: str
+    target: str
+    created_at: float
+    expires_at: float
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One administrator action: ``source`` is ``panel`` (actor: its login) or ``cli`` (actor: the OS user)."""
+
+    at: float
+    actor: str
+    source: str
+    address: str
+    action: str
+    app_id: str = ""
+    detail: str = ""
+    id: int = 0
+
+
 class Store(Protocol):
     location: str
 
@@ -131,6 +170,18 @@ class Store(Protocol):
     def purge_kept(self, now: float) -> Deferred[int]: ...
     def kept_ibs(self) -> Deferred[frozenset[tuple[str, str]]]: ...
     def kept_counts(self) -> Deferred[list[KeptCount]]: ...
+    # the admin panel's console and the audit log (pages: (total, rows))
+    def rename_application(self, app_id: str, title: str, now: float) -> Deferred[Application]: ...
+    def kept_summary(self, app_id: str, now: float, limit: int, offset: int = 0) -> Deferred[tuple[int, list[KeptTarget]]]: ...
+    def kept_for_user(
+        self, app_id: str, ib_id: str, user_id: str, groups: list[str], now: float, limit: int, offset: int = 0
+    ) -> Deferred[tuple[int, list[KeptInfo]]]: ...
+    def delete_kept_for_user(
+        self, app_id: str, ib_id: str, user_id: str, groups: list[str], now: float, ids: list[int] | None = None
+    ) -> Deferred[int]: ...
+    def delete_kept_target(self, app_id: str, ib_id: str, type: str, target: str) -> Deferred[int]: ...
+    def add_audit(self, entry: AuditEntry, max_rows: int) -> Deferred[int]: ...
+    def list_audit(self, limit: int, offset: int = 0) -> Deferred[tuple[int, list[AuditEntry]]]: ...
     # pns4ones-admin export/import: everything, secrets included
     def export_data(self) -> Deferred[dict[str, Any]]: ...
     def import_data(self, doc: Any, replace: bool = False) -> Deferred[int]: ...
