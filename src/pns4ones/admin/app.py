@@ -202,7 +202,7 @@ class AdminPanel:
         except OSError as e:
             where = f"not written to the data directory: {e.strerror or e}"
         url = f"http://127.0.0.1:{self.config.admin_port}/"
-        self.log.warn(  # noqa: G010 - twisted.logger.Logger has warn(), no warning()
+        self.log.warn(
             "admin panel: no administrator yet. Open {url} on this machine and enter the one-time set-up code {code} ({where})",
             url=url,
             code=code,
@@ -218,7 +218,7 @@ class AdminPanel:
         try:
             firstrun.remove_file(self.config.data_dir)
         except OSError as e:
-            self.log.warn("cannot remove the old set-up code file: {error}", error=str(e))  # noqa: G010 - twisted.logger.Logger has warn()
+            self.log.warn("cannot remove the old set-up code file: {error}", error=str(e))
 
     # -- request helpers -------------------------------------------------------------------
 
@@ -286,7 +286,7 @@ class AdminPanel:
         elif not expected or not given or not hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace")):
             reason = "missing or wrong CSRF token"
         if reason:
-            self.log.warn(  # noqa: G010 - twisted.logger.Logger has warn(), no warning()
+            self.log.warn(
                 "admin panel: refused {method} {path} from {peer}: {reason}",
                 method=request.method.decode(),
                 path=request.path.decode("utf-8", "replace"),
@@ -435,7 +435,7 @@ class AdminPanel:
             return page(429, t("error.throttled", seconds=int(wait) + 1), login)
         if self.setup_code is None or not firstrun.matches(code, self.setup_code):
             self.setup_throttle.failed()
-            self.log.warn(  # noqa: G010 - twisted.logger.Logger has warn(), no warning()
+            self.log.warn(
                 "admin panel: wrong set-up code from {peer} ({failures} in a row)",
                 peer=_peer(request),
                 failures=self.setup_throttle.failures,
@@ -488,7 +488,7 @@ class AdminPanel:
         password = self._form(request, "password", auth.PASSWORD_MAX)
         wait = self.throttle.wait()
         if wait > 0:
-            self.log.warn(  # noqa: G010 - twisted.logger.Logger has warn(), no warning()
+            self.log.warn(
                 "admin panel: login from {peer} refused: throttled for {wait:.0f} s after {failures} failures",
                 peer=_peer(request),
                 wait=wait,
@@ -502,7 +502,7 @@ class AdminPanel:
         if not (valid and hmac.compare_digest(login.encode("utf-8", "replace"), account.login.encode("utf-8", "replace"))):
             self.throttle.failed()
             yield self._audit(request, login, "login-failed")
-            self.log.warn(  # noqa: G010 - twisted.logger.Logger has warn(), no warning()
+            self.log.warn(
                 "admin panel: failed login as {login!r} from {peer} ({failures} in a row)",
                 login=login,
                 peer=_peer(request),
@@ -1051,7 +1051,7 @@ class AdminRequest(BoundedRequest):
             self.setHeader(name, value)
         host = (self.getHeader(b"host") or b"").lower()
         if host not in self.channel.site.allowed_hosts:
-            self.channel.site.logger.warn(  # noqa: G010 - twisted.logger.Logger has warn(), no warning()
+            self.channel.site.logger.warn(
                 "admin panel: refused a request for Host {host!r} from {peer} (only loopback names are served)",
                 host=host.decode("latin-1"),
                 peer=getattr(self.getClientAddress(), "host", "?"),
