@@ -27,7 +27,12 @@ MAX_DETAIL = 2000
 def detail(**fields: Any) -> str:
     """``fields`` as the record's compact JSON detail."""
     text = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
-    return text if len(text) <= MAX_DETAIL else json.dumps({"truncated": text[: MAX_DETAIL - 40]}, ensure_ascii=False)
+    cut = len(text)
+    out = text
+    while len(out) > MAX_DETAIL:  # escaping grows the text: shorten until it fits
+        cut -= len(out) - MAX_DETAIL
+        out = json.dumps({"truncated": text[:cut]}, ensure_ascii=False, separators=(",", ":"))
+    return out
 
 
 def parse_detail(text: str) -> dict[str, Any]:

@@ -360,7 +360,8 @@ class AdminPanel:
 
     def _keep_form(self, request: Any, session: auth.Session, name: str) -> dict[str, str]:
         """Remember what was typed into form ``name``, to fill it again on the next page."""
-        values = {field: self._form(request, field, 20_000) for field in _FORM_FIELDS[name]}
+        # unbounded here: the body is (max_body_size), and the copy lives until the next page
+        values = {field: (request.args.get(field.encode()) or [b""])[0].decode("utf-8", "replace") for field in _FORM_FIELDS[name]}
         session.forms[name] = values
         return values
 
