@@ -9,9 +9,11 @@ import os
 import pty
 import re
 import select
+import shutil
 import socket
 import sqlite3
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from pns4ones_client import Subscriber
 from pns4ones_client.protocol import ClientKey, registration_frame
@@ -1157,6 +1159,49 @@ class PanelHttpTests(SynchronousTestCase):
         self.assertEqual(self.client.request("POST", "/login", {"csrf": token, "login": "admin", "password": PASSWORD})[0], 401)
         status, headers, _ = self.client.request("POST", "/login", {"csrf": token, "login": "admin", "password": "reset by the CLI 1"})
         self.assertEqual((status, headers["Location"]), (303, "/apps"))
+
+
+class PanelNodesTests(SynchronousTestCase):
+    """Two nodes on one store and a Redis hub: each node's status page sees both; a CLI password reset ends the sessions of both."""
+
+    def setUp(self) -> None:
+        from .redis_support import SKIP, RedisServer
+
+        if SKIP:
+            raise SkipTest(SKIP)
+        redis = RedisServer().start()
+        self.addCleanup(redis.cleanup)
+        store = Path(tempfile.mkdtemp(prefix="pns4ones-nodes-")) / "pns.db"
+        self.addCleanup(shutil.rmtree, store.parent, True)
+        ini = f"store = sqlite://{store}\nhub = {redis.url}\nstore_poll_interval = 0.1\n"
+        self.nodes = [ServerProcess(ini=ini, args=["--node_name", name]) for name in ("A", "B")]
+        for node in self.nodes:
+            self.addCleanup(node.cleanup)
+            node.start()
+        for node in self.nodes:
+            wait_for(lambda node=node: "hub: connected to Redis" in node.log(), 10, what="the hub connection")
+
+    def test_status_and_sessions_across_nodes(self) -> None:
+        """Status on each node: hub connected, 2 nodes, its own name; panel-password ends the sessions opened on either node."""
+        a, b = (PanelClient(node.admin_port) for node in self.nodes)
+        a.setup(setup_code(self.nodes[0]))
+        status, headers, _ = b.request("GET", "/setup")  # the administrator exists in the shared store
+        self.assertEqual((status, headers["Location"]), (303, "/login"))
+        token = b.csrf("/login")
+        self.assertEqual(b.request("POST", "/login", {"csrf": token, "login": "admin", "password": PASSWORD})[0], 303)
+        for client, name in ((a, "A"), (b, "B")):
+            page = wait_for(
+                lambda client=client: (text := client.request("GET", "/status")[2]) and "2 (этот: " in text and text,
+                what="two nodes in the status",
+            )
+            figure = re.search(r'id="fig-nodes">([^<]*)<', page).group(1)
+            self.assertIn(f"2 (этот: {name})", figure)
+            self.assertIn("подключена", re.search(r'id="fig-hub">(.*?)</dd>', page, re.S).group(1))
+            self.assertIn("redis://127.0.0.1:", page)
+        set_password(self.nodes[1], "reset on node B 1", "--config", str(self.nodes[1].ini))
+        for client in (a, b):
+            status, headers, _ = client.request("GET", "/apps")
+            self.assertEqual((status, headers["Location"]), (303, "/login"))
 
 
 class PanelCliTests(SynchronousTestCase):
