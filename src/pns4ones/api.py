@@ -127,7 +127,7 @@ class SendAPI:
 
         def emit(suppressed: int) -> None:
             more = f" ({suppressed} more like it in the last 10 s)" if suppressed else ""
-            self.log.warning(
+            self.log.warn(
                 "rejected {method} {path} from {peer}: {status} {reason}{more}",
                 method=request.method.decode("latin-1"),
                 path=request.path.decode("latin-1", "replace"),

@@ -283,7 +283,7 @@ class Core:
             payloads = yield self.store.take_kept(app_id, ib_id, user_id, sorted(groups), self.clock.seconds())
             kept = [Outbound(message_from_addin(p)) for p in payloads]
         except StoreUnavailable as e:
-            self.log.warning(
+            self.log.warn(
                 "kept messages for app={app_id} ib={ib_id} user={user_id} not read: {reason}",
                 app_id=app_id,
                 ib_id=ib_id,
@@ -332,7 +332,7 @@ class Core:
         outcome = yield self.store.keep_message(message, received, self.limits.max_kept_per_user, self.limits.max_kept_per_app)
         dropped = outcome.dropped_user + outcome.dropped_app
         if outcome.dropped_user:
-            self.log.warning(
+            self.log.warn(
                 "kept messages of app={app_id} ib={ib_id} user={user_id} over max_kept_per_user={limit}: dropped the {count} oldest",
                 app_id=app.id,
                 ib_id=recipient.ib_id,
@@ -342,7 +342,7 @@ class Core:
                 event="kept-dropped",
             )
         if outcome.dropped_app:
-            self.log.warning(
+            self.log.warn(
                 "kept messages of app={app_id} over max_kept_per_app={limit}: dropped the {count} oldest",
                 app_id=app.id,
                 limit=self.limits.max_kept_per_app,

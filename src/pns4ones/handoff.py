@@ -127,7 +127,7 @@ def sd_notify(state: str) -> None:
             s.connect(where)
             s.sendall(state.encode())
     except OSError as e:
-        log.warning("cannot notify systemd ({state}): {error}", state=state.replace("\n", " "), error=str(e))
+        log.warn("cannot notify systemd ({state}): {error}", state=state.replace("\n", " "), error=str(e))
 
 
 # -- the new process ----------------------------------------------------------------------------
@@ -403,7 +403,7 @@ class Restart:
         try:
             control._atomic_write(Path(self.service.config.data_dir) / STATUS_FILE, json.dumps(doc, ensure_ascii=False) + "\n")
         except OSError as e:
-            log.warning("cannot record the restart outcome: {error}", error=str(e))
+            log.warn("cannot record the restart outcome: {error}", error=str(e))
 
     @defer.inlineCallbacks
     def _wait(self, what: str, ready: Any, timeout: float) -> Any:

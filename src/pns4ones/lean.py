@@ -536,7 +536,7 @@ class LeanChannel(protocol.Protocol):
             self._switch_now()
             return
         peer = getattr(self.peer, "host", "?")
-        self.log.warning("malformed HTTP request from {peer}: {error}: 400", peer=peer, error=str(error) or type(error).__name__)
+        self.log.warn("malformed HTTP request from {peer}: {error}: 400", peer=peer, error=str(error) or type(error).__name__)
         self._receiving = False
         self._queue(None, canned(400, b"Bad Request", {"error": "bad_request", "reason": f"malformed HTTP request: {error}"}), True)
 

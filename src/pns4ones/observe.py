@@ -171,7 +171,7 @@ class StatusResource(resource.Resource):
     def render_GET(self, request: Any) -> bytes:
         given = request.getHeader(b"authorization") or b""
         if not hmac.compare_digest(given.encode("latin-1") if isinstance(given, str) else given, self._expected):
-            self.log.warning(
+            self.log.warn(
                 "status: refused a request without the status token from {peer}",
                 peer=getattr(request.getClientAddress(), "host", "?"),
                 event="rejected",
@@ -221,7 +221,7 @@ class BasicAuth(resource.Resource):
     def render(self, request: Any) -> Any:
         given = request.getUser() + b":" + request.getPassword()
         if not hmac.compare_digest(given, self._expected):
-            self.log.warning(
+            self.log.warn(
                 "metrics: refused a scrape with wrong or missing credentials from {peer}",
                 peer=getattr(request.getClientAddress(), "host", "?"),
                 event="rejected",
@@ -338,7 +338,7 @@ class Observability:
         try:
             write_admin_file(cfg.data_dir, cfg.admin_port, self.token)
         except OSError as e:
-            self.log.warning(
+            self.log.warn(
                 "cannot write {file} in {data_dir} (pns4ones-admin status will not find this server): {error}",
                 file=ADMIN_FILE,
                 data_dir=str(cfg.data_dir),

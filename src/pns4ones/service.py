@@ -173,7 +173,7 @@ class PnsService(service.MultiService):
                 if port.factory is self.addin_factory:
                     configure_socket(port.socket, self.config)
         except (AttributeError, OSError) as e:
-            self.log.warning("cannot set keepalive options on the listening socket ({error}); setting them per connection", error=str(e))
+            self.log.warn("cannot set keepalive options on the listening socket ({error}); setting them per connection", error=str(e))
         else:
             self.addin_factory.listener_configured = True
 
@@ -255,7 +255,7 @@ class PnsService(service.MultiService):
                 **always,
             )
             for warning in self.tls.material.warnings:
-                self.log.warning("{warning}", warning=warning)
+                self.log.warn("{warning}", warning=warning)
         self.log.info("add-in subscriptions (TCP) on {where}", where=cfg.service.describe(), **always)
         self.log.info("admin panel (HTTP, loopback only) on http://127.0.0.1:{port}/", port=cfg.admin_port, **always)
         self.log.info(
@@ -287,7 +287,7 @@ class PnsService(service.MultiService):
         try:
             control.write_pid(self.config.data_dir)
         except OSError as e:
-            self.log.warning(
+            self.log.warn(
                 "cannot write the PID file in {data_dir} (pns4ones-admin reload_tls will not find this server): {error}",
                 data_dir=str(self.config.data_dir),
                 error=str(e),
@@ -317,7 +317,7 @@ class PnsService(service.MultiService):
     def restart(self, trigger: str = "restart") -> Any:
         """Hand every listener and subscription over to a new process (see handoff.py), then exit."""
         if self.restarting is not None or not self.ready:
-            self.log.warning("{trigger}: a restart is already under way or the server is not ready: ignored", trigger=trigger)
+            self.log.warn("{trigger}: a restart is already under way or the server is not ready: ignored", trigger=trigger)
             return defer.succeed(False)
         self.restarting = handoff.Restart(self, trigger)
 
@@ -352,11 +352,11 @@ class PnsService(service.MultiService):
                 message = f"certificate reloaded{same}: {new.describe()}"
                 self.log.info("{trigger}: {message}", trigger=trigger, message=message, **always)
                 for warning in new.warnings:
-                    self.log.warning("{warning}", warning=warning)
+                    self.log.warn("{warning}", warning=warning)
         try:
             control.write_reload_status(self.config.data_dir, ok, message, trigger)
         except OSError as e:
-            self.log.warning("cannot record the reload outcome in {data_dir}: {error}", data_dir=str(self.config.data_dir), error=str(e))
+            self.log.warn("cannot record the reload outcome in {data_dir}: {error}", data_dir=str(self.config.data_dir), error=str(e))
         return ok
 
     def _stop_control(self) -> None:

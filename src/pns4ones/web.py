@@ -74,7 +74,7 @@ class BoundedRequest(server.Request):
 
 def answer_too_large(site: Any, channel: Any, size: int, peer: str) -> None:
     """413 for a request body over ``max_body_size`` (both HTTP paths), then a lingering close."""
-    site.logger.warning(
+    site.logger.warn(
         "request body of {size} bytes from {peer} exceeds max_body_size={limit}: 413",
         size=size,
         peer=peer,

@@ -180,7 +180,7 @@ class AdminPanel:
         elif not expected or not given or not hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace")):
             reason = "missing or wrong CSRF token"
         if reason:
-            self.log.warning(
+            self.log.warn(
                 "admin panel: refused {method} {path} from {peer}: {reason}",
                 method=request.method.decode(),
                 path=request.path.decode("utf-8", "replace"),
@@ -301,7 +301,7 @@ class AdminPanel:
         password = self._form(request, "password", auth.PASSWORD_MAX)
         wait = self.throttle.wait()
         if wait > 0:
-            self.log.warning(
+            self.log.warn(
                 "admin panel: login from {peer} refused: throttled for {wait:.0f} s after {failures} failures",
                 peer=_peer(request),
                 wait=wait,
@@ -314,7 +314,7 @@ class AdminPanel:
         valid = yield auth.verify_password_async(password, account.password_hash)
         if not (valid and hmac.compare_digest(login.encode("utf-8", "replace"), account.login.encode("utf-8", "replace"))):
             self.throttle.failed()
-            self.log.warning(
+            self.log.warn(
                 "admin panel: failed login as {login!r} from {peer} ({failures} in a row)",
                 login=login,
                 peer=_peer(request),
@@ -545,7 +545,7 @@ class AdminRequest(BoundedRequest):
             self.setHeader(name, value)
         host = (self.getHeader(b"host") or b"").lower()
         if host not in self.channel.site.allowed_hosts:
-            self.channel.site.logger.warning(
+            self.channel.site.logger.warn(
                 "admin panel: refused a request for Host {host!r} from {peer} (only loopback names are served)",
                 host=host.decode("latin-1"),
                 peer=getattr(self.getClientAddress(), "host", "?"),

@@ -573,7 +573,7 @@ class RedisHub:
             recipient = _recipient(doc["t"], key[1], doc["to"])
             message = _message(doc["m"])
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            self.log.warning("ignored a malformed message on Redis channel {channel}: {error}", channel=channel, error=str(e))
+            self.log.warn("ignored a malformed message on Redis channel {channel}: {error}", channel=channel, error=str(e))
             return
         self.received += 1
         self._route(key[0], recipient, message, message_id)
@@ -668,7 +668,7 @@ class RedisHub:
             return result
 
         def failed(failure: Any) -> tuple[int | None, list[Outbound], int]:
-            self.log.warning(
+            self.log.warn(
                 "cannot read the recovery stream of app={app_id} ib={ib_id} from Redis: {error}",
                 app_id=key[0],
                 ib_id=key[1],
@@ -898,7 +898,7 @@ class RedisHub:
         now = time.monotonic()
         for conn in (self._cmd, self._sub):
             if conn is not None and conn.overdue(now):
-                self.log.warning(
+                self.log.warn(
                     "hub: Redis at {url} has not answered for {timeout} s: reconnecting", url=self.url.describe(), timeout=REPLY_TIMEOUT
                 )
                 conn.transport.abortConnection()

@@ -200,7 +200,7 @@ class _AddinProtocol(Protocol):
         try:
             plaintexts = self.decoder.feed(data)
         except ProtocolError as e:
-            self.listener.log.warning("pns4ones sent an undecodable frame ({reason}): reconnecting", reason=str(e))
+            self.listener.log.warn("pns4ones sent an undecodable frame ({reason}): reconnecting", reason=str(e))
             self.transport.abortConnection()
             return
         for plaintext in plaintexts:
