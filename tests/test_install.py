@@ -29,11 +29,11 @@ from pns4ones.inifile import default_ini
 from pns4ones_client import Subscriber
 
 from .support import ServerProcess, wait_for
+from .tools import need, require
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 INSTALL = CHECKOUT / "scripts" / "install"
 UNINSTALL = CHECKOUT / "scripts" / "uninstall"
-SYSTEM_PYTHON = Path("/usr/bin/python3")
 
 _wheel: dict[str, Path] = {}
 
@@ -235,10 +235,7 @@ class WheelTests(TestCase):
 def _need_root_install() -> None:
     if os.geteuid() != 0:
         raise SkipTest("scripts/install needs root (chown to the service user), even with --root")
-    if not SYSTEM_PYTHON.exists():
-        raise SkipTest("no /usr/bin/python3 (Debian's python3 and python3-venv: .ci/run installs them)")
-    if shutil.which("useradd") is None or shutil.which("setpriv") is None:
-        raise SkipTest("useradd and setpriv are needed (Debian passwd, util-linux)")
+    require("python3-venv", "useradd", "setpriv")
 
 
 class InstallTests(TestCase):
@@ -317,9 +314,7 @@ class InstallTests(TestCase):
 
     def test_systemd_analyze_verify(self) -> None:
         """systemd-analyze verify accepts the installed unit with no warning (ExecStart resolved inside the root); its exposure score is at most 2."""
-        analyze = shutil.which("systemd-analyze")
-        if analyze is None:
-            raise self.skipTest("systemd-analyze is missing (Debian package systemd; .ci/run installs it)")
+        analyze = need("systemd-analyze")
         # verify --root needs the stock units (sysinit.target, ...) inside the root.
         units = self.root / "usr/lib/systemd/system"
         if not units.exists():

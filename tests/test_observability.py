@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -14,13 +13,14 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import inlineCallbacks
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from pns4ones_client import Subscriber
 from pns4ones_client.protocol import ClientKey, registration_frame
 
 from .pki import PKI
 from .support import ServerProcess, free_port, http_client, run_twistd, wait_for
+from .tools import need
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "contrib" / "grafana" / "pns4ones.json"
@@ -306,8 +306,5 @@ class ShippedDashboardTests(ObservedServer):
 class PromtoolTests(TestCase):
     def test_alert_rules_pass_promtool(self) -> None:
         """promtool check rules accepts contrib/prometheus/alerts.yml."""
-        promtool = shutil.which("promtool")
-        if promtool is None:
-            raise SkipTest("promtool not installed (Debian package prometheus; .ci/run installs it)")
-        result = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60)
+        result = subprocess.run([need("promtool"), "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60)
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
