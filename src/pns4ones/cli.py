@@ -1,5 +1,5 @@
 """
-Admin commands (PROTOCOL.md section 5), behind two doors: the console script
+Admin commands (docs/protocol.md section 5), behind two doors: the console script
 ``pns4ones-admin`` and ``twistd pns4ones admin``.  Changes go to the store; a
 running server notices them within ``store_poll_interval`` (1 s by default).
 
