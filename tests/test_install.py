@@ -45,7 +45,7 @@ def built_wheel() -> Path:
         atexit.register(work.cleanup)
         src = Path(work.name) / "src"
         src.mkdir()
-        for name in ("src", "twisted"):
+        for name in ("src",):
             shutil.copytree(CHECKOUT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "dropin.cache"))
         for name in ("setup.cfg", "pyproject.toml", "README.md"):
             shutil.copy2(CHECKOUT / name, src / name)
@@ -230,6 +230,30 @@ class WheelTests(TestCase):
         self.assertRegex(server.log(), r"(?m)^\d{4}-\d\d-\d\dT[\d:]+[+-]\d{4} \[pns4ones\.api\.\w+#info\] send: app=")
         self.assertEqual(server.stop(), 0)  # a graceful stop on SIGTERM exits 0
         self.assertIn("stopping: closing listeners", server.log())
+
+
+class EditableInstallTests(SynchronousTestCase):
+    """``pip install -e .``, what a Python developer types first, in a fresh virtual environment."""
+
+    def test_twistd_finds_the_plugin_of_an_editable_install(self) -> None:
+        """After pip install -e of a copy of the checkout, twistd pns4ones --help works and a module added to src/ imports without reinstalling."""
+        work = tempfile.TemporaryDirectory(prefix="pns4ones-editable-")
+        self.addCleanup(work.cleanup)
+        tmp = Path(work.name)
+        checkout, venv = tmp / "checkout", tmp / "venv"
+        shutil.copytree(CHECKOUT / "src", checkout / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "dropin.cache"))
+        for name in ("setup.cfg", "pyproject.toml", "README.md"):
+            shutil.copy2(CHECKOUT / name, checkout / name)
+        run(sys.executable, "-m", "venv", "--without-pip", venv)
+        # The test's own pip installs into it (no ensurepip); dependencies come from pip's cache.
+        run(sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "--disable-pip-version-check", "-q",
+            "-e", checkout, timeout=300)  # fmt: skip
+        help_text = run(venv / "bin" / "twistd", "pns4ones", "--help", timeout=60).stdout
+        self.assertIn("Usage: twistd -n pns4ones", help_text)
+        self.assertIn("--service_allow", help_text)
+        (checkout / "src" / "pns4ones" / "_editable_probe.py").write_text("WHERE = __file__\n")
+        where = run(venv / "bin" / "python", "-c", "from pns4ones import _editable_probe; print(_editable_probe.WHERE)", timeout=60).stdout
+        self.assertEqual(where.strip(), str(checkout / "src" / "pns4ones" / "_editable_probe.py"))
 
 
 def _need_root_install() -> None:
