@@ -66,6 +66,12 @@ def run(*args: str | Path, check: bool = True, timeout: float = 300, **kwargs: A
     return result
 
 
+def env(**locale: str) -> dict[str, str]:
+    """This environment with the locale variables replaced by ``locale``."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("LC_ALL", "LC_MESSAGES", "LANG", "LANGUAGE")}
+    return {**clean, **locale}
+
+
 def http_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.loads(response.read())
@@ -155,8 +161,8 @@ class DefaultIniTests(SynchronousTestCase):
             ini = Path(tmp) / "pns4ones.ini"
             ini.write_text(default_ini())
             installed = config.build({"config": str(ini)})
-            plain = config.build({"data_dir": "/etc/pns4ones", "log_level": "Information"})
-        self.assertEqual(installed.data_dir, Path("/etc/pns4ones"))
+            plain = config.build({"data_dir": "/var/lib/pns4ones", "log_level": "Information"})
+        self.assertEqual(installed.data_dir, Path("/var/lib/pns4ones"))
         self.assertEqual(installed.log_level, "Information")
         self.assertEqual(installed, dataclasses.replace(plain, config_file=str(ini)))
         for opt in config.OPTIONS:
@@ -164,9 +170,9 @@ class DefaultIniTests(SynchronousTestCase):
                 self.assertIn(opt.name, default_ini())
 
     def test_service_user_defaults_to_system_data_dir(self) -> None:
-        """The owner of /etc/pns4ones (the service user) gets it as default data_dir; other users keep ~/.config."""
+        """The owner of /var/lib/pns4ones (the service user) gets it as default data_dir; other users keep ~/.config."""
         with tempfile.TemporaryDirectory() as tmp:
-            system = Path(tmp) / "etc-pns4ones"
+            system = Path(tmp) / "var-lib-pns4ones"
             system.mkdir()
             self.patch(config, "SYSTEM_DATA_DIR", system)
             owner = system.stat().st_uid
@@ -276,6 +282,7 @@ class InstallTests(TestCase):
         entry = next(line.split(":") for line in (cls.root / "etc/passwd").read_text().splitlines() if line.startswith("pns4ones:"))
         cls.uid, cls.gid = int(entry[2]), int(entry[3])
         cls.etc = cls.root / "etc/pns4ones"
+        cls.var = cls.root / "var/lib/pns4ones"
         cls.bin = cls.root / "opt/pns4ones/venv/bin"
 
     @classmethod
@@ -283,19 +290,20 @@ class InstallTests(TestCase):
         cls.tmp.cleanup()
 
     def test_user_directories_and_modes(self) -> None:
-        """A system user with no login; /etc/pns4ones 0700 and its INI 0600, both the user's; code root-owned and readable."""
+        """A system user with no login; /etc/pns4ones and /var/lib/pns4ones 0700 and the INI 0600, all the user's; code root-owned and readable."""
         _, _, uid, gid, _, _, shell = next(
             line.split(":") for line in (self.root / "etc/passwd").read_text().splitlines() if line.startswith("pns4ones:")
         )
         self.assertLess(int(uid), 1000)
         self.assertEqual(shell, "/usr/sbin/nologin")
         self.assertIn(f"pns4ones:x:{gid}:", (self.root / "etc/group").read_text())
-        for path, mode in ((self.etc, 0o700), (self.etc / "pns4ones.ini", 0o600)):
+        for path, mode in ((self.etc, 0o700), (self.etc / "pns4ones.ini", 0o600), (self.var, 0o700)):
             st = path.stat()
             self.assertEqual((stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid), (mode, self.uid, self.gid), path)
         self.assertEqual(self.first_ini, default_ini())
         ini = config.parse_ini(self.first_ini)
-        self.assertEqual({k: v for k, (v, _) in ini.items()}, {"data_dir": "/etc/pns4ones", "log_level": "Information"})
+        self.assertEqual({k: v for k, (v, _) in ini.items()}, {"data_dir": "/var/lib/pns4ones", "log_level": "Information"})
+        self.assertEqual(sorted(p.name for p in self.etc.iterdir()), ["pns4ones.ini"])
         venv = self.root / "opt/pns4ones/venv"
         self.assertTrue(venv.is_symlink())
         self.assertTrue(os.readlink(venv).startswith("releases/"))
@@ -316,7 +324,7 @@ class InstallTests(TestCase):
         self.assertTrue(cache.stat().st_mode & stat.S_IROTH)
 
     def test_unit_file(self) -> None:
-        """The unit runs twistd -n pns4ones as pns4ones, restarts on failure, is hardened and enabled for multi-user.target."""
+        """The unit runs twistd -n pns4ones as pns4ones, restarts on failure, writes only /var/lib/pns4ones, is hardened and enabled for multi-user.target."""
         unit_path = self.root / "etc/systemd/system/pns4ones.service"
         self.assertEqual(stat.S_IMODE(unit_path.stat().st_mode), 0o644)
         lines = set(unit_path.read_text().splitlines())
@@ -326,13 +334,15 @@ class InstallTests(TestCase):
             "Restart=on-failure",
             "NoNewPrivileges=yes",
             "ProtectSystem=strict",
-            "ReadWritePaths=/etc/pns4ones",
+            "StateDirectory=pns4ones",
+            "StateDirectoryMode=0700",
             "PrivateTmp=yes",
             "ProtectHome=yes",
             "CapabilityBoundingSet=",
             "WantedBy=multi-user.target",
         ):
             self.assertIn(line, lines)
+        self.assertFalse([line for line in lines if line.startswith("ReadWritePaths=")])
         wants = self.root / "etc/systemd/system/multi-user.target.wants/pns4ones.service"
         self.assertEqual(os.readlink(wants), "/etc/systemd/system/pns4ones.service")
 
@@ -361,7 +371,7 @@ class InstallTests(TestCase):
 
     def test_service_and_admin_as_the_service_user(self) -> None:
         """Admin as root and as pns4ones share one store owned by pns4ones; the service runs as pns4ones with the installed INI and logs registrations and sends."""
-        data = self.etc
+        data = self.var
         server = InstalledServer(
             self.bin, config_file=self.etc / "pns4ones.ini", as_user=(self.uid, self.gid), journal=True, data_dir=str(data)
         )
@@ -407,11 +417,11 @@ class InstallTests(TestCase):
         ini = self.etc / "pns4ones.ini"
         with open(ini, "a") as f:
             f.write("; an operator's note\nlisten = 127.0.0.1:46696\n")
-        run(self.bin / "pns4ones-admin", "--data-dir", self.etc, "create", "kept")
-        before = {p.name: p.read_bytes() for p in self.etc.iterdir()}
+        run(self.bin / "pns4ones-admin", "--data-dir", self.var, "create", "kept")
+        before = {p: p.read_bytes() for d in (self.etc, self.var) for p in d.iterdir()}
         release = os.readlink(self.root / "opt/pns4ones/venv")
         output = run("bash", INSTALL, "--root", self.root, "--no-start").stdout
-        self.assertEqual({p.name: p.read_bytes() for p in self.etc.iterdir()}, before)
+        self.assertEqual({p: p.read_bytes() for d in (self.etc, self.var) for p in d.iterdir()}, before)
         self.assertIn("(kept)", output)
         self.assertIn("upgrade; previous release kept", output)
         now = os.readlink(self.root / "opt/pns4ones/venv")
@@ -420,8 +430,108 @@ class InstallTests(TestCase):
             sorted(p.name for p in (self.root / "opt/pns4ones/releases").iterdir()), sorted([release.split("/")[-1], now.split("/")[-1]])
         )
         self.assertEqual(stat.S_IMODE(self.etc.stat().st_mode), 0o700)
+        self.assertEqual(stat.S_IMODE(self.var.stat().st_mode), 0o700)
         self.assertEqual(sum(line.startswith("pns4ones:") for line in (self.root / "etc/passwd").read_text().splitlines()), 1)
-        self.assertIn("kept", run(self.bin / "pns4ones-admin", "--data-dir", self.etc, "list").stdout)
+        self.assertIn("kept", run(self.bin / "pns4ones-admin", "--data-dir", self.var, "list").stdout)
+
+    def old_layout(self, name: str, data_dir: str = "/etc/pns4ones") -> Path:
+        """
+        A copy of the installed root as an install from before /var/lib/pns4ones:
+        the INI says ``data_dir = /etc/pns4ones`` and the store, admin.json and a
+        control file are there, beside TLS files and a password file the INI names.
+        """
+        copy = Path(self.tmp.name) / name
+        shutil.copytree(self.root, copy, symlinks=True, ignore=lambda d, names: names if Path(d).parent.name == "releases" else [])
+        self.addCleanup(shutil.rmtree, copy, True)
+        shutil.rmtree(copy / "var/lib/pns4ones")
+        etc = copy / "etc/pns4ones"
+        for path in [etc, *etc.rglob("*")]:  # as the old installer left it: all the service user's (copytree made it root's)
+            os.chown(path, self.uid, self.gid, follow_symlinks=False)
+        ini = etc / "pns4ones.ini"
+        text = ini.read_text().replace("data_dir = /var/lib/pns4ones", f"data_dir = {data_dir}")
+        ini.write_text(text + "; an operator's note\nstore_password_file = /etc/pns4ones/pgpass\n")
+        run(self.bin / "pns4ones-admin", "--data-dir", etc, "create", "from the old layout")
+        for relative, mode in (
+            ("admin.json", 0o600),
+            ("restart.json", 0o644),
+            ("pgpass", 0o600),
+            ("push.key", 0o600),
+            ("tls/fullchain.pem", 0o644),
+        ):
+            path = etc / relative
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(f"{relative}\n")
+            os.chmod(path, mode)
+            os.chown(path, self.uid, self.gid)
+        os.chmod(etc / "pns4ones.db", 0o640)
+        return copy
+
+    @staticmethod
+    def snapshot(directory: Path) -> dict[str, tuple[int, int, int, bytes]]:
+        """Every file under ``directory``: mode, owner, group, bytes."""
+        out = {}
+        for path in sorted(directory.rglob("*")):
+            if path.is_file():
+                st = path.stat()
+                out[str(path.relative_to(directory))] = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, path.read_bytes())
+        return out
+
+    def test_upgrade_moves_the_data_from_etc_once(self) -> None:
+        """An upgrade of an install that kept its data in /etc/pns4ones moves it to /var/lib/pns4ones (owners, modes and bytes kept), changes only the INI's data_dir line, leaves configuration files; a second install moves nothing."""
+        copy = self.old_layout("old-layout")
+        etc, var = copy / "etc/pns4ones", copy / "var/lib/pns4ones"
+        before = self.snapshot(etc)
+        data = {"pns4ones.db", "admin.json", "restart.json"}
+        self.assertLessEqual(data, set(before))
+        configuration = {"pns4ones.ini", "pgpass", "push.key", "tls/fullchain.pem"}
+        output = run("bash", INSTALL, "--root", copy, "--wheel", built_wheel(), "--no-start", env=env(LANG="C.UTF-8")).stdout
+        after_etc, after_var = self.snapshot(etc), self.snapshot(var)
+        self.assertEqual(set(after_etc), configuration)
+        self.assertEqual(set(after_var), set(before) - configuration)
+        for name in set(before) - configuration:
+            self.assertEqual(after_var[name], before[name], name)
+        for name in configuration - {"pns4ones.ini"}:
+            self.assertEqual(after_etc[name], before[name], name)
+        self.assertRegex(
+            output, r"data: +/var/lib/pns4ones \(readable by pns4ones and root only\); moved from /etc/pns4ones: admin.json pns4ones.db"
+        )
+        old_ini, new_ini = before["pns4ones.ini"], after_etc["pns4ones.ini"]
+        self.assertEqual(old_ini[:3], new_ini[:3])  # mode, owner, group
+        changed = [(a, b) for a, b in zip(old_ini[3].decode().splitlines(), new_ini[3].decode().splitlines()) if a != b]
+        self.assertEqual(changed, [("data_dir = /etc/pns4ones", "data_dir = /var/lib/pns4ones")])
+        self.assertEqual(stat.S_IMODE(var.stat().st_mode), 0o700)
+        self.assertEqual((var.stat().st_uid, var.stat().st_gid), (self.uid, self.gid))
+        listed = run(self.bin / "pns4ones-admin", "--config", etc / "pns4ones.ini", "--data-dir", var, "list").stdout
+        self.assertIn("from the old layout", listed)
+        # Once: the next install finds nothing to move and changes nothing (its messages in Russian this time).
+        state = (self.snapshot(etc), self.snapshot(var))
+        again = run("bash", INSTALL, "--root", copy, "--wheel", built_wheel(), "--no-start", env=env(LANG="ru_RU.UTF-8")).stdout
+        self.assertEqual((self.snapshot(etc), self.snapshot(var)), state)
+        self.assertNotIn("перенесены", again)
+        self.assertIn("установлен", again)
+        self.assertIn("systemctl reload pns4ones             # применить изменение настроек или обновление", again)
+
+    def test_upgrade_refuses_to_overwrite_data_in_var_lib(self) -> None:
+        """A store in both /etc/pns4ones and /var/lib/pns4ones: the install stops, names both, and changes nothing."""
+        copy = self.old_layout("both-stores")
+        etc, var = copy / "etc/pns4ones", copy / "var/lib/pns4ones"
+        var.mkdir(parents=True)
+        (var / "pns4ones.db").write_text("another store\n")
+        before = (self.snapshot(etc), self.snapshot(var), os.readlink(copy / "opt/pns4ones/venv"))
+        result = run("bash", INSTALL, "--root", copy, "--wheel", built_wheel(), "--no-start", check=False, env=env(LANG="C.UTF-8"))
+        self.assertEqual(result.returncode, 1)
+        self.assertIn(f"{etc}/pns4ones.db and {var}/pns4ones.db both exist", result.stderr)
+        self.assertIn("Nothing was changed", result.stderr)
+        self.assertEqual((self.snapshot(etc), self.snapshot(var), os.readlink(copy / "opt/pns4ones/venv")), before)
+
+    def test_upgrade_leaves_an_operators_own_data_dir(self) -> None:
+        """An INI naming its own data_dir (not /etc/pns4ones): the install moves nothing and keeps the INI byte for byte."""
+        copy = self.old_layout("own-data-dir", data_dir="/srv/pns4ones")
+        etc = copy / "etc/pns4ones"
+        before = self.snapshot(etc)
+        output = run("bash", INSTALL, "--root", copy, "--wheel", built_wheel(), "--no-start", env=env(LANG="C.UTF-8")).stdout
+        self.assertEqual(self.snapshot(etc), before)
+        self.assertNotIn("moved from", output)
 
     def test_upgrade_refused_when_new_code_rejects_the_configuration(self) -> None:
         """An install over a configuration the new code refuses stops with the reason and changes nothing."""
@@ -443,14 +553,17 @@ class InstallTests(TestCase):
         self.assertEqual(os.readlink(copy / "opt/pns4ones/venv"), current)
 
     def test_uninstall_keeps_data_unless_purge(self) -> None:
-        """uninstall removes unit, code and admin link but keeps /etc/pns4ones and the user; --purge removes those too."""
+        """uninstall removes unit, code and admin link but keeps /etc/pns4ones, /var/lib/pns4ones and the user; --purge removes those too."""
         copy = Path(self.tmp.name) / "copy"
         # The code's files do not matter to uninstall: copy the tree without them.
         shutil.copytree(self.root, copy, symlinks=True, ignore=lambda d, names: names if Path(d).parent.name == "releases" else [])
         self.addCleanup(shutil.rmtree, copy, True)
-        before = {p.name: p.read_bytes() for p in (copy / "etc/pns4ones").iterdir()}
+        run(self.bin / "pns4ones-admin", "--data-dir", copy / "var/lib/pns4ones", "create", "to keep")
+        kept = ("etc/pns4ones", "var/lib/pns4ones")
+        before = {p: p.read_bytes() for d in kept for p in (copy / d).iterdir()}
+        self.assertIn(copy / "var/lib/pns4ones/pns4ones.db", before)
         output = run("bash", UNINSTALL, "--root", copy).stdout
-        self.assertIn("Kept /etc/pns4ones", output)
+        self.assertIn("Kept /etc/pns4ones (configuration), /var/lib/pns4ones (data)", output)
         for gone in (
             "etc/systemd/system/pns4ones.service",
             "etc/systemd/system/multi-user.target.wants/pns4ones.service",
@@ -458,9 +571,10 @@ class InstallTests(TestCase):
             "usr/local/bin/pns4ones-admin",
         ):
             self.assertFalse(os.path.lexists(copy / gone), gone)
-        self.assertEqual({p.name: p.read_bytes() for p in (copy / "etc/pns4ones").iterdir()}, before)
+        self.assertEqual({p: p.read_bytes() for d in kept for p in (copy / d).iterdir()}, before)
         self.assertIn("pns4ones:", (copy / "etc/passwd").read_text())
         run("bash", UNINSTALL, "--root", copy, "--purge")
         self.assertFalse((copy / "etc/pns4ones").exists())
+        self.assertFalse((copy / "var/lib/pns4ones").exists())
         self.assertNotIn("pns4ones:", (copy / "etc/passwd").read_text())
         self.assertNotIn("pns4ones:", (copy / "etc/group").read_text())
