@@ -58,7 +58,7 @@ REGISTRATIONS = [
 ]
 
 #: The manual's example /sendmessage request (the original product's documentation).
-MANUAL_REQUEST = {
+MANUAL_REQUEST: dict[str, Any] = {
     "Recipient": {"Type": "all", "IbId": "d2273d53-b633-4817-a006-4fa627a5dea9"},
     "Message": {
         "Topic": "Hello",

@@ -14,12 +14,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -232,6 +232,13 @@ class TwistedSenderTests(ClientTestBase):
             yield wrong.send_to_all("ib1", "x")
 
 
+def got(sub: Subscriber) -> dict[str, Any]:
+    """The subscriber's next message, within 5 s."""
+    message = sub.receive(5)
+    assert message is not None, "no message within 5 s"
+    return message
+
+
 class SendApiTests(ClientTestBase):
     """The rest of the send API through the blocking Sender: TTL, batches, groups, presence, tickets."""
 
@@ -258,7 +265,7 @@ class SendApiTests(ClientTestBase):
         self.assertEqual([(r.stored, r.dropped) for r in results], [(True, 0), (True, 0), (True, 1)])
         self.assertEqual(results[2]["dropped"], 1)
         sub = self.subscribe("away")
-        self.assertEqual([m["notification"]["title"] for m in [sub.receive(5), sub.receive(5)]], ["n1", "n2"])
+        self.assertEqual([got(sub)["notification"]["title"], got(sub)["notification"]["title"]], ["n1", "n2"])
 
     def test_batch_reports_each_message(self) -> None:
         """send_batch sends pairs and raw bodies in one POST /sendmessages; a bad one is its typed error and the others stand."""
@@ -279,6 +286,7 @@ class SendApiTests(ClientTestBase):
         assert isinstance(bad, BadRequest)
         self.assertEqual((bad.status, bad.field), (400, "[1].Recipient.UserGroup"))
         self.assertEqual(batch.errors, [(1, bad)])
+        assert isinstance(kept, SendResult)
         self.assertEqual((kept.sessions, kept.stored), (0, True))
         self.assertEqual(sub.receive(5), {"notification": {"title": "first", "important": False}})
         self.assertEqual(sender.auth_requests, 1)
@@ -297,7 +305,7 @@ class SendApiTests(ClientTestBase):
         self.assertEqual((removed.user_ids, removed.raw["removed"]), (("u1", "u3"), True))
         u3, u2 = self.subscribe("u3"), self.subscribe("u2")
         self.assertEqual(sender.send_to_group("ib1", name, "to the store"), SendResult(1, 1))
-        self.assertEqual(u3.receive(5)["notification"]["title"], "to the store")
+        self.assertEqual(got(u3)["notification"]["title"], "to the store")
         self.assertEqual(u2.receive_all(quiet=0.5), [])
         self.assertEqual(sender.delete_group("ib1", name), 2)
         self.assertEqual(sender.groups("ib1"), {})
@@ -361,7 +369,7 @@ class ReadmeExamplesTests(ClientTestBase):
         printed = self.run_block(first, "reader")
         self.assertEqual(printed[0], "1 1 False")
         self.assertRegex(printed[1], r"^413 ")
-        self.assertEqual(sub.receive(5)["notification"]["title"], "New order")
+        self.assertEqual(got(sub)["notification"]["title"], "New order")
         printed = self.run_block(second, "away")
         self.assertEqual(printed[:2], ["True", "2 0"])
         self.assertEqual(
@@ -374,7 +382,7 @@ class ReadmeExamplesTests(ClientTestBase):
 
 class TwistedSendApiTests(ClientTestBase):
     @inlineCallbacks
-    def test_the_whole_api_returns_deferreds(self) -> None:
+    def test_the_whole_api_returns_deferreds(self) -> Generator[Deferred[Any], Any, None]:
         """TwistedSender: ttl, batch, groups, presence and a ticket, each a Deferred of the same result types."""
         sender = TwistedSender(self.server.url, self.app["server_key"])
         self.addCleanup(sender.close)

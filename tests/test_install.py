@@ -184,6 +184,10 @@ class DefaultIniTests(SynchronousTestCase):
 class WheelTests(TestCase):
     """The wheel from ``python -m build``, pip-installed into a fresh virtual environment."""
 
+    wheel: Path
+    tmp: tempfile.TemporaryDirectory[str]
+    venv: Path
+
     @classmethod
     def setUpClass(cls) -> None:
         cls.wheel = built_wheel()
@@ -270,6 +274,16 @@ def _need_root_install() -> None:
 
 class InstallTests(TestCase):
     """``scripts/install --root DIR --no-start``: files, modes, the unit, upgrades."""
+
+    tmp: tempfile.TemporaryDirectory[str]
+    root: Path
+    first: str
+    first_ini: str
+    uid: int
+    gid: int
+    etc: Path
+    var: Path
+    bin: Path
 
     @classmethod
     def setUpClass(cls) -> None:
