@@ -525,6 +525,17 @@ class InstallTests(TestCase):
         self.assertIn("установлен", again)
         self.assertIn("systemctl reload pns4ones             # применить изменение настроек или обновление", again)
 
+    def test_upgrade_rewrites_an_edited_data_dir_line(self) -> None:
+        """An INI edited on Windows (CRLF) that spells it 'data-dir = "/etc/pns4ones/"': that line alone changes, its quotes and CR kept."""
+        copy = self.old_layout("crlf")
+        ini = copy / "etc/pns4ones/pns4ones.ini"
+        text = ini.read_text().replace("data_dir = /etc/pns4ones", 'data-dir = "/etc/pns4ones/"').replace("\n", "\r\n")
+        ini.write_bytes(text.encode())
+        run("bash", INSTALL, "--root", copy, "--wheel", built_wheel(), "--no-start", env=env(LANG="C.UTF-8"))
+        after = ini.read_bytes().decode()
+        self.assertEqual(after, text.replace('data-dir = "/etc/pns4ones/"\r\n', 'data-dir = "/var/lib/pns4ones"\r\n'))
+        self.assertTrue((copy / "var/lib/pns4ones/pns4ones.db").is_file())
+
     def test_upgrade_refuses_to_overwrite_data_in_var_lib(self) -> None:
         """A store in both /etc/pns4ones and /var/lib/pns4ones: the install stops, names both, and changes nothing."""
         copy = self.old_layout("both-stores")
