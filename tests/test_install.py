@@ -180,6 +180,29 @@ class DefaultIniTests(SynchronousTestCase):
             self.assertEqual(config.default_data_dir(env, euid=owner), system)
             self.assertEqual(config.default_data_dir(env, euid=owner + 4242), Path("/home/someone/.config/pns4ones"))
 
+    def test_a_system_ini_closed_to_the_user_is_not_his(self) -> None:
+        """A user who cannot read the installed service's INI (in its 0700 directory) gets the defaults, not a PermissionError."""
+        with tempfile.TemporaryDirectory() as tmp:
+            os.chmod(tmp, 0o755)
+            closed = Path(tmp) / "etc-pns4ones"
+            closed.mkdir()
+            (closed / "pns4ones.ini").write_text("log_level = Debug\n")
+            code = (
+                "import sys; from pathlib import Path; from pns4ones import config; config.SYSTEM_CONFIG = Path(sys.argv[1]); "
+                "c = config.build({'data_dir': sys.argv[2]}); print(repr(c.config_file), c.log_level)"
+            )
+            if os.geteuid() == 0:  # root reads everything: ask as nobody, with Debian's python and this checkout's src/
+                os.chmod(closed, 0o700)
+                command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", "/usr/bin/python3"]
+                environment = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(CHECKOUT / "src")}
+                require("setpriv")
+            else:
+                os.chmod(closed, 0)
+                self.addCleanup(os.chmod, closed, 0o700)
+                command, environment = [sys.executable], dict(os.environ)
+            result = run(*command, "-c", code, closed / "pns4ones.ini", tmp, env=environment, check=False)
+        self.assertEqual((result.returncode, result.stdout.strip(), result.stderr), (0, "'' Warning", ""))
+
 
 class WheelTests(TestCase):
     """The wheel from ``python -m build``, pip-installed into a fresh virtual environment."""

@@ -608,6 +608,14 @@ def _owner_of(path: Path) -> int | None:
         return None
 
 
+def _readable_file(path: Path) -> bool:
+    """A file this user may read; not one in a directory closed to him (the installed service's /etc/pns4ones, 0700)."""
+    try:
+        return path.is_file() and os.access(path, os.R_OK)
+    except PermissionError:
+        return False
+
+
 def default_data_dir(environ: Mapping[str, str] | None = None, euid: int | None = None) -> Path:
     environ = os.environ if environ is None else environ
     euid = os.geteuid() if euid is None else euid
@@ -629,7 +637,7 @@ def build(cli: Mapping[str, str], environ: Mapping[str, str] | None = None, euid
     else:
         data_dir_guess = Path(_path(cli["data_dir"], "data_dir")) if cli.get("data_dir") else default_data_dir(environ, euid)
         for candidate in (SYSTEM_CONFIG, data_dir_guess / "pns4ones.ini"):
-            if candidate.is_file():
+            if _readable_file(candidate):
                 config_file = str(candidate)
                 break
     if config_file:
