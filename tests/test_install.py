@@ -198,9 +198,11 @@ class DefaultIniTests(SynchronousTestCase):
                 require("setpriv")
             else:
                 os.chmod(closed, 0)
-                self.addCleanup(os.chmod, closed, 0o700)
                 command, environment = [sys.executable], dict(os.environ)
-            result = run(*command, "-c", code, closed / "pns4ones.ini", tmp, env=environment, check=False)
+            try:
+                result = run(*command, "-c", code, closed / "pns4ones.ini", tmp, env=environment, check=False)
+            finally:
+                os.chmod(closed, 0o700)  # for the temporary directory's removal
         self.assertEqual((result.returncode, result.stdout.strip(), result.stderr), (0, "'' Warning", ""))
 
 
