@@ -241,7 +241,7 @@ class WebSubscriptions:
     def warn(self, key: str, fmt: str, **fields: Any) -> None:
         def emit(suppressed: int) -> None:
             more = f" ({suppressed} more like it in the last interval)" if suppressed else ""
-            self.log.warn(fmt + more, **fields)  # noqa: G003 (fmt is a constant format string of the caller)
+            self.log.warn(fmt + more, **fields)
 
         self._limited(key, emit)
 
