@@ -5,6 +5,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${PNS4ONES_VENV:-$ROOT/.venv}"
 PY="${PYTHON:-python3}"
 if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -c 'import ensurepip, venv' 2>/dev/null || { echo "$PY cannot make a virtual environment: sudo apt-get install python3-venv" >&2; exit 1; }
     "$PY" -m venv "$VENV"
     "$VENV/bin/pip" install -q --upgrade pip setuptools wheel
 fi

@@ -129,7 +129,12 @@ def main() -> int:
     results = Path(args.results_dir)
     if not args.table:
         if not BENCH.exists():
-            print(f"{BENCH} not found (set PNS4ONES_SHARED)", file=sys.stderr)
+            print(
+                f"bench.py: the shared benchmark harness is not here ({BENCH}): it lives in the shared directory beside "
+                "the checkout (set PNS4ONES_SHARED=DIR for another place). The project's own benchmarks need none: "
+                "scripts/bench nodes, scripts/bench_store.py, scripts/bench_batch.py, scripts/bench_delivery.py.",
+                file=sys.stderr,
+            )
             return 1
         if not (BENCH.parent / "swarm" / "swarm").exists():
             run([sys.executable, str(BENCH), "build"])

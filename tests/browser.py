@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+from .tools import find, require
+
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 FLAGS = [
@@ -39,8 +39,7 @@ FLAGS = [
 
 def start_chromium(testcase: Any) -> Any:
     """A fresh headless Chromium with an empty profile; quit at the test's cleanup."""
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        raise AssertionError("Debian's chromium and chromium-driver are needed: apt-get install chromium chromium-driver (.ci/run does)")
+    require("chromium", "chromedriver")
     os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager reach the network
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -48,12 +47,12 @@ def start_chromium(testcase: Any) -> Any:
     profile = tempfile.mkdtemp(prefix="pns4ones-chromium-")
     testcase.addCleanup(shutil.rmtree, profile, True)
     options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
+    options.binary_location = find("chromium")
     for flag in FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
     options.set_capability("unhandledPromptBehavior", "ignore")
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=find("chromedriver")))
     testcase.addCleanup(driver.quit)
     driver.set_page_load_timeout(20)
     driver.set_script_timeout(10)

@@ -11,37 +11,23 @@ tests skip with that reason.
 
 from __future__ import annotations
 
-import glob
 import os
 import pwd
-import shutil
 import subprocess
 import tempfile
 import uuid
 from pathlib import Path
 
 from .support import free_port, port_open, wait_for
+from .tools import postgres_bindir, skip_reason
 
 USER = "pns"
 PASSWORD = "s3cret-Pg-pw"
-SKIP_REASON = "no PostgreSQL binaries (Debian package postgresql: /usr/lib/postgresql/*/bin/initdb)"
+SKIP_REASON = skip_reason("postgresql") or ""
 
 
 def find_bindir() -> str | None:
-    for candidate in sorted(
-        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]) if p.split("/")[-2].isdigit() else 0, reverse=True
-    ):
-        if os.path.exists(os.path.join(candidate, "initdb")):
-            return candidate
-    initdb = shutil.which("initdb")
-    if initdb:
-        return os.path.dirname(initdb)
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True).stdout.strip()
-        if out and os.path.exists(os.path.join(out, "initdb")):
-            return out
-    return None
+    return postgres_bindir()
 
 
 class PgCluster:

@@ -5,17 +5,17 @@ directory, no persistence; killable and restartable on the same port.
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import tempfile
 from pathlib import Path
 
 from .support import free_port, port_open, wait_for
+from .tools import find, skip_reason
 
-REDIS_SERVER = shutil.which("redis-server") or (shutil.which("redis-server", path="/usr/sbin:/usr/bin:/sbin") or "")
+REDIS_SERVER = find("redis-server") or ""
 #: Why Redis tests skip (None: they run).
-SKIP = None if REDIS_SERVER else "redis-server is not installed (Debian: apt-get install redis-server; .ci/run installs it)"
+SKIP = skip_reason("redis-server")
 
 
 class RedisServer:

@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from .support import ServerProcess, free_port, wait_for
+from .tools import find, require
 
 PAGE = Path(__file__).resolve().parents[1] / "clients" / "examples" / "browser.html"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 
 
 class PageServer:
@@ -69,8 +68,7 @@ class PageServer:
 
 class BrowserTests(SynchronousTestCase):
     def setUp(self) -> None:
-        if not (CHROMIUM and CHROMEDRIVER):
-            raise SkipTest("chromium and chromedriver are not installed (.ci/run installs them)")
+        require("chromium", "chromedriver")
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
 
@@ -80,13 +78,13 @@ class BrowserTests(SynchronousTestCase):
         self.app = self.server.create_app("Browser")
         self.server.start()
         options = webdriver.ChromeOptions()
-        options.binary_location = CHROMIUM
+        options.binary_location = find("chromium")
         profile = tempfile.mkdtemp(prefix="pns4ones-chromium-")
         self.addCleanup(shutil.rmtree, profile, True)
         for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                      "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", f"--user-data-dir={profile}"):  # fmt: skip
             options.add_argument(flag)
-        self.driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+        self.driver = webdriver.Chrome(options=options, service=Service(executable_path=find("chromedriver")))
         self.addCleanup(self.driver.quit)
 
     def page(self, port: int | None = None, user: str = "u1") -> PageServer:

@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import random
+import re
 import socket
 import ssl
 import subprocess
@@ -13,11 +14,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -25,6 +27,7 @@ from pns4ones_client import (
     AuthenticationError,
     Backoff,
     BadRequest,
+    BatchResult,
     Listener,
     PayloadTooLarge,
     Sender,
@@ -34,11 +37,13 @@ from pns4ones_client import (
     message,
     recipient,
 )
-from pns4ones_client._api import LEGACY_EPOCH_OFFSET, TokenCache, parse_auth
+from pns4ones_client._api import LEGACY_EPOCH_OFFSET, TokenCache, parse_auth, parse_send_result
 from pns4ones_client.errors import RateLimited, error_from_response
 from pns4ones_client.tx import TwistedListener, TwistedSender
 
 from .support import BIN, ServerProcess, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SEND = str(BIN / "pns4ones-send")
 LISTEN = str(BIN / "pns4ones-listen")
@@ -227,6 +232,182 @@ class TwistedSenderTests(ClientTestBase):
             yield wrong.send_to_all("ib1", "x")
 
 
+def got(sub: Subscriber) -> dict[str, Any]:
+    """The subscriber's next message, within 5 s."""
+    message = sub.receive(5)
+    assert message is not None, "no message within 5 s"
+    return message
+
+
+class SendApiTests(ClientTestBase):
+    """The rest of the send API through the blocking Sender: TTL, batches, groups, presence, tickets."""
+
+    ini = "max_kept_per_user = 2\n"
+
+    def test_ttl_keeps_a_message_until_the_user_connects(self) -> None:
+        """A send with ttl to a user not connected reports stored, and reaches him when he connects; without ttl nothing is kept."""
+        sender = self.sender()
+        kept = sender.send_to_user("ib1", "late", "Счёт согласован", ttl=600, data={"invoice": "7"})
+        self.assertEqual((kept.sessions, kept.users, kept.stored, kept.dropped), (0, 0, True, 0))
+        self.assertEqual(kept.raw, {"sessions": 0, "users": 0, "stored": True})
+        lost = sender.send_to_user("ib1", "late", "online only")
+        self.assertEqual(lost, SendResult(0, 0, stored=False))
+        sub = self.subscribe("late")
+        self.assertEqual(sub.receive(5), {"notification": {"title": "Счёт согласован", "important": False}, "data": {"invoice": "7"}})
+        self.assertEqual(sub.receive_all(quiet=0.5), [])
+        online = sender.send({"Type": "user", "IbId": "ib1", "UserId": "late"}, {"Topic": "now"}, ttl=600)
+        self.assertEqual((online.sessions, online.stored), (1, False))
+
+    def test_dropped_when_the_user_has_too_many_kept(self) -> None:
+        """The third kept message for a user with max_kept_per_user = 2 reports one dropped; he gets the two newest."""
+        sender = self.sender()
+        results = [sender.send_to_user("ib1", "away", f"n{n}", ttl=600) for n in range(3)]
+        self.assertEqual([(r.stored, r.dropped) for r in results], [(True, 0), (True, 0), (True, 1)])
+        self.assertEqual(results[2]["dropped"], 1)
+        sub = self.subscribe("away")
+        self.assertEqual([got(sub)["notification"]["title"], got(sub)["notification"]["title"]], ["n1", "n2"])
+
+    def test_batch_reports_each_message(self) -> None:
+        """send_batch sends pairs and raw bodies in one POST /sendmessages; a bad one is its typed error and the others stand."""
+        sub = self.subscribe("u1")
+        sender = self.sender()
+        batch = sender.send_batch(
+            [
+                (recipient("user", "ib1", user_id="u1"), message("first")),
+                {"Recipient": {"Type": "group", "IbId": "ib1"}, "Message": {"Topic": "no group named"}},
+                (recipient("user", "ib1", user_id="offline"), message("kept", ttl=60)),
+            ]
+        )
+        self.assertIsInstance(batch, BatchResult)
+        self.assertEqual((batch.sessions, batch.accepted), (1, 2))
+        first, bad, kept = batch.results
+        self.assertEqual(first, SendResult(1, 1))
+        self.assertIsInstance(bad, BadRequest)
+        assert isinstance(bad, BadRequest)
+        self.assertEqual((bad.status, bad.field), (400, "[1].Recipient.UserGroup"))
+        self.assertEqual(batch.errors, [(1, bad)])
+        assert isinstance(kept, SendResult)
+        self.assertEqual((kept.sessions, kept.stored), (0, True))
+        self.assertEqual(sub.receive(5), {"notification": {"title": "first", "important": False}})
+        self.assertEqual(sender.auth_requests, 1)
+        self.assertRaises(ValueError, sender.send_batch, [])
+
+    def test_groups(self) -> None:
+        """set, add, list, members, remove and delete a group (a name with '/' and Cyrillic); a group send reaches its members."""
+        sender = self.sender()
+        name = "Склад/Москва"
+        group = sender.set_group("ib1", name, ["u1", "u2"])
+        self.assertEqual((group.ib_id, group.group, group.user_ids), ("ib1", name, ("u1", "u2")))
+        self.assertEqual(sender.add_to_group("ib1", name, ["u3", "u1"]).raw["added"], 1)
+        self.assertEqual(sender.groups("ib1"), {name: 3})
+        self.assertEqual(sender.group("ib1", name).user_ids, ("u1", "u2", "u3"))
+        removed = sender.remove_from_group("ib1", name, "u2")
+        self.assertEqual((removed.user_ids, removed.raw["removed"]), (("u1", "u3"), True))
+        u3, u2 = self.subscribe("u3"), self.subscribe("u2")
+        self.assertEqual(sender.send_to_group("ib1", name, "to the store"), SendResult(1, 1))
+        self.assertEqual(got(u3)["notification"]["title"], "to the store")
+        self.assertEqual(u2.receive_all(quiet=0.5), [])
+        self.assertEqual(sender.delete_group("ib1", name), 2)
+        self.assertEqual(sender.groups("ib1"), {})
+        self.assertEqual(sender.group("ib1", name).user_ids, ())
+        with self.assertRaises(ValueError):
+            sender.groups("")
+
+    def test_presence(self) -> None:
+        """presence counts users and sessions of an information base; user_presence lists one user's sessions."""
+        self.subscribe("u1"), self.subscribe("u1"), self.subscribe("u2", group="g")
+        self.subscribe("u9", ib="other-ib")
+        sender = self.sender()
+        everyone = sender.presence("ib1")
+        self.assertEqual((everyone.ib_id, dict(everyone.users), everyone.online, everyone.sessions), ("ib1", {"u1": 2, "u2": 1}, 2, 3))
+        one = sender.user_presence("ib1", "u2")
+        self.assertEqual((one.user_id, one.online, len(one.sessions)), ("u2", True, 1))
+        self.assertEqual((one.sessions[0]["group"], one.sessions[0]["peer"]), ("g", "127.0.0.1"))
+        self.assertFalse(sender.user_presence("ib1", "nobody").online)
+
+    def test_ticket_subscribes_over_websocket_and_sse(self) -> None:
+        """A ticket from Sender.ticket lets a WebSocket and an SSE subscriber receive the user's messages."""
+        from pns4ones_client.web import WebSubscriber
+
+        sender = self.sender()
+        ticket = sender.ticket("ib1", "web-user", groups=["g"], ttl=120)
+        self.assertTrue(ticket.ticket)
+        self.assertEqual(ticket.expires_in, 120)
+        self.assertLess(abs(ticket.expires_at - (time.time() + 120)), 10)
+        for transport in ("ws", "sse"):
+            with WebSubscriber(self.server.url, ticket.ticket, transport=transport) as sub:
+                self.assertEqual(sub.receive(5).get("event"), "ready")
+                result = sender.send_to_user("ib1", "web-user", f"via {transport}")
+                self.assertEqual(result.sessions, 1)
+                self.assertEqual(sub.receive(5)["notification"]["title"], f"via {transport}")
+
+
+def readme_blocks(start: str) -> list[str]:
+    """The fenced Python blocks of clients/README.md that begin with ``start``."""
+    text = (ROOT / "clients" / "README.md").read_text(encoding="utf-8")
+    return [block for block in re.findall(r"```python\n(.*?)```", text, re.S) if block.startswith(start)]
+
+
+class ReadmeExamplesTests(ClientTestBase):
+    """The blocking Python examples of clients/README.md, run against the real server."""
+
+    def run_block(self, block: str, user: str) -> list[str]:
+        printed: list[str] = []
+        namespace = {
+            "SERVER_KEY": self.app["server_key"],
+            "IB": "ib1",
+            "USER": user,
+            "print": lambda *args: printed.append(" ".join(map(str, args))),
+        }
+        exec(compile(block.replace("http://localhost:36696", self.server.url), "clients/README.md", "exec"), namespace)
+        return printed
+
+    def test_python_examples_run(self) -> None:
+        """Both Sender examples run as written: the send reaches the user, the 2 MB message is refused (413), a TTL keeps, batch, groups, presence and a ticket answer."""
+        first, second = readme_blocks("from pns4ones_client import Sender")
+        sub = self.subscribe("reader")
+        printed = self.run_block(first, "reader")
+        self.assertEqual(printed[0], "1 1 False")
+        self.assertRegex(printed[1], r"^413 ")
+        self.assertEqual(got(sub)["notification"]["title"], "New order")
+        printed = self.run_block(second, "away")
+        self.assertEqual(printed[:2], ["True", "2 0"])
+        self.assertEqual(
+            printed[2:4], ["{'Managers': 3}", "('0b9e8f4c-3a2d-4c1b-9e8f-7a6b5c4d3e2f', 'a1f3c2d4-0000-4000-8000-000000000001', 'away')"]
+        )
+        self.assertEqual(printed[4:6], ["1 1 {'reader': 1}", "False"])  # reader, from the first block, is still connected
+        self.assertRegex(printed[6], r"^\S+ \d+$")
+        self.assertEqual(len(printed), 7)
+
+
+class TwistedSendApiTests(ClientTestBase):
+    @inlineCallbacks
+    def test_the_whole_api_returns_deferreds(self) -> Generator[Deferred[Any], Any, None]:
+        """TwistedSender: ttl, batch, groups, presence and a ticket, each a Deferred of the same result types."""
+        sender = TwistedSender(self.server.url, self.app["server_key"])
+        self.addCleanup(sender.close)
+        kept = yield sender.send_to_user("ib1", "late", "kept", ttl=60)
+        self.assertEqual((kept.sessions, kept.stored), (0, True))
+        batch = yield sender.send_batch([(recipient("all", "ib1"), message("a")), (recipient("user", "ib1", user_id="late"), message("b"))])
+        self.assertEqual((batch.accepted, batch.sessions), (2, 0))
+        group = yield sender.set_group("ib1", "g", ["late", "x"])
+        self.assertEqual(group.user_ids, ("late", "x"))
+        added = yield sender.add_to_group("ib1", "g", ["y"])
+        self.assertEqual(added.raw["added"], 1)
+        removed = yield sender.remove_from_group("ib1", "g", "x")
+        self.assertEqual(removed.user_ids, ("late", "y"))
+        self.assertEqual((yield sender.groups("ib1")), {"g": 2})
+        self.assertEqual((yield sender.group("ib1", "g")).user_ids, ("late", "y"))
+        self.subscribe("late")
+        presence = yield sender.presence("ib1")
+        self.assertEqual(dict(presence.users), {"late": 1})
+        self.assertTrue((yield sender.user_presence("ib1", "late")).online)
+        ticket = yield sender.ticket("ib1", "late")
+        self.assertEqual(ticket.expires_in, 300)
+        self.assertEqual((yield sender.delete_group("ib1", "g")), 2)
+        self.assertEqual(sender.auth_requests, 1)
+
+
 class TLSRelay:
     """A TLS terminator on loopback (stdlib ssl) in front of the real server's plain port."""
 
@@ -410,6 +591,17 @@ class CommandLineTests(ClientTestBase):
             "PNS4ONES_IB": "ib1",
         }
 
+    def test_send_with_ttl_reaches_a_later_listener(self) -> None:
+        """pns4ones-send --ttl to a user not connected prints stored: true; pns4ones-listen started later gets the message."""
+        sent = subprocess.run(
+            [SEND, "user:u7", "kept for later", "--ttl", "600"], env=self.env(), capture_output=True, text=True, timeout=30
+        )
+        self.assertEqual((sent.returncode, sent.stderr), (0, ""))
+        self.assertEqual(json.loads(sent.stdout), {"sessions": 0, "users": 0, "stored": True})
+        listen = subprocess.run([LISTEN, "--user", "u7", "--count", "1"], env=self.env(), capture_output=True, text=True, timeout=30)
+        self.assertEqual(listen.returncode, 0, listen.stderr)
+        self.assertEqual(json.loads(listen.stdout), {"notification": {"title": "kept for later", "important": False}})
+
     def test_send_reaches_listen(self) -> None:
         """pns4ones-send (user, group-less all) reaches pns4ones-listen, which prints one JSON line per message."""
         listen = subprocess.Popen([LISTEN, "--user", "u1", "--count", "2"], env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -420,7 +612,7 @@ class CommandLineTests(ClientTestBase):
             env=self.env(), capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         self.assertEqual((sent.returncode, sent.stderr), (0, ""))
-        self.assertEqual(json.loads(sent.stdout), {"sessions": 1, "users": 1})
+        self.assertEqual(json.loads(sent.stdout), {"sessions": 1, "users": 1, "stored": False})
         sent = subprocess.run(
             [SEND, "--url", self.server.url, "all", "--data", "only=data"], env=self.env(), capture_output=True, text=True, timeout=30
         )
@@ -520,6 +712,19 @@ class PureTests(SynchronousTestCase):
         self.assertIsNone(cache.current(108.1))
         cache.drop("a")
         self.assertEqual(cache.token, "b")
+
+    def test_send_result_keeps_every_field(self) -> None:
+        """A send answer's stored, dropped and any field a newer service adds are kept (attribute and key); equality ignores raw."""
+        result = parse_send_result(b'{"sessions": 2, "users": 1, "stored": true, "dropped": 3, "node": "B"}')
+        self.assertEqual((result.sessions, result.users, result.stored, result.dropped), (2, 1, True, 3))
+        self.assertEqual((result.node, result["node"]), ("B", "B"))
+        self.assertEqual(result, SendResult(2, 1, True, 3))
+        with self.assertRaises(AttributeError):
+            result.no_such_field  # noqa: B018
+        self.assertEqual(parse_send_result(b""), SendResult(-1, -1))  # the original's empty answer
+        self.assertEqual(message("t", ttl=60), {"Notification": {"Title": "t", "Body": "", "Important": False}, "TTL": 60})
+        for bad in (-1, float("nan"), True, "60"):
+            self.assertRaises(ValueError, message, "t", ttl=bad)
 
     def test_builders_and_errors(self) -> None:
         """Builders refuse incomplete recipients and non-string data; 429 carries Retry-After; non-JSON errors keep the text."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -18,15 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from pns4ones_client import Subscriber
 
-from .pg_support import SKIP_REASON as PG_SKIP
-from .pg_support import PgCluster, find_bindir
-from .redis_support import SKIP as REDIS_SKIP
+from .pg_support import PgCluster
 from .redis_support import RedisServer
 from .support import ADMIN, ServerProcess, free_port, port_open, wait_for
+from .tools import need, require
 
 HAPROXY_CFG = Path(__file__).resolve().parent.parent / "contrib" / "haproxy" / "pns4ones.cfg"
 NODES = {"node1": "10.0.0.11", "node2": "10.0.0.12"}
@@ -57,12 +55,7 @@ class ClusterBehindProxyTests(SynchronousTestCase):
 
     @classmethod
     def setUpClass(cls) -> None:
-        if find_bindir() is None:
-            raise SkipTest(PG_SKIP)
-        if REDIS_SKIP:
-            raise SkipTest(REDIS_SKIP)
-        if shutil.which("haproxy") is None:
-            raise SkipTest("no haproxy (Debian package haproxy)")
+        require("postgresql", "redis-server", "haproxy")
         cls._tmp = tempfile.TemporaryDirectory(prefix="pns4ones-cluster-")
         cls.pg: PgCluster | None = None
         cls.redis: RedisServer | None = None
@@ -86,11 +79,11 @@ class ClusterBehindProxyTests(SynchronousTestCase):
             cls.addin_port, cls.api_port = free_port(), free_port()
             cfg = Path(cls._tmp.name) / "haproxy.cfg"
             cfg.write_text(proxy_config(HAPROXY_CFG.read_text(), cls.addin_port, cls.api_port, cls.nodes))
-            check = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
+            check = subprocess.run([need("haproxy"), "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
             if check.returncode != 0:
                 raise AssertionError(f"haproxy -c refuses the contrib configuration: {check.stdout}{check.stderr}")
             cls.proxy_log = open(Path(cls._tmp.name) / "haproxy.log", "wb")
-            cls.proxy = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=cls.proxy_log, stderr=subprocess.STDOUT)
+            cls.proxy = subprocess.Popen([need("haproxy"), "-db", "-f", str(cfg)], stdout=cls.proxy_log, stderr=subprocess.STDOUT)
             wait_for(lambda: port_open(cls.addin_port) and port_open(cls.api_port), 10, what="HAProxy's ports")
             with httpx.Client(timeout=10) as http:
                 wait_for(

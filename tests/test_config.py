@@ -156,8 +156,8 @@ class IniTests(SynchronousTestCase):
             config.build({"config": "/nonexistent/p.ini"})
 
     def test_default_data_dir(self) -> None:
-        """Root keeps data in /etc/pns4ones, other users in ~/.config/pns4ones."""
-        self.assertEqual(config.default_data_dir({}, 0), Path("/etc/pns4ones"))
+        """Root keeps data in /var/lib/pns4ones, other users in ~/.config/pns4ones."""
+        self.assertEqual(config.default_data_dir({}, 0), Path("/var/lib/pns4ones"))
         self.assertEqual(config.default_data_dir({"HOME": "/home/u"}, 1000), Path("/home/u/.config/pns4ones"))
         self.assertEqual(config.default_data_dir({"XDG_CONFIG_HOME": "/x"}, 1000), Path("/x/pns4ones"))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from pns4ones_client import Subscriber
 
 from .support import ServerProcess, wait_for
+from .tools import need, require
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "clients" / "examples"
@@ -24,13 +24,6 @@ BSL = EXAMPLES / "Pns4OnesSender.bsl"
 
 TITLE = 'Заказ "№5" \\ срочно 😀'
 EXPECTED = {"notification": {"title": TITLE, "body": "строка", "important": False}}
-
-
-def need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        raise AssertionError(f"{tool} is not installed (.ci/run installs php-cli, php-curl and jq)")
-    return path
 
 
 class ExampleSenders(SynchronousTestCase):
@@ -59,6 +52,7 @@ class ExampleSenders(SynchronousTestCase):
 
     def test_php_reaches_a_subscriber(self) -> None:
         """php send.php sends title, body and data to the user's session and prints the server's counts."""
+        require("php", "php-curl")
         sub = self.subscribe("php-user")
         result = self.run_example([need("php"), str(PHP), "ib1", "php-user", TITLE, "строка", "order=5", "note=a=b"])
         self.assertEqual((result.returncode, result.stderr), (0, ""))
@@ -67,6 +61,7 @@ class ExampleSenders(SynchronousTestCase):
 
     def test_php_errors(self) -> None:
         """A wrong server key: exit code 1 and the service's reason on stderr; too few arguments: usage, exit 2."""
+        require("php", "php-curl")
         result = self.run_example([need("php"), str(PHP), "ib1", "u", "t"], key="wrong")
         self.assertEqual(result.returncode, 1)
         self.assertIn("401", result.stderr)
@@ -77,7 +72,7 @@ class ExampleSenders(SynchronousTestCase):
 
     def test_shell_reaches_a_subscriber(self) -> None:
         """sh send.sh (curl + jq) sends to the user's session and prints the server's counts."""
-        need("jq"), need("curl")
+        require("jq", "curl")
         sub = self.subscribe("sh-user")
         result = self.run_example(["sh", str(SHELL), "ib1", "sh-user", TITLE, "строка"])
         self.assertEqual((result.returncode, result.stderr), (0, ""))
@@ -86,7 +81,7 @@ class ExampleSenders(SynchronousTestCase):
 
     def test_shell_errors(self) -> None:
         """A wrong server key: non-zero exit and the service's JSON reason on stderr."""
-        need("jq")
+        require("jq", "curl")
         result = self.run_example(["sh", str(SHELL), "ib1", "u", "t"], key="wrong")
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("unauthorized", result.stderr)
@@ -131,6 +126,31 @@ def php_request() -> dict[str, Any]:
     return json.loads(result.stdout)
 
 
+def merged(into: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
+    for key, value in doc.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            merged(into[key], value)
+        else:
+            into.setdefault(key, value)
+    return into
+
+
+def documented_request() -> dict[str, Any]:
+    """Every member of the curl ``-d '{"Recipient": ...}'`` send requests of README.md and docs/, merged."""
+    found: dict[str, Any] = {}
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]:
+        for body in re.findall(r"-d '(\{.*?\})'", page.read_text(encoding="utf-8"), re.S):
+            try:
+                doc = json.loads(body)
+            except ValueError:
+                continue  # a shell variable inside: not a literal request
+            if isinstance(doc, dict) and "Recipient" in doc:
+                merged(found, doc)
+    if not found:
+        raise AssertionError("no curl -d '{\"Recipient\": ...}' example in README.md or docs/")
+    return found
+
+
 def keys(doc: Any) -> Any:
     return {k: keys(v) for k, v in doc.items()} if isinstance(doc, dict) else None
 
@@ -140,16 +160,15 @@ class OneCModule(SynchronousTestCase):
         self.text = BSL.read_text(encoding="utf-8")
 
     def test_request_body_matches_php_and_readme(self) -> None:
-        """The module's JSON body has exactly the PHP example's members and values, all of them documented in README.md."""
+        """The module's JSON body has exactly the PHP example's members and values, all of them in the documentation's request."""
         request = bsl_request(self.text)
         self.assertEqual(request, php_request())
         self.assertEqual(list(request), ["Recipient", "Message"])
-        readme = (ROOT / "README.md").read_text(encoding="utf-8")
-        documented = json.loads(re.search(r"-d '(\{.*?\})'", readme, re.S).group(1))
+        documented = documented_request()
 
         def within(ours: Any, theirs: Any, path: str = "") -> None:
             for key, value in ours.items():
-                self.assertIn(key, theirs, f"{path}{key} is not in the README's request")
+                self.assertIn(key, theirs, f"{path}{key} is not in the documentation's request")
                 if isinstance(value, dict) and key != "Data":
                     within(value, theirs[key], f"{path}{key}.")
 

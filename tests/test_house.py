@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Every Python file of ours that runs inside a Twisted process.
-SOURCES = ("src/pns4ones", "clients/python/src/pns4ones_client", "twisted/plugins")
+SOURCES = ("src/pns4ones", "clients/python/src/pns4ones_client", "src/twisted/plugins")
 
 
 def python_files(*roots: str) -> Iterator[Path]:

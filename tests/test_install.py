@@ -29,11 +29,11 @@ from pns4ones.inifile import default_ini
 from pns4ones_client import Subscriber
 
 from .support import ServerProcess, wait_for
+from .tools import need, require
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 INSTALL = CHECKOUT / "scripts" / "install"
 UNINSTALL = CHECKOUT / "scripts" / "uninstall"
-SYSTEM_PYTHON = Path("/usr/bin/python3")
 
 _wheel: dict[str, Path] = {}
 
@@ -45,7 +45,7 @@ def built_wheel() -> Path:
         atexit.register(work.cleanup)
         src = Path(work.name) / "src"
         src.mkdir()
-        for name in ("src", "twisted"):
+        for name in ("src",):
             shutil.copytree(CHECKOUT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "dropin.cache"))
         for name in ("setup.cfg", "pyproject.toml", "README.md"):
             shutil.copy2(CHECKOUT / name, src / name)
@@ -64,6 +64,12 @@ def run(*args: str | Path, check: bool = True, timeout: float = 300, **kwargs: A
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, args))} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
+
+
+def env(**locale: str) -> dict[str, str]:
+    """This environment with the locale variables replaced by ``locale``."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("LC_ALL", "LC_MESSAGES", "LANG", "LANGUAGE")}
+    return {**clean, **locale}
 
 
 def http_json(url: str) -> Any:
@@ -155,8 +161,8 @@ class DefaultIniTests(SynchronousTestCase):
             ini = Path(tmp) / "pns4ones.ini"
             ini.write_text(default_ini())
             installed = config.build({"config": str(ini)})
-            plain = config.build({"data_dir": "/etc/pns4ones", "log_level": "Information"})
-        self.assertEqual(installed.data_dir, Path("/etc/pns4ones"))
+            plain = config.build({"data_dir": "/var/lib/pns4ones", "log_level": "Information"})
+        self.assertEqual(installed.data_dir, Path("/var/lib/pns4ones"))
         self.assertEqual(installed.log_level, "Information")
         self.assertEqual(installed, dataclasses.replace(plain, config_file=str(ini)))
         for opt in config.OPTIONS:
@@ -164,9 +170,9 @@ class DefaultIniTests(SynchronousTestCase):
                 self.assertIn(opt.name, default_ini())
 
     def test_service_user_defaults_to_system_data_dir(self) -> None:
-        """The owner of /etc/pns4ones (the service user) gets it as default data_dir; other users keep ~/.config."""
+        """The owner of /var/lib/pns4ones (the service user) gets it as default data_dir; other users keep ~/.config."""
         with tempfile.TemporaryDirectory() as tmp:
-            system = Path(tmp) / "etc-pns4ones"
+            system = Path(tmp) / "var-lib-pns4ones"
             system.mkdir()
             self.patch(config, "SYSTEM_DATA_DIR", system)
             owner = system.stat().st_uid
@@ -174,9 +180,38 @@ class DefaultIniTests(SynchronousTestCase):
             self.assertEqual(config.default_data_dir(env, euid=owner), system)
             self.assertEqual(config.default_data_dir(env, euid=owner + 4242), Path("/home/someone/.config/pns4ones"))
 
+    def test_a_system_ini_closed_to_the_user_is_not_his(self) -> None:
+        """A user who cannot read the installed service's INI (in its 0700 directory) gets the defaults, not a PermissionError."""
+        with tempfile.TemporaryDirectory() as tmp:
+            os.chmod(tmp, 0o755)
+            closed = Path(tmp) / "etc-pns4ones"
+            closed.mkdir()
+            (closed / "pns4ones.ini").write_text("log_level = Debug\n")
+            code = (
+                "import sys; from pathlib import Path; from pns4ones import config; config.SYSTEM_CONFIG = Path(sys.argv[1]); "
+                "c = config.build({'data_dir': sys.argv[2]}); print(repr(c.config_file), c.log_level)"
+            )
+            if os.geteuid() == 0:  # root reads everything: ask as nobody, with Debian's python and this checkout's src/
+                os.chmod(closed, 0o700)
+                command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", "/usr/bin/python3"]
+                environment = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(CHECKOUT / "src")}
+                require("setpriv")
+            else:
+                os.chmod(closed, 0)
+                command, environment = [sys.executable], dict(os.environ)
+            try:
+                result = run(*command, "-c", code, closed / "pns4ones.ini", tmp, env=environment, check=False)
+            finally:
+                os.chmod(closed, 0o700)  # for the temporary directory's removal
+        self.assertEqual((result.returncode, result.stdout.strip(), result.stderr), (0, "'' Warning", ""))
+
 
 class WheelTests(TestCase):
     """The wheel from ``python -m build``, pip-installed into a fresh virtual environment."""
+
+    wheel: Path
+    tmp: tempfile.TemporaryDirectory[str]
+    venv: Path
 
     @classmethod
     def setUpClass(cls) -> None:
@@ -232,17 +267,48 @@ class WheelTests(TestCase):
         self.assertIn("stopping: closing listeners", server.log())
 
 
+class EditableInstallTests(SynchronousTestCase):
+    """``pip install -e .``, what a Python developer types first, in a fresh virtual environment."""
+
+    def test_twistd_finds_the_plugin_of_an_editable_install(self) -> None:
+        """After pip install -e of a copy of the checkout, twistd pns4ones --help works and a module added to src/ imports without reinstalling."""
+        work = tempfile.TemporaryDirectory(prefix="pns4ones-editable-")
+        self.addCleanup(work.cleanup)
+        tmp = Path(work.name)
+        checkout, venv = tmp / "checkout", tmp / "venv"
+        shutil.copytree(CHECKOUT / "src", checkout / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "dropin.cache"))
+        for name in ("setup.cfg", "pyproject.toml", "README.md"):
+            shutil.copy2(CHECKOUT / name, checkout / name)
+        run(sys.executable, "-m", "venv", "--without-pip", venv)
+        # The test's own pip installs into it (no ensurepip); dependencies come from pip's cache.
+        run(sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "--disable-pip-version-check", "-q",
+            "-e", checkout, timeout=300)  # fmt: skip
+        help_text = run(venv / "bin" / "twistd", "pns4ones", "--help", timeout=60).stdout
+        self.assertIn("Usage: twistd -n pns4ones", help_text)
+        self.assertIn("--service_allow", help_text)
+        (checkout / "src" / "pns4ones" / "_editable_probe.py").write_text("WHERE = __file__\n")
+        where = run(venv / "bin" / "python", "-c", "from pns4ones import _editable_probe; print(_editable_probe.WHERE)", timeout=60).stdout
+        self.assertEqual(where.strip(), str(checkout / "src" / "pns4ones" / "_editable_probe.py"))
+
+
 def _need_root_install() -> None:
     if os.geteuid() != 0:
         raise SkipTest("scripts/install needs root (chown to the service user), even with --root")
-    if not SYSTEM_PYTHON.exists():
-        raise SkipTest("no /usr/bin/python3 (Debian's python3 and python3-venv: .ci/run installs them)")
-    if shutil.which("useradd") is None or shutil.which("setpriv") is None:
-        raise SkipTest("useradd and setpriv are needed (Debian passwd, util-linux)")
+    require("python3-venv", "useradd", "setpriv")
 
 
 class InstallTests(TestCase):
     """``scripts/install --root DIR --no-start``: files, modes, the unit, upgrades."""
+
+    tmp: tempfile.TemporaryDirectory[str]
+    root: Path
+    first: str
+    first_ini: str
+    uid: int
+    gid: int
+    etc: Path
+    var: Path
+    bin: Path
 
     @classmethod
     def setUpClass(cls) -> None:
@@ -255,6 +321,7 @@ class InstallTests(TestCase):
         entry = next(line.split(":") for line in (cls.root / "etc/passwd").read_text().splitlines() if line.startswith("pns4ones:"))
         cls.uid, cls.gid = int(entry[2]), int(entry[3])
         cls.etc = cls.root / "etc/pns4ones"
+        cls.var = cls.root / "var/lib/pns4ones"
         cls.bin = cls.root / "opt/pns4ones/venv/bin"
 
     @classmethod
@@ -262,19 +329,20 @@ class InstallTests(TestCase):
         cls.tmp.cleanup()
 
     def test_user_directories_and_modes(self) -> None:
-        """A system user with no login; /etc/pns4ones 0700 and its INI 0600, both the user's; code root-owned and readable."""
+        """A system user with no login; /etc/pns4ones and /var/lib/pns4ones 0700 and the INI 0600, all the user's; code root-owned and readable."""
         _, _, uid, gid, _, _, shell = next(
             line.split(":") for line in (self.root / "etc/passwd").read_text().splitlines() if line.startswith("pns4ones:")
         )
         self.assertLess(int(uid), 1000)
         self.assertEqual(shell, "/usr/sbin/nologin")
         self.assertIn(f"pns4ones:x:{gid}:", (self.root / "etc/group").read_text())
-        for path, mode in ((self.etc, 0o700), (self.etc / "pns4ones.ini", 0o600)):
+        for path, mode in ((self.etc, 0o700), (self.etc / "pns4ones.ini", 0o600), (self.var, 0o700)):
             st = path.stat()
             self.assertEqual((stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid), (mode, self.uid, self.gid), path)
         self.assertEqual(self.first_ini, default_ini())
         ini = config.parse_ini(self.first_ini)
-        self.assertEqual({k: v for k, (v, _) in ini.items()}, {"data_dir": "/etc/pns4ones", "log_level": "Information"})
+        self.assertEqual({k: v for k, (v, _) in ini.items()}, {"data_dir": "/var/lib/pns4ones", "log_level": "Information"})
+        self.assertEqual(sorted(p.name for p in self.etc.iterdir()), ["pns4ones.ini"])
         venv = self.root / "opt/pns4ones/venv"
         self.assertTrue(venv.is_symlink())
         self.assertTrue(os.readlink(venv).startswith("releases/"))
@@ -295,7 +363,7 @@ class InstallTests(TestCase):
         self.assertTrue(cache.stat().st_mode & stat.S_IROTH)
 
     def test_unit_file(self) -> None:
-        """The unit runs twistd -n pns4ones as pns4ones, restarts on failure, is hardened and enabled for multi-user.target."""
+        """The unit runs twistd -n pns4ones as pns4ones, restarts on failure, writes only /var/lib/pns4ones, is hardened and enabled for multi-user.target."""
         unit_path = self.root / "etc/systemd/system/pns4ones.service"
         self.assertEqual(stat.S_IMODE(unit_path.stat().st_mode), 0o644)
         lines = set(unit_path.read_text().splitlines())
@@ -305,21 +373,21 @@ class InstallTests(TestCase):
             "Restart=on-failure",
             "NoNewPrivileges=yes",
             "ProtectSystem=strict",
-            "ReadWritePaths=/etc/pns4ones",
+            "StateDirectory=pns4ones",
+            "StateDirectoryMode=0700",
             "PrivateTmp=yes",
             "ProtectHome=yes",
             "CapabilityBoundingSet=",
             "WantedBy=multi-user.target",
         ):
             self.assertIn(line, lines)
+        self.assertFalse([line for line in lines if line.startswith("ReadWritePaths=")])
         wants = self.root / "etc/systemd/system/multi-user.target.wants/pns4ones.service"
         self.assertEqual(os.readlink(wants), "/etc/systemd/system/pns4ones.service")
 
     def test_systemd_analyze_verify(self) -> None:
         """systemd-analyze verify accepts the installed unit with no warning (ExecStart resolved inside the root); its exposure score is at most 2."""
-        analyze = shutil.which("systemd-analyze")
-        if analyze is None:
-            raise self.skipTest("systemd-analyze is missing (Debian package systemd; .ci/run installs it)")
+        analyze = need("systemd-analyze")
         # verify --root needs the stock units (sysinit.target, ...) inside the root.
         units = self.root / "usr/lib/systemd/system"
         if not units.exists():
@@ -342,7 +410,7 @@ class InstallTests(TestCase):
 
     def test_service_and_admin_as_the_service_user(self) -> None:
         """Admin as root and as pns4ones share one store owned by pns4ones; the service runs as pns4ones with the installed INI and logs registrations and sends."""
-        data = self.etc
+        data = self.var
         server = InstalledServer(
             self.bin, config_file=self.etc / "pns4ones.ini", as_user=(self.uid, self.gid), journal=True, data_dir=str(data)
         )
@@ -388,11 +456,11 @@ class InstallTests(TestCase):
         ini = self.etc / "pns4ones.ini"
         with open(ini, "a") as f:
             f.write("; an operator's note\nlisten = 127.0.0.1:46696\n")
-        run(self.bin / "pns4ones-admin", "--data-dir", self.etc, "create", "kept")
-        before = {p.name: p.read_bytes() for p in self.etc.iterdir()}
+        run(self.bin / "pns4ones-admin", "--data-dir", self.var, "create", "kept")
+        before = {p: p.read_bytes() for d in (self.etc, self.var) for p in d.iterdir()}
         release = os.readlink(self.root / "opt/pns4ones/venv")
         output = run("bash", INSTALL, "--root", self.root, "--no-start").stdout
-        self.assertEqual({p.name: p.read_bytes() for p in self.etc.iterdir()}, before)
+        self.assertEqual({p: p.read_bytes() for d in (self.etc, self.var) for p in d.iterdir()}, before)
         self.assertIn("(kept)", output)
         self.assertIn("upgrade; previous release kept", output)
         now = os.readlink(self.root / "opt/pns4ones/venv")
@@ -401,8 +469,119 @@ class InstallTests(TestCase):
             sorted(p.name for p in (self.root / "opt/pns4ones/releases").iterdir()), sorted([release.split("/")[-1], now.split("/")[-1]])
         )
         self.assertEqual(stat.S_IMODE(self.etc.stat().st_mode), 0o700)
+        self.assertEqual(stat.S_IMODE(self.var.stat().st_mode), 0o700)
         self.assertEqual(sum(line.startswith("pns4ones:") for line in (self.root / "etc/passwd").read_text().splitlines()), 1)
-        self.assertIn("kept", run(self.bin / "pns4ones-admin", "--data-dir", self.etc, "list").stdout)
+        self.assertIn("kept", run(self.bin / "pns4ones-admin", "--data-dir", self.var, "list").stdout)
+
+    def old_layout(self, name: str, data_dir: str = "/etc/pns4ones") -> Path:
+        """
+        A copy of the installed root as an install from before /var/lib/pns4ones:
+        the INI says ``data_dir = /etc/pns4ones`` and the store, admin.json and a
+        control file are there, beside TLS files and a password file the INI names.
+        """
+        copy = Path(self.tmp.name) / name
+        shutil.copytree(self.root, copy, symlinks=True, ignore=lambda d, names: names if Path(d).parent.name == "releases" else [])
+        self.addCleanup(shutil.rmtree, copy, True)
+        shutil.rmtree(copy / "var/lib/pns4ones")
+        etc = copy / "etc/pns4ones"
+        for path in [etc, *etc.rglob("*")]:  # as the old installer left it: all the service user's (copytree made it root's)
+            os.chown(path, self.uid, self.gid, follow_symlinks=False)
+        ini = etc / "pns4ones.ini"
+        text = ini.read_text().replace("data_dir = /var/lib/pns4ones", f"data_dir = {data_dir}")
+        ini.write_text(text + "; an operator's note\nstore_password_file = /etc/pns4ones/pgpass\n")
+        run(self.bin / "pns4ones-admin", "--data-dir", etc, "create", "from the old layout")
+        for relative, mode in (
+            ("admin.json", 0o600),
+            ("restart.json", 0o644),
+            ("pgpass", 0o600),
+            ("push.key", 0o600),
+            ("tls/fullchain.pem", 0o644),
+        ):
+            path = etc / relative
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(f"{relative}\n")
+            os.chmod(path, mode)
+            os.chown(path, self.uid, self.gid)
+        os.chmod(etc / "pns4ones.db", 0o640)
+        return copy
+
+    @staticmethod
+    def snapshot(directory: Path) -> dict[str, tuple[int, int, int, bytes]]:
+        """Every file under ``directory``: mode, owner, group, bytes."""
+        out = {}
+        for path in sorted(directory.rglob("*")):
+            if path.is_file():
+                st = path.stat()
+                out[str(path.relative_to(directory))] = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, path.read_bytes())
+        return out
+
+    def test_upgrade_moves_the_data_from_etc_once(self) -> None:
+        """An upgrade of an install that kept its data in /etc/pns4ones moves it to /var/lib/pns4ones (owners, modes and bytes kept), changes only the INI's data_dir line, leaves configuration files; a second install moves nothing."""
+        copy = self.old_layout("old-layout")
+        etc, var = copy / "etc/pns4ones", copy / "var/lib/pns4ones"
+        before = self.snapshot(etc)
+        data = {"pns4ones.db", "admin.json", "restart.json"}
+        self.assertLessEqual(data, set(before))
+        configuration = {"pns4ones.ini", "pgpass", "push.key", "tls/fullchain.pem"}
+        output = run("bash", INSTALL, "--root", copy, "--wheel", built_wheel(), "--no-start", env=env(LANG="C.UTF-8")).stdout
+        after_etc, after_var = self.snapshot(etc), self.snapshot(var)
+        self.assertEqual(set(after_etc), configuration)
+        self.assertEqual(set(after_var), set(before) - configuration)
+        for name in set(before) - configuration:
+            self.assertEqual(after_var[name], before[name], name)
+        for name in configuration - {"pns4ones.ini"}:
+            self.assertEqual(after_etc[name], before[name], name)
+        self.assertRegex(
+            output, r"data: +/var/lib/pns4ones \(readable by pns4ones and root only\); moved from /etc/pns4ones: admin.json pns4ones.db"
+        )
+        old_ini, new_ini = before["pns4ones.ini"], after_etc["pns4ones.ini"]
+        self.assertEqual(old_ini[:3], new_ini[:3])  # mode, owner, group
+        changed = [(a, b) for a, b in zip(old_ini[3].decode().splitlines(), new_ini[3].decode().splitlines()) if a != b]
+        self.assertEqual(changed, [("data_dir = /etc/pns4ones", "data_dir = /var/lib/pns4ones")])
+        self.assertEqual(stat.S_IMODE(var.stat().st_mode), 0o700)
+        self.assertEqual((var.stat().st_uid, var.stat().st_gid), (self.uid, self.gid))
+        listed = run(self.bin / "pns4ones-admin", "--config", etc / "pns4ones.ini", "--data-dir", var, "list").stdout
+        self.assertIn("from the old layout", listed)
+        # Once: the next install finds nothing to move and changes nothing (its messages in Russian this time).
+        state = (self.snapshot(etc), self.snapshot(var))
+        again = run("bash", INSTALL, "--root", copy, "--wheel", built_wheel(), "--no-start", env=env(LANG="ru_RU.UTF-8")).stdout
+        self.assertEqual((self.snapshot(etc), self.snapshot(var)), state)
+        self.assertNotIn("перенесены", again)
+        self.assertIn("установлен", again)
+        self.assertIn("systemctl reload pns4ones             # применить изменение настроек или обновление", again)
+
+    def test_upgrade_rewrites_an_edited_data_dir_line(self) -> None:
+        """An INI edited on Windows (CRLF) that spells it 'data-dir = "/etc/pns4ones/"': that line alone changes, its quotes and CR kept."""
+        copy = self.old_layout("crlf")
+        ini = copy / "etc/pns4ones/pns4ones.ini"
+        text = ini.read_text().replace("data_dir = /etc/pns4ones", 'data-dir = "/etc/pns4ones/"').replace("\n", "\r\n")
+        ini.write_bytes(text.encode())
+        run("bash", INSTALL, "--root", copy, "--wheel", built_wheel(), "--no-start", env=env(LANG="C.UTF-8"))
+        after = ini.read_bytes().decode()
+        self.assertEqual(after, text.replace('data-dir = "/etc/pns4ones/"\r\n', 'data-dir = "/var/lib/pns4ones"\r\n'))
+        self.assertTrue((copy / "var/lib/pns4ones/pns4ones.db").is_file())
+
+    def test_upgrade_refuses_to_overwrite_data_in_var_lib(self) -> None:
+        """A store in both /etc/pns4ones and /var/lib/pns4ones: the install stops, names both, and changes nothing."""
+        copy = self.old_layout("both-stores")
+        etc, var = copy / "etc/pns4ones", copy / "var/lib/pns4ones"
+        var.mkdir(parents=True)
+        (var / "pns4ones.db").write_text("another store\n")
+        before = (self.snapshot(etc), self.snapshot(var), os.readlink(copy / "opt/pns4ones/venv"))
+        result = run("bash", INSTALL, "--root", copy, "--wheel", built_wheel(), "--no-start", check=False, env=env(LANG="C.UTF-8"))
+        self.assertEqual(result.returncode, 1)
+        self.assertIn(f"{etc}/pns4ones.db and {var}/pns4ones.db both exist", result.stderr)
+        self.assertIn("Nothing was changed", result.stderr)
+        self.assertEqual((self.snapshot(etc), self.snapshot(var), os.readlink(copy / "opt/pns4ones/venv")), before)
+
+    def test_upgrade_leaves_an_operators_own_data_dir(self) -> None:
+        """An INI naming its own data_dir (not /etc/pns4ones): the install moves nothing and keeps the INI byte for byte."""
+        copy = self.old_layout("own-data-dir", data_dir="/srv/pns4ones")
+        etc = copy / "etc/pns4ones"
+        before = self.snapshot(etc)
+        output = run("bash", INSTALL, "--root", copy, "--wheel", built_wheel(), "--no-start", env=env(LANG="C.UTF-8")).stdout
+        self.assertEqual(self.snapshot(etc), before)
+        self.assertNotIn("moved from", output)
 
     def test_upgrade_refused_when_new_code_rejects_the_configuration(self) -> None:
         """An install over a configuration the new code refuses stops with the reason and changes nothing."""
@@ -424,14 +603,17 @@ class InstallTests(TestCase):
         self.assertEqual(os.readlink(copy / "opt/pns4ones/venv"), current)
 
     def test_uninstall_keeps_data_unless_purge(self) -> None:
-        """uninstall removes unit, code and admin link but keeps /etc/pns4ones and the user; --purge removes those too."""
+        """uninstall removes unit, code and admin link but keeps /etc/pns4ones, /var/lib/pns4ones and the user; --purge removes those too."""
         copy = Path(self.tmp.name) / "copy"
         # The code's files do not matter to uninstall: copy the tree without them.
         shutil.copytree(self.root, copy, symlinks=True, ignore=lambda d, names: names if Path(d).parent.name == "releases" else [])
         self.addCleanup(shutil.rmtree, copy, True)
-        before = {p.name: p.read_bytes() for p in (copy / "etc/pns4ones").iterdir()}
+        run(self.bin / "pns4ones-admin", "--data-dir", copy / "var/lib/pns4ones", "create", "to keep")
+        kept = ("etc/pns4ones", "var/lib/pns4ones")
+        before = {p: p.read_bytes() for d in kept for p in (copy / d).iterdir()}
+        self.assertIn(copy / "var/lib/pns4ones/pns4ones.db", before)
         output = run("bash", UNINSTALL, "--root", copy).stdout
-        self.assertIn("Kept /etc/pns4ones", output)
+        self.assertIn("Kept /etc/pns4ones (configuration), /var/lib/pns4ones (data)", output)
         for gone in (
             "etc/systemd/system/pns4ones.service",
             "etc/systemd/system/multi-user.target.wants/pns4ones.service",
@@ -439,9 +621,10 @@ class InstallTests(TestCase):
             "usr/local/bin/pns4ones-admin",
         ):
             self.assertFalse(os.path.lexists(copy / gone), gone)
-        self.assertEqual({p.name: p.read_bytes() for p in (copy / "etc/pns4ones").iterdir()}, before)
+        self.assertEqual({p: p.read_bytes() for d in kept for p in (copy / d).iterdir()}, before)
         self.assertIn("pns4ones:", (copy / "etc/passwd").read_text())
         run("bash", UNINSTALL, "--root", copy, "--purge")
         self.assertFalse((copy / "etc/pns4ones").exists())
+        self.assertFalse((copy / "var/lib/pns4ones").exists())
         self.assertNotIn("pns4ones:", (copy / "etc/passwd").read_text())
         self.assertNotIn("pns4ones:", (copy / "etc/group").read_text())

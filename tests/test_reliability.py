@@ -19,6 +19,7 @@ from pns4ones_client import Subscriber
 from pns4ones_client.protocol import ClientKey, FrameDecoder, registration_frame
 
 from .support import ADMIN, ServerProcess, wait_for
+from .tools import need, require
 
 
 def rss_kb(pid: int) -> int:
@@ -135,12 +136,13 @@ class DeadPeerAndLimitTests(TestCase):
 
     def test_keepalive_on_subscription_sockets(self) -> None:
         """Every subscription socket has TCP keepalive with the configured idle time."""
+        require("ss")
         sub = Subscriber("127.0.0.1", self.server.service_port, self.app["id"], self.app["client_key"], "ib", "u").connect()
         self.addCleanup(sub.close)
         local_port = sub.sock.getsockname()[1]
         out = wait_for(
-            lambda: subprocess.run(["ss", "-tno", "state", "established", f"( sport = :{self.server.service_port} and dport = :{local_port} )"], capture_output=True, text=True).stdout.count("keepalive") and
-            subprocess.run(["ss", "-tno", "state", "established", f"( sport = :{self.server.service_port} and dport = :{local_port} )"], capture_output=True, text=True).stdout,
+            lambda: subprocess.run([need("ss"), "-tno", "state", "established", f"( sport = :{self.server.service_port} and dport = :{local_port} )"], capture_output=True, text=True).stdout.count("keepalive") and
+            subprocess.run([need("ss"), "-tno", "state", "established", f"( sport = :{self.server.service_port} and dport = :{local_port} )"], capture_output=True, text=True).stdout,
             what="ss to show the connection",
         )  # fmt: skip
         self.assertIn("timer:(keepalive,", out)

@@ -1,4 +1,4 @@
-"""The add-in's byte protocol against the shared vectors."""
+"""The add-in's byte protocol against the project's wire vectors (tests/vectors/wire.json)."""
 
 from __future__ import annotations
 

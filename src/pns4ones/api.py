@@ -1,5 +1,5 @@
 """
-The send API (PROTOCOL.md section 3): a Klein application over
+The send API (docs/protocol.md section 3): a Klein application over
 :class:`pns4ones.core.Core`.  Every error is an :class:`ApiError` answered as
 ``{"error": ..., "reason": ...}`` with its status.
 """

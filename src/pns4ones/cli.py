@@ -1,5 +1,5 @@
 """
-Admin commands (PROTOCOL.md section 5), behind two doors: the console script
+Admin commands (docs/protocol.md section 5), behind two doors: the console script
 ``pns4ones-admin`` and ``twistd pns4ones admin``.  Changes go to the store; a
 running server notices them within ``store_poll_interval`` (1 s by default).
 
@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from twisted.internet import defer, task
 
 from . import audit as _audit
+from . import catalog
 from . import config as _config
 from .store import (
     Admin,
@@ -55,7 +56,7 @@ COMMANDS = {
     "import": "load an export into an empty store (--replace: overwrite a store that has applications): import FILE|-",
     "kept": "count the messages kept for offline users, per application (and how many were dropped or expired)",
     "reload_tls": "make the running server re-read its HTTPS certificate files (same as SIGHUP)",
-    "restart": "restart the running server from the code and configuration on disk, keeping 1C clients connected (same as SIGUSR2)",
+    "restart": "restart the running server from the code and configuration on disk, keeping the 1C desktops connected (what systemctl reload pns4ones does; SIGUSR2 too)",
     "status": "live figures of the running server: uptime, subscriptions, sends, store, listeners",
     "audit": "the administrators' actions (panel and this command), newest first: audit [--limit N]",
     "panel-password": "set the admin panel's password, asked for (or one line of standard input); ends every panel session",
@@ -84,54 +85,57 @@ class CommandError(Exception):
     pass
 
 
-def _parser(prog: str) -> argparse.ArgumentParser:
+def _parser(prog: str, lang: str | None = None, seen: set[str] | None = None) -> argparse.ArgumentParser:
+    """The parser, its help in ``lang`` (default: the locale's; texts in :mod:`pns4ones.catalog`)."""
+    _ = catalog.translator(lang, seen)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", default=argparse.SUPPRESS, help="data directory of the service")
-    common.add_argument("--config", default=argparse.SUPPRESS, help="the service's INI file (for data_dir)")
+    common.add_argument("--data-dir", default=argparse.SUPPRESS, help=_("data directory of the service"))
+    common.add_argument("--config", default=argparse.SUPPRESS, help=_("the service's INI file (for data_dir)"))
     common.add_argument(
         "--store",
         default=argparse.SUPPRESS,
-        help="the store: sqlite, sqlite:///PATH.db or postgresql://USER@HOST:PORT/DB (default: the config file's store, else DATA_DIR/pns4ones.db)",
+        help=_(
+            "the store: sqlite, sqlite:///PATH.db or postgresql://USER@HOST:PORT/DB (default: the config file's store, else DATA_DIR/pns4ones.db)"
+        ),
     )
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
-    parser = argparse.ArgumentParser(
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=_("machine-readable output"))
+    parser = catalog.parser_class(lang, seen)(
         prog=prog,
         parents=[common],
-        description="Administer pns4ones applications (changes reach a running server within a second).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands:\n" + "\n".join(f"  {name:<12} {text}" for name, text in COMMANDS.items()),
+        description=_("Administer pns4ones applications (changes reach a running server within a second)."),
+        epilog=_("commands:") + "\n" + "\n".join(f"  {name:<12} {_(text)}" for name, text in COMMANDS.items()),
     )
-    sub = parser.add_subparsers(dest="command", metavar="<command>")
-    sub.add_parser("list", parents=[common], help=COMMANDS["list"])
-    sub.add_parser("reload_tls", parents=[common], help=COMMANDS["reload_tls"])
-    sub.add_parser("kept", parents=[common], help=COMMANDS["kept"])
-    sub.add_parser("migrate", parents=[common], help=COMMANDS["migrate"])
-    p = sub.add_parser("export", parents=[common], help=COMMANDS["export"])
-    p.add_argument("file", help="file to write (created with mode 0600: it holds every secret), or - for standard output")
-    p = sub.add_parser("import", parents=[common], help=COMMANDS["import"])
-    p.add_argument("file", help="a file written by export, or - for standard input")
-    p.add_argument("--replace", action="store_true", help="empty the target store first (it may have applications)")
-    p = sub.add_parser("groups", parents=[common], help=COMMANDS["groups"])
-    p.add_argument("id", help="application id (see list)")
-    p.add_argument("ib_id", nargs="?", default=None, help="only this information base")
-    p = sub.add_parser("group_members", parents=[common], help=COMMANDS["group_members"])
-    p.add_argument("id", help="application id (see list)")
-    p.add_argument("ib_id", help="information base id")
-    p.add_argument("group", help="group name")
-    sub.add_parser("restart", parents=[common], help=COMMANDS["restart"])
-    p = sub.add_parser("status", parents=[common], help=COMMANDS["status"])
+    sub = parser.add_subparsers(dest="command", metavar=_("<command>"))
+    sub.add_parser("list", parents=[common], help=_(COMMANDS["list"]))
+    sub.add_parser("reload_tls", parents=[common], help=_(COMMANDS["reload_tls"]))
+    sub.add_parser("kept", parents=[common], help=_(COMMANDS["kept"]))
+    sub.add_parser("migrate", parents=[common], help=_(COMMANDS["migrate"]))
+    p = sub.add_parser("export", parents=[common], help=_(COMMANDS["export"]))
+    p.add_argument("file", help=_("file to write (created with mode 0600: it holds every secret), or - for standard output"))
+    p = sub.add_parser("import", parents=[common], help=_(COMMANDS["import"]))
+    p.add_argument("file", help=_("a file written by export, or - for standard input"))
+    p.add_argument("--replace", action="store_true", help=_("empty the target store first (it may have applications)"))
+    p = sub.add_parser("groups", parents=[common], help=_(COMMANDS["groups"]))
+    p.add_argument("id", help=_("application id (see list)"))
+    p.add_argument("ib_id", nargs="?", default=None, help=_("only this information base"))
+    p = sub.add_parser("group_members", parents=[common], help=_(COMMANDS["group_members"]))
+    p.add_argument("id", help=_("application id (see list)"))
+    p.add_argument("ib_id", help=_("information base id"))
+    p.add_argument("group", help=_("group name"))
+    sub.add_parser("restart", parents=[common], help=_(COMMANDS["restart"]))
+    p = sub.add_parser("status", parents=[common], help=_(COMMANDS["status"]))
     p.add_argument(
-        "--admin-port", type=int, default=None, help="admin port of the server (default: the one it recorded in DATA_DIR/admin.json)"
+        "--admin-port", type=int, default=None, help=_("admin port of the server (default: the one it recorded in DATA_DIR/admin.json)")
     )
-    p = sub.add_parser("audit", parents=[common], help=COMMANDS["audit"])
-    p.add_argument("--limit", type=int, default=50, help="how many of the newest records (default 50)")
-    p = sub.add_parser("panel-password", parents=[common], help=COMMANDS["panel-password"])
-    p.add_argument("--login", default=None, help="the administrator's login (default: keep the current one, or admin)")
-    p = sub.add_parser("create", parents=[common], help=COMMANDS["create"])
-    p.add_argument("name", nargs="+", help="title of the new application")
+    p = sub.add_parser("audit", parents=[common], help=_(COMMANDS["audit"]))
+    p.add_argument("--limit", type=int, default=50, help=_("how many of the newest records (default 50)"))
+    p = sub.add_parser("panel-password", parents=[common], help=_(COMMANDS["panel-password"]))
+    p.add_argument("--login", default=None, help=_("the administrator's login (default: keep the current one, or admin)"))
+    p = sub.add_parser("create", parents=[common], help=_(COMMANDS["create"]))
+    p.add_argument("name", nargs="+", help=_("title of the new application"))
     for name in ("upd_srv_key", "upd_cli_key", "remove", "reset_token"):
-        p = sub.add_parser(name, parents=[common], help=COMMANDS[name])
-        p.add_argument("id", help="application id (see list)")
+        p = sub.add_parser(name, parents=[common], help=_(COMMANDS[name]))
+        p.add_argument("id", help=_("application id (see list)"))
     return parser
 
 

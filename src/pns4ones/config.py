@@ -20,12 +20,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .catalog import translator
+
 DEFAULT_LISTEN_PORT = 36696
 DEFAULT_SERVICE_PORT = 36695
 DEFAULT_ADMIN_PORT = 36697
 DEFAULT_METRICS_PORT = 36698
 SYSTEM_CONFIG = Path("/etc/pns4ones/pns4ones.ini")
-SYSTEM_DATA_DIR = Path("/etc/pns4ones")
+#: The installed service's state (store, admin.json, control files); configuration stays in /etc/pns4ones.
+SYSTEM_DATA_DIR = Path("/var/lib/pns4ones")
 
 
 class ConfigError(ValueError):
@@ -279,7 +282,7 @@ OPTIONS: tuple[Option, ...] = (
         "data_dir",
         "",
         _path,
-        "where the store, keys and account live (default /etc/pns4ones for root and for its owner, the service user; else ~/.config/pns4ones)",
+        "where the store, keys and account live (default /var/lib/pns4ones for root and for its owner, the service user; else ~/.config/pns4ones)",
         "DIR",
     ),
     Option("listen", "*", _text, "send API address: *, *:PORT, HOST, HOST:PORT, [IPv6]:PORT (default *:36696)", "ADDR"),
@@ -605,6 +608,14 @@ def _owner_of(path: Path) -> int | None:
         return None
 
 
+def _readable_file(path: Path) -> bool:
+    """A file this user may read; not one in a directory closed to him (the installed service's /etc/pns4ones, 0700)."""
+    try:
+        return path.is_file() and os.access(path, os.R_OK)
+    except PermissionError:
+        return False
+
+
 def default_data_dir(environ: Mapping[str, str] | None = None, euid: int | None = None) -> Path:
     environ = os.environ if environ is None else environ
     euid = os.geteuid() if euid is None else euid
@@ -626,7 +637,7 @@ def build(cli: Mapping[str, str], environ: Mapping[str, str] | None = None, euid
     else:
         data_dir_guess = Path(_path(cli["data_dir"], "data_dir")) if cli.get("data_dir") else default_data_dir(environ, euid)
         for candidate in (SYSTEM_CONFIG, data_dir_guess / "pns4ones.ini"):
-            if candidate.is_file():
+            if _readable_file(candidate):
                 config_file = str(candidate)
                 break
     if config_file:
@@ -675,14 +686,16 @@ def build(cli: Mapping[str, str], environ: Mapping[str, str] | None = None, euid
     return Config(**{k: v for k, v in values.items() if k in names})
 
 
-def help_text(program: str = "twistd -n pns4ones") -> str:
+def help_text(program: str = "twistd -n pns4ones", lang: str | None = None, seen: set[str] | None = None) -> str:
+    """``-h``: the options with their help, in ``lang`` (default: the locale's; see :mod:`pns4ones.catalog`)."""
+    _ = translator(lang, seen)
     lines = [
         f"Usage: {program} [options]",
         f"       {program.replace(' -n', '')} admin <command> [...]   (list, create, upd_srv_key, upd_cli_key, remove, reset_token, reload_tls, status)",
         "",
-        "Options (also INI keys; write them as --name=value, --name value, -name=value or /name value):",
+        _("Options (also INI keys; write them as --name=value, --name value, -name=value or /name value):"),
     ]
     for opt in OPTIONS:
-        lines.append(f"  --{opt.name.ljust(26)} {opt.help}")
-    lines.append("  -h, --help                   show this help")
+        lines.append(f"  --{opt.name.ljust(26)} {_(opt.help)}")
+    lines.append(f"  -h, --help                   {_('show this help')}")
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 """
 Server-side group membership and the group and TTL input of the API, without I/O.
 
-The stock add-in always registers with an empty group (PROTOCOL.md section 4),
+The stock add-in always registers with an empty group (docs/protocol.md section 4),
 so groups live on the server: per application and information base, a group
 name maps to a set of user ids.  :class:`Membership` is the in-memory copy the
 hub routes with (a group send never touches the store); the store holds the

@@ -228,8 +228,8 @@ class Incoming:
                 os.close(fd)
             raise self.refuse(
                 f"pns4ones {__version__} (handoff protocol {HANDOFF_PROTOCOL}) cannot take over from pns4ones {doc.get('version')} "
-                f"(handoff protocol {theirs}); the old process keeps serving. Use a full restart (systemctl restart pns4ones) "
-                "for this upgrade: 1C clients will have to reconnect"
+                f"(handoff protocol {theirs}); the old process keeps serving. This upgrade needs a full restart (systemctl restart pns4ones), "
+                "which disconnects every 1C desktop: the stock 1C extension does not reconnect, each user restarts 1C"
             )
         self.old_pid = int(doc.get("pid", 0))
         if len(fds) != len(doc["listeners"]):
@@ -251,7 +251,8 @@ class Incoming:
             for _, fd in handed:
                 os.close(fd)
             raise self.refuse(
-                f"option '{option}' changed from {old_text} to {address_text}: listeners cannot move in a handoff; use systemctl restart pns4ones (clients reconnect)"
+                f"option '{option}' changed from {old_text} to {address_text}: listeners cannot move in a handoff; the old process keeps serving. Moving them needs systemctl restart pns4ones, "
+                "which disconnects every 1C desktop (the stock 1C extension does not reconnect: each user restarts 1C)"
             )
         return [(fd, spec["family"]) for spec, fd in handed]
 

@@ -4,7 +4,7 @@ The ``/sendmessage`` body and the add-in's JSON, without I/O.
 :func:`parse_send` turns request bytes into a :class:`SendRequest` or raises
 :class:`MessageError` naming the field; it never raises anything else.
 :func:`render_addin_json` produces the exact plaintext the add-in decrypts
-(PROTOCOL.md section 4): lowercase keys, empty members omitted, ``{`` first,
+(docs/protocol.md section 4): lowercase keys, empty members omitted, ``{`` first,
 characters outside the Basic Multilingual Plane as ``\\uXXXX`` surrogate pairs.
 :func:`parse_addin_json` is its inverse, the one decoder of that JSON.
 """

@@ -31,7 +31,7 @@ from .transports.addin import AddinFactory, configure_socket
 from .transports.web import WebSubscriptions
 from .web import ApiSite
 
-#: The admin panel listens here and nowhere else (PROTOCOL.md section 6).
+#: The admin panel listens here and nowhere else (docs/protocol.md section 6).
 ADMIN_HOSTS = ("127.0.0.1", "::1")
 
 #: Seconds between purges of expired kept messages (expired ones are never written anyway).

@@ -1,5 +1,5 @@
 """
-HTTPS for the send API (PROTOCOL.md section 2): ``ssl_mode`` and its files ->
+HTTPS for the send API (docs/protocol.md section 2): ``ssl_mode`` and its files ->
 a server TLS connection creator whose certificate can be reloaded.
 
 Invariants:

@@ -1,5 +1,5 @@
 """
-The native add-in's byte protocol, without I/O (PROTOCOL.md section 4).
+The native add-in's byte protocol, without I/O (docs/protocol.md section 4).
 
 Invariants:
 

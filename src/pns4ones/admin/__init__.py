@@ -1,1 +1,1 @@
-"""The admin web panel (PROTOCOL.md section 6): see :mod:`pns4ones.admin.app`."""
+"""The admin web panel (docs/protocol.md section 6): see :mod:`pns4ones.admin.app`."""

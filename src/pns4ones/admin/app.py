@@ -1,5 +1,5 @@
 """
-The admin web panel (PROTOCOL.md section 6): a Klein application over the
+The admin web panel (docs/protocol.md section 6): a Klein application over the
 store and the core, served on loopback only by :class:`AdminSite`.
 
 Safe by construction:

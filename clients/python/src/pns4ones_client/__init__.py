@@ -1,12 +1,14 @@
 """
 Client side of pns4ones: send through the HTTP API, listen like the 1C add-in.
 
-Blocking (standard library + cryptography): :class:`Sender`, :class:`Listener`,
-:class:`Subscriber` (one connection, exactly as the add-in).  Twisted (extra
-``[twisted]``): :mod:`pns4ones_client.tx` (``TwistedSender``, ``TwistedListener``).
+Blocking (standard library + cryptography): :class:`Sender` (the whole send
+API: messages with or without a TTL, batches, groups, presence, tickets),
+:class:`Listener`, :class:`Subscriber` (one connection, exactly as the add-in).
+Twisted (extra ``[twisted]``): :mod:`pns4ones_client.tx` (``TwistedSender``,
+``TwistedListener``).
 """
 
-from ._api import SendResult, message, recipient
+from ._api import BatchResult, Group, Presence, SendResult, Ticket, UserPresence, envelope, message, recipient
 from .backoff import Backoff
 from .errors import AuthenticationError, BadRequest, PayloadTooLarge, RateLimited, SendError, ServiceError
 from .listener import Listener, listen
@@ -18,10 +20,13 @@ __all__ = [
     "AuthenticationError",
     "Backoff",
     "BadRequest",
+    "BatchResult",
     "ClientKey",
     "FrameDecoder",
+    "Group",
     "Listener",
     "PayloadTooLarge",
+    "Presence",
     "ProtocolError",
     "RateLimited",
     "SendError",
@@ -29,6 +34,9 @@ __all__ = [
     "Sender",
     "ServiceError",
     "Subscriber",
+    "Ticket",
+    "UserPresence",
+    "envelope",
     "listen",
     "message",
     "recipient",

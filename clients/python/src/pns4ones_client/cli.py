@@ -61,10 +61,11 @@ def _service(text: str) -> tuple[str, int]:
 def send_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pns4ones-send",
-        description='Send one message through the pns4ones send API and print {"sessions", "users"} it reached.',
+        description='Send one message through the pns4ones send API and print the service\'s answer: {"sessions", "users", "stored", ...}.',
         epilog="examples:\n"
         "  PNS4ONES_SERVER_KEY=... pns4ones-send --ib $IB user:$USER 'New order' 'No. 1234' --data order=1234\n"
         "  pns4ones-send --url https://pns.example.com:36696 --ca-file ca.pem --ib $IB all 'Price list updated'\n"
+        "  pns4ones-send --ib $IB user:$USER 'Invoice approved' --ttl 86400   # kept until the user connects (a day at most)\n"
         "exit code 0 when the service accepted the message (even if nobody was connected), 1 otherwise.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -77,6 +78,13 @@ def send_parser() -> argparse.ArgumentParser:
     p.add_argument("--important", action="store_true", help="mark the notification important")
     p.add_argument("--icon", default="", help="notification icon")
     p.add_argument("--action", default="", help="notification action (a 1C navigation link)")
+    p.add_argument(
+        "--ttl",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="keep the message this long for recipients not connected now, delivered when they connect (default: online only)",
+    )
     p.add_argument("--url", default=_env("PNS4ONES_URL", DEFAULT_URL), help=f"send API (env PNS4ONES_URL, default {DEFAULT_URL})")
     p.add_argument("--server-key", default=_env("PNS4ONES_SERVER_KEY"), help="the application's server key (env PNS4ONES_SERVER_KEY)")
     p.add_argument(
@@ -100,7 +108,14 @@ def send_main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: 
         sender = Sender(args.url, args.server_key, ca_file=args.ca_file, timeout=args.timeout)
         recipient = _api.recipient(kind, args.ib, user_id=target if kind == "user" else "", group=target if kind == "group" else "")
         message = _api.message(
-            args.title, args.body, topic=args.topic, data=dict(args.data), important=args.important, icon=args.icon, action=args.action
+            args.title,
+            args.body,
+            topic=args.topic,
+            data=dict(args.data),
+            important=args.important,
+            icon=args.icon,
+            action=args.action,
+            ttl=args.ttl,
         )
         result = sender.send(recipient, message)
     except (ValueError, OSError) as e:
@@ -109,7 +124,7 @@ def send_main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: 
     except SendError as e:
         err.write(f"pns4ones-send: {e}\n")
         return 1
-    out.write(json.dumps({"sessions": result.sessions, "users": result.users}) + "\n")
+    out.write(json.dumps(dict(result.raw) or {"sessions": result.sessions, "users": result.users}, ensure_ascii=False) + "\n")
     return 0
 
 

@@ -70,6 +70,11 @@ def error_from_response(status: int, body: bytes, headers: Any = None) -> SendEr
             retry_after = float(raw)
         except ValueError:
             retry_after = None
+    return error_from_doc(status, doc, retry_after)
+
+
+def error_from_doc(status: int, doc: dict[str, Any], retry_after: float | None = None) -> SendError:
+    """The typed error for a JSON ``{"error", "reason", "field"}`` with ``status`` (a whole answer, or one message of a batch)."""
     cls = _BY_STATUS.get(status, ServiceError)
     field = doc.get("field")
     return cls(

@@ -6,8 +6,11 @@ web application or thread::
     sender.send_to_user(ib_id, user_id, "New order", "No. 1234", data={"order": "1234"})
 
 It asks ``/auth`` once and reuses the token until shortly before it expires; on
-a ``401``/``403`` it asks again once and repeats the send.  Refusals raise a
+a ``401``/``403`` it asks again once and repeats the call.  Refusals raise a
 :class:`~pns4ones_client.errors.SendError` subclass carrying the server's reason.
+
+The whole send API: messages (``ttl=`` keeps them for users not connected),
+batches (``send_batch``), groups, presence and subscription tickets.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from . import _api
-from ._api import SendResult
+from ._api import BatchResult, Group, Presence, Request, SendResult, Ticket, UserPresence
 from .errors import AuthenticationError, SendError, ServiceError, error_from_response
+
+T = TypeVar("T")
 
 USER_AGENT = "pns4ones-client/0.1 (python)"
 
@@ -65,19 +70,15 @@ class Sender:
 
     # -- sending ------------------------------------------------------------------------
 
-    def send(self, recipient: dict[str, Any], message: dict[str, Any]) -> SendResult:
-        """Send ``{"Recipient": recipient, "Message": message}`` as the API documents them."""
-        body = _api.send_body(recipient, message)
-        token = self.token()
-        try:
-            return self._post(token, body)
-        except AuthenticationError:
-            self.refused += 1
-            self._tokens.drop(token)
-        return self._post(self.token(), body)
+    def send(self, recipient: Mapping[str, Any], message: Mapping[str, Any], ttl: float | None = None) -> SendResult:
+        """
+        Send ``{"Recipient": recipient, "Message": message}`` as the API documents
+        them; ``ttl`` (seconds): keep it for recipients not connected now.
+        """
+        return self._call(_api.send_request(recipient, message, ttl), _api.parse_send_result)
 
     def send_to_user(self, ib_id: str, user_id: str, title: str = "", body: str = "", **options: Any) -> SendResult:
-        """Every session of one user; ``options``: topic, data, important, icon, action."""
+        """Every session of one user; ``options``: topic, data, important, icon, action, ttl."""
         return self.send(_api.recipient("user", ib_id, user_id=user_id), _api.message(title, body, **options))
 
     def send_to_group(self, ib_id: str, group: str, title: str = "", body: str = "", **options: Any) -> SendResult:
@@ -85,6 +86,54 @@ class Sender:
 
     def send_to_all(self, ib_id: str, title: str = "", body: str = "", **options: Any) -> SendResult:
         return self.send(_api.recipient("all", ib_id), _api.message(title, body, **options))
+
+    def send_batch(self, items: Iterable[Mapping[str, Any] | tuple[Mapping[str, Any], Mapping[str, Any]]]) -> BatchResult:
+        """
+        ``POST /sendmessages``: many messages in one request, each a
+        ``{"Recipient", "Message"}`` body or a (recipient, message) pair; one
+        result per message (a refused one is its SendError, the others stand).
+        """
+        return self._call(_api.batch_request(items), _api.parse_batch_result)
+
+    # -- groups (the application's own, per information base) -----------------------------
+
+    def groups(self, ib_id: str) -> dict[str, int]:
+        """The groups of an information base: name -> member count."""
+        return self._call(_api.groups_request(ib_id), _api.parse_groups)
+
+    def group(self, ib_id: str, group: str) -> Group:
+        """One group and its members (none for a group that does not exist)."""
+        return self._call(_api.group_request("GET", ib_id, group), _api.parse_group)
+
+    def set_group(self, ib_id: str, group: str, user_ids: Iterable[str]) -> Group:
+        """Make ``user_ids`` the group's members (created if new)."""
+        return self._call(_api.group_request("PUT", ib_id, group, user_ids), _api.parse_group)
+
+    def add_to_group(self, ib_id: str, group: str, user_ids: Iterable[str]) -> Group:
+        """Add members (``raw["added"]``: how many were new)."""
+        return self._call(_api.add_members_request(ib_id, group, user_ids), _api.parse_group)
+
+    def remove_from_group(self, ib_id: str, group: str, user_id: str) -> Group:
+        """Remove one member (``raw["removed"]``: whether it was one)."""
+        return self._call(_api.remove_member_request(ib_id, group, user_id), _api.parse_group)
+
+    def delete_group(self, ib_id: str, group: str) -> int:
+        """Delete a group; the number of members it had."""
+        return self._call(_api.group_request("DELETE", ib_id, group), _api.parse_removed)
+
+    # -- presence and tickets ------------------------------------------------------------
+
+    def presence(self, ib_id: str) -> Presence:
+        """Who of an information base is connected now, with how many sessions."""
+        return self._call(_api.presence_request(ib_id), _api.parse_presence)
+
+    def user_presence(self, ib_id: str, user_id: str) -> UserPresence:
+        """One user's live sessions."""
+        return self._call(_api.presence_request(ib_id, user_id), _api.parse_user_presence)
+
+    def ticket(self, ib_id: str, user_id: str, groups: Iterable[str] = (), ttl: int | None = None) -> Ticket:
+        """A ticket with which a browser or script subscribes as this user over WebSocket/SSE (``ttl``: seconds it is valid)."""
+        return self._call(_api.ticket_request(ib_id, user_id, groups, ttl), _api.parse_ticket)
 
     # -- tokens -------------------------------------------------------------------------
 
@@ -104,12 +153,24 @@ class Sender:
 
     # -- HTTP ---------------------------------------------------------------------------
 
-    def _post(self, token: str, body: bytes) -> SendResult:
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json; charset=utf-8"}
-        status, answer, answer_headers = self._request("POST", "/sendmessage", body, headers)
+    def _call(self, request: Request, parse: Callable[[bytes], T]) -> T:
+        """``request`` with the access token; once more with a fresh one after a 401/403; the answer parsed."""
+        token = self.token()
+        try:
+            return parse(self._authorized(request, token))
+        except AuthenticationError:
+            self.refused += 1
+            self._tokens.drop(token)
+        return parse(self._authorized(request, self.token()))
+
+    def _authorized(self, request: Request, token: str) -> bytes:
+        headers = {"Authorization": f"Bearer {token}"}
+        if request.body is not None:
+            headers["Content-Type"] = "application/json; charset=utf-8"
+        status, answer, answer_headers = self._request(request.method, request.path, request.body, headers)
         if status != 200:
             raise error_from_response(status, answer, answer_headers)
-        return _api.parse_send_result(answer)
+        return answer
 
     def _request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes, Any]:
         request = urllib.request.Request(
@@ -126,4 +187,4 @@ class Sender:
             raise ServiceError(None, "unreachable", f"{method} {self.base_url}{path.split('?')[0]}: {reason}") from e
 
 
-__all__ = ["SendError", "SendResult", "Sender"]
+__all__ = ["BatchResult", "SendError", "SendResult", "Sender"]

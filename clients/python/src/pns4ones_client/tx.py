@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from cryptography import x509
@@ -35,12 +35,13 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
 from . import _api
-from ._api import SendResult
+from ._api import BatchResult, Group, Presence, Request, SendResult, Ticket, UserPresence
 from .backoff import Backoff
 from .errors import AuthenticationError, ServiceError, error_from_response
 from .protocol import ClientKey, FrameDecoder, ProtocolError, registration_frame
 
 USER_AGENT = "pns4ones-client/0.1 (twisted)"
+T = TypeVar("T")
 
 
 class _Headers:
@@ -106,19 +107,9 @@ class TwistedSender:
         """Close pooled connections (call before the reactor stops, or in test cleanup)."""
         return self.pool.closeCachedConnections() if self.pool is not None else defer.succeed(None)
 
-    @defer.inlineCallbacks
-    def send(self, recipient: dict[str, Any], message: dict[str, Any]) -> Any:
-        body = _api.send_body(recipient, message)
-        token = yield self.token()
-        try:
-            result = yield self._post(token, body)
-            return result
-        except AuthenticationError:
-            self.refused += 1
-            self._tokens.drop(token)
-        token = yield self.token()
-        result = yield self._post(token, body)
-        return result
+    def send(self, recipient: Mapping[str, Any], message: Mapping[str, Any], ttl: float | None = None) -> defer.Deferred[SendResult]:
+        """``{"Recipient": recipient, "Message": message}``; ``ttl`` (seconds): keep it for recipients not connected now."""
+        return self._call(_api.send_request(recipient, message, ttl), _api.parse_send_result)
 
     def send_to_user(self, ib_id: str, user_id: str, title: str = "", body: str = "", **options: Any) -> defer.Deferred[SendResult]:
         return self.send(_api.recipient("user", ib_id, user_id=user_id), _api.message(title, body, **options))
@@ -128,6 +119,65 @@ class TwistedSender:
 
     def send_to_all(self, ib_id: str, title: str = "", body: str = "", **options: Any) -> defer.Deferred[SendResult]:
         return self.send(_api.recipient("all", ib_id), _api.message(title, body, **options))
+
+    def send_batch(self, items: Iterable[Mapping[str, Any] | tuple[Mapping[str, Any], Mapping[str, Any]]]) -> defer.Deferred[BatchResult]:
+        """``POST /sendmessages``; see :meth:`pns4ones_client.sender.Sender.send_batch`."""
+        return self._call(_api.batch_request(items), _api.parse_batch_result)
+
+    def groups(self, ib_id: str) -> defer.Deferred[dict[str, int]]:
+        return self._call(_api.groups_request(ib_id), _api.parse_groups)
+
+    def group(self, ib_id: str, group: str) -> defer.Deferred[Group]:
+        return self._call(_api.group_request("GET", ib_id, group), _api.parse_group)
+
+    def set_group(self, ib_id: str, group: str, user_ids: Iterable[str]) -> defer.Deferred[Group]:
+        return self._call(_api.group_request("PUT", ib_id, group, user_ids), _api.parse_group)
+
+    def add_to_group(self, ib_id: str, group: str, user_ids: Iterable[str]) -> defer.Deferred[Group]:
+        return self._call(_api.add_members_request(ib_id, group, user_ids), _api.parse_group)
+
+    def remove_from_group(self, ib_id: str, group: str, user_id: str) -> defer.Deferred[Group]:
+        return self._call(_api.remove_member_request(ib_id, group, user_id), _api.parse_group)
+
+    def delete_group(self, ib_id: str, group: str) -> defer.Deferred[int]:
+        return self._call(_api.group_request("DELETE", ib_id, group), _api.parse_removed)
+
+    def presence(self, ib_id: str) -> defer.Deferred[Presence]:
+        return self._call(_api.presence_request(ib_id), _api.parse_presence)
+
+    def user_presence(self, ib_id: str, user_id: str) -> defer.Deferred[UserPresence]:
+        return self._call(_api.presence_request(ib_id, user_id), _api.parse_user_presence)
+
+    def ticket(self, ib_id: str, user_id: str, groups: Iterable[str] = (), ttl: int | None = None) -> defer.Deferred[Ticket]:
+        return self._call(_api.ticket_request(ib_id, user_id, groups, ttl), _api.parse_ticket)
+
+    @defer.inlineCallbacks
+    def _call_once(self, request: Request, token: str) -> Any:
+        headers = {"Authorization": f"Bearer {token}"}
+        if request.body is not None:
+            headers["Content-Type"] = "application/json; charset=utf-8"
+        status, answer, answer_headers = yield self._request(request.method, request.path, request.body, headers)
+        if status != 200:
+            raise error_from_response(status, answer, answer_headers)
+        return answer
+
+    def _call(self, request: Request, parse: Callable[[bytes], T]) -> defer.Deferred[T]:
+        """``request`` with the shared token; once more with a fresh one after a 401/403; the answer parsed."""
+
+        @defer.inlineCallbacks
+        def call() -> Any:
+            token = yield self.token()
+            try:
+                answer = yield self._call_once(request, token)
+                return parse(answer)
+            except AuthenticationError:
+                self.refused += 1
+                self._tokens.drop(token)
+            token = yield self.token()
+            answer = yield self._call_once(request, token)
+            return parse(answer)
+
+        return call()
 
     def token(self) -> defer.Deferred[str]:
         """The cached token, or the result of the one /auth in flight."""
@@ -159,14 +209,6 @@ class TwistedSender:
         token, expires_at = _api.parse_auth(body, headers.get("Date"), now)
         self._tokens.store(token, expires_at, now)
         return token
-
-    @defer.inlineCallbacks
-    def _post(self, token: str, body: bytes) -> Any:
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json; charset=utf-8"}
-        status, answer, answer_headers = yield self._request("POST", "/sendmessage", body, headers)
-        if status != 200:
-            raise error_from_response(status, answer, answer_headers)
-        return _api.parse_send_result(answer)
 
     @defer.inlineCallbacks
     def _request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> Any:
