@@ -60,8 +60,8 @@ REJECT_REASONS = (
     "unknown-application", "bad-signature", "malformed", "truncated", "signature-length",
     "oversized", "not-allowed", "limit", "other",
 )  # fmt: skip
-#: Subscriptions the server cut: slow reader (send_buffer_limit), idle (no registration in time).
-CUT_REASONS = ("slow-reader", "idle")
+#: Subscriptions the server cut: slow reader (send_buffer_limit), idle (no registration in time), admin (disconnected in the panel).
+CUT_REASONS = ("slow-reader", "idle", "admin")
 #: Routes of the send API listener for the HTTP request counter (anything else: "other").
 ROUTES = {
     b"/auth": "/auth",
@@ -107,7 +107,8 @@ class Metrics(NullMetrics):
         self._rejected = {r: self._registrations.labels("rejected", r) for r in REJECT_REASONS}
         cuts = Counter(
             "pns4ones_subscriptions_cut",
-            "Subscriptions the server cut off: slow-reader (over send_buffer_limit queued), idle (no registration within registration_timeout)",
+            "Subscriptions the server cut off: slow-reader (over send_buffer_limit queued), idle (no registration within registration_timeout), "
+            "admin (disconnected from the admin panel)",
             ["reason"],
             registry=registry,
         )
