@@ -20,6 +20,7 @@ The sessions: two information bases (``erp`` 70 %, ``hr`` 30 %), 8,500 users,
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
 import os
@@ -93,8 +94,8 @@ def connect_all(server: ServerProcess, app: dict[str, str], count: int, panel: P
     key = ClientKey.decode(app["client_key"])
     socks: list[socket.socket] = []
 
-    def registered() -> int:
-        return int(json.loads(panel.request("GET", "/counts.json")[2])["total"])
+    def registered(at_least: int = 0) -> bool:
+        return int(json.loads(panel.request("GET", "/counts.json")[2])["total"]) >= at_least
 
     started = time.monotonic()
     for i in range(count):
@@ -104,8 +105,8 @@ def connect_all(server: ServerProcess, app: dict[str, str], count: int, panel: P
         sock.sendall(registration_frame(key, app["id"], ib, user, ""))
         socks.append(sock)
         if (i + 1) % STEP == 0:
-            wait_for(lambda i=i: registered() >= i + 1 - STEP, 60, 0.02, what=f"{i + 1 - STEP} registrations")
-    wait_for(lambda: registered() == count, 120, 0.05, what=f"{count} registrations")
+            wait_for(functools.partial(registered, i + 1 - STEP), 60, 0.02, what=f"{i + 1 - STEP} registrations")
+    wait_for(functools.partial(registered, count), 120, 0.05, what=f"{count} registrations")
     print(f"{count} add-in sessions registered in {time.monotonic() - started:.1f} s", flush=True)
     return socks
 

@@ -3,13 +3,34 @@
 // every text comes from data- attributes rendered from the message catalogs.
 "use strict";
 
-// Every form with data-confirm asks first; listening on the document also covers rows the live refresh adds.
+// A form with data-confirm asks that first; an Online row's form (data-confirm-online) asks the table's
+// question for its kind, filled with the row's values.  Listening on the document covers rows the refresh adds.
+function confirmText(form) {
+  if (form.dataset.confirm !== undefined) {
+    return form.dataset.confirm;
+  }
+  const kind = form.dataset.confirmOnline;
+  const row = form.closest("tr");
+  const table = form.closest("table");
+  if (!kind || !row || !table) {
+    return null;
+  }
+  const transport = row.dataset.transport;
+  const values = {user: row.dataset.user, ib: row.dataset.ib, session: row.dataset.session, count: row.dataset.count};
+  values.transport = table.dataset["transport" + transport.charAt(0).toUpperCase() + transport.slice(1)] || transport;
+  if (kind === "user") {
+    return fillPattern(table.dataset.confirmUser, values);
+  }
+  return fillPattern(transport === "tcp" ? table.dataset.confirmTcp : table.dataset.confirmWeb, values);
+}
+
 function confirmations() {
   document.addEventListener(
     "submit",
     (event) => {
       const form = event.target;
-      if (form instanceof HTMLFormElement && form.matches("form[data-confirm]") && !window.confirm(form.dataset.confirm)) {
+      const text = form instanceof HTMLFormElement ? confirmText(form) : null;
+      if (text !== null && !window.confirm(text)) {
         event.preventDefault();
       }
     },
@@ -144,7 +165,7 @@ function liveStatus() {
 // The Online view: one page of sessions as JSON at every poll, filled into copies of the page's
 // <template id="online-row"> with textContent (never markup); rows still shown are updated in place.
 function fillPattern(pattern, values) {
-  return (pattern || "").replace(/\{(\w+)\}/g, (whole, name) => (name in values ? String(values[name]) : whole));
+  return (pattern || "").replace(/\{(\w+)\}/g, (whole, name) => (Object.hasOwn(values, name) ? String(values[name]) : whole));
 }
 
 function setText(root, selector, text) {
@@ -166,6 +187,7 @@ function onlineRow(table, template, row) {
   tr.dataset.ib = row.ib;
   tr.dataset.session = row.session;
   tr.dataset.transport = row.transport;
+  tr.dataset.count = String(row.user_sessions);
   tr.dataset.sig = row.sig;
   tr.classList.toggle("remote", row.remote);
   const kind = row.transport.charAt(0).toUpperCase() + row.transport.slice(1);
@@ -193,9 +215,7 @@ function onlineRow(table, template, row) {
     return tr;
   }
   note.remove();
-  one.dataset.confirm = fillPattern(row.transport === "tcp" ? table.dataset.confirmTcp : table.dataset.confirmWeb, values);
   if (row.first && row.user_sessions > 1) {
-    all.dataset.confirm = fillPattern(table.dataset.confirmUser, values);
     all.querySelector("button").textContent = fillPattern(table.dataset.disconnectUser, values);
   } else {
     all.remove();
