@@ -30,9 +30,9 @@ from twisted.logger import Logger
 from twisted.web import resource
 
 from . import __version__, control
+from .http.site import json_body
 from .metrics import Metrics
 from .status import ADMIN_FILE
-from .web import json_body
 
 # -- the figures computed at scrape time ---------------------------------------------------
 
@@ -324,7 +324,7 @@ class Observability:
         admin.resource = AdminRoot(admin.resource, {b"metrics": scrape, b"status.json": StatusResource(service, metrics, self.token)})
         service.metrics_site = None
         if cfg.metrics_listen is not None:
-            from .web import ApiSite
+            from .http.site import ApiSite
 
             guarded = BasicAuth(scrape, cfg.metrics_auth) if cfg.metrics_auth else scrape
             service.metrics_site = ApiSite(MetricsOnly(guarded), cfg.max_body_size, cfg.request_timeout, clock=service.reactor)

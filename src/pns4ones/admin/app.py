@@ -33,9 +33,9 @@ from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ..core import Core
+from ..http.site import ApiSite, BoundedRequest, json_body
 from ..messages import MessageError, parse_send_object
 from ..store import AdminAccount, Store, StoreUnavailable, UnknownApplication
-from ..web import ApiSite, BoundedRequest, json_body
 from . import auth, i18n
 
 SESSION_COOKIE = b"pns4ones_session"
