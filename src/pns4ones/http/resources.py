@@ -11,8 +11,8 @@ Invariants:
   error map do (Klein's own routing errors, 404 and 405, are answered here in
   the same JSON shape).
 * Klein gets the path's segments still percent-encoded (twisted.web would have
-  decoded them, splitting a name holding ``%2F``); a path that is not UTF-8 is
-  a JSON 400.
+  decoded them, splitting a name holding ``%2F``); a path or a Host header that
+  is not UTF-8 is a JSON 400.
 """
 
 from __future__ import annotations
@@ -172,7 +172,11 @@ class _Root(_resource.Resource):
         try:
             request.path.decode("utf-8")
         except UnicodeDecodeError:
-            return _BadPath()
+            return _BadRequest("path", "the path is not (percent-encoded) UTF-8")
+        try:
+            request.getRequestHostname().decode("utf-8")
+        except UnicodeDecodeError:
+            return _BadRequest("Host", "the Host header is not UTF-8")
         request.prepath = []
         request.postpath = request.path[1:].split(b"/")
         return self._klein
@@ -181,13 +185,18 @@ class _Root(_resource.Resource):
         return self._klein.render(request)
 
 
-class _BadPath(_resource.Resource):
-    """A path that is not UTF-8 (Klein would answer in plain text)."""
+class _BadRequest(_resource.Resource):
+    """A path or Host header that is not UTF-8 (Klein would answer in plain text, and log a traceback)."""
 
     isLeaf = True
 
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__()
+        self.field = field
+        self.reason = reason
+
     def render(self, request: Request) -> bytes:
-        return json_body(request, 400, {"error": "bad_request", "field": "path", "reason": "the path is not (percent-encoded) UTF-8"})
+        return json_body(request, 400, {"error": "bad_request", "field": self.field, "reason": self.reason})
 
 
 # -- rendering again once something was looked up ------------------------------------------
