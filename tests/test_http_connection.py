@@ -418,3 +418,19 @@ class EncodingTests(SynchronousTestCase):
         )
         self.assertEqual(call.bearer_token(), TOKEN)
         self.assertIsInstance(front_connection(setup.connect()[0]), FrontConnection)
+
+
+class RestartTests(SynchronousTestCase):
+    def test_answer_awaited_when_a_restart_begins_closes(self) -> None:
+        """A send still awaited when the restart handoff sets closing: its answer says Connection: close and the connection closes after it."""
+        setup = Setup()
+        setup.store.gate = Deferred()
+        proto, transport = setup.connect()
+        proto.dataReceived(send(token=OTHER_TOKEN))
+        self.assertTrue(setup.site.in_progress())
+        setup.site.closing = True
+        setup.site.close_after_answers()
+        setup.store.gate.callback(None)
+        self.assertEqual([(r.status, r.header(b"connection")) for r in responses(transport.value())], [(200, b"close")])
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(setup.site.in_progress())

@@ -583,7 +583,10 @@ class FrontConnection(protocol.Protocol):
         if self.state is CLOSED:
             return
         self.site.on_request(path, answer.status)
-        slot.data = encode_answer(answer, version, bool(slot.close), self.site.closing)
+        closing = self.site.closing
+        if not slot.close and (closing or not self.persistent) and self._pending[-1] is slot and self.state in (IDLE, CLOSING):
+            slot.close = CLOSE  # a restart began meanwhile: the last answer in progress closes the connection
+        slot.data = encode_answer(answer, version, bool(slot.close), closing)
         if not self._feeding:
             self._advance()
             self._flush()
@@ -740,9 +743,6 @@ class FrontConnection(protocol.Protocol):
         """Requests in progress: being received, or not answered yet."""
         count = len(self._pending) + (self.state is HEAD or self.state is BODY)
         return [_IN_PROGRESS] * count
-
-    def setTimeout(self, seconds: float | None) -> None:
-        """(Twisted's channel interface; the factory's sweep does the timing here.)"""
 
 
 @implementer(IProtocolNegotiationFactory)
