@@ -264,6 +264,8 @@ class ApiSite(server.Site):
         # The API reads JSON; parsing form bodies (twisted.web builds an email
         # message per request to read Content-Type) would cost ~10% of a send.
         kwargs.setdefault("parsePOSTFormSubmission", False)
+        if clock is not None:
+            kwargs.setdefault("reactor", clock)  # (twisted.web's own timers: the log date, idle timeouts)
         super().__init__(resource, **kwargs)
         self.trusted_proxies = tuple(trusted_proxies)
         self.max_body_size = max_body_size
