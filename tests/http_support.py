@@ -3,7 +3,8 @@ The send API's HTTP paths in process, for byte-level tests: the front
 connection (pns4ones.http.connection) and twisted.web alone (the reference
 path), each over a StringTransport, in front of the real handlers, core and
 in-process hub; a small in-memory store stands in for SQLite (only tokens and
-applications are read); a recording session stands in for a subscriber.
+applications are read, and token look-ups can be held back); the hub's
+RecordingSession stands in for a subscriber.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pns4ones.http.handlers import Handlers
 from pns4ones.http.resources import SendAPI
 from pns4ones.http.site import ApiSite
 from pns4ones.hub.local import LocalHub
+from pns4ones.hub.testing import RecordingSession
 from pns4ones.store import Application, Snapshot, TokenRecord
 from pns4ones.wire import ClientKey
 
@@ -72,22 +74,9 @@ class MemoryStore:
         return succeed(1)
 
 
-class Recorder:
-    """A live subscription of user u1 in ib1: what it was sent."""
-
-    transport_name = "test"
-    keys = None
-    app_id, ib_id, user_id, group = APP.id, "ib1", "u1", ""
-
-    def __init__(self) -> None:
-        self.got: list[bytes] = []
-
-    def deliver(self, message: Any) -> bool:
-        self.got.append(message.plaintext)
-        return True
-
-    def end(self, reason: str) -> None:
-        pass
+def recorder() -> RecordingSession:
+    """A live subscription of user u1 in ib1 (``plaintexts()``: what it was sent)."""
+    return RecordingSession("u1", (), "ib1", APP.id, APP.client_key)
 
 
 @dataclass
@@ -100,12 +89,12 @@ class Setup:
     trusted: tuple[Any, ...] = ()
     clock: Clock = field(default_factory=Clock)
     store: MemoryStore = field(default_factory=MemoryStore)
-    recorder: Recorder = field(default_factory=Recorder)
+    recorder: RecordingSession = field(default_factory=recorder)
 
     def __post_init__(self) -> None:
         self.core = Core(self.store, LocalHub(), self.clock)  # type: ignore[arg-type]
         self.core.apply_snapshot(self.store.snapshot().result)
-        self.core.hub.attach(self.recorder)
+        self.core.adopt(self.recorder)
         self.handlers = Handlers(self.core, log_sends=False)
         self.site = ApiSite(
             SendAPI(self.handlers).resource(), self.max_body, self.request_timeout, clock=self.clock, trusted_proxies=self.trusted

@@ -54,7 +54,7 @@ class HandlerTests(SynchronousTestCase):
         self.assertEqual(result.status, 200)
         self.assertEqual(result.body, json.dumps({"sessions": 1, "users": 1, "stored": False}).encode())
         self.assertEqual(result.headers[:2], ((b"X-Pns-Sessions", b"1"), (b"X-Pns-Users", b"1")))
-        self.assertEqual(self.setup.recorder.got, [b'{"topic": "t"}'])
+        self.assertEqual(self.setup.recorder.plaintexts(), [b'{"topic": "t"}'])
 
     def test_token_only_the_store_knows(self) -> None:
         """A token another node issued: a Deferred, then 200; the next send with it is answered at once."""
@@ -164,7 +164,7 @@ class KleinRouteTests(SynchronousTestCase):
         code, headers, doc = self.request("POST", "/sendmessage", SEND)
         self.assertEqual((code, doc), (200, {"sessions": 1, "users": 1, "stored": False}))
         self.assertEqual(headers[b"X-Pns-Sessions"], [b"1"])
-        self.assertEqual(self.setup.recorder.got, [b'{"topic": "t"}'])
+        self.assertEqual(self.setup.recorder.plaintexts(), [b'{"topic": "t"}'])
         self.assertEqual(self.request("GET", "/health")[:3:2], (200, {"status": "ok"}))
 
     def test_groups_round_trip(self) -> None:

@@ -88,12 +88,12 @@ class SplitTests(SynchronousTestCase):
         whole = Setup()
         out, _, _ = whole.run([stream])
         self.assertEqual([r.status for r in responses(out)], statuses, out)
-        self.assertEqual(len(whole.recorder.got), delivered)
+        self.assertEqual(len(whole.recorder.plaintexts()), delivered)
         for cut in range(1, len(stream)):
             setup = Setup()
             split, _, _ = setup.run([stream[:cut], stream[cut:]])
             self.assertEqual(without_dates(split), without_dates(out), f"split at {cut}: {stream[:cut]!r} | {stream[cut:]!r}")
-            self.assertEqual(setup.recorder.got, whole.recorder.got, f"split at {cut}")
+            self.assertEqual(setup.recorder.plaintexts(), whole.recorder.plaintexts(), f"split at {cut}")
 
     def test_send_with_content_length(self) -> None:
         """POST /sendmessage with Content-Length split at every byte: one 200, one delivery."""
@@ -120,7 +120,7 @@ class SplitTests(SynchronousTestCase):
         out, closing, _ = setup.run([stream[i : i + 1] for i in range(len(stream))])
         self.assertEqual(without_dates(out), without_dates(whole))
         self.assertEqual([r.status for r in responses(out)], [200, 200, 200, 200])
-        self.assertEqual(setup.recorder.got, [b'{"topic": "a"}', b'{"topic": "b"}', b'{"topic": "c"}'])
+        self.assertEqual(setup.recorder.plaintexts(), [b'{"topic": "a"}', b'{"topic": "b"}', b'{"topic": "c"}'])
         self.assertTrue(closing)
 
 
@@ -235,10 +235,10 @@ class SemanticsTests(SynchronousTestCase):
         setup = Setup()
         out, _, _ = setup.run([chunked(token="bad", trailer=f"Authorization: Bearer {TOKEN}\r\n".encode())])
         self.assertEqual([r.status for r in responses(out)], [401])
-        self.assertEqual(setup.recorder.got, [])
+        self.assertEqual(setup.recorder.plaintexts(), [])
         out, _, _ = setup.run([chunked(trailer=b"Authorization: Bearer bad\r\n")])
         self.assertEqual([r.status for r in responses(out)], [200])
-        self.assertEqual(len(setup.recorder.got), 1)
+        self.assertEqual(len(setup.recorder.plaintexts()), 1)
 
     def test_trailer_never_names_the_sender(self) -> None:
         """From a trusted proxy, X-Forwarded-For in a header names the sender; in a trailer it is ignored."""
@@ -263,7 +263,7 @@ class SemanticsTests(SynchronousTestCase):
             out, closing, _ = setup.run([send(version=version)])
             self.assertEqual([r.status for r in responses(out)], [status], version)
             self.assertTrue(closing)
-            self.assertEqual(setup.recorder.got, [])
+            self.assertEqual(setup.recorder.plaintexts(), [])
         out, closing, _ = Setup().run([send(version="1.0") + send()])
         self.assertTrue(out.startswith(b"HTTP/1.0 200 OK\r\n"))
         self.assertEqual(len(responses(out)), 1)
@@ -292,7 +292,7 @@ class SemanticsTests(SynchronousTestCase):
         answers = responses(out)
         self.assertEqual([(r.status, r.header(b"connection")) for r in answers], [(200, b"close")])
         self.assertTrue(closing)
-        self.assertEqual(setup.recorder.got, [b'{"topic": "t"}'])
+        self.assertEqual(setup.recorder.plaintexts(), [b'{"topic": "t"}'])
 
     def test_restart_closing_says_connection_close(self) -> None:
         """While a restart is under way (site.closing), an answer says Connection: close and the connection closes after it."""
@@ -343,10 +343,10 @@ class AnswerOrderTests(SynchronousTestCase):
         proto.dataReceived(send(token=OTHER_TOKEN, topic="late") + send(topic="second") + get("/health") + send(topic="third"))
         self.assertEqual(transport.value(), b"")
         self.assertEqual(len(front_connection(proto).requests), 4)
-        self.assertEqual(setup.recorder.got, [b'{"topic": "second"}', b'{"topic": "third"}'])
+        self.assertEqual(setup.recorder.plaintexts(), [b'{"topic": "second"}', b'{"topic": "third"}'])
         setup.store.gate.callback(None)
         self.assertEqual([r.status for r in responses(transport.value())], [200, 200, 200, 200])
-        self.assertEqual(setup.recorder.got[-1], b'{"topic": "late"}')
+        self.assertEqual(setup.recorder.plaintexts()[-1], b'{"topic": "late"}')
         self.assertEqual(front_connection(proto).requests, [])
 
     def test_many_pending_answers_pause_reading(self) -> None:
@@ -381,7 +381,7 @@ class AnswerOrderTests(SynchronousTestCase):
         self.assertEqual([r.status for r in answers], [200, 200, 200])
         self.assertIsNone(answers[0].header(b"server"))
         self.assertEqual(answers[2].header(b"server")[:10], b"TwistedWeb")  # type: ignore[index]
-        self.assertEqual(setup.recorder.got, [b'{"topic": "t"}', b'{"topic": "after"}'])
+        self.assertEqual(setup.recorder.plaintexts(), [b'{"topic": "t"}', b'{"topic": "after"}'])
         self.assertNotIn(conn, setup.site.channels)
 
 

@@ -159,7 +159,7 @@ def feed(engine: str, stream: bytes, cuts: list[int]) -> tuple[list[Response], b
     for _ in range(12):  # (twisted.web answers pipelined requests one at a time: each may wait for a look-up slot)
         setup.clock.advance(0.5)
     setup.stop()
-    return read(transport.value()), bool(transport.disconnecting), setup.recorder.got
+    return read(transport.value()), bool(transport.disconnecting), setup.recorder.plaintexts()
 
 
 class DifferentialTests(SynchronousTestCase):

@@ -28,7 +28,7 @@ from .http.handlers import Handlers
 from .http.resources import SendAPI
 from .http.site import ApiSite
 from .hub import HubUnavailable, open_hub
-from .store import StoreError, StoreUnavailable, open_store
+from .store import Store, StoreError, StoreUnavailable, open_store
 from .transports.addin import AddinFactory, configure_socket
 from .transports.web import WebSubscriptions
 
@@ -57,7 +57,7 @@ class PnsService(service.MultiService):
         self.reactor = reactor
         self.tls = tls
         self._old_sighup: Any = None
-        self.store: Any = None
+        self.store: Store | None = None
         self.core: Core | None = None
         self.ports: list[Any] = []
         self.addin_factory: AddinFactory | None = None
@@ -205,9 +205,7 @@ class PnsService(service.MultiService):
 
     def startService(self) -> None:
         super().startService()
-        start_hub = getattr(self.core.hub, "start", None)
-        if start_hub is not None:  # a hub between nodes connects now
-            start_hub()
+        self.core.hub.start()  # a hub between nodes connects now
         d = self.core.reload()
         d.addCallback(self._loaded)
         d.addErrback(self._failed_start)
@@ -227,7 +225,8 @@ class PnsService(service.MultiService):
                 handoff.die()
         for port in self.ports:
             port.startReading()
-        self.store.start_watching(self.core.reload, cfg.store_poll_interval)
+        if self.store is not None:  # (always: build() opened it)
+            self.store.start_watching(self.core.reload, cfg.store_poll_interval)
         self._purge = task.LoopingCall(self._store_task, self.core.purge_tokens, "token purge")
         self._purge.clock = self.reactor
         self._purge.start(3600, now=True).addErrback(lambda f: self.log.failure("token purge failed", f))
@@ -397,9 +396,8 @@ class PnsService(service.MultiService):
             self.web_subscriptions.end_all("service stopping")
         if self.store is not None:
             self.store.stop_watching()
-        close_hub = getattr(self.core.hub, "close", None) if self.core is not None else None
-        if close_hub is not None:
-            yield close_hub()
+        if self.core is not None:
+            yield self.core.hub.close()
         yield self.site.drain(self.reactor, timeout=5.0)
         yield super().stopService()
         # Give queued frames and the goodbye FINs a moment to leave.

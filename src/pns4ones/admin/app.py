@@ -35,7 +35,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from ..core import Core
 from ..http.site import ApiSite, BoundedRequest, json_body
 from ..messages import MessageError, parse_send_object
-from ..store import AdminAccount, Store, StoreUnavailable, UnknownApplication
+from ..store import Admin, AdminAccount, StoreUnavailable, UnknownApplication
 from . import auth, i18n
 
 SESSION_COOKIE = b"pns4ones_session"
@@ -89,7 +89,7 @@ class AdminPanel:
     app = Klein()
     log = Logger()
 
-    def __init__(self, core: Core, store: Store, config: Any, clock: Any) -> None:
+    def __init__(self, core: Core, store: Admin, config: Any, clock: Any) -> None:
         self.core = core
         self.store = store
         self.config = config

@@ -31,9 +31,9 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..core import LEGACY_EPOCH_OFFSET, AuthError, Core, Delivery, IssuedToken
+from ..core import LEGACY_EPOCH_OFFSET, AuthError, Core, IssuedToken
 from ..groups import GroupError, check_name, parse_ttl, parse_user_ids
-from ..hub import HubUnavailable, Report
+from ..hub import Delivery, HubUnavailable
 from ..logs import RateLimited
 from ..messages import MessageError, SendRequest, decode_json_body, parse_send, parse_send_object
 from ..metrics import NULL
@@ -79,17 +79,6 @@ def error_answer(error: BaseException, call: Call | None = None) -> Answer:
     path = call.path.decode("latin-1", "replace") if call is not None else "?"
     log.failure("unexpected error answering {path}", Failure(error), path=path)
     return json_answer(500, {"error": "internal", "reason": "internal error, see the service log"})
-
-
-def _delivery(result: Delivery | Report) -> Delivery:
-    """
-    What a send reached, as one type.  (``Core.send`` answers ``Delivery`` for
-    kept messages and the hub's ``Report`` otherwise; this goes once it always
-    answers ``Delivery``.)
-    """
-    if isinstance(result, Report):
-        return Delivery(result.sessions, result.users)
-    return result
 
 
 class _Outcome:
@@ -258,8 +247,7 @@ class Handlers:
         except GroupError as e:
             raise ApiError(400, "bad_request", f"{e.field} {e.reason}", field=e.field) from None
 
-    def _sent(self, result: Delivery | Report, call: Call, app: Application, send: SendRequest, started: float) -> Answer:
-        delivery = _delivery(result)
+    def _sent(self, delivery: Delivery, call: Call, app: Application, send: SendRequest, started: float) -> Answer:
         self.metrics.sent(app.id, send.recipient.type, perf_counter() - started)
         if self.log_sends:
             log.info(
@@ -337,9 +325,8 @@ class Handlers:
         return json_answer(200, {"results": results, "sessions": sessions, "accepted": accepted}, ((_SESSIONS, b"%d" % sessions),))
 
     def _batch_sent(
-        self, result: Delivery | Report, results: list[dict[str, Any] | None], slot: int, app_id: str, kind: str, started: float
+        self, delivery: Delivery, results: list[dict[str, Any] | None], slot: int, app_id: str, kind: str, started: float
     ) -> None:
-        delivery = _delivery(result)
         self.metrics.sent(app_id, kind, perf_counter() - started)
         results[slot] = {"status": 200, "sessions": delivery.sessions, "users": delivery.users, "stored": delivery.stored}
 
@@ -503,19 +490,19 @@ class Handlers:
     def _presence_of(self, app: Application, call: Call, ib: str, user: str) -> Answer:
         ib_id = self._segment(ib, "IbId")
         user_id = self._segment(user, "UserId")
-        sessions = sorted(self.core.presence(app.id, ib_id).get(user_id, []), key=lambda s: getattr(s, "connected_at", 0.0))
-        out = []
+        sessions = sorted(self.core.presence(app.id, ib_id).get(user_id, []), key=lambda s: s.connected_at)
+        out: list[dict[str, Any]] = []
         for s in sessions:
-            node = getattr(s, "node", None)
+            node = s.node
             if node is not None:  # on another node (a hub between nodes): counted, no details
                 out.append({"node": node, "transport": s.transport_name, "group": s.group})
                 continue
-            since = getattr(s, "connected_at", 0.0)
+            since = s.connected_at
             out.append(
                 {
                     "connected_since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)),
                     "connected_since_unix": round(since, 3),
-                    "peer": getattr(s, "peer", ""),
+                    "peer": s.peer,
                     "group": s.group,
                     "transport": s.transport_name,
                 }

@@ -159,7 +159,7 @@ def lingering_close(channel: Any, response: bytes, seconds: float = 5.0) -> None
     transport = channel.transport
     channel.dataReceived = lambda data: None  # ignore the rest of the request
     transport.write(response)
-    timer = linger(transport, getattr(channel.site, "clock", None) or _default_reactor, seconds)
+    timer = linger(transport, channel.site.clock, seconds)
     if timer is None:
         return
     original_lost = channel.connectionLost
@@ -215,7 +215,7 @@ class ApiChannel(http.HTTPChannel):
         super().allContentReceived()
 
     def checkPersistence(self, request: Any, version: bytes) -> bool:
-        if getattr(self.site, "closing", False):  # a restart is under way: senders reconnect to the next process
+        if self.site.closing:  # a restart is under way: senders reconnect to the next process
             request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
             return False
         return bool(super().checkPersistence(request, version))
@@ -243,9 +243,7 @@ class ApiChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._disarm()
-        site = getattr(self, "site", None)
-        if isinstance(site, ApiSite):
-            site.channels.discard(self)
+        self.site.channels.discard(self)
         super().connectionLost(reason)
 
 

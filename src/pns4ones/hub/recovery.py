@@ -6,6 +6,7 @@ times 1,000 and counting up by one per routed message.  So ids only grow, also
 across restarts (unless more than 1,000 messages a millisecond were sent for the
 whole previous run), and stay below 2**53 (exact in JavaScript).  The Redis hub
 (:mod:`.redis`) uses its streams' ids ``MS-SEQ`` as ``MS * 1000 + SEQ`` instead.
+Id 0 is never given: it means "no id" (a kept message).
 
 Window: per (application, information base), the messages of the last
 ``seconds`` and at most ``limit`` of them, with their recipient.  ``floor`` is
@@ -14,35 +15,39 @@ below the floor may have missed messages.
 
 Invariants: entries are in increasing id order; every id above ``floor`` that
 was routed to this information base is in ``entries``.
+
+A restart handoff carries the windows to the new process: :meth:`Recovery.export`
+gives them as a JSON-ready document, :meth:`Recovery.adopt` continues them in a
+fresh ``Recovery`` (its own bounds applied, ids kept growing), so a web client
+resuming with its last id after a restart gets what it missed, once.  A document
+that does not hold raises :class:`RecoveryError` and changes nothing.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..messages import Message, Recipient
+from ..messages import RECIPIENT_TYPES, Message, Notification, Recipient, parse_addin_json
+from .outbound import Outbound
 
 #: Most windows kept; past it the longest-idle empty ones are forgotten.
 MAX_WINDOWS = 10_000
+#: The format of :meth:`Recovery.export` documents.
+EXPORT_VERSION = 1
+
+
+class RecoveryError(ValueError):
+    """A recovery document that cannot be adopted (another version, a field of the wrong type)."""
 
 
 class Window:
     __slots__ = ("entries", "floor")
 
     def __init__(self, floor: int) -> None:
-        self.entries: deque[tuple[int, float, Recipient, Message, Any]] = deque()
+        self.entries: deque[tuple[int, float, Recipient, Outbound]] = deque()
         self.floor = floor
-
-
-def addressed_to(recipient: Recipient, session: Any) -> bool:
-    if recipient.type == "user":
-        return bool(recipient.user_id == session.user_id)
-    if recipient.type == "group":
-        groups = getattr(session, "groups", None) or ((session.group,) if session.group else ())
-        return recipient.group in groups
-    return True
 
 
 class Recovery:
@@ -60,9 +65,9 @@ class Recovery:
         self.last_id += 1
         return self.last_id
 
-    def record(self, app_id: str, recipient: Recipient, message: Message, outbound: Any, now: float) -> int:
-        """Give the message its id and keep it in its window; returns the id."""
-        message_id = self.next_id()
+    def record(self, app_id: str, recipient: Recipient, outbound: Outbound, now: float) -> int:
+        """Give the message its id (``outbound.id``) and keep it in its window; returns the id."""
+        message_id = outbound.id = self.next_id()
         if self.limit <= 0 or self.seconds <= 0:
             return message_id
         key = (app_id, recipient.ib_id)
@@ -72,7 +77,7 @@ class Recovery:
                 self._forget_idle(now)
             window = self._windows[key] = Window(self._forgotten_floor)
         entries = window.entries
-        entries.append((message_id, now, recipient, message, outbound))
+        entries.append((message_id, now, recipient, outbound))
         if len(entries) > self.limit:
             window.floor = entries.popleft()[0]
         self._expire(window, now)
@@ -95,13 +100,16 @@ class Recovery:
             window = self._windows.pop(key)
             self._forgotten_floor = max(self._forgotten_floor, window.entries[-1][0])
 
-    def replay(self, app_id: str, session: Any, since: int, now: float) -> tuple[int | None, Iterator[tuple[int, Message, Any]]]:
+    def replay(
+        self, app_id: str, ib_id: str, since: int, now: float, wanted: Callable[[Recipient], bool]
+    ) -> tuple[int | None, Iterator[Outbound]]:
         """
-        (the window's floor if ``session`` may have missed messages after ``since``,
-        else None; what it should get after ``since``, in id order).
-        An id from the future (another node, a clock that went back) counts as missed.
+        (the window's floor if a session of ``ib_id`` may have missed messages after
+        ``since``, else None; the messages after ``since`` whose recipient is
+        ``wanted``, in id order).  An id from the future (another node, a clock
+        that went back) counts as missed.
         """
-        window = self._windows.get((app_id, session.ib_id))
+        window = self._windows.get((app_id, ib_id))
         if window is not None:
             self._expire(window, now)
         floor = window.floor if window is not None else self._forgotten_floor
@@ -110,9 +118,109 @@ class Recovery:
             since = floor
         entries = tuple(window.entries) if window is not None else ()
 
-        def matching() -> Iterator[tuple[int, Message, Any]]:
-            for message_id, _, recipient, message, outbound in entries:
-                if message_id > since and addressed_to(recipient, session):
-                    yield message_id, message, outbound
+        def matching() -> Iterator[Outbound]:
+            for message_id, _, recipient, outbound in entries:
+                if message_id > since and wanted(recipient):
+                    yield outbound
 
         return (floor if missed else None), matching()
+
+    # -- handing the windows to another process ---------------------------------------------
+
+    def export(self) -> dict[str, Any]:
+        """Every window, its floor, the last id and the floor of forgotten windows, as a JSON-ready document."""
+        windows = [
+            {
+                "app": app_id,
+                "ib": ib_id,
+                "floor": window.floor,
+                "entries": [[message_id, at, _recipient_json(r), _message_json(o)] for message_id, at, r, o in window.entries],
+            }
+            for (app_id, ib_id), window in self._windows.items()
+        ]
+        return {"version": EXPORT_VERSION, "last_id": self.last_id, "forgotten_floor": self._forgotten_floor, "windows": windows}
+
+    def adopt(self, doc: object, now: float) -> int:
+        """
+        Continue the windows of ``doc`` (:meth:`export` of the previous process)
+        in this one, which has routed nothing yet: its entries under this
+        process's bounds (``seconds``, ``limit``), ids growing from the higher of
+        both last ids.  Returns the number of messages adopted.
+        """
+        if self._windows or self.last_id != self._forgotten_floor:
+            raise RecoveryError("this process has routed messages already")
+        if not isinstance(doc, dict) or doc.get("version") != EXPORT_VERSION:
+            raise RecoveryError(f"not a recovery document of version {EXPORT_VERSION}")
+        last_id = _int(doc.get("last_id"), "last_id")
+        forgotten = _int(doc.get("forgotten_floor"), "forgotten_floor")
+        windows: dict[tuple[str, str], Window] = {}
+        raw_windows = doc.get("windows")
+        if not isinstance(raw_windows, list):
+            raise RecoveryError("windows must be a list")
+        for i, raw in enumerate(raw_windows):
+            if not isinstance(raw, dict) or not isinstance(raw.get("app"), str) or not isinstance(raw.get("ib"), str):
+                raise RecoveryError(f"windows[{i}] must name its application and information base")
+            window = Window(_int(raw.get("floor"), f"windows[{i}].floor"))
+            previous = window.floor
+            entries = raw.get("entries")
+            if not isinstance(entries, list):
+                raise RecoveryError(f"windows[{i}].entries must be a list")
+            for j, entry in enumerate(entries):
+                where = f"windows[{i}].entries[{j}]"
+                if not isinstance(entry, list) or len(entry) != 4:
+                    raise RecoveryError(f"{where} must be [id, time, recipient, message]")
+                message_id, at = _int(entry[0], where), entry[1]
+                if not isinstance(at, (int, float)) or isinstance(at, bool) or not previous < message_id <= last_id:
+                    raise RecoveryError(f"{where}: ids must grow above the floor, up to last_id, with a time")
+                previous = message_id
+                window.entries.append((message_id, float(at), _recipient(entry[2], where), Outbound(_message(entry[3], where), message_id)))
+            windows[(raw["app"], raw["ib"])] = window
+        self.last_id = max(self.last_id, last_id)
+        self._forgotten_floor = forgotten
+        adopted = 0
+        for key, window in windows.items():
+            while len(window.entries) > max(self.limit, 0):
+                window.floor = window.entries.popleft()[0]
+            self._expire(window, now)
+            if len(self._windows) >= MAX_WINDOWS:
+                self._forget_idle(now)
+            self._windows[key] = window
+            adopted += len(window.entries)
+        return adopted
+
+
+def _int(value: object, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise RecoveryError(f"{where} must be an integer")
+    return value
+
+
+def _recipient_json(r: Recipient) -> list[str]:
+    return [r.type, r.ib_id, r.user_id, r.group]
+
+
+def _recipient(raw: object, where: str) -> Recipient:
+    if not isinstance(raw, list) or len(raw) != 4 or not all(isinstance(x, str) for x in raw) or raw[0] not in RECIPIENT_TYPES:
+        raise RecoveryError(f"{where}: bad recipient")
+    return Recipient(raw[0], raw[1], raw[2], raw[3])
+
+
+def _message_json(outbound: Outbound) -> dict[str, Any]:
+    m = outbound.message if outbound.message is not None else parse_addin_json(outbound.plaintext)
+    n = m.notification
+    note = None if n is None else [n.title, n.body, n.icon, n.action, n.important]
+    return {"topic": m.topic, "notification": note, "data": dict(m.data)}
+
+
+def _message(raw: object, where: str) -> Message:
+    if not isinstance(raw, dict) or not isinstance(raw.get("topic"), str):
+        raise RecoveryError(f"{where}: bad message")
+    data, note = raw.get("data"), raw.get("notification")
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise RecoveryError(f"{where}: bad message data")
+    notification = None
+    if note is not None:
+        if not isinstance(note, list) or len(note) != 5 or not all(isinstance(x, str) for x in note[:4]) or not isinstance(note[4], bool):
+            raise RecoveryError(f"{where}: bad notification")
+        notification = Notification(*note)
+    return Message(raw["topic"], notification, data)

@@ -9,16 +9,25 @@ The native add-in's subscription protocol over TCP: a thin adapter around
   what is queued beyond that is bounded by ``send_buffer_limit``, past which the
   slow reader is cut off, so it never holds up anybody else.
 * TCP keepalive with short timings finds peers that vanished (sleeping laptops).
+
+Invariants: a connection joins the hub only through ``Core.subscribe`` after
+an accepted registration and leaves through ``Core.unsubscribe`` (a new
+registration, ``end``, a lost connection, a cut-off reader, a rejected
+frame); ``keys`` is set exactly while it is subscribed.  While it joins,
+``deliver`` queues in ``_held``, bounded like the transport's buffer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import socket
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import protocol
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.tcp import Server
 from twisted.logger import Logger
 from twisted.protocols.basic import IntNStringReceiver
 from zope.interface import implementer
@@ -26,10 +35,10 @@ from zope.interface import implementer
 from .. import wire
 from ..config import Config
 from ..core import Core, RegistrationRejected
-from ..hub import Outbound
+from ..hub import Catchup, Outbound, next_session_id
 from ..logs import RateLimited, session_fields
 from ..metrics import NULL
-from ..txinternals import send_now
+from ..txinternals import send_now, set_handed_over, take_output, unparsed_input
 from ..wire import ClientKey
 
 
@@ -55,9 +64,38 @@ def peer_host(transport: Any) -> str:
     return host
 
 
+def key_fingerprint(key: ClientKey) -> str:
+    """Which client key a subscription registered with, without the secret (a restart handoff checks it is still valid)."""
+    return hashlib.sha256(b"pns4ones-key-id" + key.key + key.iv).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class AddinState:
+    """
+    One add-in connection as it moves to another process (a restart handoff):
+    its subscription, or as much of its registration as it has sent.
+    """
+
+    peer: str
+    #: Registered: the subscription and which client key it registered with (:func:`key_fingerprint`); all "" while registering.
+    app_id: str = ""
+    ib_id: str = ""
+    user_id: str = ""
+    group: str = ""
+    key: str = ""
+    #: Bytes received and not yet parsed: the start of a (re-)registration frame.
+    inbound: bytes = b""
+    #: Registering: seconds left until its registration deadline (None once registered).
+    registration_left: float | None = None
+
+
 @implementer(IPushProducer)
 class AddinProtocol(IntNStringReceiver):
-    """One add-in connection; a :class:`pns4ones.hub.Session` once registered."""
+    """
+    One add-in connection; a :class:`pns4ones.hub.Session` once registered: it
+    joins with ``Core.subscribe`` after each accepted registration and leaves
+    with ``Core.unsubscribe`` (re-registration, end, connection lost, cut off).
+    """
 
     structFormat = "<H"
     prefixLength = 2
@@ -68,16 +106,27 @@ class AddinProtocol(IntNStringReceiver):
     app_id = ib_id = user_id = group = ""
     keys: ClientKey | None = None
     peer = ""
+    session_id = ""
+    #: Always this node's (a handed-over connection is this process's once adopted).
+    node: str | None = None
+    #: Messages written (or queued) to the connection.
+    delivered = 0
     _paused = False
     _backlog = 0
     _ended = False
-    #: Live messages buffered while kept messages are read (store and forward).
+    #: Live messages held while the subscription joins (kept messages come first).
     _held: list[Outbound] | None = None
     _held_bytes = 0
     connected_at = 0.0
 
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The add-in registers with one group at most."""
+        return (self.group,) if self.group else ()
+
     def connectionMade(self) -> None:
         factory = self.factory
+        self.session_id = next_session_id(self.transport_name)
         self.peer = peer_host(self.transport)
         self.connected_at = factory.clock.seconds()
         self.MAX_LENGTH = factory.config.max_registration_size
@@ -123,17 +172,19 @@ class AddinProtocol(IntNStringReceiver):
         except wire.WireError as e:
             self.factory.reject(self, e.reason, e.detail)
             return
+        core = self.factory.core
         if self.keys is not None:  # a re-registration replaces the previous one
-            self.factory.core.hub.detach(self)
+            core.unsubscribe(self)
             self.keys = None
         self.app_id, self.ib_id = registration.app_id, registration.ib_id
         self.user_id, self.group = registration.user_id, registration.group
         try:
-            app = self.factory.core.register(self, registration)
+            app = core.register(registration)
         except RegistrationRejected as e:
             self.factory.reject(self, e.reason, e.detail)
             return
         self.keys = app.client_key
+        core.subscribe(self)
         self.factory.registered(self)
         self.factory.metrics.registration_accepted()
         if self.factory.log_info:
@@ -149,7 +200,7 @@ class AddinProtocol(IntNStringReceiver):
         self.factory.connections.discard(self)
         self.factory.registered(self)
         if self.keys is not None:
-            self.factory.core.hub.detach(self)
+            self.factory.core.unsubscribe(self)
             if self.factory.log_info:
                 self.log.info(
                     "subscription ended: peer={peer} app={app_id} ib={ib_id} user={user_id} group={group} transport=tcp",
@@ -173,6 +224,7 @@ class AddinProtocol(IntNStringReceiver):
                 return False
             self._held.append(message)
             return True
+        self.delivered += 1
         if self._paused:
             self._backlog += len(frame)
             if self._backlog > self.factory.config.send_buffer_limit:
@@ -188,14 +240,16 @@ class AddinProtocol(IntNStringReceiver):
         self._held = []
         self._held_bytes = 0
 
-    def release(self, first: list[Outbound]) -> None:
-        """Write ``first`` (the kept messages, oldest first), then what was held."""
+    def release(self, catchup: Catchup) -> None:
+        """Write the catch-up (kept messages, oldest first; the add-in never resumes, so no replay), then what was held."""
         held = self._held or []
         self._held = None
-        for message in first:
-            self.deliver(message)
+        for message in catchup.messages():
+            if not self.deliver(message):
+                return
         for message in held:
-            self.deliver(message)
+            if not self.deliver(message):
+                return
 
     def end(self, reason: str) -> None:
         """Close after writing what is queued (key rotated, removed, shutdown)."""
@@ -203,8 +257,93 @@ class AddinProtocol(IntNStringReceiver):
             return
         self._ended = True
         if self.keys is not None:
-            self.factory.core.hub.detach(self)
+            self.factory.core.unsubscribe(self)
         self.transport.loseConnection()
+
+    def going_away(self, reason: str) -> None:
+        """The process stops serving it: the add-in has nothing to be told (it reconnects on its own), so this ends it."""
+        self.end(reason)
+
+    # -- restart handoff -------------------------------------------------------------------
+
+    @property
+    def reading_kept(self) -> bool:
+        """Kept messages are being read for this subscription (a handoff waits until they are written)."""
+        return self._held is not None
+
+    def export_state(self) -> tuple[AddinState, bytes] | None:
+        """
+        Freeze this connection for a restart handoff and say what it is: it stops
+        reading and writing, leaves the hub and the registration clock, and gives
+        up the bytes queued for it and not sent yet (``pending``: whole frames and
+        the tail of one alike; the new owner writes them first).  Then either
+        :meth:`handed_over` or :meth:`take_back`.  None when it is closing anyway.
+        """
+        transport = self.transport
+        if self._ended or not isinstance(transport, Server) or transport.disconnecting or not transport.connected:
+            return None
+        factory = self.factory
+        deadline = factory.registered(self)
+        pending = take_output(transport)
+        if self.keys is not None:
+            factory.core.unsubscribe(self)
+        left = None if deadline is None else max(0.0, deadline - factory.clock.seconds())
+        key = key_fingerprint(self.keys) if self.keys is not None else ""
+        inbound = unparsed_input(self)
+        return AddinState(self.peer, self.app_id, self.ib_id, self.user_id, self.group, key, inbound, left), pending
+
+    def _tcp(self) -> Server:
+        """The TCP connection (export_state returned a state: it is one)."""
+        transport = self.transport
+        if not isinstance(transport, Server):
+            raise TypeError(f"not a TCP connection: {transport!r}")
+        return transport
+
+    def handed_over(self) -> None:
+        """Another process owns the socket now: forget it here, and never shut it down (this process exits without touching it)."""
+        self._ended = True
+        set_handed_over(self._tcp(), True)
+        self.factory.connections.discard(self)
+
+    def take_back(self, state: AddinState, pending: bytes) -> None:
+        """The handoff failed: serve this connection again as before :meth:`export_state`, its queued bytes first."""
+        transport = self._tcp()
+        set_handed_over(transport, False)
+        self._ended = False
+        factory = self.factory
+        factory.connections.add(self)
+        transport.startReading()
+        if pending:
+            transport.write(pending)
+        if self.keys is not None:
+            factory.core.adopt(self)
+        elif state.registration_left is not None:
+            factory.awaiting_registration(self, state.registration_left)
+
+    def adopt(self, state: AddinState, pending: bytes) -> bool:
+        """
+        Continue a connection another process handed over: write what it had
+        queued first, then attach its subscription again (ended instead when its
+        application was removed or its client key changed meanwhile: False), or
+        let it finish registering with what it had sent and the time it had left.
+        """
+        if pending:
+            self._tcp().write(pending)
+        self.peer = state.peer or self.peer
+        factory = self.factory
+        if state.key:
+            self.app_id, self.ib_id, self.user_id, self.group = state.app_id, state.ib_id, state.user_id, state.group
+            app = factory.core.apps.get(state.app_id)
+            if app is None or key_fingerprint(app.client_key) != state.key:
+                self.end("application removed or client key changed")
+                return False
+            self.keys = app.client_key
+            factory.core.adopt(self)
+        else:
+            factory.awaiting_registration(self, state.registration_left)
+        if state.inbound:
+            self.dataReceived(state.inbound)
+        return True
 
     # IPushProducer: the transport's buffer is full / drained.
     def pauseProducing(self) -> None:
@@ -240,14 +379,15 @@ class AddinFactory(protocol.Factory):
         self._limited = RateLimited(clock, 10.0)
         self._allow = config.service_allow
 
-    def awaiting_registration(self, proto: AddinProtocol) -> None:
-        """Start the registration clock (one periodic sweep, not a timer per client)."""
-        self._pending[proto] = self.clock.seconds() + self.config.registration_timeout
+    def awaiting_registration(self, proto: AddinProtocol, timeout: float | None = None) -> None:
+        """Start the registration clock, ``registration_timeout`` or ``timeout`` (one periodic sweep, not a timer per client)."""
+        self._pending[proto] = self.clock.seconds() + (self.config.registration_timeout if timeout is None else timeout)
         if self._sweeper is None or not self._sweeper.active():
             self._sweeper = self.clock.callLater(min(1.0, self.config.registration_timeout), self._sweep)
 
-    def registered(self, proto: AddinProtocol) -> None:
-        self._pending.pop(proto, None)
+    def registered(self, proto: AddinProtocol) -> float | None:
+        """Stop its registration clock; the deadline it had, if any."""
+        return self._pending.pop(proto, None)
 
     def _sweep(self) -> None:
         now = self.clock.seconds()
@@ -317,7 +457,7 @@ class AddinFactory(protocol.Factory):
         self.metrics.registration_rejected(reason)
         proto._ended = True
         if proto.keys is not None:
-            self.core.hub.detach(proto)
+            self.core.unsubscribe(proto)
             proto.keys = None
         proto.transport.abortConnection()
 
@@ -332,7 +472,7 @@ class AddinFactory(protocol.Factory):
         self.metrics.cut("slow-reader")
         proto._ended = True
         if proto.keys is not None:
-            self.core.hub.detach(proto)
+            self.core.unsubscribe(proto)
         proto.transport.abortConnection()
 
     def end_all(self, reason: str) -> None:
