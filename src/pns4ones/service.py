@@ -234,6 +234,7 @@ class PnsService(service.MultiService):
         self._purge_kept.clock = self.reactor
         self._purge_kept.start(KEPT_PURGE_INTERVAL, now=True).addErrback(lambda f: self.log.failure("kept-message purge failed", f))
         self.ready = True
+        self._store_task(self.admin_panel.prepare, "admin panel set-up")  # no administrator yet: print the set-up code
         self._start_control()
         self.observability.started()
         always = {logs.ALWAYS: True}
