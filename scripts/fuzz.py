@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """
 Coverage-guided fuzzing (atheris) of the pure parsers: the add-in registration
-frame, the /sendmessage body, the INI file and the command line.  Each target
-must only ever raise its own error type; anything else is a crash, reported
-with the input that caused it.
+frame, the /sendmessage body, the INI file and the command line; and of the
+send API's front connection (``http``: any bytes, cut anywhere, must give only
+well-formed answers, never an exception, and never more than the bounds held).
+Each target must only ever raise its own error type; anything else is a crash,
+reported with the input that caused it.
 
     scripts/fuzz                    60 s per target
     scripts/fuzz --seconds 600 registration
@@ -12,10 +14,12 @@ with the input that caused it.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
 import time
+from typing import Any
 
 
 def target_registration(data: bytes) -> None:
@@ -57,7 +61,76 @@ def target_argv(data: bytes) -> None:
         pass
 
 
-TARGETS = {"registration": target_registration, "send": target_send, "ini": target_ini, "argv": target_argv}
+@functools.cache
+def _front_factory() -> Any:
+    """A front connection factory over the real handlers, core and hub, with a store that knows nothing more."""
+    from twisted.internet.defer import succeed
+    from twisted.internet.task import Clock
+
+    from pns4ones import crypto
+    from pns4ones.core import Core
+    from pns4ones.http.connection import FrontFactory
+    from pns4ones.http.handlers import Handlers
+    from pns4ones.http.resources import SendAPI
+    from pns4ones.http.site import ApiSite
+    from pns4ones.hub.local import LocalHub
+    from pns4ones.store import Application, Snapshot, TokenRecord
+    from pns4ones.wire import ClientKey
+
+    class Store:
+        def get_token(self, digest: bytes) -> Any:
+            return succeed(None)
+
+        def list_applications(self) -> Any:
+            return succeed([app])
+
+    app = Application("app", "Fuzz", "s" * 64, ClientKey.generate(), 0.0)
+    token = crypto.derive_token(app.server_key, b"\x01" * 16)
+    clock = Clock()
+    core = Core(Store(), LocalHub(), clock)  # type: ignore[arg-type]
+    core.apply_snapshot(Snapshot((app,), (TokenRecord(crypto.token_digest(token), app.id, b"\x01" * 16, 0.0, 4e9),)))
+    handlers = Handlers(core, log_sends=False)
+    site = ApiSite(SendAPI(handlers).resource(), 8192, 30.0, clock=clock)
+    return FrontFactory(site, handlers, clock)
+
+
+def target_http(data: bytes) -> None:
+    from httptools import HttpParserError, HttpResponseParser
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    if not data:
+        return
+    cuts = sorted({b % len(data) for b in data[:4]})  # the first bytes choose where the stream is cut
+    connection = _front_factory().buildProtocol(None)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
+    connection.makeConnection(transport)
+    at = 0
+    for cut in [*cuts, len(data)]:
+        if transport.disconnecting:
+            break  # (as a TCP transport: no more reading once it is closing)
+        connection.dataReceived(data[at:cut])
+        at = cut
+    connection.connectionLost()
+    out = transport.value()
+    if b"HEAD" in data:
+        return  # (an answer to HEAD has a length but no body: a response parser cannot tell where it ends)
+
+    class Count:
+        complete = 0
+
+        def on_message_complete(self) -> None:
+            self.complete += 1
+
+    count = Count()
+    try:
+        HttpResponseParser(count).feed_data(out)
+    except HttpParserError as e:
+        raise AssertionError(f"malformed answer bytes: {out[:300]!r}") from e
+    assert out == b"" or count.complete >= 1, out[:300]
+
+
+TARGETS = {"registration": target_registration, "send": target_send, "ini": target_ini, "argv": target_argv, "http": target_http}
 SEEDS = {
     "registration": [bytes.fromhex("2000544818abff73ed9fb5b1c4ff200b5704cea4df4f53acb12e17aed6aa13ea5d0b6170700069620075310000")],
     "send": [
@@ -65,6 +138,11 @@ SEEDS = {
     ],
     "ini": [b"listen = *:8092\n; c\nlog level=Error\n"],
     "argv": [b"/listen\x00localhost\x00-log_level=Error\x00--service=*:1"],
+    "http": [
+        b"POST /sendmessage HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}GET /health HTTP/1.1\r\n\r\n",
+        b"POST /sendmessages HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n2;x=y\r\n[]\r\n0\r\nT: 1\r\n\r\n",
+        b"GET /auth?server_key=x HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /groups/ib HTTP/1.1\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
+    ],
 }
 
 
@@ -80,6 +158,7 @@ def _run(name: str, seconds: int) -> None:
             f.write(seed)
     with atheris.instrument_imports():
         import pns4ones.config
+        import pns4ones.http.connection
         import pns4ones.messages
         import pns4ones.wire  # noqa: F401
     atheris.Setup([sys.argv[0], f"-max_total_time={seconds}", "-print_final_stats=1", "-max_len=4096", corpus], TARGETS[name])
@@ -90,7 +169,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=60, help="seconds per target (default 60)")
     parser.add_argument("--child", choices=list(TARGETS), help=argparse.SUPPRESS)
-    parser.add_argument("targets", nargs="*", metavar="TARGET", help="registration, send, ini, argv (default all)")
+    parser.add_argument("targets", nargs="*", metavar="TARGET", help="registration, send, ini, argv, http (default all)")
     args = parser.parse_args()
     if args.child:
         _run(args.child, args.seconds)

@@ -7,9 +7,10 @@ import os
 import queue
 import random
 import re
+import shutil
 import socket
-import ssl
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -408,54 +409,6 @@ class TwistedSendApiTests(ClientTestBase):
         self.assertEqual(sender.auth_requests, 1)
 
 
-class TLSRelay:
-    """A TLS terminator on loopback (stdlib ssl) in front of the real server's plain port."""
-
-    def __init__(self, backend: int, certfile: str, keyfile: str) -> None:
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(certfile, keyfile)
-        self.backend = backend
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        try:
-            with (
-                self.context.wrap_socket(client, server_side=True) as tls,
-                socket.create_connection(("127.0.0.1", self.backend), timeout=10) as plain,
-            ):
-                tls.settimeout(10)
-                threading.Thread(target=self._pump, args=(plain, tls), daemon=True).start()
-                self._pump(tls, plain)
-        except OSError:
-            pass  # a refused handshake (untrusted certificate) ends here
-
-    @staticmethod
-    def _pump(source: socket.socket, target: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                target.sendall(data)
-        except OSError:
-            pass
-        try:
-            target.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        self.listener.close()
-
-
 def make_ca_and_certificate(directory: str) -> tuple[str, str, str]:
     """(ca.pem, server.pem, server.key) for 127.0.0.1, generated with cryptography."""
     import datetime
@@ -498,11 +451,13 @@ def make_ca_and_certificate(directory: str) -> tuple[str, str, str]:
 
 class HTTPSTests(ClientTestBase):
     def setUp(self) -> None:
+        """The server itself speaks HTTPS (ssl_mode FromFileWithPrivateKey) with a certificate of a test CA."""
+        certs = tempfile.mkdtemp(prefix="pns4ones-certs-")
+        self.addCleanup(shutil.rmtree, certs, True)
+        self.ca, cert, key = make_ca_and_certificate(certs)
+        self.ini = f"ssl_mode = FromFileWithPrivateKey\nssl_certificate = {cert}\nssl_certificate_key = {key}\n"
         super().setUp()
-        self.ca, cert, key = make_ca_and_certificate(str(self.server.dir))
-        self.relay = TLSRelay(self.server.api_port, cert, key)
-        self.addCleanup(self.relay.close)
-        self.https = f"https://127.0.0.1:{self.relay.port}"
+        self.https = f"https://127.0.0.1:{self.server.api_port}"
 
     @inlineCallbacks
     def test_https_with_ca_file(self) -> None:

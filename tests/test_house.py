@@ -41,13 +41,7 @@ def calls_of(path: Path, method: str) -> Iterator[int]:
 PUBLIC_UNDERSCORED = frozenset({"_replace", "_asdict", "_fields", "_make", "_exit"})
 
 #: Reaches into private names that other branches are removing (issue 19); each line goes when its fix lands.
-KNOWN = frozenset(
-    {
-        "api.py: reads request._disconnected",  # front door: twisted.web's private flag (notifyFinish() says it publicly)
-        "tokenfetch.py: reads request._disconnected",
-        "lean.py: imports _nameEncoder from twisted.web.http_headers",
-    }
-)
+KNOWN: frozenset[str] = frozenset()
 
 
 def _private(name: str) -> bool:

@@ -199,9 +199,10 @@ class StoreContract:
 
     @inlineCallbacks
     def test_core_adopts_a_token_issued_by_another_node(self) -> None:
-        """A token only the store knows (another node issued it) is looked up once, then checked in memory; an unknown one is 401 after one look-up."""
-        from pns4ones import crypto
-        from pns4ones.core import AuthError, Core, TokenUnknown
+        """A token only the store knows (another node issued it) is looked up once, then resolved from memory; an unknown one is 401 after one look-up."""
+        from twisted.internet.defer import Deferred
+
+        from pns4ones.core import AuthError, Core
         from pns4ones.hub.local import LocalHub
 
         here = Core(self.store, LocalHub(), reactor)
@@ -212,15 +213,16 @@ class StoreContract:
         app = yield other_store.create_application("Shop", time.time())
         yield there.reload()
         issued = yield there.authorize(app.server_key)
-        e = self.assertRaises(TokenUnknown, here.check_token, issued.token)
-        self.assertEqual(e.status, 401, "a caller that does not look it up still answers 401")
-        yield here.fetch_token(e.digest)
-        self.assertEqual(here.check_token(issued.token).id, app.id)
-        bogus = self.assertRaises(TokenUnknown, here.check_token, "not-a-token")
-        yield here.fetch_token(bogus.digest)
-        self.assertFalse(here.token_unchecked(crypto.token_digest("not-a-token")))
-        refused = self.assertRaises(AuthError, here.check_token, "not-a-token")
-        self.assertNotIsInstance(refused, TokenUnknown)
+        looked_up = here.resolve_token(issued.token)
+        self.assertIsInstance(looked_up, Deferred, "the first resolution asks the store")
+        self.assertEqual((yield looked_up).id, app.id)
+        self.assertEqual(here.resolve_token(issued.token).id, app.id)
+        bogus = here.resolve_token("not-a-token")
+        self.assertIsInstance(bogus, Deferred)
+        e = yield self.assertFailure(bogus, AuthError)
+        self.assertEqual(e.status, 401)
+        refused = self.assertRaises(AuthError, here.resolve_token, "not-a-token")
+        self.assertEqual(refused.status, 401, "known to be absent: refused from memory")
 
     @inlineCallbacks
     def test_changes_are_announced(self) -> None:

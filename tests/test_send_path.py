@@ -1,8 +1,9 @@
 """
-The lean HTTP path of the send API (pns4ones.lean) against the real process:
-the same answers as twisted.web byte for byte, HTTP details, switching to
-twisted.web for every other route, TLS, hostile input; and its request parser
-adapter under random chunking (hypothesis).
+The send API's front connection (pns4ones.http.connection) against the real
+process: the same answers as twisted.web byte for byte, HTTP details, the other
+routes answered by twisted.web on the same connection, TLS, hostile input, and
+the four defects of issue 18 (each fails on the lean path it replaced).
+The byte-level tests in process are in test_http_connection.py.
 """
 
 from __future__ import annotations
@@ -12,12 +13,10 @@ import random
 import socket
 import ssl
 import time
+from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import TestCase
 
 from pns4ones_client import Subscriber
 
@@ -349,14 +348,21 @@ class Servers(TestCase):
             time.sleep(0.05)
         self.assertEqual(c.response()[1], b'{"status": "ok"}')
 
-    def test_pipelined_other_route_behind_a_send(self) -> None:
-        """GET /health pipelined behind a send in one chunk: the send is answered, then 400 pipelined_request and close."""
-        c = self.conn().send(request("POST", "/sendmessage", send_doc("nobody"), self.tokens["lean"]) + request("GET", "/health"))
-        self.assertEqual(status(c.response()[0]), 200)
-        head, body = c.response()
-        self.assertEqual(status(head), 400)
-        self.assertEqual(json.loads(body)["error"], "pipelined_request")
-        self.assertTrue(c.closed())
+    def test_pipelined_other_routes_behind_a_send(self) -> None:
+        """GET /health and GET /presence (twisted.web) pipelined between sends in one chunk: all answered, in order, on one connection."""
+        t = self.tokens["lean"]
+        c = self.conn().send(
+            request("POST", "/sendmessage", send_doc("u1", Topic="q1"), t)
+            + request("GET", "/presence/ib1/u1", token=t)
+            + request("GET", "/nothing-here")
+            + request("POST", "/sendmessage", send_doc("u1", Topic="q2"), t)
+        )
+        answers = [c.response() for _ in range(4)]
+        self.assertEqual([status(h) for h, _ in answers], [200, 200, 404, 200])
+        self.assertTrue(json.loads(answers[1][1])["online"])
+        self.assertIn(b"Server: TwistedWeb", answers[1][0])
+        self.assertEqual([self.subs[0].receive(5)["topic"] for _ in range(2)], ["q1", "q2"])
+        self.assertFalse(c.closed(0.2))
 
     def test_garbage_gets_400_and_the_server_goes_on(self) -> None:
         """Random bytes, at a connection's start or behind a good request: 400 and close; sends still work."""
@@ -459,125 +465,147 @@ class TlsTests(TestCase):
         self.assertLess(time.monotonic() - started, 5)
         self.assertTrue(c.closed())
 
-
-# -- the parser adapter in process, under random chunking ----------------------------------
-
-
-class _Api:
-    """Records what the hot handlers were given (the adapter is what is under test here)."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[bytes, bytes, bytes, bytes | None]] = []
-        self.sendmessage = self.sendmessages = self.auth = self.handle
-
-    def handle(self, request: Any) -> bytes:
-        self.seen.append((request.method, request.uri, request.content.read(), request.getHeader(b"authorization")))
-        request.setHeader(b"Content-Type", b"text/plain")
-        return b"#%d" % len(self.seen)
-
-    def respond(self, handler: Any, request: Any, later: Any) -> bytes:
-        return handler(request)
+    def test_alpn_offers_http_1_1(self) -> None:
+        """A client offering h2 and http/1.1 over ALPN gets http/1.1, and is answered on it."""
+        self.context.set_alpn_protocols(["h2", "http/1.1"])
+        c = Conn(self.server.api_port, tls=self.context)
+        self.addCleanup(c.close)
+        self.assertEqual(c.sock.selected_alpn_protocol(), "http/1.1")
+        self.assertEqual(status(c.send(request("GET", "/health")).response()[0]), 200)
 
 
-def _site() -> Any:
-    from twisted.web.resource import Resource
-
-    from pns4ones.web import ApiSite
-
-    return ApiSite(Resource(), max_body_size=10_000, request_timeout=30)
-
-
-hot_request = st.tuples(
-    st.sampled_from([(b"POST", b"/sendmessage"), (b"POST", b"/sendmessages"), (b"GET", b"/auth")]),
-    st.binary(max_size=200),
-    st.booleans(),
-    st.text(alphabet="abcdef0123456789", max_size=10),
-)
+def rss_kib(pid: int) -> int:
+    """The resident set size of a process, KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
 
 
-class ParserAdapterTests(SynchronousTestCase):
-    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(st.lists(hot_request, min_size=1, max_size=5), st.lists(st.integers(min_value=1, max_value=400), max_size=12))
-    def test_any_chunking_gives_the_same_requests_and_answers(self, reqs: Any, cuts: Any) -> None:
-        """Pipelined hot requests (plain or chunked bodies) split anywhere: the handlers see the same requests, answers in order."""
-        from pns4ones.lean import LeanFactory
+def flood(c: Conn, prefix: bytes, total: int, chunk: bytes = b"a" * 65536) -> None:
+    """Send ``prefix`` and then ``chunk`` until ``total`` bytes or until the server stops taking them."""
+    c.sock.settimeout(5)
+    try:
+        c.send(prefix)
+        sent = 0
+        while sent < total:
+            c.sock.sendall(chunk)
+            sent += len(chunk)
+    except OSError:
+        pass  # the server closed after answering
 
-        stream = b""
-        expected = []
-        for (method, path), body, chunked, query in reqs:
-            uri = path + (b"?q=" + query.encode() if query else b"")
-            if chunked:
-                encoded = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
-                stream += b"%s %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\nTransfer-Encoding: chunked\r\n\r\n%s" % (
-                    method,
-                    uri,
-                    encoded,
-                )
-            else:
-                stream += b"%s %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\nContent-Length: %d\r\n\r\n%s" % (
-                    method,
-                    uri,
-                    len(body),
-                    body,
-                )
-            expected.append((method, uri, body, b"Bearer t"))
-        api = _Api()
-        factory = LeanFactory(_site(), api, clock=__import__("twisted.internet.task", fromlist=["Clock"]).Clock())
-        channel = factory.buildProtocol(None)
-        transport = StringTransport()
-        channel.makeConnection(transport)
-        position = 0
-        for size in cuts:
-            channel.dataReceived(stream[position : position + size])
-            position += size
-        channel.dataReceived(stream[position:])
-        self.assertEqual(api.seen, expected)
-        answers = transport.value().split(b"HTTP/1.1 200 OK\r\n")[1:]
-        self.assertEqual([a.rsplit(b"\r\n\r\n", 1)[1] for a in answers], [b"#%d" % (i + 1) for i in range(len(expected))])
-        self.assertFalse(transport.disconnecting)
 
-    @settings(max_examples=200, deadline=None)
-    @given(st.binary(min_size=1, max_size=300))
-    def test_garbage_never_raises(self, garbage: bytes) -> None:
-        """Any bytes after a good request: no exception escapes; the good request is answered first."""
-        from twisted.internet.task import Clock
+class DefectTests(TestCase):
+    """The four defects found by probing the lean path (issue 18), each against the real process."""
 
-        from pns4ones.lean import LeanFactory
+    server: ServerProcess
+    app: dict[str, str]
+    token: str
+    sub: Subscriber
 
-        api = _Api()
-        factory = LeanFactory(_site(), api, clock=Clock())
-        channel = factory.buildProtocol(None)
-        transport = StringTransport()
-        channel.makeConnection(transport)
-        channel.dataReceived(b"POST /sendmessage HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}" + garbage)
-        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK\r\n"))
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.server = ServerProcess(ini=COMMON_INI.replace("request_timeout = 1", "request_timeout = 3") + "store_poll_interval = 60\n")
+        cls.app = cls.server.create_app("Shop")
+        cls.server.start()
+        conn = Conn(cls.server.api_port).send(request("GET", f"/auth?server_key={cls.app['server_key']}", headers="Connection: close\r\n"))
+        cls.token = json.loads(conn.response()[1])["access_token"]
+        conn.close()
+        cls.sub = Subscriber(
+            "127.0.0.1", cls.server.service_port, cls.app["id"], cls.app["client_key"], "ib1", "u1", "", timeout=5
+        ).connect()
+        wait_for(lambda: "subscription registered" in cls.server.log(), what="the subscription")
 
-    def test_late_answer_keeps_pipelined_order(self) -> None:
-        """An answer that comes later (a Deferred) holds back the answers pipelined behind it, which then follow in order."""
-        from twisted.internet.defer import Deferred
-        from twisted.internet.task import Clock
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.sub.close()
+        cls.server.cleanup()
 
-        from pns4ones.api import SendAPI
-        from pns4ones.lean import LeanFactory
+    def setUp(self) -> None:
+        self.sub.receive_all(0.05)
 
-        late: Deferred[bytes] = Deferred()
+    def conn(self, source: str = "127.0.0.1") -> Conn:
+        c = Conn(self.server.api_port, source=source)
+        self.addCleanup(c.close)
+        return c
 
-        class Api(_Api):
-            def handle(self, request: Any) -> Any:
-                body = super().handle(request)
-                return late.addCallback(lambda _: body) if request.path == b"/auth" else body
+    def chunked(self, auth: str, trailer: bytes, headers: str = "") -> bytes:
+        body = send_doc("u1", Topic="trailer")
+        return (
+            f"POST /sendmessage HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\n{headers}\r\n".encode()
+            + b"%x\r\n%s\r\n0\r\n" % (len(body), body)
+            + trailer
+            + b"\r\n"
+        )
 
-            respond = SendAPI.respond
-            _error_body = SendAPI._error_body
+    def test_never_ending_head_parts_are_refused_and_memory_released(self) -> None:
+        """(Defect 1) A header value, a header name or a chunked trailer that never ends: 431/400 within 64 KiB, closed, the memory given back."""
+        assert self.server.proc is not None
+        pid = self.server.proc.pid
+        before = rss_kib(pid)
+        cases = [
+            (b"POST /sendmessage HTTP/1.1\r\nHost: x\r\nX-Long: ", 431),
+            (b"POST /sendmessage HTTP/1.1\r\nHost: x\r\nX-", 431),
+            (b"POST /sendmessage HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Trailer: ", 400),
+        ]
+        for prefix, expected in cases:
+            c = self.conn()
+            flood(c, prefix, 24 * 1024 * 1024)
+            head, body = c.response()
+            self.assertEqual(status(head), expected, body)
+            self.assertTrue(c.closed())
+        self.assertLess(rss_kib(pid) - before, 16 * 1024, "the server kept the flooded bytes")
+        self.assertEqual(status(self.conn().send(request("POST", "/sendmessage", send_doc("nobody"), self.token)).response()[0]), 200)
 
-        channel = LeanFactory(_site(), Api(), clock=Clock()).buildProtocol(None)
-        transport = StringTransport()
-        channel.makeConnection(transport)
-        channel.dataReceived(b"GET /auth HTTP/1.1\r\n\r\nPOST /sendmessage HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}")
-        channel.dataReceived(b"POST /sendmessage HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}")
-        self.assertEqual(transport.value(), b"")
-        self.assertEqual(len(channel.requests), 3)
-        late.callback(None)
-        bodies = [a.rsplit(b"\r\n\r\n", 1)[1] for a in transport.value().split(b"HTTP/1.1 200 OK\r\n")[1:]]
-        self.assertEqual(bodies, [b"#1", b"#2", b"#3"])
-        self.assertEqual(channel.requests, [])
+    def test_trailer_fields_never_replace_header_fields(self) -> None:
+        """(Defect 2) A valid token in a trailer does not authorize a bad header; a bad one in a trailer does not refuse a good header; nor does a trailer name the sender."""
+        head, body = self.conn().send(self.chunked("Bearer not-a-token", f"Authorization: Bearer {self.token}\r\n".encode())).response()
+        self.assertEqual(status(head), 401, body)
+        self.assertEqual(self.sub.receive_all(0.3), [])
+        head, body = self.conn().send(self.chunked(f"Bearer {self.token}", b"Authorization: Bearer not-a-token\r\n")).response()
+        self.assertEqual(status(head), 200, body)
+        self.assertEqual(self.sub.receive(5), {"topic": "trailer"})
+        c = self.conn(source="127.0.0.2")
+        head, _ = c.send(
+            self.chunked(f"Bearer {self.token}", b"X-Forwarded-For: 203.0.113.77\r\n", "X-Forwarded-For: 198.51.100.9\r\n")
+        ).response()
+        self.assertEqual(status(head), 200)
+        wait_for(lambda: "peer=198.51.100.9" in self.server.log(), what="the header's forwarded peer in the log")
+        self.assertNotIn("203.0.113.77", self.server.log())
+
+    def test_only_http_1_0_and_1_1(self) -> None:
+        """(Defect 3) POST /sendmessage HTTP/2.0 (or 0.9) over HTTP/1: 505, the connection closed, nothing delivered."""
+        for version in ("2.0", "0.9"):
+            c = self.conn().send(request("POST", "/sendmessage", send_doc("u1", Topic="v"), self.token, version=version))
+            head, body = c.response()
+            self.assertEqual(head.split(b"\r\n")[0], b"HTTP/1.1 505 HTTP Version Not Supported")
+            self.assertEqual(json.loads(body)["error"], "http_version_not_supported")
+            self.assertTrue(c.closed())
+        self.assertEqual(self.sub.receive_all(0.3), [])
+
+    def test_request_timeout_runs_from_the_first_byte_on_every_route(self) -> None:
+        """(Defect 4) A slow PUT /groups (answered by twisted.web) gets its 408 request_timeout after its first byte, not later."""
+        c = self.conn()
+        started = time.monotonic()
+        head = f"PUT /groups/ib1/g1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {self.token}\r\nContent-Length: 100\r\n\r\n".encode()
+        for i in range(0, len(head), 8):  # the head over about 2 s, then part of the body
+            c.send(head[i : i + 8])
+            time.sleep(2.0 / (len(head) / 8))
+        c.send(b'{"UserIds": [')
+        answer, body = c.response()
+        elapsed = time.monotonic() - started
+        self.assertEqual(status(answer), 408, body)
+        self.assertGreaterEqual(elapsed, 2.9)
+        self.assertLess(elapsed, 4.3, "the request's clock restarted when the head was complete")
+        self.assertTrue(c.closed())
+
+    def test_auth_finds_an_application_created_a_moment_ago(self) -> None:
+        """(Item 4) GET /auth with the server key of an application created just now by pns4ones-admin: 200 at once, not 401."""
+        app = self.server.create_app("Fresh")
+        head, body = self.conn().send(request("GET", f"/auth?server_key={app['server_key']}")).response()
+        self.assertEqual(status(head), 200, body)
+        token = json.loads(body)["access_token"]
+        head, body = self.conn().send(request("POST", "/sendmessage", send_doc("nobody"), token)).response()
+        self.assertEqual(status(head), 200, body)
+        head, body = self.conn().send(request("GET", "/auth?server_key=" + "0" * 64)).response()
+        self.assertEqual((status(head), json.loads(body)["error"]), (401, "unauthorized"))

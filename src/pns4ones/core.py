@@ -51,20 +51,10 @@ class AuthError(Exception):
         self.reason = reason
 
 
-class TokenUnknown(AuthError):
-    """
-    A token this node has not seen: another node may have issued it a moment
-    ago.  The caller asks :meth:`Core.fetch_token` and checks again; a caller
-    that does not answers 401, as before.
-    """
-
-    def __init__(self, digest: bytes) -> None:
-        super().__init__(401, "invalid access token")
-        self.digest = digest
-
-
 #: How many digests of unknown tokens are remembered (then forgotten at once).
 MAX_ABSENT_TOKENS = 100_000
+#: Seconds between two store look-ups of server keys this node does not know (``/auth``).
+SERVER_KEY_LOOKUP_INTERVAL = 0.5
 
 
 class RegistrationRejected(Exception):
@@ -194,6 +184,11 @@ class Core:
         #: Digests the store did not know either (tokens are never reused: no expiry needed).
         self._absent: set[bytes] = set()
         self._fetching: dict[bytes, list[Deferred[None]]] = {}
+        # /auth with an unknown server key: requests waiting for the next look-up, its timer, the last one's start.
+        self._key_waiters: list[Deferred[None]] = []
+        self._key_timer: Any = None
+        self._key_lookup_running = False
+        self._key_lookup_at = float("-inf")
         self._listeners: list[Callable[[], None]] = []
         #: Sessions between subscribe() and their release.
         self._joining: dict[Session, _Join] = {}
@@ -237,12 +232,38 @@ class Core:
         return ended
 
     # -- tokens -------------------------------------------------------------------
+    #
+    # Token resolution is one step, ``resolve_token``: a value when this node can
+    # answer from memory (the hot path: a dict look-up), a Deferred when the store
+    # must be asked (a token another node issued a moment ago).  Invariant: once
+    # ``fetch_token(digest)`` has fired, ``resolve_digest(digest)`` answers from
+    # memory in the same reactor turn (the digest is in ``_tokens`` or ``_absent``),
+    # so a caller that resolves again after a look-up never loops.
 
-    @inlineCallbacks
-    def authorize(self, server_key: str) -> Any:
-        """``/auth``: the current token while it has over half its life, else a new one."""
-        app = self._by_server_key.get(server_key) if server_key else None
-        if app is None or not crypto.constant_time_equal(app.server_key, server_key):
+    def authorize(self, server_key: str) -> IssuedToken | Deferred[IssuedToken]:
+        """
+        ``/auth``: the current token while it has over half its life, else a new
+        one (a Deferred: the store writes it).  A server key this node does not
+        know is looked for in the store first (an application created a moment
+        ago by ``pns4ones-admin create``), at most once per
+        ``SERVER_KEY_LOOKUP_INTERVAL`` for all such requests together.
+        :class:`AuthError` (401) for a key the store does not know either.
+        """
+        if not server_key:
+            raise AuthError(401, "unknown server key")
+        app = self._by_server_key.get(server_key)
+        if app is None:
+            return self._look_up_server_key().addCallback(lambda _: self._authorize_known(server_key))
+        return self._issue(app, server_key)
+
+    def _authorize_known(self, server_key: str) -> IssuedToken | Deferred[IssuedToken]:
+        app = self._by_server_key.get(server_key)
+        if app is None:
+            raise AuthError(401, "unknown server key")
+        return self._issue(app, server_key)
+
+    def _issue(self, app: Application, server_key: str) -> IssuedToken | Deferred[IssuedToken]:
+        if not crypto.constant_time_equal(app.server_key, server_key):
             raise AuthError(401, "unknown server key")
         now = self.clock.seconds()
         best: TokenRecord | None = None
@@ -255,30 +276,93 @@ class Core:
         token_id = crypto.new_token_id()
         token = crypto.derive_token(app.server_key, token_id)
         record = TokenRecord(crypto.token_digest(token), app.id, token_id, now, now + self.token_lifetime)
-        yield self.store.add_token(record)
+        return self.store.add_token(record).addCallback(self._issued, app, token, record)
+
+    def _issued(self, _: object, app: Application, token: str, record: TokenRecord) -> IssuedToken:
         self._tokens[record.digest] = record
         self.metrics.token_issued(app.id)
         self.log.info("issued an access token to application {app_id}", app_id=app.id)
         return IssuedToken(token, record.expires_at)
 
-    def check_token(self, token: str) -> Application:
-        """The application a bearer token belongs to; :class:`AuthError` otherwise."""
+    def _look_up_server_key(self) -> Deferred[None]:
+        """
+        Fires once the store's applications were read by a look-up that started
+        after this call (so an application created before the request is seen),
+        and adopted if the store has any this node does not know.  Look-ups are
+        shared by every request waiting for one and start at most once per
+        ``SERVER_KEY_LOOKUP_INTERVAL``: random server keys cannot turn into a query
+        each.  Fails with StoreUnavailable when the store cannot answer.
+        """
+        d: Deferred[None] = Deferred()
+        self._key_waiters.append(d)
+        self._schedule_key_lookup()
+        return d
+
+    def _schedule_key_lookup(self) -> None:
+        if self._key_timer is not None or self._key_lookup_running or not self._key_waiters:
+            return
+        delay = max(0.0, self._key_lookup_at + SERVER_KEY_LOOKUP_INTERVAL - self.clock.seconds())
+        self._key_timer = self.clock.callLater(delay, self._run_key_lookup)
+
+    def _run_key_lookup(self) -> None:
+        self._key_timer = None
+        waiters, self._key_waiters = self._key_waiters, []
+        self._key_lookup_running = True
+        self._key_lookup_at = self.clock.seconds()
+
+        def adopt(apps: list[Application]) -> Deferred[None] | None:
+            if any(self._by_server_key.get(a.server_key) != a for a in apps):
+                return self.reload()  # new or changed applications: adopt the store's whole state
+            return None
+
+        def done(result: object) -> None:
+            self._key_lookup_running = False
+            for waiter in waiters:
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(None)
+            self._schedule_key_lookup()
+
+        self.store.list_applications().addCallback(adopt).addBoth(done)
+
+    def resolve_token(self, token: str) -> Application | Deferred[Application]:
+        """
+        The application a bearer token belongs to: at once from memory, or a
+        Deferred when the store must be asked (a token another node issued).
+        :class:`AuthError` (raised, or as the Deferred's failure): 401 missing or
+        unknown, 403 expired; :class:`~pns4ones.store.StoreUnavailable` when the
+        store cannot answer.
+        """
         if not token:
             raise AuthError(401, "missing access token (Authorization: Bearer ...)")
-        digest = crypto.token_digest(token)
+        record = self.resolve_digest(crypto.token_digest(token))
+        if isinstance(record, Deferred):
+            return record.addCallback(self._application_of)
+        return self._application_of(record)
+
+    def resolve_digest(self, digest: bytes) -> TokenRecord | Deferred[TokenRecord]:
+        """The record of the access token with this digest: from memory, or from the store (a Deferred); AuthError(401) if neither knows it."""
         record = self._tokens.get(digest)
-        if record is None and digest not in self._absent:
-            raise TokenUnknown(digest)
-        app = self.apps.get(record.app_id) if record is not None else None
-        if record is None or app is None:
+        if record is not None:
+            return record
+        if digest in self._absent:
+            raise AuthError(401, "invalid access token")
+        return self.fetch_token(digest).addCallback(self._fetched, digest)
+
+    def _fetched(self, _: object, digest: bytes) -> TokenRecord:
+        record = self._tokens.get(digest)
+        if record is None:
+            raise AuthError(401, "invalid access token")
+        return record
+
+    def _application_of(self, record: TokenRecord) -> Application:
+        app = self.apps.get(record.app_id)
+        if app is None:
             raise AuthError(401, "invalid access token")
         if record.expires_at <= self.clock.seconds():
             raise AuthError(403, "access token expired: call /auth again")
         return app
-
-    def token_unchecked(self, digest: bytes) -> bool:
-        """Neither in memory nor known to be absent from the store: worth :meth:`fetch_token`."""
-        return digest not in self._tokens and digest not in self._absent
 
     def fetch_token(self, digest: bytes) -> Deferred[None]:
         """

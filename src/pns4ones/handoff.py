@@ -74,8 +74,8 @@ from .transports.addin import AddinFactory, AddinProtocol, AddinState
 from .txinternals import set_handed_over
 
 if TYPE_CHECKING:
+    from .http.site import ApiSite
     from .service import PnsService
-    from .web import ApiSite
 
 T = TypeVar("T")
 

@@ -49,7 +49,7 @@ class NullMetrics:
     def token_issued(self, app_id: str) -> None:
         pass
 
-    def http_request(self, request: Any) -> None:
+    def http_request(self, path: bytes, status: int) -> None:
         pass
 
 
@@ -195,13 +195,13 @@ class Metrics(NullMetrics):
             child = self._token_children[app_id] = self._tokens.labels(app_id)
         child.inc()
 
-    def http_request(self, request: Any) -> None:
-        """The API site's per-request hook (instead of an access log line)."""
-        key = (request.path, request.code)
+    def http_request(self, path: bytes, status: int) -> None:
+        """The API site's per-answer hook (instead of an access log line)."""
+        key = (path, status)
         child = self._http_children.get(key)
         if child is None:
-            route = ROUTES.get(request.path, "other")
-            child = self._http.labels(route, str(request.code))
+            route = ROUTES.get(path, "other")
+            child = self._http.labels(route, str(status))
             if len(self._http_children) < 1000:  # unknown paths share "other" but are distinct keys
                 self._http_children[key] = child
         child.inc()

@@ -31,10 +31,10 @@ from twisted.logger import Logger
 from twisted.web import resource
 
 from . import __version__, control
+from .http.site import json_body
 from .metrics import CUT_REASONS, Metrics
 from .status import ADMIN_FILE
 from .store import redact_url
-from .web import json_body
 
 # -- the figures computed at scrape time ---------------------------------------------------
 
@@ -379,7 +379,7 @@ class Observability:
         service.admin_panel.status_source = lambda: console_status(service, metrics, self.figures)
         service.metrics_site = None
         if cfg.metrics_listen is not None:
-            from .web import ApiSite
+            from .http.site import ApiSite
 
             guarded = BasicAuth(scrape, cfg.metrics_auth) if cfg.metrics_auth else scrape
             service.metrics_site = ApiSite(MetricsOnly(guarded), cfg.max_body_size, cfg.request_timeout, clock=service.reactor)

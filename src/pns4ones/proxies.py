@@ -64,6 +64,25 @@ def forwarded_proto(peer: str, values: Iterable[str], trusted: Sequence[Network]
     return items[-1] if items and items[-1] in ("http", "https") else None
 
 
+def resolve(peer: str, headers: Iterable[tuple[bytes, bytes]], trusted: Sequence[Network]) -> tuple[str, str | None]:
+    """
+    The sender's address and ``http``/``https`` (or None) for a request from
+    ``peer`` with these header fields (names in any case), believed only when
+    ``peer`` is a trusted proxy.
+    """
+    if not trusted or not is_trusted(peer, trusted):
+        return peer, None
+    hops: list[str] = []
+    schemes: list[str] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"x-forwarded-for":
+            hops.append(value.decode("latin-1"))
+        elif lower == b"x-forwarded-proto":
+            schemes.append(value.decode("latin-1"))
+    return client_address(peer, hops, trusted), forwarded_proto(peer, schemes, trusted)
+
+
 def apply(request: Any, trusted: Sequence[Network]) -> None:
     """Point ``request.getClientAddress()`` at the real sender (twisted.web ``Request``)."""
     peer = request.client

@@ -20,16 +20,17 @@ from twisted.python.components import Componentized
 from . import __version__, control, handoff, logs
 from . import tls as _tls
 from .admin.app import AdminPanel, AdminSite
-from .api import SendAPI
 from .config import Address, Config, ConfigError
 from .core import Core, Limits
 from .groups import Membership
+from .http.connection import FrontFactory
+from .http.handlers import Handlers
+from .http.resources import SendAPI
+from .http.site import ApiSite
 from .hub import HubUnavailable, open_hub
-from .lean import LeanFactory
 from .store import Store, StoreError, StoreUnavailable, open_store
 from .transports.addin import AddinFactory, configure_socket
 from .transports.web import WebSubscriptions
-from .web import ApiSite
 
 #: The admin panel listens here and nowhere else (docs/protocol.md section 6).
 ADMIN_HOSTS = ("127.0.0.1", "::1")
@@ -91,7 +92,7 @@ class PnsService(service.MultiService):
             raise StartupError(str(e)) from None
         self.core = Core(self.store, hub, self.reactor, token_lifetime=cfg.token_lifetime, membership=membership, limits=limits)
         self.web_subscriptions = WebSubscriptions(self.core, cfg, self.reactor)
-        self.api = SendAPI(
+        self.api = Handlers(
             self.core,
             cfg.expires_in_format,
             log_sends=logs.level_enabled(cfg.log_level, LogLevel.info),
@@ -100,11 +101,11 @@ class PnsService(service.MultiService):
             subscriptions=self.web_subscriptions,
         )
         self.site = ApiSite(
-            self.api.resource(), cfg.max_body_size, cfg.request_timeout, clock=self.reactor, trusted_proxies=cfg.trusted_proxies
+            SendAPI(self.api).resource(), cfg.max_body_size, cfg.request_timeout, clock=self.reactor, trusted_proxies=cfg.trusted_proxies
         )
         self.api_factory: Any = self.site
-        if cfg.http_engine == "lean":  # the hot routes without twisted.web's per-request machinery
-            self.api_factory = LeanFactory(self.site, self.api)
+        if cfg.http_engine == "lean":  # the front connection; "twisted": twisted.web alone, the reference path
+            self.api_factory = FrontFactory(self.site, self.api)
         if cfg.ssl_mode != "None":
             if self.tls is None:
                 try:

@@ -49,10 +49,10 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from .. import audit, logs
 from ..core import Core, Delivery, Online
 from ..groups import GroupError, check_name, parse_ttl
+from ..http.site import ApiSite, BoundedRequest, json_body
 from ..hub import HubUnavailable
 from ..messages import MessageError, parse_send_object
 from ..store import Admin, AdminAccount, Audit, AuditEntry, Groups, KeptMessages, StoreUnavailable, UnknownApplication
-from ..web import ApiSite, BoundedRequest, json_body
 from . import auth, firstrun, i18n, views
 
 

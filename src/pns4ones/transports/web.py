@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web import resource as _resource
@@ -42,12 +43,12 @@ from zope.interface import implementer
 
 from .. import crypto, tickets
 from ..config import Config
-from ..core import EXPIRED_TOKEN_MEMORY, Core, TokenUnknown
+from ..core import EXPIRED_TOKEN_MEMORY, AuthError, Core
+from ..http.resources import RenderAgain, render_when
+from ..http.site import json_body
 from ..hub import Catchup, Outbound, next_session_id
 from ..logs import RateLimited, session_fields
 from ..messages import MAX_FIELD, MessageError, decode_json_body, object_member, string_member
-from ..tokenfetch import render_after_fetch
-from ..web import json_body
 
 #: Largest inbound WebSocket message (pongs aside); past it: close 1009.
 MAX_INBOUND = 4096
@@ -162,9 +163,13 @@ class WebSubscriptions:
             self.warn("ticket", "refused a subscription from {peer}: {reason}", peer=_peer(request), reason=e.reason)
             raise SubscribeError(e.status, "unauthorized" if e.status == 401 else "ticket_expired", e.reason) from None
         server_key = self._server_key(ticket.app_id) or ""
+        try:
+            looked_up = self.core.resolve_digest(ticket.token_digest)
+        except AuthError:
+            looked_up = None
+        if isinstance(looked_up, Deferred):  # a ticket of another node: rendered again once the store answered
+            raise RenderAgain(looked_up)
         token_expires = self.core.token_expiry(ticket.token_digest, ticket.app_id)
-        if token_expires is None and self.core.token_unchecked(ticket.token_digest):
-            raise TokenUnknown(ticket.token_digest)  # a ticket of another node: render_GET looks its token up
         if token_expires is None:
             self.warn("ticket", "refused a subscription from {peer}: {reason}", peer=_peer(request), reason="ticket revoked")
             raise SubscribeError(401, "unauthorized", "ticket revoked (the application's tokens were reset): ask for a new one")
@@ -545,8 +550,8 @@ class _WSResource(WebSocketResource):
         try:
             admitted = self.subs.admit(request)
             since = self.subs.resume_point(request, header=False)
-        except TokenUnknown as e:
-            return render_after_fetch(self.subs.core, request, e.digest, self.render_GET)
+        except RenderAgain as e:
+            return render_when(request, e.pending, self.render_GET)
         except SubscribeError as e:
             return json_body(request, e.status, e.doc)
         request.pns_subscription = (admitted, since)
@@ -629,8 +634,8 @@ class _SSEResource(_resource.Resource):
         try:
             admitted = self.subs.admit(request)
             since = self.subs.resume_point(request, header=True)
-        except TokenUnknown as e:
-            return render_after_fetch(self.subs.core, request, e.digest, self.render_GET)
+        except RenderAgain as e:
+            return render_when(request, e.pending, self.render_GET)
         except SubscribeError as e:
             return json_body(request, e.status, e.doc)
         request.channel.setTimeout(None)
