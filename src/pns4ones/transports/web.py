@@ -21,6 +21,8 @@ past which the subscriber is cut off, as for the add-in.
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
@@ -45,6 +47,8 @@ MAX_INBOUND = 4096
 MAX_GROUPS = 100
 #: SSE reconnection delay hint, milliseconds.
 SSE_RETRY_MS = 3000
+#: A resume point (``since=``, ``Last-Event-ID``): a message id, ASCII digits.
+_MESSAGE_ID = re.compile(r"[0-9]{1,18}")
 
 
 class SubscribeError(Exception):
@@ -93,9 +97,10 @@ class WebSubscriptions:
         ttl = doc.get("ttl")
         if ttl is None:
             ttl = self.config.ticket_ttl
-        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
+        # Finite (NaN and 1e999 never get here: decode_json_body refuses them; an int may be huge).
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or (isinstance(ttl, float) and not math.isfinite(ttl)) or ttl <= 0:
             raise MessageError("TTL", "must be a positive number of seconds")
-        ttl = min(int(ttl) or 1, self.config.ticket_max_ttl)
+        ttl = max(1, int(min(ttl, self.config.ticket_max_ttl)))
         expires_at = int(self.clock.seconds()) + ttl
         ticket = tickets.Ticket(app.id, ib_id, user_id, tuple(groups), expires_at, crypto.token_digest(token))
         self.log.info(
@@ -172,9 +177,10 @@ class WebSubscriptions:
         if raw is None:
             return None
         text = raw.decode("latin-1") if isinstance(raw, bytes) else raw
-        if not text.strip().isdigit() or len(text.strip()) > 18:
+        # ASCII digits only (str.isdigit also takes "²" and other digits int() refuses), at most 18 of them.
+        if not _MESSAGE_ID.fullmatch(text.strip()):
             raise SubscribeError(400, "bad_request", f"resume id {text[:40]!r} is not a message id", field="since")
-        return int(text)
+        return int(text.strip())
 
     # -- sessions -------------------------------------------------------------------------
 
