@@ -31,6 +31,9 @@ from .pg_support import PASSWORD, SKIP_REASON, PgCluster, find_bindir
 from .support import ADMIN, ServerProcess, http_client, wait_for
 
 HAVE_PG = find_bindir() is not None
+#: The secrets key file of every store these tests open (nodes and commands sharing a store share it).
+KEYS = tempfile.mkdtemp(prefix="pns4ones-keys-")
+KEY_FILE = os.path.join(KEYS, "secrets.key")
 
 
 def sleep(seconds: float) -> Deferred[None]:
@@ -41,7 +44,7 @@ def admin(
     store: str, *args: str, check: bool = True, env: dict[str, str] | None = None, data_dir: str = ""
 ) -> subprocess.CompletedProcess[str]:
     """``pns4ones-admin ... --store STORE``."""
-    data_dir = data_dir or tempfile.gettempdir()
+    data_dir = data_dir or KEYS
     result = subprocess.run(
         [ADMIN, "--data-dir", data_dir, *args, "--store", store],
         capture_output=True,
@@ -249,7 +252,8 @@ class SQLiteStoreContract(StoreContract, TestCase):
         return SQLiteStore(self.dir)
 
     def open_empty(self) -> Any:
-        return SQLiteStore(tempfile.mkdtemp(prefix="pns4ones-store-", dir=self.dir))
+        # Another store of the same installation: the same key file (an export opens only with its key).
+        return SQLiteStore(tempfile.mkdtemp(prefix="pns4ones-store-", dir=self.dir), key_file=os.path.join(self.dir, "secrets.key"))
 
 
 class PostgresStoreContract(_WithCluster, StoreContract, TestCase):
@@ -257,17 +261,17 @@ class PostgresStoreContract(_WithCluster, StoreContract, TestCase):
         from pns4ones.store.postgres import PostgresStore
 
         self.url = self.cluster.url(self.cluster.new_database())
-        return PostgresStore(self.url, reactor=reactor)
+        return PostgresStore(self.url, reactor=reactor, key_file=KEY_FILE)
 
     def open_again(self) -> Any:
         from pns4ones.store.postgres import PostgresStore
 
-        return PostgresStore(self.url, reactor=reactor)
+        return PostgresStore(self.url, reactor=reactor, key_file=KEY_FILE)
 
     def open_empty(self) -> Any:
         from pns4ones.store.postgres import PostgresStore
 
-        return PostgresStore(self.cluster.url(self.cluster.new_database()), reactor=reactor)
+        return PostgresStore(self.cluster.url(self.cluster.new_database()), reactor=reactor, key_file=KEY_FILE)
 
     @inlineCallbacks
     def test_only_changes_to_the_registry_are_announced(self) -> None:
@@ -298,18 +302,24 @@ class PostgresStoreContract(_WithCluster, StoreContract, TestCase):
         """Two migrate commands at once on a new database: both succeed, the schema is applied once, and again is a no-op."""
         url = self.cluster.url(self.cluster.new_database())
         procs = [
-            subprocess.Popen([ADMIN, "migrate", "--json", "--store", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            subprocess.Popen(
+                [ADMIN, "--data-dir", KEYS, "migrate", "--json", "--store", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
             for _ in range(2)
         ]
         outs = [p.communicate(timeout=60) for p in procs]
         self.assertEqual([p.returncode for p in procs], [0, 0], outs)
         reports = sorted((json.loads(o[0])["from"], json.loads(o[0])["version"]) for o in outs)
-        self.assertEqual(reports, [(0, 1), (1, 1)])
+        from pns4ones.store.postgres import migrations
+
+        latest = migrations()[-1][0]
+        self.assertEqual(reports, [(0, latest), (latest, latest)])
         self.assertEqual(
-            self.cluster.psql("SELECT version, name FROM schema_version", url.rsplit("/", 1)[1]).split(), ["1|001_initial.sql"]
+            self.cluster.psql("SELECT version, name FROM schema_version ORDER BY version", url.rsplit("/", 1)[1]).split(),
+            [f"{number}|{name}" for number, name, _ in migrations()],
         )
         again = admin(url, "migrate")
-        self.assertIn("schema version 1, up to date", again.stdout)
+        self.assertIn(f"schema version {latest}, up to date", again.stdout)
         self.assertNotIn(PASSWORD, again.stdout + again.stderr)
 
     def test_password_sources(self) -> None:
@@ -322,7 +332,7 @@ class PostgresStoreContract(_WithCluster, StoreContract, TestCase):
         ini = secret.parent / "pns4ones.ini"
         ini.write_text(f"store = {bare}\nstore_password_file = {secret}\n")
         result = subprocess.run(
-            [ADMIN, "--config", str(ini), "list", "--json"],
+            [ADMIN, "--config", str(ini), "--data-dir", KEYS, "list", "--json"],
             capture_output=True,
             text=True,
             timeout=60,
@@ -341,7 +351,7 @@ class PostgresStoreContract(_WithCluster, StoreContract, TestCase):
 
 class _Nodes(_WithCluster):
     def node(self, **kw: Any) -> ServerProcess:
-        server = ServerProcess(args=["--store", self.url, "--store_poll_interval", "1"], **kw)
+        server = ServerProcess(args=["--store", self.url, "--store_poll_interval", "1", "--secrets_key_file", KEY_FILE], **kw)
         self.addCleanup(server.cleanup)
         return server.start()
 
@@ -556,7 +566,7 @@ class ExportImportTests(_WithCluster, TestCase):
     def test_sqlite_to_postgresql_and_back(self) -> None:
         """export (0600) from SQLite, import into PostgreSQL, export, import into a new SQLite: the same document every time; bad input is exit 1."""
         work = Path(tempfile.mkdtemp(prefix="pns4ones-export-"))
-        first = SQLiteStore(work, path=work / "first.db")
+        first = SQLiteStore(work, path=work / "first.db", key_file=KEY_FILE)
         a = yield first.create_application("Shop", 10.0)
         yield first.add_token(TokenRecord(b"\x07" * 32, a.id, b"\x08" * 16, 10.0, 9e9))
         yield first.set_group(a.id, "ib1", "Склад", ["u1", "u2"], 1.5)

@@ -38,12 +38,13 @@ COMMANDS = {
     "groups": "list the groups of an application: groups ID [IB_ID]",
     "group_members": "list the members of a group: group_members ID IB_ID GROUP",
     "migrate": "create or upgrade the store's schema and report its version",
-    "export": "write everything in the store (applications with keys, tokens, groups, kept messages, admin account) as JSON: export FILE|-",
+    "export": "write everything in the store (applications with keys sealed, tokens, groups, kept messages, admin account) as JSON: export FILE|-",
     "import": "load an export into an empty store (--replace: overwrite a store that has applications): import FILE|-",
     "kept": "count the messages kept for offline users, per application (and how many were dropped or expired)",
     "reload_tls": "make the running server re-read its HTTPS certificate files (same as SIGHUP)",
     "restart": "restart the running server from the code and configuration on disk, keeping 1C clients connected (same as SIGUSR2)",
     "status": "live figures of the running server: uptime, subscriptions, sends, store, listeners",
+    "rotate-secrets-key": "seal every key in the store under a new key of the key file (--prepare: only add the new key, for several nodes)",
 }
 
 
@@ -86,6 +87,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("ib_id", help="information base id")
     p.add_argument("group", help="group name")
     sub.add_parser("restart", parents=[common], help=COMMANDS["restart"])
+    p = sub.add_parser("rotate-secrets-key", parents=[common], help=COMMANDS["rotate-secrets-key"])
+    p.add_argument(
+        "--prepare",
+        action="store_true",
+        help="only add a new key to the key file (copy the file to every node, then run the command again)",
+    )
+    p.add_argument("--keep-old", action="store_true", help="keep the previous key(s) in the key file (old backups stay readable with it)")
     p = sub.add_parser("status", parents=[common], help=COMMANDS["status"])
     p.add_argument(
         "--admin-port", type=int, default=None, help="admin port of the server (default: the one it recorded in DATA_DIR/admin.json)"
@@ -278,7 +286,10 @@ def run(args: argparse.Namespace, out: Any) -> Any:
             doc["exported_at"] = now
             _write_export(args.file, doc, out)
             if args.file != "-":
-                out.write(f"Exported {_summary(doc)} from {store.location} to {args.file} (mode 0600: it holds every key).\n")
+                out.write(
+                    f"Exported {_summary(doc)} from {store.location} to {args.file} (mode 0600; its keys are sealed: "
+                    f"importing it needs the key file {store.keyring.path}).\n"
+                )
         elif cmd == "import":
             doc = _read_export(args.file)
             yield store.import_data(doc, replace=args.replace)
@@ -286,6 +297,8 @@ def run(args: argparse.Namespace, out: Any) -> Any:
                 out.write(json.dumps({"store": store.location, "applications": len(doc.get("applications", []))}) + "\n")
             else:
                 out.write(f"Imported {_summary(doc)} into {store.location}.\n")
+        elif cmd == "rotate-secrets-key":
+            yield rotate_secrets_key(store, args, out, now)
         elif cmd == "reset_token":
             count = yield store.reset_tokens(args.id)
             if as_json:
@@ -294,6 +307,49 @@ def run(args: argparse.Namespace, out: Any) -> Any:
                 out.write(f"Revoked {count} access token(s) of application {args.id}; its senders must call /auth again.\n")
     finally:
         yield store.close()
+
+
+@defer.inlineCallbacks
+def rotate_secrets_key(store: Any, args: argparse.Namespace, out: Any, now: float) -> Any:
+    """
+    ``rotate-secrets-key``: (1) the key file gets a new key beside the current
+    one, (2) one transaction seals every key in the store under it and makes it
+    the store's key, (3) the key file keeps only the new key (unless
+    ``--keep-old``).  A crash between the steps leaves every value readable;
+    running the command again finishes.  ``--prepare`` stops after step 1, so
+    that the file can be copied to the other nodes before the store changes.
+    """
+    from .store.sealing import new_key
+
+    ring = store.keyring
+    current = yield store.sealing_key_id()
+    keys = ring.ordered()
+    prepared = [k for k in keys if k.id != current]
+    new = prepared[-1] if prepared else new_key(k.id for k in keys)
+    if not prepared:
+        ring.replace([*keys, new])
+    if args.prepare:
+        if getattr(args, "json", False):
+            out.write(json.dumps({"store": store.location, "prepared": new.id, "current": current, "key_file": str(ring.path)}) + "\n")
+        else:
+            out.write(
+                f"The key file {ring.path} holds the new key {new.id} beside the current {current}.\n"
+                f"Copy it to every node that shares this store, then run rotate-secrets-key again.\n"
+            )
+        return
+    count = yield store.rotate_secrets_key(new, now)
+    if not args.keep_old:
+        ring.replace([new])
+    kept = f"still holds {', '.join(k.id for k in ring.ordered() if k.id != new.id)} too" if args.keep_old else "holds only the new key"
+    if getattr(args, "json", False):
+        out.write(
+            json.dumps({"store": store.location, "key": new.id, "previous": current, "sealed": count, "key_file": str(ring.path)}) + "\n"
+        )
+    else:
+        out.write(
+            f"Sealed {count} key(s) in {store.location} under the new key {new.id} (was {current}); {ring.path} {kept}.\n"
+            f"Nodes sharing this store need this key file: copy it to them (a running node reads it again when it meets the new key).\n"
+        )
 
 
 def _summary(doc: dict[str, Any]) -> str:

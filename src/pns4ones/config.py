@@ -392,6 +392,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("store_password_file", "", _path, "file holding the PostgreSQL password (instead of the URL or PGPASSWORD)", "PATH"),
     Option(
+        "secrets_key_file",
+        "",
+        _path,
+        "the key that seals the keys kept in the store (default DATA_DIR/secrets.key, created at first start; nodes sharing a store need the same file)",
+        "PATH",
+    ),
+    Option(
         "hub",
         "local",
         _hub,
@@ -544,6 +551,7 @@ class Config:
     max_unregistered: int = 1000
     max_unregistered_per_address: int = 100
     fd_reserve: int = 0
+    secrets_key_file: str = ""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def source_of(self, option: str) -> str:
