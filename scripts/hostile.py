@@ -314,24 +314,28 @@ def probe_ws_ping_flood(server: ServerProcess, monitor: Monitor) -> tuple[bool, 
     frame = client.send(Ping(b"x" * 125))
     batch = frame * 500
     sent = 0
-    cut = False
+    refused = False
     sock.setblocking(False)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and sent < 400_000 and not monitor.over_budget.is_set():
         try:
-            n = sock.send(batch)
-            sent += n // len(frame)
-        except BlockingIOError:
+            sent += sock.send(batch) // len(frame)
+        except BlockingIOError:  # the server is not reading as fast: keep pushing
             time.sleep(0.001)
-        except OSError:
-            cut = True
+        except OSError:  # reset: the server cut us
+            refused = True
             break
-    if not cut:  # the server may have closed without our noticing yet
-        time.sleep(6)
+    # Only now read (what the server kept sending us) to see whether it closed: FIN or RST within a few seconds.
+    sock.setblocking(True)
+    sock.settimeout(1.0)
+    cut = refused
+    ends = time.monotonic() + 8
+    while not cut and time.monotonic() < ends:
         try:
-            for _ in range(50):
-                sock.send(batch)
-                time.sleep(0.01)
+            if not sock.recv(1 << 20):
+                cut = True
+        except TimeoutError:
+            continue
         except OSError:
             cut = True
     sock.close()
