@@ -7,10 +7,12 @@ PostgreSQL restarted under a running node), export/import through the CLI.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import http.client
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -34,6 +36,7 @@ HAVE_PG = find_bindir() is not None
 #: The secrets key file of every store these tests open (nodes and commands sharing a store share it).
 KEYS = tempfile.mkdtemp(prefix="pns4ones-keys-")
 KEY_FILE = os.path.join(KEYS, "secrets.key")
+atexit.register(shutil.rmtree, KEYS, True)
 
 
 def sleep(seconds: float) -> Deferred[None]:
