@@ -18,9 +18,13 @@ from pns4ones_client.protocol import ClientKey, FrameDecoder, ProtocolError, reg
 
 
 class Fleet:
-    """``count`` subscribers (user u0..uN of one information base), the same socket objects throughout."""
+    """
+    ``count`` subscribers (user u0..uN of one information base), the same socket
+    objects throughout.  ``rcvbuf``: a small receive buffer, so that what a
+    stalled subscriber is sent backs up in the server at once.
+    """
 
-    def __init__(self, port: int, app: dict[str, str], count: int, ib: str = "ib", first: int = 0) -> None:
+    def __init__(self, port: int, app: dict[str, str], count: int, ib: str = "ib", first: int = 0, rcvbuf: int = 0) -> None:
         self.key = ClientKey.decode(app["client_key"])
         self.sockets: list[socket.socket] = []
         self.decoders: list[FrameDecoder] = []
@@ -28,9 +32,15 @@ class Fleet:
         self.errors: list[str] = []
         self.closed: set[int] = set()
         self._stop = threading.Event()
+        self._reading = threading.Event()
+        self._reading.set()
         self._sel = selectors.DefaultSelector()
         for i in range(count):
-            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s = socket.socket()
+            s.settimeout(10)
+            if rcvbuf:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: it sets the window
+            s.connect(("127.0.0.1", port))
             s.sendall(registration_frame(self.key, app["id"], ib, f"u{first + i}"))
             s.setblocking(False)
             self.sockets.append(s)
@@ -39,8 +49,17 @@ class Fleet:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
+    def stall(self) -> None:
+        """Stop reading (every subscriber): the server's queue for them grows."""
+        self._reading.clear()
+
+    def read_again(self) -> None:
+        self._reading.set()
+
     def _run(self) -> None:
         while not self._stop.is_set():
+            if not self._reading.wait(0.1):
+                continue
             for key, _ in self._sel.select(0.1):
                 i = key.data
                 try:
@@ -75,9 +94,11 @@ class Fleet:
 class Sender(threading.Thread):
     """Posts ``seq`` 0, 1, 2, ... to every subscriber of the information base; records which were accepted (200) and when."""
 
-    def __init__(self, port: int, app: dict[str, str], ib: str = "ib", interval: float = 0.0) -> None:
+    def __init__(self, port: int, app: dict[str, str], ib: str = "ib", interval: float = 0.0, padding: int = 0) -> None:
         super().__init__(daemon=True)
         self.port, self.app, self.ib, self.interval = port, app, ib, interval
+        #: Characters of filler in each message (large messages fill a stalled subscriber's queue quickly).
+        self.padding = padding
         self.accepted: dict[int, float] = {}
         self.failed: list[tuple[int, str]] = []
         self.stop_flag = threading.Event()
@@ -91,10 +112,17 @@ class Sender(threading.Thread):
             self.conn.request("GET", f"/auth?server_key={self.app['server_key']}")
             self.token = json.loads(self.conn.getresponse().read())["access_token"]
 
+    def reconnect(self) -> None:
+        """Drop the keep-alive connection: the next request opens a new one (to whichever process listens now)."""
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = None
+
     def send_one(self) -> bool:
         seq = self.seq
         self.seq += 1
-        body = json.dumps({"Recipient": {"Type": "all", "IbId": self.ib}, "Message": {"Data": {"seq": str(seq)}}})
+        data = {"seq": str(seq), "pad": "x" * self.padding} if self.padding else {"seq": str(seq)}
+        body = json.dumps({"Recipient": {"Type": "all", "IbId": self.ib}, "Message": {"Data": data}})
         started = time.monotonic()
         try:
             if self.conn is None:
@@ -112,6 +140,40 @@ class Sender(threading.Thread):
                 self.conn.close()
             self.conn = None
         return False
+
+    def post(self, path: str, doc: dict[str, object]) -> tuple[int, dict[str, object]]:
+        """One authorized POST on this sender's connection (reconnecting once if the server closed it): status and JSON body."""
+        for attempt in range(2):
+            try:
+                if self.conn is None:
+                    self._connect()
+                assert self.conn is not None
+                headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+                self.conn.request("POST", path, json.dumps(doc), headers)
+                response = self.conn.getresponse()
+                return response.status, json.loads(response.read() or b"{}")
+            except (OSError, http.client.HTTPException):
+                if self.conn is not None:
+                    self.conn.close()
+                self.conn = None
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def send_to_user(self, user: str, topic: str = "") -> dict[str, object]:
+        """Send a message to one user of the information base (its data names the user); the report of the send."""
+        doc = {"Recipient": {"Type": "user", "IbId": self.ib, "UserId": user}, "Message": {"Topic": topic, "Data": {"user": user}}}
+        status, report = self.post("/sendmessage", doc)
+        if status != 200:
+            raise AssertionError(f"send to {user}: HTTP {status} {report}")
+        return report
+
+    def ticket(self, user: str) -> str:
+        """A WebSocket/SSE ticket for one user of the information base."""
+        status, doc = self.post("/tickets", {"IbId": self.ib, "UserId": user, "UserGroups": []})
+        if status != 200:
+            raise AssertionError(f"ticket for {user}: HTTP {status} {doc}")
+        return str(doc["ticket"])
 
     def run(self) -> None:
         while not self.stop_flag.is_set():

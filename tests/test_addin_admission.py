@@ -86,6 +86,13 @@ class AdmissionTests(SynchronousTestCase):
         self.assertIsNotNone(self.connect("10.0.2.1"))
         self.assertEqual(self.factory.unregistered, 5)
 
+    def test_burst_from_one_address_admitted(self) -> None:
+        """With the defaults, 500 connections from one address accepted before any registration is read (a NAT reconnecting) all get in."""
+        factory = self.make({})
+        made = [self.connect("10.0.9.9", factory) for _ in range(500)]
+        self.assertNotIn(None, made)
+        self.assertEqual(factory.unregistered, 500)
+
     def test_registered_do_not_count(self) -> None:
         """A connection that registers leaves the unregistered count; only waiting ones take the places."""
         for n in range(3):

@@ -96,6 +96,16 @@ class PanelBrowserTests(SynchronousTestCase):
     def flash(self) -> str:
         return " ".join(e.get_attribute("textContent").strip() for e in self.all(".flash"))
 
+    def watch_submits(self) -> None:
+        """Record, for every form submitted on this page from now on, whether the page's script cancelled it."""
+        self.driver.execute_script(
+            "window.submits = []; document.addEventListener('submit', e => window.submits.push(e.defaultPrevented));"
+        )
+
+    def submits(self) -> list[bool]:
+        """What watch_submits recorded, once something was (a form that went ahead navigates away: the wait fails)."""
+        return list(self.wait.until(lambda d: d.execute_script("return window.submits && window.submits.length ? window.submits : null")))
+
     def alert(self) -> Any:
         self.wait.until(lambda d: self._alert_or_none(), "a confirmation dialog")
         return self.driver.switch_to.alert
@@ -232,13 +242,15 @@ class PanelBrowserTests(SynchronousTestCase):
         self.addCleanup(sub.close)
         wait_for(lambda: self.server.log().count("subscription registered") == 1, what="the subscription")
         self.go(f"/apps?open={app_id}")
+        self.watch_submits()
         self.css("form.rotate-client button").click()
         dialog = self.alert()
         self.assertIn("будут отключены", dialog.text)
         self.assertIn("сейчас: 1", dialog.text)
         dialog.dismiss()  # cancelled: nothing changes
-        time.sleep(0.3)
+        self.assertEqual(self.submits(), [True], "the cancelled form was not sent")
         self.assertEqual(self.css("#client-key-1").text, cli["client_key"])
+        self.assertEqual(listed_apps(self.server)[0]["client_key"], cli["client_key"])
         self.css("form.rotate-client button").click()
         self.alert().accept()
         self.wait.until(lambda d: "Ключ клиента" in self.flash())
@@ -247,11 +259,12 @@ class PanelBrowserTests(SynchronousTestCase):
         self.assertEqual(listed_apps(self.server)[0]["client_key"], self.css("#client-key-1").text)
 
         # Delete: the confirmation names the application; cancel keeps it.
+        self.watch_submits()
         self.css("form.delete button").click()
         dialog = self.alert()
         self.assertIn("Удалить приложение «Магазин «Ромашка»»", dialog.text)
         dialog.dismiss()
-        time.sleep(0.3)
+        self.assertEqual(self.submits(), [True], "the cancelled form was not sent")
         self.assertEqual(len(listed_apps(self.server)), 1)
         self.css("form.delete button").click()
         self.alert().accept()
@@ -558,7 +571,7 @@ class PanelHttpTests(SynchronousTestCase):
         self.assertEqual(headers["Retry-After"], "1")
         self.assertIn("Слишком много неудачных попыток", body)
         self.assertIn("throttled", self.server.log())
-        time.sleep(1.1)
+        time.sleep(int(headers["Retry-After"]) + 0.1)  # the wait the answer asked for (time under test, not synchronization)
         status, headers, _ = self.client.request("POST", "/login", {"csrf": token, "login": "admin", "password": PASSWORD})
         self.assertEqual((status, headers["Location"]), (303, "/apps"))
 

@@ -47,11 +47,34 @@ class ArgvTests(SynchronousTestCase):
     @settings(max_examples=300, deadline=None)
     @given(st.lists(st.text(max_size=12), max_size=6))
     def test_arbitrary_argv(self, argv: list[str]) -> None:
-        """Any argv parses, asks for help or raises ConfigError."""
+        """Any argv parses into known options with values taken from it and a tail of it as positional arguments, asks for help, or raises a ConfigError naming the command line."""
         try:
-            parse_argv(argv)
-        except (ConfigError, HelpRequested):
-            pass
+            options, positional = parse_argv(argv)
+        except HelpRequested:
+            self.assertTrue(set(argv) & config.HELP_FLAGS)
+            return
+        except ConfigError as e:
+            self.assertEqual(e.source, "command line")
+            self.assertTrue(str(e).startswith("option '"))
+            return
+        self.assertLessEqual(set(options), set(config.OPTION_BY_NAME))
+        self.assertEqual(positional, argv[len(argv) - len(positional) :])
+        for value in options.values():
+            self.assertTrue(any(value == arg or arg.endswith("=" + value) for arg in argv), value)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.dictionaries(st.sampled_from(sorted(config.OPTION_BY_NAME)), st.text(max_size=12), max_size=6), st.data())
+    def test_every_form_gives_the_options_back(self, options: dict[str, str], data: st.DataObject) -> None:
+        """Options written in any of the manual's forms (/opt v, -opt=v, --opt=v, --opt v; dashes or underscores, any case) parse back to themselves."""
+        argv: list[str] = []
+        for name, value in options.items():
+            spelled = data.draw(st.sampled_from([name, name.replace("_", "-"), name.upper()]))
+            form = data.draw(st.sampled_from(["/{} {}", "-{}={}", "--{}={}", "--{} {}"]))
+            if " " in form:
+                argv += [form.split(" ")[0].format(spelled), value]
+            else:
+                argv.append(form.format(spelled, value))
+        self.assertEqual(parse_argv(argv), (options, []))
 
 
 class IniTests(SynchronousTestCase):
@@ -73,11 +96,37 @@ class IniTests(SynchronousTestCase):
     @settings(max_examples=300, deadline=None)
     @given(st.text(max_size=200))
     def test_arbitrary_text(self, text: str) -> None:
-        """Any text parses or raises ConfigError."""
+        """Any text parses into known options, each from the line its source names, or raises a ConfigError naming the line at fault."""
+        lines = text.splitlines()
         try:
-            parse_ini(text)
-        except ConfigError:
-            pass
+            values = parse_ini(text)
+        except ConfigError as e:
+            number = int(e.source.removeprefix("<ini>:"))
+            line = lines[number - 1].strip().lstrip("\ufeff")
+            self.assertTrue(line and line[0] not in ";#", e)
+            return
+        for name, (_, source) in values.items():
+            self.assertIn(name, config.OPTION_BY_NAME)
+            self.assertNotEqual(name, "config")
+            key = lines[int(source.removeprefix("<ini>:")) - 1].split("=", 1)[0]
+            self.assertEqual(config.normalize_name(key.lstrip("\ufeff")), name)
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.dictionaries(
+            st.sampled_from(sorted(set(config.OPTION_BY_NAME) - {"config"})),
+            st.text("abc XYZ 019.:/;#=-_", max_size=12).map(str.strip),
+            max_size=6,
+        ),
+        st.lists(st.sampled_from(["", "; a comment", "# another", "[section]"]), max_size=6),
+    )
+    def test_written_options_read_back(self, options: dict[str, str], noise: list[str]) -> None:
+        """key = value lines among comments, blank lines and sections read back to the same options, each with its line."""
+        lines = [*noise[: len(noise) // 2], *(f"{name} = {value}" for name, value in options.items()), *noise[len(noise) // 2 :]]
+        values = parse_ini("\n".join(lines), "p.ini")
+        self.assertEqual({k: v for k, (v, _) in values.items()}, options)
+        for name, (_, source) in values.items():
+            self.assertTrue(lines[int(source.removeprefix("p.ini:")) - 1].startswith(name))
 
     def test_build_layers(self) -> None:
         """The command line wins over the INI file, which wins over defaults."""

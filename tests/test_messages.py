@@ -3,14 +3,37 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from pns4ones.messages import Message, MessageError, Notification, parse_send, render_addin_json
+from pns4ones.messages import MAX_FIELD, RECIPIENT_TYPES, Message, MessageError, Notification, SendRequest, parse_send, render_addin_json
 
 from .vectors import WIRE
+
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+
+
+def _send(kind: str, ib: str, target: str, topic: str, data: dict[str, str], upper: bool) -> dict[str, Any]:
+    name = {"user": "UserId", "group": "UserGroup", "all": "UserId"}[kind]
+    recipient = {"Type": kind.upper() if upper else kind, "IbId": ib}
+    if kind != "all":
+        recipient[name.upper() if upper else name] = target
+    return {"Recipient": recipient, "Message": {"Topic": topic, "Data": data}}
+
+
+#: Well-formed /sendmessage bodies.
+SENDS = st.builds(
+    _send,
+    st.sampled_from(["user", "group", "all"]),
+    _TEXT.filter(bool),
+    _TEXT.filter(bool),
+    _TEXT,
+    st.dictionaries(_TEXT, _TEXT, max_size=3),
+    st.booleans(),
+)
 
 MANUAL_EXAMPLE = """{
     "Recipient": {
@@ -100,11 +123,37 @@ class ParseTests(SynchronousTestCase):
         )
     )
     def test_arbitrary_input(self, raw: bytes) -> None:
-        """Arbitrary bytes or JSON either parse or raise MessageError."""
+        """Arbitrary bytes or JSON either parse into a request that holds the rules, or raise MessageError naming a member and why."""
         try:
-            parse_send(raw)
-        except MessageError:
-            pass
+            request = parse_send(raw)
+        except MessageError as e:
+            self.assertTrue(e.field.split(".")[0] in ("body", "Recipient", "Message"), e.field)
+            self.assertTrue(e.reason)
+            self.assertEqual(e.as_json(), {"error": "bad_request", "field": e.field, "reason": e.reason})
+            return
+        self.assert_holds(request)
+
+    def assert_holds(self, request: SendRequest) -> None:
+        r = request.recipient
+        self.assertIn(r.type, RECIPIENT_TYPES)
+        self.assertTrue(r.ib_id)
+        self.assertEqual(bool(r.user_id), r.type == "user")
+        self.assertEqual(bool(r.group), r.type == "group")
+        for value in (r.ib_id, r.user_id, r.group, request.message.topic):
+            self.assertLessEqual(len(value), MAX_FIELD)
+        self.assertTrue(all(isinstance(v, str) for v in request.message.data.values()))
+        self.assertIsInstance(json.loads(render_addin_json(request.message)), dict)
+
+    @settings(max_examples=300, deadline=None)
+    @given(SENDS)
+    def test_valid_requests_parse_to_what_they_say(self, doc: dict[str, Any]) -> None:
+        """A well-formed body, whatever the case of its member names and its text, parses to exactly its recipient and message."""
+        request = parse_send(json.dumps(doc, ensure_ascii=False).encode())
+        self.assert_holds(request)
+        rec = {k.lower(): v for k, v in doc["Recipient"].items()}
+        self.assertEqual((request.recipient.type, request.recipient.ib_id), (rec["type"].lower(), rec["ibid"]))
+        self.assertEqual(request.recipient.target, rec.get("userid", "") if rec["type"].lower() == "user" else rec.get("usergroup", ""))
+        self.assertEqual((request.message.topic, dict(request.message.data)), (doc["Message"]["Topic"], doc["Message"]["Data"]))
 
 
 class RenderTests(SynchronousTestCase):

@@ -1,6 +1,6 @@
 """
 The PostgreSQL store and several nodes on one store: the Store contract run
-against SQLite and PostgreSQL alike, migrations, real ``twistd`` nodes on a
+against the in-memory store, SQLite and PostgreSQL alike, migrations, real ``twistd`` nodes on a
 throwaway PostgreSQL (tokens across nodes, key rotation everywhere, groups,
 PostgreSQL restarted under a running node), export/import through the CLI.
 """
@@ -27,6 +27,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
 from pns4ones.store import AdminAccount, KeptMessage, StoreError, TokenRecord, UnknownApplication
+from pns4ones.store.memory import MemoryDatabase, MemoryStore
 from pns4ones.store.sqlite import SQLiteStore
 
 from .pg_support import PASSWORD, SKIP_REASON, PgCluster, find_bindir
@@ -243,6 +244,18 @@ class StoreContract:
                 break
             yield sleep(0.05)
         self.assertGreater(len(calls), before)
+
+
+class MemoryStoreContract(StoreContract, TestCase):
+    def open_store(self) -> Any:
+        self.database = MemoryDatabase()
+        return MemoryStore(self.database)
+
+    def open_again(self) -> Any:
+        return MemoryStore(self.database)
+
+    def open_empty(self) -> Any:
+        return MemoryStore()
 
 
 class SQLiteStoreContract(StoreContract, TestCase):

@@ -253,6 +253,19 @@ class ExpiredTests(HttpsServerBase):
             self.peer_certificate()
 
 
+def own_ports() -> list[str]:
+    """Free loopback ports for every listener of a server started by a refusal test (never the defaults others may use)."""
+    return ["--listen", f"127.0.0.1:{free_port()}", "--service", f"127.0.0.1:{free_port()}", "--admin-port", str(free_port())]
+
+
+def stop_all(procs: dict[int, subprocess.Popen[str]]) -> None:
+    """Kill whatever is still running (a server that started where it should have refused)."""
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+
+
 class RefusalTests(TestCase):
     def test_refusals(self) -> None:
         """Every bad TLS setting stops the start (exit code 1, before listening), naming the option and the file."""
@@ -370,20 +383,12 @@ class RefusalTests(TestCase):
             )
         ini = d / "empty.ini"
         ini.write_text("")
-        common = [
-            "--config",
-            str(ini),
-            "--data-dir",
-            str(d),
-            "--listen",
-            f"127.0.0.1:{free_port()}",
-            "--service",
-            f"127.0.0.1:{free_port()}",
-        ]
-        procs = {}
+        common = ["--config", str(ini), "--data-dir", str(d)]
+        procs: dict[int, subprocess.Popen[str]] = {}
+        self.addCleanup(stop_all, procs)  # a case that wrongly starts must not outlive the test
         for i, (args, _, _, real) in enumerate(cases):
-            if real:
-                command = [TWISTD, "-n", "--pidfile=", "pns4ones", *common, *args]
+            if real:  # ports of its own: a case that wrongly starts cannot make another fail to bind (and pass)
+                command = [TWISTD, "-n", "--pidfile=", "pns4ones", *common, *own_ports(), *args]
                 procs[i] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=d)
         for i, (args, option, fragments, real) in enumerate(cases):
             if real:
@@ -409,7 +414,10 @@ class RefusalTests(TestCase):
         ini = d / "pns4ones.ini"
         ini.write_text("ssl_mode = FromFileWithPrivateKey\nssl_certificate = nowhere.pem\nssl_certificate_key = nowhere.key\n")
         result = subprocess.run(
-            [TWISTD, "-n", "--pidfile=", "pns4ones", "--config", str(ini), "--data-dir", str(d)], capture_output=True, text=True, timeout=60
+            [TWISTD, "-n", "--pidfile=", "pns4ones", "--config", str(ini), "--data-dir", str(d), *own_ports()],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         self.assertEqual(result.returncode, 1)
         self.assertIn(f"option 'ssl_certificate' (from {ini}:2): file {d}/nowhere.pem does not exist", result.stderr + result.stdout)

@@ -1,24 +1,46 @@
 """
 Pins the private Twisted state that :mod:`pns4ones.txinternals` relies on, so a
 Twisted upgrade that changes it fails here, by name, instead of breaking a fast
-path or a restart handoff in production.
+path or a restart handoff in production: each attribute exists, and each
+function does what its caller counts on, over real loopback sockets.
 """
 
 from __future__ import annotations
 
+import os
 import socket
-from collections.abc import Generator
+import struct
+from collections.abc import Callable, Generator
 from typing import Any
 
 from twisted.internet import defer, protocol, reactor, tcp
-from twisted.trial.unittest import TestCase
+from twisted.internet.task import deferLater
+from twisted.internet.testing import StringTransport
+from twisted.protocols.basic import IntNStringReceiver
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from pns4ones import txinternals
+
+#: Bytes written to a peer that does not read: far more than loopback's kernel buffers hold at first.
+BIG = 4 * 1024 * 1024
 
 
 class _Keep(protocol.Protocol):
     def connectionMade(self) -> None:
         self.factory.made.callback(self)  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.lost.callback(None)  # type: ignore[attr-defined]
+
+
+@defer.inlineCallbacks
+def until(condition: Callable[[], bool], timeout: float = 10.0) -> Generator[Any, Any, None]:
+    """Let the reactor run until ``condition()`` holds."""
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        yield deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError("timed out")
 
 
 class TcpTransportTests(TestCase):
@@ -27,25 +49,43 @@ class TcpTransportTests(TestCase):
         factory = protocol.ServerFactory()
         factory.protocol = _Keep
         factory.made = defer.Deferred()  # type: ignore[attr-defined]
+        factory.lost = self.lost = defer.Deferred()  # type: ignore[attr-defined]
         self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.client = socket.create_connection(("127.0.0.1", self.port.getHost().port))
+        self.client = socket.socket()
+        self.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: writes back up at once
+        self.client.connect(("127.0.0.1", self.port.getHost().port))
         self.client.settimeout(5)
         self.proto = yield factory.made
         self.transport = self.proto.transport
 
     def tearDown(self) -> defer.Deferred[None]:
         self.client.close()
-        self.transport.abortConnection()
+        if not self.lost.called:
+            self.transport.abortConnection()
         return defer.maybeDeferred(self.port.stopListening)
 
+    def read_exactly(self, count: int) -> bytes:
+        out = bytearray()
+        while len(out) < count:
+            chunk = self.client.recv(min(count - len(out), 1 << 16))
+            if not chunk:
+                break
+            out += chunk
+        return bytes(out)
+
     def test_attributes_exist(self) -> None:
-        """Every private attribute txinternals reads is on the installed Twisted's TCP transport."""
+        """Every private attribute txinternals uses is on the installed Twisted's TCP transport and port, with the type it expects."""
         self.assertIsInstance(self.transport, tcp.Connection)
         for name in txinternals.TCP_ATTRIBUTES:
             self.assertTrue(hasattr(self.transport, name), f"twisted.internet.tcp.Connection has no {name!r}: update pns4ones.txinternals")
+        for name in txinternals.PORT_ATTRIBUTES:
+            self.assertTrue(hasattr(self.port, name), f"twisted.internet.tcp.Port has no {name!r}: update pns4ones.txinternals")
         self.assertIsInstance(self.transport.dataBuffer, bytes)
         self.assertIsInstance(self.transport._tempDataBuffer, list)
+        self.assertIsInstance(self.transport._tempDataLen, int)
         self.assertIsInstance(self.transport.offset, int)
+        self.assertIs(self.transport._shouldShutdown, True)
+        self.assertIs(self.port._shouldShutdown, True)
 
     def test_send_now_writes_at_once_when_idle(self) -> None:
         """With nothing queued, send_now hands the bytes to the kernel in the same call (the peer can read them before the reactor runs)."""
@@ -56,6 +96,180 @@ class TcpTransportTests(TestCase):
         """With bytes queued by transport.write, send_now declines, so the caller queues behind them."""
         self.transport.write(b"first")
         self.assertFalse(txinternals.send_now(self.transport, b"second"))
+
+    @defer.inlineCallbacks
+    def test_take_output_takes_exactly_what_the_kernel_has_not(self) -> Generator[Any, Any, None]:
+        """Bytes the kernel took, then take_output's bytes, make the written stream exactly, also when taken mid-flush with newer writes behind."""
+        data = os.urandom(BIG)
+        half = BIG // 2
+        self.transport.write(data[:half])
+        # The reactor flushes part of it (dataBuffer with an offset, or a partial send), then more is written behind.
+        yield until(lambda: len(self.transport.dataBuffer) > 0 and not self.transport._tempDataBuffer)
+        self.transport.write(data[half:])
+        self.assertTrue(self.transport._tempDataBuffer, "the second write waits in _tempDataBuffer")
+        taken = txinternals.take_output(self.transport)
+        self.assertGreater(len(taken), half, "most of it was still queued in the process")
+        self.assertEqual(
+            (self.transport.dataBuffer, self.transport.offset, self.transport._tempDataBuffer, self.transport._tempDataLen), (b"", 0, [], 0)
+        )
+        sent = self.read_exactly(BIG - len(taken))
+        self.assertEqual(sent + taken, data)
+        self.client.setblocking(False)
+        self.assertRaises(BlockingIOError, self.client.recv, 1)  # and nothing more: writing stopped
+
+    @defer.inlineCallbacks
+    def test_handed_over_connection_closes_without_shutdown(self) -> Generator[Any, Any, None]:
+        """A connection marked handed over closes only this descriptor: the peer gets no end of stream and reads what the other holder writes."""
+        other = socket.socket(fileno=os.dup(self.transport.fileno()))  # what the new process holds
+        self.addCleanup(other.close)
+        txinternals.set_handed_over(self.transport, True)
+        self.transport.loseConnection()
+        yield self.lost
+        other.sendall(b"still here")
+        self.assertEqual(self.read_exactly(10), b"still here")
+
+    @defer.inlineCallbacks
+    def test_connection_not_handed_over_shuts_down(self) -> Generator[Any, Any, None]:
+        """Without set_handed_over (or after undoing it), closing shuts the connection down for every holder: the peer sees end of stream."""
+        other = socket.socket(fileno=os.dup(self.transport.fileno()))
+        self.addCleanup(other.close)
+        txinternals.set_handed_over(self.transport, True)
+        txinternals.set_handed_over(self.transport, False)
+        self.transport.loseConnection()
+        yield self.lost
+        self.assertEqual(self.client.recv(1), b"")
+
+    @defer.inlineCallbacks
+    def test_handed_over_listener_keeps_listening(self) -> Generator[Any, Any, None]:
+        """A listening port marked handed over stops listening here only: the other holder still accepts connections."""
+        other = socket.socket(fileno=os.dup(self.port.fileno()))
+        self.addCleanup(other.close)
+        txinternals.set_handed_over(self.port, True)
+        yield self.port.stopListening()
+        with socket.create_connection(("127.0.0.1", other.getsockname()[1]), timeout=5):
+            other.settimeout(5)
+            accepted, _ = other.accept()
+            accepted.close()
+
+
+class _Frames(IntNStringReceiver):
+    structFormat = "<H"
+    prefixLength = 2
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[bytes, bytes]] = []
+
+    def stringReceived(self, string: bytes) -> None:
+        self.seen.append((string, txinternals.unparsed_input(self)))
+
+
+def frame(payload: bytes) -> bytes:
+    return struct.pack("<H", len(payload)) + payload
+
+
+class ReceiverTests(SynchronousTestCase):
+    def test_attributes_exist(self) -> None:
+        """IntNStringReceiver keeps its unparsed bytes where txinternals reads them."""
+        receiver = _Frames()
+        for name in txinternals.RECEIVER_ATTRIBUTES:
+            self.assertTrue(hasattr(receiver, name), f"IntNStringReceiver has no {name!r}: update pns4ones.txinternals")
+
+    def test_unparsed_input_is_the_next_frames_start(self) -> None:
+        """After whole frames and part of the next, unparsed_input is that part, prefix included; during a frame's callback, what follows it."""
+        receiver = _Frames()
+        receiver.makeConnection(StringTransport())
+        rest = frame(b"third")[:4]
+        receiver.dataReceived(frame(b"first") + frame(b"second") + rest)
+        self.assertEqual(
+            receiver.seen, [(b"first", frame(b"second") + rest), (b"second", rest)], "in the callback: the bytes after the frame"
+        )
+        self.assertEqual(txinternals.unparsed_input(receiver), rest)
+        receiver.dataReceived(frame(b"third")[4:])
+        self.assertEqual(txinternals.unparsed_input(receiver), b"")
+        self.assertEqual([s for s, _ in receiver.seen], [b"first", b"second", b"third"])
+
+
+class _FakeConnection:
+    """A DB-API connection whose server has gone: rollback and close raise."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.close_calls = 0
+
+    def cursor(self) -> Any:
+        return self
+
+    def execute(self, *args: Any) -> None:
+        raise ConnectionError("server closed the connection")
+
+    def commit(self) -> None:
+        pass
+
+    def rollback(self) -> None:
+        self.closed = True
+        raise ConnectionError("cannot roll back: no connection")
+
+    def close(self) -> None:
+        self.close_calls += 1
+        raise ConnectionError("already gone")
+
+
+class _FakeDriver:
+    """The DB-API module adbapi imports by name (registered in sys.modules for the test)."""
+
+    apilevel = "2.0"
+    threadsafety = 1
+    paramstyle = "qmark"
+
+    def __init__(self) -> None:
+        self.made: list[_FakeConnection] = []
+
+    def connect(self, *args: Any, **kwargs: Any) -> _FakeConnection:
+        self.made.append(_FakeConnection())
+        return self.made[-1]
+
+
+class _Pool(txinternals.QuietPool):
+    def broken(self, conn: Any) -> bool:
+        return bool(conn.closed)
+
+
+class AdbapiTests(TestCase):
+    def setUp(self) -> None:
+        import sys
+
+        self.driver = _FakeDriver()
+        sys.modules["pns4ones_fake_dbapi"] = self.driver  # type: ignore[assignment]
+        self.addCleanup(sys.modules.pop, "pns4ones_fake_dbapi")
+        self.pool = _Pool("pns4ones_fake_dbapi", cp_min=1, cp_max=1, cp_reconnect=True)
+        self.addCleanup(self.pool.close)
+
+    def test_attributes_exist(self) -> None:
+        """adbapi keeps a connection's DB-API connection and pool where QuietConnection reads them, and closes through _close."""
+        from twisted.enterprise import adbapi
+
+        conn = adbapi.Connection(self.pool)
+        for name in txinternals.ADBAPI_CONNECTION_ATTRIBUTES:
+            self.assertTrue(hasattr(conn, name), f"adbapi.Connection has no {name!r}: update pns4ones.txinternals")
+        self.assertIs(conn._pool, self.pool)
+        self.assertIs(conn._connection, self.driver.made[0])
+        for name in txinternals.ADBAPI_POOL_METHODS:
+            self.assertTrue(
+                callable(getattr(adbapi.ConnectionPool, name, None)), f"adbapi.ConnectionPool has no {name}(): update pns4ones.txinternals"
+            )
+
+    @defer.inlineCallbacks
+    def test_a_failed_rollback_drops_the_broken_connection_quietly(self) -> Generator[Any, Any, None]:
+        """The interaction's own error reaches the caller (not the rollback's), the broken connection is closed through _close without a logged error, and the next interaction gets a new one."""
+
+        def fails(cursor: Any) -> None:
+            cursor.execute("SELECT 1")
+
+        yield self.assertFailure(self.pool.runInteraction(fails), ConnectionError)
+        self.assertEqual(self.driver.made[0].close_calls, 1, "closed once, its error swallowed")
+        yield self.assertFailure(self.pool.runInteraction(fails), ConnectionError)
+        self.assertEqual(len(self.driver.made), 2, "a new connection for the next interaction")
+        self.assertEqual(self.flushLoggedErrors(), [])
 
 
 class _Recorder:

@@ -17,6 +17,24 @@ from .vectors import WIRE
 
 KEY = wire.ClientKey.decode(WIRE["client_key"]["base64"])
 
+_ID = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=40)
+#: (app, ib, user, group) as a registration may carry them: app and ib not empty.
+REGISTRATIONS = st.tuples(_ID.filter(bool), _ID.filter(bool), _ID, _ID)
+#: Valid payloads cut short, or with one byte changed.
+SPOILED = st.tuples(REGISTRATIONS, st.integers(0, 400), st.integers(0, 255)).map(
+    lambda t: (lambda p: p[: t[1]] if t[1] < len(p) and t[2] % 2 else p[: t[1] % len(p)] + bytes([t[2]]) + p[t[1] % len(p) + 1 :])(
+        wire.encode_registration(KEY, *t[0])[2:]
+    )
+)
+
+
+def _decoded(raw: bytes) -> str:
+    """An id as the server reads it: UTF-8, else the stock add-in's Latin-1."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
 
 class ClientKeyTests(SynchronousTestCase):
     def test_decode_vector(self) -> None:
@@ -87,13 +105,31 @@ class RegistrationTests(SynchronousTestCase):
             wire.parse_registration(three_fields)
 
     @settings(max_examples=500, deadline=None)
-    @given(st.binary(max_size=300))
-    def test_arbitrary_bytes(self, data: bytes) -> None:
-        """Any bytes either parse or raise WireError, nothing else."""
+    @given(st.one_of(st.binary(max_size=300), REGISTRATIONS.map(lambda r: wire.encode_registration(KEY, *r)[2:]), SPOILED))
+    def test_any_payload_parses_to_what_it_holds_or_says_why_not(self, payload: bytes) -> None:
+        """Any bytes either parse into exactly the fields, body and signature they hold, or raise WireError with a documented reason."""
         try:
-            wire.parse_registration(data)
-        except wire.WireError:
-            pass
+            reg = wire.parse_registration(payload)
+        except wire.WireError as e:
+            self.assertIn(e.reason, ("truncated", "signature-length", "malformed"))
+            self.assertTrue(e.detail)
+            return
+        self.assertEqual(struct.unpack_from("<H", payload), (32,))
+        self.assertEqual((reg.signature, reg.body), (payload[2:34], payload[34:]))
+        raw = payload[34:].split(b"\x00")
+        self.assertEqual(raw[4:], [b""], "four NUL-terminated fields")
+        self.assertEqual([reg.app_id, reg.ib_id, reg.user_id, reg.group], [_decoded(r) for r in raw[:4]])
+        self.assertTrue(reg.app_id and reg.ib_id)
+
+    @settings(max_examples=300, deadline=None)
+    @given(REGISTRATIONS)
+    def test_encoded_registrations_parse_back_and_verify(self, fields: tuple[str, str, str, str]) -> None:
+        """Whatever the ids (any text without NUL), an encoded registration has the right length prefix, parses back to them and verifies."""
+        frame = wire.encode_registration(KEY, *fields)
+        self.assertEqual(struct.unpack_from("<H", frame), (len(frame) - 2,))
+        reg = wire.parse_registration(frame[2:])
+        self.assertEqual((reg.app_id, reg.ib_id, reg.user_id, reg.group), fields)
+        self.assertTrue(reg.verify(KEY))
 
 
 class FrameTests(SynchronousTestCase):

@@ -21,12 +21,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import defer, task
 
 from . import config as _config
-from .store import Application, StoreError, UnknownApplication
+from .store import Admin, Application, Groups, KeptMessages, Lifecycle, StoreError, Transfer, UnknownApplication
 
 COMMANDS = {
     "list": "list the applications with their keys",
@@ -46,6 +46,10 @@ COMMANDS = {
     "status": "live figures of the running server: uptime, subscriptions, sends, store, listeners",
     "rotate-secrets-key": "seal every key in the store under a new key of the key file (--prepare: only add the new key, for several nodes)",
 }
+
+
+class CliStore(Admin, Groups, KeptMessages, Transfer, Lifecycle, Protocol):
+    """What the admin commands use of the store: everything but the node's registry."""
 
 
 class CommandError(Exception):
@@ -188,7 +192,7 @@ def status(args: argparse.Namespace, out: Any) -> None:
     out.write(json.dumps(doc, ensure_ascii=False, indent=2) + "\n" if getattr(args, "json", False) else _status.render(doc))
 
 
-def open_store(args: argparse.Namespace) -> Any:
+def open_store(args: argparse.Namespace) -> CliStore:
     cfg = _config_of(args)
     if getattr(args, "as_data_owner", False):
         try:

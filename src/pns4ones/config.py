@@ -340,16 +340,16 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "max_unregistered",
-        "1000",
+        "5000",
         _number(int, 1, 10_000_000),
-        "most add-in connections that have not registered yet; past it the oldest one waiting over a second is closed for a newcomer, else the newcomer is refused (default 1000)",
+        "most add-in connections that have not registered yet; past it the oldest one waiting over a second is closed for a newcomer, else the newcomer is refused (default 5000)",
         "N",
     ),
     Option(
         "max_unregistered_per_address",
-        "100",
+        "1000",
         _number(int, 1, 10_000_000),
-        "most add-in connections from one address that have not registered yet, same rule (default 100)",
+        "most add-in connections from one address that have not registered yet, same rule (default 1000: a terminal server or NAT reconnecting all its sessions at once)",
         "N",
     ),
     Option(
@@ -548,8 +548,8 @@ class Config:
     hub: str = "local"
     node_name: str = ""
     hub_presence_expiry: float = 15.0
-    max_unregistered: int = 1000
-    max_unregistered_per_address: int = 100
+    max_unregistered: int = 5000
+    max_unregistered_per_address: int = 1000
     fd_reserve: int = 0
     secrets_key_file: str = ""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)

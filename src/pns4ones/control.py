@@ -23,7 +23,8 @@ class ControlError(Exception):
     """No server to talk to, or it did not answer: a message for the operator."""
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` at once: a reader sees the old file or the new one, never half of it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as f:
@@ -39,7 +40,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def write_pid(data_dir: Path, pid: int | None = None) -> Path:
     path = Path(data_dir) / PID_FILE
-    _atomic_write(path, f"{pid or os.getpid()}\n")
+    atomic_write(path, f"{pid or os.getpid()}\n")
     return path
 
 
@@ -82,7 +83,7 @@ def running_pid(data_dir: Path) -> int:
 
 def write_reload_status(data_dir: Path, ok: bool, message: str, trigger: str) -> None:
     doc = {"pid": os.getpid(), "time": time.time(), "ok": ok, "message": message, "trigger": trigger}
-    _atomic_write(Path(data_dir) / RELOAD_FILE, json.dumps(doc, ensure_ascii=False) + "\n")
+    atomic_write(Path(data_dir) / RELOAD_FILE, json.dumps(doc, ensure_ascii=False) + "\n")
 
 
 def read_reload_status(data_dir: Path) -> dict[str, Any] | None:

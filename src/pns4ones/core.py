@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
@@ -21,7 +21,7 @@ from .groups import GroupError, Membership, message_from_addin
 from .hub import Hub, Outbound, Report, Session
 from .messages import SendRequest, render_addin_json
 from .metrics import NULL
-from .store import Application, KeptMessage, Snapshot, Store, StoreUnavailable, TokenRecord
+from .store import Application, Groups, KeptMessage, KeptMessages, Registry, Snapshot, StoreUnavailable, TokenRecord
 from .wire import Registration
 
 TOKEN_LIFETIME = 3600.0
@@ -90,6 +90,10 @@ class IssuedToken:
     expires_at: float
 
 
+class CoreStore(Registry, Groups, KeptMessages, Protocol):
+    """What Core uses of the store: the registry, groups and kept messages."""
+
+
 class Core:
     """Applications, tokens, subscriptions and sends for one node."""
 
@@ -98,7 +102,7 @@ class Core:
 
     def __init__(
         self,
-        store: Store,
+        store: CoreStore,
         hub: Hub,
         clock: Any,
         token_lifetime: float = TOKEN_LIFETIME,

@@ -11,13 +11,23 @@ descriptors as ``SCM_RIGHTS``) or ``B`` + raw bytes (pending output):
     new -> old   hello {handoff, version, pid}
     old -> new   listeners {handoff, version, listeners:[{option, address, family}]} + fds
     new -> old   ready           (registry loaded; listeners adopted but not accepting)
-    ... old stops accepting, finishes HTTP requests in progress, takes every
-        subscription off its hub and out of the reactor ...
-    old -> new   sessions {sessions:[{family, app, ib, user, group, key, pending, inbound}]} + fds, B ...
+    ... old stops accepting, finishes HTTP requests in progress, waits for kept
+        messages being read, takes every connection off its hub and out of the reactor ...
+    old -> new   sessions {sessions:[{family, peer, pending, inbound, left | app, ib, user, group, key}]} + fds, B ...
+    old -> new   recovery {bytes}, B ...   (protocol 2: the WebSocket/SSE recovery window, JSON)
     old -> new   end {count}
     new -> old   adopted {count}   (descriptors received; nothing written yet)
     old -> new   commit            (the old process never touches them again)
     new -> old   serving {pid}     (subscriptions live, listeners accepting)
+
+A session is a registered subscription (``app``, ``ib``, ``user``, ``group`` and
+``key``, the fingerprint of its client key) or a connection still registering
+(``left``: seconds to its registration deadline); ``inbound`` (base64) is what it
+sent that was not parsed yet, part of a frame.  Protocol 1 (the release before)
+had no ``left`` and no recovery packet: the new process accepts it (a connection
+still registering gets the full ``registration_timeout``, the window starts
+empty); an old process sends protocol 2 packets only to a new one that said
+hello with 2.
 
 Invariants:
 * Before ``commit`` the new process neither reads from nor writes to a handed-over
@@ -25,31 +35,54 @@ Invariants:
   old process can take everything back, whatever goes wrong.
 * Pending bytes are the old transport's unsent buffer, taken whole and written
   first by the new process: the byte stream each subscriber sees is unchanged, so
-  a frame is never cut or repeated.
+  a frame is never cut or repeated.  So are the inbound bytes, fed to the new
+  protocol as if they had just arrived: a registration cut by the restart
+  completes on the new process, before the deadline it had.
+* This module moves connections through ``AddinProtocol``'s public
+  ``export_state`` / ``handed_over`` / ``take_back`` / ``adopt`` and Twisted's
+  private state only through :mod:`pns4ones.txinternals`.
 * Sessions that cannot move (WebSocket, SSE: their state lives in this process)
-  get ``going_away(reason)`` (or ``end(reason)``) before the handover.
+  are ended (``end("server restarting")``, a going-away close) before the
+  handover; their clients resume on the new process from their last id, which
+  the handed-over recovery window serves.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
+import binascii
 import json
 import os
 import signal
 import socket
 import sys
 import time
+from collections.abc import Generator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet import defer, protocol, task
+from twisted.internet.defer import Deferred
+from twisted.internet.tcp import Port, Server
 from twisted.logger import Logger
 
 from . import __version__, control, logs
+from .hub.local import LocalHub
+from .hub.recovery import RecoveryError
+from .transports.addin import AddinFactory, AddinProtocol, AddinState
+from .txinternals import set_handed_over
 
-HANDOFF_PROTOCOL = 1
-SUPPORTED_PROTOCOLS = frozenset({1})
+if TYPE_CHECKING:
+    from .service import PnsService
+    from .web import ApiSite
+
+T = TypeVar("T")
+
+HANDOFF_PROTOCOL = 2
+SUPPORTED_PROTOCOLS = frozenset({1, 2})
+#: The first protocol with registration deadlines and the recovery window.
+RECOVERY_PROTOCOL = 2
 ENV = "PNS4ONES_HANDOFF"
 SOCKET_NAME = "handoff.sock"
 STATUS_FILE = "restart.json"
@@ -58,6 +91,8 @@ BLOB = 60000
 START_TIMEOUT = 60.0  # the new process: start, load the registry
 STEP_TIMEOUT = 30.0
 HTTP_GRACE = 0.05  # see Restart._quiet
+#: Longest wait for kept messages being read from the store before the connections move.
+KEPT_GRACE = 5.0
 
 log = Logger(namespace="pns4ones.handoff")
 
@@ -66,9 +101,36 @@ class HandoffError(Exception):
     """The handoff cannot go on: a message for the operator."""
 
 
-def key_id(key: Any) -> str:
-    """Which client key a session registered with (no secret in it)."""
-    return hashlib.sha256(b"pns4ones-key-id" + key.key + key.iv).hexdigest()[:32]
+@dataclass(frozen=True, slots=True)
+class Handed:
+    """One connection as received by the new process: what it is, its socket, what was queued for it."""
+
+    state: AddinState
+    fd: int
+    family: int
+    pending: bytes
+
+
+def state_json(state: AddinState, pending: int, family: int) -> dict[str, Any]:
+    """A ``sessions`` entry."""
+    doc: dict[str, Any] = {"family": family, "peer": state.peer, "pending": pending, "inbound": base64.b64encode(state.inbound).decode()}
+    if state.key:
+        doc.update(app=state.app_id, ib=state.ib_id, user=state.user_id, group=state.group, key=state.key)
+    elif state.registration_left is not None:
+        doc["left"] = state.registration_left
+    return doc
+
+
+def state_from(doc: dict[str, Any]) -> AddinState:
+    """The connection a ``sessions`` entry describes; HandoffError when it is garbled."""
+    try:
+        inbound = base64.b64decode(doc.get("inbound", ""), validate=True)
+        left = doc.get("left")
+        if doc.get("key"):
+            return AddinState(str(doc.get("peer", "")), doc["app"], doc["ib"], doc["user"], doc["group"], doc["key"], inbound)
+        return AddinState(str(doc.get("peer", "")), inbound=inbound, registration_left=float(left) if left is not None else None)
+    except (KeyError, TypeError, ValueError, binascii.Error) as e:
+        raise HandoffError(f"garbled session entry ({e!r})") from None
 
 
 def _advertised_protocol() -> int:
@@ -200,35 +262,48 @@ class Incoming:
             pass
         return HandoffError(reason)
 
-    def receive_sessions(self) -> list[tuple[dict[str, Any], int, bytes]]:
-        """Everything the old process hands over; blocking (we serve nothing yet)."""
+    def _blob(self, need: int, what: str) -> bytes:
+        chunks, have = [], 0
+        while have < need:
+            tag, chunk, _ = _recv(self.sock)
+            if tag != "B":
+                raise HandoffError(f"{what} missing")
+            chunks.append(chunk)
+            have += len(chunk)
+        return b"".join(chunks)
+
+    def receive_sessions(self) -> list[Handed]:
+        """Everything the old process hands over (and its recovery window, in :attr:`recovery`); blocking (we serve nothing yet)."""
         for _, handed in self.listeners.items():  # listeners this configuration no longer has
             for _, fd in handed:
                 os.close(fd)
         self.listeners = {}
         _send(self.sock, {"type": "ready"})
         self.sock.settimeout(START_TIMEOUT)  # the old process drains HTTP requests first
-        out: list[tuple[dict[str, Any], int, bytes]] = []
+        out: list[Handed] = []
+        #: The old process's recovery window (protocol 2), to adopt before serving.
+        self.recovery: object = None
         while True:
             tag, doc, fds = _recv(self.sock)
             self.sock.settimeout(STEP_TIMEOUT)
             if tag != "J":
                 raise HandoffError("unexpected raw bytes")
-            if doc.get("type") == "end":
+            kind = doc.get("type")
+            if kind == "end":
                 break
-            if doc.get("type") != "sessions" or len(fds) != len(doc["sessions"]):
-                raise HandoffError(f"bad sessions packet ({doc.get('type')}, {len(fds)} descriptors)")
-            blob = b""
-            need = sum(int(s["pending"]) for s in doc["sessions"])
-            while len(blob) < need:
-                tag, chunk, _ = _recv(self.sock)
-                if tag != "B":
-                    raise HandoffError("pending bytes missing")
-                blob += chunk
+            if kind == "recovery":
+                try:
+                    self.recovery = json.loads(self._blob(int(doc["bytes"]), "the recovery window"))
+                except ValueError:
+                    raise HandoffError("garbled recovery window") from None
+                continue
+            if kind != "sessions" or len(fds) != len(doc["sessions"]):
+                raise HandoffError(f"bad sessions packet ({kind}, {len(fds)} descriptors)")
+            blob = self._blob(sum(int(s["pending"]) for s in doc["sessions"]), "pending bytes")
             at = 0
             for meta, fd in zip(doc["sessions"], fds):
                 n = int(meta["pending"])
-                out.append((meta, fd, blob[at : at + n]))
+                out.append(Handed(state_from(meta), fd, int(meta["family"]), blob[at : at + n]))
                 at += n
         if os.environ.get("PNS4ONES_TEST_HANDOFF_CRASH"):  # tests: die holding every descriptor, before confirming
             os._exit(3)
@@ -246,23 +321,29 @@ class Incoming:
         self.sock.close()
 
 
-def adopt_sessions(service: Any, incoming: Incoming) -> int:
-    """Receive, commit, then bring every handed-over subscription to life."""
+def adopt_sessions(service: PnsService, incoming: Incoming) -> int:
+    """Receive, commit, then bring every handed-over connection to life (and the recovery window, before anything is routed)."""
     handed = incoming.receive_sessions()
     reactor, factory, core = service.reactor, service.addin_factory, service.core
+    assert factory is not None and core is not None  # built before the handoff starts
+    if incoming.recovery is not None:
+        adopt_recovery(core.hub, incoming.recovery, reactor.seconds())
+    # Registering connections in deadline order: the factory's sweep expects its clock entries so.
+    handed.sort(key=lambda h: (h.state.registration_left is not None, h.state.registration_left or 0.0))
     ended = 0
     factory.adopting = True
     try:
-        for meta, fd, pending in handed:
+        for h in handed:
             try:
-                transport = reactor.adoptStreamConnection(fd, meta["family"], factory)
+                transport = reactor.adoptStreamConnection(h.fd, h.family, factory)
             except OSError:
                 transport = None  # the peer went away meanwhile
             finally:
-                os.close(fd)
-            if transport is None:
-                continue
-            if not _restore(transport.protocol, meta, pending, core, factory):
+                os.close(h.fd)
+            if not isinstance(transport, Server):
+                continue  # the peer went away meanwhile
+            proto = transport.protocol
+            if isinstance(proto, AddinProtocol) and not proto.adopt(h.state, h.pending):
                 ended += 1
     finally:
         factory.adopting = False
@@ -271,27 +352,26 @@ def adopt_sessions(service: Any, incoming: Incoming) -> int:
     return len(handed)
 
 
-def _restore(proto: Any, meta: dict[str, Any], pending: bytes, core: Any, factory: Any) -> bool:
-    if pending:
-        proto.transport.write(pending)
-    proto.peer = meta.get("peer", proto.peer)
-    if meta.get("key"):
-        proto.app_id, proto.ib_id, proto.user_id, proto.group = meta["app"], meta["ib"], meta["user"], meta["group"]
-        app = core.apps.get(proto.app_id)
-        if app is None or key_id(app.client_key) != meta["key"]:
-            proto.end("application removed or client key changed")
-            return False
-        proto.keys = app.client_key
-        core.hub.attach(proto)
-    else:  # still registering: give it the usual time again
-        proto._timer = factory.clock.callLater(factory.config.registration_timeout, proto._registration_timed_out)
-        inbound = base64.b64decode(meta.get("inbound", ""))
-        if inbound:
-            proto.dataReceived(inbound)
-    return True
+def adopt_recovery(hub: object, doc: object, now: float) -> None:
+    """Continue the previous process's recovery window (an in-process hub; a hub between nodes keeps its own in Redis)."""
+    if not isinstance(hub, LocalHub):
+        return
+    try:
+        count = hub.recovery.adopt(doc, now)
+    except RecoveryError as e:  # web clients that resume get "missed", as after a full restart
+        log.warn("the recovery window of the previous process cannot be adopted ({error}); starting an empty one", error=str(e))
+    else:
+        log.info("adopted the recovery window of the previous process: {count} messages", count=count)
 
 
 # -- the old process ----------------------------------------------------------------------------
+
+
+def _tcp(proto: AddinProtocol) -> Server:
+    transport = proto.transport
+    if not isinstance(transport, Server):
+        raise HandoffError(f"an add-in connection without a TCP socket ({transport!r})")
+    return transport
 
 
 class _Child(protocol.ProcessProtocol):
@@ -300,7 +380,8 @@ class _Child(protocol.ProcessProtocol):
         self.pid = 0
 
     def connectionMade(self) -> None:
-        self.pid = self.transport.pid
+        if self.transport is not None:
+            self.pid = self.transport.pid
 
     def processEnded(self, reason: Any) -> None:
         value = reason.value
@@ -348,7 +429,7 @@ def child_argv() -> list[str]:
 class Restart:
     """The old process's side of one handoff."""
 
-    def __init__(self, service: Any, trigger: str) -> None:
+    def __init__(self, service: PnsService, trigger: str) -> None:
         self.service = service
         self.trigger = trigger
         self.reactor = service.reactor
@@ -357,8 +438,11 @@ class Restart:
         self.conn: socket.socket | None = None
         self.child = _Child()
         self.paused = False
-        self.taken: list[tuple[Any, bytes]] = []
+        #: Connections taken out of this process: (protocol, its state, the bytes queued for it).
+        self.taken: list[tuple[AddinProtocol, AddinState, bytes]] = []
         self.committed = False
+        #: The new process's handoff protocol (from its hello).
+        self.theirs = 1
 
     @defer.inlineCallbacks
     def run(self) -> Any:
@@ -367,7 +451,7 @@ class Restart:
         log.info(
             "{trigger}: restarting with the code and configuration on disk; handing over {count} subscriptions",
             trigger=self.trigger,
-            count=len(self.service.addin_factory.connections),
+            count=len(self._factory().connections),
             **always,
         )
         try:
@@ -391,7 +475,9 @@ class Restart:
             self._close()
         pause = time.monotonic() - self.pause_started
         t = self.times
-        message = f"restarted: pid {os.getpid()} -> {self.child.pid}; {len(self.taken)} subscriptions handed over; delivery paused {pause * 1000:.0f} ms (HTTP requests in progress {1000 * (t[0] - self.pause_started):.0f}, sending {1000 * (t[1] - t[0]):.0f}, receiving {1000 * (t[2] - t[1]):.0f}, adopting {1000 * (t[3] - t[2]):.0f}); took {time.monotonic() - started:.1f} s"
+        registering = sum(1 for _, state, _ in self.taken if not state.key)
+        queued = sum(len(pending) for _, _, pending in self.taken)
+        message = f"restarted: pid {os.getpid()} -> {self.child.pid}; {len(self.taken)} subscriptions handed over ({registering} still registering, {queued} bytes queued for them); delivery paused {pause * 1000:.0f} ms (HTTP requests in progress {1000 * (t[0] - self.pause_started):.0f}, sending {1000 * (t[1] - t[0]):.0f}, receiving {1000 * (t[2] - t[1]):.0f}, adopting {1000 * (t[3] - t[2]):.0f}); took {time.monotonic() - started:.1f} s"
         log.info("{trigger}: {message}", trigger=self.trigger, message=message, **always)
         self._status(True, message, self.child.pid)
         self.service.handed_over = True
@@ -401,7 +487,7 @@ class Restart:
     def _status(self, ok: bool, message: str, new_pid: int) -> None:
         doc = {"pid": os.getpid(), "new_pid": new_pid, "time": time.time(), "ok": ok, "message": message, "trigger": self.trigger}
         try:
-            control._atomic_write(Path(self.service.config.data_dir) / STATUS_FILE, json.dumps(doc, ensure_ascii=False) + "\n")
+            control.atomic_write(Path(self.service.config.data_dir) / STATUS_FILE, json.dumps(doc, ensure_ascii=False) + "\n")
         except OSError as e:
             log.warn("cannot record the restart outcome: {error}", error=str(e))
 
@@ -420,14 +506,14 @@ class Restart:
 
     def _accept(self) -> Any:
         try:
-            conn, _ = self.lsock.accept()
+            conn, _ = self._listening().accept()
         except BlockingIOError:
             return None
         return conn
 
     def _poll(self) -> Any:
         try:
-            return _recv(self.conn)
+            return _recv(self._conn())
         except BlockingIOError:
             return None
 
@@ -461,6 +547,8 @@ class Restart:
         tag, hello, _ = yield self._wait("saying hello", self._poll, STEP_TIMEOUT)
         if tag != "J" or hello.get("type") != "hello":
             raise HandoffError("the new process did not say hello")
+        theirs = hello.get("handoff")
+        self.theirs = theirs if isinstance(theirs, int) else 1
         listeners, fds = [], []
         for port in svc.ports:
             option = svc.port_options.get(port)
@@ -491,10 +579,14 @@ class Restart:
                     request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
             if channel.requests:  # (on an idle channel this would drop the next request unanswered)
                 channel.persistent = False
-        yield self._quiet(svc.site)
-        yield svc.site.drain(self.reactor, timeout=5.0)
-        self.times = [time.monotonic()]
+        # WebSocket and SSE streams are requests that never finish by themselves: end
+        # them first (their clients resume on the new process from the handed-over
+        # window), or the wait below would last its whole 10 s bound.
         self._say_going_away()
+        yield self._quiet(svc.site)
+        yield svc.site.drain(self.reactor, timeout=0.0)  # closes the idle connections (requests were served above)
+        yield self._kept_written()
+        self.times = [time.monotonic()]
         self._take_sessions()
         self.conn.setblocking(True)
         self.conn.settimeout(STEP_TIMEOUT)
@@ -513,71 +605,96 @@ class Restart:
             raise HandoffError(f"handoff socket: {e}") from None
 
     @defer.inlineCallbacks
-    def _quiet(self, site: Any) -> Any:
+    def _quiet(self, site: ApiSite) -> Generator[Deferred[None], None, None]:
         """
         Serve requests in progress, and those arriving on open connections for
         ``HTTP_GRACE`` seconds more (a sender that has just connected, or sent
-        while we stopped accepting), each answered with Connection: close; then
-        the remaining idle connections are closed.
+        while we stopped accepting), each answered with Connection: close (the
+        caller then closes the remaining idle connections).  A channel whose
+        connection is gone does not count: one upgraded to a WebSocket keeps its
+        upgrade request forever (Twisted replaces its connectionLost).
         """
         deadline = time.monotonic() + 5.0
         quiet_since = time.monotonic()
         while time.monotonic() < deadline:
-            if any(ch.requests for ch in list(site.channels)):
+            if any(ch.requests and ch.transport is not None and ch.transport.connected for ch in list(site.channels)):
                 quiet_since = time.monotonic()
             elif time.monotonic() - quiet_since >= HTTP_GRACE:
                 return
             yield task.deferLater(self.reactor, 0.005, lambda: None)
 
-    def _say_going_away(self) -> None:
-        from .transports.addin import AddinProtocol
+    @defer.inlineCallbacks
+    def _kept_written(self) -> Generator[Deferred[None], None, None]:
+        """Wait while kept messages are read from the store for a subscription (they would be written to the old process)."""
+        factory = self._factory()
+        deadline = time.monotonic() + KEPT_GRACE
+        while True:
+            reading = sum(1 for proto in factory.connections if proto.reading_kept)
+            if not reading:
+                return
+            if time.monotonic() > deadline:
+                raise HandoffError(f"kept messages of {reading} subscriptions are still being read from the store after {KEPT_GRACE:g} s")
+            yield task.deferLater(self.reactor, 0.01, lambda: None)
 
-        for session in list(self.service.core.hub.sessions()):
-            if not isinstance(session, AddinProtocol):
-                going_away = getattr(session, "going_away", None) or session.end
-                going_away("server restarting")
+    def _factory(self) -> AddinFactory:
+        factory = self.service.addin_factory
+        if factory is None:
+            raise HandoffError("the server is not built yet")
+        return factory
+
+    def _say_going_away(self) -> None:
+        core = self.service.core
+        if core is None:
+            return
+        for session in list(core.hub.sessions()):
+            if session.transport_name != AddinProtocol.transport_name:  # WebSocket, SSE: they resume on the new process
+                session.end("server restarting")
 
     def _take_sessions(self) -> None:
-        factory, hub = self.service.addin_factory, self.service.core.hub
-        for proto in list(factory.connections):
-            t = proto.transport
-            if proto._ended or t is None or t.disconnecting or not t.connected:
-                continue
-            t.stopReading()
-            t.stopWriting()
-            pending = t.dataBuffer[t.offset :] + b"".join(t._tempDataBuffer)
-            t.dataBuffer, t.offset, t._tempDataBuffer, t._tempDataLen = b"", 0, [], 0
-            if proto.keys is not None:
-                hub.detach(proto)
-            self.taken.append((proto, bytes(pending)))
+        for proto in list(self._factory().connections):
+            exported = proto.export_state()
+            if exported is not None:
+                self.taken.append((proto, *exported))
 
     def _send_sessions(self) -> None:
+        conn = self._conn()
         for start in range(0, len(self.taken), MAX_FDS):
             batch = self.taken[start : start + MAX_FDS]
-            metas, blob = [], []
-            for proto, pending in batch:
-                meta = {"family": int(proto.transport.socket.family), "peer": proto.peer, "pending": len(pending)}
-                if proto.keys is not None:
-                    meta.update(app=proto.app_id, ib=proto.ib_id, user=proto.user_id, group=proto.group, key=key_id(proto.keys))
-                else:
-                    meta["inbound"] = base64.b64encode(proto._unprocessed[proto._compatibilityOffset :]).decode()
-                metas.append(meta)
-                blob.append(pending)
-            _send(self.conn, {"type": "sessions", "sessions": metas}, [p.transport.fileno() for p, _ in batch])
-            data = b"".join(blob)
-            for at in range(0, len(data), BLOB):
-                self.conn.sendall(b"B" + data[at : at + BLOB])
-        _send(self.conn, {"type": "end", "count": len(self.taken)})
+            sockets = [_tcp(proto) for proto, _, _ in batch]
+            metas = [state_json(state, len(pending), int(t.socket.family)) for (_, state, pending), t in zip(batch, sockets)]
+            _send(conn, {"type": "sessions", "sessions": metas}, [t.fileno() for t in sockets])
+            self._send_blob(b"".join(pending for _, _, pending in batch))
+        core = self.service.core
+        if self.theirs >= RECOVERY_PROTOCOL and core is not None and isinstance(core.hub, LocalHub):
+            window = json.dumps(core.hub.recovery.export(), separators=(",", ":")).encode()
+            _send(conn, {"type": "recovery", "bytes": len(window)})
+            self._send_blob(window)
+        _send(conn, {"type": "end", "count": len(self.taken)})
+
+    def _send_blob(self, data: bytes) -> None:
+        conn = self._conn()
+        for at in range(0, len(data), BLOB):
+            conn.sendall(b"B" + data[at : at + BLOB])
+
+    def _listening(self) -> socket.socket:
+        if self.lsock is None:
+            raise HandoffError("the handoff socket is not open")
+        return self.lsock
+
+    def _conn(self) -> socket.socket:
+        if self.conn is None:
+            raise HandoffError("the new process is not connected")
+        return self.conn
+
+    def _ports(self) -> list[Port]:
+        return [port for port in self.service.ports if isinstance(port, Port)]
 
     def _commit(self) -> None:
         """From here on this process never touches the handed-over sockets (no shutdown() at exit)."""
-        svc = self.service
-        for port in svc.ports:
-            port._shouldShutdown = False
-        for proto, _ in self.taken:
-            proto._ended = True
-            proto.transport._shouldShutdown = False
-            svc.addin_factory.connections.discard(proto)
+        for port in self._ports():
+            set_handed_over(port, True)
+        for proto, _, _ in self.taken:
+            proto.handed_over()
 
     def _rollback(self) -> None:
         self.service.site.closing = False
@@ -588,21 +705,11 @@ class Restart:
                 pass
         if not self.paused:
             return
-        svc = self.service
-        for proto, pending in self.taken:
-            t = proto.transport
-            if self.committed:
-                proto._ended = False
-                t._shouldShutdown = True
-                svc.addin_factory.connections.add(proto)
-            t.startReading()
-            if pending:
-                t.write(pending)
-            if proto.keys is not None:
-                svc.core.hub.attach(proto)
+        for proto, state, pending in self.taken:
+            proto.take_back(state, pending)
         self.taken = []
-        for port in svc.ports:
-            port._shouldShutdown = True
+        for port in self._ports():
+            set_handed_over(port, False)
             port.startReading()
 
     def _close(self) -> None:

@@ -58,7 +58,7 @@ class LiveFigures:
             "known": list(svc.core.apps) if svc.core is not None else [],
             "connections": len(factory.connections) if factory is not None else 0,
             "ready": 1.0 if svc.ready else 0.0,
-            "store_up": 1.0 if getattr(svc.store, "available", True) else 0.0,
+            "store_up": 1.0 if svc.store is None or svc.store.available else 0.0,
             "expiry": material.certificate.not_valid_after_utc.timestamp() if material is not None else None,
         }
 
@@ -139,8 +139,8 @@ def status_doc(service: Any, metrics: Metrics) -> dict[str, Any]:
         "store": {
             "directory": str(data_dir),
             "bytes": store_bytes,
-            "location": getattr(service.store, "location", ""),
-            "available": getattr(service.store, "available", True),
+            "location": service.store.location,
+            "available": service.store.available,
         },
         "listeners": listeners(service),
     }
@@ -265,7 +265,7 @@ def write_admin_file(data_dir: Path, admin_port: int, token: str) -> Path:
     """Where the admin listener is and the status token (mode 0600: mkstemp's)."""
     path = Path(data_dir) / ADMIN_FILE
     doc = {"pid": os.getpid(), "admin_port": admin_port, "host": "127.0.0.1", "status_token": token, "started": time.time()}
-    control._atomic_write(path, json.dumps(doc) + "\n")
+    control.atomic_write(path, json.dumps(doc) + "\n")
     return path
 
 
@@ -284,7 +284,7 @@ def readiness(service: Any) -> Callable[[], tuple[bool, str]]:
     def ready() -> tuple[bool, str]:
         if service.ready:
             store = service.store
-            if not getattr(store, "available", True):
+            if not store.available:
                 return False, f"store unavailable: {store.unavailable_reason}"
             hub_status = getattr(service.core.hub, "status", None)
             return hub_status() if hub_status is not None else (True, "ready")

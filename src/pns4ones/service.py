@@ -26,7 +26,7 @@ from .core import Core, Limits
 from .groups import Membership
 from .hub import HubUnavailable, open_hub
 from .lean import LeanFactory
-from .store import StoreError, StoreUnavailable, open_store
+from .store import Store, StoreError, StoreUnavailable, open_store
 from .transports.addin import AddinFactory, configure_socket
 from .transports.web import WebSubscriptions
 from .web import ApiSite
@@ -56,7 +56,7 @@ class PnsService(service.MultiService):
         self.reactor = reactor
         self.tls = tls
         self._old_sighup: Any = None
-        self.store: Any = None
+        self.store: Store | None = None
         self.core: Core | None = None
         self.ports: list[Any] = []
         self.addin_factory: AddinFactory | None = None
@@ -226,7 +226,8 @@ class PnsService(service.MultiService):
                 handoff.die()
         for port in self.ports:
             port.startReading()
-        self.store.start_watching(self.core.reload, cfg.store_poll_interval)
+        if self.store is not None:  # (always: build() opened it)
+            self.store.start_watching(self.core.reload, cfg.store_poll_interval)
         self._purge = task.LoopingCall(self._store_task, self.core.purge_tokens, "token purge")
         self._purge.clock = self.reactor
         self._purge.start(3600, now=True).addErrback(lambda f: self.log.failure("token purge failed", f))

@@ -3,19 +3,29 @@ Everything in pns4ones that relies on Twisted's private state, in one place.
 
 Twisted does not promise these attributes; an upgrade may rename or remove
 them.  ``tests/test_txinternals.py`` pins each one against the installed
-Twisted, so that such an upgrade fails that test loudly instead of silently
-breaking a fast path or a restart handoff.  No other module reads or writes
-an underscore attribute of a Twisted object.
+Twisted (that it exists, and that it means what we use it for), so that such
+an upgrade fails that test loudly instead of silently breaking a fast path or
+a restart handoff.  No other module reads or writes an underscore attribute of
+a Twisted object (``tests/test_house.py`` checks the source tree).
 
-Attributes relied on (``twisted.internet.tcp.Connection``, via
-``abstract.FileDescriptor``):
+Attributes relied on:
 
-* ``dataBuffer``, ``offset``: bytes queued for writing and how much of them is sent;
-* ``_tempDataBuffer``: chunks written since the last flush into ``dataBuffer``;
-* ``socket``, ``connected``, ``disconnecting``: public but undocumented.
-
-And of ``twisted.web``'s WebSocket wire protocol (see :func:`guard_websocket`):
-its message buffers and its wsproto connection.
+* ``twisted.internet.tcp.Connection`` (via ``abstract.FileDescriptor``):
+  ``dataBuffer`` and ``offset`` (bytes queued for writing and how much of them
+  is sent), ``_tempDataBuffer`` and ``_tempDataLen`` (chunks written since the
+  last flush into ``dataBuffer``), and ``socket``, ``connected``,
+  ``disconnecting`` (public but undocumented);
+* ``tcp.Connection`` and ``tcp.Port`` (``tcp._SocketCloser``):
+  ``_shouldShutdown`` (closing calls ``shutdown()`` first, which would end
+  the connection for every process holding the socket);
+* ``twisted.protocols.basic.IntNStringReceiver``: ``_unprocessed`` and
+  ``_compatibilityOffset`` (bytes received and not yet cut into frames);
+* ``twisted.enterprise.adbapi``: ``Connection._connection`` and ``._pool``
+  (the DB-API connection and its pool, in :class:`QuietConnection`'s
+  rollback) and ``ConnectionPool._close`` (overridden by :class:`QuietPool`).
+* ``twisted.web``'s WebSocket wire protocol (``_websocket_impl._WebSocketWireProtocol``):
+  ``_textBuffer``, ``_bytesBuffer`` (message reassembly) and ``_wsconn`` (its
+  wsproto connection), see :func:`guard_websocket`.
 """
 
 from __future__ import annotations
@@ -23,8 +33,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-#: The private attributes of a TCP transport this module reads (pinned by the tests).
-TCP_ATTRIBUTES = ("dataBuffer", "offset", "_tempDataBuffer", "socket", "connected", "disconnecting")
+from twisted.enterprise import adbapi
+from twisted.internet import tcp
+from twisted.protocols.basic import IntNStringReceiver
+
+#: The private attributes of a TCP transport this module reads or writes (pinned by the tests).
+TCP_ATTRIBUTES = ("dataBuffer", "offset", "_tempDataBuffer", "_tempDataLen", "_shouldShutdown", "socket", "connected", "disconnecting")
+#: ... of a listening TCP port.
+PORT_ATTRIBUTES = ("_shouldShutdown",)
+#: ... of an ``IntNStringReceiver``.
+RECEIVER_ATTRIBUTES = ("_unprocessed", "_compatibilityOffset")
+#: ... of an ``adbapi.Connection``, and the method of ``adbapi.ConnectionPool`` overridden.
+ADBAPI_CONNECTION_ATTRIBUTES = ("_connection", "_pool")
+ADBAPI_POOL_METHODS = ("_close",)
 
 
 def send_now(transport: Any, data: bytes) -> bool:
@@ -57,6 +78,74 @@ def send_now(transport: Any, data: bytes) -> bool:
     if sent < len(data):
         transport.write(data[sent:])
     return True
+
+
+def take_output(transport: tcp.Connection) -> bytes:
+    """
+    Stop reading from and writing to a TCP connection and take the bytes
+    queued for it that the kernel has not accepted yet, in order, leaving its
+    buffer empty: whoever writes them next (another process that now owns the
+    socket, or this one again) continues the byte stream exactly where it
+    stopped, even in the middle of a frame.
+    """
+    transport.stopReading()
+    transport.stopWriting()
+    pending = bytes(transport.dataBuffer[transport.offset :]) + b"".join(transport._tempDataBuffer)
+    transport.dataBuffer = b""
+    transport.offset = 0
+    transport._tempDataBuffer = []
+    transport._tempDataLen = 0
+    return pending
+
+
+def set_handed_over(selectable: tcp.Connection | tcp.Port, handed: bool) -> None:
+    """
+    ``handed``: another process owns this socket now, so closing it here (this
+    process exiting) must only drop this process's descriptor, without the
+    ``shutdown()`` Twisted does first, which would end the connection (or stop
+    the listener) for the other process too.  False undoes it.
+    """
+    selectable._shouldShutdown = not handed
+
+
+def unparsed_input(receiver: IntNStringReceiver) -> bytes:
+    """The bytes an ``IntNStringReceiver`` has received and not yet cut into frames (part of the next frame)."""
+    return bytes(receiver._unprocessed[receiver._compatibilityOffset :])
+
+
+class QuietConnection(adbapi.Connection):
+    """
+    A pooled connection whose failed rollback (the database server went away)
+    raises nothing: the interaction's own error reaches the caller, and the
+    connection is dropped when its pool says it is :meth:`QuietPool.broken`
+    (the next interaction opens a new one).  The store reports the outage once.
+    """
+
+    def rollback(self) -> None:
+        conn = self._connection
+        try:
+            conn.rollback()
+        except Exception:  # noqa: S110 (the connection is dropped below when broken; the outage is reported by the store)
+            pass
+        pool = self._pool
+        if isinstance(pool, QuietPool) and pool.broken(conn) and pool.connections.get(pool.threadID()) is conn:
+            pool.disconnect(conn)
+
+
+class QuietPool(adbapi.ConnectionPool):
+    """``adbapi.ConnectionPool`` of :class:`QuietConnection`\\s, whose closing of a broken connection logs no traceback."""
+
+    connectionFactory = QuietConnection
+
+    def broken(self, conn: Any) -> bool:
+        """Whether ``conn`` (a DB-API connection) is past use; subclasses know their driver."""
+        return False
+
+    def _close(self, conn: Any) -> None:
+        try:
+            conn.close()
+        except Exception:  # noqa: S110 (closing a broken connection: nothing left to do)
+            pass
 
 
 # -- twisted.web.websocket ------------------------------------------------------------------

@@ -170,6 +170,8 @@ class ApiSite(server.Site):
 
     logger = Logger()
     requestFactory = BoundedRequest
+    #: A restart handoff is under way: responses say Connection: close (set by handoff.py).
+    closing = False
 
     def __init__(
         self, resource: Any, max_body_size: int, request_timeout: float, clock: Any = None, trusted_proxies: Any = (), **kwargs: Any

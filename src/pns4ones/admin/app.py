@@ -35,7 +35,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from ..core import Core
 from ..logs import RateLimited
 from ..messages import MessageError, parse_send_object
-from ..store import AdminAccount, Store, StoreUnavailable, UnknownApplication
+from ..store import Admin, AdminAccount, StoreUnavailable, UnknownApplication
 from ..web import ApiSite, BoundedRequest, json_body
 from . import auth, i18n
 
@@ -90,7 +90,7 @@ class AdminPanel:
     app = Klein()
     log = Logger()
 
-    def __init__(self, core: Core, store: Store, config: Any, clock: Any) -> None:
+    def __init__(self, core: Core, store: Admin, config: Any, clock: Any) -> None:
         self.core = core
         self.store = store
         self.config = config

@@ -14,6 +14,12 @@ below the floor may have missed messages.
 
 Invariants: entries are in increasing id order; every id above ``floor`` that
 was routed to this information base is in ``entries``.
+
+A restart handoff carries the windows to the new process: :meth:`Recovery.export`
+gives them as a JSON-ready document, :meth:`Recovery.adopt` continues them in a
+fresh ``Recovery`` (its own bounds applied, ids kept growing), so a web client
+resuming with its last id after a restart gets what it missed, once.  A document
+that does not hold raises :class:`RecoveryError` and changes nothing.
 """
 
 from __future__ import annotations
@@ -22,10 +28,16 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from ..messages import Message, Recipient
+from ..messages import RECIPIENT_TYPES, Message, Notification, Recipient
 
 #: Most windows kept; past it the longest-idle empty ones are forgotten.
 MAX_WINDOWS = 10_000
+#: The format of :meth:`Recovery.export` documents.
+EXPORT_VERSION = 1
+
+
+class RecoveryError(ValueError):
+    """A recovery document that cannot be adopted (another version, a field of the wrong type)."""
 
 
 class Window:
@@ -116,3 +128,102 @@ class Recovery:
                     yield message_id, message, outbound
 
         return (floor if missed else None), matching()
+
+    # -- handing the windows to another process ---------------------------------------------
+
+    def export(self) -> dict[str, Any]:
+        """Every window, its floor, the last id and the floor of forgotten windows, as a JSON-ready document."""
+        windows = [
+            {
+                "app": app_id,
+                "ib": ib_id,
+                "floor": window.floor,
+                "entries": [[message_id, at, _recipient_json(r), _message_json(m)] for message_id, at, r, m, _ in window.entries],
+            }
+            for (app_id, ib_id), window in self._windows.items()
+        ]
+        return {"version": EXPORT_VERSION, "last_id": self.last_id, "forgotten_floor": self._forgotten_floor, "windows": windows}
+
+    def adopt(self, doc: object, now: float) -> int:
+        """
+        Continue the windows of ``doc`` (:meth:`export` of the previous process)
+        in this one, which has routed nothing yet: its entries under this
+        process's bounds (``seconds``, ``limit``), ids growing from the higher of
+        both last ids.  Returns the number of messages adopted.
+        """
+        if self._windows or self.last_id != self._forgotten_floor:
+            raise RecoveryError("this process has routed messages already")
+        if not isinstance(doc, dict) or doc.get("version") != EXPORT_VERSION:
+            raise RecoveryError(f"not a recovery document of version {EXPORT_VERSION}")
+        last_id = _int(doc.get("last_id"), "last_id")
+        forgotten = _int(doc.get("forgotten_floor"), "forgotten_floor")
+        windows: dict[tuple[str, str], Window] = {}
+        raw_windows = doc.get("windows")
+        if not isinstance(raw_windows, list):
+            raise RecoveryError("windows must be a list")
+        for i, raw in enumerate(raw_windows):
+            if not isinstance(raw, dict) or not isinstance(raw.get("app"), str) or not isinstance(raw.get("ib"), str):
+                raise RecoveryError(f"windows[{i}] must name its application and information base")
+            window = Window(_int(raw.get("floor"), f"windows[{i}].floor"))
+            previous = window.floor
+            entries = raw.get("entries")
+            if not isinstance(entries, list):
+                raise RecoveryError(f"windows[{i}].entries must be a list")
+            for j, entry in enumerate(entries):
+                where = f"windows[{i}].entries[{j}]"
+                if not isinstance(entry, list) or len(entry) != 4:
+                    raise RecoveryError(f"{where} must be [id, time, recipient, message]")
+                message_id, at = _int(entry[0], where), entry[1]
+                if not isinstance(at, (int, float)) or isinstance(at, bool) or not previous < message_id <= last_id:
+                    raise RecoveryError(f"{where}: ids must grow above the floor, up to last_id, with a time")
+                previous = message_id
+                window.entries.append((message_id, float(at), _recipient(entry[2], where), _message(entry[3], where), None))
+            windows[(raw["app"], raw["ib"])] = window
+        self.last_id = max(self.last_id, last_id)
+        self._forgotten_floor = forgotten
+        adopted = 0
+        for key, window in windows.items():
+            while len(window.entries) > max(self.limit, 0):
+                window.floor = window.entries.popleft()[0]
+            self._expire(window, now)
+            if len(self._windows) >= MAX_WINDOWS:
+                self._forget_idle(now)
+            self._windows[key] = window
+            adopted += len(window.entries)
+        return adopted
+
+
+def _int(value: object, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise RecoveryError(f"{where} must be an integer")
+    return value
+
+
+def _recipient_json(r: Recipient) -> list[str]:
+    return [r.type, r.ib_id, r.user_id, r.group]
+
+
+def _recipient(raw: object, where: str) -> Recipient:
+    if not isinstance(raw, list) or len(raw) != 4 or not all(isinstance(x, str) for x in raw) or raw[0] not in RECIPIENT_TYPES:
+        raise RecoveryError(f"{where}: bad recipient")
+    return Recipient(raw[0], raw[1], raw[2], raw[3])
+
+
+def _message_json(m: Message) -> dict[str, Any]:
+    n = m.notification
+    note = None if n is None else [n.title, n.body, n.icon, n.action, n.important]
+    return {"topic": m.topic, "notification": note, "data": dict(m.data)}
+
+
+def _message(raw: object, where: str) -> Message:
+    if not isinstance(raw, dict) or not isinstance(raw.get("topic"), str):
+        raise RecoveryError(f"{where}: bad message")
+    data, note = raw.get("data"), raw.get("notification")
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise RecoveryError(f"{where}: bad message data")
+    notification = None
+    if note is not None:
+        if not isinstance(note, list) or len(note) != 5 or not all(isinstance(x, str) for x in note[:4]) or not isinstance(note[4], bool):
+            raise RecoveryError(f"{where}: bad notification")
+        notification = Notification(*note)
+    return Message(raw["topic"], notification, data)

@@ -1,9 +1,23 @@
 """
-The store behind a small interface.
+The store behind small interfaces, one per role.
 
-Everything above this package (the service, the API, the CLI, the panel) talks
-to :class:`Store`; every method returns a ``Deferred``, so that a networked
-store can stand in for the embedded SQLite one without changes above.
+Every method returns a ``Deferred``, so that a networked store can stand in for
+the embedded SQLite one without changes above.  The roles:
+
+* :class:`Registry`: what a node keeps in memory (``snapshot``) and its tokens;
+* :class:`Groups`: group membership;
+* :class:`KeptMessages`: messages kept for offline users;
+* :class:`Admin`: applications, their keys, the admin panel's account;
+* :class:`Transfer`: ``pns4ones-admin export`` / ``import``;
+* :class:`Lifecycle`: location, availability, schema version, change
+  notification, closing.
+
+Each user declares the roles it uses (``Core``: registry, groups, kept
+messages; the admin panel: admin; the CLI: all but the registry; the service:
+:class:`Store`, every role).  Three implementations: SQLite (``sqlite.py``) and
+PostgreSQL (``postgres.py``) share their SQL (``_sql.py``); ``memory.py`` keeps
+everything in dictionaries, for tests and as the reference.  One contract test
+suite (``tests/test_postgres.py``) runs on all three.
 """
 
 from __future__ import annotations
@@ -11,11 +25,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred
 
 from ..wire import ClientKey
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 class StoreError(Exception):
@@ -101,10 +118,43 @@ class KeptCount:
     expired: int
 
 
-class Store(Protocol):
-    location: str
+class Registry(Protocol):
+    """What a node keeps in memory (applications, tokens, groups) and the tokens it issues: the Core's registry."""
 
     def snapshot(self) -> Deferred[Snapshot]: ...
+    def add_token(self, token: TokenRecord) -> Deferred[None]: ...
+    def get_token(self, digest: bytes) -> Deferred[TokenRecord | None]:
+        """A token issued by any node (another node's /auth a moment ago), or None."""
+
+    def purge_tokens(self, expired_before: float) -> Deferred[int]: ...
+
+
+class Groups(Protocol):
+    """Group membership per application and information base; every change is one transaction."""
+
+    def set_group(self, app_id: str, ib_id: str, group: str, user_ids: list[str], now: float) -> Deferred[None]: ...
+    def add_group_members(self, app_id: str, ib_id: str, group: str, user_ids: list[str], now: float) -> Deferred[int]: ...
+    def remove_group_member(self, app_id: str, ib_id: str, group: str, user_id: str) -> Deferred[int]: ...
+    def remove_group(self, app_id: str, ib_id: str, group: str) -> Deferred[int]: ...
+    def list_groups(self, app_id: str, ib_id: str | None = None) -> Deferred[list[tuple[str, str, int]]]: ...
+    def group_members(self, app_id: str, ib_id: str, group: str) -> Deferred[list[str]]: ...
+
+
+class KeptMessages(Protocol):
+    """Messages kept for users who are offline (store and forward)."""
+
+    def keep_message(self, message: KeptMessage, received_by: list[str], max_per_user: int, max_per_app: int) -> Deferred[KeptOutcome]: ...
+    def take_kept(self, app_id: str, ib_id: str, user_id: str, groups: list[str], now: float) -> Deferred[list[bytes]]:
+        """The unexpired kept messages for this user not received yet, oldest first; recorded as received."""
+
+    def purge_kept(self, now: float) -> Deferred[int]: ...
+    def kept_ibs(self) -> Deferred[frozenset[tuple[str, str]]]: ...
+    def kept_counts(self) -> Deferred[list[KeptCount]]: ...
+
+
+class Admin(Protocol):
+    """What an administrator changes: applications and their keys, token resets, the panel's account."""
+
     def list_applications(self) -> Deferred[list[Application]]: ...
     def get_application(self, app_id: str) -> Deferred[Application]: ...
     def create_application(self, title: str, now: float) -> Deferred[Application]: ...
@@ -112,34 +162,42 @@ class Store(Protocol):
     def rotate_client_key(self, app_id: str, now: float) -> Deferred[Application]: ...
     def remove_application(self, app_id: str) -> Deferred[Application]: ...
     def reset_tokens(self, app_id: str) -> Deferred[int]: ...
-    def add_token(self, token: TokenRecord) -> Deferred[None]: ...
-    #: A token issued by any node (another node's /auth a moment ago), or None.
-    def get_token(self, digest: bytes) -> Deferred[TokenRecord | None]: ...
-    def purge_tokens(self, expired_before: float) -> Deferred[int]: ...
     def get_admin(self) -> Deferred[AdminAccount | None]: ...
     def set_admin(self, account: AdminAccount, now: float) -> Deferred[None]: ...
-    # groups: every change is one transaction
-    def set_group(self, app_id: str, ib_id: str, group: str, user_ids: list[str], now: float) -> Deferred[None]: ...
-    def add_group_members(self, app_id: str, ib_id: str, group: str, user_ids: list[str], now: float) -> Deferred[int]: ...
-    def remove_group_member(self, app_id: str, ib_id: str, group: str, user_id: str) -> Deferred[int]: ...
-    def remove_group(self, app_id: str, ib_id: str, group: str) -> Deferred[int]: ...
-    def list_groups(self, app_id: str, ib_id: str | None = None) -> Deferred[list[tuple[str, str, int]]]: ...
-    def group_members(self, app_id: str, ib_id: str, group: str) -> Deferred[list[str]]: ...
-    # kept messages
-    def keep_message(self, message: KeptMessage, received_by: list[str], max_per_user: int, max_per_app: int) -> Deferred[KeptOutcome]: ...
-    def take_kept(self, app_id: str, ib_id: str, user_id: str, groups: list[str], now: float) -> Deferred[list[bytes]]: ...
-    def purge_kept(self, now: float) -> Deferred[int]: ...
-    def kept_ibs(self) -> Deferred[frozenset[tuple[str, str]]]: ...
-    def kept_counts(self) -> Deferred[list[KeptCount]]: ...
-    # pns4ones-admin export/import: everything, secrets included
+
+
+class Transfer(Protocol):
+    """``pns4ones-admin export`` / ``import``: everything, secrets included (see :mod:`.export`)."""
+
     def export_data(self) -> Deferred[dict[str, Any]]: ...
-    def import_data(self, doc: Any, replace: bool = False) -> Deferred[int]: ...
-    def start_watching(self, on_change: Callable[[], object], interval: float) -> None: ...
+    def import_data(self, doc: object, replace: bool = False) -> Deferred[int]: ...
+
+
+class Lifecycle(Protocol):
+    """Where the store is, whether it answers now, its schema, change notification, closing."""
+
+    #: Where the data lives, for messages (a PostgreSQL URL without its password).
+    location: str
+    #: False while the store cannot be reached (PostgreSQL restarting): ``/ready`` and the metrics say so.
+    available: bool
+    #: Why it is unavailable ("" while available).
+    unavailable_reason: str
+    #: Schema versions before and after the migrations applied on open (``pns4ones-admin migrate``).
+    migrated_from: int
+    schema_version: int
+
+    def start_watching(self, on_change: Callable[[], object], interval: float) -> None:
+        """Call ``on_change`` when another process or node changed what nodes keep in memory."""
+
     def stop_watching(self) -> None: ...
     def close(self) -> Deferred[None]: ...
 
 
-def open_store(config: Any, reactor: Any = None) -> Store:
+class Store(Registry, Groups, KeptMessages, Admin, Transfer, Lifecycle, Protocol):
+    """Every role at once: what :func:`open_store` returns and the service owns."""
+
+
+def open_store(config: Config, reactor: Any = None) -> Store:
     """The store ``config.store`` names: the data directory's SQLite file by default, or PostgreSQL (migrated on open)."""
     location = config.store
     # The key that seals the store's secrets lives outside it (store/sealing.py).

@@ -19,7 +19,6 @@ every node reload its registry over and over.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import uuid
 from collections.abc import Callable
@@ -31,13 +30,10 @@ from twisted.internet.defer import Deferred, fail, succeed
 from .. import crypto
 from ..wire import ClientKey, WireError
 from . import AdminAccount, Application, KeptCount, KeptMessage, KeptOutcome, Snapshot, StoreError, TokenRecord, UnknownApplication
+from .export import EXPORT_FORMAT, SEALED_VERSION, check_export
 from .sealing import PROBE, KeyRing, SealingError, SecretKey, key_id_of, seal
 
 _APP_COLUMNS = "id, title, server_key, client_key, created_at"
-
-#: The format of ``pns4ones-admin export`` files (version 2: secrets sealed as in the store; 1: in plaintext, still read).
-EXPORT_FORMAT = "pns4ones-export"
-EXPORT_VERSION = 2
 #: The columns whose values are sealed (store/sealing.py), each bound to its row's id.
 SEALED_COLUMNS = ("server_key", "client_key")
 
@@ -93,13 +89,19 @@ POSTGRES = Dialect(
 
 class SQLStore:
     """
-    The Store protocol's methods, once, over :attr:`dialect`.  Server keys and
-    client keys are sealed on write and opened on read with :attr:`keyring`
-    (store/sealing.py): the Store protocol above never sees a sealed value.
+    Every role of :class:`pns4ones.store.Store`, once, over :attr:`dialect`.
+    Server keys and client keys are sealed on write and opened on read with
+    :attr:`keyring` (store/sealing.py): nothing above the store sees a sealed value.
     """
 
     dialect: Dialect
     keyring: KeyRing
+    location: str
+    migrated_from: int
+    schema_version: int
+    #: An embedded store is always there; PostgreSQL's goes False while it is unreachable.
+    available = True
+    unavailable_reason = ""
 
     # -- plumbing (subclasses provide _run) ---------------------------------------------
 
@@ -553,20 +555,20 @@ class SQLStore:
             admin = {"login": row[0], "password_hash": row[1], "updated_at": row[2]} if row else None
             (key_id,) = x(cursor, "SELECT key_id FROM sealing WHERE id = 1").fetchone()
             return {
-                "format": EXPORT_FORMAT, "version": EXPORT_VERSION, "sealed_with": key_id,
+                "format": EXPORT_FORMAT, "version": SEALED_VERSION, "sealed_with": key_id,
                 "applications": apps, "tokens": tokens, "groups": groups, "kept_messages": kept, "kept_stats": stats, "admin": admin,
             }  # fmt: skip
 
         return self._read(self._consistent(read))
 
-    def import_data(self, doc: Any, replace: bool = False) -> Deferred[int]:
+    def import_data(self, doc: object, replace: bool = False) -> Deferred[int]:
         """
         Load an :meth:`export_data` document, in one transaction; the number of
         applications imported.  Refused (:class:`StoreError`) when the store
         has applications already, unless ``replace`` (which empties it first).
         """
         try:
-            data = _check_export(doc)
+            data = check_export(doc)
         except StoreError:
             return fail()
 
@@ -680,116 +682,3 @@ def migrate_secrets(execute: Callable[..., Any], keyring: KeyRing, now: float) -
         execute("UPDATE applications SET server_key = ?, client_key = ? WHERE id = ?", (*sealed, app_id))
         count += sum(key_id_of(v) is None for v in values)
     return count
-
-
-# -- checking an export document (bad input: a StoreError naming the place) ---------------------
-
-
-def _need(cond: bool, where: str, what: str) -> None:
-    if not cond:
-        raise StoreError(f"not a pns4ones export: {where} {what}")
-
-
-def _fields(item: Any, where: str, spec: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
-    _need(isinstance(item, dict), where, "must be an object")
-    for name, kind in spec.items():
-        _need(name in item, where, f"lacks {name!r}")
-        value = item[name]
-        ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
-        _need(ok, f"{where}.{name}", "has the wrong type")
-    return item
-
-
-def _list(doc: dict[str, Any], name: str) -> list[Any]:
-    value = doc.get(name, [])
-    _need(isinstance(value, list), name, "must be a list")
-    return value
-
-
-def _hex(value: str, where: str) -> bytes:
-    try:
-        return bytes.fromhex(value)
-    except ValueError:
-        raise StoreError(f"not a pns4ones export: {where} is not hexadecimal") from None
-
-
-def _check_export(doc: Any) -> dict[str, Any]:
-    """The document with bytes decoded, or StoreError saying what is wrong."""
-    _need(isinstance(doc, dict) and doc.get("format") == EXPORT_FORMAT, "the document", f'lacks "format": "{EXPORT_FORMAT}"')
-    _need(doc.get("version") in (1, EXPORT_VERSION), "version", f"must be 1 or {EXPORT_VERSION}")
-    sealed = doc["version"] >= 2
-    num = (int, float)
-    apps = []
-    ids = set()
-    for i, a in enumerate(_list(doc, "applications")):
-        where = f"applications[{i}]"
-        _fields(a, where, {"id": str, "title": str, "server_key": str, "client_key": str, "created_at": num, "updated_at": num})
-        for column in SEALED_COLUMNS:
-            _need(
-                (key_id_of(a[column]) is not None) == sealed,
-                f"{where}.{column}",
-                "is not sealed" if sealed else "is sealed in a version 1 export",
-            )
-        if not sealed:
-            try:
-                ClientKey.decode(a["client_key"])
-            except Exception:
-                raise StoreError(f"not a pns4ones export: {where}.client_key is not a client key") from None
-        _need(a["id"] not in ids, f"{where}.id", "is a duplicate")
-        ids.add(a["id"])
-        apps.append(a)
-
-    def known(app_id: str, where: str) -> None:
-        _need(app_id in ids, f"{where}.app_id", f"names no application in the file ({app_id!r})")
-
-    tokens = []
-    for i, t in enumerate(_list(doc, "tokens")):
-        where = f"tokens[{i}]"
-        _fields(t, where, {"digest": str, "app_id": str, "token_id": str, "issued_at": num, "expires_at": num})
-        known(t["app_id"], where)
-        tokens.append({**t, "digest": _hex(t["digest"], f"{where}.digest"), "token_id": _hex(t["token_id"], f"{where}.token_id")})
-    groups = []
-    for i, g in enumerate(_list(doc, "groups")):
-        where = f"groups[{i}]"
-        _fields(g, where, {"app_id": str, "ib_id": str, "group": str, "members": list})
-        known(g["app_id"], where)
-        for j, m in enumerate(g["members"]):
-            _fields(m, f"{where}.members[{j}]", {"user_id": str, "added_at": num})
-        groups.append(g)
-    kept = []
-    for i, k in enumerate(_list(doc, "kept_messages")):
-        where = f"kept_messages[{i}]"
-        _fields(
-            k,
-            where,
-            {
-                "app_id": str,
-                "ib_id": str,
-                "type": str,
-                "target": str,
-                "payload": str,
-                "created_at": num,
-                "expires_at": num,
-                "received_by": list,
-            },
-        )
-        known(k["app_id"], where)
-        _need(k["type"] in ("user", "group", "all"), f"{where}.type", "must be user, group or all")
-        _need(all(isinstance(u, str) for u in k["received_by"]), f"{where}.received_by", "must be a list of user ids")
-        try:
-            payload = base64.b64decode(k["payload"], validate=True)
-        except (binascii.Error, ValueError):
-            raise StoreError(f"not a pns4ones export: {where}.payload is not base64") from None
-        kept.append({**k, "payload": payload})
-    stats = []
-    for i, s in enumerate(_list(doc, "kept_stats")):
-        _fields(s, f"kept_stats[{i}]", {"app_id": str, "dropped": int, "expired": int})
-        known(s["app_id"], f"kept_stats[{i}]")
-        stats.append(s)
-    admin = doc.get("admin")
-    if admin is not None:
-        _fields(admin, "admin", {"login": str, "password_hash": str, "updated_at": num})
-    return {
-        "applications": apps, "tokens": tokens, "groups": groups, "kept_messages": kept, "kept_stats": stats, "admin": admin,
-        "sealed": sealed,
-    }  # fmt: skip

@@ -49,6 +49,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..txinternals import QuietPool
 from . import StoreError, StoreUnavailable, redact_url
 from ._sql import POSTGRES, SQLStore, migrate_secrets
 from .sealing import KeyRing, SealingError
@@ -80,7 +81,8 @@ def migrate(conn: psycopg.Connection, keyring: KeyRing) -> tuple[int, int]:
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, name text NOT NULL, applied_at double precision NOT NULL)"
         )
-        (before,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
+        row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
+        before = int(row[0]) if row is not None else 0
         version = before
         for number, name, sql in migrations():
             if number > version:
@@ -98,28 +100,9 @@ def migrate(conn: psycopg.Connection, keyring: KeyRing) -> tuple[int, int]:
     return before, version
 
 
-class _Connection(adbapi.Connection):
-    """A pooled connection whose failed rollback (PostgreSQL gone) drops it quietly: the store logs the outage once."""
-
-    def rollback(self) -> None:
-        conn = self._connection
-        try:
-            conn.rollback()
-        except Exception:  # noqa: S110 (the connection is dropped below; the outage is logged once by the store)
-            pass
-        pool = self._pool
-        if (conn.closed or conn.broken) and pool.connections.get(pool.threadID()) is conn:
-            pool.disconnect(conn)
-
-
-class _Pool(adbapi.ConnectionPool):
-    connectionFactory = _Connection
-
-    def _close(self, conn: Any) -> None:
-        try:
-            conn.close()
-        except Exception:  # noqa: S110 (closing a broken connection: nothing left to do)
-            pass
+class _Pool(QuietPool):
+    def broken(self, conn: Any) -> bool:
+        return bool(conn.closed or conn.broken)
 
 
 class PostgresStore(SQLStore):
@@ -188,7 +171,7 @@ class PostgresStore(SQLStore):
 
     def _fresh(self, trans: Any, interaction: Callable[..., Any], *args: Any) -> Any:
         """In the pool's thread: replace a connection made before the last outage, then run."""
-        if self._generations.get(id(trans._connection._connection)) != self._generation:
+        if self._generations.get(id(self._pool.connect())) != self._generation:  # (the pool thread's connection: trans's)
             trans.reconnect()
             trans.reopen()
         return interaction(trans, *args)

@@ -13,14 +13,17 @@ The native add-in's subscription protocol over TCP: a thin adapter around
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import resource
 import socket
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import protocol
 from twisted.internet.interfaces import IAddress, IPushProducer
+from twisted.internet.tcp import Server
 from twisted.logger import Logger
 from twisted.protocols.basic import IntNStringReceiver
 from zope.interface import implementer
@@ -31,7 +34,7 @@ from ..core import Core, RegistrationRejected
 from ..hub import Outbound
 from ..logs import RateLimited, session_fields
 from ..metrics import NULL
-from ..txinternals import send_now
+from ..txinternals import send_now, set_handed_over, take_output, unparsed_input
 from ..wire import ClientKey
 
 #: Seconds an unregistered add-in connection must have waited before it is closed to make room for a
@@ -79,6 +82,31 @@ def descriptor_budget(reserve: int) -> tuple[int, int]:
     if reserve <= 0:
         reserve = min(1000, max(50, limit // 10))
     return limit, min(reserve, limit // 2)
+
+
+def key_fingerprint(key: ClientKey) -> str:
+    """Which client key a subscription registered with, without the secret (a restart handoff checks it is still valid)."""
+    return hashlib.sha256(b"pns4ones-key-id" + key.key + key.iv).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class AddinState:
+    """
+    One add-in connection as it moves to another process (a restart handoff):
+    its subscription, or as much of its registration as it has sent.
+    """
+
+    peer: str
+    #: Registered: the subscription and which client key it registered with (:func:`key_fingerprint`); all "" while registering.
+    app_id: str = ""
+    ib_id: str = ""
+    user_id: str = ""
+    group: str = ""
+    key: str = ""
+    #: Bytes received and not yet parsed: the start of a (re-)registration frame.
+    inbound: bytes = b""
+    #: Registering: seconds left until its registration deadline (None once registered).
+    registration_left: float | None = None
 
 
 @implementer(IPushProducer)
@@ -228,6 +256,87 @@ class AddinProtocol(IntNStringReceiver):
         if self.keys is not None:
             self.factory.core.hub.detach(self)
         self.transport.loseConnection()
+
+    # -- restart handoff -------------------------------------------------------------------
+
+    @property
+    def reading_kept(self) -> bool:
+        """Kept messages are being read for this subscription (a handoff waits until they are written)."""
+        return self._held is not None
+
+    def export_state(self) -> tuple[AddinState, bytes] | None:
+        """
+        Freeze this connection for a restart handoff and say what it is: it stops
+        reading and writing, leaves the hub and the registration clock, and gives
+        up the bytes queued for it and not sent yet (``pending``: whole frames and
+        the tail of one alike; the new owner writes them first).  Then either
+        :meth:`handed_over` or :meth:`take_back`.  None when it is closing anyway.
+        """
+        transport = self.transport
+        if self._ended or not isinstance(transport, Server) or transport.disconnecting or not transport.connected:
+            return None
+        factory = self.factory
+        deadline = factory.registered(self)
+        pending = take_output(transport)
+        if self.keys is not None:
+            factory.core.hub.detach(self)
+        left = None if deadline is None else max(0.0, deadline - factory.clock.seconds())
+        key = key_fingerprint(self.keys) if self.keys is not None else ""
+        inbound = unparsed_input(self)
+        return AddinState(self.peer, self.app_id, self.ib_id, self.user_id, self.group, key, inbound, left), pending
+
+    def _tcp(self) -> Server:
+        """The TCP connection (export_state returned a state: it is one)."""
+        transport = self.transport
+        if not isinstance(transport, Server):
+            raise TypeError(f"not a TCP connection: {transport!r}")
+        return transport
+
+    def handed_over(self) -> None:
+        """Another process owns the socket now: forget it here, and never shut it down (this process exits without touching it)."""
+        self._ended = True
+        set_handed_over(self._tcp(), True)
+        self.factory.connections.discard(self)
+
+    def take_back(self, state: AddinState, pending: bytes) -> None:
+        """The handoff failed: serve this connection again as before :meth:`export_state`, its queued bytes first."""
+        transport = self._tcp()
+        set_handed_over(transport, False)
+        self._ended = False
+        factory = self.factory
+        factory.connections.add(self)
+        transport.startReading()
+        if pending:
+            transport.write(pending)
+        if self.keys is not None:
+            factory.core.hub.attach(self)
+        elif state.registration_left is not None:
+            factory.awaiting_registration(self, state.registration_left)
+
+    def adopt(self, state: AddinState, pending: bytes) -> bool:
+        """
+        Continue a connection another process handed over: write what it had
+        queued first, then attach its subscription again (ended instead when its
+        application was removed or its client key changed meanwhile: False), or
+        let it finish registering with what it had sent and the time it had left.
+        """
+        if pending:
+            self._tcp().write(pending)
+        self.peer = state.peer or self.peer
+        factory = self.factory
+        if state.key:
+            self.app_id, self.ib_id, self.user_id, self.group = state.app_id, state.ib_id, state.user_id, state.group
+            app = factory.core.apps.get(state.app_id)
+            if app is None or key_fingerprint(app.client_key) != state.key:
+                self.end("application removed or client key changed")
+                return False
+            self.keys = app.client_key
+            factory.core.hub.attach(self)
+        else:
+            factory.awaiting_registration(self, state.registration_left)
+        if state.inbound:
+            self.dataReceived(state.inbound)
+        return True
 
     # IPushProducer: the transport's buffer is full / drained.
     def pauseProducing(self) -> None:
@@ -386,24 +495,27 @@ class AddinFactory(protocol.Factory[AddinProtocol]):
 
     # -- registration clock ---------------------------------------------------------------------
 
-    def awaiting_registration(self, proto: AddinProtocol) -> None:
-        """Start the registration clock (one periodic sweep, not a timer per client)."""
-        self._pending[proto] = self.clock.seconds() + self.config.registration_timeout
+    def awaiting_registration(self, proto: AddinProtocol, timeout: float | None = None) -> None:
+        """Start the registration clock, ``registration_timeout`` or ``timeout`` (one periodic sweep, not a timer per client)."""
+        self._pending[proto] = self.clock.seconds() + (self.config.registration_timeout if timeout is None else timeout)
         self._pending_by_host.setdefault(proto.peer, {})[proto] = None
         if self._sweeper is None or not self._sweeper.active():
             self._sweeper = self.clock.callLater(min(1.0, self.config.registration_timeout), self._sweep)
 
-    def registered(self, proto: AddinProtocol) -> None:
-        self._forget(proto)
+    def registered(self, proto: AddinProtocol) -> float | None:
+        """Stop its registration clock; the deadline it had, if any."""
+        return self._forget(proto)
 
-    def _forget(self, proto: AddinProtocol) -> None:
-        if self._pending.pop(proto, None) is None:
-            return
+    def _forget(self, proto: AddinProtocol) -> float | None:
+        deadline = self._pending.pop(proto, None)
+        if deadline is None:
+            return None
         waiting = self._pending_by_host.get(proto.peer)
         if waiting is not None:
             waiting.pop(proto, None)
             if not waiting:
                 del self._pending_by_host[proto.peer]
+        return deadline
 
     @property
     def unregistered(self) -> int:
