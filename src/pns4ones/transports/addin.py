@@ -363,9 +363,9 @@ class AddinFactory(protocol.Factory[AddinProtocol]):
     * the descriptor reserve: when fewer than ``fd_reserve`` descriptors are
       free below the open-file limit, a new connection is let in only in the
       place of an unregistered one (below), so the send API, the panel,
-      ``/health`` and the store keep working.  The check duplicates a
-      descriptor (the lowest free one) and compares its number with the
-      limit: add-in connections never keep one of the top ``fd_reserve``
+      ``/health`` and the store keep working.  The check opens and closes
+      ``/dev/null`` (it gets the lowest free descriptor) and compares the
+      number with the limit: add-in connections never keep one of the top ``fd_reserve``
       descriptors (a hole below them is filled first);
     * connections that have not registered yet, per source address
       (``max_unregistered_per_address``) and in all (``max_unregistered``).
@@ -400,7 +400,6 @@ class AddinFactory(protocol.Factory[AddinProtocol]):
         self._limited = RateLimited(clock, 10.0)
         self._allow = config.service_allow
         self.fd_limit, self.fd_reserve = descriptor_budget(config.fd_reserve)
-        self._probe_fd: int | None = None
 
     # -- admission (before a transport exists) ------------------------------------------------
 
@@ -482,12 +481,11 @@ class AddinFactory(protocol.Factory[AddinProtocol]):
         self.metrics.addin_refused(reason)
         self.warn("refused:" + reason, fmt, event="refused", reason=reason, **fields)
 
-    def _lowest_free_descriptor(self) -> int | None:
-        """The number the next descriptor would get (all below it are taken), or None when none is free."""
+    @staticmethod
+    def _lowest_free_descriptor() -> int | None:
+        """The number the next descriptor would get (all below it are taken), or None when none is free (a few µs)."""
         try:
-            if self._probe_fd is None:
-                self._probe_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-            probe = os.dup(self._probe_fd)
+            probe = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
         os.close(probe)
@@ -538,9 +536,6 @@ class AddinFactory(protocol.Factory[AddinProtocol]):
         if self._sweeper is not None and self._sweeper.active():
             self._sweeper.cancel()
         self._sweeper = None
-        if self._probe_fd is not None:
-            os.close(self._probe_fd)
-            self._probe_fd = None
 
     def warn(self, key: str, fmt: str, **fields: Any) -> None:
         def emit(suppressed: int) -> None:
