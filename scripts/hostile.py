@@ -317,13 +317,13 @@ def probe_ws_ping_flood(server: ServerProcess, monitor: Monitor) -> tuple[bool, 
             return False, "the server closed the connection during the handshake"
         head += chunk
     client = Connection(ConnectionType.CLIENT)
-    frame = client.send(Ping(b"x" * 125))
-    batch = frame * 500
+    frame = client.send(Ping(b""))  # the smallest ping: the most answers per byte the attacker sends
+    batch = frame * 10_000
     sent = 0
     refused = False
     sock.setblocking(False)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and sent < 400_000 and not monitor.over_budget.is_set():
+    while time.monotonic() < deadline and sent < 1_500_000 and not monitor.over_budget.is_set():
         try:
             sent += sock.send(batch) // len(frame)
         except BlockingIOError:  # the server is not reading as fast: keep pushing
