@@ -352,9 +352,9 @@ def probe_ws_ping_flood(server: ServerProcess, monitor: Monitor) -> tuple[bool, 
 
 
 def probe_panel_passwords(server: ServerProcess, monitor: Monitor) -> tuple[bool, str]:
-    from tests.test_admin_throttle import PASSWORD, Panel
+    from tests.test_admin_throttle import PASSWORD, Panel, setup_code
 
-    Panel(server.admin_port).setup()
+    Panel(server.admin_port).setup(setup_code(server))
     admin = Panel(server.admin_port, "127.0.0.9")
     assert admin.login(PASSWORD) == 303
     outcomes: list[int] = []

@@ -18,6 +18,7 @@ from twisted.trial.unittest import TestCase
 
 from pns4ones import config, txinternals, wire
 from pns4ones.core import Core
+from pns4ones.hub import Outbound
 from pns4ones.hub.local import LocalHub
 from pns4ones.messages import Message, Recipient
 from pns4ones.store import Application, Snapshot
@@ -53,7 +54,7 @@ class Node:
 
     def send(self, n: int, size: int = 0) -> int:
         data = {"n": str(n), "pad": "x" * size}
-        return self.core.hub.route("app", Recipient("user", "ib", user_id="u1"), Message(data=data)).sessions
+        return self.core.hub.route("app", Recipient("user", "ib", user_id="u1"), Outbound(Message(data=data))).sessions
 
     def proto(self) -> AddinProtocol:
         [proto] = self.factory.connections

@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pns4ones import config, wire
 from pns4ones.core import Core
+from pns4ones.hub import Outbound
 from pns4ones.hub.local import LocalHub
 from pns4ones.messages import Message, Recipient
 from pns4ones.store import Application, Snapshot
@@ -43,7 +44,7 @@ class ProtocolTests(SynchronousTestCase):
         return proto, transport
 
     def send(self, user: str) -> int:
-        return self.core.hub.route("app", Recipient("user", "ib", user), Message(topic="Hello")).sessions
+        return self.core.hub.route("app", Recipient("user", "ib", user), Outbound(Message(topic="Hello"))).sessions
 
     def test_vector_frame_byte_by_byte(self) -> None:
         """The vector registration fed one byte at a time registers; the next send is the vector frame."""

@@ -11,9 +11,15 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .support import ServerProcess
+from .support import ServerProcess, wait_for
 
 PASSWORD = "correct horse 1"
+
+
+def setup_code(server: ServerProcess) -> str:
+    """The panel's one-time set-up code (in the data directory while there is no administrator)."""
+    path = server.data_dir / "panel-setup-code"
+    return str(wait_for(lambda: path.exists() and path.read_text().strip(), what="the set-up code file"))
 
 
 class Panel:
@@ -51,9 +57,11 @@ class Panel:
         assert found is not None
         return found.group(1)
 
-    def setup(self) -> None:
+    def setup(self, code: str) -> None:
+        """Create the administrator with the one-time set-up code the server wrote to its data directory."""
         token = self.csrf("/setup")
-        status, _, _ = self.request("POST", "/setup", {"csrf": token, "login": "admin", "password": PASSWORD, "password2": PASSWORD})
+        form = {"csrf": token, "code": code, "login": "admin", "password": PASSWORD, "password2": PASSWORD}
+        status, _, _ = self.request("POST", "/setup", form)
         assert status == 303, status
 
     def login(self, password: str, token: str | None = None) -> int:
@@ -66,7 +74,7 @@ class ThrottleTests(SynchronousTestCase):
         self.server = ServerProcess()
         self.addCleanup(self.server.cleanup)
         self.server.start()
-        Panel(self.server.admin_port).setup()
+        Panel(self.server.admin_port).setup(setup_code(self.server))
 
     def panel(self, source: str = "127.0.0.1") -> Panel:
         return Panel(self.server.admin_port, source)

@@ -16,8 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from pns4ones import crypto, wire
 from pns4ones.core import EXPIRED_TOKEN_MEMORY, AuthError, Core, Limits, RegistrationRejected, TokenUnknown
 from pns4ones.groups import GroupError, Membership
-from pns4ones.hub import Outbound
 from pns4ones.hub.local import LocalHub
+from pns4ones.hub.testing import RecordingSession
 from pns4ones.messages import Message, Recipient, SendRequest
 from pns4ones.store import Application
 from pns4ones.store.memory import MemoryDatabase, MemoryStore
@@ -25,37 +25,15 @@ from pns4ones.store.memory import MemoryDatabase, MemoryStore
 LIFETIME = 3600.0
 
 
-class Session:
-    """A live subscription as the hub sees it, recording what it is sent (a transport's stand-in, not Core's)."""
-
-    transport_name = "test"
+class Session(RecordingSession):
+    """A live subscription as the core sees it, recording what it is sent (a transport's stand-in, not Core's)."""
 
     def __init__(self, app: Application, user_id: str, ib_id: str = "ib", group: str = "") -> None:
-        self.app_id, self.ib_id, self.user_id, self.group = app.id, ib_id, user_id, group
-        self.keys: wire.ClientKey | None = app.client_key
-        self.received: list[str] = []
-        self.ended: str | None = None
-        self._held: list[Outbound] | None = None
+        super().__init__(user_id, (group,) if group else (), ib_id, app.id, app.client_key)
 
-    def deliver(self, message: Outbound) -> bool:
-        if self.ended is not None:
-            return False
-        if self._held is not None:
-            self._held.append(message)
-        else:
-            self.received.append(json.loads(message.plaintext).get("topic", ""))
-        return True
-
-    def hold(self) -> None:
-        self._held = []
-
-    def release(self, first: list[Outbound]) -> None:
-        held, self._held = self._held or [], None
-        for message in [*first, *held]:
-            self.deliver(message)
-
-    def end(self, reason: str) -> None:
-        self.ended = reason
+    @property
+    def received(self) -> list[str]:
+        return [json.loads(m.plaintext).get("topic", "") for m in self.got]
 
 
 class SlowStore(MemoryStore):
@@ -106,7 +84,8 @@ class CoreTestBase(SynchronousTestCase):
 
     def subscribe(self, user: str, group: str = "") -> Session:
         session = Session(self.app, user, group=group)
-        self.core.register(session, self.registration(user, group))
+        self.core.register(self.registration(user, group))
+        self.core.subscribe(session)
         return session
 
     def send(self, recipient: Recipient, topic: str, ttl: float = 0.0) -> Any:
@@ -184,7 +163,7 @@ class RegistrationTests(CoreTestBase):
             "bad-signature": self.registration("u1", key=wire.ClientKey.generate()),
         }
         for reason, registration in cases.items():
-            e = self.assertRaises(RegistrationRejected, self.core.register, Session(self.app, "u1"), registration)
+            e = self.assertRaises(RegistrationRejected, self.core.register, registration)
             self.assertEqual(e.reason, reason)
         self.assertEqual(len(self.core.hub), 0)
 
@@ -279,7 +258,8 @@ class GroupTests(CoreTestBase):
         other = Node(self.database, self.clock)
         other.reload()
         session = Session(self.app, "u1")
-        other.core.register(session, self.registration("u1"))
+        other.core.register(self.registration("u1"))
+        other.core.subscribe(session)
         self.assertEqual(self.done(other.core.send(self.app, SendRequest(Recipient("group", "ib", group="g"), Message("x")))).sessions, 1)
 
     def test_bounds(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import threading
 import time
@@ -11,14 +12,13 @@ from urllib.parse import quote
 
 from twisted.internet.defer import inlineCallbacks
 
+from pns4ones_client import Subscriber
+
 from .support import wait_for
 from .test_e2e_service import ServiceTestBase, to
 
 GROUP = "Менеджеры"
-
-
-def topics(messages: list[dict[str, Any]]) -> list[str]:
-    return [m.get("topic", "") for m in messages]
+_markers = itertools.count(1)
 
 
 class DeliveryTestBase(ServiceTestBase):
@@ -34,6 +34,28 @@ class DeliveryTestBase(ServiceTestBase):
 
     def group_path(self, group: str = GROUP, ib: str = "ib1") -> str:
         return f"/groups/{quote(ib, safe='')}/{quote(group, safe='')}"
+
+    @inlineCallbacks
+    def before_marker(self, sub: Subscriber, user: str, ib: str = "ib1", app: dict[str, str] | None = None) -> Any:
+        """
+        The topics ``sub`` received before a marker sent to its user now.  A
+        session writes in send order, so nothing sent earlier can still be on its
+        way once the marker is here: no "nothing arrived for a while" window.
+        """
+        token = yield self.token(app)
+        marker = f"marker-{next(_markers)}"
+        response, _ = yield self.send_json(token, {"Recipient": to("user", ib=ib, UserId=user), "Message": {"Topic": marker}})
+        self.assertEqual(response.code, 200)
+        got = []
+        while True:
+            message = sub.receive(5)
+            self.assertIsNotNone(message, f"the marker did not reach {user} (got {got})")
+            assert message is not None
+            topic = message.get("topic", "")
+            if topic == marker:
+                return got
+            if not topic.startswith("marker-"):  # another check's marker to the same user
+                got.append(topic)
 
     @inlineCallbacks
     def send_json(self, token: str, doc: Any, query: str = "") -> Any:
@@ -63,10 +85,11 @@ class GroupTests(DeliveryTestBase):
         self.assertEqual(body, {"sessions": 4, "users": 3, "stored": False})
         self.assertEqual(response.headers.getRawHeaders("X-PNS-Sessions"), ["4"])
         self.assertEqual(response.headers.getRawHeaders("X-PNS-Users"), ["3"])
-        for sub in (m1a, m1b, m2, registered_only):
-            self.assertEqual(topics(sub.receive_all()), ["g"])
-        for sub in (outsider, other_ib, other_app):
-            self.assertEqual(sub.receive_all(0.1), [])
+        for sub, user in ((m1a, "m1"), (m1b, "m1"), (m2, "m2"), (registered_only, "g1")):
+            self.assertEqual((yield self.before_marker(sub, user)), ["g"])
+        self.assertEqual((yield self.before_marker(outsider, "u3")), [])
+        self.assertEqual((yield self.before_marker(other_ib, "m1", ib="ib2")), [])
+        self.assertEqual((yield self.before_marker(other_app, "m1", app=self.app_b)), [])
 
     @inlineCallbacks
     def test_membership_changes_take_effect_on_next_send(self) -> None:
@@ -89,8 +112,8 @@ class GroupTests(DeliveryTestBase):
         self.assertEqual((code, doc["removed"]), (200, 1))
         _, body = yield self.send_json(token, group)
         self.assertEqual(body["sessions"], 0)
-        self.assertEqual(topics(a.receive_all()), ["x", "x"])
-        self.assertEqual(topics(b.receive_all()), ["x", "x"])
+        self.assertEqual((yield self.before_marker(a, "a")), ["x", "x"])
+        self.assertEqual((yield self.before_marker(b, "b")), ["x", "x"])
 
     @inlineCallbacks
     def test_groups_listed_survive_restart_and_cli(self) -> None:
@@ -196,9 +219,9 @@ class KeptTests(DeliveryTestBase):
         token = yield self.token()
         sub = self.subscribe("late")
         yield self.send_json(token, {"Recipient": to("user", UserId="late"), "Message": {"Topic": "live", "TTL": 600}})
-        self.assertEqual(topics(sub.receive_all()), ["k1", "k2", "live"])
+        self.assertEqual((yield self.before_marker(sub, "late")), ["k1", "k2", "live"])
         again = self.subscribe("late")
-        self.assertEqual(again.receive_all(), [])
+        self.assertEqual((yield self.before_marker(again, "late")), [])
         self.assertEqual(json.loads(self.server.admin("kept", "--json").stdout)[0]["kept"], 0)
 
     @inlineCallbacks
@@ -208,6 +231,7 @@ class KeptTests(DeliveryTestBase):
         for i in range(150):
             yield self.send_json(token, {"Recipient": to("all"), "Message": {"Topic": f"k{i:03}", "TTL": 600}})
         stop = threading.Event()
+        sent = [0]
 
         def hammer() -> None:
             conn = http.client.HTTPConnection("127.0.0.1", self.server.api_port, timeout=10)
@@ -217,17 +241,20 @@ class KeptTests(DeliveryTestBase):
                 conn.request("POST", "/sendmessage", body=body, headers={"Authorization": f"Bearer {token}"})
                 conn.getresponse().read()
                 n += 1
+                sent[0] = n
             conn.close()
 
         thread = threading.Thread(target=hammer)
         thread.start()
         try:
+            wait_for(lambda: sent[0] >= 5, what="live sends before the registration")
             sub = self.subscribe("u1")
-            time.sleep(0.3)
+            at_registration = sent[0]
+            wait_for(lambda: sent[0] >= at_registration + 20, what="live sends after the registration")
         finally:
             stop.set()
             thread.join()
-        got = topics(sub.receive_all())
+        got = yield self.before_marker(sub, "u1")
         kept, live = got[:150], got[150:]
         self.assertEqual(kept, [f"k{i:03}" for i in range(150)])
         self.assertTrue(live and all(t.startswith("live") for t in live), got[140:160])
@@ -242,15 +269,15 @@ class KeptTests(DeliveryTestBase):
         _, body = yield self.send_json(token, {"Recipient": to("group", UserGroup=GROUP), "Message": {"Topic": "g", "TTL": 600}})
         self.assertEqual(body, {"sessions": 1, "users": 1, "stored": True})
         _, body = yield self.send_json(token, {"Recipient": to("all"), "Message": {"Topic": "all", "TTL": 600}})
-        self.assertEqual(topics(online.receive_all()), ["g", "all"])
-        self.assertEqual(self.subscribe("on").receive_all(), [])
+        self.assertEqual((yield self.before_marker(online, "on")), ["g", "all"])
+        self.assertEqual((yield self.before_marker(self.subscribe("on"), "on")), [])
         off = self.subscribe("off")
-        self.assertEqual(topics(off.receive_all()), ["g", "all"])
-        self.assertEqual(self.subscribe("off").receive_all(), [])
+        self.assertEqual((yield self.before_marker(off, "off")), ["g", "all"])
+        self.assertEqual((yield self.before_marker(self.subscribe("off"), "off")), [])
         stranger = self.subscribe("stranger")
-        self.assertEqual(topics(stranger.receive_all()), ["all"])
+        self.assertEqual((yield self.before_marker(stranger, "stranger")), ["all"])
         elsewhere = self.subscribe("off", ib="ib2")
-        self.assertEqual(elsewhere.receive_all(0.1), [])
+        self.assertEqual((yield self.before_marker(elsewhere, "off", ib="ib2")), [])
 
     @inlineCallbacks
     def test_expired_message_never_arrives(self) -> None:
@@ -258,8 +285,8 @@ class KeptTests(DeliveryTestBase):
         token = yield self.token()
         yield self.send_json(token, {"Recipient": to("user", UserId="u1"), "Message": {"Topic": "short", "TTL": 0.5}})
         yield self.send_json(token, {"Recipient": to("user", UserId="u1"), "Message": {"Topic": "long", "TTL": 600}})
-        time.sleep(0.7)
-        self.assertEqual(topics(self.subscribe("u1").receive_all()), ["long"])
+        time.sleep(0.7)  # the TTL passes (time, not synchronization)
+        self.assertEqual((yield self.before_marker(self.subscribe("u1"), "u1")), ["long"])
 
     @inlineCallbacks
     def test_bounds_drop_the_oldest_and_say_so(self) -> None:
@@ -271,7 +298,7 @@ class KeptTests(DeliveryTestBase):
         self.assertIn("over max_kept_per_user=3: dropped the 1 oldest", self.server.log())
         counts = json.loads(self.server.admin("kept", "--json").stdout)
         self.assertEqual((counts[0]["kept"], counts[0]["dropped"]), (3, 2))
-        self.assertEqual(topics(self.subscribe("u1").receive_all()), ["m2", "m3", "m4"])
+        self.assertEqual((yield self.before_marker(self.subscribe("u1"), "u1")), ["m2", "m3", "m4"])
 
     @inlineCallbacks
     def test_bad_ttl_is_refused_and_nothing_kept(self) -> None:
@@ -286,5 +313,5 @@ class KeptTests(DeliveryTestBase):
             self.assertEqual((response.code, body["field"]), (400, "ttl"), query)
         response, body = yield self.send_json(token, {"Recipient": to("user", UserId="u2"), "Message": {"Topic": "x", "TTL": "60"}})
         self.assertEqual((response.code, body["stored"]), (200, True))
-        self.assertEqual(sub.receive_all(0.2), [])
+        self.assertEqual((yield self.before_marker(sub, "u1")), [])
         self.assertEqual(json.loads(self.server.admin("kept", "--json").stdout)[0]["kept"], 1)

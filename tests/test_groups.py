@@ -3,32 +3,21 @@
 from __future__ import annotations
 
 import tempfile
-from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from pns4ones.groups import GroupError, Membership, message_from_addin, parse_ttl, parse_user_ids
+from pns4ones.groups import GroupError, Membership, parse_ttl, parse_user_ids
+from pns4ones.hub import Outbound
 from pns4ones.hub.local import LocalHub
-from pns4ones.messages import Message, Notification, Recipient, render_addin_json
+from pns4ones.hub.testing import RecordingSession
+from pns4ones.messages import Message, Notification, Recipient, parse_addin_json, render_addin_json
 from pns4ones.store import KeptMessage
 from pns4ones.store.sqlite import SQLiteStore
 
 
-class FakeSession:
-    transport_name = "test"
-    keys = None
-
-    def __init__(self, user_id: str, group: str = "", ib_id: str = "ib", app_id: str = "a") -> None:
-        self.app_id, self.ib_id, self.user_id, self.group = app_id, ib_id, user_id, group
-        self.got: list[Any] = []
-
-    def deliver(self, message: Any) -> bool:
-        self.got.append(message)
-        return True
-
-    def end(self, reason: str) -> None:
-        pass
+def session(user_id: str, group: str = "", ib_id: str = "ib", app_id: str = "a") -> RecordingSession:
+    return RecordingSession(user_id, (group,) if group else (), ib_id, app_id)
 
 
 class MembershipTests(SynchronousTestCase):
@@ -54,17 +43,17 @@ class MembershipTests(SynchronousTestCase):
         m = Membership()
         hub = LocalHub(m.members)
         m1a, m1b, both, reg, other = (
-            FakeSession("m1"),
-            FakeSession("m1"),
-            FakeSession("m2", group="g"),
-            FakeSession("x", group="g"),
-            FakeSession("o"),
+            session("m1"),
+            session("m1"),
+            session("m2", group="g"),
+            session("x", group="g"),
+            session("o"),
         )
-        elsewhere, other_app = FakeSession("m1", ib_id="ib2"), FakeSession("m1", app_id="b")
+        elsewhere, other_app = session("m1", ib_id="ib2"), session("m1", app_id="b")
         for s in (m1a, m1b, both, reg, other, elsewhere, other_app):
             hub.attach(s)
         m.replace("a", "ib", "g", ["m1", "m2", "offline"])
-        report = hub.route("a", Recipient("group", "ib", group="g"), Message("t"))
+        report = hub.route("a", Recipient("group", "ib", group="g"), Outbound(Message("t")))
         self.assertEqual((report.sessions, report.users, set(report.reached)), (4, 3, {"m1", "m2", "x"}))
         self.assertEqual([len(s.got) for s in (m1a, m1b, both, reg, other, elsewhere, other_app)], [1, 1, 1, 1, 0, 0, 0])
         # More members than users: the other side is walked, same answer.
@@ -102,7 +91,7 @@ class ParsingTests(SynchronousTestCase):
         """A kept message read back renders to the same add-in bytes, emoji and Cyrillic included."""
         message = Message("Тема 😀", Notification("Заголовок", "", "", "e1cib/x", True), {"k": 'v "q"'})
         plaintext = render_addin_json(message)
-        self.assertEqual(render_addin_json(message_from_addin(plaintext)), plaintext)
+        self.assertEqual(render_addin_json(parse_addin_json(plaintext)), plaintext)
 
 
 class StoreTests(TestCase):
@@ -124,7 +113,7 @@ class StoreTests(TestCase):
         self.assertEqual((outcome.dropped_user, outcome.dropped_app), (1, 0))
         yield self.store.keep_message(self.kept(app, "group", "g", "g1"), ["u2"], 3, 100)
         yield self.store.keep_message(self.kept(app, "all", "", "all", ttl=1.0), [], 3, 100)
-        topics = lambda payloads: [message_from_addin(p).topic for p in payloads]  # noqa: E731
+        topics = lambda payloads: [parse_addin_json(p).topic for p in payloads]  # noqa: E731
         got = yield self.store.take_kept(app, "ib", "u1", ["g"], 100.5)
         self.assertEqual(topics(got), ["m1", "m2", "m3", "g1", "all"])
         self.assertEqual((yield self.store.take_kept(app, "ib", "u1", ["g"], 100.5)), [])

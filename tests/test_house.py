@@ -46,11 +46,6 @@ KNOWN = frozenset(
         "api.py: reads request._disconnected",  # front door: twisted.web's private flag (notifyFinish() says it publicly)
         "tokenfetch.py: reads request._disconnected",
         "lean.py: imports _nameEncoder from twisted.web.http_headers",
-        "hub/local.py: reads outbound._frame",  # hubs: Outbound's frame length for the metrics
-        "hub/redis.py: imports _groups from .local",
-        "hub/redis.py: reads txredisapi._TLSEndpoint",
-        "transports/web.py: imports _object from ..messages",
-        "transports/web.py: imports _string from ..messages",
     }
 )
 

@@ -325,10 +325,10 @@ class PostgresStoreContract(_WithCluster, StoreContract, TestCase):
         ]
         outs = [p.communicate(timeout=60) for p in procs]
         self.assertEqual([p.returncode for p in procs], [0, 0], outs)
-        reports = sorted((json.loads(o[0])["from"], json.loads(o[0])["version"]) for o in outs)
         from pns4ones.store.postgres import migrations
 
         latest = migrations()[-1][0]
+        reports = sorted((json.loads(o[0])["from"], json.loads(o[0])["version"]) for o in outs)
         self.assertEqual(reports, [(0, latest), (latest, latest)])
         self.assertEqual(
             self.cluster.psql("SELECT version, name FROM schema_version ORDER BY version", url.rsplit("/", 1)[1]).split(),

@@ -14,7 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from pns4ones.hub import Outbound
 from pns4ones.hub.recovery import Recovery, RecoveryError
+from pns4ones.hub.routing import reaches
 from pns4ones.messages import Message, Notification, Recipient
 
 
@@ -36,9 +38,9 @@ MESSAGES = [
 ]
 
 
-def replays(recovery: Recovery, session: Sub, since: int, now: float) -> tuple[int | None, list[tuple[int, Message]]]:
-    floor, items = recovery.replay(session.app_id, session, since, now)
-    return floor, [(message_id, message) for message_id, message, _ in items]
+def replays(recovery: Recovery, session: Sub, since: int, now: float) -> tuple[int | None, list[tuple[int, Message | None]]]:
+    floor, items = recovery.replay(session.app_id, session.ib_id, since, now, lambda r: reaches(session.app_id, r, session, None))
+    return floor, [(outbound.id, outbound.message) for outbound in items]
 
 
 def handed(recovery: Recovery, start_id: int, now: float, **bounds: Any) -> Recovery:
@@ -61,7 +63,7 @@ class HandoverTests(SynchronousTestCase):
                 (Recipient("user", "ib1", user_id="u2"), MESSAGES[1]),
             ]
         ):
-            self.ids.append(self.old.record("app", recipient, message, None, 100.0 + i))
+            self.ids.append(self.old.record("app", recipient, Outbound(message), 100.0 + i))
         self.sessions = [Sub("app", "ib1", "u1"), Sub("app", "ib1", "u2", groups=("g",)), Sub("app", "ib2", "u1"), Sub("app", "ib3", "u1")]
 
     def test_replays_are_the_same_after_the_handover(self) -> None:
@@ -82,7 +84,7 @@ class HandoverTests(SynchronousTestCase):
     def test_messages_after_the_handover_follow_the_old_ones(self) -> None:
         """A session resuming from an old id gets the old messages after it, then those the next process routed, once each."""
         new = handed(self.old, 2_000_000, 110.0)
-        later = new.record("app", Recipient("user", "ib1", user_id="u1"), MESSAGES[1], None, 111.0)
+        later = new.record("app", Recipient("user", "ib1", user_id="u1"), Outbound(MESSAGES[1]), 111.0)
         self.assertEqual(replays(new, self.sessions[0], self.ids[0], 112.0), (None, [(self.ids[2], MESSAGES[2]), (later, MESSAGES[1])]))
 
     def test_the_next_process_bounds_apply(self) -> None:
@@ -96,7 +98,7 @@ class HandoverTests(SynchronousTestCase):
     def test_only_into_a_fresh_window(self) -> None:
         """A process that has routed a message already refuses a window, unchanged."""
         new = Recovery(2_000_000)
-        new.record("app", Recipient("all", "ib1"), MESSAGES[1], None, 100.0)
+        new.record("app", Recipient("all", "ib1"), Outbound(MESSAGES[1]), 100.0)
         before = new.export()
         self.assertRaises(RecoveryError, new.adopt, self.old.export(), 110.0)
         self.assertEqual(new.export(), before)
@@ -146,7 +148,7 @@ class HandoverTests(SynchronousTestCase):
         old = Recovery(1000, seconds=60, limit=limit)
         for i, (ib, kind, user) in enumerate(sends):
             recipient = Recipient(kind, ib, user_id=user if kind == "user" else "", group="g" if kind == "group" else "")
-            old.record("app", recipient, MESSAGES[i % len(MESSAGES)], None, 100.0 + i / 10)
+            old.record("app", recipient, Outbound(MESSAGES[i % len(MESSAGES)]), 100.0 + i / 10)
         new = handed(old, 5000, 104.0, seconds=60, limit=limit)
         for session in (Sub("app", "ib1", "u1", groups=("g",)), Sub("app", "ib2", "u2")):
             for since in range(999, old.last_id + 1):

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from pns4ones_client import Subscriber
 from pns4ones_client.web import WebSubscriber, get_ticket
 
-from .redis_support import SKIP, RedisServer
+from .redis_support import SKIP, CuttableProxy, RedisServer
 from .support import ServerProcess, wait_for
 
 #: Nodes forget a node that stopped refreshing its presence after this many seconds.
@@ -39,7 +39,7 @@ class NodesBase(SynchronousTestCase):
         cls.servers: list[ServerProcess] = []
         try:
             for n in range(cls.nodes):
-                cls.servers.append(ServerProcess(ini=cls.ini, args=["--node_name", "ABC"[n]]))
+                cls.servers.append(ServerProcess(ini=cls.ini, args=["--node_name", "ABC"[n], *cls.node_args(n)]))
             cls.app = cls.admin("create", "Nodes", "--json")
             for server in cls.servers:
                 server.start()
@@ -48,6 +48,11 @@ class NodesBase(SynchronousTestCase):
         except BaseException:
             cls.tearDownClass()
             raise
+
+    @classmethod
+    def node_args(cls, n: int) -> list[str]:
+        """More command-line options for node ``n``."""
+        return []
 
     @classmethod
     def admin(cls, *args: str) -> Any:
@@ -261,6 +266,52 @@ class RedisFailureTests(NodesBase):
             log = server.log()
             self.assertEqual(log.count("hub: lost the connection to Redis"), 1, log[-3000:])
             self.assertEqual(log.count("hub: reconnected to Redis"), 1)
+
+
+class LinkOutageTests(NodesBase):
+    """Node A reaches Redis through a relay the test can cut; node B directly."""
+
+    proxy: CuttableProxy
+
+    @classmethod
+    def node_args(cls, n: int) -> list[str]:
+        if n:
+            return []
+        cls.proxy = CuttableProxy(cls.redis.port)
+        return ["--hub", cls.proxy.url()]
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        super().tearDownClass()
+        if hasattr(cls, "proxy"):
+            cls.proxy.close()
+
+    def test_cut_off_node_replays_to_its_addin_sessions(self) -> None:
+        """A node cut off from Redis for a few seconds gives its add-in users what was sent to them meanwhile: once, in order, before newer."""
+        a, b = self.servers
+        sub = self.addin(a, "u1")
+        bystander = self.addin(a, "u2")
+        self.wait_sessions(b, 2)
+        self.send(b, {"Type": "user", "UserId": "u1"}, "before")
+        self.assertEqual(sub.receive(5), {"topic": "before"})
+        self.proxy.cut()
+        wait_for(lambda: self.http.get(f"{a.url}/ready").status_code == 503, 5, what="node A to notice the cut")
+        for topic in ("m1", "m2", "m3"):
+            self.send(b, {"Type": "user", "UserId": "u1"}, topic)
+        self.send(b, {"Type": "all"}, "to all")
+        # A few seconds cut off: long enough for B to forget A's sessions (presence expiry).
+        self.wait_sessions(b, 0, timeout=EXPIRY + 5)
+        self.proxy.restore()
+        wait_for(lambda: self.http.get(f"{a.url}/ready").status_code == 200, 15, what="node A back and caught up")
+        self.send(b, {"Type": "user", "UserId": "u1"}, "after")
+        got = [sub.receive(5) for _ in range(5)]
+        self.assertEqual([m and m["topic"] for m in got], ["m1", "m2", "m3", "to all", "after"])
+        self.assertEqual(bystander.receive(5), {"topic": "to all"})
+        # Once: a marker sent now is the next thing both read.
+        self.send(b, {"Type": "all"}, "marker")
+        self.assertEqual((sub.receive(5), bystander.receive(5)), ({"topic": "marker"}, {"topic": "marker"}))
+        self.assertFalse(sub.closed_by_server or bystander.closed_by_server)
+        self.assertIn("caught up after the outage: 4 messages", a.log())
 
 
 class TLSTests(SynchronousTestCase):

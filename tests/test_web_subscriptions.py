@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
+from pns4ones.hub import Outbound
 from pns4ones.hub.recovery import Recovery
 from pns4ones.messages import Message, Recipient
 from pns4ones_client import Subscriber
@@ -85,8 +86,9 @@ class WebBase(SynchronousTestCase):
     ) -> str:
         return get_ticket(self.url, self.token(app), ib or self.ib, user, groups, ttl, verify=self.verify())
 
-    def send(self, recipient: dict[str, str], topic: str, app: dict[str, str] | None = None) -> dict[str, Any]:
-        body = {"Recipient": {"IbId": self.ib, **recipient}, "Message": {"Topic": topic}}
+    def send(self, recipient: dict[str, str], topic: str, app: dict[str, str] | None = None, ttl: float = 0) -> dict[str, Any]:
+        message: dict[str, Any] = {"Topic": topic, "TTL": ttl} if ttl else {"Topic": topic}
+        body = {"Recipient": {"IbId": self.ib, **recipient}, "Message": message}
         response = self.http.post(f"{self.url}/sendmessage", json=body, headers={"Authorization": f"Bearer {self.token(app)}"})
         self.assertEqual(response.status_code, 200, response.text)
         return dict(response.json())
@@ -204,8 +206,11 @@ class TicketTests(WebBase):
         doc2 = json.loads(base64.urlsafe_b64decode(payload2 + "=" * (-len(payload2) % 4)))
         doc2["a"] = self.app["id"]
         cross = "pt1." + base64.urlsafe_b64encode(json.dumps(doc2).encode()).rstrip(b"=").decode() + "." + mac2
-        short = self.ticket(ttl=1)
-        time.sleep(2.1)
+        issued = self.http.post(
+            f"{self.url}/tickets", json={"IbId": self.ib, "UserId": "u1", "TTL": 1}, headers={"Authorization": f"Bearer {self.token()}"}
+        ).json()
+        short = issued["ticket"]
+        wait_for(lambda: time.time() >= issued["expires_at"], 5, what="the one-second ticket's expiry time")
         for transport in ("ws", "sse"):
             self.assertEqual(self.refused(transport, forged)[0], 401)
             self.assertEqual(self.refused(transport, cross)[0], 401)
@@ -237,8 +242,14 @@ class TicketTests(WebBase):
         self.server.admin("reset_token", app["id"])
         wait_for(lambda: self.attempt("sse", before_reset)[0] == 401, what="the reset to reach the server")
         fresh = self.subscriber("ws", self.ticket(app=app))
+        # A witness: an add-in session with the old client key ends when the server has applied the rotation.
+        witness = Subscriber(
+            "127.0.0.1", self.server.service_port, app["id"], app["client_key"], self.ib, "witness", "", timeout=5
+        ).connect()
+        self.addCleanup(witness.close)
+        wait_for(lambda: "user=witness group= transport=tcp" in self.server.log(), what="the witness's registration")
         self.server.admin("upd_cli_key", app["id"])
-        time.sleep(1.5)  # the server notices store changes within store_poll_interval (1 s)
+        self.assertTrue(witness.wait_closed(5), "the server did not apply the client key rotation")
         self.assertEqual(self.send({"Type": "all"}, "still here", app=app)["sessions"], 1)
         self.assertEqual(fresh.messages(1)[0]["topic"], "still here")
 
@@ -289,7 +300,7 @@ class KeepaliveTests(WebBase):
             data += chunk
         self.assertLess(time.monotonic() - start, 4)
         self.assertIn(b"did not answer a ping", self.server.log().encode())
-        time.sleep(0.5)
+        wait_for(lambda: "user=silent transport=ws" in self.server.log(), what="the end of the silent session")
         self.assertEqual(self.send({"Type": "all"}, "alive")["sessions"], 1)
         self.assertEqual(lively.messages(1)[0]["topic"], "alive")
 
@@ -357,6 +368,47 @@ class KeepaliveTests(WebBase):
             self.assertEqual(ws.close_code, 1009)
 
 
+class KeptTests(WebBase):
+    def test_kept_messages_over_websocket_and_sse(self) -> None:
+        """Kept (TTL) messages reach a user's first WebSocket or SSE subscription once, oldest first, without id, before "ready" and live ones."""
+        for transport in ("ws", "sse"):
+            user, group = f"late-{transport}", f"g-{transport}"
+            for topic in ("k1", "k2"):
+                self.assertEqual(self.send({"Type": "user", "UserId": user}, topic, ttl=600), {"sessions": 0, "users": 0, "stored": True})
+            self.assertTrue(self.send({"Type": "group", "UserGroup": group}, "k3", ttl=600)["stored"])
+            ticket = self.ticket(user, groups=[group])
+            sub = WebSubscriber(self.url, ticket, transport, timeout=5).connect()
+            self.addCleanup(sub.close)
+            events = [sub.receive(5) for _ in range(4)]
+            self.assertEqual([e.get("topic", e.get("event")) for e in events], ["k1", "k2", "k3", "ready"], transport)
+            self.assertFalse(any("id" in e for e in events[:3]), "kept messages are not in the recovery window: no id")
+            self.assertEqual(sub.last_id, events[3]["id"])
+            self.send({"Type": "user", "UserId": user}, "live")
+            self.assertEqual(sub.messages(1)[0]["topic"], "live")
+            # Once: the next subscription of the user starts with "ready", and a marker is the first message after it.
+            again = WebSubscriber(self.url, ticket, transport, timeout=5).connect()
+            self.addCleanup(again.close)
+            self.assertEqual(again.receive(5)["event"], "ready")
+            self.send({"Type": "user", "UserId": user}, "marker")
+            self.assertEqual(again.receive(5)["topic"], "marker")
+
+    def test_kept_messages_on_the_sse_wire(self) -> None:
+        """On SSE a kept message is a data: block without id:, so the stream's last event id stays the resume point."""
+        self.send({"Type": "user", "UserId": "wire"}, "kept", ttl=600)
+        with self.http.stream("GET", f"{self.url}/subscribe/sse", params={"ticket": self.ticket("wire")}) as response:
+            seen = ""
+            for text in response.iter_text():
+                seen += text
+                if "event: ready" in seen:
+                    break
+        blocks = [b for b in seen.split("\n\n") if b.strip()]
+        kept = [b for b in blocks if '"topic"' in b]
+        self.assertEqual(len(kept), 1, seen)
+        self.assertTrue(kept[0].startswith("data: {"), kept[0])
+        self.assertNotIn("id:", kept[0])
+        self.assertLess(blocks.index(kept[0]), next(i for i, b in enumerate(blocks) if b.startswith("event: ready")))
+
+
 class ResumeTests(WebBase):
     def test_resume_without_loss_or_duplicates(self) -> None:
         """Reconnecting with ?since / Last-Event-ID first gets what was missed in order, then live messages, no duplicates."""
@@ -403,23 +455,20 @@ class RecoveryUnitTests(SynchronousTestCase):
     def test_window_by_time_and_count(self) -> None:
         """The window keeps the last N messages of the last T seconds; older resume points are reported as missed."""
 
-        class S:
-            app_id, ib_id, user_id, group, groups = "a", "ib", "u", "", ()
-
         rec = Recovery(1000, seconds=10, limit=3)
         r = Recipient("all", "ib")
-        ids = [rec.record("a", r, Message(topic=str(n)), None, now=float(n)) for n in range(5)]
+        ids = [rec.record("a", r, Outbound(Message(topic=str(n))), now=float(n)) for n in range(5)]
         self.assertEqual(ids, [1000, 1001, 1002, 1003, 1004])
-        floor, items = rec.replay("a", S(), 1002, now=5.0)
-        self.assertEqual((floor, [i for i, _, _ in items]), (None, [1003, 1004]))
-        floor, items = rec.replay("a", S(), 1000, now=5.0)
-        self.assertEqual((floor, [i for i, _, _ in items]), (1001, [1002, 1003, 1004]))
-        floor, items = rec.replay("a", S(), 1003, now=13.5)  # 1002 and 1003 expired by time
-        self.assertEqual((floor, [i for i, _, _ in items]), (None, [1004]))
-        floor, _ = rec.replay("a", S(), 5000, now=13.5)  # from the future
-        self.assertEqual(floor, 1003)
-        floor, items = rec.replay("b", S(), 999, now=13.5)  # never sent to: nothing missed
-        self.assertEqual((floor, list(items)), (None, []))
+
+        def replay(app: str, since: int, now: float) -> tuple[int | None, list[int]]:
+            floor, items = rec.replay(app, "ib", since, now, lambda recipient: True)
+            return floor, [o.id for o in items]
+
+        self.assertEqual(replay("a", 1002, now=5.0), (None, [1003, 1004]))
+        self.assertEqual(replay("a", 1000, now=5.0), (1001, [1002, 1003, 1004]))
+        self.assertEqual(replay("a", 1003, now=13.5), (None, [1004]))  # 1002 and 1003 expired by time
+        self.assertEqual(replay("a", 5000, now=13.5)[0], 1003)  # from the future
+        self.assertEqual(replay("b", 999, now=13.5), (None, []))  # never sent to: nothing missed
 
 
 class TicketUnitTests(SynchronousTestCase):

@@ -209,9 +209,9 @@ class SendAPI:
             )
         request.setHeader(b"X-PNS-Sessions", str(report.sessions).encode())
         request.setHeader(b"X-PNS-Users", str(report.users).encode())
-        stored = getattr(report, "stored", False)
+        stored = report.stored
         doc: dict[str, Any] = {"sessions": report.sessions, "users": report.users, "stored": stored}
-        dropped = getattr(report, "dropped", 0)
+        dropped = report.dropped
         if dropped:
             doc["dropped"] = dropped
         if stored:
@@ -340,19 +340,19 @@ class SendAPI:
     def presence_of(self, request: Any, ib: str, user: str) -> Any:
         app, ib_id = self._names(request, ib)
         user_id = self._segment(user, "UserId")
-        sessions = sorted(self.core.presence(app.id, ib_id).get(user_id, []), key=lambda s: getattr(s, "connected_at", 0.0))
+        sessions = sorted(self.core.presence(app.id, ib_id).get(user_id, []), key=lambda s: s.connected_at)
         out = []
         for s in sessions:
-            node = getattr(s, "node", None)
+            node = s.node
             if node is not None:  # on another node (a hub between nodes): counted, no details
                 out.append({"node": node, "transport": s.transport_name, "group": s.group})
                 continue
-            since = getattr(s, "connected_at", 0.0)
+            since = s.connected_at
             out.append(
                 {
                     "connected_since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)),
                     "connected_since_unix": round(since, 3),
-                    "peer": getattr(s, "peer", ""),
+                    "peer": s.peer,
                     "group": s.group,
                     "transport": s.transport_name,
                 }
@@ -423,7 +423,7 @@ class SendAPI:
             "status": 200,
             "sessions": report.sessions,
             "users": report.users,
-            "stored": bool(getattr(report, "stored", False)),
+            "stored": report.stored,
         }
 
     @staticmethod

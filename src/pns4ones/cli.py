@@ -25,8 +25,21 @@ from typing import Any, Protocol
 
 from twisted.internet import defer, task
 
+from . import audit as _audit
 from . import config as _config
-from .store import Admin, Application, Groups, KeptMessages, Lifecycle, StoreError, Transfer, UnknownApplication
+from .store import (
+    Admin,
+    AdminAccount,
+    Application,
+    Audit,
+    AuditEntry,
+    Groups,
+    KeptMessages,
+    Lifecycle,
+    StoreError,
+    Transfer,
+    UnknownApplication,
+)
 
 COMMANDS = {
     "list": "list the applications with their keys",
@@ -44,11 +57,28 @@ COMMANDS = {
     "reload_tls": "make the running server re-read its HTTPS certificate files (same as SIGHUP)",
     "restart": "restart the running server from the code and configuration on disk, keeping 1C clients connected (same as SIGUSR2)",
     "status": "live figures of the running server: uptime, subscriptions, sends, store, listeners",
+    "audit": "the administrators' actions (panel and this command), newest first: audit [--limit N]",
+    "panel-password": "set the admin panel's password, asked for (or one line of standard input); ends every panel session",
     "rotate-secrets-key": "seal every key in the store under a new key of the key file (--prepare: only add the new key, for several nodes)",
 }
 
+#: What each changing command is called in the audit log (the panel's names for the same actions).
+AUDITED = {
+    "create": "create",
+    "upd_srv_key": "rotate-server",
+    "upd_cli_key": "rotate-client",
+    "remove": "delete",
+    "reset_token": "reset-tokens",
+    "export": "export",
+    "import": "import",
+    "panel-password": "panel-password",
+    "rotate-secrets-key": "rotate-secrets-key",
+}
+#: Most audit records one ``audit`` shows.
+AUDIT_LIMIT_MAX = 100_000
 
-class CliStore(Admin, Groups, KeptMessages, Transfer, Lifecycle, Protocol):
+
+class CliStore(Admin, Audit, Groups, KeptMessages, Transfer, Lifecycle, Protocol):
     """What the admin commands use of the store: everything but the node's registry."""
 
 
@@ -102,6 +132,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--admin-port", type=int, default=None, help="admin port of the server (default: the one it recorded in DATA_DIR/admin.json)"
     )
+    p = sub.add_parser("audit", parents=[common], help=COMMANDS["audit"])
+    p.add_argument("--limit", type=int, default=50, help="how many of the newest records (default 50)")
+    p = sub.add_parser("panel-password", parents=[common], help=COMMANDS["panel-password"])
+    p.add_argument("--login", default=None, help="the administrator's login (default: keep the current one, or admin)")
     p = sub.add_parser("create", parents=[common], help=COMMANDS["create"])
     p.add_argument("name", nargs="+", help="title of the new application")
     for name in ("upd_srv_key", "upd_cli_key", "remove", "reset_token"):
@@ -212,6 +246,7 @@ def run(args: argparse.Namespace, out: Any) -> Any:
     store = open_store(args)
     as_json = getattr(args, "json", False)
     now = time.time()
+    record: dict[str, Any] = {}  # what a changing command tells the audit log
     try:
         cmd = args.command
         if cmd == "list":
@@ -227,6 +262,7 @@ def run(args: argparse.Namespace, out: Any) -> Any:
             if not title:
                 raise CommandError("the application needs a name")
             app = yield store.create_application(title, now)
+            record.update(app_id=app.id, title=title)
             if as_json:
                 out.write(json.dumps(app.as_json(), ensure_ascii=False) + "\n")
             else:
@@ -235,6 +271,7 @@ def run(args: argparse.Namespace, out: Any) -> Any:
         elif cmd in ("upd_srv_key", "upd_cli_key"):
             fn = store.rotate_server_key if cmd == "upd_srv_key" else store.rotate_client_key
             app = yield fn(args.id, now)
+            record.update(app_id=app.id, title=app.title)
             if as_json:
                 out.write(json.dumps(app.as_json(), ensure_ascii=False) + "\n")
             else:
@@ -246,6 +283,7 @@ def run(args: argparse.Namespace, out: Any) -> Any:
                 out.write(f"New {what}:\n" + _describe(app))
         elif cmd == "remove":
             app = yield store.remove_application(args.id)
+            record.update(app_id=app.id, title=app.title)
             if as_json:
                 out.write(json.dumps({"removed": app.id, "title": app.title}, ensure_ascii=False) + "\n")
             else:
@@ -288,6 +326,7 @@ def run(args: argparse.Namespace, out: Any) -> Any:
         elif cmd == "export":
             doc = yield store.export_data()
             doc["exported_at"] = now
+            record.update(file=args.file, store=store.location)
             _write_export(args.file, doc, out)
             if args.file != "-":
                 out.write(
@@ -297,24 +336,32 @@ def run(args: argparse.Namespace, out: Any) -> Any:
         elif cmd == "import":
             doc = _read_export(args.file)
             yield store.import_data(doc, replace=args.replace)
+            record.update(file=args.file, store=store.location, replace=args.replace)
             if as_json:
                 out.write(json.dumps({"store": store.location, "applications": len(doc.get("applications", []))}) + "\n")
             else:
                 out.write(f"Imported {_summary(doc)} into {store.location}.\n")
         elif cmd == "rotate-secrets-key":
-            yield rotate_secrets_key(store, args, out, now)
+            yield rotate_secrets_key(store, args, out, now, record)
         elif cmd == "reset_token":
             count = yield store.reset_tokens(args.id)
+            record.update(app_id=args.id, count=count)
             if as_json:
                 out.write(json.dumps({"id": args.id, "revoked": count}) + "\n")
             else:
                 out.write(f"Revoked {count} access token(s) of application {args.id}; its senders must call /auth again.\n")
+        elif cmd == "audit":
+            yield _show_audit(store, args, out, as_json)
+        elif cmd == "panel-password":
+            yield _panel_password(store, args, out, as_json, now, record)
+        if cmd in AUDITED:
+            yield _record(store, args, AUDITED[cmd], now, record)
     finally:
         yield store.close()
 
 
 @defer.inlineCallbacks
-def rotate_secrets_key(store: Any, args: argparse.Namespace, out: Any, now: float) -> Any:
+def rotate_secrets_key(store: Any, args: argparse.Namespace, out: Any, now: float, record: dict[str, Any]) -> Any:
     """
     ``rotate-secrets-key``: (1) the key file gets a new key beside the current
     one, (2) one transaction seals every key in the store under it and makes it
@@ -333,6 +380,7 @@ def rotate_secrets_key(store: Any, args: argparse.Namespace, out: Any, now: floa
     if not prepared:
         ring.replace([*keys, new])
     if args.prepare:
+        record.update(prepared=new.id, current=current, store=store.location)
         if getattr(args, "json", False):
             out.write(json.dumps({"store": store.location, "prepared": new.id, "current": current, "key_file": str(ring.path)}) + "\n")
         else:
@@ -342,6 +390,7 @@ def rotate_secrets_key(store: Any, args: argparse.Namespace, out: Any, now: floa
             )
         return
     count = yield store.rotate_secrets_key(new, now)
+    record.update(key=new.id, previous=current, sealed=count, store=store.location)
     if not args.keep_old:
         ring.replace([new])
     kept = f"still holds {', '.join(k.id for k in ring.ordered() if k.id != new.id)} too" if args.keep_old else "holds only the new key"
@@ -354,6 +403,71 @@ def rotate_secrets_key(store: Any, args: argparse.Namespace, out: Any, now: floa
             f"Sealed {count} key(s) in {store.location} under the new key {new.id} (was {current}); {ring.path} {kept}.\n"
             f"Nodes sharing this store need this key file: copy it to them (a running node reads it again when it meets the new key).\n"
         )
+
+
+@defer.inlineCallbacks
+def _record(store: Any, args: argparse.Namespace, action: str, now: float, record: dict[str, Any]) -> Any:
+    """The audit record of a changing command, as the OS user who ran it (taken before acting as the data's owner)."""
+    actor, address = args.actor if getattr(args, "actor", None) else _audit.cli_actor()
+    app_id = str(record.pop("app_id", ""))
+    entry = AuditEntry(now, actor, "cli", address, action, app_id, _audit.detail(**record) if record else "")
+    yield store.add_audit(entry, _audit.MAX_ROWS)
+
+
+@defer.inlineCallbacks
+def _show_audit(store: Any, args: argparse.Namespace, out: Any, as_json: bool) -> Any:
+    if not 1 <= args.limit <= AUDIT_LIMIT_MAX:
+        raise CommandError(f"--limit must be from 1 to {AUDIT_LIMIT_MAX}")
+    total, entries = yield store.list_audit(args.limit)
+    if as_json:
+        out.write(json.dumps([_audit.as_json(e) for e in entries], ensure_ascii=False, indent=2) + "\n")
+    else:
+        out.write(_audit.render(entries, total))
+
+
+@defer.inlineCallbacks
+def _panel_password(store: Any, args: argparse.Namespace, out: Any, as_json: bool, now: float, record: dict[str, Any]) -> Any:
+    """Set the administrator's password (hashed before the reactor ran); the panel ends every session whose password is not this one."""
+    from .admin import auth, firstrun
+
+    if args.login is not None and not 0 < len(args.login.strip()) <= auth.LOGIN_MAX:
+        raise CommandError(f"--login must be 1 to {auth.LOGIN_MAX} characters")
+    current = yield store.get_admin()
+    login = args.login.strip() if args.login else (current.login if current is not None else "admin")
+    yield store.set_admin(AdminAccount(login, args.password_hash), now)
+    try:
+        firstrun.remove_file(_config_of(args).data_dir)  # no set-up needed any more
+    except OSError:
+        pass
+    record.update(login=login, created=current is None)
+    if as_json:
+        out.write(json.dumps({"login": login, "created": current is None, "sessions_ended": True}, ensure_ascii=False) + "\n")
+    else:
+        what = "Created the panel administrator" if current is None else "Set the panel password of"
+        out.write(f"{what} {login!r}; every open panel session ends at its next request.\n")
+
+
+def _new_panel_password() -> str:
+    """The new panel password, asked twice on a terminal or one line of standard input (never an argument): its hash."""
+    import getpass
+
+    from .admin import auth
+
+    if sys.stdin.isatty():
+        try:
+            password = getpass.getpass("New admin panel password: ")
+            again = getpass.getpass("The same again: ")
+        except (EOFError, KeyboardInterrupt):
+            raise CommandError("no password given; nothing changed") from None
+        if password != again:
+            raise CommandError("the two passwords differ; nothing changed")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < auth.PASSWORD_MIN:
+        raise CommandError(f"the password must be at least {auth.PASSWORD_MIN} characters long; nothing changed")
+    if len(password) > auth.PASSWORD_MAX:
+        raise CommandError(f"the password is longer than {auth.PASSWORD_MAX} characters; nothing changed")
+    return auth.hash_password(password)
 
 
 def _summary(doc: dict[str, Any]) -> str:
@@ -418,6 +532,13 @@ def main(
             return 1
         return 0
     args.as_data_owner = as_data_owner
+    args.actor = _audit.cli_actor()  # who ran it, before acting as the data directory's owner
+    if args.command == "panel-password":
+        try:
+            args.password_hash = _new_panel_password()
+        except CommandError as e:
+            err.write(f"{prog}: {e}\n")
+            return 1
     result: dict[str, int] = {}
 
     def go(reactor: Any) -> Any:

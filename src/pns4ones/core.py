@@ -1,25 +1,36 @@
 """
 The service's state and rules, between the transports and the store/hub:
 the in-memory registry of applications and tokens (refreshed when the store
-changes), the token policy of ``/auth``, registration of subscriptions and sends.
+changes), the token policy of ``/auth``, the subscription lifecycle and sends.
 
 Time is passed in (``clock.seconds()``), so tests can drive it.
+
+Invariants:
+
+* Every transport joins with :meth:`Core.subscribe` and leaves with
+  :meth:`Core.unsubscribe` (a restart's handed-over sessions come back with
+  :meth:`Core.adopt`); nothing else attaches to or detaches from the hub.
+* A joining session gets, in this order and each once: its user's kept
+  messages, the replay after its resume point, the live messages (held while
+  it joins).
+* :meth:`Core.send` answers one type, :class:`~pns4ones.hub.Delivery`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import crypto
-from .groups import GroupError, Membership, message_from_addin
-from .hub import Hub, Outbound, Report, Session
-from .messages import SendRequest, render_addin_json
+from .groups import GroupError, Membership
+from .hub import Catchup, Delivery, Hub, Outbound, Replay, Session, SessionInfo
+from .messages import Recipient, SendRequest
 from .metrics import NULL
 from .store import Application, Groups, KeptMessage, KeptMessages, Registry, Snapshot, StoreUnavailable, TokenRecord
 from .wire import Registration
@@ -63,14 +74,33 @@ class RegistrationRejected(Exception):
         self.detail = detail
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """The report of a send: live sessions and users written to, and whether it was kept."""
+class _Join:
+    """A session between :meth:`Core.subscribe` and its release."""
 
-    sessions: int
-    users: int
-    stored: bool = False
-    dropped: int = 0
+    __slots__ = ("replay", "since")
+
+    def __init__(self, since: int | None) -> None:
+        self.since = since
+        self.replay: Replay | None = None
+
+
+def _not_replayed(payloads: list[bytes], backlog: Sequence[Outbound]) -> list[Outbound]:
+    """
+    The kept messages (add-in JSON, oldest first) that the replay does not carry
+    already: a message kept while its user was offline is also in the recovery
+    window, and a web client resuming within the window gets it from there, with
+    its id.  Matched by content, each replayed message against one kept one.
+    """
+    if not backlog:
+        return [Outbound.rendered(p) for p in payloads]
+    replayed = Counter(outbound.plaintext for outbound in backlog)
+    out = []
+    for payload in payloads:
+        if replayed[payload]:
+            replayed[payload] -= 1
+        else:
+            out.append(Outbound.rendered(payload))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +156,8 @@ class Core:
         self._absent: set[bytes] = set()
         self._fetching: dict[bytes, list[Deferred[None]]] = {}
         self._listeners: list[Callable[[], None]] = []
+        #: Sessions between subscribe() and their release.
+        self._joining: dict[Session, _Join] = {}
 
     # -- the registry ------------------------------------------------------------
 
@@ -257,35 +289,63 @@ class Core:
             del self._tokens[digest]
         return self.store.purge_tokens(cutoff)
 
-    # -- subscriptions and sends ---------------------------------------------------------
+    # -- subscriptions: the one way in and out, for every transport ------------------------
 
-    def register(self, session: Session, registration: Registration) -> Application:
-        """Check a registration; on success the session is attached to the hub."""
+    def register(self, registration: Registration) -> Application:
+        """Check an add-in registration (application, signature): its application, or :class:`RegistrationRejected`."""
         app = self.apps.get(registration.app_id)
         if app is None:
             raise RegistrationRejected("unknown-application", f"unknown application {registration.app_id!r}")
         if not registration.verify(app.client_key):
             raise RegistrationRejected("bad-signature", f"bad signature for application {app.id}")
-        if (app.id, registration.ib_id) in self._kept_ibs:
-            # Kept messages may wait: live messages are buffered until they are written.
-            hold = getattr(session, "hold", None)
-            if hold is not None:
-                hold()
-            self.hub.attach(session)
-            self._deliver_kept(session, app.id, registration.ib_id, registration.user_id, registration.group)
-        else:
-            self.hub.attach(session)
         return app
 
+    def subscribe(self, session: Session, since: int | None = None) -> Deferred[None]:
+        """
+        Join: ``session`` holds live messages; the hub replays what it missed
+        after ``since`` (None: a new subscription) and attaches it in the same
+        turn (no gap, no duplicate); its user's kept messages are taken from the
+        store (those the replay carries already are not written twice); then the
+        session writes the kept messages, the replay and the held live ones, in
+        that order (:class:`~pns4ones.hub.Catchup`).  Fires once the session is
+        live, or has left meanwhile; a failure ends the session.
+        """
+        if session in self._joining:
+            self.unsubscribe(session)
+        join = _Join(since)
+        self._joining[session] = join
+        session.hold()
+        replayed: Deferred[Replay] = self.hub.replay(session, since)
+        taken: Deferred[list[bytes] | None] = replayed.addCallback(self._replayed, session, join)
+        live: Deferred[None] = taken.addCallback(self._caught_up, session, join)
+        return live.addErrback(self._join_failed, session, join)
+
+    def unsubscribe(self, session: Session) -> None:
+        """Leave: no more messages for ``session``, also while it is joining (its catch-up is dropped). Idempotent."""
+        self._joining.pop(session, None)
+        self.hub.detach(session)
+
+    def adopt(self, session: Session) -> None:
+        """A session the previous process handed over (restart): it had its catch-up there; route to it from now on."""
+        self.hub.attach(session)
+
+    def _replayed(self, replay: Replay, session: Session, join: _Join) -> Deferred[list[bytes] | None]:
+        if self._joining.get(session) is not join:
+            return succeed(None)  # left meanwhile
+        # The same turn as the replay's end: messages from now on are held by the session.
+        self.hub.attach(session)
+        join.replay = replay
+        if (session.app_id, session.ib_id) not in self._kept_ibs:
+            return succeed([])
+        return self._take_kept(session)
+
     @inlineCallbacks
-    def _deliver_kept(self, session: Session, app_id: str, ib_id: str, user_id: str, group: str) -> Any:
-        kept: list[Outbound] = []
+    def _take_kept(self, session: Session) -> Generator[Deferred[Any], Any, list[bytes] | None]:
+        app_id, ib_id, user_id = session.app_id, session.ib_id, session.user_id
         try:
-            groups = set(self.membership.groups_of(app_id, ib_id, user_id))
-            if group:
-                groups.add(group)
+            groups = set(self.membership.groups_of(app_id, ib_id, user_id)) | set(session.groups)
             payloads = yield self.store.take_kept(app_id, ib_id, user_id, sorted(groups), self.clock.seconds())
-            kept = [Outbound(message_from_addin(p)) for p in payloads]
+            return list(payloads)
         except StoreUnavailable as e:
             self.log.warn(
                 "kept messages for app={app_id} ib={ib_id} user={user_id} not read: {reason}",
@@ -298,41 +358,65 @@ class Core:
             self.log.failure(
                 "cannot read kept messages for app={app_id} ib={ib_id} user={user_id}", app_id=app_id, ib_id=ib_id, user_id=user_id
             )
-        release = getattr(session, "release", None)
-        if release is not None:
-            release(kept)
-        else:
-            for outbound in kept:
-                session.deliver(outbound)
+        return []
+
+    def _caught_up(self, payloads: list[bytes] | None, session: Session, join: _Join) -> None:
+        if payloads is None:
+            return
+        if self._joining.get(session) is not join:
+            if payloads:
+                self.log.warn(
+                    "{count} kept messages for app={app_id} ib={ib_id} user={user_id} were taken for a subscription that ended meanwhile",
+                    count=len(payloads),
+                    app_id=session.app_id,
+                    ib_id=session.ib_id,
+                    user_id=session.user_id,
+                    event="kept-lost",
+                )
+            return
+        del self._joining[session]
+        replay = join.replay
+        assert replay is not None
+        kept = _not_replayed(payloads, replay.backlog)
+        session.release(Catchup(kept, replay.backlog, join.since, replay.missed, replay.resume_id))
         if kept:
             self.log.info(
                 "wrote {count} kept messages to app={app_id} ib={ib_id} user={user_id}",
                 count=len(kept),
-                app_id=app_id,
-                ib_id=ib_id,
-                user_id=user_id,
+                app_id=session.app_id,
+                ib_id=session.ib_id,
+                user_id=session.user_id,
                 event="kept-delivered",
             )
 
-    def send(self, app: Application, request: SendRequest, ttl: float = 0.0) -> Deferred[Any]:
+    def _join_failed(self, failure: Failure, session: Session, join: _Join) -> None:
+        if self._joining.get(session) is join:
+            del self._joining[session]
+        self.hub.detach(session)
+        self.log.failure("cannot start the subscription of {peer}", failure, peer=session.peer)
+        session.end("internal error: try again")
+
+    # -- sends ------------------------------------------------------------------------------
+
+    def send(self, app: Application, request: SendRequest, ttl: float = 0.0) -> Deferred[Delivery]:
         """Live delivery; with a TTL also keep the message for users who are not reached."""
-        d = self.hub.publish(app.id, request.recipient, request.message)
+        outbound = Outbound(request.message)
+        d = self.hub.publish(app.id, request.recipient, outbound)
         if not ttl:
             return d
-        return d.addCallback(self._keep, app, request, ttl)
+        return d.addCallback(self._keep, app, request.recipient, outbound, ttl)
 
     @inlineCallbacks
-    def _keep(self, report: Report, app: Application, request: SendRequest, ttl: float) -> Any:
-        recipient = request.recipient
-        if recipient.type == "user" and report.sessions:
-            return Delivery(report.sessions, report.users, False)
+    def _keep(self, delivery: Delivery, app: Application, recipient: Recipient, outbound: Outbound, ttl: float) -> Any:
+        if recipient.type == "user" and delivery.sessions:
+            return delivery
         now = self.clock.seconds()
         key = (app.id, recipient.ib_id)
         self._kept_ibs.add(key)
         if self._kept_added is not None:
             self._kept_added.add(key)
-        message = KeptMessage(app.id, recipient.ib_id, recipient.type, recipient.target, render_addin_json(request.message), now, now + ttl)
-        received = [] if recipient.type == "user" else list(report.reached)
+        message = KeptMessage(app.id, recipient.ib_id, recipient.type, recipient.target, outbound.plaintext, now, now + ttl)
+        received = [] if recipient.type == "user" else list(delivery.reached)
         outcome = yield self.store.keep_message(message, received, self.limits.max_kept_per_user, self.limits.max_kept_per_app)
         dropped = outcome.dropped_user + outcome.dropped_app
         if outcome.dropped_user:
@@ -353,7 +437,7 @@ class Core:
                 count=outcome.dropped_app,
                 event="kept-dropped",
             )
-        return Delivery(report.sessions, report.users, True, dropped)
+        return replace(delivery, stored=True, dropped=dropped)
 
     @inlineCallbacks
     def purge_kept(self) -> Any:
@@ -417,14 +501,12 @@ class Core:
 
     # -- presence ------------------------------------------------------------------------
 
-    def presence(self, app_id: str, ib_id: str) -> dict[str, list[Session]]:
-        """Live sessions of one information base, by user."""
-        out: dict[str, list[Session]] = {}
+    def presence(self, app_id: str, ib_id: str) -> dict[str, list[SessionInfo]]:
+        """Live sessions of one information base, by user: this node's, then the other nodes' (a hub between nodes)."""
+        out: dict[str, list[SessionInfo]] = {}
         for session in self.hub.sessions(app_id):
             if session.ib_id == ib_id:
                 out.setdefault(session.user_id, []).append(session)
-        remote = getattr(self.hub, "remote_sessions", None)
-        if remote is not None:  # the other nodes' (a hub between nodes)
-            for user_id, sessions in remote(app_id, ib_id).items():
-                out.setdefault(user_id, []).extend(sessions)
+        for user_id, sessions in self.hub.remote_sessions(app_id, ib_id).items():
+            out.setdefault(user_id, []).extend(sessions)
         return out

@@ -1,5 +1,5 @@
 """
-Server-side group membership and kept-message helpers, without I/O.
+Server-side group membership and the group and TTL input of the API, without I/O.
 
 The stock add-in always registers with an empty group (PROTOCOL.md section 4),
 so groups live on the server: per application and information base, a group
@@ -15,12 +15,11 @@ Invariants:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from typing import Any
 
-from .messages import MAX_FIELD, Message, Notification
+from .messages import MAX_FIELD
 
 
 class GroupError(ValueError):
@@ -63,12 +62,14 @@ class Membership:
 
     def _remove(self, app_id: str, ib_id: str, group: str, user_id: str) -> bool:
         groups = self._members.get((app_id, ib_id))
-        members = groups.get(group) if groups else None
+        if groups is None:
+            return False
+        members = groups.get(group)
         if not members or user_id not in members:
             return False
         members.discard(user_id)
         if not members:
-            del groups[group]  # type: ignore[index]
+            del groups[group]
             if not groups:
                 del self._members[(app_id, ib_id)]
         of = self._groups_of[(app_id, ib_id, user_id)]
@@ -160,15 +161,3 @@ def parse_ttl(value: Any, max_ttl: float, field: str = "Message.TTL") -> float:
     if value > max_ttl:
         raise GroupError(400, field, f"is over the server's max_ttl of {max_ttl:g} seconds")
     return float(value)
-
-
-def message_from_addin(plaintext: bytes) -> Message:
-    """The :class:`Message` of a stored add-in JSON (what :func:`render_addin_json` made)."""
-    doc = json.loads(plaintext.decode("utf-8"))
-    note = doc.get("notification")
-    notification = None
-    if note:
-        notification = Notification(
-            note.get("title", ""), note.get("body", ""), note.get("icon", ""), note.get("action", ""), bool(note.get("important", False))
-        )
-    return Message(doc.get("topic", ""), notification, doc.get("data") or {})

@@ -648,7 +648,7 @@ class Restart:
             return
         for session in list(core.hub.sessions()):
             if session.transport_name != AddinProtocol.transport_name:  # WebSocket, SSE: they resume on the new process
-                session.end("server restarting")
+                session.going_away("server restarting")
 
     def _take_sessions(self) -> None:
         for proto in list(self._factory().connections):

@@ -6,6 +6,7 @@ The ``/sendmessage`` body and the add-in's JSON, without I/O.
 :func:`render_addin_json` produces the exact plaintext the add-in decrypts
 (PROTOCOL.md section 4): lowercase keys, empty members omitted, ``{`` first,
 characters outside the Basic Multilingual Plane as ``\\uXXXX`` surrogate pairs.
+:func:`parse_addin_json` is its inverse, the one decoder of that JSON.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def _lower_keys(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {k.lower(): v for k, v in obj.items()}
 
 
-def _object(value: Any, name: str, required: bool) -> dict[str, Any] | None:
+def object_member(value: Any, name: str, required: bool) -> dict[str, Any] | None:
+    """A JSON object with its member names lowercased (None when absent and not ``required``); MessageError names ``name``."""
     if value is None:
         if required:
             raise MessageError(name, "is required")
@@ -84,7 +86,8 @@ def _object(value: Any, name: str, required: bool) -> dict[str, Any] | None:
     return _lower_keys(value)
 
 
-def _string(obj: Mapping[str, Any], key: str, name: str, required: bool = False) -> str:
+def string_member(obj: Mapping[str, Any], key: str, name: str, required: bool = False) -> str:
+    """The string member ``key`` of ``obj`` ("" when absent); MessageError names ``name``."""
     value = obj.get(key)
     if value is None:
         value = ""
@@ -144,23 +147,23 @@ def parse_send(body: bytes) -> SendRequest:
 
 
 def parse_send_object(doc: Any) -> SendRequest:
-    root = _object(doc, "body", True)
+    root = object_member(doc, "body", True)
     assert root is not None
-    rec = _object(root.get("recipient"), "Recipient", True)
+    rec = object_member(root.get("recipient"), "Recipient", True)
     assert rec is not None
-    rtype = _string(rec, "type", "Recipient.Type", True).lower()
+    rtype = string_member(rec, "type", "Recipient.Type", True).lower()
     if rtype not in RECIPIENT_TYPES:
         raise MessageError("Recipient.Type", "must be one of user, group, all")
-    ib_id = _short(_string(rec, "ibid", "Recipient.IbId", True), "Recipient.IbId")
-    user_id = _short(_string(rec, "userid", "Recipient.UserId", rtype == "user"), "Recipient.UserId")
-    group = _short(_string(rec, "usergroup", "Recipient.UserGroup", rtype == "group"), "Recipient.UserGroup")
+    ib_id = _short(string_member(rec, "ibid", "Recipient.IbId", True), "Recipient.IbId")
+    user_id = _short(string_member(rec, "userid", "Recipient.UserId", rtype == "user"), "Recipient.UserId")
+    group = _short(string_member(rec, "usergroup", "Recipient.UserGroup", rtype == "group"), "Recipient.UserGroup")
     recipient = Recipient(rtype, ib_id, user_id if rtype == "user" else "", group if rtype == "group" else "")
 
-    msg = _object(root.get("message"), "Message", True)
+    msg = object_member(root.get("message"), "Message", True)
     assert msg is not None
-    topic = _short(_string(msg, "topic", "Message.Topic"), "Message.Topic")
+    topic = _short(string_member(msg, "topic", "Message.Topic"), "Message.Topic")
     notification = None
-    note = _object(msg.get("notification"), "Message.Notification", False)
+    note = object_member(msg.get("notification"), "Message.Notification", False)
     if note is not None:
         important = note.get("important")
         if important is None:
@@ -168,10 +171,10 @@ def parse_send_object(doc: Any) -> SendRequest:
         if not isinstance(important, bool):
             raise MessageError("Message.Notification.Important", "must be true or false")
         notification = Notification(
-            title=_string(note, "title", "Message.Notification.Title"),
-            body=_string(note, "body", "Message.Notification.Body"),
-            icon=_string(note, "icon", "Message.Notification.Icon"),
-            action=_string(note, "action", "Message.Notification.Action"),
+            title=string_member(note, "title", "Message.Notification.Title"),
+            body=string_member(note, "body", "Message.Notification.Body"),
+            icon=string_member(note, "icon", "Message.Notification.Icon"),
+            action=string_member(note, "action", "Message.Notification.Action"),
             important=important,
         )
     data: dict[str, str] = {}
@@ -229,3 +232,28 @@ def dumps_for_addin(obj: Mapping[str, Any]) -> bytes:
 
 def render_addin_json(message: Message) -> bytes:
     return dumps_for_addin(addin_object(message))
+
+
+def parse_addin_json(plaintext: bytes) -> Message:
+    """
+    The :class:`Message` of an add-in JSON (what :func:`render_addin_json` made):
+    ``render_addin_json(parse_addin_json(p)) == p``.  Raises :class:`MessageError`
+    (field ``addin``) for anything else.
+    """
+    try:
+        doc = json.loads(plaintext.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise MessageError("addin", f"is not JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise MessageError("addin", "is not a JSON object")
+    note = doc.get("notification")
+    data = doc.get("data") or {}
+    topic = doc.get("topic", "")
+    if not isinstance(topic, str) or not isinstance(data, dict) or not (note is None or isinstance(note, dict)):
+        raise MessageError("addin", "is not the add-in's JSON (topic, notification, data)")
+    notification = None
+    if note:
+        notification = Notification(
+            note.get("title", ""), note.get("body", ""), note.get("icon", ""), note.get("action", ""), bool(note.get("important", False))
+        )
+    return Message(topic, notification, data)

@@ -43,6 +43,9 @@ class NullMetrics:
     def sent(self, app_id: str, kind: str, seconds: float) -> None:
         pass
 
+    def panel_sent(self, app_id: str, kind: str, seconds: float) -> None:
+        pass
+
     def routed(self, app_id: str, written: int, frame_bytes: int) -> None:
         pass
 
@@ -137,6 +140,12 @@ class Metrics(NullMetrics):
             ["application"],
             registry=registry,
         )
+        self._panel_messages = Counter(
+            "pns4ones_panel_test_messages",
+            "Test messages sent from the admin panel, by application (also counted in pns4ones_messages_sent)",
+            ["application"],
+            registry=registry,
+        )
         self._bytes = Counter(
             "pns4ones_frame_bytes", "Bytes of message frames written to subscriptions, by application", ["application"], registry=registry
         )
@@ -183,6 +192,11 @@ class Metrics(NullMetrics):
         child.inc()
         self._observe_latency(seconds)
         self.sends += 1
+
+    def panel_sent(self, app_id: str, kind: str, seconds: float) -> None:
+        """A test message from the admin panel: a send like any other, and counted as the panel's."""
+        self.sent(app_id, kind, seconds)
+        self._panel_messages.labels(app_id).inc()
 
     def routed(self, app_id: str, written: int, frame_bytes: int) -> None:
         """Once per routed message: ``written`` sessions got ``frame_bytes`` each."""

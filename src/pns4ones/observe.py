@@ -19,6 +19,7 @@ import hmac
 import json
 import os
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,8 +31,9 @@ from twisted.logger import Logger
 from twisted.web import resource
 
 from . import __version__, control
-from .metrics import Metrics
+from .metrics import CUT_REASONS, Metrics
 from .status import ADMIN_FILE
+from .store import redact_url
 from .web import json_body
 
 # -- the figures computed at scrape time ---------------------------------------------------
@@ -144,6 +146,60 @@ def status_doc(service: Any, metrics: Metrics) -> dict[str, Any]:
         },
         "listeners": listeners(service),
     }
+
+
+def _samples(metrics: Metrics) -> list[tuple[str, dict[str, str], float]]:
+    return [(s.name, s.labels, s.value) for family in metrics.registry.collect() for s in family.samples]
+
+
+def console_status(service: Any, metrics: Metrics, figures: LiveFigures) -> dict[str, Any]:
+    """The admin panel's status page: :func:`status_doc` and the figures of ``/metrics``, summed for people."""
+    figures.refresh()
+    doc = status_doc(service, metrics)
+    samples = _samples(metrics)
+
+    def total(name: str, **match: str) -> float:
+        return sum(v for n, labels, v in samples if n == name and all(labels.get(k) == x for k, x in match.items()))
+
+    def by(name: str, label: str, **match: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for n, labels, v in samples:
+            if n == name and v and all(labels.get(k) == x for k, x in match.items()):
+                out[labels.get(label, "")] = out.get(labels.get(label, ""), 0) + int(v)
+        return dict(sorted(out.items()))
+
+    cfg = service.config
+    _ready, reason = readiness(service)()
+    redis = cfg.hub != "local"
+    doc.update(
+        ready_reason=reason,
+        registrations={
+            "accepted": int(total("pns4ones_registrations_total", result="accepted")),
+            "rejected": by("pns4ones_registrations_total", "reason", result="rejected"),
+        },
+        cuts={reason: int(total("pns4ones_subscriptions_cut_total", reason=reason)) for reason in CUT_REASONS},
+        tokens_issued=int(total("pns4ones_tokens_issued_total")),
+        panel_test_messages=int(total("pns4ones_panel_test_messages_total")),
+        http=by("pns4ones_http_requests_total", "status"),
+        process={
+            "cpu_seconds": total("process_cpu_seconds_total"),
+            "resident_bytes": total("process_resident_memory_bytes"),
+            "open_fds": total("process_open_fds"),
+            "max_fds": total("process_max_fds"),
+        },
+        hub={
+            "kind": "redis" if redis else "local",
+            "location": redact_url(cfg.hub) if redis else "",
+            "connected": bool(total("pns4ones_hub_connected")),
+            # the name the Redis hub gives this node by default (hub/redis.py)
+            "node": cfg.node_name or f"{socket.gethostname()}:{cfg.listen.port}",
+            "nodes": 1 + int(total("pns4ones_hub_nodes")),
+            "published": int(total("pns4ones_hub_publishes_total", result="ok")),
+            "publish_failures": int(total("pns4ones_hub_publishes_total", result="failed")),
+            "received": int(total("pns4ones_hub_received_total")),
+        },
+    )
+    return doc
 
 
 def listeners(service: Any) -> list[dict[str, Any]]:
@@ -286,8 +342,7 @@ def readiness(service: Any) -> Callable[[], tuple[bool, str]]:
             store = service.store
             if not store.available:
                 return False, f"store unavailable: {store.unavailable_reason}"
-            hub_status = getattr(service.core.hub, "status", None)
-            return hub_status() if hub_status is not None else (True, "ready")
+            return service.core.hub.status()
         return False, "stopping" if service.running else "starting"
 
     return ready
@@ -309,9 +364,8 @@ class Observability:
         self.metrics = metrics = Metrics(service.reactor)
         self.figures = LiveFigures(service)
         metrics.add_collector(self.figures.collect)
-        hub_families = getattr(service.core.hub, "metric_families", None)
-        if hub_families is not None:  # the hub between nodes: connected, publishes
-            metrics.add_collector(hub_families)
+        # the hub's own (between nodes: connected, publishes)
+        metrics.add_collector(service.core.hub.metric_families)
         service.core.metrics = metrics
         service.core.hub.on_routed = metrics.routed
         service.api.metrics = metrics
@@ -322,6 +376,7 @@ class Observability:
         scrape = ScrapeResource(metrics, self.figures)
         admin = service.admin_site
         admin.resource = AdminRoot(admin.resource, {b"metrics": scrape, b"status.json": StatusResource(service, metrics, self.token)})
+        service.admin_panel.status_source = lambda: console_status(service, metrics, self.figures)
         service.metrics_site = None
         if cfg.metrics_listen is not None:
             from .web import ApiSite

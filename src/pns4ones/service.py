@@ -204,9 +204,7 @@ class PnsService(service.MultiService):
 
     def startService(self) -> None:
         super().startService()
-        start_hub = getattr(self.core.hub, "start", None)
-        if start_hub is not None:  # a hub between nodes connects now
-            start_hub()
+        self.core.hub.start()  # a hub between nodes connects now
         d = self.core.reload()
         d.addCallback(self._loaded)
         d.addErrback(self._failed_start)
@@ -235,6 +233,7 @@ class PnsService(service.MultiService):
         self._purge_kept.clock = self.reactor
         self._purge_kept.start(KEPT_PURGE_INTERVAL, now=True).addErrback(lambda f: self.log.failure("kept-message purge failed", f))
         self.ready = True
+        self._store_task(self.admin_panel.prepare, "admin panel set-up")  # no administrator yet: print the set-up code
         self._start_control()
         self.observability.started()
         always = {logs.ALWAYS: True}
@@ -407,9 +406,8 @@ class PnsService(service.MultiService):
             self.web_subscriptions.end_all("service stopping")
         if self.store is not None:
             self.store.stop_watching()
-        close_hub = getattr(self.core.hub, "close", None) if self.core is not None else None
-        if close_hub is not None:
-            yield close_hub()
+        if self.core is not None:
+            yield self.core.hub.close()
         yield self.site.drain(self.reactor, timeout=5.0)
         yield super().stopService()
         # Give queued frames and the goodbye FINs a moment to leave.

@@ -12,19 +12,33 @@ Safe by construction:
 * the session is an ``HttpOnly; SameSite=Strict`` cookie, never in the URL;
   every POST must carry the session's CSRF token (and, when the browser says
   where it comes from, come from the panel's own origin);
+* the first administrator needs the one-time set-up code the service printed
+  (:mod:`.firstrun`); a new password (here or ``pns4ones-admin panel-password``)
+  ends every session at its next request (the session remembers a digest of the
+  password hash it logged in with, and the store is asked on every page);
 * application changes go through the :class:`~pns4ones.store.Store` (the
-  same calls as the CLI) followed by ``core.reload()``; test messages go
-  through ``parse_send_object`` and ``Core.send``, the path of ``/sendmessage``.
+  same calls as the CLI) followed by ``core.reload()``; group changes through
+  the core's group methods; test messages through ``parse_send_object`` and
+  ``Core.send``, the path of ``/sendmessage``, counted as sends; every change is
+  recorded in the audit log (:mod:`pns4ones.audit`).
+
+Every action answers with a redirect to the section of the page that holds its
+control (``#send``, ``#settings``...), where the result is shown; a refused form
+comes back with what was typed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import mimetypes
 import secrets
+import sys
+from collections.abc import Callable
 from importlib import resources
-from typing import Any
-from urllib.parse import quote
+from time import perf_counter
+from typing import Any, Protocol
+from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from klein import Klein
@@ -32,19 +46,38 @@ from twisted.internet.defer import DeferredLock, inlineCallbacks
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from ..core import Core
+from .. import audit, logs
+from ..core import Core, Delivery
+from ..groups import GroupError, check_name, parse_ttl
+from ..hub import HubUnavailable
 from ..logs import RateLimited
 from ..messages import MessageError, parse_send_object
-from ..store import Admin, AdminAccount, StoreUnavailable, UnknownApplication
+from ..store import Admin, AdminAccount, Audit, AuditEntry, Groups, KeptMessages, StoreUnavailable, UnknownApplication
 from ..web import ApiSite, BoundedRequest, json_body
-from . import auth, i18n
+from . import auth, firstrun, i18n, views
+
+
+class PanelStore(Admin, Audit, Groups, KeptMessages, Protocol):
+    """What the panel uses of the store: applications, the account, the audit log, groups and kept messages."""
+
 
 SESSION_COOKIE = b"pns4ones_session"
 PRE_COOKIE = b"pns4ones_pre"
 LANG_COOKIE = b"pns4ones_lang"
 TITLE_MAX = 200
-#: Milliseconds between two polls of the live subscription counts.
+#: Milliseconds between two polls of the live subscription counts and status figures.
 POLL_MS = 2000
+#: Rows a page of each list (groups, members, kept messages, audit records).
+GROUPS_PAGE = 50
+MEMBERS_PAGE = 100
+KEPT_PAGE = 50
+AUDIT_PAGE = 50
+#: User ids named in one audit record of a group change (the count is always there).
+AUDIT_IDS = 20
+
+#: The panel's sections (top navigation).  The "Online" view (sessions per
+#: information base) and the delivery "Trace" take their places after "/apps".
+NAV = (("/apps", "nav.apps"), ("/status", "nav.status"), ("/audit", "nav.audit"))
 
 SECURITY_HEADERS = {
     b"Content-Security-Policy": (
@@ -62,10 +95,27 @@ SECURITY_HEADERS = {
 
 #: Fields of /sendmessage that the test-message form fills, and their labels.
 _SEND_FIELDS = {"Recipient.IbId": "send.ib", "Recipient.UserId": "send.target", "Recipient.UserGroup": "send.target"}
+#: Form fields kept for each form that can be refused (or sent again).
+_FORM_FIELDS = {
+    "create": ("title",),
+    "rename": ("title",),
+    "send": ("ib", "type", "target", "title", "body", "ttl"),
+    "group-add": ("ib", "group", "members"),
+}
 
 
 def _peer(request: Any) -> str:
     return getattr(request.getClientAddress(), "host", "?")
+
+
+def _fingerprint(account: AdminAccount) -> bytes:
+    """What a session remembers of the password it logged in with (the hash changes with every new password)."""
+    return hashlib.sha256(account.password_hash.encode("utf-8")).digest()
+
+
+def _local(target: str) -> bool:
+    """A path of this site (no scheme, no other host): safe to redirect to."""
+    return target.startswith("/") and not target.startswith("//") and "\\" not in target and target.isprintable()
 
 
 class _Redirect(Exception):
@@ -84,13 +134,22 @@ class _Refused(Exception):
         self.fields = fields
 
 
+class _Invalid(Exception):
+    """A form's input is refused: ``key`` names the catalog text shown beside the form."""
+
+    def __init__(self, key: str, **fields: Any) -> None:
+        super().__init__(key)
+        self.key = key
+        self.fields = fields
+
+
 class AdminPanel:
     """Routes of the admin listener."""
 
     app = Klein()
     log = Logger()
 
-    def __init__(self, core: Core, store: Admin, config: Any, clock: Any) -> None:
+    def __init__(self, core: Core, store: PanelStore, config: Any, clock: Any) -> None:
         self.core = core
         self.store = store
         self.config = config
@@ -98,6 +157,12 @@ class AdminPanel:
         self.sessions = auth.Sessions(clock)
         self.throttle = auth.Throttle(clock)
         self._refusals = RateLimited(clock, 10.0)
+        #: Wrong set-up codes back off like failed logins.
+        self.setup_throttle = auth.Throttle(clock)
+        #: The one-time set-up code while there is no administrator (see :mod:`.firstrun`).
+        self.setup_code: str | None = None
+        #: The live figures of the status page (set by the service's observability part).
+        self.status_source: Callable[[], dict[str, Any]] | None = None
         self.translator = i18n.Translator(i18n.load_catalogs())
         self.templates = Environment(
             loader=PackageLoader("pns4ones.admin", "templates"),
@@ -106,6 +171,9 @@ class AdminPanel:
             trim_blocks=True,
             lstrip_blocks=True,
         )
+        self.templates.filters["moment"] = views.moment
+        self.templates.filters["size"] = views.size
+        self.templates.filters["detail"] = audit.describe_detail
         self._static = self._load_static()
         self._account_lock = DeferredLock()
 
@@ -122,13 +190,50 @@ class AdminPanel:
             out[entry.name] = (entry.read_bytes(), kind.encode())
         return out
 
+    # -- first run -------------------------------------------------------------------------
+
+    @inlineCallbacks
+    def prepare(self) -> Any:
+        """At start: without an administrator, make and print the set-up code; with one, forget an old code file."""
+        account = yield self.store.get_admin()
+        if account is None:
+            self.new_setup_code()
+        else:
+            self._forget_setup_code()
+
+    def new_setup_code(self) -> str:
+        code = self.setup_code = firstrun.new_code()
+        where = f"{self.config.data_dir}/{firstrun.FILE_NAME}"
+        try:
+            firstrun.write_file(self.config.data_dir, code)
+        except OSError as e:
+            where = f"not written to the data directory: {e.strerror or e}"
+        url = f"http://127.0.0.1:{self.config.admin_port}/"
+        self.log.warn(
+            "admin panel: no administrator yet. Open {url} on this machine and enter the one-time set-up code {code} ({where})",
+            url=url,
+            code=code,
+            where=where,
+            **{logs.ALWAYS: True},
+        )
+        if self.config.log_level == "None" and sys.__stderr__ is not None:  # no log: the console still gets it
+            sys.__stderr__.write(f"pns4ones: admin panel set-up code {code}: open {url} and enter it\n")
+        return code
+
+    def _forget_setup_code(self) -> None:
+        self.setup_code = None
+        try:
+            firstrun.remove_file(self.config.data_dir)
+        except OSError as e:
+            self.log.warn("cannot remove the old set-up code file: {error}", error=str(e))
+
     # -- request helpers -------------------------------------------------------------------
 
     def _lang(self, request: Any) -> str:
         value = (request.getCookie(LANG_COOKIE) or b"").decode("ascii", "replace")
         return value if value in i18n.LANGUAGES else i18n.DEFAULT
 
-    def _t(self, request: Any) -> Any:
+    def _t(self, request: Any) -> Callable[..., str]:
         return self.translator.for_language(self._lang(request))
 
     def _cookie(self, request: Any, name: bytes) -> str:
@@ -163,6 +268,12 @@ class AdminPanel:
             raise _Refused(400, "error.too_long", field=name)
         return text
 
+    def _arg(self, request: Any, name: str, limit: int = 1024) -> str:
+        """A query (or form) argument for a GET page: too long counts as absent."""
+        values = request.args.get(name.encode()) or [b""]
+        text = values[0].decode("utf-8", "replace")
+        return text if len(text) <= limit else ""
+
     def _check_post(self, request: Any, session: auth.Session | None) -> None:
         """Refuse a POST from another origin or without this browser's CSRF token."""
         host = (request.getHeader(b"host") or b"").decode("ascii", "replace")
@@ -195,21 +306,39 @@ class AdminPanel:
         return session.csrf if session is not None else self.sessions.anonymous_csrf(self._pre_session(request))
 
     @inlineCallbacks
-    def _require_login(self, request: Any) -> Any:
-        session = self._session(request)
-        if session is not None:
-            return session
+    def _require_login(self, request: Any, touch: bool = True) -> Any:
+        """The live session, whose password is still the administrator's; else off to the login (or first-run) page."""
+        session = self._session(request, touch)
         account = yield self.store.get_admin()
+        if session is not None:
+            if account is not None and hmac.compare_digest(_fingerprint(account), session.account):
+                return session
+            # A new password (another browser, or pns4ones-admin panel-password): this session is over.
+            self.sessions.end(self._cookie(request, SESSION_COOKIE))
+            self.log.info("admin panel: ended a session of {login!r}: the password has changed", login=session.login)
         raise _Redirect("/setup" if account is None else "/login")
 
     def _render(self, request: Any, template: str, session: auth.Session | None, status: int = 200, **context: Any) -> bytes:
         lang = self._lang(request)
         t = self.translator.for_language(lang)
         flashes = list(session.flash) if session is not None else []
+        forms = dict(session.forms) if session is not None else {}
         if session is not None:
             session.flash.clear()
+            session.forms.clear()
+
+        def form(name: str, field: str, default: str = "") -> str:
+            return forms.get(name, {}).get(field, default)
+
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        path = request.path.decode("utf-8", "replace")
+
+        def page_url(number: int) -> str:
+            """This page's URL with its query, showing page ``number``."""
+            query = [(k.decode("utf-8", "replace"), v[0].decode("utf-8", "replace")) for k, v in request.args.items() if k != b"page" and v]
+            return path + "?" + urlencode([*query, ("page", str(number))])
+
         html = self.templates.get_template(template).render(
             t=t,
             lang=lang,
@@ -217,20 +346,57 @@ class AdminPanel:
             csrf=self._csrf_for(request, session),
             login=session.login if session is not None else None,
             flashes=flashes,
-            path=request.path.decode("utf-8", "replace"),
+            form=form,
+            path=path,
+            here=request.uri.decode("utf-8", "replace"),
+            nav=NAV,
+            page_url=page_url,
+            now=self.clock.seconds(),
+            duration=lambda seconds: views.duration(seconds, t),
             **context,
         )
         return html.encode("utf-8")
 
-    def _flash(self, request: Any, session: auth.Session, kind: str, key: str, **fields: Any) -> None:
-        session.flash.append((kind, self._t(request)(key, **fields)))
+    def _flash(self, request: Any, session: auth.Session, kind: str, key: str, section: str = "", **fields: Any) -> None:
+        session.flash.append((kind, self._t(request)(key, **fields), section))
 
-    def _start_session(self, request: Any, login: str) -> auth.Session:
+    def _done(self, request: Any, session: auth.Session, url: str, section: str, key: str, kind: str = "ok", **fields: Any) -> _Redirect:
+        """Show the result in ``section`` of the page at ``url``, and go there (the browser scrolls to it)."""
+        self._flash(request, session, kind, key, section, **fields)
+        return _Redirect(f"{url}#{section}" if section else url)
+
+    def _keep_form(self, request: Any, session: auth.Session, name: str) -> dict[str, str]:
+        """Remember what was typed into form ``name``, to fill it again on the next page."""
+        # unbounded here: the body is (max_body_size), and the copy lives until the next page
+        values = {field: (request.args.get(field.encode()) or [b""])[0].decode("utf-8", "replace") for field in _FORM_FIELDS[name]}
+        session.forms[name] = values
+        return values
+
+    def _start_session(self, request: Any, account: AdminAccount) -> auth.Session:
         """A fresh session (a new token after every login: no session fixation)."""
         self.sessions.end(self._cookie(request, SESSION_COOKIE))
-        token, session = self.sessions.create(login)
+        token, session = self.sessions.create(account.login)
+        session.account = _fingerprint(account)
         self._set_cookie(request, SESSION_COOKIE, token, int(self.sessions.lifetime))
         return session
+
+    @inlineCallbacks
+    def _audit(self, request: Any, actor: str, action: str, app_id: str = "", **fields: Any) -> Any:
+        """Record an administrator's action; a store that cannot take it is logged, the action stands."""
+        entry = AuditEntry(self.clock.seconds(), actor, "panel", _peer(request), action, app_id, audit.detail(**fields) if fields else "")
+        try:
+            yield self.store.add_audit(entry, audit.MAX_ROWS)
+        except Exception as e:
+            self.log.error("admin panel: cannot record {action} in the audit log: {error}", action=action, error=str(e))
+
+    @inlineCallbacks
+    def _application(self, app_id: str) -> Any:
+        """The application (from the store: the freshest), or a 404 page."""
+        try:
+            app = yield self.store.get_application(app_id)
+        except UnknownApplication:
+            raise _Refused(404, "apps.unknown") from None
+        return app
 
     # -- first run, login, logout, password ------------------------------------------------------
 
@@ -246,33 +412,58 @@ class AdminPanel:
         account = yield self.store.get_admin()
         if account is not None:
             raise _Redirect("/login")
-        if request.method == b"GET":
-            return self._render(request, "setup.html", None, error=None, form_login="", password_min=auth.PASSWORD_MIN)
-        self._check_post(request, None)
-        login = self._form(request, "login", 1000).strip()
-        password = self._form(request, "password", auth.PASSWORD_MAX)
-        password2 = self._form(request, "password2", auth.PASSWORD_MAX)
-        error = self._password_problem(login, password, password2)
-        if error:
+        if self.setup_code is None:
+            self.new_setup_code()
+        code_file = f"{self.config.data_dir}/{firstrun.FILE_NAME}"
+
+        def page(status: int, error: str | None, login: str = "", code: str = "") -> bytes:
             return self._render(
                 request,
                 "setup.html",
                 None,
-                status=400,
-                error=self._t(request)(error, min=auth.PASSWORD_MIN, max=auth.LOGIN_MAX),
+                status=status,
+                error=error,
                 form_login=login,
+                form_code=code,
+                code_file=code_file,
                 password_min=auth.PASSWORD_MIN,
             )
+
+        if request.method == b"GET":
+            return page(200, None)
+        self._check_post(request, None)
+        t = self._t(request)
+        code = self._form(request, "code", 100)
+        login = self._form(request, "login", 1000).strip()
+        password = self._form(request, "password", auth.PASSWORD_MAX)
+        password2 = self._form(request, "password2", auth.PASSWORD_MAX)
+        attempt = self.setup_throttle.begin(_peer(request))
+        if isinstance(attempt, auth.Refusal):
+            request.setHeader(b"Retry-After", str(int(attempt.wait) + 1).encode())
+            key = "error.throttled" if attempt.reason == "throttled" else "error.login_busy"
+            return page(429, t(key, seconds=int(attempt.wait) + 1), login)
+        if self.setup_code is None or not firstrun.matches(code, self.setup_code):
+            failures = attempt.failures
+            attempt.failed()
+            self.log.warn("admin panel: wrong set-up code from {peer} ({failures} in a row)", peer=_peer(request), failures=failures)
+            return page(403, t("error.setup_code"), login)
+        attempt.succeeded()  # the right code: what follows are form errors
+        error = self._password_problem(login, password, password2)
+        if error:
+            return page(400, t(error, min=auth.PASSWORD_MIN, max=auth.LOGIN_MAX), login, code)
         yield self._account_lock.acquire()
         try:
             if (yield self.store.get_admin()) is not None:  # another browser was first
                 raise _Redirect("/login")
             encoded = yield auth.hash_password_async(password)
-            yield self.store.set_admin(AdminAccount(login, encoded), self.clock.seconds())
+            account = AdminAccount(login, encoded)
+            yield self.store.set_admin(account, self.clock.seconds())
         finally:
             self._account_lock.release()
+        self._forget_setup_code()
         self.log.info("admin panel: administrator {login!r} created from {peer}", login=login, peer=_peer(request))
-        self._start_session(request, login)
+        self._start_session(request, account)
+        yield self._audit(request, login, "setup")
         raise _Redirect("/apps")
 
     @staticmethod
@@ -333,13 +524,15 @@ class AdminPanel:
         if not (valid and hmac.compare_digest(login.encode("utf-8", "replace"), account.login.encode("utf-8", "replace"))):
             failures = attempt.failures
             attempt.failed()
+            yield self._audit(request, login, "login-failed")
             self.log.warn(
                 "admin panel: failed login as {login!r} from {peer} ({failures} in a row)", login=login, peer=peer, failures=failures
             )
             return self._render(request, "login.html", None, status=401, error=t("error.login_failed"), form_login=login)
         attempt.succeeded()
         self.log.info("admin panel: {login!r} logged in from {peer}", login=login, peer=peer)
-        self._start_session(request, account.login)
+        self._start_session(request, account)
+        yield self._audit(request, account.login, "login")
         raise _Redirect("/apps")
 
     def _login_refused(self, key: str, fmt: str, **fields: Any) -> None:
@@ -352,6 +545,7 @@ class AdminPanel:
         self._refusals(key, emit)
 
     @app.route("/logout", methods=["POST"])
+    @inlineCallbacks
     def logout(self, request: Any) -> Any:
         session = self._session(request)
         if session is None:  # already expired: nothing to end
@@ -359,6 +553,7 @@ class AdminPanel:
         self._check_post(request, session)
         self.sessions.end(self._cookie(request, SESSION_COOKIE))
         self._set_cookie(request, SESSION_COOKIE, "", 0)
+        yield self._audit(request, session.login, "logout")
         raise _Redirect("/login")
 
     @app.route("/password", methods=["GET", "POST"])
@@ -382,14 +577,16 @@ class AdminPanel:
         yield self._account_lock.acquire()
         try:
             encoded = yield auth.hash_password_async(new)
-            yield self.store.set_admin(AdminAccount(account.login, encoded), self.clock.seconds())
+            account = AdminAccount(account.login, encoded)
+            yield self.store.set_admin(account, self.clock.seconds())
         finally:
             self._account_lock.release()
         self.log.info(
             "admin panel: password of {login!r} changed from {peer}; other sessions ended", login=account.login, peer=_peer(request)
         )
         self.sessions.end_all()
-        self._start_session(request, account.login).flash.append(("ok", t("password.changed")))
+        self._start_session(request, account).flash.append(("ok", t("password.changed"), ""))
+        yield self._audit(request, account.login, "password")
         raise _Redirect("/apps")
 
     @app.route("/lang", methods=["POST"])
@@ -398,8 +595,8 @@ class AdminPanel:
         lang = self._form(request, "lang", 10)
         if lang in i18n.LANGUAGES:
             self._set_cookie(request, LANG_COOKIE, lang, 365 * 86400)
-        back = self._form(request, "next", 200)
-        raise _Redirect(back if back in ("/apps", "/password", "/login", "/setup") else "/")
+        back = self._form(request, "next", 2000)
+        raise _Redirect(back if _local(back) else "/")
 
     # -- applications --------------------------------------------------------------------------
 
@@ -409,57 +606,99 @@ class AdminPanel:
         session = yield self._require_login(request)
         apps = yield self.store.list_applications()
         counts = self.core.hub.counts()
-        opened = (request.args.get(b"open") or [b""])[0].decode("utf-8", "replace")
-        rows = [
-            {
-                "app": a,
-                "ibs": sorted(counts.get(a.id, {}).items()),
-                "total": sum(counts.get(a.id, {}).values()),
-                "client_key": a.client_key.encode(),
-            }
-            for a in apps
-        ]
-        return self._render(request, "apps.html", session, rows=rows, opened=opened, error=None, poll_ms=POLL_MS, title_max=TITLE_MAX)
+        rows = [{"app": a, "ibs": sorted(counts.get(a.id, {}).items()), "total": sum(counts.get(a.id, {}).values())} for a in apps]
+        return self._render(request, "apps.html", session, rows=rows, poll_ms=POLL_MS, title_max=TITLE_MAX)
+
+    def _title(self, request: Any) -> str:
+        title = self._form(request, "title", 10_000).strip()
+        if not title:
+            raise _Invalid("apps.title_required")
+        if len(title) > TITLE_MAX:
+            raise _Invalid("apps.title_too_long", max=TITLE_MAX)
+        return title
 
     @app.route("/apps", methods=["POST"])
     @inlineCallbacks
     def create(self, request: Any) -> Any:
         session = yield self._require_login(request)
         self._check_post(request, session)
-        title = self._form(request, "title", 10_000).strip()
-        if not title or len(title) > TITLE_MAX:
-            self._flash(request, session, "error", "apps.title_required" if not title else "apps.title_too_long", max=TITLE_MAX)
-            raise _Redirect("/apps")
+        try:
+            title = self._title(request)
+        except _Invalid as e:
+            self._keep_form(request, session, "create")
+            raise self._done(request, session, "/apps", "create", e.key, "error", **e.fields) from None
         app = yield self.store.create_application(title, self.clock.seconds())
         yield self.core.reload()
         self.log.info("admin panel: created application {app_id} ({title!r})", app_id=app.id, title=title)
-        self._flash(request, session, "ok", "apps.created", title=title)
-        raise _Redirect(self._app_url(app.id))
+        yield self._audit(request, session.login, "create", app.id, title=title)
+        raise self._done(request, session, self._app_url(app.id), "", "apps.created", title=title)
 
     @staticmethod
-    def _app_url(app_id: str) -> str:
-        q = quote(app_id, safe="")
-        return f"/apps?open={q}#app-{q}"
+    def _app_url(app_id: str, page: str = "", **query: str) -> str:
+        url = f"/apps/{quote(app_id, safe='')}" + (f"/{page}" if page else "")
+        return url + ("?" + urlencode(query) if query else "")
+
+    @app.route("/apps/<string:app_id>", methods=["GET"])
+    @inlineCallbacks
+    def application(self, request: Any, app_id: str) -> Any:
+        session = yield self._require_login(request)
+        app = yield self._application(app_id)
+        host = self._arg(request, "host", 300).strip()
+        host_error = bool(host) and not views.valid_host(host)
+        if host_error:
+            host = ""
+        counts = self.core.hub.counts().get(app.id, {})
+        transports = self._transports(app.id)
+        kept_total, _ = yield self.store.kept_summary(app.id, self.clock.seconds(), 1)
+        return self._render(
+            request,
+            "app.html",
+            session,
+            app=app,
+            settings=views.settings_for_1c(app, self.config, host),
+            host=host,
+            host_error=host_error,
+            ibs=sorted(counts.items()),
+            total=sum(counts.values()),
+            transports=transports,
+            kept_targets=kept_total,
+            groups=self.core.membership.group_count(app.id),
+            poll_ms=POLL_MS,
+            title_max=TITLE_MAX,
+            max_ttl=int(self.core.limits.max_ttl),
+        )
+
+    def _transports(self, app_id: str) -> dict[str, int]:
+        """This node's sessions of an application by transport (add-in ``tcp``, ``ws``, ``sse``)."""
+        out = {"tcp": 0, "ws": 0, "sse": 0}
+        for s in self.core.hub.sessions(app_id):
+            out[s.transport_name] = out.get(s.transport_name, 0) + 1
+        return out
 
     @inlineCallbacks
     def _change(self, request: Any, app_id: str, action: str) -> Any:
         session = yield self._require_login(request)
         self._check_post(request, session)
         now = self.clock.seconds()
+        fields: dict[str, Any] = {}
         try:
             if action == "rotate-server":
                 app = yield self.store.rotate_server_key(app_id, now)
             elif action == "rotate-client":
                 app = yield self.store.rotate_client_key(app_id, now)
+            elif action == "reset-tokens":
+                app = yield self.store.get_application(app_id)
+                fields["count"] = yield self.store.reset_tokens(app_id)
             else:
                 app = yield self.store.remove_application(app_id)
         except UnknownApplication:
-            self._flash(request, session, "error", "apps.unknown")
-            raise _Redirect("/apps") from None
+            raise self._done(request, session, "/apps", "", "apps.unknown", "error") from None
         yield self.core.reload()
         self.log.info("admin panel: {action} application {app_id}", action=action, app_id=app_id)
-        self._flash(request, session, "ok", f"apps.done.{action}", title=app.title)
-        raise _Redirect("/apps" if action == "delete" else self._app_url(app_id))
+        yield self._audit(request, session.login, action, app_id, title=app.title, **fields)
+        if action == "delete":
+            raise self._done(request, session, "/apps", "", "apps.done.delete", title=app.title)
+        raise self._done(request, session, self._app_url(app_id), "settings", f"apps.done.{action}", title=app.title, **fields)
 
     @app.route("/apps/<string:app_id>/rotate-server", methods=["POST"])
     def rotate_server(self, request: Any, app_id: str) -> Any:
@@ -469,53 +708,324 @@ class AdminPanel:
     def rotate_client(self, request: Any, app_id: str) -> Any:
         return self._change(request, app_id, "rotate-client")
 
+    @app.route("/apps/<string:app_id>/reset-tokens", methods=["POST"])
+    def reset_tokens(self, request: Any, app_id: str) -> Any:
+        return self._change(request, app_id, "reset-tokens")
+
     @app.route("/apps/<string:app_id>/delete", methods=["POST"])
     def delete(self, request: Any, app_id: str) -> Any:
         return self._change(request, app_id, "delete")
+
+    @app.route("/apps/<string:app_id>/rename", methods=["POST"])
+    @inlineCallbacks
+    def rename(self, request: Any, app_id: str) -> Any:
+        session = yield self._require_login(request)
+        self._check_post(request, session)
+        url = self._app_url(app_id)
+        try:
+            title = self._title(request)
+        except _Invalid as e:
+            self._keep_form(request, session, "rename")
+            raise self._done(request, session, url, "manage", e.key, "error", **e.fields) from None
+        try:
+            old = yield self.store.get_application(app_id)
+            app = yield self.store.rename_application(app_id, title, self.clock.seconds())
+        except UnknownApplication:
+            raise self._done(request, session, "/apps", "", "apps.unknown", "error") from None
+        yield self.core.reload()
+        self.log.info("admin panel: renamed application {app_id} to {title!r}", app_id=app_id, title=title)
+        yield self._audit(request, session.login, "rename", app_id, old=old.title, title=app.title)
+        raise self._done(request, session, url, "manage", "apps.renamed", old=old.title, title=app.title)
 
     @app.route("/apps/<string:app_id>/send", methods=["POST"])
     @inlineCallbacks
     def send(self, request: Any, app_id: str) -> Any:
         session = yield self._require_login(request)
         self._check_post(request, session)
+        started = perf_counter()
         app = self.core.apps.get(app_id)
         if app is None:
-            self._flash(request, session, "error", "apps.unknown")
-            raise _Redirect("/apps")
-        kind = self._form(request, "type", 20)
-        target = self._form(request, "target")
-        recipient = {"Type": kind, "IbId": self._form(request, "ib")}
+            raise self._done(request, session, "/apps", "", "apps.unknown", "error")
+        url = self._app_url(app_id)
+        t = self._t(request)
+        values = self._keep_form(request, session, "send")  # filled again, whatever the outcome: send it once more, or mend it
+        kind = values["type"]
+        recipient = {"Type": kind, "IbId": values["ib"]}
         if kind == "user":
-            recipient["UserId"] = target
+            recipient["UserId"] = values["target"]
         elif kind == "group":
-            recipient["UserGroup"] = target
-        doc = {
-            "Recipient": recipient,
-            "Message": {"Notification": {"Title": self._form(request, "title"), "Body": self._form(request, "body")}},
-        }
+            recipient["UserGroup"] = values["target"]
+        doc = {"Recipient": recipient, "Message": {"Notification": {"Title": values["title"], "Body": values["body"]}}}
         try:
             send = parse_send_object(doc)
+            ttl = parse_ttl(values["ttl"].strip(), self.core.limits.max_ttl, t("send.ttl")) if values["ttl"].strip() else 0.0
         except MessageError as e:
             label = _SEND_FIELDS.get(e.field)
             if label is not None and e.reason == "is required":
-                self._flash(request, session, "error", "send.required", field=self._t(request)(label))
-            else:
-                self._flash(request, session, "error", "send.invalid", field=e.field, reason=e.reason)
-            raise _Redirect(self._app_url(app_id)) from None
-        report = yield self.core.send(app, send)
+                raise self._done(request, session, url, "send", "send.required", "error", field=t(label)) from None
+            raise self._done(request, session, url, "send", "send.invalid", "error", field=e.field, reason=e.reason) from None
+        except GroupError as e:
+            raise self._done(request, session, url, "send", "send.invalid", "error", field=e.field, reason=e.reason) from None
+        try:
+            report = yield self.core.send(app, send, ttl)
+        except (HubUnavailable, StoreUnavailable) as e:
+            raise self._done(request, session, url, "send", "send.unavailable", "error", reason=str(e)) from None
+        self.core.metrics.panel_sent(app.id, send.recipient.type, perf_counter() - started)
         self.log.info(
             "admin panel: test message app={app_id} type={type} ib={ib_id} target={target} sessions={sessions}",
             app_id=app.id, type=send.recipient.type, ib_id=send.recipient.ib_id, target=send.recipient.target, sessions=report.sessions, event="send",
         )  # fmt: skip
-        self._flash(request, session, "ok", "send.done", sessions=report.sessions, users=report.users)
-        raise _Redirect(self._app_url(app_id))
+        stored = isinstance(report, Delivery) and report.stored
+        yield self._audit(
+            request, session.login, "send-test", app.id,
+            type=send.recipient.type, ib=send.recipient.ib_id, target=send.recipient.target, sessions=report.sessions, users=report.users, kept=stored,
+        )  # fmt: skip
+        key = "send.done_kept" if stored else "send.done"
+        raise self._done(request, session, url, "send", key, sessions=report.sessions, users=report.users)
+
+    # -- groups ----------------------------------------------------------------------------------
+
+    @app.route("/apps/<string:app_id>/groups", methods=["GET"])
+    @inlineCallbacks
+    def groups(self, request: Any, app_id: str) -> Any:
+        session = yield self._require_login(request)
+        app = yield self._application(app_id)
+        ib = self._arg(request, "ib")
+        query = self._arg(request, "q")
+        rows = yield self.store.list_groups(app.id, ib or None)
+        if query:
+            needle = query.casefold()
+            rows = [r for r in rows if needle in r[1].casefold()]
+        page = views.Page(views.page_number(self._arg(request, "page")), GROUPS_PAGE, len(rows))
+        return self._render(
+            request,
+            "groups.html",
+            session,
+            app=app,
+            ib=ib,
+            query=query,
+            rows=page.slice(rows),
+            page=page,
+            max_group_size=self.core.limits.max_group_size,
+        )
+
+    @app.route("/apps/<string:app_id>/group", methods=["GET"])
+    @inlineCallbacks
+    def group(self, request: Any, app_id: str) -> Any:
+        session = yield self._require_login(request)
+        app = yield self._application(app_id)
+        ib = self._arg(request, "ib")
+        name = self._arg(request, "name")
+        query = self._arg(request, "q")
+        members = (yield self.store.group_members(app.id, ib, name)) if ib and name else []
+        shown = [m for m in members if query.casefold() in m.casefold()] if query else members
+        page = views.Page(views.page_number(self._arg(request, "page")), MEMBERS_PAGE, len(shown))
+        return self._render(
+            request,
+            "group.html",
+            session,
+            app=app,
+            ib=ib,
+            name=name,
+            query=query,
+            count=len(members),
+            members=page.slice(shown),
+            page=page,
+            max_group_size=self.core.limits.max_group_size,
+        )
+
+    @inlineCallbacks
+    def _group_change(self, request: Any, app_id: str) -> Any:
+        """The session, the application and the checked (information base, group) of a group form."""
+        session = yield self._require_login(request)
+        self._check_post(request, session)
+        app = self.core.apps.get(app_id)
+        if app is None:
+            raise self._done(request, session, "/apps", "", "apps.unknown", "error")
+        return session, app
+
+    def _names(self, request: Any) -> tuple[str, str]:
+        try:
+            return check_name(self._form(request, "ib"), "IbId"), check_name(self._form(request, "group"), "Group")
+        except GroupError as e:
+            raise _Invalid("groups.invalid", field=e.field, reason=e.reason) from None
+
+    @app.route("/apps/<string:app_id>/groups/add", methods=["POST"])
+    @inlineCallbacks
+    def group_add(self, request: Any, app_id: str) -> Any:
+        session, app = yield self._group_change(request, app_id)
+        back = self._form(request, "back", 2000)
+        back = back if _local(back) else self._app_url(app_id, "groups")
+        try:
+            ib, name = self._names(request)
+            users = views.lines(self._form(request, "members", 2_000_000))
+            if not users:
+                raise _Invalid("groups.members_required")
+            for i, user in enumerate(users):
+                try:
+                    check_name(user, "UserId")
+                except GroupError as e:
+                    raise _Invalid("groups.invalid", field=f"{e.field} {i + 1}", reason=e.reason) from None
+            added = yield self.core.add_members(app, ib, name, users)
+        except _Invalid as e:
+            self._keep_form(request, session, "group-add")
+            raise self._done(request, session, back, "add", e.key, "error", **e.fields) from None
+        except GroupError as e:
+            self._keep_form(request, session, "group-add")
+            raise self._done(request, session, back, "add", "groups.invalid", "error", field=e.field, reason=e.reason) from None
+        self.log.info(
+            "admin panel: added {added} members to group {group!r} of app={app_id} ib={ib_id}",
+            added=added,
+            group=name,
+            app_id=app.id,
+            ib_id=ib,
+        )
+        yield self._audit(request, session.login, "group-add", app.id, ib=ib, group=name, added=added, users=users[:AUDIT_IDS])
+        url = self._app_url(app_id, "group", ib=ib, name=name)
+        raise self._done(request, session, url, "members", "groups.added", added=added, given=len(users), group=name)
+
+    @app.route("/apps/<string:app_id>/groups/remove-member", methods=["POST"])
+    @inlineCallbacks
+    def group_remove_member(self, request: Any, app_id: str) -> Any:
+        session, app = yield self._group_change(request, app_id)
+        user = self._form(request, "user")
+        try:
+            ib, name = self._names(request)
+        except _Invalid as e:
+            raise self._done(request, session, self._app_url(app_id, "groups"), "list", e.key, "error", **e.fields) from None
+        removed = yield self.core.remove_member(app, ib, name, user)
+        yield self._audit(request, session.login, "group-remove-member", app.id, ib=ib, group=name, user=user, removed=removed)
+        url = self._app_url(app_id, "group", ib=ib, name=name)
+        key = "groups.member_removed" if removed else "groups.member_absent"
+        raise self._done(request, session, url, "members", key, "ok" if removed else "error", user=user, group=name)
+
+    @app.route("/apps/<string:app_id>/groups/remove", methods=["POST"])
+    @inlineCallbacks
+    def group_remove(self, request: Any, app_id: str) -> Any:
+        session, app = yield self._group_change(request, app_id)
+        try:
+            ib, name = self._names(request)
+        except _Invalid as e:
+            raise self._done(request, session, self._app_url(app_id, "groups"), "list", e.key, "error", **e.fields) from None
+        removed = yield self.core.remove_group(app, ib, name)
+        yield self._audit(request, session.login, "group-remove", app.id, ib=ib, group=name, members=removed)
+        raise self._done(request, session, self._app_url(app_id, "groups", ib=ib), "list", "groups.removed", group=name, count=removed)
+
+    # -- kept messages -----------------------------------------------------------------------------
+
+    @app.route("/apps/<string:app_id>/kept", methods=["GET"])
+    @inlineCallbacks
+    def kept(self, request: Any, app_id: str) -> Any:
+        session = yield self._require_login(request)
+        app = yield self._application(app_id)
+        number = views.page_number(self._arg(request, "page"))
+        total, rows = yield self.store.kept_summary(app.id, self.clock.seconds(), KEPT_PAGE, (number - 1) * KEPT_PAGE)
+        return self._render(request, "kept.html", session, app=app, rows=rows, page=views.Page(number, KEPT_PAGE, total))
+
+    @app.route("/apps/<string:app_id>/kept/user", methods=["GET"])
+    @inlineCallbacks
+    def kept_user(self, request: Any, app_id: str) -> Any:
+        session = yield self._require_login(request)
+        app = yield self._application(app_id)
+        ib = self._arg(request, "ib")
+        user = self._arg(request, "user")
+        number = views.page_number(self._arg(request, "page"))
+        groups = sorted(self.core.membership.groups_of(app.id, ib, user))
+        total, items = 0, []
+        if ib and user:
+            total, items = yield self.store.kept_for_user(
+                app.id, ib, user, groups, self.clock.seconds(), KEPT_PAGE, (number - 1) * KEPT_PAGE
+            )
+        rows = [{"item": i, "preview": views.preview(i.payload), "size": len(i.payload)} for i in items]
+        return self._render(
+            request,
+            "kept_user.html",
+            session,
+            app=app,
+            ib=ib,
+            user=user,
+            groups=groups,
+            rows=rows,
+            page=views.Page(number, KEPT_PAGE, total),
+        )
+
+    @app.route("/apps/<string:app_id>/kept/withdraw", methods=["POST"])
+    @inlineCallbacks
+    def kept_withdraw(self, request: Any, app_id: str) -> Any:
+        session = yield self._require_login(request)
+        self._check_post(request, session)
+        app = yield self._application(app_id)
+        ib = self._form(request, "ib")
+        user = self._form(request, "user")
+        one = self._form(request, "id", 30)
+        ids = [int(one)] if one.isdigit() else None
+        groups = sorted(self.core.membership.groups_of(app.id, ib, user))
+        count = yield self.store.delete_kept_for_user(app.id, ib, user, groups, self.clock.seconds(), ids)
+        yield self._audit(
+            request, session.login, "kept-withdraw", app.id, ib=ib, user=user, messages=count, **({"id": ids[0]} if ids else {})
+        )
+        url = self._app_url(app_id, "kept/user", ib=ib, user=user)
+        raise self._done(request, session, url, "messages", "kept.withdrawn", count=count, user=user)
+
+    @app.route("/apps/<string:app_id>/kept/delete", methods=["POST"])
+    @inlineCallbacks
+    def kept_delete(self, request: Any, app_id: str) -> Any:
+        session = yield self._require_login(request)
+        self._check_post(request, session)
+        app = yield self._application(app_id)
+        ib = self._form(request, "ib")
+        kind = self._form(request, "type", 10)
+        target = self._form(request, "target")
+        count = yield self.store.delete_kept_target(app.id, ib, kind, target)
+        yield self._audit(request, session.login, "kept-delete", app.id, ib=ib, type=kind, target=target, messages=count)
+        raise self._done(request, session, self._app_url(app_id, "kept"), "list", "kept.deleted", count=count)
+
+    # -- audit log, status -------------------------------------------------------------------------
+
+    @app.route("/audit", methods=["GET"])
+    @inlineCallbacks
+    def audit_log(self, request: Any) -> Any:
+        session = yield self._require_login(request)
+        number = views.page_number(self._arg(request, "page"))
+        total, entries = yield self.store.list_audit(AUDIT_PAGE, (number - 1) * AUDIT_PAGE)
+        titles = {a.id: a.title for a in self.core.apps.values()}
+        return self._render(request, "audit.html", session, entries=entries, titles=titles, page=views.Page(number, AUDIT_PAGE, total))
+
+    def _status(self) -> dict[str, Any] | None:
+        return self.status_source() if self.status_source is not None else None
+
+    @app.route("/status", methods=["GET"])
+    @inlineCallbacks
+    def status(self, request: Any) -> Any:
+        session = yield self._require_login(request)
+        return self._render(request, "status.html", session, doc=self._status(), poll_ms=POLL_MS)
+
+    @app.route("/status/live", methods=["GET"])
+    @inlineCallbacks
+    def status_live(self, request: Any) -> Any:
+        """The figures alone, for the page's live refresh (a poll does not keep the session alive)."""
+        if self._session(request, touch=False) is None:
+            return json_body(request, 401, {"error": "unauthorized", "reason": "log in first"})
+        try:
+            session = yield self._require_login(request, touch=False)
+        except _Redirect:
+            return json_body(request, 401, {"error": "unauthorized", "reason": "the session has ended"})
+        return self._render(request, "status_figures.html", session, doc=self._status())
 
     @app.route("/counts.json", methods=["GET"])
+    @inlineCallbacks
     def counts(self, request: Any) -> Any:
         if self._session(request, touch=False) is None:  # polling alone does not keep a session alive
             return json_body(request, 401, {"error": "unauthorized", "reason": "log in first"})
+        try:
+            yield self._require_login(request, touch=False)
+        except _Redirect:
+            return json_body(request, 401, {"error": "unauthorized", "reason": "the session has ended"})
         counts = self.core.hub.counts()
-        apps = {app_id: {"total": sum(ibs.values()), "ibs": ibs} for app_id, ibs in counts.items()}
+        apps: dict[str, Any] = {app_id: {"total": sum(ibs.values()), "ibs": ibs} for app_id, ibs in counts.items()}
+        one = self._arg(request, "app")
+        if one:  # the application's page also shows its sessions by transport
+            apps.setdefault(one, {"total": 0, "ibs": {}})["transports"] = self._transports(one)
         return json_body(request, 200, {"total": len(self.core.hub), "apps": apps})
 
     @app.route("/static/<string:name>", methods=["GET"])

@@ -126,7 +126,12 @@ class Session:
     csrf: str
     created_at: float
     seen_at: float
-    flash: list[tuple[str, str]] = field(default_factory=list)
+    #: One-shot notes for the next page: (kind, text, section of the page; "" = its top).
+    flash: list[tuple[str, str, str]] = field(default_factory=list)
+    #: One-shot input of refused (or resent) forms, by form, to fill them again.
+    forms: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: Digest of the administrator's password hash at login: a new password (panel or CLI) ends the session.
+    account: bytes = b""
 
 
 class Sessions:

@@ -1,17 +1,34 @@
-"""The in-process hub: routing indexes in dictionaries, fan-out in one loop."""
+"""
+The in-process hub: routing indexes in dictionaries, fan-out in one loop.
+
+Invariants:
+
+* ``_ibs[(app, ib)]`` exists only while it has a session; ``users`` and
+  ``groups`` never hold an empty set; ``_count`` is the number of sessions.
+* A message is routed to each of its sessions once, with the same
+  :class:`~pns4ones.hub.outbound.Outbound` (render once, encrypt once per key).
+* Every message published here gets an id and a place in the recovery window,
+  delivered or not (:mod:`.recovery`); :meth:`LocalHub.route` alone (used by a
+  hub between nodes, which keeps the window in Redis) leaves both alone.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Collection, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred, succeed
 
-from ..messages import Message, Recipient
+from ..messages import Recipient
 from ..metrics import NULL
-from . import Outbound, Report, Session
+from .interface import Clock, Delivery, MembersOf, Replay, Session, SessionInfo
+from .outbound import Outbound
 from .recovery import Recovery
+from .routing import members_online, reaches
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 
 class _IbIndex:
@@ -25,13 +42,6 @@ class _IbIndex:
         self.groups: dict[str, set[Session]] = {}
 
 
-def _groups(session: Session) -> Any:
-    groups = getattr(session, "groups", None)
-    if groups:
-        return groups
-    return (session.group,) if session.group else ()
-
-
 def _discard(index: dict[str, set[Session]], key: str, session: Session) -> None:
     bucket = index.get(key)
     if bucket is not None:
@@ -43,16 +53,15 @@ def _discard(index: dict[str, set[Session]], key: str, session: Session) -> None
 class LocalHub:
     """:class:`pns4ones.hub.Hub` for one process."""
 
-    #: Metrics hook, once per routed message: (application, sessions written, frame bytes).
-    on_routed = staticmethod(NULL.routed)
-
     def __init__(
         self,
-        members: Callable[[str, str, str], set[str] | frozenset[str]] | None = None,
-        clock: Any = None,
+        members: MembersOf | None = None,
+        clock: Clock | None = None,
         recovery_seconds: float = 120.0,
         recovery_messages: int = 1000,
     ) -> None:
+        #: Metrics hook, once per routed message: (application, sessions written, frame bytes).
+        self.on_routed: Callable[[str, int, int], None] = NULL.routed
         #: Server-side group membership: (app_id, ib_id, group) -> user ids.
         self._members = members
         self._ibs: dict[tuple[str, str], _IbIndex] = {}
@@ -61,8 +70,24 @@ class LocalHub:
         self._now = clock.seconds if clock is not None else time.time
         self.recovery = Recovery(int(time.time() * 1000) * 1000, recovery_seconds, recovery_messages)
 
+    # -- life: nothing to connect ----------------------------------------------------------
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> Deferred[None]:
+        return succeed(None)
+
+    def status(self) -> tuple[bool, str]:
+        return True, "ready"
+
+    def metric_families(self) -> Iterable[Metric]:
+        return ()
+
     def __len__(self) -> int:
         return self._count
+
+    # -- sessions -------------------------------------------------------------------------
 
     def attach(self, session: Session) -> None:
         key = (session.app_id, session.ib_id)
@@ -74,7 +99,7 @@ class LocalHub:
             return
         ib.all.add(session)
         ib.users.setdefault(session.user_id, set()).add(session)
-        for group in _groups(session):
+        for group in session.groups:
             ib.groups.setdefault(group, set()).add(session)
         self._count += 1
 
@@ -85,7 +110,7 @@ class LocalHub:
             return
         ib.all.discard(session)
         _discard(ib.users, session.user_id, session)
-        for group in _groups(session):
+        for group in session.groups:
             _discard(ib.groups, group, session)
         self._count -= 1
         if not ib.all:
@@ -95,7 +120,8 @@ class LocalHub:
             if not ibs:
                 del self._apps[session.app_id]
 
-    def recipients(self, app_id: str, recipient: Recipient) -> set[Session] | tuple[()]:
+    def recipients(self, app_id: str, recipient: Recipient) -> Collection[Session]:
+        """This node's sessions a message to ``recipient`` goes to (:mod:`.routing`)."""
         ib = self._ibs.get((app_id, recipient.ib_id))
         if ib is None:
             return ()
@@ -106,70 +132,48 @@ class LocalHub:
             members = self._members(app_id, recipient.ib_id, recipient.group) if self._members is not None else ()
             if not members:
                 return registered
-            # Members with live sessions, plus sessions registered with the group name;
-            # a set, so each session once.  Walk the smaller side: the cost follows the
-            # recipients, not the connections.
             out = set(registered)
-            users = ib.users
-            if len(members) <= len(users):
-                for user_id in members:
-                    sessions = users.get(user_id)
-                    if sessions:
-                        out.update(sessions)
-            else:
-                for user_id, sessions in users.items():
-                    if user_id in members:
-                        out.update(sessions)
+            for _, sessions in members_online(members, ib.users):
+                out.update(sessions)
             return out
         return ib.all
 
-    def route(self, app_id: str, recipient: Recipient, message: Message, message_id: int | None = None) -> Report:
-        """
-        Write ``message`` to every matching local session; the same bytes for all.
-        ``message_id``: the id a hub between nodes gave it (its recovery window
-        is kept there, not here).
-        """
+    # -- messages -------------------------------------------------------------------------
+
+    def route(self, app_id: str, recipient: Recipient, message: Outbound) -> Delivery:
+        """Write ``message`` (its id given already) to every matching session of this node; the same bytes for all."""
         targets = self.recipients(app_id, recipient)
-        # Every message gets an id and a place in the recovery window, delivered or not.
         if not targets:
-            if message_id is None:
-                self.recovery.record(app_id, recipient, message, None, self._now())
-            return Report(0, 0)
-        outbound = Outbound(message)
-        if message_id is None:
-            outbound.id = self.recovery.record(app_id, recipient, message, outbound, self._now())
-        else:
-            outbound.id = message_id
+            return Delivery(0, 0, False, 0, message.id)
         written = 0
         users = set()
         # A copy: a delivery may end a session (slow reader), which detaches it.
         for session in tuple(targets):
-            if session.deliver(outbound):
+            if session.deliver(message):
                 written += 1
                 users.add(session.user_id)
-        self.on_routed(app_id, written, len(outbound._frame))
-        return Report(written, len(users), users)
+        self.on_routed(app_id, written, message.frame_size)
+        return Delivery(written, len(users), False, 0, message.id, users)
 
-    def publish(self, app_id: str, recipient: Recipient, message: Message) -> Deferred[Report]:
+    def publish(self, app_id: str, recipient: Recipient, message: Outbound) -> Deferred[Delivery]:
+        # Every message gets an id and a place in the recovery window, delivered or not.
+        self.recovery.record(app_id, recipient, message, self._now())
         return succeed(self.route(app_id, recipient, message))
 
     @property
     def last_id(self) -> int:
-        """The id of the latest routed message."""
+        """The id of the latest published message."""
         return self.recovery.last_id
 
-    def replay(self, session: Session, since: int | None) -> Deferred[tuple[int | None, list[Outbound], int]]:
-        """
-        What ``session`` should receive first when it resumes after message ``since``
-        (None: a new subscription): (the window's floor when it may have missed
-        messages (``since`` older than the window) else None, the messages, the id
-        to resume from).  Fires at once: the caller attaches in the same turn.
-        """
+    def replay(self, session: Session, since: int | None) -> Deferred[Replay]:
+        """From the recovery window; fires at once: the caller attaches in the same turn."""
         if since is None:
-            return succeed((None, [], self.recovery.last_id))
-        missed, items = self.recovery.replay(session.app_id, session, since, self._now())
-        backlog = [outbound if outbound is not None else Outbound(message, message_id) for message_id, message, outbound in items]
-        return succeed((missed, backlog, self.recovery.last_id))
+            return succeed(Replay(None, (), self.recovery.last_id))
+        app_id = session.app_id
+        missed, items = self.recovery.replay(
+            app_id, session.ib_id, since, self._now(), lambda recipient: reaches(app_id, recipient, session, self._members)
+        )
+        return succeed(Replay(missed, list(items), self.recovery.last_id))
 
     def sessions(self, app_id: str | None = None) -> Iterator[Session]:
         apps = [app_id] if app_id is not None else list(self._apps)
@@ -178,6 +182,9 @@ class LocalHub:
                 ib = self._ibs.get((app, ib_id))
                 if ib is not None:
                     yield from list(ib.all)
+
+    def remote_sessions(self, app_id: str, ib_id: str) -> dict[str, list[SessionInfo]]:
+        return {}
 
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}

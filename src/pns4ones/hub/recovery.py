@@ -6,6 +6,7 @@ times 1,000 and counting up by one per routed message.  So ids only grow, also
 across restarts (unless more than 1,000 messages a millisecond were sent for the
 whole previous run), and stay below 2**53 (exact in JavaScript).  The Redis hub
 (:mod:`.redis`) uses its streams' ids ``MS-SEQ`` as ``MS * 1000 + SEQ`` instead.
+Id 0 is never given: it means "no id" (a kept message).
 
 Window: per (application, information base), the messages of the last
 ``seconds`` and at most ``limit`` of them, with their recipient.  ``floor`` is
@@ -25,10 +26,11 @@ that does not hold raises :class:`RecoveryError` and changes nothing.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..messages import RECIPIENT_TYPES, Message, Notification, Recipient
+from ..messages import RECIPIENT_TYPES, Message, Notification, Recipient, parse_addin_json
+from .outbound import Outbound
 
 #: Most windows kept; past it the longest-idle empty ones are forgotten.
 MAX_WINDOWS = 10_000
@@ -44,17 +46,8 @@ class Window:
     __slots__ = ("entries", "floor")
 
     def __init__(self, floor: int) -> None:
-        self.entries: deque[tuple[int, float, Recipient, Message, Any]] = deque()
+        self.entries: deque[tuple[int, float, Recipient, Outbound]] = deque()
         self.floor = floor
-
-
-def addressed_to(recipient: Recipient, session: Any) -> bool:
-    if recipient.type == "user":
-        return bool(recipient.user_id == session.user_id)
-    if recipient.type == "group":
-        groups = getattr(session, "groups", None) or ((session.group,) if session.group else ())
-        return recipient.group in groups
-    return True
 
 
 class Recovery:
@@ -72,9 +65,9 @@ class Recovery:
         self.last_id += 1
         return self.last_id
 
-    def record(self, app_id: str, recipient: Recipient, message: Message, outbound: Any, now: float) -> int:
-        """Give the message its id and keep it in its window; returns the id."""
-        message_id = self.next_id()
+    def record(self, app_id: str, recipient: Recipient, outbound: Outbound, now: float) -> int:
+        """Give the message its id (``outbound.id``) and keep it in its window; returns the id."""
+        message_id = outbound.id = self.next_id()
         if self.limit <= 0 or self.seconds <= 0:
             return message_id
         key = (app_id, recipient.ib_id)
@@ -84,7 +77,7 @@ class Recovery:
                 self._forget_idle(now)
             window = self._windows[key] = Window(self._forgotten_floor)
         entries = window.entries
-        entries.append((message_id, now, recipient, message, outbound))
+        entries.append((message_id, now, recipient, outbound))
         if len(entries) > self.limit:
             window.floor = entries.popleft()[0]
         self._expire(window, now)
@@ -107,13 +100,16 @@ class Recovery:
             window = self._windows.pop(key)
             self._forgotten_floor = max(self._forgotten_floor, window.entries[-1][0])
 
-    def replay(self, app_id: str, session: Any, since: int, now: float) -> tuple[int | None, Iterator[tuple[int, Message, Any]]]:
+    def replay(
+        self, app_id: str, ib_id: str, since: int, now: float, wanted: Callable[[Recipient], bool]
+    ) -> tuple[int | None, Iterator[Outbound]]:
         """
-        (the window's floor if ``session`` may have missed messages after ``since``,
-        else None; what it should get after ``since``, in id order).
-        An id from the future (another node, a clock that went back) counts as missed.
+        (the window's floor if a session of ``ib_id`` may have missed messages after
+        ``since``, else None; the messages after ``since`` whose recipient is
+        ``wanted``, in id order).  An id from the future (another node, a clock
+        that went back) counts as missed.
         """
-        window = self._windows.get((app_id, session.ib_id))
+        window = self._windows.get((app_id, ib_id))
         if window is not None:
             self._expire(window, now)
         floor = window.floor if window is not None else self._forgotten_floor
@@ -122,10 +118,10 @@ class Recovery:
             since = floor
         entries = tuple(window.entries) if window is not None else ()
 
-        def matching() -> Iterator[tuple[int, Message, Any]]:
-            for message_id, _, recipient, message, outbound in entries:
-                if message_id > since and addressed_to(recipient, session):
-                    yield message_id, message, outbound
+        def matching() -> Iterator[Outbound]:
+            for message_id, _, recipient, outbound in entries:
+                if message_id > since and wanted(recipient):
+                    yield outbound
 
         return (floor if missed else None), matching()
 
@@ -138,7 +134,7 @@ class Recovery:
                 "app": app_id,
                 "ib": ib_id,
                 "floor": window.floor,
-                "entries": [[message_id, at, _recipient_json(r), _message_json(m)] for message_id, at, r, m, _ in window.entries],
+                "entries": [[message_id, at, _recipient_json(r), _message_json(o)] for message_id, at, r, o in window.entries],
             }
             for (app_id, ib_id), window in self._windows.items()
         ]
@@ -177,7 +173,7 @@ class Recovery:
                 if not isinstance(at, (int, float)) or isinstance(at, bool) or not previous < message_id <= last_id:
                     raise RecoveryError(f"{where}: ids must grow above the floor, up to last_id, with a time")
                 previous = message_id
-                window.entries.append((message_id, float(at), _recipient(entry[2], where), _message(entry[3], where), None))
+                window.entries.append((message_id, float(at), _recipient(entry[2], where), Outbound(_message(entry[3], where), message_id)))
             windows[(raw["app"], raw["ib"])] = window
         self.last_id = max(self.last_id, last_id)
         self._forgotten_floor = forgotten
@@ -209,7 +205,8 @@ def _recipient(raw: object, where: str) -> Recipient:
     return Recipient(raw[0], raw[1], raw[2], raw[3])
 
 
-def _message_json(m: Message) -> dict[str, Any]:
+def _message_json(outbound: Outbound) -> dict[str, Any]:
+    m = outbound.message if outbound.message is not None else parse_addin_json(outbound.plaintext)
     n = m.notification
     note = None if n is None else [n.title, n.body, n.icon, n.action, n.important]
     return {"topic": m.topic, "notification": note, "data": dict(m.data)}

@@ -118,6 +118,45 @@ class KeptCount:
     expired: int
 
 
+@dataclass(frozen=True, slots=True)
+class KeptTarget:
+    """Kept messages waiting for one recipient: a user, a group, or everyone (``all``) of an information base."""
+
+    ib_id: str
+    type: str
+    target: str
+    count: int
+    oldest: float  # created_at of the oldest
+    next_expiry: float  # the first to expire
+    last_expiry: float
+
+
+@dataclass(frozen=True, slots=True)
+class KeptInfo:
+    """One kept message as the admin panel lists it."""
+
+    id: int
+    type: str
+    target: str
+    created_at: float
+    expires_at: float
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One administrator action: ``source`` is ``panel`` (actor: its login) or ``cli`` (actor: the OS user)."""
+
+    at: float
+    actor: str
+    source: str
+    address: str
+    action: str
+    app_id: str = ""
+    detail: str = ""
+    id: int = 0
+
+
 class Registry(Protocol):
     """What a node keeps in memory (applications, tokens, groups) and the tokens it issues: the Core's registry."""
 
@@ -150,6 +189,17 @@ class KeptMessages(Protocol):
     def purge_kept(self, now: float) -> Deferred[int]: ...
     def kept_ibs(self) -> Deferred[frozenset[tuple[str, str]]]: ...
     def kept_counts(self) -> Deferred[list[KeptCount]]: ...
+    # for the admin panel (pages: ``(total, rows)``)
+    def kept_summary(self, app_id: str, now: float, limit: int, offset: int = 0) -> Deferred[tuple[int, list[KeptTarget]]]: ...
+    def kept_for_user(
+        self, app_id: str, ib_id: str, user_id: str, groups: list[str], now: float, limit: int, offset: int = 0
+    ) -> Deferred[tuple[int, list[KeptInfo]]]: ...
+    def delete_kept_for_user(
+        self, app_id: str, ib_id: str, user_id: str, groups: list[str], now: float, ids: list[int] | None = None
+    ) -> Deferred[int]:
+        """The user's own kept messages are deleted; group and ``all`` ones are marked received by him."""
+
+    def delete_kept_target(self, app_id: str, ib_id: str, type: str, target: str) -> Deferred[int]: ...
 
 
 class Admin(Protocol):
@@ -164,6 +214,14 @@ class Admin(Protocol):
     def reset_tokens(self, app_id: str) -> Deferred[int]: ...
     def get_admin(self) -> Deferred[AdminAccount | None]: ...
     def set_admin(self, account: AdminAccount, now: float) -> Deferred[None]: ...
+    def rename_application(self, app_id: str, title: str, now: float) -> Deferred[Application]: ...
+
+
+class Audit(Protocol):
+    """The audit log of administrator actions (pages: ``(total, rows)``, newest first)."""
+
+    def add_audit(self, entry: AuditEntry, max_rows: int) -> Deferred[int]: ...
+    def list_audit(self, limit: int, offset: int = 0) -> Deferred[tuple[int, list[AuditEntry]]]: ...
 
 
 class Transfer(Protocol):
@@ -193,7 +251,7 @@ class Lifecycle(Protocol):
     def close(self) -> Deferred[None]: ...
 
 
-class Store(Registry, Groups, KeptMessages, Admin, Transfer, Lifecycle, Protocol):
+class Store(Registry, Groups, KeptMessages, Admin, Audit, Transfer, Lifecycle, Protocol):
     """Every role at once: what :func:`open_store` returns and the service owns."""
 
 

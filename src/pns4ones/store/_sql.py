@@ -29,7 +29,20 @@ from twisted.internet.defer import Deferred, fail, succeed
 
 from .. import crypto
 from ..wire import ClientKey, WireError
-from . import AdminAccount, Application, KeptCount, KeptMessage, KeptOutcome, Snapshot, StoreError, TokenRecord, UnknownApplication
+from . import (
+    AdminAccount,
+    Application,
+    AuditEntry,
+    KeptCount,
+    KeptInfo,
+    KeptMessage,
+    KeptOutcome,
+    KeptTarget,
+    Snapshot,
+    StoreError,
+    TokenRecord,
+    UnknownApplication,
+)
 from .export import EXPORT_FORMAT, SEALED_VERSION, check_export
 from .sealing import PROBE, KeyRing, SealingError, SecretKey, key_id_of, seal
 
@@ -510,6 +523,135 @@ class SQLStore:
             return [KeptCount(r[0], r[1], r[2], r[3]) for r in rows]
 
         return self._read(read)
+
+    # -- the admin panel's console: rename, kept messages per recipient, the audit log ----------
+
+    def rename_application(self, app_id: str, title: str, now: float) -> Deferred[Application]:
+        def rename(cursor: Any) -> Application:
+            self._get(cursor, app_id)
+            self._x(cursor, "UPDATE applications SET title = ?, updated_at = ? WHERE id = ?", (title, now, app_id))
+            return self._get(cursor, app_id)
+
+        return self._write(rename)
+
+    def kept_summary(self, app_id: str, now: float, limit: int, offset: int = 0) -> Deferred[tuple[int, list[KeptTarget]]]:
+        """Unexpired kept messages of an application per recipient (information base, type, target): one page and the total."""
+        where = "FROM kept_messages WHERE app_id = ? AND expires_at > ? GROUP BY ib_id, type, target"
+
+        def read(cursor: Any) -> tuple[int, list[KeptTarget]]:
+            self._get(cursor, app_id)
+            (total,) = self._x(cursor, f"SELECT COUNT(*) FROM (SELECT 1 {where}) AS g", (app_id, now)).fetchone()
+            rows = self._x(
+                cursor,
+                f"SELECT ib_id, type, target, COUNT(*), MIN(created_at), MIN(expires_at), MAX(expires_at) {where} "
+                "ORDER BY ib_id, type, target LIMIT ? OFFSET ?",
+                (app_id, now, limit, offset),
+            ).fetchall()
+            return total, [KeptTarget(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
+
+        return self._read(self._consistent(read))
+
+    def _for_user(self, user_id: str, groups: list[str]) -> tuple[str, tuple[Any, ...]]:
+        """What :meth:`take_kept` would hand this user: the WHERE clause after ``app_id``, ``ib_id`` and expiry, and its arguments."""
+        d = self.dialect
+        return (
+            f"AND ((type = 'user' AND target = ?) OR type = 'all' OR (type = 'group' AND {d.in_list})) "
+            "AND NOT EXISTS (SELECT 1 FROM kept_received AS r WHERE r.message_id = k.id AND r.user_id = ?)",
+            (user_id, d.list_param(groups), user_id),
+        )
+
+    def kept_for_user(
+        self, app_id: str, ib_id: str, user_id: str, groups: list[str], now: float, limit: int, offset: int = 0
+    ) -> Deferred[tuple[int, list[KeptInfo]]]:
+        """The unexpired kept messages this user would get on connecting (not received yet), oldest first: one page and the total."""
+        clause, args = self._for_user(user_id, groups)
+        where = f"FROM kept_messages AS k WHERE app_id = ? AND ib_id = ? AND expires_at > ? {clause}"
+
+        def read(cursor: Any) -> tuple[int, list[KeptInfo]]:
+            self._get(cursor, app_id)
+            (total,) = self._x(cursor, f"SELECT COUNT(*) {where}", (app_id, ib_id, now, *args)).fetchone()
+            rows = self._x(
+                cursor,
+                f"SELECT id, type, target, created_at, expires_at, payload {where} ORDER BY id LIMIT ? OFFSET ?",
+                (app_id, ib_id, now, *args, limit, offset),
+            ).fetchall()
+            return total, [KeptInfo(r[0], r[1], r[2], r[3], r[4], bytes(r[5])) for r in rows]
+
+        return self._read(self._consistent(read))
+
+    def delete_kept_for_user(
+        self, app_id: str, ib_id: str, user_id: str, groups: list[str], now: float, ids: list[int] | None = None
+    ) -> Deferred[int]:
+        """
+        Take back what this user would get (``ids`` only, or all): his own
+        messages are deleted, those for a group or everyone are marked received
+        by him (the others still get them).  The number of messages withdrawn.
+        """
+        d = self.dialect
+        clause, args = self._for_user(user_id, groups)
+        wanted = None if ids is None else set(ids)
+
+        def delete(cursor: Any) -> int:
+            self._get(cursor, app_id)
+            if d.user_lock:  # serialized with a taker of this user's messages (take_kept)
+                self._x(cursor, d.user_lock, (json.dumps(["pns4ones-kept", app_id, ib_id, user_id]),))
+            rows = self._x(
+                cursor,
+                f"SELECT id, type FROM kept_messages AS k WHERE app_id = ? AND ib_id = ? AND expires_at > ? {clause}",
+                (app_id, ib_id, now, *args),
+            ).fetchall()
+            rows = [r for r in rows if wanted is None or r[0] in wanted]
+            self._many(cursor, "DELETE FROM kept_messages WHERE id = ?", [(r[0],) for r in rows if r[1] == "user"])
+            self._many(
+                cursor,
+                "INSERT INTO kept_received (message_id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                [(r[0], user_id) for r in rows if r[1] != "user"],
+            )
+            return len(rows)
+
+        return self._write(delete, announce=False)
+
+    def delete_kept_target(self, app_id: str, ib_id: str, type: str, target: str) -> Deferred[int]:
+        """Delete every message kept for one recipient (a user, a group, or everyone of the information base)."""
+
+        def delete(cursor: Any) -> int:
+            self._get(cursor, app_id)
+            return self._x(
+                cursor,
+                "DELETE FROM kept_messages WHERE app_id = ? AND ib_id = ? AND type = ? AND target = ?",
+                (app_id, ib_id, type, target),
+            ).rowcount
+
+        return self._write(delete, announce=False)
+
+    def add_audit(self, entry: AuditEntry, max_rows: int) -> Deferred[int]:
+        """Record an administrator action (its id); the oldest records beyond ``max_rows`` go."""
+        e = entry
+
+        def add(cursor: Any) -> int:
+            (entry_id,) = self._x(
+                cursor,
+                "INSERT INTO audit_log (at, actor, source, address, action, app_id, detail) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (e.at, e.actor, e.source, e.address, e.action, e.app_id, e.detail),
+            ).fetchone()
+            self._x(cursor, "DELETE FROM audit_log WHERE id <= ?", (entry_id - max_rows,))
+            return int(entry_id)
+
+        return self._write(add, announce=False)
+
+    def list_audit(self, limit: int, offset: int = 0) -> Deferred[tuple[int, list[AuditEntry]]]:
+        """The audit log, newest first: one page and the total."""
+
+        def read(cursor: Any) -> tuple[int, list[AuditEntry]]:
+            (total,) = self._x(cursor, "SELECT COUNT(*) FROM audit_log").fetchone()
+            rows = self._x(
+                cursor,
+                "SELECT id, at, actor, source, address, action, app_id, detail FROM audit_log ORDER BY id DESC LIMIT ? OFFSET ?",
+                (limit, offset),
+            ).fetchall()
+            return total, [AuditEntry(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[0]) for r in rows]
+
+        return self._read(self._consistent(read))
 
     # -- export and import (pns4ones-admin export/import) -----------------------------------
 

@@ -38,7 +38,20 @@ from twisted.python.failure import Failure
 
 from .. import crypto
 from ..wire import ClientKey
-from . import AdminAccount, Application, KeptCount, KeptMessage, KeptOutcome, Snapshot, StoreError, TokenRecord, UnknownApplication
+from . import (
+    AdminAccount,
+    Application,
+    AuditEntry,
+    KeptCount,
+    KeptInfo,
+    KeptMessage,
+    KeptOutcome,
+    KeptTarget,
+    Snapshot,
+    StoreError,
+    TokenRecord,
+    UnknownApplication,
+)
 from .export import EXPORT_FORMAT, EXPORT_VERSION, check_export
 
 T = TypeVar("T")
@@ -84,6 +97,8 @@ class _Tables:
     stats: dict[str, _Stats] = field(default_factory=dict)
     #: (account, updated_at)
     admin: tuple[AdminAccount, float] | None = None
+    #: The audit log, oldest first (ids only grow).
+    audit: list[AuditEntry] = field(default_factory=list)
 
 
 class MemoryDatabase:
@@ -92,6 +107,7 @@ class MemoryDatabase:
     def __init__(self) -> None:
         self.tables = _Tables()
         self.last_kept_id = 0
+        self.last_audit_id = 0
         self.handles: list[MemoryStore] = []
 
     def announce(self, source: MemoryStore) -> None:
@@ -227,6 +243,13 @@ class MemoryStore:
             return app
 
         return self._answer(remove)
+
+    def rename_application(self, app_id: str, title: str, now: float) -> Deferred[Application]:
+        def rename() -> Application:
+            app = self._app(app_id)
+            return self._replace_app(Application(app.id, title, app.server_key, app.client_key, app.created_at), now)
+
+        return self._answer(rename)
 
     def reset_tokens(self, app_id: str) -> Deferred[int]:
         def reset() -> int:
@@ -379,6 +402,96 @@ class MemoryStore:
             count = sum(1 for k in t.kept.values() if k.message.app_id == app.id)
             out.append(KeptCount(app.id, count, stats.dropped, stats.expired))
         return succeed(out)
+
+    def kept_summary(self, app_id: str, now: float, limit: int, offset: int = 0) -> Deferred[tuple[int, list[KeptTarget]]]:
+        def read() -> tuple[int, list[KeptTarget]]:
+            self._app(app_id)
+            groups: dict[tuple[str, str, str], list[KeptMessage]] = {}
+            for k in self._t.kept.values():
+                m = k.message
+                if m.app_id == app_id and m.expires_at > now:
+                    groups.setdefault((m.ib_id, m.type, m.target), []).append(m)
+            rows = [
+                KeptTarget(
+                    ib, kind, target, len(ms), min(m.created_at for m in ms), min(m.expires_at for m in ms), max(m.expires_at for m in ms)
+                )
+                for (ib, kind, target), ms in sorted(groups.items())
+            ]
+            return len(rows), rows[offset : offset + limit]
+
+        return self._answer(read)
+
+    def _waiting_for(self, app_id: str, ib_id: str, user_id: str, groups: list[str], now: float) -> list[tuple[int, _Kept]]:
+        """What :meth:`take_kept` would hand this user, in id order."""
+        wanted = set(groups)
+        out = []
+        for message_id, k in self._t.kept.items():
+            m = k.message
+            if m.app_id != app_id or m.ib_id != ib_id or m.expires_at <= now or user_id in k.received:
+                continue
+            if (m.type == "user" and m.target == user_id) or m.type == "all" or (m.type == "group" and m.target in wanted):
+                out.append((message_id, k))
+        return out
+
+    def kept_for_user(
+        self, app_id: str, ib_id: str, user_id: str, groups: list[str], now: float, limit: int, offset: int = 0
+    ) -> Deferred[tuple[int, list[KeptInfo]]]:
+        def read() -> tuple[int, list[KeptInfo]]:
+            self._app(app_id)
+            rows = self._waiting_for(app_id, ib_id, user_id, groups, now)
+            page = [
+                KeptInfo(i, k.message.type, k.message.target, k.message.created_at, k.message.expires_at, k.message.payload)
+                for i, k in rows[offset : offset + limit]
+            ]
+            return len(rows), page
+
+        return self._answer(read)
+
+    def delete_kept_for_user(
+        self, app_id: str, ib_id: str, user_id: str, groups: list[str], now: float, ids: list[int] | None = None
+    ) -> Deferred[int]:
+        def delete() -> int:
+            self._app(app_id)
+            rows = [(i, k) for i, k in self._waiting_for(app_id, ib_id, user_id, groups, now) if ids is None or i in ids]
+            for message_id, k in rows:
+                if k.message.type == "user":
+                    del self._t.kept[message_id]
+                else:
+                    k.received.add(user_id)
+            return len(rows)
+
+        return self._answer(delete)
+
+    def delete_kept_target(self, app_id: str, ib_id: str, type: str, target: str) -> Deferred[int]:
+        def delete() -> int:
+            self._app(app_id)
+            kept = self._t.kept
+            gone = [
+                i
+                for i, k in kept.items()
+                if (k.message.app_id, k.message.ib_id, k.message.type, k.message.target) == (app_id, ib_id, type, target)
+            ]
+            for message_id in gone:
+                del kept[message_id]
+            return len(gone)
+
+        return self._answer(delete)
+
+    # -- Audit -----------------------------------------------------------------------------
+
+    def add_audit(self, entry: AuditEntry, max_rows: int) -> Deferred[int]:
+        db = self.database
+        db.last_audit_id += 1
+        log = self._t.audit
+        log.append(
+            AuditEntry(entry.at, entry.actor, entry.source, entry.address, entry.action, entry.app_id, entry.detail, db.last_audit_id)
+        )
+        del log[: max(len(log) - max_rows, 0)]
+        return succeed(db.last_audit_id)
+
+    def list_audit(self, limit: int, offset: int = 0) -> Deferred[tuple[int, list[AuditEntry]]]:
+        newest_first = self._t.audit[::-1]
+        return succeed((len(newest_first), newest_first[offset : offset + limit]))
 
     # -- Transfer --------------------------------------------------------------------------
 

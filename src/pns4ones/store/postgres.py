@@ -52,7 +52,7 @@ from twisted.python.failure import Failure
 from ..txinternals import QuietPool
 from . import StoreError, StoreUnavailable, redact_url
 from ._sql import POSTGRES, SQLStore, migrate_secrets
-from .sealing import KeyRing, SealingError
+from .sealing import KEY_FILE_NAME, KeyRing, SealingError
 
 CHANNEL = "pns4ones_changes"
 #: pg_advisory_xact_lock key of the migrations ("pns4ones" in ASCII, as a bigint).
@@ -111,7 +111,9 @@ class PostgresStore(SQLStore):
     log = Logger()
     dialect = POSTGRES
 
-    def __init__(self, url: str, password_file: str = "", reactor: Any = None, pool_size: int = 4, *, key_file: Path | str) -> None:
+    def __init__(
+        self, url: str, password_file: str = "", reactor: Any = None, pool_size: int = 4, *, key_file: Path | str | None = None
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -125,6 +127,10 @@ class PostgresStore(SQLStore):
                 self._connect_args["password"] = Path(password_file).read_text(encoding="utf-8").strip("\r\n")
             except (OSError, UnicodeDecodeError) as e:
                 raise StoreError(f"option 'store_password_file': cannot read {password_file}: {e}") from None
+        if key_file is None:  # the data directory the service and the CLI use when none is given
+            from ..config import default_data_dir
+
+            key_file = default_data_dir() / KEY_FILE_NAME
         self.keyring = KeyRing(key_file)
         try:
             with self.connect() as conn:

@@ -9,6 +9,12 @@ The native add-in's subscription protocol over TCP: a thin adapter around
   what is queued beyond that is bounded by ``send_buffer_limit``, past which the
   slow reader is cut off, so it never holds up anybody else.
 * TCP keepalive with short timings finds peers that vanished (sleeping laptops).
+
+Invariants: a connection joins the hub only through ``Core.subscribe`` after
+an accepted registration and leaves through ``Core.unsubscribe`` (a new
+registration, ``end``, a lost connection, a cut-off reader, a rejected
+frame); ``keys`` is set exactly while it is subscribed.  While it joins,
+``deliver`` queues in ``_held``, bounded like the transport's buffer.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from zope.interface import implementer
 from .. import wire
 from ..config import Config
 from ..core import Core, RegistrationRejected
-from ..hub import Outbound
+from ..hub import Catchup, Outbound, next_session_id
 from ..logs import RateLimited, session_fields
 from ..metrics import NULL
 from ..txinternals import send_now, set_handed_over, take_output, unparsed_input
@@ -111,7 +117,11 @@ class AddinState:
 
 @implementer(IPushProducer)
 class AddinProtocol(IntNStringReceiver):
-    """One add-in connection; a :class:`pns4ones.hub.Session` once registered."""
+    """
+    One add-in connection; a :class:`pns4ones.hub.Session` once registered: it
+    joins with ``Core.subscribe`` after each accepted registration and leaves
+    with ``Core.unsubscribe`` (re-registration, end, connection lost, cut off).
+    """
 
     structFormat = "<H"
     prefixLength = 2
@@ -122,16 +132,27 @@ class AddinProtocol(IntNStringReceiver):
     app_id = ib_id = user_id = group = ""
     keys: ClientKey | None = None
     peer = ""
+    session_id = ""
+    #: Always this node's (a handed-over connection is this process's once adopted).
+    node: str | None = None
+    #: Messages written (or queued) to the connection.
+    delivered = 0
     _paused = False
     _backlog = 0
     _ended = False
-    #: Live messages buffered while kept messages are read (store and forward).
+    #: Live messages held while the subscription joins (kept messages come first).
     _held: list[Outbound] | None = None
     _held_bytes = 0
     connected_at = 0.0
 
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The add-in registers with one group at most."""
+        return (self.group,) if self.group else ()
+
     def connectionMade(self) -> None:
         factory = self.factory
+        self.session_id = next_session_id(self.transport_name)
         self.peer = peer_host(self.transport)
         self.connected_at = factory.clock.seconds()
         self.MAX_LENGTH = factory.config.max_registration_size
@@ -174,17 +195,19 @@ class AddinProtocol(IntNStringReceiver):
         except wire.WireError as e:
             self.factory.reject(self, e.reason, e.detail)
             return
+        core = self.factory.core
         if self.keys is not None:  # a re-registration replaces the previous one
-            self.factory.core.hub.detach(self)
+            core.unsubscribe(self)
             self.keys = None
         self.app_id, self.ib_id = registration.app_id, registration.ib_id
         self.user_id, self.group = registration.user_id, registration.group
         try:
-            app = self.factory.core.register(self, registration)
+            app = core.register(registration)
         except RegistrationRejected as e:
             self.factory.reject(self, e.reason, e.detail)
             return
         self.keys = app.client_key
+        core.subscribe(self)
         self.factory.registered(self)
         self.factory.metrics.registration_accepted()
         if self.factory.log_info:
@@ -200,7 +223,7 @@ class AddinProtocol(IntNStringReceiver):
         self.factory.connections.discard(self)
         self.factory.registered(self)
         if self.keys is not None:
-            self.factory.core.hub.detach(self)
+            self.factory.core.unsubscribe(self)
             if self.factory.log_info:
                 self.log.info(
                     "subscription ended: peer={peer} app={app_id} ib={ib_id} user={user_id} group={group} transport=tcp",
@@ -224,6 +247,7 @@ class AddinProtocol(IntNStringReceiver):
                 return False
             self._held.append(message)
             return True
+        self.delivered += 1
         if self._paused:
             self._backlog += len(frame)
             if self._backlog > self.factory.config.send_buffer_limit:
@@ -239,14 +263,16 @@ class AddinProtocol(IntNStringReceiver):
         self._held = []
         self._held_bytes = 0
 
-    def release(self, first: list[Outbound]) -> None:
-        """Write ``first`` (the kept messages, oldest first), then what was held."""
+    def release(self, catchup: Catchup) -> None:
+        """Write the catch-up (kept messages, oldest first; the add-in never resumes, so no replay), then what was held."""
         held = self._held or []
         self._held = None
-        for message in first:
-            self.deliver(message)
+        for message in catchup.messages():
+            if not self.deliver(message):
+                return
         for message in held:
-            self.deliver(message)
+            if not self.deliver(message):
+                return
 
     def end(self, reason: str) -> None:
         """Close after writing what is queued (key rotated, removed, shutdown)."""
@@ -254,8 +280,12 @@ class AddinProtocol(IntNStringReceiver):
             return
         self._ended = True
         if self.keys is not None:
-            self.factory.core.hub.detach(self)
+            self.factory.core.unsubscribe(self)
         self.transport.loseConnection()
+
+    def going_away(self, reason: str) -> None:
+        """The process stops serving it: the add-in has nothing to be told (it reconnects on its own), so this ends it."""
+        self.end(reason)
 
     # -- restart handoff -------------------------------------------------------------------
 
@@ -279,7 +309,7 @@ class AddinProtocol(IntNStringReceiver):
         deadline = factory.registered(self)
         pending = take_output(transport)
         if self.keys is not None:
-            factory.core.hub.detach(self)
+            factory.core.unsubscribe(self)
         left = None if deadline is None else max(0.0, deadline - factory.clock.seconds())
         key = key_fingerprint(self.keys) if self.keys is not None else ""
         inbound = unparsed_input(self)
@@ -309,7 +339,7 @@ class AddinProtocol(IntNStringReceiver):
         if pending:
             transport.write(pending)
         if self.keys is not None:
-            factory.core.hub.attach(self)
+            factory.core.adopt(self)
         elif state.registration_left is not None:
             factory.awaiting_registration(self, state.registration_left)
 
@@ -331,7 +361,7 @@ class AddinProtocol(IntNStringReceiver):
                 self.end("application removed or client key changed")
                 return False
             self.keys = app.client_key
-            factory.core.hub.attach(self)
+            factory.core.adopt(self)
         else:
             factory.awaiting_registration(self, state.registration_left)
         if state.inbound:
@@ -558,7 +588,7 @@ class AddinFactory(protocol.Factory[AddinProtocol]):
         self.metrics.registration_rejected(reason)
         proto._ended = True
         if proto.keys is not None:
-            self.core.hub.detach(proto)
+            self.core.unsubscribe(proto)
             proto.keys = None
         proto.transport.abortConnection()
 
@@ -573,7 +603,7 @@ class AddinFactory(protocol.Factory[AddinProtocol]):
         self.metrics.cut("slow-reader")
         proto._ended = True
         if proto.keys is not None:
-            self.core.hub.detach(proto)
+            self.core.unsubscribe(proto)
         proto.transport.abortConnection()
 
     def end_all(self, reason: str) -> None:

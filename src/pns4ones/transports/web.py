@@ -4,9 +4,14 @@ Events (``/subscribe/sse``) on the send API listener, both authenticated by a
 ticket from ``POST /tickets`` (see :mod:`pns4ones.tickets`).
 
 Both are :class:`pns4ones.hub.Session` objects in the same hub as add-in
-connections.  Each message is the add-in's JSON with an ``"id"`` spliced in
-(built once per message, :meth:`pns4ones.hub.Outbound.web_json`).  Control
-events carry an ``"event"`` member, which messages never have:
+connections, and join and leave the same way (``Core.subscribe`` /
+``Core.unsubscribe``).  Each message is the add-in's JSON with an ``"id"``
+spliced in (built once per message, :meth:`pns4ones.hub.Outbound.web_json`).
+A subscription starts with its user's kept (TTL) messages, oldest first and
+without ``"id"`` (they are not in the recovery window; on SSE they carry no
+``id:`` line, so the last event id stays), then the replay after its resume
+point, then ``ready``, then live messages.  Control events carry an
+``"event"`` member, which messages never have:
 
 * ``{"event": "ready", "id": N}``: subscribed; N is where to resume from;
 * ``{"event": "missed", "id": F, "since": S}``: the resume point S is older than
@@ -16,6 +21,11 @@ events carry an ``"event"`` member, which messages never have:
 Slow readers: the HTTP channel tells us (push producer) when the socket's
 buffer is full; what is queued beyond that is bounded by ``send_buffer_limit``,
 past which the subscriber is cut off, as for the add-in.
+
+Invariants: a session is in ``WebSubscriptions.sessions`` from its start
+(``Core.subscribe``) until ``finished`` (``Core.unsubscribe``), joining or
+live; ``ready`` is written once, after the catch-up and before any live
+message.
 """
 
 from __future__ import annotations
@@ -37,9 +47,9 @@ from zope.interface import implementer
 from .. import crypto, tickets
 from ..config import Config
 from ..core import EXPIRED_TOKEN_MEMORY, Core, TokenUnknown
-from ..hub import Outbound
+from ..hub import Catchup, Outbound, next_session_id
 from ..logs import RateLimited, session_fields
-from ..messages import MAX_FIELD, MessageError, _object, _string, decode_json_body
+from ..messages import MAX_FIELD, MessageError, decode_json_body, object_member, string_member
 from ..ratelimit import RateLimiter
 from ..tokenfetch import render_after_fetch
 from ..txinternals import guard_websocket
@@ -89,10 +99,10 @@ class WebSubscriptions:
 
     def issue(self, app: Any, token: str, body: bytes) -> dict[str, Any]:
         """``POST /tickets``: a ticket for the user named in ``body``; MessageError if malformed."""
-        doc = _object(decode_json_body(body), "body", True)
+        doc = object_member(decode_json_body(body), "body", True)
         assert doc is not None
-        ib_id = _string(doc, "ibid", "IbId", True)
-        user_id = _string(doc, "userid", "UserId", True)
+        ib_id = string_member(doc, "ibid", "IbId", True)
+        user_id = string_member(doc, "userid", "UserId", True)
         for name, value in (("IbId", ib_id), ("UserId", user_id)):
             if len(value) > MAX_FIELD:
                 raise MessageError(name, f"is longer than {MAX_FIELD} characters")
@@ -195,29 +205,13 @@ class WebSubscriptions:
     # -- sessions -------------------------------------------------------------------------
 
     def start(self, session: _WebSession, since: int | None) -> None:
-        """Replay what the session missed after ``since``, then attach it (one reactor turn: no gap, no duplicate)."""
-        # The local hub answers at once; a hub between nodes reads its stream first.
-        self.core.hub.replay(session, since).addCallbacks(
-            self._resumed, self._resume_failed, callbackArgs=(session, since), errbackArgs=(session,)
-        )
-
-    def _resume_failed(self, failure: Any, session: _WebSession) -> None:
-        self.log.failure("cannot start the subscription of {peer}", failure, peer=session.peer)
-        session.end("internal error: try again")
-
-    def _resumed(self, result: tuple[int | None, list[Outbound], int], session: _WebSession, since: int | None) -> None:
-        floor, backlog, resume_id = result
-        if session.ended:
-            return
-        if floor is not None:
-            session.write_control(_control("missed", id=floor, since=since))
-        for outbound in backlog:
-            session.deliver(outbound)
-        if session.ended:
-            return
-        session.write_control(_control("ready", id=resume_id))
+        """Join through the core: kept messages, the replay after ``since``, then live ones (see ``_WebSession.release``)."""
         self.sessions.add(session)
-        self.core.hub.attach(session)
+        self.core.subscribe(session, since).addCallback(self._live, session)
+
+    def _live(self, _: None, session: _WebSession) -> None:
+        if session.ended:
+            return
         self.log.info(
             "subscription registered: peer={peer} app={app_id} ib={ib_id} user={user_id} group={group} transport={transport}",
             **session_fields(session),
@@ -229,7 +223,7 @@ class WebSubscriptions:
     def finished(self, session: _WebSession) -> None:
         if session in self.sessions:
             self.sessions.discard(session)
-            self.core.hub.detach(session)
+            self.core.unsubscribe(session)
             self.log.info(
                 "subscription ended: peer={peer} app={app_id} ib={ib_id} user={user_id} transport={transport}",
                 **session_fields(session),
@@ -278,22 +272,36 @@ def _peer(request: Any) -> str:
 
 @implementer(IPushProducer)
 class _WebSession:
-    """What both web transports share: identity from the ticket, flow control."""
+    """
+    What both web transports share: identity from the ticket, flow control, and
+    the :class:`pns4ones.hub.Session` lifecycle: held while joining, then the
+    catch-up as events (``missed``, the kept messages, the replay, ``ready``)
+    before the live messages.
+    """
 
     transport_name = ""
     ended = False
     #: Aborted (slow reader, silent peer): nothing more is written.
     cut = False
+    #: Always this node's.
+    node: str | None = None
+    #: Messages written (control events aside).
+    delivered = 0
     _paused = False
     _backlog = 0
     _timer: Any = None
+    #: Live messages held while the subscription joins.
+    _held: list[Outbound] | None = None
+    _held_bytes = 0
 
     def __init__(self, subs: WebSubscriptions, admitted: tuple[tickets.Ticket, str, float], request: Any) -> None:
         ticket, self.server_key, self.token_expires = admitted
         self.subs = subs
         self.ticket = ticket
         self.request = request
+        self.session_id = next_session_id(self.transport_name)
         self.peer = _peer(request)
+        self.connected_at = subs.clock.seconds()
         self.app_id = ticket.app_id
         self.ib_id = ticket.ib_id
         self.user_id = ticket.user_id
@@ -305,6 +313,54 @@ class _WebSession:
         """Web sessions need no client key: always the current one, so its rotation does not end them."""
         app = self.subs.core.apps.get(self.app_id)
         return app.client_key if app is not None else None
+
+    def deliver(self, message: Outbound) -> bool:
+        if self.ended:
+            return False
+        if self._held is not None:
+            self._held_bytes += len(message.plaintext)
+            if self._held_bytes > self.subs.config.send_buffer_limit:
+                self.subs.slow_reader(self)
+                return False
+            self._held.append(message)
+            return True
+        if not self._write(message):
+            return False
+        self.delivered += 1
+        return True
+
+    def _write(self, message: Outbound) -> bool:
+        raise NotImplementedError
+
+    def write_control(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def end(self, reason: str) -> None:
+        raise NotImplementedError
+
+    def hold(self) -> None:
+        self._held = []
+        self._held_bytes = 0
+
+    def release(self, catchup: Catchup) -> None:
+        """``missed`` (if the resume point is older than the window), kept messages, the replay, ``ready``, then what was held."""
+        held = self._held or []
+        self._held = None
+        if self.ended:
+            return
+        if catchup.missed is not None:
+            self.write_control(_control("missed", id=catchup.missed, since=catchup.since))
+        for message in catchup.messages():
+            if not self.deliver(message):
+                return
+        self.write_control(_control("ready", id=catchup.resume_id))
+        for message in held:
+            if not self.deliver(message):
+                return
+
+    def going_away(self, reason: str) -> None:
+        """A restart: the ``end`` event with the reason, close 1001 (WebSocket); the client resumes with its last id."""
+        self.end(reason)
 
     def _queue(self, size: int) -> bool:
         """Account for ``size`` bytes about to be written; False if the reader is cut off."""
@@ -520,9 +576,8 @@ class WebSocketSession(_WebSession):
 
     # -- outbound (Session) ---------------------------------------------------------------------
 
-    def deliver(self, message: Outbound) -> bool:
-        if self.ended:
-            return False
+    def _write(self, message: Outbound) -> bool:
+        # The meter counts the frame's real size against send_buffer_limit (and drops it once cut).
         self.ws.sendTextMessage(message.web_text())
         return not self.cut
 
@@ -617,13 +672,14 @@ class SSESession(_WebSession):
             self.request.write(b":\n\n")
             self._timer = self.subs.clock.callLater(self.subs.config.sse_heartbeat, self._heartbeat)
 
-    def deliver(self, message: Outbound) -> bool:
-        if self.ended:
-            return False
+    def _write(self, message: Outbound) -> bool:
         data = message.web_json()
         if not self._queue(len(data) + 32):
             return False
-        self.request.write(b"id: %d\ndata: %s\n\n" % (message.id, data))
+        if message.id:
+            self.request.write(b"id: %d\ndata: %s\n\n" % (message.id, data))
+        else:  # a kept message: no id, so the stream's last event id stays where it was
+            self.request.write(b"data: %s\n\n" % data)
         return True
 
     def write_control(self, data: bytes) -> None:

@@ -1,4 +1,4 @@
-// pns4ones admin panel: confirmations, copy to clipboard, live subscription counts.
+// pns4ones admin panel: confirmations, copy to clipboard, live subscription counts and status figures.
 // The only script of the panel (the Content-Security-Policy forbids inline script);
 // every text comes from data- attributes rendered from the message catalogs.
 "use strict";
@@ -86,7 +86,10 @@ function liveCounts() {
     }
     if (response.ok) {
       const doc = await response.json();
-      document.getElementById("total-count").textContent = String(doc.total);
+      const total = document.getElementById("total-count");
+      if (total) {
+        total.textContent = String(doc.total);
+      }
       for (const badge of document.querySelectorAll("[data-app-count]")) {
         const app = doc.apps[badge.dataset.appCount];
         badge.textContent = String(app ? app.total : 0);
@@ -95,7 +98,39 @@ function liveCounts() {
         const app = doc.apps[list.dataset.appIbs];
         renderIbs(list, app ? app.ibs : {});
       }
+      for (const figure of document.querySelectorAll("[data-app-transport]")) {
+        const app = doc.apps[figure.dataset.app];
+        figure.textContent = String(app && app.transports ? app.transports[figure.dataset.appTransport] || 0 : 0);
+      }
       document.body.dataset.countsUpdated = String(Date.now());
+    }
+    window.setTimeout(poll, interval);
+  };
+  window.setTimeout(poll, interval);
+}
+
+// The status page: its figures (server-rendered HTML of this same origin) replaced at every poll.
+function liveStatus() {
+  const box = document.querySelector("[data-live-url]");
+  if (!box) {
+    return;
+  }
+  const interval = Number(box.dataset.pollMs) || 3000;
+  const poll = async () => {
+    let response;
+    try {
+      response = await fetch(box.dataset.liveUrl, {credentials: "same-origin", cache: "no-store"});
+    } catch (e) {
+      window.setTimeout(poll, interval);
+      return;
+    }
+    if (response.status === 401) {
+      window.location.assign("/login");
+      return;
+    }
+    if (response.ok) {
+      box.innerHTML = await response.text();
+      box.dataset.updated = String(Date.now());
     }
     window.setTimeout(poll, interval);
   };
@@ -106,4 +141,5 @@ document.addEventListener("DOMContentLoaded", () => {
   confirmations();
   copyButtons();
   liveCounts();
+  liveStatus();
 });
