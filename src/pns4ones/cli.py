@@ -329,10 +329,14 @@ def run(args: argparse.Namespace, out: Any) -> Any:
             record.update(file=args.file, store=store.location)
             _write_export(args.file, doc, out)
             if args.file != "-":
-                out.write(
-                    f"Exported {_summary(doc)} from {store.location} to {args.file} (mode 0600; its keys are sealed: "
-                    f"importing it needs the key file {store.keyring.path}).\n"
+                from .store.sealing import Sealed
+
+                keys = (
+                    f"its keys are sealed: importing it needs the key file {store.keyring.path}"
+                    if isinstance(store, Sealed)
+                    else "it holds every key"
                 )
+                out.write(f"Exported {_summary(doc)} from {store.location} to {args.file} (mode 0600; {keys}).\n")
         elif cmd == "import":
             doc = _read_export(args.file)
             yield store.import_data(doc, replace=args.replace)
@@ -361,7 +365,7 @@ def run(args: argparse.Namespace, out: Any) -> Any:
 
 
 @defer.inlineCallbacks
-def rotate_secrets_key(store: Any, args: argparse.Namespace, out: Any, now: float, record: dict[str, Any]) -> Any:
+def rotate_secrets_key(store: object, args: argparse.Namespace, out: Any, now: float, record: dict[str, Any]) -> Any:
     """
     ``rotate-secrets-key``: (1) the key file gets a new key beside the current
     one, (2) one transaction seals every key in the store under it and makes it
@@ -370,8 +374,10 @@ def rotate_secrets_key(store: Any, args: argparse.Namespace, out: Any, now: floa
     running the command again finishes.  ``--prepare`` stops after step 1, so
     that the file can be copied to the other nodes before the store changes.
     """
-    from .store.sealing import new_key
+    from .store.sealing import Sealed, new_key
 
+    if not isinstance(store, Sealed):
+        raise CommandError("this store keeps no keys at rest: nothing to rotate")
     ring = store.keyring
     current = yield store.sealing_key_id()
     keys = ring.ordered()

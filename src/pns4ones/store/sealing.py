@@ -37,11 +37,15 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import StoreError
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 PREFIX = "sealed1:"
 KEY_FILE_NAME = "secrets.key"
@@ -145,6 +149,17 @@ def parse_key_file(text: str, path: str = "<key file>") -> list[SecretKey]:
 
 def format_key_file(keys: Iterable[SecretKey]) -> str:
     return KEY_FILE_HEADER + "".join(f"{k.id} {base64.b64encode(k.material).decode('ascii')}\n" for k in keys)
+
+
+@runtime_checkable
+class Sealed(Protocol):
+    """A store that keeps its keys sealed at rest (the SQL stores): its key file, its sealing key, rotation."""
+
+    keyring: KeyRing
+    location: str
+
+    def sealing_key_id(self) -> Deferred[str]: ...
+    def rotate_secrets_key(self, new: SecretKey, now: float) -> Deferred[int]: ...
 
 
 class KeyRing:
