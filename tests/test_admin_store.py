@@ -167,5 +167,6 @@ class PostgresConsoleStore(ConsoleStoreContract, TestCase):
         from pns4ones.store.postgres import PostgresStore
 
         assert self.cluster is not None
-        # The sealing key: in this test's temporary directory.
-        return PostgresStore(self.cluster.url(self.cluster.new_database()), reactor=reactor, key_file=Path(self.mktemp()) / "secrets.key")
+        keys = tempfile.mkdtemp(prefix="pns4ones-keys-")  # the store's sealing key file
+        self.addCleanup(shutil.rmtree, keys, True)
+        return PostgresStore(self.cluster.url(self.cluster.new_database()), reactor=reactor, key_file=Path(keys) / "secrets.key")
