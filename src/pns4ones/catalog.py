@@ -314,6 +314,15 @@ RU: dict[str, str] = {
     "set the admin panel's password, asked for (or one line of standard input); ends every panel session": (
         "задать пароль панели администратора (запрашивается, или одна строка стандартного ввода); завершает все сеансы панели"
     ),
+    "seal every key in the store under a new key of the key file (--prepare: only add the new key, for several nodes)": (
+        "зашифровать все ключи хранилища новым ключом из файла ключей (--prepare: только добавить новый ключ, для нескольких узлов)"
+    ),
+    "only add a new key to the key file (copy the file to every node, then run the command again)": (
+        "только добавить новый ключ в файл ключей (скопируйте файл на каждый узел, затем выполните команду ещё раз)"
+    ),
+    "keep the previous key(s) in the key file (old backups stay readable with it)": (
+        "оставить прежние ключи в файле ключей (с ними читаются старые резервные копии)"
+    ),
     "how many of the newest records (default 50)": "сколько последних записей показать (по умолчанию 50)",
     "the administrator's login (default: keep the current one, or admin)": "логин администратора (по умолчанию прежний, или admin)",
 }
