@@ -131,7 +131,9 @@ def _parser(prog: str, lang: str | None = None, seen: set[str] | None = None) ->
         action="store_true",
         help=_("only add a new key to the key file (copy the file to every node, then run the command again)"),
     )
-    p.add_argument("--keep-old", action="store_true", help=_("keep the previous key(s) in the key file (old backups stay readable with it)"))
+    p.add_argument(
+        "--keep-old", action="store_true", help=_("keep the previous key(s) in the key file (old backups stay readable with it)")
+    )
     p = sub.add_parser("status", parents=[common], help=_(COMMANDS["status"]))
     p.add_argument(
         "--admin-port", type=int, default=None, help=_("admin port of the server (default: the one it recorded in DATA_DIR/admin.json)")
