@@ -12,6 +12,11 @@ variants: the time from sending the request to its last byte (median and 90th
 percentile over ``--repeat`` requests on one keep-alive connection, loopback:
 the server's time to render, plus well under a millisecond of HTTP), the
 server's CPU time per request (from /proc), and the bytes of each answer's body.
+Then, in Debian's headless Chromium (through Selenium, as the page tests drive
+it; ``--no-browser`` skips it), the browser's side: loading the Online page
+(navigation timing) and applying a refresh to it (admin.js's ``renderOnline``
+with the layout it causes: rows kept and their times updated, as most refreshes
+are, and every row replaced, as when the page's sessions change).
 
 The sessions: two information bases (``erp`` 70 %, ``hr`` 30 %), 8,500 users,
 1,500 of them with two sessions, as 1C users with two client windows have.
@@ -20,6 +25,7 @@ The sessions: two information bases (``erp`` 70 %, ``hr`` 30 %), 8,500 users,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import http.client
 import json
@@ -31,6 +37,7 @@ import statistics
 import sys
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -42,6 +49,7 @@ CODE = re.compile(r"set-up code ([A-Z0-9]{4}-[A-Z0-9]{4}-[A-Z0-9]{4})")
 #: Client addresses the subscriptions come from (each holds at most sessions/8 local ports).
 SOURCES = [f"127.0.0.{n}" for n in range(2, 10)]
 STEP = 500
+PASSWORD = "bench password 1"
 
 
 class Panel:
@@ -79,8 +87,7 @@ class Panel:
         return found.group(1).decode()
 
     def setup(self, code: str) -> None:
-        password = "bench password 1"
-        form = {"csrf": self.csrf("/setup"), "code": code, "login": "admin", "password": password, "password2": password}
+        form = {"csrf": self.csrf("/setup"), "code": code, "login": "admin", "password": PASSWORD, "password2": PASSWORD}
         status, headers, _, _ = self.request("POST", "/setup", form)
         assert status == 303 and headers["Location"] == "/apps", (status, headers)
 
@@ -130,10 +137,92 @@ def measure(panel: Panel, pid: int, path: str, repeat: int) -> dict[str, float]:
     }
 
 
+class _Cleanups:
+    """What tests.browser.start_chromium needs of a test case: somewhere to register its cleanups."""
+
+    def __init__(self, stack: contextlib.ExitStack) -> None:
+        self.stack = stack
+
+    def addCleanup(self, function: Callable[..., object], *args: object) -> None:
+        self.stack.callback(function, *args)
+
+
+#: Runs in the Online page: fetches its refresh (page 1, and page 2 for other rows), then times
+#: renderOnline (admin.js) plus the layout it forces, ``repeat`` times each way.
+RENDER_SCRIPT = """
+const [repeat, done] = [arguments[0], arguments[arguments.length - 1]];
+(async () => {
+  const box = document.querySelector("[data-online-url]");
+  const get = async (url) => JSON.parse(await (await fetch(url, {credentials: "same-origin", cache: "no-store"})).text());
+  const cycle = [];
+  for (let i = 0; i < repeat; i++) {
+    const t0 = performance.now();
+    renderOnline(box, await get(box.dataset.onlineUrl));
+    document.body.getBoundingClientRect();
+    cycle.push(performance.now() - t0);
+  }
+  const [one, two] = [await get(box.dataset.onlineUrl), await get(box.dataset.onlineUrl + "&page=2")];
+  const time = (docs) => docs.map((doc) => {
+    const t0 = performance.now();
+    renderOnline(box, doc);
+    document.body.getBoundingClientRect();
+    return performance.now() - t0;
+  });
+  renderOnline(box, one);
+  const kept = time(Array(repeat).fill(one));
+  const replaced = time(Array.from({length: repeat}, (_, i) => (i % 2 ? one : two)));
+  done({kept, replaced, cycle, rows: document.querySelectorAll("#online-rows tr").length});
+})().catch((e) => done({error: String(e)}));
+"""
+
+
+def browser_figures(port: int, app_id: str, repeat: int) -> list[tuple[str, list[float]]]:
+    """(what, milliseconds of each try) measured in headless Chromium on the Online page."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.browser import start_chromium
+
+    base = f"http://127.0.0.1:{port}"
+    with contextlib.ExitStack() as stack:
+        driver = start_chromium(_Cleanups(stack))
+        driver.set_script_timeout(120)
+        driver.get(base + "/login")
+        driver.find_element(By.ID, "login").send_keys("admin")
+        driver.find_element(By.ID, "password").send_keys(PASSWORD)
+        driver.find_element(By.ID, "submit").click()
+        WebDriverWait(driver, 20).until(lambda d: urllib.parse.urlsplit(d.current_url).path == "/apps")
+        url = f"{base}/online?app={urllib.parse.quote(app_id)}"
+        loads: list[list[float]] = []
+        for _ in range(repeat):
+            driver.get(url)
+            WebDriverWait(driver, 20).until(
+                lambda d: d.execute_script("return performance.getEntriesByType('navigation')[0].loadEventEnd > 0")
+            )
+            loads.append(
+                driver.execute_script(
+                    "const n = performance.getEntriesByType('navigation')[0];"
+                    "return [n.responseEnd - n.startTime, n.domContentLoadedEventEnd - n.startTime, n.loadEventEnd - n.startTime];"
+                )
+            )
+        rendered = driver.execute_async_script(RENDER_SCRIPT, repeat)
+        if "error" in rendered or rendered["rows"] != 100:
+            raise RuntimeError(f"the refresh in the browser: {rendered}")
+    return [
+        ("Online page: the HTML received (navigation start to response end)", [x[0] for x in loads]),
+        ("Online page: parsed, styled, admin.js run (DOMContentLoaded end)", [x[1] for x in loads]),
+        ("Online page: load event end", [x[2] for x in loads]),
+        ("a refresh applied, rows kept (times updated) + layout", rendered["kept"]),
+        ("a refresh applied, all 100 rows replaced + layout", rendered["replaced"]),
+        ("a whole refresh in the page: fetch, parse, apply, layout", rendered["cycle"]),
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=40)
+    parser.add_argument("--no-browser", action="store_true", help="skip the measurements in headless Chromium")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < args.sessions + 200:
@@ -169,6 +258,15 @@ def main() -> int:
             print(f"| {label:<50} | {r['median_ms']:9.1f} | {r['p90_ms']:6.1f} | {r['cpu_ms']:13.1f} | {r['bytes']:10,} |", flush=True)
         _, headers, _, _ = panel.request("GET", f"/online.json?app={a}")
         print(f"\n(each answer also carries about {sum(len(k) + len(v) + 4 for k, v in headers.items()) + 17} bytes of headers)")
+        if not args.no_browser:
+            tries = max(10, args.repeat // 2)
+            print(f"\nIn headless Chromium (Selenium), the Online page of all {args.sessions} sessions, {tries} tries each:\n", flush=True)
+            print(f"| {'what':<66} | median ms | p90 ms |")
+            print(f"|{'-' * 68}|----------:|-------:|")
+            for label, values in browser_figures(server.admin_port, app["id"], tries):
+                values = sorted(values)
+                p90 = values[int(len(values) * 0.9) - 1]
+                print(f"| {label:<66} | {statistics.median(values):9.1f} | {p90:6.1f} |", flush=True)
     finally:
         for s in socks:
             s.close()
