@@ -1342,10 +1342,17 @@ class PanelOnlineHttpTests(SynchronousTestCase):
         self.assertIn("Такого приложения нет", self.client.request("GET", "/online?app=nope")[2])
 
     def test_disconnect_needs_the_token(self) -> None:
-        """Disconnect without the CSRF token, with a wrong one or from another origin: 403 and the session stays; with it, the connection ends, logged, counted, audited."""
+        """A session's Delivered counts what it received; disconnect without the CSRF token, with a wrong one or from another origin: 403 and the session stays; with it, the connection ends, logged, counted, audited."""
         sub = Subscriber("127.0.0.1", self.server.service_port, self.app["id"], self.app["client_key"], "ib1", "u1", timeout=5).connect()
         self.addCleanup(sub.close)
         [row] = wait_for(lambda: self.live()["rows"], what="the session")
+        self.assertEqual(row["delivered"], 0)
+        for title in ("one", "two"):
+            self.assertEqual(
+                self.client.post(f"/apps/{self.app['id']}/send", {"ib": "ib1", "type": "user", "target": "u1", "title": title})[0], 303
+            )
+            self.assertIsNotNone(sub.receive(5), title)
+        self.assertEqual([r["delivered"] for r in self.live()["rows"]], [2])
         form = {"app": self.app["id"], "ib": "ib1", "user": "u1", "session": row["session"], "back": "/online?q=u"}
         token = self.client.csrf("/online")
         for fields, headers in (
@@ -1362,7 +1369,7 @@ class PanelOnlineHttpTests(SynchronousTestCase):
         self.assertIsNone(sub.receive(0.3))
         self.assertFalse(sub.closed_by_server)
         self.assertEqual(len(self.live()["rows"]), 1)
-        self.assertEqual(audit_log(self.server, "--limit", "1")[0]["action"], "create")
+        self.assertEqual(audit_log(self.server, "--limit", "1")[0]["action"], "send-test")  # nothing from the refused ones
 
         status, headers, _ = self.client.request("POST", "/online/disconnect", {**form, "csrf": token})
         self.assertEqual((status, headers["Location"]), (303, "/online?q=u#sessions"))
