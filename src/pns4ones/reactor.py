@@ -11,12 +11,17 @@ single ability take that interface (or a small ``Protocol``, such as
 
 from __future__ import annotations
 
-from typing import cast
+from typing import TypeVar, cast
 
 from twisted.internet.interfaces import IReactorCore, IReactorProcess, IReactorSocket, IReactorTCP, IReactorThreads, IReactorTime
+from zope.interface import Interface
 
 
-class IServiceReactor(IReactorCore, IReactorTime, IReactorTCP, IReactorSocket, IReactorProcess, IReactorThreads):
+class IStoreReactor(IReactorCore, IReactorTime, IReactorThreads):
+    """What a store uses of the reactor: its connection pool's threads (``adbapi``), timers, calls from its threads."""
+
+
+class IServiceReactor(IStoreReactor, IReactorTCP, IReactorSocket, IReactorProcess):
     """
     What :class:`pns4ones.service.PnsService` and its parts use of the reactor:
     time, listening and adopting sockets (a restart handoff), starting the new
@@ -25,14 +30,14 @@ class IServiceReactor(IReactorCore, IReactorTime, IReactorTCP, IReactorSocket, I
     """
 
 
-#: The interfaces :class:`IServiceReactor` joins.
-PARTS = (IReactorCore, IReactorTime, IReactorTCP, IReactorSocket, IReactorProcess, IReactorThreads)
+R = TypeVar("R", IServiceReactor, IStoreReactor)
 
 
-def service_reactor(reactor: object) -> IServiceReactor:
-    """``reactor`` as an :class:`IServiceReactor`, once it is checked to provide every part (TypeError otherwise)."""
-    missing = [part.__name__ for part in PARTS if not part.providedBy(reactor)]
+def checked(reactor: object, interface: type[R]) -> R:
+    """``reactor`` as an ``interface`` of this module, once it is checked to provide each interface it joins (TypeError otherwise)."""
+    parts = [part for part in interface.__iro__ if part is not Interface and part.__module__ != __name__]  # Twisted's
+    missing = [part.__name__ for part in parts if not part.providedBy(reactor)]
     if missing:
         raise TypeError(f"the reactor {reactor!r} does not provide {', '.join(missing)}")
-    # Checked part by part above; zope.interface cannot declare the intersection for an object it did not build.
-    return cast(IServiceReactor, reactor)
+    # Checked part by part above; zope.interface cannot declare an intersection for an object it did not build.
+    return cast(R, reactor)
