@@ -50,6 +50,8 @@ class StartupError(Exception):
 
 class PnsService(service.MultiService):
     log = Logger()
+    #: The ``metrics_listen`` listener's site, if configured (set by :class:`pns4ones.observe.Observability`).
+    metrics_site: ApiSite | None
 
     def __init__(self, config: Config, reactor: Any, tls: _tls.ReloadableServerTLS | None = None) -> None:
         super().__init__()
@@ -112,6 +114,7 @@ class PnsService(service.MultiService):
                     self.tls = _tls.from_config(cfg)
                 except ConfigError as e:
                     raise StartupError(str(e)) from None
+            assert self.tls is not None  # (from_config loads it for every ssl_mode but None)
             self.api_factory = TLSMemoryBIOFactory(self.tls, False, self.api_factory)
         self.addin_factory = AddinFactory(self.core, cfg, self.reactor, log_info=logs.level_enabled(cfg.log_level, LogLevel.info))
         self.admin_panel = AdminPanel(self.core, self.store, cfg, self.reactor)
@@ -169,6 +172,7 @@ class PnsService(service.MultiService):
 
     def _configure_addin_listeners(self) -> None:
         """Keepalive options on the add-in listening sockets: accepted ones inherit them."""
+        assert self.addin_factory is not None  # (build() made it)
         try:
             for port in self.ports:
                 if port.factory is self.addin_factory:
@@ -189,7 +193,7 @@ class PnsService(service.MultiService):
             self._listen(self.config.service, self.addin_factory, "service")
             self._configure_addin_listeners()
             self._listen_admin()
-            if self.metrics_site is not None:
+            if self.metrics_site is not None and self.config.metrics_listen is not None:  # (Observability sets both or neither)
                 self._listen(self.config.metrics_listen, self.metrics_site, "metrics_listen")
         except (StartupError, handoff.HandoffError) as e:
             if self.incoming is not None:  # never shutdown() sockets the old process still serves
@@ -199,11 +203,12 @@ class PnsService(service.MultiService):
                 port.stopListening()
             self.log.critical("cannot start: {error}", error=str(e), **{logs.ALWAYS: True})
             if self.config.log_level == "None":
-                sys.__stderr__.write(f"pns4ones: cannot start: {e}\n")
+                sys.__stderr__.write(f"pns4ones: cannot start: {e}\n")  # type: ignore[union-attr]  # (None only with no stderr at all)
             raise SystemExit(1) from None
         super().privilegedStartService()
 
     def startService(self) -> None:
+        assert self.core is not None  # (privilegedStartService built it)
         super().startService()
         self.core.hub.start()  # a hub between nodes connects now
         d = self.core.reload()
@@ -212,6 +217,7 @@ class PnsService(service.MultiService):
 
     def _loaded(self, _: Any) -> None:
         cfg = self.config
+        assert self.core is not None  # (built before the service started)
         # Everything built so far lives as long as the process: keep it out of the
         # cyclic collector's way, and collect young objects less often.
         gc.freeze()

@@ -69,7 +69,7 @@ class Options(usage.Options):
 
 def makeService(options: Options, reactor: Any = None) -> Any:
     if reactor is None:
-        from twisted.internet import reactor  # type: ignore[no-redef]
+        from twisted.internet import reactor
     if getattr(options, "subCommand", None) == "admin":
         from . import cli
 

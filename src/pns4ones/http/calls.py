@@ -52,7 +52,7 @@ class Call:
         """The query arguments, parsed on first use (as twisted.web's ``request.args``)."""
         args = self._args
         if args is None:
-            args = self._args = parse_qs(self.query, 1) if self.query else {}
+            args = self._args = parse_qs(self.query, 1) if self.query else {}  # type: ignore[no-untyped-call]  # (twisted.web.http.parse_qs is not annotated)
         return args
 
     def arg(self, name: bytes) -> bytes | None:

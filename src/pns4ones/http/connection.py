@@ -79,7 +79,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, datetimeToString
-from zope.interface import implementer  # type: ignore[import-untyped]
+from zope.interface import implementer
 
 from .. import proxies
 from ..logs import RateLimited

@@ -18,7 +18,7 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -144,19 +144,19 @@ class SendAPI:
 
     # -- Klein's own routing errors, in the API's JSON shape ---------------------------------
 
-    @app.handle_errors(NotFound)
+    @app.handle_errors(NotFound)  # type: ignore[arg-type]  # (Klein types the request as IRequest; it is twisted.web's Request)
     def not_found(self, request: Request, failure: Failure) -> bytes:
         return json_body(request, 404, {"error": "not_found", "reason": f"no such resource: {request.path.decode('utf-8', 'replace')}"})
 
-    @app.handle_errors(MethodNotAllowed)
+    @app.handle_errors(MethodNotAllowed)  # type: ignore[arg-type]  # (Klein types the request as IRequest; it is twisted.web's Request)
     def bad_method(self, request: Request, failure: Failure) -> bytes:
-        allowed = ", ".join(failure.value.valid_methods or [])
+        allowed = ", ".join(cast(MethodNotAllowed, failure.value).valid_methods or [])
         request.setHeader(b"Allow", allowed.encode())
         return json_body(
             request, 405, {"error": "method_not_allowed", "reason": f"{request.method.decode()} is not allowed here; use {allowed}"}
         )
 
-    @app.handle_errors(Exception)
+    @app.handle_errors(Exception)  # type: ignore[arg-type]  # (Klein types the request as IRequest; it is twisted.web's Request)
     def crashed(self, request: Request, failure: Failure) -> bytes:
         return write_answer(error_answer(failure.value, call_of(request)), request)
 

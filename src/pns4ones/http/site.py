@@ -26,7 +26,7 @@ from typing import Any, Protocol, cast
 from twisted.internet import reactor as _default_reactor
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import IDelayedCall, ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -90,7 +90,7 @@ class BoundedRequest(server.Request):
 
     def _too_large(self, size: int) -> None:
         answer_too_large(self._site, self.channel, size, getattr(self.getClientAddress(), "host", "?"))
-        self.content = io.BytesIO()  # type: ignore[assignment]
+        self.content = io.BytesIO()
 
 
 def answer_too_large(site: Any, channel: Any, size: int, peer: str) -> None:
@@ -118,7 +118,7 @@ class Clock(Protocol):
     """The reactor's time (``IReactorTime``), or a test's ``Clock``."""
 
     def seconds(self) -> float: ...
-    def callLater(self, delay: float, callable: Callable[..., object], /, *args: object, **kwargs: object) -> Timer: ...
+    def callLater(self, delay: float, callable: Callable[..., object], *args: object, **kwargs: object) -> IDelayedCall: ...
 
 
 class Transport(Protocol):
@@ -326,6 +326,6 @@ class ApiSite(server.Site):
     #: Called with the path and status of each answer (the metrics' HTTP counter), instead of an access log line.
     on_request: Callable[[bytes, int], object] = staticmethod(lambda path, status: None)
 
-    def log(self, request: Any) -> None:  # type: ignore[override]
+    def log(self, request: Any) -> None:
         """No access log line per request (it would cost more than the send)."""
         self.on_request(request.path, request.code)

@@ -168,6 +168,8 @@ class Registry(Protocol):
         """A token issued by any node (another node's /auth a moment ago), or None."""
 
     def purge_tokens(self, expired_before: float) -> Deferred[int]: ...
+    def list_applications(self) -> Deferred[list[Application]]:
+        """Every application (a node looks for keys it does not know yet; also an :class:`Admin` ability)."""
 
 
 class Groups(Protocol):
