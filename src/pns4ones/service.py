@@ -9,13 +9,18 @@ import gc
 import os
 import signal
 import sys
+from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 from twisted.application import service
+from twisted.application.service import IServiceCollection
 from twisted.internet import defer, error, task
+from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.components import Componentized
+from twisted.python.failure import Failure
 
 from . import __version__, control, handoff, logs
 from . import tls as _tls
@@ -72,7 +77,7 @@ class PnsService(service.MultiService):
         self.handed_over = False
 
     # twistd: an ILogObserver component on the application sets the log format and level.
-    def setServiceParent(self, parent: Any) -> None:
+    def setServiceParent(self, parent: IServiceCollection) -> None:
         if isinstance(parent, Componentized) and parent.getComponent(ILogObserver, None) is None:
             parent.setComponent(ILogObserver, logs.make_observer(self.config.log_level, self.config.log_format))
         super().setServiceParent(parent)
@@ -215,7 +220,7 @@ class PnsService(service.MultiService):
         d.addCallback(self._loaded)
         d.addErrback(self._failed_start)
 
-    def _loaded(self, _: Any) -> None:
+    def _loaded(self, _: object) -> None:
         cfg = self.config
         assert self.core is not None  # (built before the service started)
         # Everything built so far lives as long as the process: keep it out of the
@@ -289,10 +294,10 @@ class PnsService(service.MultiService):
         else:
             handoff.sd_notify("READY=1")
 
-    def _store_task(self, fn: Any, what: str) -> Any:
+    def _store_task(self, fn: Callable[[], object], what: str) -> Deferred[object]:
         """A periodic store task that outlives a store outage (the store logs the outage itself)."""
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Failure) -> None:
             if not failure.check(StoreUnavailable):
                 self.log.failure("{what} failed", failure, what=what)
 
@@ -319,7 +324,7 @@ class PnsService(service.MultiService):
         except ValueError:  # not the main thread (embedded): no signal handling
             self._old_sighup = None
 
-    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         self.reactor.callFromThread(self._stop_requested, name)
 
@@ -328,7 +333,7 @@ class PnsService(service.MultiService):
         if self.reactor.running:
             self.reactor.stop()
 
-    def _on_sigusr2(self, signum: int, frame: Any) -> None:
+    def _on_sigusr2(self, signum: int, frame: FrameType | None) -> None:
         self.reactor.callFromThread(self.restart, "SIGUSR2")
 
     def restart(self, trigger: str = "restart") -> Any:
@@ -344,7 +349,7 @@ class PnsService(service.MultiService):
 
         return self.restarting.run().addBoth(done)
 
-    def _on_sighup(self, signum: int, frame: Any) -> None:
+    def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
         self.reactor.callFromThread(self.reload_tls, "SIGHUP")
 
     def reload_tls(self, trigger: str = "reload_tls") -> bool:
@@ -387,7 +392,7 @@ class PnsService(service.MultiService):
         if self.core is not None:
             self.observability.stopped()
 
-    def _failed_start(self, failure: Any) -> None:
+    def _failed_start(self, failure: Failure) -> None:
         self.log.failure("cannot load the store; stopping", failure)
         self.reactor.stop()
 

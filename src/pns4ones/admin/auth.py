@@ -22,11 +22,11 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
 
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
@@ -138,7 +138,7 @@ class Session:
 class Sessions:
     """Logged-in administrators, in memory."""
 
-    def __init__(self, clock: Any, idle: float = 1800.0, lifetime: float = 12 * 3600.0, limit: int = 100) -> None:
+    def __init__(self, clock: IReactorTime, idle: float = 1800.0, lifetime: float = 12 * 3600.0, limit: int = 100) -> None:
         self.clock = clock
         self.idle = idle
         self.lifetime = lifetime
@@ -266,7 +266,7 @@ class Throttle:
 
     def __init__(
         self,
-        clock: Any,
+        clock: IReactorTime,
         free: int = 5,
         max_delay: float = 300.0,
         overall_free: int = 20,

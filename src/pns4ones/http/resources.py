@@ -87,59 +87,59 @@ class SendAPI:
     # -- routes ---------------------------------------------------------------------------
 
     @app.route("/auth", methods=["GET"])
-    def auth(self, request: Request) -> Any:
+    def auth(self, request: Request) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.auth)
 
     @app.route("/sendmessage", methods=["POST"])
-    def sendmessage(self, request: Request) -> Any:
+    def sendmessage(self, request: Request) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.sendmessage)
 
     @app.route("/sendmessages", methods=["POST"])
-    def sendmessages(self, request: Request) -> Any:
+    def sendmessages(self, request: Request) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.sendmessages)
 
     @app.route("/tickets", methods=["POST"])
-    def tickets(self, request: Request) -> Any:
+    def tickets(self, request: Request) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.tickets)
 
     @app.route("/groups/<ib>", methods=["GET"])
-    def list_groups(self, request: Request, ib: str) -> Any:
+    def list_groups(self, request: Request, ib: str) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.list_groups, ib)
 
     @app.route("/groups/<ib>/<group>", methods=["GET"])
-    def get_group(self, request: Request, ib: str, group: str) -> Any:
+    def get_group(self, request: Request, ib: str, group: str) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.get_group, ib, group)
 
     @app.route("/groups/<ib>/<group>", methods=["PUT"])
-    def put_group(self, request: Request, ib: str, group: str) -> Any:
+    def put_group(self, request: Request, ib: str, group: str) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.put_group, ib, group)
 
     @app.route("/groups/<ib>/<group>/members", methods=["POST"])
-    def add_members(self, request: Request, ib: str, group: str) -> Any:
+    def add_members(self, request: Request, ib: str, group: str) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.add_members, ib, group)
 
     @app.route("/groups/<ib>/<group>/members/<user>", methods=["DELETE"])
-    def remove_member(self, request: Request, ib: str, group: str, user: str) -> Any:
+    def remove_member(self, request: Request, ib: str, group: str, user: str) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.remove_member, ib, group, user)
 
     @app.route("/groups/<ib>/<group>", methods=["DELETE"])
-    def delete_group(self, request: Request, ib: str, group: str) -> Any:
+    def delete_group(self, request: Request, ib: str, group: str) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.delete_group, ib, group)
 
     @app.route("/presence/<ib>", methods=["GET"])
-    def presence(self, request: Request, ib: str) -> Any:
+    def presence(self, request: Request, ib: str) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.presence, ib)
 
     @app.route("/presence/<ib>/<user>", methods=["GET"])
-    def presence_of(self, request: Request, ib: str, user: str) -> Any:
+    def presence_of(self, request: Request, ib: str, user: str) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.presence_of, ib, user)
 
     @app.route("/health", methods=["GET"])
-    def health(self, request: Request) -> Any:
+    def health(self, request: Request) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.health)
 
     @app.route("/ready", methods=["GET"])
-    def ready(self, request: Request) -> Any:
+    def ready(self, request: Request) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.ready)
 
     # -- Klein's own routing errors, in the API's JSON shape ---------------------------------
@@ -181,7 +181,7 @@ class _Root(_resource.Resource):
         request.postpath = request.path[1:].split(b"/")
         return self._klein
 
-    def render(self, request: Request) -> Any:
+    def render(self, request: Request) -> bytes | int:
         return self._klein.render(request)
 
 
