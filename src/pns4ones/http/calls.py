@@ -21,7 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import json
-from typing import Any, Final
+from typing import Final
 
 from twisted.web.http import parse_qs
 
@@ -94,6 +94,6 @@ class Answer:
         return f"Answer({self.status}, {self.headers!r}, {self.body[:200]!r})"
 
 
-def json_answer(status: int, doc: Any, headers: Headers = ()) -> Answer:
+def json_answer(status: int, doc: object, headers: Headers = ()) -> Answer:
     """A JSON answer: ``headers`` first, then Content-Type and Cache-Control, as twisted.web's ``json_body`` writes them."""
     return Answer(status, headers + JSON_HEADERS, json.dumps(doc, ensure_ascii=False).encode("utf-8"))
