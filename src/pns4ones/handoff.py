@@ -123,7 +123,7 @@ def state_json(state: AddinState, pending: int, family: int) -> JSONObject:
     return doc
 
 
-def state_from(doc: JSONObject) -> AddinState:
+def state_from(doc: dict[str, Any]) -> AddinState:
     """The connection a ``sessions`` entry describes; HandoffError when it is garbled."""
     try:
         inbound = base64.b64decode(doc.get("inbound", ""), validate=True)
