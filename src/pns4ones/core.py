@@ -104,6 +104,45 @@ class Limits:
     max_groups: int = 10000
 
 
+#: What a client disconnected from the admin panel is told (the WebSocket/SSE ``end`` event's reason).
+DISCONNECT_REASON = "disconnected by the administrator"
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineRow:
+    """A live session as the admin panel lists it: this node's, or another node's (``node`` set; what presence knows)."""
+
+    user_id: str
+    ib_id: str
+    session_id: str
+    #: ``tcp`` (the 1C add-in), ``ws``, ``sse``, or ``remote`` (on another node).
+    transport: str
+    #: The client's address ("" on another node).
+    peer: str
+    #: None: this node.
+    node: str | None
+    #: Seconds since the epoch (0.0 on another node).
+    connected_at: float
+    #: Messages written to it (0 on another node).
+    delivered: int
+    groups: tuple[str, ...]
+    #: This node's sessions of the same user and base (what disconnecting the user ends).
+    user_sessions: int
+
+
+@dataclass(frozen=True, slots=True)
+class Online:
+    """One page of :meth:`Core.online`, with the totals of every page."""
+
+    #: Sessions found (every node).
+    sessions: int
+    #: Distinct (base, user) among them.
+    users: int
+    #: Of the sessions, those on other nodes.
+    remote: int
+    rows: list[OnlineRow]
+
+
 @dataclass(frozen=True, slots=True)
 class IssuedToken:
     token: str
@@ -594,3 +633,65 @@ class Core:
         for user_id, sessions in self.hub.remote_sessions(app_id, ib_id).items():
             out.setdefault(user_id, []).extend(sessions)
         return out
+
+    # -- the admin console: who is online, disconnecting ------------------------------------
+
+    def online(self, app_id: str, ib_id: str | None = None, search: str = "", offset: int = 0, limit: int = 100) -> Online:
+        """
+        Live sessions of an application as plain rows, for the admin panel:
+        those of one information base (None: every base of this node), whose
+        user id contains ``search`` (any case); this node's, and, for one
+        information base, the other nodes' (what presence knows of them).
+        Ordered by user, base, node, connection time; ``limit`` rows from ``offset``.
+        """
+        needle = search.casefold()
+        found: list[SessionInfo] = []
+        for session in self.hub.sessions(app_id):
+            if (ib_id is None or session.ib_id == ib_id) and (not needle or needle in session.user_id.casefold()):
+                found.append(session)
+        #: This node's sessions of each (base, user): what disconnecting the user ends.
+        local = Counter((s.ib_id, s.user_id) for s in found)
+        users = set(local)
+        remote = 0
+        if ib_id is not None:
+            for user_id, infos in self.hub.remote_sessions(app_id, ib_id).items():
+                if infos and (not needle or needle in user_id.casefold()):
+                    found.extend(infos)
+                    remote += len(infos)
+                    users.add((ib_id, user_id))
+        found.sort(key=lambda s: (s.user_id, s.ib_id, s.node is not None, s.node or "", s.connected_at, s.session_id))
+        start = max(0, offset)
+        rows = [
+            OnlineRow(
+                s.user_id, s.ib_id, s.session_id, s.transport_name, s.peer, s.node, s.connected_at, s.delivered, s.groups,
+                local[(s.ib_id, s.user_id)],
+            )
+            for s in found[start : start + max(0, limit)]
+        ]  # fmt: skip
+        return Online(len(found), len(users), remote, rows)
+
+    def disconnect(self, app_id: str, ib_id: str, user_id: str, session_id: str = "", reason: str = DISCONNECT_REASON) -> list[SessionInfo]:
+        """
+        End this node's sessions of ``user_id`` in one information base (only
+        ``session_id`` when given), telling each client ``reason``; logged and
+        counted (``pns4ones_subscriptions_cut{reason="admin"}``).  The sessions ended.
+        """
+        ended: list[SessionInfo] = []
+        for session in list(self.hub.sessions(app_id)):
+            if session.ib_id != ib_id or session.user_id != user_id or (session_id and session.session_id != session_id):
+                continue
+            self.log.info(
+                "ended subscription {session_id} of {peer} (app={app_id} ib={ib_id} user={user_id} transport={transport}): {reason}",
+                session_id=session.session_id,
+                peer=session.peer,
+                app_id=app_id,
+                ib_id=ib_id,
+                user_id=user_id,
+                transport=session.transport_name,
+                reason=reason,
+                event="disconnected",
+            )
+            session.end(reason)
+            self.metrics.cut("admin")
+            ended.append(session)
+        return ended

@@ -63,8 +63,8 @@ REJECT_REASONS = (
     "unknown-application", "bad-signature", "malformed", "truncated", "signature-length",
     "oversized", "not-allowed", "limit", "other",
 )  # fmt: skip
-#: Subscriptions the server cut: slow reader (send_buffer_limit), idle (no registration in time).
-CUT_REASONS = ("slow-reader", "idle")
+#: Subscriptions the server cut: slow reader (send_buffer_limit), idle (no registration in time), admin (disconnected in the panel).
+CUT_REASONS = ("slow-reader", "idle", "admin")
 #: Add-in connections closed before they registered, to keep the listener's bounds: refused at
 #: accept (too many unregistered from the address or in all, too few free file descriptors), or
 #: the oldest unregistered one closed to make room for a new one.
@@ -114,7 +114,8 @@ class Metrics(NullMetrics):
         self._rejected = {r: self._registrations.labels("rejected", r) for r in REJECT_REASONS}
         cuts = Counter(
             "pns4ones_subscriptions_cut",
-            "Subscriptions the server cut off: slow-reader (over send_buffer_limit queued), idle (no registration within registration_timeout)",
+            "Subscriptions the server cut off: slow-reader (over send_buffer_limit queued), idle (no registration within registration_timeout), "
+            "admin (disconnected from the admin panel)",
             ["reason"],
             registry=registry,
         )
