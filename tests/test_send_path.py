@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import socket
 import ssl
 import time
@@ -44,9 +45,16 @@ def read_response(f: Any) -> tuple[bytes, bytes]:
 
 
 def normalized(head: bytes, body: bytes) -> bytes:
-    """A response without the headers only twisted.web writes or that change by the second (Server, Date)."""
+    """
+    A response without the headers only twisted.web writes or that change by the second (Server, Date), and with
+    the message ids (``"id": N`` in the body, ``X-Pns-Id: N``) as N: each server numbers its messages from its start.
+    """
     lines = [line for line in head.split(b"\r\n") if not line.lower().startswith((b"server:", b"date:"))]
-    return b"\r\n".join(lines) + body
+    return MESSAGE_ID.sub(rb"\1N", b"\r\n".join(lines) + body)
+
+
+#: A message id in a send's answer (16 digits until the year 2286: the Content-Length stays the same).
+MESSAGE_ID = re.compile(rb'("id": |X-Pns-Id: )[0-9]{16}\b')
 
 
 def status(head: bytes) -> int:
@@ -215,8 +223,12 @@ class Servers(TestCase):
         """The lean answer: Date, X-Pns-* , Content-Type, Cache-Control, Content-Length in twisted.web's order; no Server header."""
         head, body = self.conn().send(request("POST", "/sendmessage", send_doc("u1"), self.tokens["lean"])).response()
         names = [line.split(b":")[0] for line in head.split(b"\r\n")[1:] if line]
-        self.assertEqual(names, [b"Date", b"X-Pns-Sessions", b"X-Pns-Users", b"Content-Type", b"Cache-Control", b"Content-Length"])
-        self.assertEqual(json.loads(body), {"sessions": 1, "users": 1, "stored": False})
+        self.assertEqual(
+            names, [b"Date", b"X-Pns-Sessions", b"X-Pns-Users", b"X-Pns-Id", b"Content-Type", b"Cache-Control", b"Content-Length"]
+        )
+        doc = json.loads(body)
+        self.assertEqual(doc, {"sessions": 1, "users": 1, "stored": False, "id": doc["id"]})
+        self.assertIn(b"X-Pns-Id: %d\r\n" % doc["id"], head)
 
     # -- HTTP details --------------------------------------------------------------------
 

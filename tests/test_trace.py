@@ -6,13 +6,17 @@ handlers in process: bounds, filters, no bodies unless asked, the answer's id.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from pns4ones import trace as _trace
+from pns4ones.http.calls import Answer, Call
 from pns4ones.hub import Delivery
 from pns4ones.messages import Message, Notification, Recipient, SendRequest
 from pns4ones.trace import Query, Trace, UserGroups, as_json, matches, render, report
+
+from .http_support import TOKEN, Setup
 
 
 def send(kind: str = "user", ib: str = "ib1", target: str = "u1", topic: str = "t", title: str = "", body: str = "") -> SendRequest:
@@ -203,3 +207,68 @@ class FilterTests(SynchronousTestCase):
         self.assertIn("(2 of 5; --limit N for more)", text)
         self.assertIn("trace is off", render(report(Trace(0), Query(), lambda a, i, u: (), 10, "n", {})))
         self.assertIn("no matching send", render(report(self.t, Query(message_id=99), lambda a, i, u: (), 10, "n", {})))
+
+
+def call(path: bytes, body: bytes, peer: str = "198.51.100.4") -> Call:
+    return Call(b"POST", path, b"", f"Bearer {TOKEN}".encode(), body, peer, False)
+
+
+def doc(recipient: dict[str, str], topic: str = "t", **message: Any) -> dict[str, Any]:
+    return {"Recipient": {"IbId": "ib1", **recipient}, "Message": {"Topic": topic, **message}}
+
+
+class HandlerTests(SynchronousTestCase):
+    """The send API's handlers record every send and answer with the id that finds it."""
+
+    def setUp(self) -> None:
+        self.setup = Setup()
+        self.trace = self.setup.core.trace = Trace(100)
+        self.handlers = self.setup.handlers
+
+    def answer(self, c: Call, route: Any) -> Answer:
+        result = self.handlers.answer(route, c)
+        assert isinstance(result, Answer)
+        return result
+
+    def test_sendmessage_answer_id_finds_the_record(self) -> None:
+        """/sendmessage answers "id" (and X-Pns-Id); the trace's record under that id has the peer, recipient and what it reached."""
+        body = json.dumps(doc({"Type": "user", "UserId": "u1"}, "hello")).encode()
+        answer = self.answer(call(b"/sendmessage", body), self.handlers.sendmessage)
+        got = json.loads(answer.body)
+        self.assertEqual(set(got), {"sessions", "users", "stored", "id"})
+        self.assertGreater(got["id"], 0)
+        self.assertIn((b"X-Pns-Id", b"%d" % got["id"]), answer.headers)
+        (sent,) = self.trace.select(Query(message_id=got["id"]))
+        self.assertEqual(
+            (sent.source, sent.peer, sent.recipient.user_id, sent.topic, sent.sessions, sent.users, sent.at),
+            ("api", "198.51.100.4", "u1", "hello", 1, 1, self.setup.clock.seconds()),
+        )
+        self.assertEqual(self.setup.recorder.ids(), [got["id"]])
+
+    def test_batch_elements_recorded_each_with_its_id(self) -> None:
+        """Each good element of /sendmessages is recorded as "batch" under the id of its result; a refused element is not."""
+        body = json.dumps(
+            [
+                doc({"Type": "user", "UserId": "u1"}, "b1"),
+                {"Recipient": 1},
+                doc({"Type": "all"}, "b2"),
+                doc({"Type": "user", "UserId": "nobody"}, "b3"),
+            ]
+        ).encode()
+        answer = self.answer(call(b"/sendmessages", body), self.handlers.sendmessages)
+        results = json.loads(answer.body)["results"]
+        self.assertEqual([r["status"] for r in results], [200, 400, 200, 200])
+        self.assertNotIn("id", results[1])
+        ids = [results[i]["id"] for i in (0, 2, 3)]
+        self.assertEqual(len(set(ids)), 3)
+        self.assertEqual(
+            [(s.message_id, s.source, s.topic, s.sessions) for s in self.trace][::-1],
+            [(ids[0], "batch", "b1", 1), (ids[1], "batch", "b2", 1), (ids[2], "batch", "b3", 0)],
+        )
+
+    def test_refused_sends_not_recorded(self) -> None:
+        """A bad body or a bad token is answered 400/401 and leaves no record."""
+        self.assertEqual(self.answer(call(b"/sendmessage", b"{bad"), self.handlers.sendmessage).status, 400)
+        bad_token = Call(b"POST", b"/sendmessage", b"", b"Bearer nope", b"{}", "p", False)
+        self.assertEqual(self.handlers.answer(self.handlers.sendmessage, bad_token).addCallback(lambda a: a.status).result, 401)  # type: ignore[union-attr]
+        self.assertEqual(len(self.trace), 0)
