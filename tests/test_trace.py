@@ -6,6 +6,7 @@ handlers in process: bounds, filters, no bodies unless asked, the answer's id.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -272,3 +273,25 @@ class HandlerTests(SynchronousTestCase):
         bad_token = Call(b"POST", b"/sendmessage", b"", b"Bearer nope", b"{}", "p", False)
         self.assertEqual(self.handlers.answer(self.handlers.sendmessage, bad_token).addCallback(lambda a: a.status).result, 401)  # type: ignore[union-attr]
         self.assertEqual(len(self.trace), 0)
+
+
+class CatalogTests(SynchronousTestCase):
+    def test_trace_texts_in_both_languages(self) -> None:
+        """Every text of the Trace pages, also those named by a value (reasons, outcomes, sources), is in both catalogs."""
+        from pathlib import Path
+
+        from pns4ones.admin import i18n
+
+        catalogs = i18n.load_catalogs()
+        package = Path(i18n.__file__).parent
+        used = {"nav.trace", "trace.unknown", "trace.outcome.kept"}
+        for name in ("trace.html", "trace_send.html", "_trace.html"):
+            used |= set(re.findall(r"t\('(trace\.[a-z0-9_.-]+)'", (package / "templates" / name).read_text()))
+        used = {k for k in used if not k.endswith(".")}
+        used |= {f"trace.why.{code}" for code in ("user-offline", "group-offline", "ib-empty")}
+        used |= {f"trace.outcome.{code}" for code in ("reached", "offline", "not-member", "unknown")}
+        used |= {f"trace.source.{source}" for source in _trace.SOURCES}
+        self.assertEqual({k for k in _trace.REASONS if k not in ("reached",)} - {k.split(".")[-1] for k in used}, set())
+        self.assertGreater(len(used), 40)
+        for lang in ("ru", "en"):
+            self.assertEqual(sorted(used - set(catalogs[lang])), [], lang)
