@@ -15,7 +15,7 @@ from pns4ones import trace as _trace
 from pns4ones.http.calls import Answer, Call
 from pns4ones.hub import Delivery
 from pns4ones.messages import Message, Notification, Recipient, SendRequest
-from pns4ones.trace import Query, Trace, UserGroups, as_json, matches, render, report
+from pns4ones.trace import Query, Trace, UserGroups, as_json, render, report
 
 from .http_support import TOKEN, Setup
 
@@ -143,6 +143,16 @@ class FilterTests(SynchronousTestCase):
         self.assertEqual(self.ids(Query(user="u1")), [8, 4, 3, 1], "without a base: sends to everyone only when they reached him")
         self.assertEqual(self.ids(Query(user="u9")), [7])
 
+    def test_pages(self) -> None:
+        """page(): how many match, and only the records of the page asked for, newest first."""
+        groups_of = lambda a, i, u: self.groups.get((a, i, u), ())  # noqa: E731
+        self.assertEqual(
+            [(n, [s.message_id for s in page]) for n, page in [self.t.page(Query(ib="ib1"), groups_of, 2, 3)]], [(7, [5, 4, 3])]
+        )
+        total, page = self.t.page(Query(ib="ib1", user="u1"), groups_of, 4, 10)
+        self.assertEqual((total, [s.message_id for s in page]), (5, [1]))
+        self.assertEqual(self.t.page(Query(), groups_of, 100, 10), (8, []))
+
     def test_what_a_send_did_for_a_user(self) -> None:
         """Reached, not connected (kept for him or not), not a member of the group; why a send reached nobody."""
         by_id = {s.message_id: s for s in self.t}
@@ -177,7 +187,7 @@ class FilterTests(SynchronousTestCase):
         self.assertEqual(groups_of("app", "ib1", "u2"), {"x"})
         self.assertEqual(groups_of("app", "ib1", "u3"), set())
         self.assertEqual(reads, [("app", "ib1")])
-        self.assertTrue(matches(next(s for s in self.t if s.message_id == 4), Query(user="u1"), groups_of))
+        self.assertIn(4, [s.message_id for s in self.t.select(Query(user="u1"), groups_of)])
 
     def test_report_and_render(self) -> None:
         """/trace.json's document: node, bounds, matched, newest first up to the limit, what it did for the user; the CLI's text of it."""

@@ -265,9 +265,20 @@ class Trace:
 
     def select(self, query: Query, groups_of: GroupsOf = _no_groups) -> Iterator[Sent]:
         """The records ``query`` matches, newest first (``groups_of``: a user's groups now, for ``query.user``)."""
-        for sent in self:
-            if matches(sent, query, groups_of):
-                yield sent
+        for record in reversed(self._records):
+            if _matches(record, query, groups_of):
+                yield _sent(record)
+
+    def page(self, query: Query, groups_of: GroupsOf, offset: int, limit: int) -> tuple[int, list[Sent]]:
+        """How many records ``query`` matches, and those from ``offset`` (newest first), at most ``limit``: only those are built."""
+        matched = 0
+        out = []
+        for record in reversed(self._records):
+            if _matches(record, query, groups_of):
+                if offset <= matched < offset + limit:
+                    out.append(_sent(record))
+                matched += 1
+        return matched, out
 
 
 def _sent(record: _Record) -> Sent:
@@ -276,17 +287,16 @@ def _sent(record: _Record) -> Sent:
     return Sent(*record[:13], users, record[14])  # type: ignore[arg-type]
 
 
-def matches(sent: Sent, query: Query, groups_of: GroupsOf = _no_groups) -> bool:
+def _matches(record: _Record, query: Query, groups_of: GroupsOf) -> bool:
     """
-    Whether ``query`` selects ``sent``.  A user's sends: those to him, those to
-    a group that reached him or that he belongs to now (``groups_of``), and
-    those to everyone of an information base that reached him, or, when the
-    query names the information base, every one of them.
+    Whether ``query`` selects a record (read on the tuple: a million are read in
+    a second or two).  A user's sends: those to him, those to a group that
+    reached him or that he belongs to now (``groups_of``), and those to
+    everyone of an information base that reached him, or, when the query names
+    the information base, every one of them.
     """
-    recipient = sent.recipient
-    if query.message_id and sent.message_id != query.message_id:
-        return False
-    if query.app_id and sent.app_id != query.app_id:
+    recipient = record[5]
+    if (query.message_id and record[8] != query.message_id) or (query.app_id and record[4] != query.app_id):
         return False
     if query.ib and recipient.ib_id != query.ib:
         return False
@@ -295,11 +305,13 @@ def matches(sent: Sent, query: Query, groups_of: GroupsOf = _no_groups) -> bool:
         return True
     if recipient.type == "user":
         return recipient.user_id == user
-    if sent.reached is not None and user in sent.reached:
+    reached = record[13]
+    users = reached.users if isinstance(reached, _Many) else reached
+    if users is not None and user in users:
         return True
     if recipient.type == "group":
-        return recipient.group in groups_of(sent.app_id, recipient.ib_id, user)
-    return bool(query.ib) or sent.reached is None
+        return recipient.group in groups_of(record[4], recipient.ib_id, user)
+    return bool(query.ib) or users is None
 
 
 class _Registered(Protocol):
@@ -377,15 +389,13 @@ def as_json(sent: Sent, user: str = "", groups: Collection[str] = ()) -> dict[st
 
 def report(trace: Trace, query: Query, groups_of: GroupsOf, limit: int, node: str, titles: Mapping[str, str]) -> dict[str, Any]:
     """The answer of ``/trace.json``: this node's records ``query`` matches, newest first, at most ``limit``."""
+    matched, found = trace.page(query, groups_of, 0, limit)
     sends: list[dict[str, Any]] = []
-    matched = 0
-    for sent in trace.select(query, groups_of):
-        matched += 1
-        if len(sends) < limit:
-            groups = groups_of(sent.app_id, sent.recipient.ib_id, query.user) if query.user else ()
-            doc = as_json(sent, query.user, groups)
-            doc["app"] = titles.get(sent.app_id)
-            sends.append(doc)
+    for sent in found:
+        groups = groups_of(sent.app_id, sent.recipient.ib_id, query.user) if query.user else ()
+        doc = as_json(sent, query.user, groups)
+        doc["app"] = titles.get(sent.app_id)
+        sends.append(doc)
     return {
         "node": node,
         "size": trace.size,

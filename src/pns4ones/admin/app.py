@@ -1011,10 +1011,11 @@ class AdminPanel:
             self._arg(request, "app"), self._arg(request, "ib"), self._arg(request, "user"), 0 if bad_id else int(id_text or 0)
         )
         groups_of = self._user_groups()
-        found = [] if bad_id else list(self.core.trace.select(query, groups_of))
-        page = views.Page(views.page_number(self._arg(request, "page")), TRACE_PAGE, len(found))
+        number = views.page_number(self._arg(request, "page"))
+        total, found = (0, []) if bad_id else self.core.trace.page(query, groups_of, (number - 1) * TRACE_PAGE, TRACE_PAGE)
+        page = views.Page(number, TRACE_PAGE, total)
         rows = []
-        for sent in page.slice(found):
+        for sent in found:
             groups = groups_of(sent.app_id, sent.recipient.ib_id, query.user) if query.user else ()
             rows.append({"sent": sent, "outcome": sent.outcome_for(query.user, groups) if query.user else "", "groups": groups})
         apps = sorted(self.core.apps.values(), key=lambda a: a.title.casefold())
