@@ -156,9 +156,22 @@ class Servers(TestCase):
         answers = {}
         for engine in ("lean", "twisted"):
             c = self.conn(engine).send(make(self.tokens[engine]))
-            answers[engine] = [normalized(*c.response()) for _ in range(count)]
+            responses = [c.response() for _ in range(count)]
+            for head, body in responses:
+                self.assert_ids_agree(head, body)
+            answers[engine] = [normalized(*response) for response in responses]
         self.assertEqual(answers["lean"], answers["twisted"])
         return answers["lean"]
+
+    def assert_ids_agree(self, head: bytes, body: bytes) -> None:
+        """What ``normalized`` masks is a real id: X-Pns-Id is the body's "id", and a 200 send's answer has one."""
+        header = re.search(rb"\r\nX-Pns-Id: ([0-9]+)\r\n", head)
+        if header is not None:
+            self.assertEqual(json.loads(body)["id"], int(header.group(1)))
+        elif status(head) == 200 and body.startswith(b'{"sessions"'):
+            self.fail(f"a send's 200 answer without X-Pns-Id: {head!r}")
+        for found in MESSAGE_ID.finditer(head + body):
+            self.assertGreater(int(found.group(0).rsplit(b" ", 1)[1]), 0)
 
     # -- the same answers as twisted.web --------------------------------------------------
 

@@ -329,6 +329,30 @@ class TraceOptionsTests(SynchronousTestCase):
         result = trace_cli(server)
         self.assertIn("the delivery trace is off (trace_size = 0)", result.stdout)
 
+    def test_dropped_kept_messages_and_the_python_client(self) -> None:
+        """Sends through the Python client: its results carry the id, which finds each send; a kept one that pushed out an older one says "dropped"."""
+        from pns4ones_client import Sender, SendResult
+
+        server = ServerProcess(ini="max_kept_per_user = 1\n")
+        self.addCleanup(server.cleanup)
+        app = server.create_app("Shop")
+        server.start()
+        sender = Sender(server.url, app["server_key"])
+        first = sender.send_to_user(IB, "late", "first", topic="k1", ttl=600)
+        second = sender.send_to_user(IB, "late", "second", topic="k2", ttl=600)
+        self.assertEqual((first.stored, first.dropped, second.stored, second.dropped), (True, 0, True, 1))
+        batch = sender.send_batch([message("user", "u5", "b1"), {"Recipient": {"Type": "user"}}])
+        ok = batch.results[0]
+        assert isinstance(ok, SendResult)
+        for result, topic, dropped in ((first, "k1", 0), (second, "k2", 1), (ok, "b1", 0)):
+            self.assertIsInstance(result["id"], int)
+            self.assertEqual(result.id, result.raw["id"])
+            (s,) = trace_json(server, "--id", str(result["id"]))["sends"]
+            self.assertEqual((s["topic"], s["dropped"], s["source"]), (topic, dropped, "batch" if topic == "b1" else "api"))
+        text = trace_cli(server, "--id", str(second["id"])).stdout
+        self.assertIn("kept for offline users until", text)
+        self.assertIn("; 1 older kept message dropped", text)
+
     def test_no_server(self) -> None:
         """Without a running server the command says so and exits 1."""
         with tempfile.TemporaryDirectory() as tmp:

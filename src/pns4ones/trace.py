@@ -436,7 +436,7 @@ def render(doc: Mapping[str, Any]) -> str:
         if s.get("stored"):
             reached += f"; kept for offline users until {_when(s.get('expires_at') or 0.0)}"
         if s.get("dropped"):
-            reached += f"; {s['dropped']} older kept messages dropped"
+            reached += f"; {_plural(s['dropped'], 'older kept message')} dropped"
         lines.append(reached)
         mine = s.get("for_user")
         if mine:
