@@ -242,6 +242,13 @@ RU: dict[str, str] = {
     "most messages kept per information base for resuming clients (default 1000)": (
         "наибольшее число таких сообщений на одну информационную базу (по умолчанию 1000)"
     ),
+    "sends the delivery trace keeps in memory: admin panel Trace page, pns4ones-admin trace (default 5000; 0 = off)": (
+        "сколько последних отправок хранит в памяти журнал доставки: страница «Доставка» панели, "
+        "pns4ones-admin trace (по умолчанию 5000; 0 — не вести)"
+    ),
+    "keep each traced message's text (title, body, data; its first 2000 characters) in the delivery trace (default false)": (
+        "хранить в журнале доставки и текст сообщения (заголовок, текст, данные; первые 2000 символов) (по умолчанию false)"
+    ),
     # -- twistd -n pns4ones -h (config.help_text) --
     "Options (also INI keys; write them as --name=value, --name value, -name=value or /name value):": (
         "Параметры (они же ключи INI; записываются как --имя=значение, --имя значение, -имя=значение или /имя значение):"
@@ -343,5 +350,16 @@ RU: dict[str, str] = {
         "узлам с общим хранилищем нужен один и тот же файл)"
     ),
     "how many of the newest records (default 50)": "сколько последних записей показать (по умолчанию 50)",
+    "the running server's last sends and what each reached, newest first: trace [--ib IB] [--user USER] [--id ID] [--limit N]": (
+        "последние отправки работающего сервера и кому они дошли, сначала новые: trace [--ib IB] [--user USER] [--id ID] [--limit N]"
+    ),
+    "only this application (its id)": "только это приложение (его идентификатор)",
+    "only the sends that concern this user: to him, to his groups, to everyone of his information base (with --ib)": (
+        "только отправки, касающиеся этого пользователя: ему, его группам, всем пользователям его информационной базы (с --ib)"
+    ),
+    "only the send with this message id (the id of the send's answer)": (
+        "только отправка с этим идентификатором сообщения (поле id ответа на отправку)"
+    ),
+    "how many of the newest sends (default 50)": "сколько последних отправок показать (по умолчанию 50)",
     "the administrator's login (default: keep the current one, or admin)": "логин администратора (по умолчанию прежний, или admin)",
 }

@@ -215,6 +215,15 @@ def _metrics_auth(value: str, option: str) -> str:
     return value
 
 
+def _boolean(value: str, option: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "yes", "on", "1"):
+        return True
+    if lowered in ("false", "no", "off", "0"):
+        return False
+    raise ConfigError(option, f"{value!r} is neither true nor false")
+
+
 def _text(value: str, option: str) -> str:
     return value
 
@@ -494,6 +503,20 @@ OPTIONS: tuple[Option, ...] = (
         "most messages kept per information base for resuming clients (default 1000)",
         "N",
     ),
+    Option(
+        "trace_size",
+        "5000",
+        _number(int, 0, 1_000_000),
+        "sends the delivery trace keeps in memory: admin panel Trace page, pns4ones-admin trace (default 5000; 0 = off)",
+        "N",
+    ),
+    Option(
+        "trace_bodies",
+        "false",
+        _boolean,
+        "keep each traced message's text (title, body, data; its first 2000 characters) in the delivery trace (default false)",
+        "BOOL",
+    ),
 )
 
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
@@ -555,10 +578,17 @@ class Config:
     max_unregistered_per_address: int = 1000
     fd_reserve: int = 0
     secrets_key_file: str = ""
+    trace_size: int = 5000
+    trace_bodies: bool = False
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def source_of(self, option: str) -> str:
         return self.sources.get(option, "default")
+
+    @property
+    def node(self) -> str:
+        """This node's name: ``node_name``, else ``HOSTNAME:LISTEN_PORT`` (the Redis hub's default)."""
+        return self.node_name or f"{socket.gethostname()}:{self.listen.port}"
 
 
 # --- parsing -------------------------------------------------------------------

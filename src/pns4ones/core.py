@@ -33,6 +33,7 @@ from .hub import Catchup, Delivery, Hub, Outbound, Replay, Session, SessionInfo
 from .messages import Recipient, SendRequest
 from .metrics import NULL
 from .store import Application, Groups, KeptMessage, KeptMessages, Registry, Snapshot, StoreUnavailable, TokenRecord
+from .trace import Trace
 from .wire import Registration
 
 TOKEN_LIFETIME = 3600.0
@@ -167,8 +168,11 @@ class Core:
         token_lifetime: float = TOKEN_LIFETIME,
         membership: Membership | None = None,
         limits: Limits = Limits(),
+        trace: Trace | None = None,
     ) -> None:
         self.store = store
+        #: The delivery trace: every send's callers record it there (the send API's handlers, the panel).
+        self.trace = trace if trace is not None else Trace(0)
         #: Group membership in memory (the hub routes with it; the store keeps it).
         self.membership = membership if membership is not None else Membership()
         self.limits = limits

@@ -50,6 +50,7 @@ Route: TypeAlias = Callable[..., "Answer | Deferred[Answer]"]
 
 _SESSIONS: Final = b"X-Pns-Sessions"
 _USERS: Final = b"X-Pns-Users"
+_ID: Final = b"X-Pns-Id"
 _STORED_HEADER: Final = (b"X-Pns-Stored", b"true")
 
 
@@ -103,11 +104,18 @@ class _Outcome:
 
 
 def _sent_body(delivery: Delivery) -> bytes:
-    """``{"sessions": N, "users": N, "stored": B[, "dropped": N]}``, byte for byte as ``json.dumps`` writes it."""
-    stored = b"true" if delivery.stored else b"false"
-    if delivery.dropped:
-        return b'{"sessions": %d, "users": %d, "stored": %s, "dropped": %d}' % (delivery.sessions, delivery.users, stored, delivery.dropped)
-    return b'{"sessions": %d, "users": %d, "stored": %s}' % (delivery.sessions, delivery.users, stored)
+    """``{"sessions": N, "users": N, "stored": B[, "dropped": N], "id": N}``, byte for byte as ``json.dumps`` writes it."""
+    d = delivery
+    stored = b"true" if d.stored else b"false"
+    if d.dropped:
+        return b'{"sessions": %d, "users": %d, "stored": %s, "dropped": %d, "id": %d}' % (
+            d.sessions,
+            d.users,
+            stored,
+            d.dropped,
+            d.message_id,
+        )
+    return b'{"sessions": %d, "users": %d, "stored": %s, "id": %d}' % (d.sessions, d.users, stored, d.message_id)
 
 
 class Handlers:
@@ -231,11 +239,11 @@ class Handlers:
         d = self.core.send(app, send, ttl)
         d.addBoth(outcome)
         if not outcome.ready:  # a hub between nodes, or a kept message: the answer comes later
-            return d.addCallback(outcome.get).addCallback(self._sent, call, app, send, started)
+            return d.addCallback(outcome.get).addCallback(self._sent, call, app, send, ttl, started)
         value = outcome.value
         if isinstance(value, Failure):
             value.raiseException()
-        return self._sent(value, call, app, send, started)
+        return self._sent(value, call, app, send, ttl, started)
 
     def _ttl(self, call: Call, send: SendRequest) -> float:
         """``Message.TTL`` or ``?ttl=`` (the body wins), bounded by ``max_ttl``."""
@@ -247,8 +255,9 @@ class Handlers:
         except GroupError as e:
             raise ApiError(400, "bad_request", f"{e.field} {e.reason}", field=e.field) from None
 
-    def _sent(self, delivery: Delivery, call: Call, app: Application, send: SendRequest, started: float) -> Answer:
+    def _sent(self, delivery: Delivery, call: Call, app: Application, send: SendRequest, ttl: float, started: float) -> Answer:
         self.metrics.sent(app.id, send.recipient.type, perf_counter() - started)
+        self.core.trace.sent(self.core.clock.seconds(), "api", call.peer, app.id, send, ttl, delivery)
         if self.log_sends:
             log.info(
                 "send: app={app_id} type={type} ib={ib_id} target={target} sessions={sessions} peer={peer}",
@@ -260,7 +269,7 @@ class Handlers:
                 peer=call.peer,
                 event="send",
             )
-        counts = ((_SESSIONS, b"%d" % delivery.sessions), (_USERS, b"%d" % delivery.users))
+        counts = ((_SESSIONS, b"%d" % delivery.sessions), (_USERS, b"%d" % delivery.users), (_ID, b"%d" % delivery.message_id))
         headers = counts + ((_STORED_HEADER,) if delivery.stored else ()) + JSON_HEADERS
         return Answer(200, headers, _sent_body(delivery))
 
@@ -301,7 +310,7 @@ class Handlers:
             d = self.core.send(app, send, ttl).addCallbacks(
                 self._batch_sent,
                 self._batch_unavailable,
-                callbackArgs=(results, slot, app.id, send.recipient.type, started),
+                callbackArgs=(results, slot, app.id, send, ttl, call.peer, started),
                 errbackArgs=(results, slot),
             )
             outcome = _Outcome()
@@ -325,10 +334,20 @@ class Handlers:
         return json_answer(200, {"results": results, "sessions": sessions, "accepted": accepted}, ((_SESSIONS, b"%d" % sessions),))
 
     def _batch_sent(
-        self, delivery: Delivery, results: list[dict[str, Any] | None], slot: int, app_id: str, kind: str, started: float
+        self,
+        delivery: Delivery,
+        results: list[dict[str, Any] | None],
+        slot: int,
+        app_id: str,
+        send: SendRequest,
+        ttl: float,
+        peer: str,
+        started: float,
     ) -> None:
-        self.metrics.sent(app_id, kind, perf_counter() - started)
-        results[slot] = {"status": 200, "sessions": delivery.sessions, "users": delivery.users, "stored": delivery.stored}
+        self.metrics.sent(app_id, send.recipient.type, perf_counter() - started)
+        self.core.trace.sent(self.core.clock.seconds(), "batch", peer, app_id, send, ttl, delivery)
+        d = delivery
+        results[slot] = {"status": 200, "sessions": d.sessions, "users": d.users, "stored": d.stored, "id": d.message_id}
 
     @staticmethod
     def _batch_unavailable(failure: Failure, results: list[dict[str, Any] | None], slot: int) -> None:
