@@ -35,7 +35,7 @@ from ..core import LEGACY_EPOCH_OFFSET, AuthError, Core, IssuedToken
 from ..groups import GroupError, check_name, parse_ttl, parse_user_ids
 from ..hub import Delivery, HubUnavailable
 from ..logs import RateLimited
-from ..messages import MessageError, SendRequest, decode_json_body, parse_send, parse_send_object
+from ..messages import MessageError, SendRequest, decode_json_body, decode_send_body, parse_send, parse_send_object
 from ..metrics import NULL
 from ..ratelimit import RateLimiter
 from ..store import Application, StoreUnavailable
@@ -276,7 +276,7 @@ class Handlers:
 
     def _sendmessages(self, app: Application, call: Call, started: float) -> Answer | Deferred[Answer]:
         try:
-            doc = decode_json_body(call.body)
+            doc = decode_send_body(call.body)
         except MessageError as e:
             self._charge(call, app)
             raise ApiError(400, "bad_request", e.reason, field=e.field) from None
