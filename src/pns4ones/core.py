@@ -482,12 +482,17 @@ class Core:
 
     # -- sends ------------------------------------------------------------------------------
 
-    def send(self, app: Application, request: SendRequest, ttl: float = 0.0) -> Deferred[Delivery]:
-        """Live delivery; with a TTL also keep the message for users who are not reached."""
+    def send(self, app: Application, request: SendRequest, ttl: float = 0.0) -> Delivery | Deferred[Delivery]:
+        """
+        Live delivery; with a TTL also keep the message for users who are not
+        reached.  The Delivery itself when nothing is awaited (the in-process
+        hub, no TTL), else a Deferred of it.
+        """
         outbound = Outbound(request.message)
-        d = self.hub.publish(app.id, request.recipient, outbound)
+        result = self.hub.publish(app.id, request.recipient, outbound)
         if not ttl:
-            return d
+            return result
+        d = result if isinstance(result, Deferred) else succeed(result)
         return d.addCallback(self._keep, app, request.recipient, outbound, ttl)
 
     @inlineCallbacks

@@ -81,33 +81,35 @@ def error_answer(error: BaseException, call: Call | None = None) -> Answer:
     return json_answer(500, {"error": "internal", "reason": "internal error, see the service log"})
 
 
-class _Outcome:
-    """
-    Catches a Deferred's result: at once when it has fired already (the
-    in-process hub), later otherwise.  It consumes the result (a failure is
-    not left unhandled); :meth:`get` gives it back to a callback chain.
-    """
-
-    __slots__ = ("ready", "value")
-
-    def __init__(self) -> None:
-        self.ready = False
-        self.value: Any = None
-
-    def __call__(self, value: object) -> None:
-        self.value = value
-        self.ready = True
-
-    def get(self, _: object) -> Any:
-        return self.value
-
-
 def _sent_body(delivery: Delivery) -> bytes:
     """``{"sessions": N, "users": N, "stored": B[, "dropped": N]}``, byte for byte as ``json.dumps`` writes it."""
     stored = b"true" if delivery.stored else b"false"
     if delivery.dropped:
         return b'{"sessions": %d, "users": %d, "stored": %s, "dropped": %d}' % (delivery.sessions, delivery.users, stored, delivery.dropped)
     return b'{"sessions": %d, "users": %d, "stored": %s}' % (delivery.sessions, delivery.users, stored)
+
+
+def _make_sent_answer(sessions: int, users: int, stored: bool, dropped: int) -> Answer:
+    counts = ((_SESSIONS, b"%d" % sessions), (_USERS, b"%d" % users))
+    headers = counts + ((_STORED_HEADER,) if stored else ()) + JSON_HEADERS
+    return Answer(200, headers, _sent_body(Delivery(sessions, users, stored, dropped)))
+
+
+#: The answers of sends that reached few sessions, made once: the same value every time
+#: (and the front connection keeps its encoding, see :func:`pns4ones.http.connection.encode_answer`).
+_SENT_ANSWERS: Final[dict[tuple[int, int, bool], Answer]] = {}
+_CACHED_COUNT: Final = 64
+
+
+def _sent_answer(sessions: int, users: int, stored: bool, dropped: int) -> Answer:
+    """The answer of ``/sendmessage``: ``{"sessions": N, "users": N, "stored": B[, "dropped": N]}`` with its headers."""
+    if dropped or sessions >= _CACHED_COUNT or users >= _CACHED_COUNT:
+        return _make_sent_answer(sessions, users, stored, dropped)
+    key = (sessions, users, stored)
+    answer = _SENT_ANSWERS.get(key)
+    if answer is None:
+        answer = _SENT_ANSWERS[key] = _make_sent_answer(sessions, users, stored, 0)
+    return answer
 
 
 class Handlers:
@@ -218,32 +220,34 @@ class Handlers:
 
     def sendmessage(self, call: Call) -> Answer | Deferred[Answer]:
         """``POST /sendmessage``: one message."""
-        return self._then(call, self._sendmessage, perf_counter())
+        started = perf_counter()
+        app = self.core.resolve_token(call.bearer_token())
+        if isinstance(app, Deferred):
+            return app.addCallback(self._sendmessage, call, started)
+        return self._sendmessage(app, call, started)
 
     def _sendmessage(self, app: Application, call: Call, started: float) -> Answer | Deferred[Answer]:
-        self._charge(call, app)
+        if self.limiter is not None:
+            self._charge(call, app)
         try:
             send = parse_send(call.body)
         except MessageError as e:
             raise ApiError(400, "bad_request", e.reason, field=e.field) from None
-        ttl = self._ttl(call, send) if send.ttl is not None or call.arg(b"ttl") is not None else 0.0
-        outcome = _Outcome()
-        d = self.core.send(app, send, ttl)
-        d.addBoth(outcome)
-        if not outcome.ready:  # a hub between nodes, or a kept message: the answer comes later
-            return d.addCallback(outcome.get).addCallback(self._sent, call, app, send, started)
-        value = outcome.value
-        if isinstance(value, Failure):
-            value.raiseException()
-        return self._sent(value, call, app, send, started)
+        ttl = self._ttl(call, send) if send.ttl is not None or call.query else 0.0
+        delivery = self.core.send(app, send, ttl)
+        if isinstance(delivery, Deferred):  # a hub between nodes, or a kept message: the answer comes later
+            return delivery.addCallback(self._sent, call, app, send, started)
+        return self._sent(delivery, call, app, send, started)
 
     def _ttl(self, call: Call, send: SendRequest) -> float:
-        """``Message.TTL`` or ``?ttl=`` (the body wins), bounded by ``max_ttl``."""
+        """``Message.TTL`` or ``?ttl=`` (the body wins), bounded by ``max_ttl``; 0.0 when neither is given."""
         try:
             if send.ttl is not None:
                 return parse_ttl(send.ttl, self.core.limits.max_ttl, "Message.TTL")
-            raw = (call.arg(b"ttl") or b"").decode("utf-8", "replace")
-            return parse_ttl(raw, self.core.limits.max_ttl, "ttl")
+            arg = call.arg(b"ttl")
+            if arg is None:
+                return 0.0
+            return parse_ttl(arg.decode("utf-8", "replace"), self.core.limits.max_ttl, "ttl")
         except GroupError as e:
             raise ApiError(400, "bad_request", f"{e.field} {e.reason}", field=e.field) from None
 
@@ -260,9 +264,7 @@ class Handlers:
                 peer=call.peer,
                 event="send",
             )
-        counts = ((_SESSIONS, b"%d" % delivery.sessions), (_USERS, b"%d" % delivery.users))
-        headers = counts + ((_STORED_HEADER,) if delivery.stored else ()) + JSON_HEADERS
-        return Answer(200, headers, _sent_body(delivery))
+        return _sent_answer(delivery.sessions, delivery.users, delivery.stored, delivery.dropped)
 
     # -- /sendmessages ----------------------------------------------------------------------
 
@@ -298,18 +300,18 @@ class Handlers:
                 continue
             slot = len(results)
             results.append(None)
-            d = self.core.send(app, send, ttl).addCallbacks(
-                self._batch_sent,
-                self._batch_unavailable,
-                callbackArgs=(results, slot, app.id, send.recipient.type, started),
-                errbackArgs=(results, slot),
-            )
-            outcome = _Outcome()
-            d.addBoth(outcome)
-            if not outcome.ready:
-                pending.append(d.addCallback(outcome.get))
-            elif isinstance(outcome.value, Failure):
-                outcome.value.raiseException()
+            delivery = self.core.send(app, send, ttl)
+            if isinstance(delivery, Deferred):
+                pending.append(
+                    delivery.addCallbacks(
+                        self._batch_sent,
+                        self._batch_unavailable,
+                        callbackArgs=(results, slot, app.id, send.recipient.type, started),
+                        errbackArgs=(results, slot),
+                    )
+                )
+            else:
+                self._batch_sent(delivery, results, slot, app.id, send.recipient.type, started)
         if pending:
             return gatherResults(pending, consumeErrors=True).addCallback(lambda _: self._batch_answer(app, results, len(doc)))
         return self._batch_answer(app, results, len(doc))
