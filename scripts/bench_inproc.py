@@ -6,9 +6,10 @@ metrics, fed ``POST /sendmessage`` requests one per ``dataReceived`` (as a
 closed-loop publisher sends them), each to one of N subscribers that build
 their add-in frame and drop it.  Prints microseconds per send; repeatable
 enough to compare a change (run it a few times), and under
-``valgrind --tool=callgrind`` it gives instruction counts.
+``valgrind --tool=callgrind`` it gives instruction counts (the difference of
+``--rounds 1`` and ``--rounds 3``, halved, is what the sends cost).
 
-    scripts/bench_inproc.py [--sends 20000] [--subscribers 1000] [--batch 0]
+    scripts/bench_inproc.py [--sends 20000] [--subscribers 1000] [--batch 0] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ def main() -> None:
     parser.add_argument("--sends", type=int, default=20000)
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=0, help="POST /sendmessages with this many messages per request (0: /sendmessage)")
+    parser.add_argument("--rounds", type=int, default=1, help="feed the requests this many times (callgrind: compare 1 and 3)")
     parser.add_argument("--no-metrics", action="store_true")
     parser.add_argument("--profile", action="store_true", help="cProfile the run, top 30 by own time")
     args = parser.parse_args()
@@ -162,14 +164,15 @@ def main() -> None:
         prof.enable()
     t0 = time.perf_counter()
     c0 = time.process_time()
-    for r in requests:
-        feed(r)
+    for _ in range(args.rounds):
+        for r in requests:
+            feed(r)
     cpu = time.process_time() - c0
     wall = time.perf_counter() - t0
     if args.profile:
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(30)
-    sent = len(requests) * (args.batch or 1)
+    sent = len(requests) * (args.batch or 1) * args.rounds
     print(json.dumps({"sends": sent, "us_per_send_wall": round(wall / sent * 1e6, 2), "us_per_send_cpu": round(cpu / sent * 1e6, 2)}))
 
 

@@ -183,8 +183,7 @@ class _Irregular(Exception):
 _IRREGULAR: Final = _Irregular()
 
 
-def _text_member(obj: dict[str, Any], key: str, limit: int) -> str:
-    value = obj.get(key)
+def _text(value: Any, limit: int) -> str:
     if value is None:
         return ""
     if type(value) is not str or len(value) > limit:
@@ -192,25 +191,41 @@ def _text_member(obj: dict[str, Any], key: str, limit: int) -> str:
     return value
 
 
+#: Member names as the manual spells them; an object named only so needs no lowercased copy.
+_ROOT_NAMES: Final = {"Recipient", "Message"}
+_RECIPIENT_NAMES: Final = frozenset({"Type", "IbId", "UserId", "UserGroup"})
+_MESSAGE_NAMES: Final = frozenset({"Topic", "Notification", "Data", "TTL"})
+
+
 def _parse_regular(doc: dict[str, Any]) -> SendRequest:
     """
     :func:`_parse_checked` for a valid body, in fewer Python operations: the
     same values, and :class:`_Irregular` at the first thing that would be an
-    error (or is unusual), for the full check to word it.
+    error (or is unusual), for the full check to word it.  Member names are
+    case-insensitive: an object whose names are all spelled as the manual
+    spells them is read directly, any other through a lowercased copy (the
+    last of names equal but for case wins, as in the full check).
     """
-    root = {k.lower(): v for k, v in doc.items()}
-    rec = root.get("recipient")
-    msg = root.get("message")
+    if doc.keys() == _ROOT_NAMES:
+        rec = doc["Recipient"]
+        msg = doc["Message"]
+    else:
+        root = {k.lower(): v for k, v in doc.items()}
+        rec = root.get("recipient")
+        msg = root.get("message")
     if type(rec) is not dict or type(msg) is not dict:
         raise _IRREGULAR
-    rec = {k.lower(): v for k, v in rec.items()}
-    rtype = rec.get("type")
+    if rec.keys() <= _RECIPIENT_NAMES:
+        rtype, ib_id, user_id, group = rec.get("Type"), rec.get("IbId"), rec.get("UserId"), rec.get("UserGroup")
+    else:
+        rec = {k.lower(): v for k, v in rec.items()}
+        rtype, ib_id, user_id, group = rec.get("type"), rec.get("ibid"), rec.get("userid"), rec.get("usergroup")
     if type(rtype) is not str:
         raise _IRREGULAR
     rtype = rtype.lower()
-    ib_id = _text_member(rec, "ibid", MAX_FIELD)
-    user_id = _text_member(rec, "userid", MAX_FIELD)
-    group = _text_member(rec, "usergroup", MAX_FIELD)
+    ib_id = _text(ib_id, MAX_FIELD)
+    user_id = _text(user_id, MAX_FIELD)
+    group = _text(group, MAX_FIELD)
     if not ib_id:
         raise _IRREGULAR
     if rtype == "user":
@@ -225,10 +240,13 @@ def _parse_regular(doc: dict[str, Any]) -> SendRequest:
         recipient = _recipient(rtype, ib_id, "", "")
     else:
         raise _IRREGULAR
-    msg = {k.lower(): v for k, v in msg.items()}
-    topic = _text_member(msg, "topic", MAX_FIELD)
+    if msg.keys() <= _MESSAGE_NAMES:
+        topic, note, raw_data, ttl = msg.get("Topic"), msg.get("Notification"), msg.get("Data"), msg.get("TTL")
+    else:
+        msg = {k.lower(): v for k, v in msg.items()}
+        topic, note, raw_data, ttl = msg.get("topic"), msg.get("notification"), msg.get("data"), msg.get("ttl")
+    topic = _text(topic, MAX_FIELD)
     notification = None
-    note = msg.get("notification")
     if note is not None:
         if type(note) is not dict:
             raise _IRREGULAR
@@ -239,13 +257,12 @@ def _parse_regular(doc: dict[str, Any]) -> SendRequest:
         elif type(important) is not bool:
             raise _IRREGULAR
         notification = Notification(
-            _text_member(note, "title", _NO_LIMIT),
-            _text_member(note, "body", _NO_LIMIT),
-            _text_member(note, "icon", _NO_LIMIT),
-            _text_member(note, "action", _NO_LIMIT),
+            _text(note.get("title"), _NO_LIMIT),
+            _text(note.get("body"), _NO_LIMIT),
+            _text(note.get("icon"), _NO_LIMIT),
+            _text(note.get("action"), _NO_LIMIT),
             important,
         )
-    raw_data = msg.get("data")
     if raw_data is None:
         data: dict[str, str] = {}
     elif type(raw_data) is dict:
@@ -255,7 +272,7 @@ def _parse_regular(doc: dict[str, Any]) -> SendRequest:
         data = dict(raw_data)
     else:
         raise _IRREGULAR
-    return _send_request(recipient, topic, notification, data, msg.get("ttl"))
+    return _send_request(recipient, topic, notification, data, ttl)
 
 
 _NO_LIMIT: Final = sys.maxsize

@@ -194,12 +194,26 @@ class _Date:
 _date = _Date()
 
 
+_CLOSE: Final = b"Connection: close\r\n"
+
+
 def encode_answer(answer: Answer, version: bytes, close: bool, closing: bool) -> bytes:
-    """The whole response, with twisted.web's header order (``closing``: a restart is under way)."""
+    """
+    The whole response, with twisted.web's header order (``closing``: a restart
+    is under way).  The encoding is kept on the answer with the date line,
+    version and ``Connection`` field it was made with, so an answer reused for
+    many requests (``/sendmessage``'s usual ones) is encoded once a second.
+    """
+    connection = _CLOSE if close and (closing or version == HTTP11) else b""
+    date = _date.get()
+    encoded = answer.encoded
+    if encoded is not None and encoded[0] is date and encoded[1] is version and encoded[2] is connection:
+        return encoded[3]
     body = answer.body
-    connection = b"Connection: close\r\n" if close and (closing or version == HTTP11) else b""
     fields = b"".join([b"%s: %s\r\n" % field for field in answer.headers])
-    return b"%s%s%s%sContent-Length: %d\r\n\r\n%s" % (status_line(version, answer.status), connection, _date.get(), fields, len(body), body)
+    data = b"%s%s%s%sContent-Length: %d\r\n\r\n%s" % (status_line(version, answer.status), connection, date, fields, len(body), body)
+    answer.encoded = (date, version, connection, data)
+    return data
 
 
 def encode_request(
@@ -333,7 +347,8 @@ class FrontConnection(protocol.Protocol):
             self._parse(data)
         finally:
             self._feeding = False
-        self._advance()
+        if self._pending:  # (an empty queue has nothing to move, and nothing paused for it: _advance resumes as it empties it)
+            self._advance()
         self._flush()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
