@@ -21,6 +21,7 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Generator
 from time import perf_counter
@@ -110,6 +111,25 @@ def _sent_answer(sessions: int, users: int, stored: bool, dropped: int) -> Answe
     if answer is None:
         answer = _SENT_ANSWERS[key] = _make_sent_answer(sessions, users, stored, 0)
     return answer
+
+
+class _Batch:
+    """
+    A ``/sendmessages`` answer being made: each element's result as the JSON
+    text ``json.dumps(..., ensure_ascii=False)`` writes for it, and the totals.
+    """
+
+    __slots__ = ("accepted", "results", "sessions")
+
+    def __init__(self, count: int) -> None:
+        self.results: list[bytes] = [b"null"] * count
+        self.sessions = 0
+        self.accepted = 0
+
+
+def _element(result: dict[str, Any]) -> bytes:
+    """One element's result (a refusal) as JSON text, as in the whole answer."""
+    return json.dumps(result, ensure_ascii=False).encode("utf-8")
 
 
 class Handlers:
@@ -289,56 +309,65 @@ class Handlers:
             self._charge(call, app)
             raise ApiError(413, "batch_too_large", f"at most {self.max_batch} messages per batch", field="body")
         self._charge(call, app, max(1, len(doc)))
-        results: list[dict[str, Any] | None] = []
+        batch = _Batch(len(doc))
         pending: list[Deferred[None]] = []
+        max_ttl = self.core.limits.max_ttl
+        send_one = self.core.send
         for index, item in enumerate(doc):
             try:
                 send = parse_send_object(item)
-                ttl = parse_ttl(send.ttl, self.core.limits.max_ttl, "Message.TTL") if send.ttl is not None else 0.0
+                ttl = parse_ttl(send.ttl, max_ttl, "Message.TTL") if send.ttl is not None else 0.0
             except (MessageError, GroupError) as e:
-                results.append({"status": 400, "error": "bad_request", "field": f"[{index}].{e.field}", "reason": e.reason})
+                batch.results[index] = _element(
+                    {"status": 400, "error": "bad_request", "field": f"[{index}].{e.field}", "reason": e.reason}
+                )
                 continue
-            slot = len(results)
-            results.append(None)
-            delivery = self.core.send(app, send, ttl)
+            delivery = send_one(app, send, ttl)
             if isinstance(delivery, Deferred):
                 pending.append(
                     delivery.addCallbacks(
                         self._batch_sent,
                         self._batch_unavailable,
-                        callbackArgs=(results, slot, app.id, send.recipient.type, started),
-                        errbackArgs=(results, slot),
+                        callbackArgs=(batch, index, app.id, send.recipient.type, started),
+                        errbackArgs=(batch, index),
                     )
                 )
             else:
-                self._batch_sent(delivery, results, slot, app.id, send.recipient.type, started)
+                self._batch_sent(delivery, batch, index, app.id, send.recipient.type, started)
         if pending:
-            return gatherResults(pending, consumeErrors=True).addCallback(lambda _: self._batch_answer(app, results, len(doc)))
-        return self._batch_answer(app, results, len(doc))
+            return gatherResults(pending, consumeErrors=True).addCallback(lambda _: self._batch_answer(app, batch))
+        return self._batch_answer(app, batch)
 
-    def _batch_answer(self, app: Application, results: list[dict[str, Any] | None], count: int) -> Answer:
-        done = [r for r in results if r is not None]
-        sessions = sum(r.get("sessions", 0) for r in done)
+    def _batch_answer(self, app: Application, batch: _Batch) -> Answer:
+        sessions = batch.sessions
         if self.log_sends:
             log.info(
-                "batch send: app={app_id} messages={count} sessions={sessions}", app_id=app.id, count=count, sessions=sessions, event="send"
+                "batch send: app={app_id} messages={count} sessions={sessions}",
+                app_id=app.id,
+                count=len(batch.results),
+                sessions=sessions,
+                event="send",
             )
-        accepted = sum(r["status"] == 200 for r in done)
-        return json_answer(200, {"results": results, "sessions": sessions, "accepted": accepted}, ((_SESSIONS, b"%d" % sessions),))
+        body = b'{"results": [%s], "sessions": %d, "accepted": %d}' % (b", ".join(batch.results), sessions, batch.accepted)
+        return Answer(200, ((_SESSIONS, b"%d" % sessions), *JSON_HEADERS), body)
 
-    def _batch_sent(
-        self, delivery: Delivery, results: list[dict[str, Any] | None], slot: int, app_id: str, kind: str, started: float
-    ) -> None:
+    def _batch_sent(self, delivery: Delivery, batch: _Batch, index: int, app_id: str, kind: str, started: float) -> None:
         self.metrics.sent(app_id, kind, perf_counter() - started)
-        results[slot] = {"status": 200, "sessions": delivery.sessions, "users": delivery.users, "stored": delivery.stored}
+        batch.results[index] = b'{"status": 200, "sessions": %d, "users": %d, "stored": %s}' % (
+            delivery.sessions,
+            delivery.users,
+            b"true" if delivery.stored else b"false",
+        )
+        batch.sessions += delivery.sessions
+        batch.accepted += 1
 
     @staticmethod
-    def _batch_unavailable(failure: Failure, results: list[dict[str, Any] | None], slot: int) -> None:
+    def _batch_unavailable(failure: Failure, batch: _Batch, index: int) -> None:
         """The hub between nodes, or the store for a kept message (ttl), cannot take this
         message now: 503 for this element, the others stand."""
         failure.trap(HubUnavailable, StoreUnavailable)
         error = "hub_unavailable" if failure.check(HubUnavailable) else "store_unavailable"
-        results[slot] = {"status": 503, "error": error, "reason": str(failure.value)}
+        batch.results[index] = _element({"status": 503, "error": error, "reason": str(failure.value)})
 
     # -- /tickets ---------------------------------------------------------------------------
 
