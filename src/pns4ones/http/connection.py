@@ -268,6 +268,8 @@ class FrontConnection(protocol.Protocol):
         self.site = factory.site
         self.handlers = factory.handlers
         self.routes = factory.routes
+        self._seconds = factory.clock.seconds
+        self._trusted = factory.trusted
         self.max_body = factory.site.max_body_size
         self.state = IDLE
         #: False: close once the answers in progress are written (the restart handoff sets it).
@@ -327,7 +329,7 @@ class FrontConnection(protocol.Protocol):
         self._peer = getattr(transport.getPeer(), "host", "?")
         self._secure = ISSLTransport.providedBy(transport)
         self._direct = isinstance(transport, tcp.Connection)  # (not TLS: its wrapper forwards .socket)
-        self.started = self.factory.clock.seconds()  # as twisted.web: a silent connection gets 408
+        self.started = self._seconds()  # as twisted.web: a silent connection gets 408
         transport.registerProducer(self, True)  # the socket's buffer is full: stop reading
         self._producing = True
 
@@ -469,7 +471,7 @@ class FrontConnection(protocol.Protocol):
             raise _Stop()
         self._to(HEAD)
         self._begun = True
-        self.started = self.factory.clock.seconds()
+        self.started = self._seconds()
         self._url = []
         self._url_size = 0
         self._fields = []
@@ -545,7 +547,9 @@ class FrontConnection(protocol.Protocol):
         self.started = None
         version = self._version
         read = self._read
-        close = self.site.closing or not self.persistent or not keep_alive(version, read.get(b"connection"))
+        connection = read.get(b"connection")
+        kept = (version is HTTP11 and connection is None) or keep_alive(version, connection)  # (the common case first)
+        close = self.site.closing or not self.persistent or not kept
         body_parts = self._body
         body = body_parts[0] if len(body_parts) == 1 else b"".join(body_parts)
         route = self._route
@@ -572,7 +576,7 @@ class FrontConnection(protocol.Protocol):
         target = self._target
         path, _, query = target.partition(b"?")
         peer, secure = self._peer, self._secure
-        trusted = self.factory.trusted
+        trusted = self._trusted
         if trusted:
             peer, scheme = proxies.resolve(peer, self._fields, trusted)
             if scheme is not None:
