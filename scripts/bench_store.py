@@ -32,6 +32,10 @@ from pns4ones.store.sqlite import SQLiteStore
 from tests.pg_support import PgCluster
 from tests.support import ADMIN, ServerProcess
 
+#: The secrets key file of the stores measured (the node and the commands share it).
+KEY_DIR = tempfile.mkdtemp(prefix="pns4ones-bench-keys-")
+KEY_FILE = os.path.join(KEY_DIR, "secrets.key")
+
 
 def ms(samples: list[float]) -> str:
     samples = sorted(samples)
@@ -93,13 +97,13 @@ def http_auth(name: str, store_url: str, rounds: int) -> None:
     """/auth over HTTP on a real node: the first issues a token (store write), the rest answer it from memory."""
     app = json.loads(
         subprocess.run(
-            [ADMIN, "--data-dir", tempfile.gettempdir(), "create", "bench", "--json", "--store", store_url],
+            [ADMIN, "--data-dir", KEY_DIR, "create", "bench", "--json", "--store", store_url],
             capture_output=True,
             text=True,
             check=True,
         ).stdout
     )
-    server = ServerProcess(args=["--store", store_url], log_level="Warning")
+    server = ServerProcess(args=["--store", store_url, "--secrets_key_file", KEY_FILE], log_level="Warning")
     server.start(wait=False)
     try:
         deadline = time.time() + 20
@@ -114,7 +118,7 @@ def http_auth(name: str, store_url: str, rounds: int) -> None:
         issue, hit = [], []
         for _ in range(rounds):
             subprocess.run(
-                [ADMIN, "--data-dir", tempfile.gettempdir(), "reset_token", app["id"], "--store", store_url],
+                [ADMIN, "--data-dir", KEY_DIR, "reset_token", app["id"], "--store", store_url],
                 capture_output=True,
                 check=True,
             )
@@ -146,7 +150,7 @@ def main() -> None:
         @defer.inlineCallbacks
         def run(reactor: Any) -> Any:
             yield measure("SQLite    ", SQLiteStore(work), args)
-            yield measure("PostgreSQL", PostgresStore(pg_url, reactor=reactor), args)
+            yield measure("PostgreSQL", PostgresStore(pg_url, reactor=reactor, key_file=KEY_FILE), args)
 
         try:
             task.react(run)

@@ -1187,6 +1187,7 @@ class PanelNodesTests(SynchronousTestCase):
         store = Path(tempfile.mkdtemp(prefix="pns4ones-nodes-")) / "pns.db"
         self.addCleanup(shutil.rmtree, store.parent, True)
         ini = f"store = sqlite://{store}\nhub = {redis.url}\nstore_poll_interval = 0.1\n"
+        ini += f"secrets_key_file = {store.parent}/secrets.key\n"  # nodes sharing a store share its key file
         self.nodes = [ServerProcess(ini=ini, args=["--node_name", name]) for name in ("A", "B")]
         for node in self.nodes:
             self.addCleanup(node.cleanup)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
@@ -166,4 +167,6 @@ class PostgresConsoleStore(ConsoleStoreContract, TestCase):
         from pns4ones.store.postgres import PostgresStore
 
         assert self.cluster is not None
-        return PostgresStore(self.cluster.url(self.cluster.new_database()), reactor=reactor)
+        keys = tempfile.mkdtemp(prefix="pns4ones-keys-")  # the store's sealing key file
+        self.addCleanup(shutil.rmtree, keys, True)
+        return PostgresStore(self.cluster.url(self.cluster.new_database()), reactor=reactor, key_file=Path(keys) / "secrets.key")

@@ -74,6 +74,7 @@ class ClusterBehindProxyTests(SynchronousTestCase):
             )
             cls.app = json.loads(created.stdout)
             ini = f"store = {cls.store}\nhub = {cls.redis.url}\ntrusted_proxies = 127.0.0.1/32\nhub_presence_expiry = 3\n"
+            ini += f"secrets_key_file = {cls._tmp.name}/secrets.key\n"  # the key file of the store, shared by the nodes
             for name in NODES:
                 cls.nodes[name] = ServerProcess(ini=ini, args=["--node_name", name]).start()
             cls.addin_port, cls.api_port = free_port(), free_port()

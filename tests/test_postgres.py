@@ -7,10 +7,12 @@ PostgreSQL restarted under a running node), export/import through the CLI.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import http.client
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -32,6 +34,10 @@ from .pg_support import PASSWORD, SKIP_REASON, PgCluster, find_bindir
 from .support import ADMIN, ServerProcess, http_client, wait_for
 
 HAVE_PG = find_bindir() is not None
+#: The secrets key file of every store these tests open (nodes and commands sharing a store share it).
+KEYS = tempfile.mkdtemp(prefix="pns4ones-keys-")
+KEY_FILE = os.path.join(KEYS, "secrets.key")
+atexit.register(shutil.rmtree, KEYS, True)
 
 
 def sleep(seconds: float) -> Deferred[None]:
@@ -42,7 +48,7 @@ def admin(
     store: str, *args: str, check: bool = True, env: dict[str, str] | None = None, data_dir: str = ""
 ) -> subprocess.CompletedProcess[str]:
     """``pns4ones-admin ... --store STORE``."""
-    data_dir = data_dir or tempfile.gettempdir()
+    data_dir = data_dir or KEYS
     result = subprocess.run(
         [ADMIN, "--data-dir", data_dir, *args, "--store", store],
         capture_output=True,
@@ -264,7 +270,8 @@ class SQLiteStoreContract(StoreContract, TestCase):
         return SQLiteStore(self.dir)
 
     def open_empty(self) -> Any:
-        return SQLiteStore(tempfile.mkdtemp(prefix="pns4ones-store-", dir=self.dir))
+        # Another store of the same installation: the same key file (an export opens only with its key).
+        return SQLiteStore(tempfile.mkdtemp(prefix="pns4ones-store-", dir=self.dir), key_file=os.path.join(self.dir, "secrets.key"))
 
 
 class PostgresStoreContract(_WithCluster, StoreContract, TestCase):
@@ -272,17 +279,17 @@ class PostgresStoreContract(_WithCluster, StoreContract, TestCase):
         from pns4ones.store.postgres import PostgresStore
 
         self.url = self.cluster.url(self.cluster.new_database())
-        return PostgresStore(self.url, reactor=reactor)
+        return PostgresStore(self.url, reactor=reactor, key_file=KEY_FILE)
 
     def open_again(self) -> Any:
         from pns4ones.store.postgres import PostgresStore
 
-        return PostgresStore(self.url, reactor=reactor)
+        return PostgresStore(self.url, reactor=reactor, key_file=KEY_FILE)
 
     def open_empty(self) -> Any:
         from pns4ones.store.postgres import PostgresStore
 
-        return PostgresStore(self.cluster.url(self.cluster.new_database()), reactor=reactor)
+        return PostgresStore(self.cluster.url(self.cluster.new_database()), reactor=reactor, key_file=KEY_FILE)
 
     @inlineCallbacks
     def test_only_changes_to_the_registry_are_announced(self) -> None:
@@ -313,7 +320,9 @@ class PostgresStoreContract(_WithCluster, StoreContract, TestCase):
         """Two migrate commands at once on a new database: both succeed, the schema is applied once, and again is a no-op."""
         url = self.cluster.url(self.cluster.new_database())
         procs = [
-            subprocess.Popen([ADMIN, "migrate", "--json", "--store", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            subprocess.Popen(
+                [ADMIN, "--data-dir", KEYS, "migrate", "--json", "--store", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
             for _ in range(2)
         ]
         outs = [p.communicate(timeout=60) for p in procs]
@@ -341,7 +350,7 @@ class PostgresStoreContract(_WithCluster, StoreContract, TestCase):
         ini = secret.parent / "pns4ones.ini"
         ini.write_text(f"store = {bare}\nstore_password_file = {secret}\n")
         result = subprocess.run(
-            [ADMIN, "--config", str(ini), "list", "--json"],
+            [ADMIN, "--config", str(ini), "--data-dir", KEYS, "list", "--json"],
             capture_output=True,
             text=True,
             timeout=60,
@@ -360,7 +369,7 @@ class PostgresStoreContract(_WithCluster, StoreContract, TestCase):
 
 class _Nodes(_WithCluster):
     def node(self, **kw: Any) -> ServerProcess:
-        server = ServerProcess(args=["--store", self.url, "--store_poll_interval", "1"], **kw)
+        server = ServerProcess(args=["--store", self.url, "--store_poll_interval", "1", "--secrets_key_file", KEY_FILE], **kw)
         self.addCleanup(server.cleanup)
         return server.start()
 
@@ -575,7 +584,7 @@ class ExportImportTests(_WithCluster, TestCase):
     def test_sqlite_to_postgresql_and_back(self) -> None:
         """export (0600) from SQLite, import into PostgreSQL, export, import into a new SQLite: the same document every time; bad input is exit 1."""
         work = Path(tempfile.mkdtemp(prefix="pns4ones-export-"))
-        first = SQLiteStore(work, path=work / "first.db")
+        first = SQLiteStore(work, path=work / "first.db", key_file=KEY_FILE)
         a = yield first.create_application("Shop", 10.0)
         yield first.add_token(TokenRecord(b"\x07" * 32, a.id, b"\x08" * 16, 10.0, 9e9))
         yield first.set_group(a.id, "ib1", "Склад", ["u1", "u2"], 1.5)

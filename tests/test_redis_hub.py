@@ -35,6 +35,7 @@ class NodesBase(SynchronousTestCase):
         cls.redis = RedisServer().start()
         store = Path(cls._tmp.name) / "pns.db"
         cls.ini = f"store = sqlite://{store}\nhub = {cls.redis.url}\nstore_poll_interval = 0.1\nhub_presence_expiry = {EXPIRY}\nrecovery_messages = 50\n"
+        cls.ini += f"secrets_key_file = {cls._tmp.name}/secrets.key\n"  # the nodes share the store, hence its key file
         cls.servers: list[ServerProcess] = []
         try:
             for n in range(cls.nodes):

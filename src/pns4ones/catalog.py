@@ -275,8 +275,8 @@ RU: dict[str, str] = {
     "list the groups of an application: groups ID [IB_ID]": "список групп приложения: groups ИД [ИД_ИБ]",
     "list the members of a group: group_members ID IB_ID GROUP": "участники группы: group_members ИД ИД_ИБ ГРУППА",
     "create or upgrade the store's schema and report its version": "создать или обновить схему хранилища и показать её версию",
-    "write everything in the store (applications with keys, tokens, groups, kept messages, admin account) as JSON: export FILE|-": (
-        "выгрузить всё хранилище (приложения с ключами, токены, группы, сохранённые сообщения, "
+    "write everything in the store (applications with keys sealed, tokens, groups, kept messages, admin account) as JSON: export FILE|-": (
+        "выгрузить всё хранилище (приложения с зашифрованными ключами, токены, группы, сохранённые сообщения, "
         "учётную запись администратора) в JSON: export ФАЙЛ|-"
     ),
     "load an export into an empty store (--replace: overwrite a store that has applications): import FILE|-": (
@@ -313,6 +313,32 @@ RU: dict[str, str] = {
     ),
     "set the admin panel's password, asked for (or one line of standard input); ends every panel session": (
         "задать пароль панели администратора (запрашивается, или одна строка стандартного ввода); завершает все сеансы панели"
+    ),
+    "seal every key in the store under a new key of the key file (--prepare: only add the new key, for several nodes)": (
+        "зашифровать все ключи хранилища новым ключом из файла ключей (--prepare: только добавить новый ключ, для нескольких узлов)"
+    ),
+    "only add a new key to the key file (copy the file to every node, then run the command again)": (
+        "только добавить новый ключ в файл ключей (скопируйте файл на каждый узел, затем выполните команду ещё раз)"
+    ),
+    "keep the previous key(s) in the key file (old backups stay readable with it)": (
+        "оставить прежние ключи в файле ключей (с ними читаются старые резервные копии)"
+    ),
+    "file descriptors kept free for the send API, the admin panel and the store: new add-in connections are refused when fewer are free (default 0 = a tenth of the open-file limit, at least 50 and at most 1000)": (
+        "сколько файловых дескрипторов держать свободными для API отправки, панели администратора и хранилища: "
+        "новые подключения внешней компоненты отклоняются, когда свободных меньше (по умолчанию 0 = десятая часть "
+        "лимита открытых файлов, не меньше 50 и не больше 1000)"
+    ),
+    "most add-in connections from one address that have not registered yet, same rule (default 1000: a terminal server or NAT reconnecting all its sessions at once)": (
+        "наибольшее число ещё не зарегистрированных подключений внешней компоненты с одного адреса, по тому же правилу "
+        "(по умолчанию 1000: терминальный сервер или NAT, переподключающий все свои сеансы разом)"
+    ),
+    "most add-in connections that have not registered yet; past it the oldest one waiting over a second is closed for a newcomer, else the newcomer is refused (default 5000)": (
+        "наибольшее число ещё не зарегистрированных подключений внешней компоненты; сверх него ради нового закрывается "
+        "самое старое из ждущих дольше секунды, иначе новое отклоняется (по умолчанию 5000)"
+    ),
+    "the key that seals the keys kept in the store (default DATA_DIR/secrets.key, created at first start; nodes sharing a store need the same file)": (
+        "ключ, которым зашифрованы ключи в хранилище (по умолчанию DATA_DIR/secrets.key, создаётся при первом запуске; "
+        "узлам с общим хранилищем нужен один и тот же файл)"
     ),
     "how many of the newest records (default 50)": "сколько последних записей показать (по умолчанию 50)",
     "the administrator's login (default: keep the current one, or admin)": "логин администратора (по умолчанию прежний, или admin)",

@@ -52,7 +52,7 @@ COMMANDS = {
     "groups": "list the groups of an application: groups ID [IB_ID]",
     "group_members": "list the members of a group: group_members ID IB_ID GROUP",
     "migrate": "create or upgrade the store's schema and report its version",
-    "export": "write everything in the store (applications with keys, tokens, groups, kept messages, admin account) as JSON: export FILE|-",
+    "export": "write everything in the store (applications with keys sealed, tokens, groups, kept messages, admin account) as JSON: export FILE|-",
     "import": "load an export into an empty store (--replace: overwrite a store that has applications): import FILE|-",
     "kept": "count the messages kept for offline users, per application (and how many were dropped or expired)",
     "reload_tls": "make the running server re-read its HTTPS certificate files (same as SIGHUP)",
@@ -60,6 +60,7 @@ COMMANDS = {
     "status": "live figures of the running server: uptime, subscriptions, sends, store, listeners",
     "audit": "the administrators' actions (panel and this command), newest first: audit [--limit N]",
     "panel-password": "set the admin panel's password, asked for (or one line of standard input); ends every panel session",
+    "rotate-secrets-key": "seal every key in the store under a new key of the key file (--prepare: only add the new key, for several nodes)",
 }
 
 #: What each changing command is called in the audit log (the panel's names for the same actions).
@@ -72,6 +73,7 @@ AUDITED = {
     "export": "export",
     "import": "import",
     "panel-password": "panel-password",
+    "rotate-secrets-key": "rotate-secrets-key",
 }
 #: Most audit records one ``audit`` shows.
 AUDIT_LIMIT_MAX = 100_000
@@ -123,6 +125,15 @@ def _parser(prog: str, lang: str | None = None, seen: set[str] | None = None) ->
     p.add_argument("ib_id", help=_("information base id"))
     p.add_argument("group", help=_("group name"))
     sub.add_parser("restart", parents=[common], help=_(COMMANDS["restart"]))
+    p = sub.add_parser("rotate-secrets-key", parents=[common], help=_(COMMANDS["rotate-secrets-key"]))
+    p.add_argument(
+        "--prepare",
+        action="store_true",
+        help=_("only add a new key to the key file (copy the file to every node, then run the command again)"),
+    )
+    p.add_argument(
+        "--keep-old", action="store_true", help=_("keep the previous key(s) in the key file (old backups stay readable with it)")
+    )
     p = sub.add_parser("status", parents=[common], help=_(COMMANDS["status"]))
     p.add_argument(
         "--admin-port", type=int, default=None, help=_("admin port of the server (default: the one it recorded in DATA_DIR/admin.json)")
@@ -324,7 +335,14 @@ def run(args: argparse.Namespace, out: Any) -> Any:
             record.update(file=args.file, store=store.location)
             _write_export(args.file, doc, out)
             if args.file != "-":
-                out.write(f"Exported {_summary(doc)} from {store.location} to {args.file} (mode 0600: it holds every key).\n")
+                from .store.sealing import Sealed
+
+                keys = (
+                    f"its keys are sealed: importing it needs the key file {store.keyring.path}"
+                    if isinstance(store, Sealed)
+                    else "it holds every key"
+                )
+                out.write(f"Exported {_summary(doc)} from {store.location} to {args.file} (mode 0600; {keys}).\n")
         elif cmd == "import":
             doc = _read_export(args.file)
             yield store.import_data(doc, replace=args.replace)
@@ -333,6 +351,8 @@ def run(args: argparse.Namespace, out: Any) -> Any:
                 out.write(json.dumps({"store": store.location, "applications": len(doc.get("applications", []))}) + "\n")
             else:
                 out.write(f"Imported {_summary(doc)} into {store.location}.\n")
+        elif cmd == "rotate-secrets-key":
+            yield rotate_secrets_key(store, args, out, now, record)
         elif cmd == "reset_token":
             count = yield store.reset_tokens(args.id)
             record.update(app_id=args.id, count=count)
@@ -348,6 +368,53 @@ def run(args: argparse.Namespace, out: Any) -> Any:
             yield _record(store, args, AUDITED[cmd], now, record)
     finally:
         yield store.close()
+
+
+@defer.inlineCallbacks
+def rotate_secrets_key(store: object, args: argparse.Namespace, out: Any, now: float, record: dict[str, Any]) -> Any:
+    """
+    ``rotate-secrets-key``: (1) the key file gets a new key beside the current
+    one, (2) one transaction seals every key in the store under it and makes it
+    the store's key, (3) the key file keeps only the new key (unless
+    ``--keep-old``).  A crash between the steps leaves every value readable;
+    running the command again finishes.  ``--prepare`` stops after step 1, so
+    that the file can be copied to the other nodes before the store changes.
+    """
+    from .store.sealing import Sealed, new_key
+
+    if not isinstance(store, Sealed):
+        raise CommandError("this store keeps no keys at rest: nothing to rotate")
+    ring = store.keyring
+    current = yield store.sealing_key_id()
+    keys = ring.ordered()
+    prepared = [k for k in keys if k.id != current]
+    new = prepared[-1] if prepared else new_key(k.id for k in keys)
+    if not prepared:
+        ring.replace([*keys, new])
+    if args.prepare:
+        record.update(prepared=new.id, current=current, store=store.location)
+        if getattr(args, "json", False):
+            out.write(json.dumps({"store": store.location, "prepared": new.id, "current": current, "key_file": str(ring.path)}) + "\n")
+        else:
+            out.write(
+                f"The key file {ring.path} holds the new key {new.id} beside the current {current}.\n"
+                f"Copy it to every node that shares this store, then run rotate-secrets-key again.\n"
+            )
+        return
+    count = yield store.rotate_secrets_key(new, now)
+    record.update(key=new.id, previous=current, sealed=count, store=store.location)
+    if not args.keep_old:
+        ring.replace([new])
+    kept = f"still holds {', '.join(k.id for k in ring.ordered() if k.id != new.id)} too" if args.keep_old else "holds only the new key"
+    if getattr(args, "json", False):
+        out.write(
+            json.dumps({"store": store.location, "key": new.id, "previous": current, "sealed": count, "key_file": str(ring.path)}) + "\n"
+        )
+    else:
+        out.write(
+            f"Sealed {count} key(s) in {store.location} under the new key {new.id} (was {current}); {ring.path} {kept}.\n"
+            f"Nodes sharing this store need this key file: copy it to them (a running node reads it again when it meets the new key).\n"
+        )
 
 
 @defer.inlineCallbacks

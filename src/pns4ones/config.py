@@ -341,6 +341,27 @@ OPTIONS: tuple[Option, ...] = (
         "most live add-in connections; 0 = no limit but the open-file limit (default 0)",
         "N",
     ),
+    Option(
+        "max_unregistered",
+        "5000",
+        _number(int, 1, 10_000_000),
+        "most add-in connections that have not registered yet; past it the oldest one waiting over a second is closed for a newcomer, else the newcomer is refused (default 5000)",
+        "N",
+    ),
+    Option(
+        "max_unregistered_per_address",
+        "1000",
+        _number(int, 1, 10_000_000),
+        "most add-in connections from one address that have not registered yet, same rule (default 1000: a terminal server or NAT reconnecting all its sessions at once)",
+        "N",
+    ),
+    Option(
+        "fd_reserve",
+        "0",
+        _number(int, 0, 1_000_000),
+        "file descriptors kept free for the send API, the admin panel and the store: new add-in connections are refused when fewer are free (default 0 = a tenth of the open-file limit, at least 50 and at most 1000)",
+        "N",
+    ),
     Option("send_buffer_limit", "1M", parse_size, "bytes queued for one slow subscriber before it is cut off (default 1M)", "SIZE"),
     Option("keepalive_idle", "60", _number(int, 1, 86400), "TCP keepalive: idle seconds before the first probe (default 60)", "SECONDS"),
     Option("keepalive_interval", "10", _number(int, 1, 3600), "TCP keepalive: seconds between probes (default 10)", "SECONDS"),
@@ -373,6 +394,13 @@ OPTIONS: tuple[Option, ...] = (
         secret=True,
     ),
     Option("store_password_file", "", _path, "file holding the PostgreSQL password (instead of the URL or PGPASSWORD)", "PATH"),
+    Option(
+        "secrets_key_file",
+        "",
+        _path,
+        "the key that seals the keys kept in the store (default DATA_DIR/secrets.key, created at first start; nodes sharing a store need the same file)",
+        "PATH",
+    ),
     Option(
         "hub",
         "local",
@@ -523,6 +551,10 @@ class Config:
     hub: str = "local"
     node_name: str = ""
     hub_presence_expiry: float = 15.0
+    max_unregistered: int = 5000
+    max_unregistered_per_address: int = 1000
+    fd_reserve: int = 0
+    secrets_key_file: str = ""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def source_of(self, option: str) -> str:

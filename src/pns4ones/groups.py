@@ -153,7 +153,8 @@ def parse_ttl(value: Any, max_ttl: float, field: str = "Message.TTL") -> float:
             value = float(value)
         except ValueError:
             raise GroupError(400, field, "must be a number of seconds") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    # An int is finite however large (math.isfinite would overflow on one past 1e308).
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not math.isfinite(value)):
         raise GroupError(400, field, "must be a number of seconds")
     if value < 0:
         raise GroupError(400, field, "must not be negative")

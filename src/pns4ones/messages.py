@@ -12,6 +12,7 @@ characters outside the Basic Multilingual Plane as ``\\uXXXX`` surrogate pairs.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from collections.abc import Mapping
@@ -138,8 +139,29 @@ def _short(value: str, name: str) -> str:
     return value
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is out of the range of a number")
+    return value
+
+
+#: One decoder, built once (``json.loads`` with arguments would build one per call).
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
 def decode_json_body(body: bytes) -> Any:
-    """JSON from request bytes: UTF-8 with an optional byte order mark."""
+    """
+    JSON from request bytes: UTF-8 with an optional byte order mark.  The
+    non-standard constants ``NaN``, ``Infinity`` and ``-Infinity`` that Python's
+    parser accepts are refused here, and so is a literal too large for a float
+    (``1e999``, which would become infinity): no non-finite number reaches a
+    handler.  (Handlers still check the range of every number they read.)
+    """
     if body.startswith(b"\xef\xbb\xbf"):
         body = body[3:]
     try:
@@ -149,7 +171,7 @@ def decode_json_body(body: bytes) -> Any:
     if not text.strip():
         raise MessageError("body", "is empty")
     try:
-        return json.loads(text)
+        return _DECODER.decode(text)
     except (ValueError, RecursionError) as e:
         raise MessageError("body", f"is not valid JSON ({e})") from None
 

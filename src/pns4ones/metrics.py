@@ -48,6 +48,9 @@ class NullMetrics:
     def cut(self, reason: str) -> None:
         pass
 
+    def addin_refused(self, reason: str) -> None:
+        pass
+
     def sent(self, app_id: str, kind: str, seconds: float) -> None:
         pass
 
@@ -73,6 +76,10 @@ REJECT_REASONS = (
 )  # fmt: skip
 #: Subscriptions the server cut: slow reader (send_buffer_limit), idle (no registration in time).
 CUT_REASONS = ("slow-reader", "idle")
+#: Add-in connections closed before they registered, to keep the listener's bounds: refused at
+#: accept (too many unregistered from the address or in all, too few free file descriptors), or
+#: the oldest unregistered one closed to make room for a new one.
+ADDIN_REFUSE_REASONS = ("unregistered-per-address", "unregistered-total", "fd-reserve", "evicted")
 #: Routes of the send API listener for the HTTP request counter (anything else: "other").
 ROUTES = {
     b"/auth": "/auth",
@@ -183,6 +190,15 @@ class Metrics(NullMetrics):
             registry=registry,
         )
         self._cuts = {r: cuts.labels(r) for r in CUT_REASONS}
+        refused = Counter(
+            "pns4ones_addin_refused",
+            "Add-in connections closed before registering to keep the listener's bounds: unregistered-per-address "
+            "(max_unregistered_per_address), unregistered-total (max_unregistered), fd-reserve (fewer than fd_reserve "
+            "file descriptors free), evicted (the oldest unregistered connection closed to admit a new one)",
+            ["reason"],
+            registry=registry,
+        )
+        self._addin_refused = {r: refused.labels(r) for r in ADDIN_REFUSE_REASONS}
         self._messages = _CounterFamily(
             "pns4ones_messages_sent", "Messages accepted for sending, by application and recipient type", ["application", "recipient_type"]
         )
@@ -236,6 +252,9 @@ class Metrics(NullMetrics):
 
     def cut(self, reason: str) -> None:
         self._cuts[reason].inc()
+
+    def addin_refused(self, reason: str) -> None:
+        self._addin_refused[reason].inc()
 
     def sent(self, app_id: str, kind: str, seconds: float) -> None:
         counts = self._sent_counts

@@ -258,7 +258,17 @@ class PnsService(service.MultiService):
             )
             for warning in self.tls.material.warnings:
                 self.log.warn("{warning}", warning=warning)
-        self.log.info("add-in subscriptions (TCP) on {where}", where=cfg.service.describe(), **always)
+        addin = self.addin_factory
+        self.log.info(
+            "add-in subscriptions (TCP) on {where}; before registering: at most {total} connections ({per_address} per address), "
+            "{reserve} of {limit} file descriptors kept free",
+            where=cfg.service.describe(),
+            total=cfg.max_unregistered,
+            per_address=cfg.max_unregistered_per_address,
+            reserve=addin.fd_reserve if addin is not None else 0,
+            limit=addin.fd_limit if addin is not None else 0,
+            **always,
+        )
         self.log.info("admin panel (HTTP, loopback only) on http://127.0.0.1:{port}/", port=cfg.admin_port, **always)
         self.log.info(
             "WebSocket and SSE subscriptions at /subscribe/ws and /subscribe/sse of the send API; allowed_origins: {origins}",

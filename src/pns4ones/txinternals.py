@@ -26,12 +26,16 @@ Attributes relied on:
 * ``twisted.internet.epollreactor.EPollReactor``: ``_poller`` (the epoll
   object), ``_selectables`` (fd -> selectable) and ``_doReadOrWrite`` (one
   event's work), and that ``doIteration`` is looked up on the instance each
-  turn (:func:`lean_dispatch`).
+  turn (:func:`lean_dispatch`);
+* ``twisted.web``'s WebSocket wire protocol (``_websocket_impl._WebSocketWireProtocol``):
+  ``_textBuffer``, ``_bytesBuffer`` (message reassembly) and ``_wsconn`` (its
+  wsproto connection), see :func:`guard_websocket`.
 """
 
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.enterprise import adbapi
@@ -199,3 +203,59 @@ class QuietPool(adbapi.ConnectionPool):
             conn.close()
         except Exception:  # noqa: S110 (closing a broken connection: nothing left to do)
             pass
+
+
+# -- twisted.web.websocket ------------------------------------------------------------------
+#
+# ``twisted.web._websocket_impl._WebSocketWireProtocol`` (what a
+# ``WebSocketProtocol``'s ``negotiationStarted`` receives as its transport):
+#
+# * ``_textBuffer``, ``_bytesBuffer``: message reassembly buffers, unbounded in
+#   the library (``Buffer.add`` appends, ``Buffer.done`` takes the whole message);
+# * ``_wsconn``: the wsproto ``Connection``; the wire protocol calls its
+#   ``receive_data()``, ``events()``, ``send()`` and ``state``, and answers
+#   every ``Ping`` event itself (``transport.write(_wsconn.send(ping.response()))``),
+#   with no way for the application to refuse or count it.
+
+#: The private attributes of twisted.web's WebSocket wire protocol this module replaces (pinned by the tests).
+WS_WIRE_ATTRIBUTES = ("_textBuffer", "_bytesBuffer", "_wsconn")
+
+
+class _FilteredConnection:
+    """A wsproto ``Connection`` whose ``events()`` drops what ``keep`` refuses."""
+
+    __slots__ = ("_inner", "_keep")
+
+    def __init__(self, inner: Any, keep: Callable[[Any], bool]) -> None:
+        self._inner = inner
+        self._keep = keep
+
+    @property
+    def state(self) -> Any:
+        return self._inner.state
+
+    def receive_data(self, data: bytes | None) -> None:
+        self._inner.receive_data(data)
+
+    def send(self, event: Any) -> bytes:
+        return bytes(self._inner.send(event))
+
+    def events(self) -> Iterator[Any]:
+        keep = self._keep
+        for event in self._inner.events():
+            if keep(event):
+                yield event
+
+
+def guard_websocket(wire: Any, text_buffer: Any, bytes_buffer: Any, keep: Callable[[Any], bool]) -> None:
+    """
+    Bound and filter what twisted.web's WebSocket wire protocol ``wire`` does
+    with a peer's frames: reassemble messages in ``text_buffer`` and
+    ``bytes_buffer`` (objects with ``add`` and ``done``, which can refuse to
+    grow), and hand it only the wsproto events ``keep(event)`` accepts, so
+    that the caller can rate-limit pings (a refused ``Ping`` gets no pong)
+    and ignore everything once it has closed the connection.
+    """
+    wire._textBuffer = text_buffer
+    wire._bytesBuffer = bytes_buffer
+    wire._wsconn = _FilteredConnection(wire._wsconn, keep)

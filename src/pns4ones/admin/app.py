@@ -51,6 +51,7 @@ from ..core import Core, Delivery
 from ..groups import GroupError, check_name, parse_ttl
 from ..http.site import ApiSite, BoundedRequest, json_body
 from ..hub import HubUnavailable
+from ..logs import RateLimited
 from ..messages import MessageError, parse_send_object
 from ..store import Admin, AdminAccount, Audit, AuditEntry, Groups, KeptMessages, StoreUnavailable, UnknownApplication
 from . import auth, firstrun, i18n, views
@@ -155,6 +156,7 @@ class AdminPanel:
         self.clock = clock
         self.sessions = auth.Sessions(clock)
         self.throttle = auth.Throttle(clock)
+        self._refusals = RateLimited(clock, 10.0)
         #: Wrong set-up codes back off like failed logins.
         self.setup_throttle = auth.Throttle(clock)
         #: The one-time set-up code while there is no administrator (see :mod:`.firstrun`).
@@ -435,18 +437,17 @@ class AdminPanel:
         login = self._form(request, "login", 1000).strip()
         password = self._form(request, "password", auth.PASSWORD_MAX)
         password2 = self._form(request, "password2", auth.PASSWORD_MAX)
-        wait = self.setup_throttle.wait()
-        if wait > 0:
-            request.setHeader(b"Retry-After", str(int(wait) + 1).encode())
-            return page(429, t("error.throttled", seconds=int(wait) + 1), login)
+        attempt = self.setup_throttle.begin(_peer(request))
+        if isinstance(attempt, auth.Refusal):
+            request.setHeader(b"Retry-After", str(int(attempt.wait) + 1).encode())
+            key = "error.throttled" if attempt.reason == "throttled" else "error.login_busy"
+            return page(429, t(key, seconds=int(attempt.wait) + 1), login)
         if self.setup_code is None or not firstrun.matches(code, self.setup_code):
-            self.setup_throttle.failed()
-            self.log.warn(
-                "admin panel: wrong set-up code from {peer} ({failures} in a row)",
-                peer=_peer(request),
-                failures=self.setup_throttle.failures,
-            )
+            failures = attempt.failures
+            attempt.failed()
+            self.log.warn("admin panel: wrong set-up code from {peer} ({failures} in a row)", peer=_peer(request), failures=failures)
             return page(403, t("error.setup_code"), login)
+        attempt.succeeded()  # the right code: what follows are form errors
         error = self._password_problem(login, password, password2)
         if error:
             return page(400, t(error, min=auth.PASSWORD_MIN, max=auth.LOGIN_MAX), login, code)
@@ -459,7 +460,6 @@ class AdminPanel:
             yield self.store.set_admin(account, self.clock.seconds())
         finally:
             self._account_lock.release()
-        self.setup_throttle.succeeded()
         self._forget_setup_code()
         self.log.info("admin panel: administrator {login!r} created from {peer}", login=login, peer=_peer(request))
         self._start_session(request, account)
@@ -481,45 +481,68 @@ class AdminPanel:
     @app.route("/login", methods=["GET", "POST"])
     @inlineCallbacks
     def login(self, request: Any) -> Any:
-        account = yield self.store.get_admin()
-        if account is None:
-            raise _Redirect("/setup")
         if request.method == b"GET":
+            account = yield self.store.get_admin()
+            if account is None:
+                raise _Redirect("/setup")
             if self._session(request) is not None:
                 raise _Redirect("/apps")
             return self._render(request, "login.html", None, error=None, form_login="")
         self._check_post(request, None)
         t = self._t(request)
+        peer = _peer(request)
         login = self._form(request, "login", 1000).strip()
         password = self._form(request, "password", auth.PASSWORD_MAX)
-        wait = self.throttle.wait()
-        if wait > 0:
-            self.log.warn(
-                "admin panel: login from {peer} refused: throttled for {wait:.0f} s after {failures} failures",
-                peer=_peer(request),
-                wait=wait,
+        # The throttle first: nothing (not even the store) is asked for an attempt it refuses.
+        attempt = self.throttle.begin(peer)
+        if isinstance(attempt, auth.Refusal):
+            seconds = int(attempt.wait) + 1
+            self._login_refused(
+                attempt.reason,
+                "admin panel: login from {peer} refused: "
+                + (
+                    "throttled for {wait:.0f} s after {failures} failures"
+                    if attempt.reason == "throttled"
+                    else "another check is under way"
+                ),
+                peer=peer,
+                wait=attempt.wait,
                 failures=self.throttle.failures,
             )
-            request.setHeader(b"Retry-After", str(int(wait) + 1).encode())
-            return self._render(
-                request, "login.html", None, status=429, error=t("error.throttled", seconds=int(wait) + 1), form_login=login
-            )
-        valid = yield auth.verify_password_async(password, account.password_hash)
+            request.setHeader(b"Retry-After", str(seconds).encode())
+            key = "error.throttled" if attempt.reason == "throttled" else "error.login_busy"
+            return self._render(request, "login.html", None, status=429, error=t(key, seconds=seconds), form_login=login)
+        try:
+            account = yield self.store.get_admin()
+            valid = account is not None and (yield auth.verify_password_async(password, account.password_hash))
+        except BaseException:
+            attempt.abandoned()
+            raise
+        if account is None:
+            attempt.abandoned()
+            raise _Redirect("/setup")
         if not (valid and hmac.compare_digest(login.encode("utf-8", "replace"), account.login.encode("utf-8", "replace"))):
-            self.throttle.failed()
+            failures = attempt.failures
+            attempt.failed()
             yield self._audit(request, login, "login-failed")
             self.log.warn(
-                "admin panel: failed login as {login!r} from {peer} ({failures} in a row)",
-                login=login,
-                peer=_peer(request),
-                failures=self.throttle.failures,
+                "admin panel: failed login as {login!r} from {peer} ({failures} in a row)", login=login, peer=peer, failures=failures
             )
             return self._render(request, "login.html", None, status=401, error=t("error.login_failed"), form_login=login)
-        self.throttle.succeeded()
-        self.log.info("admin panel: {login!r} logged in from {peer}", login=login, peer=_peer(request))
+        attempt.succeeded()
+        self.log.info("admin panel: {login!r} logged in from {peer}", login=login, peer=peer)
         self._start_session(request, account)
         yield self._audit(request, account.login, "login")
         raise _Redirect("/apps")
+
+    def _login_refused(self, key: str, fmt: str, **fields: Any) -> None:
+        """A refused login attempt's warning, rate-limited (a flood would otherwise fill the log)."""
+
+        def emit(suppressed: int) -> None:
+            more = f" ({suppressed} more like it in the last interval)" if suppressed else ""
+            self.log.warn(fmt + more, **fields)
+
+        self._refusals(key, emit)
 
     @app.route("/logout", methods=["POST"])
     @inlineCallbacks

@@ -258,11 +258,13 @@ class Store(Registry, Groups, KeptMessages, Admin, Audit, Transfer, Lifecycle, P
 def open_store(config: Config, reactor: Any = None) -> Store:
     """The store ``config.store`` names: the data directory's SQLite file by default, or PostgreSQL (migrated on open)."""
     location = config.store
+    # The key that seals the store's secrets lives outside it (store/sealing.py).
+    key_file = Path(config.secrets_key_file or Path(config.data_dir) / "secrets.key")
     if location == "sqlite" or location.startswith("sqlite://"):
         from .sqlite import SQLiteStore
 
         path = location[len("sqlite://") :] if location != "sqlite" else None
-        return SQLiteStore(config.data_dir, reactor=reactor, path=path)
+        return SQLiteStore(config.data_dir, reactor=reactor, path=path, key_file=key_file)
     from .postgres import PostgresStore
 
     # The data directory still holds the node's own files (PID, admin.json, handoff).
@@ -270,7 +272,7 @@ def open_store(config: Config, reactor: Any = None) -> Store:
         Path(config.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as e:
         raise StoreError(f"cannot create the data directory {config.data_dir}: {e.strerror or e}") from None
-    return PostgresStore(location, password_file=config.store_password_file, reactor=reactor)
+    return PostgresStore(location, password_file=config.store_password_file, reactor=reactor, key_file=key_file)
 
 
 def redact_url(url: str) -> str:

@@ -25,10 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 
 from .. import crypto
-from ..wire import ClientKey
+from ..wire import ClientKey, WireError
 from . import (
     AdminAccount,
     Application,
@@ -43,9 +43,12 @@ from . import (
     TokenRecord,
     UnknownApplication,
 )
-from .export import EXPORT_FORMAT, EXPORT_VERSION, check_export
+from .export import EXPORT_FORMAT, SEALED_VERSION, check_export
+from .sealing import PROBE, KeyRing, SealingError, SecretKey, key_id_of, seal
 
 _APP_COLUMNS = "id, title, server_key, client_key, created_at"
+#: The columns whose values are sealed (store/sealing.py), each bound to its row's id.
+SEALED_COLUMNS = ("server_key", "client_key")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class Dialect:
     list_param: Callable[[list[str]], Any]
     #: Serializes takers of one user's kept messages (two sessions of a user on two nodes), or None when writes are serial anyway.
     user_lock: str | None = None
+    #: Appended to the read of the ``sealing`` row in a write transaction: waits for a key rotation under way.
+    share_lock: str = ""
 
     def sql(self, text: str, _cache: dict[tuple[str, str], str] = {}) -> str:  # noqa: B006 - a deliberate cache
         key = (self.placeholder, text)
@@ -91,17 +96,19 @@ POSTGRES = Dialect(
     in_list="target = ANY(?)",
     list_param=list,
     user_lock="SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
+    share_lock=" FOR SHARE",
 )
 
 
-def _app(row: Any) -> Application:
-    return Application(row[0], row[1], row[2], ClientKey.decode(row[3]), row[4])
-
-
 class SQLStore:
-    """Every role of :class:`pns4ones.store.Store`, once, over :attr:`dialect`."""
+    """
+    Every role of :class:`pns4ones.store.Store`, once, over :attr:`dialect`.
+    Server keys and client keys are sealed on write and opened on read with
+    :attr:`keyring` (store/sealing.py): nothing above the store sees a sealed value.
+    """
 
     dialect: Dialect
+    keyring: KeyRing
     location: str
     migrated_from: int
     schema_version: int
@@ -139,6 +146,66 @@ class SQLStore:
 
         return self._run(txn)
 
+    # -- sealing -----------------------------------------------------------------------
+
+    def _app(self, row: Any) -> Application:
+        """An ``applications`` row (id, title, server_key, client_key, created_at) with its keys opened."""
+        ring = self.keyring
+        server_key = ring.open(row[2], "applications", "server_key", row[0])
+        client_key = ring.open(row[3], "applications", "client_key", row[0])
+        return Application(row[0], row[1], server_key, ClientKey.decode(client_key), row[4])
+
+    def _sealing_key(self, cursor: Any) -> SecretKey:
+        """The key new values are sealed with: the one the store names (waiting for a rotation under way to finish)."""
+        row = self._x(cursor, "SELECT key_id FROM sealing WHERE id = 1" + self.dialect.share_lock).fetchone()
+        if row is None:
+            raise SealingError("the store has no sealing key yet: open it with this version of pns4ones first")
+        key = self.keyring.get(row[0])
+        if key is None:
+            raise SealingError(
+                f"the store seals with key {row[0]}, which the key file {self.keyring.path} does not hold: copy it from the node that has it"
+            )
+        return key
+
+    def _seal_app(self, key: SecretKey, app_id: str, column: str, value: str) -> str:
+        return seal(key, value, "applications", column, app_id)
+
+    def rotate_secrets_key(self, new: SecretKey, now: float) -> Deferred[int]:
+        """
+        Seal every secret of the store under ``new`` (which the key file must
+        hold already), in one transaction, and make it the store's key; the
+        number of values sealed anew.  Writers of secrets wait for it (the
+        ``sealing`` row is updated first: PostgreSQL locks it; SQLite has one writer).
+        """
+
+        def rotate(cursor: Any) -> int:
+            if self.keyring.get(new.id) is None:
+                raise SealingError(f"key {new.id} is not in the key file {self.keyring.path}")
+            self._x(
+                cursor,
+                "UPDATE sealing SET key_id = ?, probe = ?, sealed_at = ? WHERE id = 1",
+                (new.id, seal(new, PROBE, "sealing", "probe", "1"), now),
+            )
+            count = 0
+            for app_id, *values in self._x(cursor, "SELECT id, server_key, client_key FROM applications").fetchall():
+                sealed = [
+                    seal(new, self.keyring.open(value, "applications", column, app_id), "applications", column, app_id)
+                    for column, value in zip(SEALED_COLUMNS, values)
+                ]
+                self._x(cursor, "UPDATE applications SET server_key = ?, client_key = ? WHERE id = ?", (*sealed, app_id))
+                count += len(sealed)
+            return count
+
+        return self._write(rotate).addCallback(lambda count: self._scrub().addCallback(lambda _: count))
+
+    def _scrub(self) -> Deferred[None]:
+        """After :meth:`rotate_secrets_key`: drop what the database keeps of the old values (each store knows how)."""
+        return succeed(None)
+
+    def sealing_key_id(self) -> Deferred[str]:
+        """The id of the key the store seals with."""
+        return self._read(lambda c: self._x(c, "SELECT key_id FROM sealing WHERE id = 1").fetchone()[0])
+
     def _read(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return self._run(fn, *args)
 
@@ -159,7 +226,7 @@ class SQLStore:
 
     def _snapshot(self, cursor: Any) -> Snapshot:
         x = self._x
-        apps = tuple(_app(r) for r in x(cursor, f"SELECT {_APP_COLUMNS} FROM applications ORDER BY created_at, id").fetchall())
+        apps = tuple(self._app(r) for r in x(cursor, f"SELECT {_APP_COLUMNS} FROM applications ORDER BY created_at, id").fetchall())
         tokens = tuple(
             TokenRecord(bytes(r[0]), r[1], bytes(r[2]), r[3], r[4])
             for r in x(cursor, "SELECT digest, app_id, token_id, issued_at, expires_at FROM tokens").fetchall()
@@ -175,7 +242,7 @@ class SQLStore:
 
     def list_applications(self) -> Deferred[list[Application]]:
         return self._read(
-            lambda c: [_app(r) for r in self._x(c, f"SELECT {_APP_COLUMNS} FROM applications ORDER BY created_at, id").fetchall()]
+            lambda c: [self._app(r) for r in self._x(c, f"SELECT {_APP_COLUMNS} FROM applications ORDER BY created_at, id").fetchall()]
         )
 
     def get_application(self, app_id: str) -> Deferred[Application]:
@@ -185,7 +252,7 @@ class SQLStore:
         row = self._x(cursor, f"SELECT {_APP_COLUMNS} FROM applications WHERE id = ?", (app_id,)).fetchone()
         if row is None:
             raise UnknownApplication(app_id)
-        return _app(row)
+        return self._app(row)
 
     def get_token(self, digest: bytes) -> Deferred[TokenRecord | None]:
         """The token with this digest (issued by any node), or None."""
@@ -208,10 +275,18 @@ class SQLStore:
     def create_application(self, title: str, now: float) -> Deferred[Application]:
         def create(cursor: Any) -> Application:
             app = Application(str(uuid.uuid4()), title, crypto.random_key(), ClientKey.generate(), now)
+            key = self._sealing_key(cursor)
             self._x(
                 cursor,
                 "INSERT INTO applications (id, title, server_key, client_key, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (app.id, app.title, app.server_key, app.client_key.encode(), now, now),
+                (
+                    app.id,
+                    app.title,
+                    self._seal_app(key, app.id, "server_key", app.server_key),
+                    self._seal_app(key, app.id, "client_key", app.client_key.encode()),
+                    now,
+                    now,
+                ),
             )
             return app
 
@@ -220,7 +295,8 @@ class SQLStore:
     def rotate_server_key(self, app_id: str, now: float) -> Deferred[Application]:
         def rotate(cursor: Any) -> Application:
             self._get(cursor, app_id)
-            self._x(cursor, "UPDATE applications SET server_key = ?, updated_at = ? WHERE id = ?", (crypto.random_key(), now, app_id))
+            sealed = self._seal_app(self._sealing_key(cursor), app_id, "server_key", crypto.random_key())
+            self._x(cursor, "UPDATE applications SET server_key = ?, updated_at = ? WHERE id = ?", (sealed, now, app_id))
             self._x(cursor, "DELETE FROM tokens WHERE app_id = ?", (app_id,))
             return self._get(cursor, app_id)
 
@@ -229,9 +305,8 @@ class SQLStore:
     def rotate_client_key(self, app_id: str, now: float) -> Deferred[Application]:
         def rotate(cursor: Any) -> Application:
             self._get(cursor, app_id)
-            self._x(
-                cursor, "UPDATE applications SET client_key = ?, updated_at = ? WHERE id = ?", (ClientKey.generate().encode(), now, app_id)
-            )
+            sealed = self._seal_app(self._sealing_key(cursor), app_id, "client_key", ClientKey.generate().encode())
+            self._x(cursor, "UPDATE applications SET client_key = ?, updated_at = ? WHERE id = ?", (sealed, now, app_id))
             return self._get(cursor, app_id)
 
         return self._write(rotate)
@@ -581,7 +656,7 @@ class SQLStore:
     # -- export and import (pns4ones-admin export/import) -----------------------------------
 
     def export_data(self) -> Deferred[dict[str, Any]]:
-        """Everything the store holds, secrets included, as a JSON-ready document."""
+        """Everything the store holds as a JSON-ready document, secrets sealed as in the store (importing needs the key file)."""
 
         def read(cursor: Any) -> dict[str, Any]:
             x = self._x
@@ -620,8 +695,9 @@ class SQLStore:
             ]
             row = x(cursor, "SELECT login, password_hash, updated_at FROM admin_account WHERE id = 1").fetchone()
             admin = {"login": row[0], "password_hash": row[1], "updated_at": row[2]} if row else None
+            (key_id,) = x(cursor, "SELECT key_id FROM sealing WHERE id = 1").fetchone()
             return {
-                "format": EXPORT_FORMAT, "version": EXPORT_VERSION,
+                "format": EXPORT_FORMAT, "version": SEALED_VERSION, "sealed_with": key_id,
                 "applications": apps, "tokens": tokens, "groups": groups, "kept_messages": kept, "kept_stats": stats, "admin": admin,
             }  # fmt: skip
 
@@ -640,6 +716,8 @@ class SQLStore:
 
         def load(cursor: Any) -> int:
             x = self._x
+            key = self._sealing_key(cursor)
+            apps = [self._imported_keys(key, a, data["sealed"]) for a in data["applications"]]
             (count,) = x(cursor, "SELECT COUNT(*) FROM applications").fetchone()
             if count and not replace:
                 raise StoreError(
@@ -651,7 +729,7 @@ class SQLStore:
             self._many(
                 cursor,
                 "INSERT INTO applications (id, title, server_key, client_key, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                [(a["id"], a["title"], a["server_key"], a["client_key"], a["created_at"], a["updated_at"]) for a in data["applications"]],
+                [(a["id"], a["title"], a["server_key"], a["client_key"], a["created_at"], a["updated_at"]) for a in apps],
             )
             self._many(
                 cursor,
@@ -687,3 +765,62 @@ class SQLStore:
             return len(data["applications"])
 
         return self._write(load)
+
+    def _imported_keys(self, key: SecretKey, app: dict[str, Any], sealed: bool) -> dict[str, Any]:
+        """An exported application with its keys sealed under ``key`` for this store (kept as they are when sealed so already)."""
+        out = dict(app)
+        for column in SEALED_COLUMNS:
+            value = app[column]
+            if sealed:
+                try:
+                    plain = self.keyring.open(value, "applications", column, app["id"])
+                except SealingError as e:
+                    raise StoreError(
+                        f"cannot open the export's {column} of application {app['id']} ({e}); an export is sealed with the key file "
+                        f"of the installation that made it: add its line(s) to {self.keyring.path} and import again"
+                    ) from None
+            else:
+                plain = value
+            if column == "client_key":
+                try:
+                    ClientKey.decode(plain)
+                except WireError:
+                    raise StoreError(f"not a pns4ones export: client_key of application {app['id']} is not a client key") from None
+            out[column] = value if sealed and key_id_of(value) == key.id else self._seal_app(key, app["id"], column, plain)
+        return out
+
+
+def migrate_secrets(execute: Callable[..., Any], keyring: KeyRing, now: float) -> int:
+    """
+    The start-up migration after the SQL ones, in their transaction (``execute(sql,
+    args)`` runs SQL written with the dialect's placeholders): make sure the
+    store has a sealing key that the key file holds (a new store, or one made
+    before sealing, takes the key file's newest key, creating the file if there
+    is none), then seal every secret still in plaintext.  The number of values sealed.
+    """
+    row = execute("SELECT key_id, probe FROM sealing WHERE id = 1").fetchone()
+    if row is None:
+        key = keyring.newest() or keyring.create()
+        execute(
+            "INSERT INTO sealing (id, key_id, probe, sealed_at) VALUES (1, ?, ?, ?)",
+            (key.id, seal(key, PROBE, "sealing", "probe", "1"), now),
+        )
+    else:
+        found = keyring.get(row[0])
+        if found is None:
+            where = "does not exist" if not keyring.exists() else "does not hold it"
+            raise SealingError(
+                f"the store's secrets are sealed with key {row[0]}, and the key file {keyring.path} {where}: "
+                "copy the key file from a node that shares this store (or restore it from where you keep it)"
+            )
+        key = found
+        if keyring.open(row[1], "sealing", "probe", "1") != PROBE:
+            raise SealingError(f"the key file {keyring.path} does not open this store's secrets")
+    count = 0
+    for app_id, *values in execute("SELECT id, server_key, client_key FROM applications").fetchall():
+        if all(key_id_of(v) is not None for v in values):
+            continue
+        sealed = [v if key_id_of(v) is not None else seal(key, v, "applications", c, app_id) for c, v in zip(SEALED_COLUMNS, values)]
+        execute("UPDATE applications SET server_key = ?, client_key = ? WHERE id = ?", (*sealed, app_id))
+        count += sum(key_id_of(v) is None for v in values)
+    return count

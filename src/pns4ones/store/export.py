@@ -16,10 +16,14 @@ from typing import Any
 
 from ..wire import ClientKey
 from . import StoreError
+from .sealing import key_id_of
 
-#: The format of ``pns4ones-admin export`` files.
+#: The format of ``pns4ones-admin export`` files: version 1 holds the keys in
+#: plaintext (the in-memory store, and versions before sealing), version 2 sealed
+#: as the SQL stores keep them (store/sealing.py: importing needs the key file).
 EXPORT_FORMAT = "pns4ones-export"
 EXPORT_VERSION = 1
+SEALED_VERSION = 2
 
 
 def _need(cond: bool, where: str, what: str) -> None:
@@ -54,17 +58,22 @@ def check_export(doc: object) -> dict[str, Any]:
     """The document with bytes decoded, or StoreError saying what is wrong."""
     if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
         raise StoreError(f'not a pns4ones export: the document lacks "format": "{EXPORT_FORMAT}"')
-    _need(doc.get("version") == EXPORT_VERSION, "version", f"must be {EXPORT_VERSION}")
+    _need(doc.get("version") in (EXPORT_VERSION, SEALED_VERSION), "version", f"must be {EXPORT_VERSION} or {SEALED_VERSION}")
+    sealed = doc["version"] == SEALED_VERSION
     num = (int, float)
     apps = []
     ids = set()
     for i, a in enumerate(_list(doc, "applications")):
         where = f"applications[{i}]"
         _fields(a, where, {"id": str, "title": str, "server_key": str, "client_key": str, "created_at": num, "updated_at": num})
-        try:
-            ClientKey.decode(a["client_key"])
-        except Exception:
-            raise StoreError(f"not a pns4ones export: {where}.client_key is not a client key") from None
+        for column in ("server_key", "client_key"):
+            is_sealed = key_id_of(a[column]) is not None
+            _need(is_sealed == sealed, f"{where}.{column}", "is not sealed" if sealed else "is sealed in a version 1 export")
+        if not sealed:  # a sealed one is checked once opened, by the store that has the key
+            try:
+                ClientKey.decode(a["client_key"])
+            except Exception:
+                raise StoreError(f"not a pns4ones export: {where}.client_key is not a client key") from None
         _need(a["id"] not in ids, f"{where}.id", "is a duplicate")
         ids.add(a["id"])
         apps.append(a)
@@ -119,4 +128,7 @@ def check_export(doc: object) -> dict[str, Any]:
     admin = doc.get("admin")
     if admin is not None:
         _fields(admin, "admin", {"login": str, "password_hash": str, "updated_at": num})
-    return {"applications": apps, "tokens": tokens, "groups": groups, "kept_messages": kept, "kept_stats": stats, "admin": admin}
+    return {
+        "applications": apps, "tokens": tokens, "groups": groups, "kept_messages": kept, "kept_stats": stats, "admin": admin,
+        "sealed": sealed,
+    }  # fmt: skip

@@ -534,6 +534,8 @@ class MemoryStore:
     def import_data(self, doc: object, replace: bool = False) -> Deferred[int]:
         def load() -> int:
             data = check_export(doc)
+            if data["sealed"]:  # it keeps nothing at rest, so holds no key to open one
+                raise StoreError("a sealed export (version 2) imports into a SQLite or PostgreSQL store that has its key file")
             old = self._t
             if old.applications and not replace:
                 raise StoreError(

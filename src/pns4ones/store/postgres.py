@@ -12,7 +12,9 @@ memory, the store is read at start and when something changes.
 
 * Schema as versioned files ``schema_pg/NNN_*.sql``, applied at start inside
   one transaction under ``pg_advisory_xact_lock`` (two nodes starting at once
-  apply them once), recorded in ``schema_version``.
+  apply them once), recorded in ``schema_version``; then, in the same
+  transaction, the secrets still in plaintext are sealed
+  (``_sql.migrate_secrets``; every node needs the same key file).
 * Every write transaction that changes what the nodes keep in memory ends with
   ``pg_notify('pns4ones_changes', <source>)`` and advances the sequence
   ``pns4ones_change_seq`` (see ``_sql.py`` for the writes that do not).  A thread holds its own
@@ -43,12 +45,14 @@ import psycopg
 from twisted.enterprise import adbapi
 from twisted.internet import task
 from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..txinternals import QuietPool
 from . import StoreError, StoreUnavailable, redact_url
-from ._sql import POSTGRES, SQLStore
+from ._sql import POSTGRES, SQLStore, migrate_secrets
+from .sealing import KEY_FILE_NAME, KeyRing, SealingError
 
 CHANNEL = "pns4ones_changes"
 #: pg_advisory_xact_lock key of the migrations ("pns4ones" in ASCII, as a bigint).
@@ -70,8 +74,8 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(out)
 
 
-def migrate(conn: psycopg.Connection) -> tuple[int, int]:
-    """Apply pending migrations in one transaction; (version before, after)."""
+def migrate(conn: psycopg.Connection, keyring: KeyRing) -> tuple[int, int]:
+    """Apply pending migrations and seal secrets in one transaction; (version before, after)."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         conn.execute(
@@ -85,6 +89,14 @@ def migrate(conn: psycopg.Connection) -> tuple[int, int]:
                 conn.execute(sql.encode("utf-8"))
                 conn.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (%s, %s, %s)", (number, name, time.time()))
                 version = number
+        sealed = migrate_secrets(lambda sql, args=(): conn.execute(POSTGRES.sql(sql), args), keyring, time.time())
+    if sealed:  # the plaintext keys of a store made before sealing: out of the table's files (dumps never had dead rows)
+        autocommit = conn.autocommit
+        conn.autocommit = True
+        try:
+            conn.execute("VACUUM FULL applications")
+        finally:
+            conn.autocommit = autocommit
     return before, version
 
 
@@ -99,7 +111,9 @@ class PostgresStore(SQLStore):
     log = Logger()
     dialect = POSTGRES
 
-    def __init__(self, url: str, password_file: str = "", reactor: Any = None, pool_size: int = 4) -> None:
+    def __init__(
+        self, url: str, password_file: str = "", reactor: Any = None, pool_size: int = 4, *, key_file: Path | str | None = None
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -113,11 +127,18 @@ class PostgresStore(SQLStore):
                 self._connect_args["password"] = Path(password_file).read_text(encoding="utf-8").strip("\r\n")
             except (OSError, UnicodeDecodeError) as e:
                 raise StoreError(f"option 'store_password_file': cannot read {password_file}: {e}") from None
+        if key_file is None:  # the data directory the service and the CLI use when none is given
+            from ..config import default_data_dir
+
+            key_file = default_data_dir() / KEY_FILE_NAME
+        self.keyring = KeyRing(key_file)
         try:
             with self.connect() as conn:
-                self.migrated_from, self.schema_version = migrate(conn)
+                self.migrated_from, self.schema_version = migrate(conn, self.keyring)
         except psycopg.Error as e:
             raise StoreError(f"cannot open the store {self.location}: {_message(e)}") from None
+        except SealingError as e:
+            raise SealingError(f"cannot open the store {self.location}: {e}") from None
         #: Identifies this process's own change notifications (it has applied its changes already).
         self._source = uuid.uuid4().hex
         self._generation = 0
@@ -165,6 +186,15 @@ class PostgresStore(SQLStore):
         if not self.available:
             return fail(StoreUnavailable(self._unavailable_text()))
         return self._pool.runInteraction(self._fresh, interaction, *args).addErrback(self._failed)
+
+    def _scrub(self) -> Deferred[None]:
+        """After rewriting every secret: VACUUM FULL rewrites ``applications`` without its dead row versions (the old values)."""
+
+        def vacuum() -> None:
+            with self.connect(autocommit=True) as conn:
+                conn.execute("VACUUM FULL applications")
+
+        return deferToThread(vacuum)
 
     def _unavailable_text(self) -> str:
         return f"the store (PostgreSQL at {self.location}) is unreachable: {self.unavailable_reason}; reconnecting"

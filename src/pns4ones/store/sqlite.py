@@ -7,16 +7,20 @@ waits on the disk).
   transaction, so a ``kill -9`` of the server or of the CLI never leaves a
   half-made change, and the two writing at once both succeed.
 * Schema as versioned files ``schema/NNN_*.sql``, applied in order by
-  ``PRAGMA user_version``.
+  ``PRAGMA user_version``; then, in the same transaction, the secrets still in
+  plaintext are sealed (``_sql.migrate_secrets``, key file ``secrets.key``).
 * Changes made by another process (the admin CLI) are noticed by polling
   ``PRAGMA data_version``, which changes only when another connection commits.
-* The database file is created with mode 0600, its directory 0700.
+* The database file is created with mode 0600, its directory 0700;
+  ``secure_delete`` zeroes overwritten content, and sealing a store made
+  before sealing rebuilds the file (``VACUUM``), so no plaintext key lingers.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -28,7 +32,8 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
 from . import StoreError
-from ._sql import SQLITE, SQLStore
+from ._sql import SQLITE, SQLStore, migrate_secrets
+from .sealing import KEY_FILE_NAME, KeyRing, SealingError
 
 DB_NAME = "pns4ones.db"
 BUSY_TIMEOUT_MS = 10_000
@@ -43,8 +48,8 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(out)
 
 
-def prepare_database(path: Path) -> tuple[int, int]:
-    """Create the directory and file with private modes; apply pending migrations: (version before, after)."""
+def prepare_database(path: Path, keyring: KeyRing) -> tuple[int, int]:
+    """Create the directory and file with private modes; apply pending migrations and seal secrets: (version before, after)."""
     directory = path.parent
     if not directory.exists():
         directory.mkdir(mode=0o700, parents=True)
@@ -54,6 +59,7 @@ def prepare_database(path: Path) -> tuple[int, int]:
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA secure_delete = ON")
         conn.execute("BEGIN IMMEDIATE")
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         before = version
@@ -64,16 +70,26 @@ def prepare_database(path: Path) -> tuple[int, int]:
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number}")
                 version = number
+        sealed = migrate_secrets(conn.execute, keyring, time.time())
         conn.execute("COMMIT")
+        if sealed:
+            # The plaintext keys of a store made before sealing may linger in free pages (from
+            # earlier updates) and in old page images: rebuild the file and empty the WAL.
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return before, version
     except sqlite3.DatabaseError as e:
         raise StoreError(f"cannot open the store {path}: {e}") from e
+    except SealingError as e:
+        raise SealingError(f"cannot open the store {path}: {e}") from None
     finally:
         conn.close()
 
 
 def _open_connection(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    # Overwritten and deleted content is zeroed, not left in free pages (old sealed keys, kept messages).
+    conn.execute("PRAGMA secure_delete = ON")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA synchronous = NORMAL")
 
@@ -84,10 +100,13 @@ class SQLiteStore(SQLStore):
     log = Logger()
     dialect = SQLITE
 
-    def __init__(self, data_dir: Path | str, reactor: Any = None, path: Path | str | None = None) -> None:
+    def __init__(
+        self, data_dir: Path | str, reactor: Any = None, path: Path | str | None = None, key_file: Path | str | None = None
+    ) -> None:
         self.path = Path(path) if path is not None else Path(data_dir) / DB_NAME
         self.location = str(self.path)
-        self.migrated_from, self.schema_version = prepare_database(self.path)
+        self.keyring = KeyRing(key_file if key_file is not None else Path(data_dir) / KEY_FILE_NAME)
+        self.migrated_from, self.schema_version = prepare_database(self.path, self.keyring)
         kwargs: dict[str, Any] = {}
         if reactor is not None:
             kwargs["cp_reactor"] = reactor
@@ -104,9 +123,14 @@ class SQLiteStore(SQLStore):
         )
         self._watch: task.LoopingCall | None = None
         self._data_version: int | None = None
+        self._closed = False
 
     def _run(self, interaction: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return self._pool.runInteraction(interaction, *args)
+
+    def _scrub(self) -> Deferred[None]:
+        """After rewriting every secret: old page images leave the WAL (a reader may delay it: best effort)."""
+        return self._run(lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall() and None)
 
     # -- change notification ----------------------------------------------------------
 
@@ -131,8 +155,11 @@ class SQLiteStore(SQLStore):
         self._watch = None
 
     def close(self) -> Deferred[None]:
+        """Close the pool (a second call does nothing)."""
         self.stop_watching()
-        self._pool.close()
+        if not self._closed:
+            self._closed = True
+            self._pool.close()
         from twisted.internet.defer import succeed
 
         return succeed(None)

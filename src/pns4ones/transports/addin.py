@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
+import resource
 import socket
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import protocol
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IAddress, IPushProducer
 from twisted.internet.tcp import Server
 from twisted.logger import Logger
 from twisted.protocols.basic import IntNStringReceiver
@@ -40,6 +42,10 @@ from ..logs import RateLimited, session_fields
 from ..metrics import NULL
 from ..txinternals import send_now, set_handed_over, take_output, unparsed_input
 from ..wire import ClientKey
+
+#: Seconds an unregistered add-in connection must have waited before it is closed to make room for a
+#: new one at max_unregistered(_per_address): a real add-in registers within one round trip.
+EVICT_AGE = 1.0
 
 
 def configure_socket(sock: socket.socket, cfg: Config) -> None:
@@ -57,11 +63,31 @@ def configure_socket(sock: socket.socket, cfg: Config) -> None:
 
 
 def peer_host(transport: Any) -> str:
-    peer = transport.getPeer()
-    host = getattr(peer, "host", str(peer))
+    return _host_of(transport.getPeer())
+
+
+def _host_of(address: Any) -> str:
+    host = getattr(address, "host", str(address))
     if host.startswith("::ffff:"):
         host = host[7:]
-    return host
+    return str(host)
+
+
+def _allowed(host: str, networks: Any) -> bool:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+def descriptor_budget(reserve: int) -> tuple[int, int]:
+    """The process's open-file limit and the descriptors to keep free (``reserve``, or 0 for a tenth of the limit, 50 to 1000)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = soft if soft != resource.RLIM_INFINITY and soft > 0 else 1 << 20
+    if reserve <= 0:
+        reserve = min(1000, max(50, limit // 10))
+    return limit, min(reserve, limit // 2)
 
 
 def key_fingerprint(key: ClientKey) -> str:
@@ -133,9 +159,6 @@ class AddinProtocol(IntNStringReceiver):
         if factory.adopting:  # handed over by the previous process (socket options kept): handoff.py restores the rest
             factory.connections.add(self)
             self.transport.registerProducer(self, True)
-            return
-        if not factory.admit(self):
-            self.transport.abortConnection()
             return
         factory.connections.add(self)
         self._set_keepalive()
@@ -357,7 +380,34 @@ class AddinProtocol(IntNStringReceiver):
         pass
 
 
-class AddinFactory(protocol.Factory):
+class AddinFactory(protocol.Factory[AddinProtocol]):
+    """
+    The add-in listener's connections, and its bounds before registration.
+
+    Admission happens in :meth:`buildProtocol`, before a transport exists: a
+    refused connection is closed by the listener at once (``None``), so a
+    flood costs an ``accept()`` and a ``close()`` per connection, never a
+    descriptor held.  In order:
+
+    * ``service_allow`` and ``max_subscriptions``;
+    * the descriptor reserve: when fewer than ``fd_reserve`` descriptors are
+      free below the open-file limit, a new connection is let in only in the
+      place of an unregistered one (below), so the send API, the panel,
+      ``/health`` and the store keep working.  The check opens and closes
+      ``/dev/null`` (it gets the lowest free descriptor) and compares the
+      number with the limit: add-in connections never keep one of the top ``fd_reserve``
+      descriptors (a hole below them is filled first);
+    * connections that have not registered yet, per source address
+      (``max_unregistered_per_address``) and in all (``max_unregistered``).
+
+    At a bound, the oldest unregistered connection (of the address, or of
+    all) is closed for the newcomer if it has waited over :data:`EVICT_AGE`
+    (a real add-in registers within one round trip), else the newcomer is
+    refused: connections that never register cannot lock real clients out.
+
+    Refusals are counted (``pns4ones_addin_refused``) and logged rate-limited.
+    """
+
     protocol = AddinProtocol
     log = Logger()
     noisy = False
@@ -373,28 +423,139 @@ class AddinFactory(protocol.Factory):
         self.log_info = log_info
         #: True once the listening socket carries the keepalive options.
         self.listener_configured = False
-        # Connections that have not registered yet, oldest first, with their deadline.
+        # Connections that have not registered yet, oldest first, with their deadline; and by source address.
         self._pending: dict[AddinProtocol, float] = {}
+        self._pending_by_host: dict[str, dict[AddinProtocol, None]] = {}
         self._sweeper: Any = None
         self._limited = RateLimited(clock, 10.0)
         self._allow = config.service_allow
+        self.fd_limit, self.fd_reserve = descriptor_budget(config.fd_reserve)
+
+    # -- admission (before a transport exists) ------------------------------------------------
+
+    def buildProtocol(self, addr: IAddress | None) -> AddinProtocol | None:
+        if not self.adopting and not self._admit(_host_of(addr)):
+            return None  # the listener closes the socket at once
+        proto = AddinProtocol()
+        proto.factory = self
+        return proto
+
+    def _admit(self, host: str) -> bool:
+        if self._allow and not _allowed(host, self._allow):
+            self.warn(
+                "not-allowed", "add-in client {peer} is not in service_allow: closed", peer=host, event="rejected", reason="not-allowed"
+            )
+            self.metrics.registration_rejected("not-allowed")
+            return False
+        limit = self.config.max_subscriptions
+        if limit and len(self.connections) >= limit:
+            self.warn(
+                "limit",
+                "max_subscriptions={limit} reached: refusing add-in client {peer}",
+                limit=limit,
+                peer=host,
+                event="rejected",
+                reason="limit",
+            )
+            self.metrics.registration_rejected("limit")
+            return False
+        free_from = self._lowest_free_descriptor()
+        if (free_from is None or free_from >= self.fd_limit - self.fd_reserve) and not (
+            self._pending and self._evict(next(iter(self._pending)))
+        ):
+            self._refused(
+                "fd-reserve",
+                "add-in connection from {peer} refused: fewer than fd_reserve={reserve} of {limit} file descriptors free",
+                peer=host,
+                reserve=self.fd_reserve,
+                limit=self.fd_limit,
+            )
+            return False
+        waiting = self._pending_by_host.get(host)
+        per_host = self.config.max_unregistered_per_address
+        if waiting is not None and len(waiting) >= per_host and not self._evict(next(iter(waiting))):
+            self._refused(
+                "unregistered-per-address",
+                "add-in connection from {peer} refused: {count} connections from it have not registered yet (max_unregistered_per_address)",
+                peer=host,
+                count=len(waiting),
+            )
+            return False
+        if len(self._pending) >= self.config.max_unregistered and not self._evict(next(iter(self._pending))):
+            self._refused(
+                "unregistered-total",
+                "add-in connection from {peer} refused: {count} connections have not registered yet (max_unregistered)",
+                peer=host,
+                count=len(self._pending),
+            )
+            return False
+        return True
+
+    def _evict(self, oldest: AddinProtocol) -> bool:
+        """Close ``oldest`` (unregistered) to make room, if it has waited long enough to be no real client."""
+        if self.clock.seconds() - oldest.connected_at < min(EVICT_AGE, self.config.registration_timeout):
+            return False
+        self._forget(oldest)
+        self._refused(
+            "evicted",
+            "add-in client {peer} closed: no registration after {age:.1f} s, and a new connection needs its place",
+            peer=oldest.peer,
+            age=self.clock.seconds() - oldest.connected_at,
+        )
+        oldest._ended = True
+        transport: Any = oldest.transport
+        transport.abortConnection()
+        return True
+
+    def _refused(self, reason: str, fmt: str, **fields: Any) -> None:
+        self.metrics.addin_refused(reason)
+        self.warn("refused:" + reason, fmt, event="refused", reason=reason, **fields)
+
+    @staticmethod
+    def _lowest_free_descriptor() -> int | None:
+        """The number the next descriptor would get (all below it are taken), or None when none is free (a few µs)."""
+        try:
+            probe = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        os.close(probe)
+        return probe
+
+    # -- registration clock ---------------------------------------------------------------------
 
     def awaiting_registration(self, proto: AddinProtocol, timeout: float | None = None) -> None:
         """Start the registration clock, ``registration_timeout`` or ``timeout`` (one periodic sweep, not a timer per client)."""
         self._pending[proto] = self.clock.seconds() + (self.config.registration_timeout if timeout is None else timeout)
+        self._pending_by_host.setdefault(proto.peer, {})[proto] = None
         if self._sweeper is None or not self._sweeper.active():
             self._sweeper = self.clock.callLater(min(1.0, self.config.registration_timeout), self._sweep)
 
     def registered(self, proto: AddinProtocol) -> float | None:
         """Stop its registration clock; the deadline it had, if any."""
-        return self._pending.pop(proto, None)
+        return self._forget(proto)
+
+    def _forget(self, proto: AddinProtocol) -> float | None:
+        deadline = self._pending.pop(proto, None)
+        if deadline is None:
+            return None
+        waiting = self._pending_by_host.get(proto.peer)
+        if waiting is not None:
+            waiting.pop(proto, None)
+            if not waiting:
+                del self._pending_by_host[proto.peer]
+        return deadline
+
+    @property
+    def unregistered(self) -> int:
+        """Connections that have not registered yet."""
+        return len(self._pending)
 
     def _sweep(self) -> None:
         now = self.clock.seconds()
         for proto, deadline in list(self._pending.items()):
             if deadline > now:
                 break  # in insertion order, so the rest are younger
-            del self._pending[proto]
+            self._forget(proto)
             proto.registration_timed_out()
         self._sweeper = None
         if self._pending:
@@ -412,36 +573,6 @@ class AddinFactory(protocol.Factory):
             self.log.warn(fmt + more, **fields)
 
         self._limited(key, emit)
-
-    def admit(self, proto: AddinProtocol) -> bool:
-        if self._allow:
-            try:
-                ip = ipaddress.ip_address(proto.peer)
-            except ValueError:
-                ip = None
-            if ip is None or not any(ip in net for net in self._allow):
-                self.warn(
-                    "not-allowed",
-                    "add-in client {peer} is not in service_allow: closed",
-                    peer=proto.peer,
-                    event="rejected",
-                    reason="not-allowed",
-                )
-                self.metrics.registration_rejected("not-allowed")
-                return False
-        limit = self.config.max_subscriptions
-        if limit and len(self.connections) >= limit:
-            self.warn(
-                "limit",
-                "max_subscriptions={limit} reached: refusing add-in client {peer}",
-                limit=limit,
-                peer=proto.peer,
-                event="rejected",
-                reason="limit",
-            )
-            self.metrics.registration_rejected("limit")
-            return False
-        return True
 
     def reject(self, proto: AddinProtocol, reason: str, detail: str) -> None:
         self.warn(

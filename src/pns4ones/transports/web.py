@@ -31,6 +31,9 @@ message.
 from __future__ import annotations
 
 import json
+import math
+import re
+import secrets
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -39,6 +42,7 @@ from twisted.logger import Logger
 from twisted.web import resource as _resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.websocket import WebSocketResource
+from wsproto.events import Ping
 from zope.interface import implementer
 
 from .. import crypto, tickets
@@ -49,13 +53,23 @@ from ..http.site import json_body
 from ..hub import Catchup, Outbound, next_session_id
 from ..logs import RateLimited, session_fields
 from ..messages import MAX_FIELD, MessageError, decode_json_body, object_member, string_member
+from ..ratelimit import RateLimiter
+from ..txinternals import guard_websocket
 
 #: Largest inbound WebSocket message (pongs aside); past it: close 1009.
 MAX_INBOUND = 4096
+#: Pings from a WebSocket peer answered per second, and the burst allowed; past it: close 1008.
+#: (Browsers send none; client libraries one every 10-30 s.)
+PING_RATE = 5.0
+PING_BURST = 20.0
+#: Seconds a WebSocket peer has to finish the closing handshake before the connection is aborted.
+CLOSE_TIMEOUT = 5.0
 #: Most groups a ticket may carry.
 MAX_GROUPS = 100
 #: SSE reconnection delay hint, milliseconds.
 SSE_RETRY_MS = 3000
+#: A resume point (``since=``, ``Last-Event-ID``): a message id, ASCII digits.
+_MESSAGE_ID = re.compile(r"[0-9]{1,18}")
 
 
 class SubscribeError(Exception):
@@ -104,9 +118,10 @@ class WebSubscriptions:
         ttl = doc.get("ttl")
         if ttl is None:
             ttl = self.config.ticket_ttl
-        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
+        # Finite (NaN and 1e999 never get here: decode_json_body refuses them; an int may be huge).
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or (isinstance(ttl, float) and not math.isfinite(ttl)) or ttl <= 0:
             raise MessageError("TTL", "must be a positive number of seconds")
-        ttl = min(int(ttl) or 1, self.config.ticket_max_ttl)
+        ttl = max(1, int(min(ttl, self.config.ticket_max_ttl)))
         expires_at = int(self.clock.seconds()) + ttl
         ticket = tickets.Ticket(app.id, ib_id, user_id, tuple(groups), expires_at, crypto.token_digest(token))
         self.log.info(
@@ -187,9 +202,10 @@ class WebSubscriptions:
         if raw is None:
             return None
         text = raw.decode("latin-1") if isinstance(raw, bytes) else raw
-        if not text.strip().isdigit() or len(text.strip()) > 18:
+        # ASCII digits only (str.isdigit also takes "²" and other digits int() refuses), at most 18 of them.
+        if not _MESSAGE_ID.fullmatch(text.strip()):
             raise SubscribeError(400, "bad_request", f"resume id {text[:40]!r} is not a message id", field="since")
-        return int(text)
+        return int(text.strip())
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -270,6 +286,8 @@ class _WebSession:
 
     transport_name = ""
     ended = False
+    #: Aborted (slow reader, silent peer): nothing more is written.
+    cut = False
     #: Always this node's.
     node: str | None = None
     #: Messages written (control events aside).
@@ -370,6 +388,7 @@ class _WebSession:
 
     def abort(self) -> None:
         self.ended = True
+        self.cut = True
         self._cancel_timer()
         self.subs.finished(self)
         self.request.channel.transport.abortConnection()
@@ -412,14 +431,52 @@ class _BoundedBuffer:
         return result
 
 
+class _Meter:
+    """
+    What the WebSocket wire protocol writes to (in place of the HTTP channel):
+    every frame, messages and control frames alike (pings, the library's pong
+    answers, closes), goes through :meth:`_WebSession._queue`, so a peer that
+    does not read is cut off past ``send_buffer_limit`` whatever it sends.
+    """
+
+    __slots__ = ("channel", "session")
+
+    def __init__(self, session: WebSocketSession, channel: Any) -> None:
+        self.session = session
+        self.channel = channel
+
+    def write(self, data: bytes) -> None:
+        session = self.session
+        if session.cut or not session._queue(len(data)):
+            return
+        self.channel.write(data)
+
+    def loseConnection(self) -> None:
+        self.channel.loseConnection()
+
+
 class WebSocketSession(_WebSession):
-    """One ``/subscribe/ws`` connection (a twisted.web.websocket protocol)."""
+    """
+    One ``/subscribe/ws`` connection (a twisted.web.websocket protocol).
+
+    Bounded whatever the peer sends: inbound messages at :data:`MAX_INBOUND`
+    (1009); every outbound byte, pongs included, counts in ``send_buffer_limit``
+    while the socket is full (:class:`_Meter`); pings are answered at most
+    :data:`PING_RATE` a second with bursts of :data:`PING_BURST`, past which the
+    connection is closed with 1008; our own pings carry a random payload that
+    the pong must echo, so a peer that never reads cannot pass for alive; a
+    closing handshake the peer does not finish within :data:`CLOSE_TIMEOUT`
+    ends in an abort.  After the close, nothing the peer sends is acted on.
+    """
 
     transport_name = "ws"
     log = Logger()
     ws: Any = None
     _awaiting_pong = False
+    _ping_payload = b""
     _too_big = False
+    _pings: RateLimiter | None = None
+    _closing: Any = None
 
     def __init__(self, subs: WebSubscriptions, admitted: tuple[tickets.Ticket, str, float], request: Any, since: int | None) -> None:
         super().__init__(subs, admitted, request)
@@ -427,15 +484,16 @@ class WebSocketSession(_WebSession):
 
     def negotiationStarted(self, transport: Any) -> None:
         self.ws = transport
-        # Close through the HTTP channel, which unregisters itself as the socket's
-        # producer first: a TLS connection would otherwise wait for that forever
-        # before sending its close_notify (and the client its close timeout).
-        if getattr(transport, "transport", None) is self.request.channel.transport:
-            transport.transport = self.request.channel
-        # The library reassembles messages without a bound: install bounded buffers.
-        if hasattr(transport, "_textBuffer") and hasattr(transport, "_bytesBuffer"):
-            transport._textBuffer = _BoundedBuffer("", MAX_INBOUND, self._oversized)
-            transport._bytesBuffer = _BoundedBuffer(b"", MAX_INBOUND, self._oversized)
+        # Write through the HTTP channel, which unregisters itself as the socket's
+        # producer first when closing: a TLS connection would otherwise wait for
+        # that forever before sending its close_notify (and the client its close
+        # timeout); and through the meter, which counts every byte.
+        channel = self.request.channel if transport.transport is self.request.channel.transport else transport.transport
+        transport.transport = _Meter(self, channel)
+        # The library reassembles messages without a bound and answers every ping.
+        guard_websocket(
+            transport, _BoundedBuffer("", MAX_INBOUND, self._oversized), _BoundedBuffer(b"", MAX_INBOUND, self._oversized), self._inbound
+        )
 
     def negotiationFinished(self) -> None:
         self.request.registerProducer(self, True)
@@ -447,7 +505,8 @@ class WebSocketSession(_WebSession):
 
     def _ping(self) -> None:
         self._awaiting_pong = True
-        self.ws.ping(b"pns4ones")
+        self._ping_payload = secrets.token_bytes(8)
+        self.ws.ping(self._ping_payload)
         self._timer = self.subs.clock.callLater(self.subs.config.ws_ping_timeout, self._pong_timed_out)
 
     def _pong_timed_out(self) -> None:
@@ -463,12 +522,33 @@ class WebSocketSession(_WebSession):
         self.abort()
 
     def pongReceived(self, payload: bytes) -> None:
-        if self._awaiting_pong and not self.ended:
+        # Only the answer to our last ping counts: an unsolicited pong proves nothing.
+        if self._awaiting_pong and not self.ended and payload == self._ping_payload:
             self._awaiting_pong = False
             self._cancel_timer()
             self._timer = self.subs.clock.callLater(self.subs.config.ws_ping_interval, self._ping)
 
     # -- inbound ------------------------------------------------------------------------------
+
+    def _inbound(self, event: Any) -> bool:
+        """Whether the wire protocol may act on ``event`` (a refused ping gets no pong)."""
+        if self.ended:
+            return False
+        if isinstance(event, Ping):
+            if self._pings is None:
+                self._pings = RateLimiter(PING_RATE, PING_BURST)
+            if self._pings.take("", self.subs.clock.seconds()) > 0:
+                self.subs.warn(
+                    "ping-flood",
+                    "WebSocket subscriber {peer} (app={app_id} user={user_id}) sent pings faster than {rate} a second: closed (1008)",
+                    peer=self.peer,
+                    app_id=self.app_id,
+                    user_id=self.user_id,
+                    rate=PING_RATE,
+                )
+                self._close(1008, "too many pings")
+                return False
+        return True
 
     def _oversized(self) -> None:
         if self._too_big:
@@ -494,26 +574,33 @@ class WebSocketSession(_WebSession):
         pass
 
     def connectionLost(self, reason: Any) -> None:
+        if self._closing is not None and self._closing.active():
+            self._closing.cancel()
+        self._closing = None
         self._gone()
 
     # -- outbound (Session) ---------------------------------------------------------------------
 
     def _write(self, message: Outbound) -> bool:
-        text = message.web_text()
-        if not self._queue(len(text) + 10):
-            return False
-        self.ws.sendTextMessage(text)
-        return True
+        # The meter counts the frame's real size against send_buffer_limit (and drops it once cut).
+        self.ws.sendTextMessage(message.web_text())
+        return not self.cut
 
     def write_control(self, data: bytes) -> None:
-        if not self.ended and self._queue(len(data) + 10):
+        if not self.ended:
             self.ws.sendTextMessage(data.decode("utf-8"))
 
     def _close(self, code: int, reason: str) -> None:
+        """The closing handshake; a peer that does not finish it (or does not read) is aborted after CLOSE_TIMEOUT."""
         if self.ended:
             return
         self._gone()
         self.ws.loseConnection(code, reason)
+        self._closing = self.subs.clock.callLater(CLOSE_TIMEOUT, self._close_timed_out)
+
+    def _close_timed_out(self) -> None:
+        self._closing = None
+        self.request.channel.transport.abortConnection()
 
     def end(self, reason: str) -> None:
         """Close with 1001 (going away) or 1008 (ticket revoked) after an ``end`` event."""
