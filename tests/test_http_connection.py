@@ -152,6 +152,28 @@ class BoundTests(SynchronousTestCase):
         self.assertTrue(closing)
         self.assertEqual(conn.state, fc.CLOSING)
         self.assertLess(peak, 1024 * 1024, "the flooded bytes were kept")
+        self.assertTrue(conn.transport.disconnected, "a client refused for its head went on sending, and was not reset")  # type: ignore[union-attr]
+
+    def test_refused_head_resets_after_its_discard_bound(self) -> None:
+        """After a 431 the client may send LINGER_DISCARD more bytes (discarded), then the connection is reset; not before."""
+        setup = Setup()
+        proto, transport = setup.connect()
+        proto.dataReceived(b"GET /health HTTP/1.1\r\nX: " + b"v" * (fc.MAX_LINE + 1))
+        self.assertEqual([r.status for r in responses(transport.value())], [431])
+        proto.dataReceived(b"a" * fc.LINGER_DISCARD)
+        self.assertFalse(transport.disconnected)
+        proto.dataReceived(b"a")
+        self.assertTrue(transport.disconnected)
+
+    def test_refused_body_is_not_reset(self) -> None:
+        """After a 413 the sender, maybe uploading in good faith, is not reset however much it sends: only the linger's time ends it."""
+        setup = Setup()
+        proto, transport = setup.connect()
+        proto.dataReceived(b"POST /sendmessage HTTP/1.1\r\nContent-Length: 100000000\r\n\r\n")
+        self.assertEqual([r.status for r in responses(transport.value())], [413])
+        for _ in range(64):
+            proto.dataReceived(b"x" * 65536)
+        self.assertFalse(transport.disconnected)
 
     def test_never_ending_header_value(self) -> None:
         """A header value without CRLF: 431 within 64 KiB, closed, the rest discarded (under 1 MiB allocated for 4 MiB sent)."""

@@ -520,7 +520,7 @@ class InstallTests(TestCase):
         copy = self.old_layout("old-layout")
         etc, var = copy / "etc/pns4ones", copy / "var/lib/pns4ones"
         before = self.snapshot(etc)
-        data = {"pns4ones.db", "admin.json", "restart.json"}
+        data = {"pns4ones.db", "admin.json", "restart.json", "secrets.key"}  # secrets.key: made by create, seals the store
         self.assertLessEqual(data, set(before))
         configuration = {"pns4ones.ini", "pgpass", "push.key", "tls/fullchain.pem"}
         output = run("bash", INSTALL, "--root", copy, "--wheel", built_wheel(), "--no-start", env=env(LANG="C.UTF-8")).stdout

@@ -231,9 +231,9 @@ RU: dict[str, str] = {
     "seconds between Server-Sent Events comment heartbeats (default 15)": (
         "секунд между пустыми сообщениями-пульсами Server-Sent Events (по умолчанию 15)"
     ),
-    "send API HTTP: lean (default: /sendmessage, /sendmessages and /auth parsed by httptools, the rest by twisted.web) or twisted (twisted.web for everything)": (
-        "HTTP для API отправки: lean (по умолчанию: /sendmessage, /sendmessages и /auth разбирает httptools, "
-        "остальное twisted.web) или twisted (всё через twisted.web)"
+    "send API HTTP: lean (default: one bounded HTTP/1.1 state machine over httptools answers the send routes and hands the rest to twisted.web) or twisted (twisted.web for everything, the reference path)": (
+        "HTTP для API отправки: lean (по умолчанию: запросы отправки обслуживает один ограниченный конечный автомат "
+        "HTTP/1.1 на httptools, остальные он передаёт twisted.web) или twisted (всё через twisted.web, эталонный путь)"
     ),
     "seconds of messages kept per information base for resuming WebSocket/SSE clients (default 120; 0 = none)": (
         "за сколько секунд хранить сообщения каждой информационной базы, чтобы клиенты WebSocket/SSE "
@@ -247,6 +247,8 @@ RU: dict[str, str] = {
         "Параметры (они же ключи INI; записываются как --имя=значение, --имя значение, -имя=значение или /имя значение):"
     ),
     "show this help": "показать эту справку",
+    "Usage:": "Запуск:",
+    "the commands: {program} admin --help": "список команд: {program} admin --help",
     # -- pns4ones-admin --help (cli.py) --
     "Administer pns4ones applications (changes reach a running server within a second).": (
         "Управление приложениями pns4ones (работающий сервер видит изменения в течение секунды)."

@@ -477,7 +477,7 @@ OPTIONS: tuple[Option, ...] = (
         "http_engine",
         "lean",
         _choice("lean", "twisted"),
-        "send API HTTP: lean (default: /sendmessage, /sendmessages and /auth parsed by httptools, the rest by twisted.web) or twisted (twisted.web for everything)",
+        "send API HTTP: lean (default: one bounded HTTP/1.1 state machine over httptools answers the send routes and hands the rest to twisted.web) or twisted (twisted.web for everything, the reference path)",
         "ENGINE",
     ),
     Option(
@@ -722,8 +722,10 @@ def help_text(program: str = "twistd -n pns4ones", lang: str | None = None, seen
     """``-h``: the options with their help, in ``lang`` (default: the locale's; see :mod:`pns4ones.catalog`)."""
     _ = translator(lang, seen)
     lines = [
-        f"Usage: {program} [options]",
-        f"       {program.replace(' -n', '')} admin <command> [...]   (list, create, upd_srv_key, upd_cli_key, remove, reset_token, reload_tls, status)",
+        _("Usage:") + f" {program} [options]",
+        f"       {program.replace(' -n', '')} admin <command> [...]   ("
+        + _("the commands: {program} admin --help").format(program=program.replace(" -n", ""))
+        + ")",
         "",
         _("Options (also INI keys; write them as --name=value, --name value, -name=value or /name value):"),
     ]

@@ -102,6 +102,10 @@ FEED_SLICE: Final = 16 * 1024
 MAX_PENDING: Final = 64
 #: Seconds a refused client may go on sending (discarded) before the connection is cut.
 LINGER_SECONDS: Final = 5.0
+#: Bytes a client refused for its head or framing (not its body's size) may still send
+#: once its answer is out: past them the connection is reset.  A sender refused with
+#: 413 or 408 may be uploading in good faith, and keeps the whole LINGER_SECONDS.
+LINGER_DISCARD: Final = 64 * 1024
 
 # -- states ---------------------------------------------------------------------------------
 
@@ -313,6 +317,8 @@ class FrontConnection(protocol.Protocol):
         self._held: list[bytes] = []
         self._held_size = 0
         self._linger: Timer | None = None
+        #: Bytes still discarded after a refusal before the connection is reset (None: no such bound).
+        self._discard: int | None = None
         self._transport: Transport | None = None  # (``self.transport``, typed by what is used of it)
 
     # -- the one place the state changes ---------------------------------------------------------
@@ -343,7 +349,13 @@ class FrontConnection(protocol.Protocol):
             self._hold(data)
             return
         if state is CLOSING or state is CLOSED:
-            return  # the rest of a refused or final request: discarded
+            # The rest of a refused or final request: discarded, within its bound.
+            if self._discard is not None:
+                self._discard -= len(data)
+                if self._discard < 0 and not self._pending and self._transport is not None:
+                    self._discard = None
+                    self._transport.abortConnection()
+            return
         self._feeding = True
         try:
             self._parse(data)
@@ -627,6 +639,8 @@ class FrontConnection(protocol.Protocol):
         self.log_refusal(status, reason, size)
         self._to(CLOSING)
         self.started = None
+        if status not in (408, 413):
+            self._discard = LINGER_DISCARD
         self._parser = HttpRequestParser(self)  # what llhttp and httptools held for this request goes now
         self._url, self._fields, self._read, self._body = [], [], {}, []
         self._queue(_Slot(canned(status, phrase, {"error": error, "reason": reason}), LINGER))
