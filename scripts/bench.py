@@ -150,7 +150,7 @@ def main() -> int:
     parser.add_argument("--server-args", default="", help="more pns4ones options, e.g. '--http-engine twisted'")
     parser.add_argument("--name", default="pns4ones", help="name of our results (e.g. pns4ones-twisted for a comparison run)")
     args, extra = parser.parse_known_args()
-    results = Path(args.results_dir)
+    results = Path(args.results_dir).resolve()  # (absolute: nginx reads its files relative to its own prefix)
     if not args.table:
         if not BENCH.exists():
             print(
