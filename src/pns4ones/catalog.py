@@ -108,7 +108,7 @@ RU: dict[str, str] = {
         "; расширение 1С не переподключается (каждому пользователю придётся перезапустить 1С).\n"
         "; Этот каталог содержит настройки и доступен только пользователю службы и root\n"
         "; (здесь могут лежать сертификаты TLS и их ключи). Данные (хранилище с приложениями,\n"
-        "; ключами и токенами) находятся в data_dir, /var/lib/pns4ones.\n"
+        "; ключами и ключами доступа) находятся в data_dir, /var/lib/pns4ones.\n"
     ),
     # -- the options (config.OPTIONS): INI comments and twistd -n pns4ones -h --
     "INI file (default /etc/pns4ones/pns4ones.ini, else DATA_DIR/pns4ones.ini, when present)": (
@@ -128,7 +128,7 @@ RU: dict[str, str] = {
         "принимать подключения внешней компоненты только из этих сетей (CIDR через запятую; по умолчанию из любых)"
     ),
     "port of the admin panel, always on loopback only (default 36697)": (
-        "порт панели администратора, она всегда доступна только с этой машины (127.0.0.1; по умолчанию 36697)"
+        "порт веб-панели, она всегда доступна только с этой машины (127.0.0.1; по умолчанию 36697)"
     ),
     "Trace, Debug, Information, Warning (default), Error, Critical, None": (
         "уровень журнала: Trace, Debug, Information, Warning (по умолчанию), Error, Critical, None"
@@ -150,7 +150,7 @@ RU: dict[str, str] = {
         "expires_in в ответе /auth: unix (по умолчанию, как в документации) или legacy (секунды от 0001-01-01, как в оригинальном сервисе)"
     ),
     "seconds an access token from /auth stays valid (default 3600, as the original)": (
-        "сколько секунд действует токен доступа из /auth (по умолчанию 3600, как в оригинальном сервисе)"
+        "сколько секунд действует ключ доступа из /auth (по умолчанию 3600, как в оригинальном сервисе)"
     ),
     "largest accepted HTTP request body (default 1M)": "наибольший размер тела HTTP-запроса (по умолчанию 1M)",
     "most messages in one POST /sendmessages (default 1000)": "наибольшее число сообщений в одном POST /sendmessages (по умолчанию 1000)",
@@ -179,7 +179,7 @@ RU: dict[str, str] = {
     ),
     "also serve /metrics on this address (syntax of listen, default port 36698; default: only on the admin listener)": (
         "отдавать /metrics также на этом адресе (запись как у listen, порт по умолчанию 36698; "
-        "по умолчанию /metrics есть только на адресе панели администратора)"
+        "по умолчанию /metrics есть только на адресе веб-панели)"
     ),
     "USER:PASSWORD that scrapes of metrics_listen must send (HTTP basic auth; default none)": (
         "ПОЛЬЗОВАТЕЛЬ:ПАРОЛЬ, которые должен передавать Prometheus при опросе metrics_listen (HTTP basic auth; по умолчанию не нужны)"
@@ -265,20 +265,20 @@ RU: dict[str, str] = {
     "list the applications with their keys": "список приложений с их ключами",
     "create an application: create NAME": "создать приложение: create ИМЯ",
     "new server key for an application (revokes its tokens): upd_srv_key ID": (
-        "новый ключ сервера приложения (его токены доступа отзываются): upd_srv_key ИД"
+        "новый ключ сервера приложения (его ключи доступа отзываются): upd_srv_key ИД"
     ),
     "new client key for an application (ends its live subscriptions): upd_cli_key ID": (
         "новый ключ клиента приложения (подключённые сеансы 1С этого приложения отключаются): upd_cli_key ИД"
     ),
     "remove an application (ends its subscriptions, revokes its tokens): remove ID": (
-        "удалить приложение (его подписки отключаются, токены отзываются): remove ИД"
+        "удалить приложение (его подписки отключаются, ключи доступа отзываются): remove ИД"
     ),
-    "revoke every access token of an application: reset_token ID": "отозвать все токены доступа приложения: reset_token ИД",
+    "revoke every access token of an application: reset_token ID": "отозвать все ключи доступа приложения: reset_token ИД",
     "list the groups of an application: groups ID [IB_ID]": "список групп приложения: groups ИД [ИД_ИБ]",
     "list the members of a group: group_members ID IB_ID GROUP": "участники группы: group_members ИД ИД_ИБ ГРУППА",
     "create or upgrade the store's schema and report its version": "создать или обновить схему хранилища и показать её версию",
     "write everything in the store (applications with keys sealed, tokens, groups, kept messages, admin account) as JSON: export FILE|-": (
-        "выгрузить всё хранилище (приложения с зашифрованными ключами, токены, группы, сохранённые сообщения, "
+        "выгрузить всё хранилище (приложения с зашифрованными ключами, ключи доступа, группы, сохранённые сообщения, "
         "учётную запись администратора) в JSON: export ФАЙЛ|-"
     ),
     "load an export into an empty store (--replace: overwrite a store that has applications): import FILE|-": (
@@ -307,14 +307,14 @@ RU: dict[str, str] = {
     "information base id": "идентификатор информационной базы",
     "group name": "имя группы",
     "admin port of the server (default: the one it recorded in DATA_DIR/admin.json)": (
-        "порт панели администратора сервера (по умолчанию тот, что записан в DATA_DIR/admin.json)"
+        "порт веб-панели сервера (по умолчанию тот, что записан в DATA_DIR/admin.json)"
     ),
     "title of the new application": "название нового приложения",
     "the administrators' actions (panel and this command), newest first: audit [--limit N]": (
         "действия администраторов (в панели и этой командой), сначала новые: audit [--limit N]"
     ),
     "set the admin panel's password, asked for (or one line of standard input); ends every panel session": (
-        "задать пароль панели администратора (запрашивается, или одна строка стандартного ввода); завершает все сеансы панели"
+        "задать пароль веб-панели (запрашивается, или одна строка стандартного ввода); завершает все сеансы панели"
     ),
     "seal every key in the store under a new key of the key file (--prepare: only add the new key, for several nodes)": (
         "зашифровать все ключи хранилища новым ключом из файла ключей (--prepare: только добавить новый ключ, для нескольких узлов)"
@@ -326,7 +326,7 @@ RU: dict[str, str] = {
         "оставить прежние ключи в файле ключей (с ними читаются старые резервные копии)"
     ),
     "file descriptors kept free for the send API, the admin panel and the store: new add-in connections are refused when fewer are free (default 0 = a tenth of the open-file limit, at least 50 and at most 1000)": (
-        "сколько файловых дескрипторов держать свободными для API отправки, панели администратора и хранилища: "
+        "сколько файловых дескрипторов держать свободными для API отправки, веб-панели и хранилища: "
         "новые подключения внешней компоненты отклоняются, когда свободных меньше (по умолчанию 0 = десятая часть "
         "лимита открытых файлов, не меньше 50 и не больше 1000)"
     ),
