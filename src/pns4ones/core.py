@@ -54,6 +54,8 @@ class AuthError(Exception):
 
 #: How many digests of unknown tokens are remembered (then forgotten at once).
 MAX_ABSENT_TOKENS = 100_000
+#: How many tokens' digests are remembered (then forgotten at once).
+MAX_DIGESTS = 10_000
 #: Seconds between two store look-ups of server keys this node does not know (``/auth``).
 SERVER_KEY_LOOKUP_INTERVAL = 0.5
 
@@ -187,6 +189,8 @@ class Core:
         self._tokens: dict[bytes, TokenRecord] = {}
         #: Digests the store did not know either (tokens are never reused: no expiry needed).
         self._absent: set[bytes] = set()
+        #: token -> its digest (a pure function: one SHA-256 per token, not per request); cleared when full.
+        self._digests: dict[str, bytes] = {}
         self._fetching: dict[bytes, list[Deferred[None]]] = {}
         # /auth with an unknown server key: requests waiting for the next look-up, its timer, the last one's start.
         self._key_waiters: list[Deferred[None]] = []
@@ -340,7 +344,12 @@ class Core:
         """
         if not token:
             raise AuthError(401, "missing access token (Authorization: Bearer ...)")
-        record = self.resolve_digest(crypto.token_digest(token))
+        digest = self._digests.get(token)
+        if digest is None:
+            if len(self._digests) >= MAX_DIGESTS:
+                self._digests.clear()
+            digest = self._digests[token] = crypto.token_digest(token)
+        record = self.resolve_digest(digest)
         if isinstance(record, Deferred):
             return record.addCallback(self._application_of)
         return self._application_of(record)
@@ -525,12 +534,17 @@ class Core:
 
     # -- sends ------------------------------------------------------------------------------
 
-    def send(self, app: Application, request: SendRequest, ttl: float = 0.0) -> Deferred[Delivery]:
-        """Live delivery; with a TTL also keep the message for users who are not reached."""
+    def send(self, app: Application, request: SendRequest, ttl: float = 0.0) -> Delivery | Deferred[Delivery]:
+        """
+        Live delivery; with a TTL also keep the message for users who are not
+        reached.  The Delivery itself when nothing is awaited (the in-process
+        hub, no TTL), else a Deferred of it.
+        """
         outbound = Outbound(request.message)
-        d = self.hub.publish(app.id, request.recipient, outbound)
+        result = self.hub.publish(app.id, request.recipient, outbound)
         if not ttl:
-            return d
+            return result
+        d = result if isinstance(result, Deferred) else succeed(result)
         return d.addCallback(self._keep, app, request.recipient, outbound, ttl)
 
     @inlineCallbacks

@@ -17,7 +17,7 @@ from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.components import Componentized
 
-from . import __version__, control, handoff, logs
+from . import __version__, control, handoff, logs, txinternals
 from . import tls as _tls
 from .admin.app import AdminPanel, AdminSite
 from .config import Address, Config, ConfigError
@@ -209,6 +209,7 @@ class PnsService(service.MultiService):
 
     def startService(self) -> None:
         super().startService()
+        txinternals.lean_dispatch(self.reactor)  # the epoll reactor's events without a log context each (docs/performance.md)
         self.core.hub.start()  # a hub between nodes connects now
         d = self.core.reload()
         d.addCallback(self._loaded)
