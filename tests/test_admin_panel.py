@@ -775,7 +775,7 @@ class PanelBrowserTests(SynchronousTestCase):
 
         self.submit("#tab-kept")
         self.confirm('tr[data-target="u8"] form.kept-delete button', "1")
-        self.result("list", "Удалено отложенных сообщений: 1")
+        self.result("list", "Удалено сохранённых сообщений: 1")
 
         u9 = self.subscribe(app, "ib1", "u9")
         got = [u9.receive(5) for _ in range(3)]
@@ -905,7 +905,7 @@ class PanelBrowserTests(SynchronousTestCase):
             self.assertIn(text, rename)
         import pwd
 
-        for text in ("командная строка", pwd.getpwuid(os.getuid()).pw_name, "local", "сброшены токены доступа", "count: 0"):
+        for text in ("командная строка", pwd.getpwuid(os.getuid()).pw_name, "local", "сброшены ключи доступа", "count: 0"):
             self.assertIn(text, reset)
         screenshot(self.driver, "23-audit")
 

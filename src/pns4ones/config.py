@@ -18,7 +18,7 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .catalog import translator
 
@@ -171,8 +171,12 @@ def parse_size(value: str, option: str) -> int:
     return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[m.group(2).lower()]
 
 
-def _number(kind: Callable[[str], Any], lo: float, hi: float) -> Callable[[str, str], Any]:
-    def parse(value: str, option: str) -> Any:
+#: A number option's type.
+_N = TypeVar("_N", int, float)
+
+
+def _number(kind: Callable[[str], _N], lo: float, hi: float) -> Callable[[str, str], _N]:
+    def parse(value: str, option: str) -> _N:
         try:
             n = kind(value.strip())
         except ValueError:
@@ -213,6 +217,15 @@ def _metrics_auth(value: str, option: str) -> str:
     if value and (":" not in value or not value.split(":", 1)[0] or not value.split(":", 1)[1]):
         raise ConfigError(option, "write it as USER:PASSWORD")
     return value
+
+
+def _boolean(value: str, option: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "yes", "on", "1"):
+        return True
+    if lowered in ("false", "no", "off", "0"):
+        return False
+    raise ConfigError(option, f"{value!r} is neither true nor false")
 
 
 def _text(value: str, option: str) -> str:
@@ -270,7 +283,7 @@ def _origins(value: str, option: str) -> tuple[str, ...]:
 class Option:
     name: str
     default: str
-    parse: Callable[[str, str], Any]
+    parse: Callable[[str, str], object]
     help: str
     metavar: str = "VALUE"
     secret: bool = False
@@ -477,7 +490,7 @@ OPTIONS: tuple[Option, ...] = (
         "http_engine",
         "lean",
         _choice("lean", "twisted"),
-        "send API HTTP: lean (default: /sendmessage, /sendmessages and /auth parsed by httptools, the rest by twisted.web) or twisted (twisted.web for everything)",
+        "send API HTTP: lean (default: one bounded HTTP/1.1 state machine over httptools answers the send routes and hands the rest to twisted.web) or twisted (twisted.web for everything, the reference path)",
         "ENGINE",
     ),
     Option(
@@ -494,6 +507,20 @@ OPTIONS: tuple[Option, ...] = (
         "most messages kept per information base for resuming clients (default 1000)",
         "N",
     ),
+    Option(
+        "trace_size",
+        "5000",
+        _number(int, 0, 1_000_000),
+        "sends the delivery trace keeps in memory: admin panel Trace page, pns4ones-admin trace (default 5000; 0 = off)",
+        "N",
+    ),
+    Option(
+        "trace_bodies",
+        "false",
+        _boolean,
+        "keep each traced message's text (title, body, data; its first 2000 characters) in the delivery trace (default false)",
+        "BOOL",
+    ),
 )
 
 OPTION_BY_NAME = {o.name: o for o in OPTIONS}
@@ -507,7 +534,7 @@ class Config:
     data_dir: Path
     listen: Address
     service: Address
-    service_allow: tuple[Any, ...]
+    service_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     admin_port: int
     log_level: str
     log_format: str
@@ -529,7 +556,7 @@ class Config:
     request_timeout: float
     send_rate_limit: float
     store_poll_interval: float
-    trusted_proxies: tuple[Any, ...] = ()
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_ttl: float = 86400.0
     max_kept_per_user: int = 100
     max_kept_per_app: int = 100000
@@ -555,10 +582,17 @@ class Config:
     max_unregistered_per_address: int = 1000
     fd_reserve: int = 0
     secrets_key_file: str = ""
+    trace_size: int = 5000
+    trace_bodies: bool = False
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def source_of(self, option: str) -> str:
         return self.sources.get(option, "default")
+
+    @property
+    def node(self) -> str:
+        """This node's name: ``node_name``, else ``HOSTNAME:LISTEN_PORT`` (the Redis hub's default)."""
+        return self.node_name or f"{socket.gethostname()}:{self.listen.port}"
 
 
 # --- parsing -------------------------------------------------------------------
@@ -695,7 +729,7 @@ def build(cli: Mapping[str, str], environ: Mapping[str, str] | None = None, euid
         except ConfigError as e:
             raise ConfigError(name, str(e).split(": ", 1)[-1], source) from None
 
-    def _networks(name: str) -> tuple[Any, ...]:
+    def _networks(name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         value, source = raw[name]
         try:
             return parse_networks(value, name)
@@ -722,8 +756,10 @@ def help_text(program: str = "twistd -n pns4ones", lang: str | None = None, seen
     """``-h``: the options with their help, in ``lang`` (default: the locale's; see :mod:`pns4ones.catalog`)."""
     _ = translator(lang, seen)
     lines = [
-        f"Usage: {program} [options]",
-        f"       {program.replace(' -n', '')} admin <command> [...]   (list, create, upd_srv_key, upd_cli_key, remove, reset_token, reload_tls, status)",
+        _("Usage:") + f" {program} [options]",
+        f"       {program.replace(' -n', '')} admin <command> [...]   ("
+        + _("the commands: {program} admin --help").format(program=program.replace(" -n", ""))
+        + ")",
         "",
         _("Options (also INI keys; write them as --name=value, --name value, -name=value or /name value):"),
     ]

@@ -24,15 +24,17 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import crypto
 from .groups import GroupError, Membership
-from .hub import Catchup, Delivery, Hub, Outbound, Replay, Session, SessionInfo
+from .hub import Catchup, Clock, Delivery, Hub, Outbound, Replay, Session, SessionInfo
 from .messages import Recipient, SendRequest
 from .metrics import NULL
 from .store import Application, Groups, KeptMessage, KeptMessages, Registry, Snapshot, StoreUnavailable, TokenRecord
+from .trace import Trace
 from .wire import Registration
 
 TOKEN_LIFETIME = 3600.0
@@ -53,6 +55,8 @@ class AuthError(Exception):
 
 #: How many digests of unknown tokens are remembered (then forgotten at once).
 MAX_ABSENT_TOKENS = 100_000
+#: How many tokens' digests are remembered (then forgotten at once).
+MAX_DIGESTS = 10_000
 #: Seconds between two store look-ups of server keys this node does not know (``/auth``).
 SERVER_KEY_LOOKUP_INTERVAL = 0.5
 
@@ -163,12 +167,15 @@ class Core:
         self,
         store: CoreStore,
         hub: Hub,
-        clock: Any,
+        clock: Clock,
         token_lifetime: float = TOKEN_LIFETIME,
         membership: Membership | None = None,
         limits: Limits = Limits(),
+        trace: Trace | None = None,
     ) -> None:
         self.store = store
+        #: The delivery trace: every send's callers record it there (the send API's handlers, the panel).
+        self.trace = trace if trace is not None else Trace(0)
         #: Group membership in memory (the hub routes with it; the store keeps it).
         self.membership = membership if membership is not None else Membership()
         self.limits = limits
@@ -183,10 +190,12 @@ class Core:
         self._tokens: dict[bytes, TokenRecord] = {}
         #: Digests the store did not know either (tokens are never reused: no expiry needed).
         self._absent: set[bytes] = set()
+        #: token -> its digest (a pure function: one SHA-256 per token, not per request); cleared when full.
+        self._digests: dict[str, bytes] = {}
         self._fetching: dict[bytes, list[Deferred[None]]] = {}
         # /auth with an unknown server key: requests waiting for the next look-up, its timer, the last one's start.
         self._key_waiters: list[Deferred[None]] = []
-        self._key_timer: Any = None
+        self._key_timer: IDelayedCall | None = None
         self._key_lookup_running = False
         self._key_lookup_at = float("-inf")
         self._listeners: list[Callable[[], None]] = []
@@ -336,7 +345,12 @@ class Core:
         """
         if not token:
             raise AuthError(401, "missing access token (Authorization: Bearer ...)")
-        record = self.resolve_digest(crypto.token_digest(token))
+        digest = self._digests.get(token)
+        if digest is None:
+            if len(self._digests) >= MAX_DIGESTS:
+                self._digests.clear()
+            digest = self._digests[token] = crypto.token_digest(token)
+        record = self.resolve_digest(digest)
         if isinstance(record, Deferred):
             return record.addCallback(self._application_of)
         return self._application_of(record)
@@ -521,12 +535,17 @@ class Core:
 
     # -- sends ------------------------------------------------------------------------------
 
-    def send(self, app: Application, request: SendRequest, ttl: float = 0.0) -> Deferred[Delivery]:
-        """Live delivery; with a TTL also keep the message for users who are not reached."""
+    def send(self, app: Application, request: SendRequest, ttl: float = 0.0) -> Delivery | Deferred[Delivery]:
+        """
+        Live delivery; with a TTL also keep the message for users who are not
+        reached.  The Delivery itself when nothing is awaited (the in-process
+        hub, no TTL), else a Deferred of it.
+        """
         outbound = Outbound(request.message)
-        d = self.hub.publish(app.id, request.recipient, outbound)
+        result = self.hub.publish(app.id, request.recipient, outbound)
         if not ttl:
-            return d
+            return result
+        d = result if isinstance(result, Deferred) else succeed(result)
         return d.addCallback(self._keep, app, request.recipient, outbound, ttl)
 
     @inlineCallbacks

@@ -19,7 +19,8 @@ Safe by construction:
 * application changes go through the :class:`~pns4ones.store.Store` (the
   same calls as the CLI) followed by ``core.reload()``; group changes through
   the core's group methods; test messages through ``parse_send_object`` and
-  ``Core.send``, the path of ``/sendmessage``, counted as sends; every change is
+  ``Core.send``, the path of ``/sendmessage``, counted as sends and recorded in
+  the delivery trace (:mod:`pns4ones.trace`, the Trace pages); every change is
   recorded in the audit log (:mod:`pns4ones.audit`).
 
 Every action answers with a redirect to the section of the page that holds its
@@ -37,7 +38,7 @@ import sys
 from collections.abc import Callable
 from importlib import resources
 from time import perf_counter
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -46,10 +47,10 @@ from twisted.internet.defer import DeferredLock, inlineCallbacks
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from .. import audit, logs
+from .. import audit, logs, trace
 from ..core import Core, Delivery, Online
 from ..groups import GroupError, check_name, parse_ttl
-from ..http.site import ApiSite, BoundedRequest, json_body
+from ..http.site import ApiChannel, ApiSite, BoundedRequest, json_body
 from ..hub import HubUnavailable
 from ..logs import RateLimited
 from ..messages import MessageError, parse_send_object
@@ -74,11 +75,14 @@ KEPT_PAGE = 50
 AUDIT_PAGE = 50
 #: Sessions a page of the Online view (its live refresh sends this page only, never the whole list).
 ONLINE_PAGE = 100
+#: Sends a page of the delivery trace, and users listed on one send's page.
+TRACE_PAGE = 50
+TRACE_USERS = 500
 #: User ids named in one audit record of a group change (the count is always there).
 AUDIT_IDS = 20
 
-#: The panel's sections (top navigation).  The delivery "Trace" takes its place after "/online".
-NAV = (("/apps", "nav.apps"), ("/online", "nav.online"), ("/status", "nav.status"), ("/audit", "nav.audit"))
+#: The panel's sections (top navigation).
+NAV = (("/apps", "nav.apps"), ("/online", "nav.online"), ("/trace", "nav.trace"), ("/status", "nav.status"), ("/audit", "nav.audit"))
 
 SECURITY_HEADERS = {
     b"Content-Security-Policy": (
@@ -772,6 +776,7 @@ class AdminPanel:
         except (HubUnavailable, StoreUnavailable) as e:
             raise self._done(request, session, url, "send", "send.unavailable", "error", reason=str(e)) from None
         self.core.metrics.panel_sent(app.id, send.recipient.type, perf_counter() - started)
+        self.core.trace.sent(self.clock.seconds(), "panel", _peer(request), app.id, send, ttl, report)
         self.log.info(
             "admin panel: test message app={app_id} type={type} ib={ib_id} target={target} sessions={sessions}",
             app_id=app.id, type=send.recipient.type, ib_id=send.recipient.ib_id, target=send.recipient.target, sessions=report.sessions, event="send",
@@ -782,7 +787,7 @@ class AdminPanel:
             type=send.recipient.type, ib=send.recipient.ib_id, target=send.recipient.target, sessions=report.sessions, users=report.users, kept=stored,
         )  # fmt: skip
         key = "send.done_kept" if stored else "send.done"
-        raise self._done(request, session, url, "send", key, sessions=report.sessions, users=report.users)
+        raise self._done(request, session, url, "send", key, sessions=report.sessions, users=report.users, id=report.message_id)
 
     # -- groups ----------------------------------------------------------------------------------
 
@@ -1124,6 +1129,72 @@ class AdminPanel:
         titles = {a.id: a.title for a in self.core.apps.values()}
         return self._render(request, "audit.html", session, entries=entries, titles=titles, page=views.Page(number, AUDIT_PAGE, total))
 
+    # -- delivery trace ---------------------------------------------------------------------------
+
+    def _user_groups(self) -> trace.UserGroups:
+        return trace.UserGroups(self.core.membership.groups_of, self.core.presence)
+
+    @app.route("/trace", methods=["GET"])
+    @inlineCallbacks
+    def trace_page(self, request: Any) -> Any:
+        session = yield self._require_login(request)
+        id_text = self._arg(request, "id", 30).strip()
+        bad_id = bool(id_text) and not (id_text.isascii() and id_text.isdigit())
+        query = trace.Query(
+            self._arg(request, "app"), self._arg(request, "ib"), self._arg(request, "user"), 0 if bad_id else int(id_text or 0)
+        )
+        groups_of = self._user_groups()
+        number = views.page_number(self._arg(request, "page"))
+        total, found = (0, []) if bad_id else self.core.trace.page(query, groups_of, (number - 1) * TRACE_PAGE, TRACE_PAGE)
+        page = views.Page(number, TRACE_PAGE, total)
+        rows = []
+        for sent in found:
+            groups = groups_of(sent.app_id, sent.recipient.ib_id, query.user) if query.user else ()
+            rows.append({"sent": sent, "outcome": sent.outcome_for(query.user, groups) if query.user else "", "groups": groups})
+        apps = sorted(self.core.apps.values(), key=lambda a: a.title.casefold())
+        return self._render(
+            request,
+            "trace.html",
+            session,
+            query=query,
+            id_text=id_text,
+            bad_id=bad_id,
+            rows=rows,
+            page=page,
+            apps=apps,
+            titles={a.id: a.title for a in apps},
+            trace=self.core.trace,
+            node=self.config.node,
+        )
+
+    @app.route("/trace/<int:seq>", methods=["GET"])
+    @inlineCallbacks
+    def trace_send(self, request: Any, seq: int) -> Any:
+        session = yield self._require_login(request)
+        sent = self.core.trace.find(seq)
+        if sent is None:
+            raise _Refused(404, "trace.unknown")
+        r = sent.recipient
+        user = self._arg(request, "user").strip()
+        groups = self._user_groups()(sent.app_id, r.ib_id, user) if user else ()
+        reached = sorted(sent.reached) if sent.reached is not None else None
+        app = self.core.apps.get(sent.app_id)
+        return self._render(
+            request,
+            "trace_send.html",
+            session,
+            sent=sent,
+            app_title=app.title if app is not None else None,
+            reached=reached[:TRACE_USERS] if reached is not None else None,
+            more=len(reached) - TRACE_USERS if reached is not None and len(reached) > TRACE_USERS else 0,
+            members_now=len(self.core.membership.members(sent.app_id, r.ib_id, r.group)) if r.type == "group" else None,
+            user=user,
+            outcome=sent.outcome_for(user, groups) if user else "",
+            member_now=r.group in groups if user and r.type == "group" else None,
+            bodies=self.core.trace.bodies,
+            node=self.config.node,
+        )
+
     def _status(self) -> dict[str, Any] | None:
         return self.status_source() if self.status_source is not None else None
 
@@ -1212,8 +1283,9 @@ class AdminRequest(BoundedRequest):
         for name, value in SECURITY_HEADERS.items():
             self.setHeader(name, value)
         host = (self.getHeader(b"host") or b"").lower()
-        if host not in self.channel.site.allowed_hosts:
-            self.channel.site.logger.warn(
+        site = cast(AdminSite, cast(ApiChannel, self.channel).site)  # (an AdminSite's channel)
+        if host not in site.allowed_hosts:
+            site.logger.warn(
                 "admin panel: refused a request for Host {host!r} from {peer} (only loopback names are served)",
                 host=host.decode("latin-1"),
                 peer=getattr(self.getClientAddress(), "host", "?"),

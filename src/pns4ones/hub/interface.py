@@ -31,8 +31,8 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 
 from ..messages import Recipient
 from ..wire import ClientKey
@@ -48,10 +48,10 @@ _session_numbers = itertools.count(1)
 
 
 class Clock(Protocol):
-    """The part of a reactor (or of ``twisted.internet.task.Clock``) the hubs use: time is passed in."""
+    """The part of a reactor (``IReactorTime``, or ``twisted.internet.task.Clock``) the hubs use: time is passed in."""
 
     def seconds(self) -> float: ...
-    def callLater(self, delay: float, callable: Callable[..., object], *args: object, **kw: object) -> DelayedCall: ...
+    def callLater(self, delay: float, callable: Callable[..., object], *args: object, **kw: object) -> IDelayedCall: ...
 
 
 def next_session_id(transport_name: str) -> str:
@@ -206,8 +206,12 @@ class Hub(Protocol):
     def detach(self, session: Session) -> None:
         """Stop routing to ``session`` (idempotent)."""
 
-    def publish(self, app_id: str, recipient: Recipient, message: Outbound) -> Deferred[Delivery]:
-        """Give ``message`` its id and route it to every session it concerns; fails with :class:`HubUnavailable`."""
+    def publish(self, app_id: str, recipient: Recipient, message: Outbound) -> Delivery | Deferred[Delivery]:
+        """
+        Give ``message`` its id and route it to every session it concerns; fails
+        with :class:`HubUnavailable`.  A :class:`Delivery` at once when nothing is
+        awaited (the in-process hub: no Deferred per send), a Deferred otherwise.
+        """
 
     def replay(self, session: Session, since: int | None) -> Deferred[Replay]:
         """
