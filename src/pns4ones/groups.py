@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from .messages import MAX_FIELD
+from .messages import MAX_FIELD, lone_surrogate
 
 
 class GroupError(ValueError):
@@ -125,6 +125,8 @@ def check_name(value: Any, field: str) -> str:
         raise GroupError(400, field, "must not be empty")
     if len(value) > MAX_FIELD:
         raise GroupError(400, field, f"is longer than {MAX_FIELD} characters")
+    if lone_surrogate(value):
+        raise GroupError(400, field, "is not Unicode text (it holds a lone surrogate)")
     return value
 
 

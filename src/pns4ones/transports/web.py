@@ -52,7 +52,7 @@ from ..http.resources import RenderAgain, render_when
 from ..http.site import json_body
 from ..hub import Catchup, Outbound, next_session_id
 from ..logs import RateLimited, session_fields
-from ..messages import MAX_FIELD, MessageError, decode_json_body, object_member, string_member
+from ..messages import MAX_FIELD, MessageError, decode_json_body, lone_surrogate, object_member, string_member
 from ..ratelimit import RateLimiter
 from ..txinternals import guard_websocket
 
@@ -107,11 +107,13 @@ class WebSubscriptions:
         for name, value in (("IbId", ib_id), ("UserId", user_id)):
             if len(value) > MAX_FIELD:
                 raise MessageError(name, f"is longer than {MAX_FIELD} characters")
+            if lone_surrogate(value):
+                raise MessageError(name, "is not Unicode text (it holds a lone surrogate)")
         groups = doc.get("usergroups")
         if groups is None:
             groups = []
-        if not isinstance(groups, list) or not all(isinstance(g, str) and len(g) <= MAX_FIELD for g in groups):
-            raise MessageError("UserGroups", f"must be a list of strings of at most {MAX_FIELD} characters")
+        if not isinstance(groups, list) or not all(isinstance(g, str) and len(g) <= MAX_FIELD and not lone_surrogate(g) for g in groups):
+            raise MessageError("UserGroups", f"must be a list of strings (Unicode text) of at most {MAX_FIELD} characters")
         if len(groups) > MAX_GROUPS:
             raise MessageError("UserGroups", f"has more than {MAX_GROUPS} groups")
         groups = list(dict.fromkeys(g for g in groups if g))
