@@ -267,7 +267,7 @@ class WebSubscriptions:
             session.end(reason)
 
     def resource(self) -> Any:
-        root = _resource.Resource()
+        root = _SubscribeRoot()
         root.putChild(b"ws", _WSResource(self))
         root.putChild(b"sse", _SSEResource(self))
         return root
@@ -275,6 +275,19 @@ class WebSubscriptions:
 
 def _peer(request: Any) -> str:
     return getattr(request.getClientAddress(), "host", "?")
+
+
+class _SubscribeRoot(_resource.Resource):
+    """``/subscribe``: its children ``ws`` and ``sse``; itself and any other child a JSON 404 (not twisted.web's HTML)."""
+
+    def getChild(self, path: bytes, request: Any) -> _resource.Resource:
+        return self
+
+    def render(self, request: Any) -> bytes:
+        where = request.path.decode("utf-8", "replace")
+        return json_body(
+            request, 404, {"error": "not_found", "reason": f"no such resource: {where} (subscribe at /subscribe/ws or /subscribe/sse)"}
+        )
 
 
 @implementer(IPushProducer)
