@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource as _resource
 from twisted.web.server import NOT_DONE_YET, Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
 
 from .calls import Answer, Call
 from .handlers import Handlers, Route, error_answer
@@ -144,7 +145,7 @@ class SendAPI:
 
     # -- Klein's own routing errors, in the API's JSON shape ---------------------------------
 
-    @app.handle_errors(NotFound)
+    @app.handle_errors(NotFound, RequestRedirect)  # (a path with an empty segment: werkzeug would redirect it elsewhere)
     def not_found(self, request: Request, failure: Failure) -> bytes:
         return json_body(request, 404, {"error": "not_found", "reason": f"no such resource: {request.path.decode('utf-8', 'replace')}"})
 
