@@ -960,7 +960,8 @@ class AdminPanel:
         ib = self._form(request, "ib")
         user = self._form(request, "user")
         one = self._form(request, "id", 30)
-        ids = [int(one)] if one.isdigit() else None
+        # One message (an id that is no message id: none), or all of them (no id).
+        ids = None if not one else [int(one)] if one.isascii() and one.isdigit() else []
         groups = sorted(self.core.membership.groups_of(app.id, ib, user))
         count = yield self.store.delete_kept_for_user(app.id, ib, user, groups, self.clock.seconds(), ids)
         yield self._audit(
