@@ -71,6 +71,15 @@ class BoundedRequest(server.Request):
             return self.forwarded_proto == "https"
         return bool(super().isSecure())
 
+    def process(self) -> None:
+        if self.path == b"*" and self.method != b"OPTIONS":  # (twisted.web answers it 405 with no body: say why)
+            self.site = self._site
+            self.setHeader(b"Allow", b"OPTIONS")
+            self.write(json_body(self, 405, {"error": "method_not_allowed", "reason": "the target * is for OPTIONS only"}))
+            self.finish()
+            return
+        super().process()
+
     def gotLength(self, length: int | None) -> None:
         # Called once all headers are in, before the body: the place to learn who really sent it.
         site = self._site
