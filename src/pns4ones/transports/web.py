@@ -42,7 +42,7 @@ from twisted.logger import Logger
 from twisted.web import resource as _resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.websocket import WebSocketResource
-from wsproto.events import Ping
+from wsproto.events import CloseConnection, Ping
 from zope.interface import implementer
 
 from .. import crypto, tickets
@@ -549,6 +549,14 @@ class WebSocketSession(_WebSession):
         """Whether the wire protocol may act on ``event`` (a refused ping gets no pong)."""
         if self.ended:
             return False
+        if isinstance(event, CloseConnection):
+            # The peer closes (or wsproto found its frames malformed): twisted.web answers the close and closes the
+            # connection, but the session would stay until connectionLost and write to a closed wsproto connection
+            # (LocalProtocolError: a send to this user failing, or a broadcast cut short). It ends now; a peer that
+            # does not read the answer is aborted after CLOSE_TIMEOUT.
+            self._gone()
+            self._closing = self.subs.clock.callLater(CLOSE_TIMEOUT, self._close_timed_out)
+            return True
         if isinstance(event, Ping):
             if self._pings is None:
                 self._pings = RateLimiter(PING_RATE, PING_BURST)
