@@ -251,9 +251,18 @@ class ApiChannel(http.HTTPChannel):
         )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.gone()
+        super().connectionLost(reason)
+
+    def gone(self) -> None:
+        """
+        The connection is over: forget it.  Also called by a WebSocket session
+        when its connection is lost, because twisted.web's WebSocket resource
+        replaces the channel's ``connectionLost`` with its own (the channel and
+        its request would otherwise stay in ``site.channels`` for good).
+        """
         self._disarm()
         self.site.channels.discard(self)
-        super().connectionLost(reason)
 
 
 class ApiSite(server.Site):

@@ -601,6 +601,7 @@ class WebSocketSession(_WebSession):
             self._closing.cancel()
         self._closing = None
         self._gone()
+        self.request.channel.gone()  # (twisted.web's WebSocket resource took the channel's connectionLost over)
 
     # -- outbound (Session) ---------------------------------------------------------------------
 
