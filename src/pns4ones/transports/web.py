@@ -667,8 +667,14 @@ class _WSResource(WebSocketResource):
             return json_body(request, e.status, e.doc)
         request.pns_subscription = (admitted, since)
         # A long-lived connection: no idle timeout of the HTTP channel.
+        idle_timeout = request.channel.timeOut
         request.channel.setTimeout(None)
-        return super().render_GET(request)
+        body = super().render_GET(request)
+        if request.code == 400:  # the handshake's headers are wrong (twisted.web answers in plain text)
+            request.channel.setTimeout(idle_timeout)
+            reason = "not a WebSocket handshake: Sec-WebSocket-Key and Sec-WebSocket-Version: 13 are required"
+            return json_body(request, 400, {"error": "bad_request", "reason": reason})
+        return body
 
     def render(self, request: Any) -> Any:
         if request.method != b"GET":
