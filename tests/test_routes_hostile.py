@@ -630,20 +630,20 @@ class HostileRoutes(WalkBase):
         probes: list[Probe] = []
         for kind in (b"ws", b"sse"):
             for q in query_variants(b"ticket", ticket):
-                probes.append((f"{kind!r} {q[:40]!r}", self.subscription(kind, q), "api", True))
+                probes.append((f"{kind!r} {q[:40]!r}", self.subscription(kind, q), "api", False))
             for q in query_variants(b"since", b"1"):
-                probes.append((f"{kind!r} since {q[:40]!r}", self.subscription(kind, b"ticket=" + ticket + b"&" + q), "api", True))
+                probes.append((f"{kind!r} since {q[:40]!r}", self.subscription(kind, b"ticket=" + ticket + b"&" + q), "api", False))
             for value in BAD_AUTHORIZATION[1:]:
                 probes.append(
-                    (f"{kind!r} Authorization {value!r:.30}", self.subscription(kind, b"", [(b"Authorization", value)]), "api", True)
+                    (f"{kind!r} Authorization {value!r:.30}", self.subscription(kind, b"", [(b"Authorization", value)]), "api", False)
                 )
             for origin in (b"null", b"http://\xff", b"x" * 6000, b""):
                 probes.append(
-                    (f"{kind!r} Origin {origin[:20]!r}", self.subscription(kind, b"ticket=" + ticket, [(b"Origin", origin)]), "api", True)
+                    (f"{kind!r} Origin {origin[:20]!r}", self.subscription(kind, b"ticket=" + ticket, [(b"Origin", origin)]), "api", False)
                 )
         for value in (b"\xff", b"1e3", b"9" * 40, b"-1", b"", b"%C2%B2"):
             probes.append(
-                (f"Last-Event-ID {value!r}", self.subscription(b"sse", b"ticket=" + ticket, [(b"Last-Event-ID", value)]), "api", True)
+                (f"Last-Event-ID {value!r}", self.subscription(b"sse", b"ticket=" + ticket, [(b"Last-Event-ID", value)]), "api", False)
             )
         base = [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")]
         for name, fields in {
@@ -658,7 +658,7 @@ class HostileRoutes(WalkBase):
             raw = self.subscription(b"ws", b"ticket=" + ticket, fields, upgrade=False)
             if name != "no upgrade":
                 raw = raw.replace(b"Connection: close\r\n", b"")
-            probes.append((f"ws {name}", raw, "api", True))
+            probes.append((f"ws {name}", raw, "api", False))
         for method in METHODS:
             for target in (
                 b"/subscribe/ws",
