@@ -19,6 +19,7 @@ fuzz step is a few function calls; what a step leaves behind is checked by
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -51,7 +52,7 @@ from pns4ones.messages import Message as PushMessage
 from pns4ones.messages import Recipient, SendRequest
 from pns4ones.store import AdminAccount
 from pns4ones.store.memory import Clock as StoreClock
-from pns4ones.store.memory import MemoryStore
+from pns4ones.store.memory import MemoryDatabase, MemoryStore
 from pns4ones.transports.web import WebSubscriptions
 
 from .http_support import Response, responses
@@ -95,12 +96,17 @@ def _password_hash() -> str:
 class Node:
     """One send API in process (see the module's docstring); ``engine`` "front" (the default) or "twisted" (twisted.web alone)."""
 
-    def __init__(self, engine: str = "front", **options: str) -> None:
+    def __init__(self, engine: str = "front", start: MemoryDatabase | None = None, **options: str) -> None:
         self.engine = engine
+        self.options = options
         self.clock = Clock()
         self.config = config.build({**OPTIONS, **options})
-        self.store = MemoryStore(clock=cast(StoreClock, self.clock))
-        self.app = at_once(self.store.create_application("Fuzz", 0.0))
+        database = MemoryDatabase()
+        if start is not None:  # (a twin: the same application and token)
+            database.tables = copy.deepcopy(start.tables)
+        self.store = MemoryStore(database, clock=cast(StoreClock, self.clock))
+        if start is None:
+            at_once(self.store.create_application("Fuzz", 0.0))
         limits = self.config
         self.core = Core(
             self.store,
@@ -109,7 +115,9 @@ class Node:
             membership=Membership(),
             limits=Limits(limits.max_ttl, limits.max_kept_per_user, limits.max_kept_per_app, limits.max_group_size, limits.max_groups),
         )
-        self.core.apply_snapshot(at_once(self.store.snapshot()))
+        snapshot = at_once(self.store.snapshot())
+        self.app = snapshot.applications[0]
+        self.core.apply_snapshot(snapshot)
         self.subscriptions = WebSubscriptions(self.core, self.config, self.clock)
         self.handlers = Handlers(self.core, log_sends=False, max_batch=self.config.max_batch, subscriptions=self.subscriptions)
         self.site = ApiSite(SendAPI(self.handlers).resource(), self.config.max_body_size, self.config.request_timeout, clock=self.clock)
@@ -118,7 +126,13 @@ class Node:
         issued: list[Any] = []
         maybeDeferred(self.core.authorize, self.app.server_key).addBoth(issued.append)  # (the in-memory store answers at once)
         self.token: str = issued[0].token
+        self._start = MemoryDatabase()
+        self._start.tables = copy.deepcopy(database.tables)
         self.transports: list[StringTransport] = []
+
+    def twin(self, engine: str) -> Node:
+        """A node as this one was when built (the same application and token), on ``engine``."""
+        return Node(engine, self._start, **self.options)
 
     def stop(self) -> None:
         self.front.stopFactory()
@@ -207,6 +221,8 @@ class WebSocketPeer:
     node: Node
     user: str = "u1"
     since: str | None = None
+    #: A ticket to subscribe with (default: a fresh one for ``user`` in ib1).
+    ticket: str | None = None
     proto: Any = None
     transport: StringTransport = field(default_factory=lambda: StringTransport(peerAddress=PEER))
     client: WSConnection = field(default_factory=lambda: WSConnection(ConnectionType.CLIENT))
@@ -219,7 +235,8 @@ class WebSocketPeer:
     def open(self) -> WebSocketPeer:
         """The handshake; afterwards ``accepted``."""
         self.proto, self.transport = self.node.connect()
-        target = f"/subscribe/ws?ticket={quote(self.node.ticket(user=self.user))}" + (f"&since={self.since}" if self.since else "")
+        ticket = self.ticket or self.node.ticket(user=self.user)
+        target = f"/subscribe/ws?ticket={quote(ticket)}" + (f"&since={self.since}" if self.since else "")
         self.proto.dataReceived(self.client.send(Request(host="x", target=target)))
         self.read()
         return self
