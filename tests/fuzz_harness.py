@@ -71,6 +71,8 @@ OPTIONS = {
     "ticket_max_ttl": "600",
 }
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
+#: twisted.web's refusal of what it cannot parse (a malformed multipart body, a bad request line): no body, then it closes.
+TWISTED_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"
 T = TypeVar("T")
 
 
@@ -326,6 +328,8 @@ class Panel:
         proto.makeConnection(transport)
         proto.dataReceived(raw)
         answers = responses(transport.value())
+        if not answers and transport.value() == TWISTED_400 and transport.disconnecting:
+            return Response(400, [], b"")  # (twisted.web's own refusal: no length, the connection closed)
         return answers[-1] if answers else None
 
 
