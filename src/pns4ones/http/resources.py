@@ -82,7 +82,12 @@ class SendAPI:
     def _answer(self, request: Request, route: Route, *segments: str) -> bytes | Deferred[bytes]:
         result = self.handlers.answer(route, call_of(request), *segments)
         if isinstance(result, Deferred):
-            return result.addCallback(write_answer, request)
+            # Klein cancels what a route returns when the client goes away. The handler's work goes on (a store
+            # write that memory must follow, a look-up other requests share); its answer is dropped, and no
+            # CancelledError reaches the handler's error map (it was logged as an unexpected error).
+            shielded: Deferred[bytes] = Deferred()
+            result.addCallback(write_answer, request).chainDeferred(shielded)
+            return shielded
         return write_answer(result, request)
 
     # -- routes ---------------------------------------------------------------------------
