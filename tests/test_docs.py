@@ -29,7 +29,8 @@ Markers, in an HTML comment on the line before a fenced block:
 The commands run with ``pns4ones-admin`` (and ``.venv/bin/pns4ones-admin``)
 pointing at the test server's data directory, as the installed configuration
 points the real one at ``/var/lib/pns4ones``; everything else is the real
-command the page shows.
+command the page shows (``.venv/bin/python`` is the test environment's Python,
+with the client library).
 """
 
 from __future__ import annotations
@@ -408,10 +409,20 @@ class PageRun:
 
 
 def _work_dir(tmp: Path, data_dir: Path) -> Path:
-    """A working directory whose .venv/bin has pns4ones-admin for the test server's data directory, the rest of the real one."""
+    """
+    A working directory whose ``.venv`` is the real one, except that its
+    ``pns4ones-admin`` points at the test server's data directory.  The rest of
+    the environment (``lib``, ``pyvenv.cfg``) is linked too, so that
+    ``.venv/bin/python`` is the environment's Python, with its packages.
+    """
     work = tmp / "work"
-    shim = work / ".venv" / "bin"
+    venv = work / ".venv"
+    shim = venv / "bin"
     shim.mkdir(parents=True)
+    if (BIN.parent / "pyvenv.cfg").exists():  # a virtual environment (not a system Python)
+        for entry in BIN.parent.iterdir():
+            if entry.name != "bin":
+                (venv / entry.name).symlink_to(entry)
     for tool in BIN.iterdir():
         if tool.name != "pns4ones-admin":
             (shim / tool.name).symlink_to(tool)
