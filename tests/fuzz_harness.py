@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
+from hypothesis import HealthCheck, settings
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
@@ -56,6 +57,23 @@ from pns4ones.store.memory import MemoryDatabase, MemoryStore
 from pns4ones.transports.web import WebSubscriptions
 
 from .http_support import Response, responses
+
+#: Multiplies every fuzz test's number of examples (``PNS4ONES_FUZZ_SCALE=50``: a long local run; see ``scripts/fuzz hypothesis``).
+SCALE = float(os.environ.get("PNS4ONES_FUZZ_SCALE", "1") or "1")
+#: The fuzz tests' settings: the fixed budget of CI is derandomized (the same examples every run, a failure
+#: reproduces); a scaled run, or ``PNS4ONES_FUZZ_RANDOM=1``, draws new ones and keeps failures in ``.hypothesis/``.
+FUZZ = settings(
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    derandomize=SCALE == 1 and not os.environ.get("PNS4ONES_FUZZ_RANDOM"),
+    print_blob=True,
+)
+
+
+def examples(n: int) -> int:
+    """A fuzz test's number of examples: ``n`` in CI, scaled by ``PNS4ONES_FUZZ_SCALE``."""
+    return max(1, round(n * SCALE))
+
 
 #: Options of every fuzzed node: small bounds, so that fuzzing reaches them.
 OPTIONS = {
@@ -343,4 +361,4 @@ def form_body(pairs: Iterable[tuple[str | bytes, str | bytes]]) -> bytes:
     return "&".join(f"{enc(k)}={enc(v)}" for k, v in pairs).encode("ascii")
 
 
-__all__ = ["Node", "Panel", "WebSocketPeer", "form_body", "frame", "http_request"]
+__all__ = ["FUZZ", "Node", "Panel", "WebSocketPeer", "examples", "form_body", "frame", "http_request"]

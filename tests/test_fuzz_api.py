@@ -22,18 +22,15 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from pns4ones import tickets
 from pns4ones.messages import MAX_FIELD
 
-from .fuzz_harness import Node, WebSocketPeer, http_request
+from .fuzz_harness import FUZZ, Node, WebSocketPeer, examples, http_request
 from .http_support import Response
-
-settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.load_profile("ci")
 
 #: JSON texts for a value: hostile numbers (some not JSON at all), wrong types, strings of every kind.
 NUMBERS = ("NaN", "Infinity", "-Infinity", "1e999", "-1e999", "-1", "0", "0.4", "1.5", "5", "60", "1e308", str(2**64), "1" + "0" * 400)
@@ -103,7 +100,7 @@ def one_answer(node: Node, raw: bytes) -> Response:
 class TicketFuzz(SynchronousTestCase):
     """POST /tickets with random bodies."""
 
-    @settings(max_examples=400)
+    @settings(FUZZ, max_examples=examples(400))
     @given(ticket_body())
     def test_ticket_bodies(self, body: tuple[bytes, dict[str, str]]) -> None:
         """Any body: 200 or a JSON 4xx; a ticket granted names what was asked, within ticket_max_ttl, and subscribes that user."""
@@ -127,7 +124,7 @@ class TicketFuzz(SynchronousTestCase):
         self.assertTrue(peer.accepted)
         self.assertEqual(node.send(ticket.user_id, "hello", ib=ticket.ib_id), 1)
 
-    @settings(max_examples=150)
+    @settings(FUZZ, max_examples=examples(150))
     @given(st.binary(max_size=200), st.sampled_from([b"POST", b"GET", b"PUT"]), st.sampled_from(["", "Bearer x", "token"]))
     def test_any_bytes(self, body: bytes, method: bytes, auth: str) -> None:
         """Any bytes as the body, any method, a good or a bad token: one answer, never a 5xx, errors in JSON."""
@@ -198,7 +195,7 @@ class Model:
 class GroupsFuzz(SynchronousTestCase):
     """The groups API against a model, with random and hostile names and bodies."""
 
-    @settings(max_examples=200)
+    @settings(FUZZ, max_examples=examples(200))
     @given(st.lists(operations, min_size=1, max_size=12))
     def test_groups_against_a_model(self, steps: list[tuple[str, Any, Any, Any]]) -> None:
         """Every change gets the status the model says (200, 400, 413) and leaves the members the model says; GETs agree with it."""

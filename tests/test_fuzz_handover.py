@@ -18,20 +18,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.error import ConnectionDone
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from wsproto import Connection, ConnectionType, WSConnection
-from wsproto.events import CloseConnection, Ping, Pong, Request, TextMessage
+from wsproto.events import CloseConnection, Pong, Request, TextMessage
 
-from .fuzz_harness import Node, frame
+from .fuzz_harness import FUZZ, Node, examples, frame
 from .http_support import Response, responses
-
-settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.load_profile("ci")
 
 #: The header fields compared (Server, Date and the spelling of Content-Length aside).
 COMPARED = (b"x-pns-sessions", b"x-pns-users", b"x-pns-stored", b"content-type", b"connection", b"retry-after", b"allow", b"upgrade")
@@ -139,8 +136,9 @@ def after_upgrade(data: bytes) -> list[tuple[str, Any]]:
     for event in conn.events():
         if isinstance(event, TextMessage):
             out.append(("text", json.loads(event.data).get("event")))
-        elif isinstance(event, Pong | Ping):
-            out.append((type(event).__name__, event.payload if isinstance(event, Pong) else b""))
+        elif isinstance(event, Pong):
+            out.append(("Pong", event.payload))
+        # (the server's own pings follow the clock from the upgrade on: one path may upgrade later, after slower look-ups)
         elif isinstance(event, CloseConnection):
             out.append(("close", event.code))
     return out
@@ -167,7 +165,7 @@ def feed(node: Node, data: bytes, cuts: list[int]) -> tuple[bytes, bool]:
 class HandOverDifferential(SynchronousTestCase):
     """The front connection and twisted.web alone, on twin nodes, fed the same streams."""
 
-    @settings(max_examples=250)
+    @settings(FUZZ, max_examples=examples(250))
     @given(stream(), st.lists(st.integers(0, 3000), max_size=5))
     def test_same_answers(self, drawn: tuple[list[tuple[bytes, bytes, bytes]], bool, str, list[str]], cuts: list[int]) -> None:
         """Hot and cold requests pipelined, maybe an upgrade and frames after it, cut anywhere: the same answers, closing and WebSocket answers on both paths."""

@@ -23,17 +23,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from .fuzz_harness import Node, Panel, at_once, form_body
+from .fuzz_harness import FUZZ, Node, Panel, at_once, examples, form_body
 from .http_support import Response
 from .routes_support import PANEL_ERROR
 from .test_routes_hostile import WalkBase
-
-settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.load_profile("ci")
 
 #: The forms posted here (the password-checking ones are the real-server walk's).
 FORMS = {rule: fields for rule, fields in WalkBase.PANEL_POSTS.items() if rule not in ("/setup", "/login", "/password")}
@@ -109,7 +106,7 @@ class PanelFormFuzz(SynchronousTestCase):
             return app.id.encode()
         return {"real": self.node.app.id.encode(), "unknown": b"no-such-app"}.get(case, case.encode())
 
-    @settings(max_examples=150)
+    @settings(FUZZ, max_examples=examples(150))
     @given(form_post())
     @example(("/apps/<app_id>/kept/withdraw", [("ib", "ib1"), ("user", "u1"), ("id", "²")], "valid", "real"))  # (a 500)
     def test_forms(self, post: tuple[str, list[tuple[str, str | bytes]], str, str]) -> None:
@@ -131,7 +128,7 @@ class PanelFormFuzz(SynchronousTestCase):
             type(self).panel = self.panel
         self.assertEqual(self.answer(b"GET", b"/apps").status, 200)
 
-    @settings(max_examples=60)
+    @settings(FUZZ, max_examples=examples(60))
     @given(
         st.sampled_from(sorted(FORMS)),
         st.binary(max_size=80),
@@ -142,7 +139,7 @@ class PanelFormFuzz(SynchronousTestCase):
         target = rule.replace("<app_id>", self.node.app.id).encode()
         self.answer(b"POST", target, body, content_type)
 
-    @settings(max_examples=100)
+    @settings(FUZZ, max_examples=examples(100))
     @given(
         st.sampled_from(sorted(WalkBase.PANEL_GETS)),
         st.lists(st.tuples(st.sampled_from(["page", "ib", "name", "q", "user", "host", "app", "x"]), values), max_size=4),

@@ -26,7 +26,7 @@ import socket
 import tempfile
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -37,8 +37,7 @@ from pns4ones.hub.local import LocalHub
 from pns4ones.hub.recovery import RecoveryError
 from pns4ones.messages import Message, Notification, Recipient
 
-settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.load_profile("ci")
+from .fuzz_harness import FUZZ, examples
 
 #: Values of the wrong type or range, for any field.
 HOSTILE = st.one_of(
@@ -177,7 +176,7 @@ class SessionsPacketsFuzz(SynchronousTestCase):
     def setUp(self) -> None:
         self.old = Old(self)
 
-    @settings(max_examples=300)
+    @settings(FUZZ, max_examples=examples(300))
     @given(packets())
     def test_refused_or_adopted_whole(self, script: list[tuple[bytes, int]]) -> None:
         """Any packets: HandoffError before "adopted", or every connection well-formed for adoption; no other exception."""
@@ -213,7 +212,7 @@ class SessionsPacketsFuzz(SynchronousTestCase):
             elif state.registration_left is not None:
                 self.assertTrue(math.isfinite(state.registration_left) and state.registration_left >= 0, state)
 
-    @settings(max_examples=150)
+    @settings(FUZZ, max_examples=examples(150))
     @given(
         st.one_of(
             st.fixed_dictionaries(
@@ -312,7 +311,7 @@ def mutated_export(draw: Any) -> Any:
 class RecoveryWindowFuzz(SynchronousTestCase):
     """The recovery window a new process adopts after the commit (a failure there cannot be rolled back)."""
 
-    @settings(max_examples=400)
+    @settings(FUZZ, max_examples=examples(400))
     @given(st.one_of(mutated_export(), JSON))
     def test_adopted_or_refused(self, doc: Any) -> None:
         """Any document: adopted (then the window serves a resume), or RecoveryError; never another exception."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 from wsproto import Connection, ConnectionType
@@ -37,11 +37,8 @@ from wsproto.events import CloseConnection
 
 from pns4ones.transports.web import CLOSE_TIMEOUT, MAX_INBOUND, PING_BURST, PING_RATE
 
-from .fuzz_harness import Node, WebSocketPeer, frame
+from .fuzz_harness import FUZZ, Node, WebSocketPeer, examples, frame
 from .support import ServerProcess, wait_for
-
-settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.load_profile("ci")
 
 TEXT, BINARY, CLOSE, PING, PONG, CONTINUATION = 0x1, 0x2, 0x8, 0x9, 0xA, 0x0
 
@@ -161,7 +158,7 @@ def run(node: Node, actions: list[Action], cuts: list[int]) -> tuple[WebSocketPe
 class WebSocketFrameFuzz(SynchronousTestCase):
     """The WebSocket session in process, fed random and hostile frame streams."""
 
-    @settings(max_examples=250)
+    @settings(FUZZ, max_examples=examples(250))
     @given(st.lists(action(), min_size=1, max_size=8), st.lists(st.integers(0, 20_000), max_size=3))
     def test_frames(self, actions: list[Action], cuts: list[int]) -> None:
         """Any frames, cut anywhere, with time passing and sends meanwhile: nothing raises, protocol errors close, a good peer gets its messages, nothing is left behind."""
@@ -196,7 +193,7 @@ class WebSocketFrameFuzz(SynchronousTestCase):
         self.assertIn('"topic": "fresh"', "".join(fresh.texts()))
         node.stop()
 
-    @settings(max_examples=150)
+    @settings(FUZZ, max_examples=examples(150))
     @given(st.binary(max_size=400), st.lists(st.integers(0, 400), max_size=4))
     def test_any_bytes_after_the_handshake(self, data: bytes, cuts: list[int]) -> None:
         """Any bytes after the handshake, cut anywhere: nothing raises, the server writes only WebSocket frames, and sends to the user never fail."""
