@@ -165,6 +165,7 @@ user_lists = st.lists(st.one_of(in_body, in_body, st.sampled_from([1, None, ["u1
 operations = st.one_of(
     st.tuples(st.just("put"), ibs, groups, st.one_of(user_lists, st.integers(48, 55).map(lambda n: [f"u{i}" for i in range(n)]))),
     st.tuples(st.just("add"), ibs, groups, user_lists),
+    st.tuples(st.just("add"), ibs, groups, st.integers(44, 51).map(lambda n: [f"u{i}" for i in range(1, n)])),  # (to the limit, 50)
     st.tuples(st.just("remove"), ibs, groups, users),
     st.tuples(st.just("remove"), ibs, groups, users),
     st.tuples(st.just("delete"), ibs, groups, st.none()),
