@@ -16,12 +16,12 @@ framing; this covers what lies behind it.)
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.error import ConnectionDone
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from wsproto import Connection, ConnectionType, WSConnection
@@ -201,8 +201,9 @@ class GoneClient(SynchronousTestCase):
             if event.get("log_failure") is not None:
                 failures.append(event)
 
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        observer = cast(ILogObserver, observe)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         proto, transport = node.connect()
         proto.dataReceived(b"GET /auth?server_key=unknown HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertEqual(transport.value(), b"", "the look-up waits for its slot")

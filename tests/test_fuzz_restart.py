@@ -159,7 +159,7 @@ class Old:
 def said(conn: socket.socket) -> list[str]:
     """The types of the packets the new process sent."""
     conn.setblocking(False)
-    out = []
+    out: list[str] = []
     while True:
         try:
             data = conn.recv(1 << 16)
