@@ -7,6 +7,13 @@ Benchmark pns4ones against nchan and Mosquitto on the shared harness
     scripts/bench --quick      a smoke run: N = 1,000, 1 run per point (a few minutes)
     scripts/bench --table      only print the table of what --results-dir holds
 
+Beside nchan and Mosquitto, the table has a "floor" column: scripts/floor.py,
+the smallest correct server for this job that Python on Twisted allows (a plain
+Protocol with httptools, a dict look-up, one AES-CBC encryption, one write, no
+validation), driven by the same swarm in the same sitting (``--peers`` names it
+``floor``), so that "ours / floor" says how much of the language's and the
+reactor's reach the service uses.
+
 Figures go to --results-dir (default bench-results/ in the checkout). The
 server is started fresh for every run on 127.0.0.1 (send API 36696, add-in
 36695, admin 36697: stop any development server first).
@@ -59,12 +66,16 @@ def prepare_app(data: Path) -> list[str]:
     return ["--app-id", app["id"], "--server-key", app["server_key"], "--client-key", app["client_key"], "--ib-id", "bench"]
 
 
-def run_ours(results: Path, extra: list[str], server_args: str = "", name: str = "pns4ones") -> None:
+def run_ours(results: Path, extra: list[str], server_args: str = "", name: str = "pns4ones", floor: bool = False) -> None:
     data = Path(tempfile.mkdtemp(prefix="pns4ones-bench-"))
     try:
         driver_args = prepare_app(data)
-        twistd = str(VENV_BIN / "twistd")
-        server = f"{twistd} -n --pidfile= pns4ones --config /dev/null --data-dir {data} --listen 127.0.0.1:36696 --service 127.0.0.1:36695 {server_args}".rstrip()
+        if floor:
+            client_key = driver_args[driver_args.index("--client-key") + 1]
+            server = f"{sys.executable} {ROOT / 'scripts' / 'floor.py'} --client-key {client_key} --listen 127.0.0.1:36696 --service 127.0.0.1:36695"
+        else:
+            twistd = str(VENV_BIN / "twistd")
+            server = f"{twistd} -n --pidfile= pns4ones --config /dev/null --data-dir {data} --listen 127.0.0.1:36696 --service 127.0.0.1:36695 {server_args}".rstrip()
         env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
         run([sys.executable, str(BENCH), "run", "--peer", "cmd", "--name", name, "--driver", "pns4ones", "--server-cmd", server,
              "--port", "36695", "--pub-port", "36696", "--driver-args", shlex.join(driver_args), "--results-dir", str(results), *extra], env=env)  # fmt: skip
@@ -95,38 +106,51 @@ def fmt(value: object, key: str) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def ratio(a: object, b: object, higher_better: bool | None) -> str:
+    if higher_better is None or a in (None, 0) or b in (None, 0):
+        return ""
+    return f"{float(a) / float(b):.2f}"  # type: ignore[arg-type]
+
+
 def table(results: Path) -> str:
-    # A comparison run of our twisted.web-only path (--name pns4ones-twisted --server-args '--http-engine twisted') adds a column.
+    # A comparison run of another engine (--name pns4ones-twisted --server-args '--http-engine twisted') adds a column.
     before = {scenario: load(results, "pns4ones-twisted", scenario) for scenario in FIGURES}
     extra = any(before.values())
     lines = [
-        "| scenario | point | figure | pns4ones |" + (" twisted.web only |" if extra else "") + " nchan | Mosquitto | pns4ones / nchan |",
-        "|---|---|---|---:|" + ("---:|" if extra else "") + "---:|---:|---:|",
+        "| scenario | point | figure | pns4ones |"
+        + (" twisted.web only |" if extra else "")
+        + " floor | nchan | Mosquitto | pns4ones / floor | pns4ones / nchan |",
+        "|---|---|---|---:|" + ("---:|" if extra else "") + "---:|---:|---:|---:|---:|",
     ]
     for scenario, figures in FIGURES.items():
-        ours, nchan, mosq = (load(results, p, scenario) for p in ("pns4ones", "nchan", "mosquitto"))
+        ours, floor, nchan, mosq = (load(results, p, scenario) for p in ("pns4ones", "floor", "nchan", "mosquitto"))
         for point in ours:
             for label, key, higher_better in figures:
                 a = ours[point].get(key)
+                f = floor.get(point, {}).get(key)
                 b = nchan.get(point, {}).get(key)
                 c = mosq.get(point, {}).get(key)
-                ratio = f"{float(a) / float(b):.2f}" if higher_better is not None and a not in (None, 0) and b not in (None, 0) else ""  # type: ignore[arg-type]
                 was = f" {fmt(before[scenario].get(point, {}).get(key), key)} |" if extra else ""
-                lines.append(f"| {scenario} | {point} | {label} | {fmt(a, key)} |{was} {fmt(b, key)} | {fmt(c, key)} | {ratio} |")
+                lines.append(
+                    f"| {scenario} | {point} | {label} | {fmt(a, key)} |{was} {fmt(f, key)} | {fmt(b, key)} | {fmt(c, key)} |"
+                    f" {ratio(a, f, higher_better)} | {ratio(a, b, higher_better)} |"
+                )
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="N = 1,000, one run per point, short unicast")
-    parser.add_argument("--peers", default="nchan,mosquitto", help="peers to measure beside ours ('' for none)")
+    parser.add_argument(
+        "--peers", default="floor,nchan,mosquitto", help="peers to measure beside ours ('' for none; floor is scripts/floor.py)"
+    )
     parser.add_argument("--scenario", default="idle,fanout,unicast")
     parser.add_argument("--results-dir", default=str(ROOT / "bench-results"))
     parser.add_argument("--table", action="store_true", help="only print the table")
     parser.add_argument("--server-args", default="", help="more pns4ones options, e.g. '--http-engine twisted'")
     parser.add_argument("--name", default="pns4ones", help="name of our results (e.g. pns4ones-twisted for a comparison run)")
     args, extra = parser.parse_known_args()
-    results = Path(args.results_dir)
+    results = Path(args.results_dir).resolve()  # (absolute: nginx reads its files relative to its own prefix)
     if not args.table:
         if not BENCH.exists():
             print(
@@ -144,7 +168,10 @@ def main() -> int:
         common += extra
         run_ours(results, common, args.server_args, args.name)
         for peer in filter(None, args.peers.split(",")):
-            run([sys.executable, str(BENCH), "run", "--peer", peer, "--results-dir", str(results), *common])
+            if peer == "floor":
+                run_ours(results, common, name="floor", floor=True)
+            else:
+                run([sys.executable, str(BENCH), "run", "--peer", peer, "--results-dir", str(results), *common])
     print(table(results))
     return 0
 

@@ -59,6 +59,15 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
         time.sleep(interval)
 
 
+def without_id(answer: dict[str, Any]) -> dict[str, Any]:
+    """A send's answer without its message id, which must be there (a positive integer: each server numbers from its start time)."""
+    rest = dict(answer)
+    message_id = rest.pop("id", None)
+    if not isinstance(message_id, int) or isinstance(message_id, bool) or message_id <= 0:
+        raise AssertionError(f"no message id in the answer {answer!r}")
+    return rest
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.2):

@@ -775,7 +775,7 @@ class PanelBrowserTests(SynchronousTestCase):
 
         self.submit("#tab-kept")
         self.confirm('tr[data-target="u8"] form.kept-delete button', "1")
-        self.result("list", "Удалено отложенных сообщений: 1")
+        self.result("list", "Удалено сохранённых сообщений: 1")
 
         u9 = self.subscribe(app, "ib1", "u9")
         got = [u9.receive(5) for _ in range(3)]
@@ -905,7 +905,7 @@ class PanelBrowserTests(SynchronousTestCase):
             self.assertIn(text, rename)
         import pwd
 
-        for text in ("командная строка", pwd.getpwuid(os.getuid()).pw_name, "local", "сброшены токены доступа", "count: 0"):
+        for text in ("командная строка", pwd.getpwuid(os.getuid()).pw_name, "local", "сброшены ключи доступа", "count: 0"):
             self.assertIn(text, reset)
         screenshot(self.driver, "23-audit")
 
@@ -923,6 +923,110 @@ class PanelBrowserTests(SynchronousTestCase):
         self.assertEqual(
             [r.get_attribute("data-action") for r in self.all("#audit-log tbody tr")][-4:], ["rename", "reset-tokens", "create", "setup"]
         )
+
+    # -- online --------------------------------------------------------------------------------------
+
+    def cell(self, row: Any, selector: str) -> str:
+        return self.css(selector, row).get_attribute("textContent").strip()
+
+    def online(self) -> list[tuple[str, str, str]]:
+        """The Online view's rows as shown: (user, information base, transport)."""
+        return [(self.cell(r, ".user-id"), self.cell(r, ".ib"), self.cell(r, ".transport")) for r in self.all("#online-rows tr")]
+
+    def test_online_view(self) -> None:
+        """Online: add-in, WebSocket and SSE sessions listed, live-updated and searched; a session and a user disconnected (the dialogs say who comes back), audited; hostile ids stay text."""
+        import socket as sockets
+
+        self.setup_admin()
+        app_id = self.create_app("Кто в сети")
+        app = self.app_of(app_id)
+        addins = [self.subscribe(app, "ib1", "u1"), self.subscribe(app, "ib1", "u1")]
+        ws = self.subscribe(app, "ib1", "u1", "ws")
+        self.subscribe(app, "ib2", "u2", "sse")
+        self.submit("#nav-online")
+        self.at("/online")
+        addin = "компонента 1С"
+        u1 = [("u1", "ib1", addin), ("u1", "ib1", addin), ("u1", "ib1", "WebSocket")]
+        self.wait.until(lambda d: self.online() == [*u1, ("u2", "ib2", "SSE")], "the four sessions")
+        self.assertEqual((self.text("#online-users"), self.text("#online-sessions")), ("2", "4"))
+        rows = self.all("#online-rows tr")
+        self.assertEqual({self.cell(r, ".peer") for r in rows}, {"127.0.0.1"})
+        self.assertEqual({self.cell(r, ".node") for r in rows}, {f"{sockets.gethostname()}:{self.server.api_port}"})
+        self.assertTrue(all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", self.cell(r, ".since")) for r in rows))
+        self.assertEqual([len(self.all("form.disconnect-user", r)) for r in rows], [1, 0, 0, 0])  # on the user's first row
+
+        # Live: new sessions show without a reload (rows made by the script from the JSON).
+        self.driver.execute_script("window.pnsOldPage = true")
+        evil = "<img src=x onerror=alert(1)>{session}"
+        hostile = self.subscribe(app, "ib1", evil)
+        late = self.subscribe(app, "ib1", "u3")
+        self.wait.until(lambda d: self.online() == [(evil, "ib1", addin), *u1, ("u2", "ib2", "SSE"), ("u3", "ib1", addin)], "two more")
+        self.assertEqual((self.text("#online-users"), self.text("#online-sessions")), ("4", "6"))
+        self.assertTrue(self.driver.execute_script("return window.pnsOldPage === true"), "the page was reloaded")
+        self.assertEqual(self.text("#online-rows form.disconnect-user button"), "Все сеансы пользователя (3)")
+        screenshot(self.driver, "24-online")
+
+        # Hostile ids are text, in the list and in the dialog; the dialogs say who comes back by itself.
+        self.assertEqual(self.all("main img, main script"), [])
+        self.css(f'#online-rows tr[data-user="{evil}"] form.disconnect-session button').click()
+        dialog = self.alert()
+        self.assertIn(f"пользователя «{evil}» (компонента 1С)", dialog.text)
+        self.assertIn("перезапустит 1С", dialog.text)
+        dialog.dismiss()
+        self.css('#online-rows tr[data-transport="sse"] form.disconnect-session button').click()
+        dialog = self.alert()
+        self.assertIn("(SSE)? Клиент получит событие end и подключится снова, если так написан его код", dialog.text)
+        dialog.dismiss()
+        self.assertIsNone(hostile.receive(0.2))
+        self.assertFalse(hostile.closed_by_server)
+
+        # A session (its row made by the script): the add-in's connection ends.
+        text = self.confirm('#online-rows tr[data-user="u3"] form.disconnect-session button', "«u3»")
+        self.assertIn("сама не подключится снова", text)
+        self.result("sessions", "пользователя «u3» (компонента 1С) отключён")
+        self.assertTrue(late.wait_closed(5), "the add-in's connection is still open")
+        self.assertNotIn("u3", [row[0] for row in self.online()])
+
+        # Live: a session that leaves disappears.
+        self.driver.execute_script("window.pnsOldPage = true")
+        addins[1].close()
+        self.wait.until(lambda d: [r for r in self.online() if r[0] == "u1"] == [u1[0], u1[2]], "the closed session to go")
+        self.wait.until(lambda d: self.text("#online-rows form.disconnect-user button") == "Все сеансы пользователя (2)")
+        self.assertTrue(self.driver.execute_script("return window.pnsOldPage === true"), "the page was reloaded")
+
+        # A user: every session of u1 on this node (the add-in and the WebSocket) ends.
+        text = self.confirm("#online-rows form.disconnect-user button", "«u1»")
+        self.assertIn("пользователю придётся перезапустить 1С", text)
+        self.assertIn("WebSocket и SSE подключатся снова", text)
+        self.result("sessions", "Отключено сеансов пользователя «u1»: 2.")
+        self.assertTrue(addins[0].wait_closed(5))
+        events = []
+        with self.assertRaises(EOFError):
+            while True:
+                events.append(ws.receive(5))
+        self.assertIn({"event": "end", "reason": "disconnected by the administrator"}, events)
+        self.assertEqual(self.online(), [(evil, "ib1", addin), ("u2", "ib2", "SSE")])
+        screenshot(self.driver, "25-online-disconnected")
+
+        # Search by part of the user id, any case; nothing found says so.
+        self.fill(**{"online-q": "U2"})
+        self.submit("#online-show")
+        self.assertEqual(self.online(), [("u2", "ib2", "SSE")])
+        self.assertEqual((self.text("#online-users"), self.text("#online-sessions")), ("1", "1"))
+        screenshot(self.driver, "26-online-search")
+        self.fill(**{"online-q": "nobody"})
+        self.submit("#online-show")
+        self.assertIn("Нет сеансов пользователей с таким идентификатором", self.text("#online-empty"))
+        self.assertEqual(self.all("#online-rows tr"), [])
+
+        self.submit("#nav-audit")
+        rows = self.all("#audit-log tbody tr")[:2]
+        self.assertEqual([r.get_attribute("data-action") for r in rows], ["disconnect-user", "disconnect"])
+        for text in ("отключены сеансы пользователя", "user: u1", "sessions: 2"):
+            self.assertIn(text, rows[0].get_attribute("textContent"))
+        for text in ("отключён сеанс", "user: u3", "transport: tcp"):
+            self.assertIn(text, rows[1].get_attribute("textContent"))
+        self.assertIsNone(self._alert_or_none())
 
 
 class PanelClient:
@@ -1174,6 +1278,121 @@ class PanelHttpTests(SynchronousTestCase):
         self.assertEqual((status, headers["Location"]), (303, "/apps"))
 
 
+class PanelOnlineHttpTests(SynchronousTestCase):
+    """The Online view over plain HTTP with real add-in subscribers: paging and search on the server, the JSON refresh, disconnecting behind CSRF."""
+
+    def setUp(self) -> None:
+        self.server = ServerProcess()
+        self.addCleanup(self.server.cleanup)
+        self.server.start()
+        self.client = PanelClient(self.server.admin_port)
+        self.client.setup(setup_code(self.server))
+        self.assertEqual(self.client.post("/apps", {"title": "Online"})[0], 303)  # the panel reloads the core: no wait for the store's poll
+        [self.app] = listed_apps(self.server)
+        self.sockets: list[socket.socket] = []
+        self.addCleanup(lambda: [s.close() for s in self.sockets])
+
+    def connect(self, ib: str, users: list[str]) -> None:
+        """Raw add-in registrations (nothing is read: no message is sent to them)."""
+        key = ClientKey.decode(self.app["client_key"])
+        for user in users:
+            sock = socket.create_connection(("127.0.0.1", self.server.service_port), timeout=5)
+            sock.sendall(registration_frame(key, self.app["id"], ib, user, ""))
+            self.sockets.append(sock)
+
+    def live(self, **query: str) -> dict[str, Any]:
+        status, headers, text = self.client.request("GET", "/online.json?" + urllib.parse.urlencode({"app": self.app["id"], **query}))
+        self.assertEqual((status, headers["Content-Type"]), (200, "application/json"), text)
+        return json.loads(text)
+
+    def test_paging_search_and_refresh(self) -> None:
+        """250 sessions: the page and each refresh carry 100 rows at most, with totals; search by part of the id in any case; a page past the end shows the last."""
+        self.connect("ib1", [f"u{n:03}" for n in range(230)])
+        self.connect("ib2", [f"v{n:02}" for n in range(20)])
+        wait_for(lambda: self.live()["sessions"] == 250, what="250 sessions")
+        status, _, page = self.client.request("GET", f"/online?app={self.app['id']}")
+        self.assertEqual(status, 200)
+        self.assertEqual(len(re.findall(r'<tr data-user="[^"]', page)), 100)  # and the empty row <template>
+        self.assertIn('<b id="online-users">250</b>', page)
+        self.assertIn("страница 1 из 3 (всего 250)", page)
+        first = self.live()
+        self.assertEqual([r["user"] for r in first["rows"]], [f"u{n:03}" for n in range(100)])
+        self.assertLess(len(json.dumps(first)), 40_000)
+        last = self.live(page="3")
+        self.assertEqual((last["page"], last["pages"], len(last["rows"]), last["next"]), (3, 3, 50, None))
+        self.assertEqual(last["previous"], f"/online?app={self.app['id']}&page=2")
+        self.assertEqual([r["user"] for r in last["rows"]][-20:], [f"v{n:02}" for n in range(20)])
+        self.assertEqual(self.live(page="99")["page"], 3)
+        found = self.live(q="U01")
+        self.assertEqual(([r["user"] for r in found["rows"]], found["sessions"], found["users"]), ([f"u01{n}" for n in range(10)], 10, 10))
+        ib2 = self.live(ib="ib2")
+        self.assertEqual((ib2["sessions"], {r["ib"] for r in ib2["rows"]}), (20, {"ib2"}))
+        self.assertEqual(self.live(ib="ib2", q="nobody")["rows"], [])
+        row = first["rows"][0]
+        self.assertEqual((row["transport"], row["peer"], row["remote"], row["delivered"]), ("tcp", "127.0.0.1", False, 0))
+        for s in self.sockets[:30]:
+            s.close()
+        wait_for(lambda: self.live()["sessions"] == 220, what="the closed sessions to go")
+        self.assertEqual(self.live()["rows"][0]["user"], "u030")
+        # Without a panel session: no data, the page goes to the login.
+        other = PanelClient(self.server.admin_port)
+        self.assertEqual(other.request("GET", f"/online.json?app={self.app['id']}")[0], 401)
+        self.assertEqual(other.request("GET", "/online")[1]["Location"], "/login")
+        self.assertEqual(self.client.request("GET", "/online.json?app=nope")[0], 404)
+        self.assertIn("Такого приложения нет", self.client.request("GET", "/online?app=nope")[2])
+
+    def test_disconnect_needs_the_token(self) -> None:
+        """A session's Delivered counts what it received; disconnect without the CSRF token, with a wrong one or from another origin: 403 and the session stays; with it, the connection ends, logged, counted, audited."""
+        sub = Subscriber("127.0.0.1", self.server.service_port, self.app["id"], self.app["client_key"], "ib1", "u1", timeout=5).connect()
+        self.addCleanup(sub.close)
+        [row] = wait_for(lambda: self.live()["rows"], what="the session")
+        self.assertEqual(row["delivered"], 0)
+        for title in ("one", "two"):
+            self.assertEqual(
+                self.client.post(f"/apps/{self.app['id']}/send", {"ib": "ib1", "type": "user", "target": "u1", "title": title})[0], 303
+            )
+            self.assertIsNotNone(sub.receive(5), title)
+        self.assertEqual([r["delivered"] for r in self.live()["rows"]], [2])
+        form = {"app": self.app["id"], "ib": "ib1", "user": "u1", "session": row["session"], "back": "/online?q=u"}
+        token = self.client.csrf("/online")
+        for fields, headers in (
+            (form, {}),
+            ({**form, "csrf": token[:-1] + ("A" if token[-1] != "A" else "B")}, {}),
+            ({**form, "csrf": token}, {"Origin": "http://127.0.0.1:1"}),
+            ({**form, "csrf": token}, {"Sec-Fetch-Site": "cross-site"}),
+            ({"app": self.app["id"], "ib": "ib1", "user": "u1"}, {}),
+        ):
+            status, _, body = self.client.request("POST", "/online/disconnect", fields, headers)
+            self.assertEqual(status, 403, (fields, headers))
+            self.assertIn("Запрос отклонён", body)
+        self.assertIn("refused POST /online/disconnect", self.server.log())
+        self.assertIsNone(sub.receive(0.3))
+        self.assertFalse(sub.closed_by_server)
+        self.assertEqual(len(self.live()["rows"]), 1)
+        self.assertEqual(audit_log(self.server, "--limit", "1")[0]["action"], "send-test")  # nothing from the refused ones
+
+        status, headers, _ = self.client.request("POST", "/online/disconnect", {**form, "csrf": token})
+        self.assertEqual((status, headers["Location"]), (303, "/online?q=u#sessions"))
+        self.assertTrue(sub.wait_closed(5))
+        self.assertIn(
+            f"ended subscription {row['session']} of 127.0.0.1 (app={self.app['id']} ib=ib1 user=u1 transport=tcp): disconnected by the administrator",
+            self.server.log(),
+        )
+        self.assertEqual(metric(self.server, "pns4ones_subscriptions_cut_total", reason="admin"), 1)
+        [entry] = audit_log(self.server, "--limit", "1")
+        self.assertEqual(
+            (entry["action"], entry["app_id"], entry["actor"], entry["address"]), ("disconnect", self.app["id"], "admin", "127.0.0.1")
+        )
+        self.assertEqual(entry["detail"], {"ib": "ib1", "user": "u1", "session": row["session"], "transport": "tcp"})
+        page = self.client.request("GET", "/online?q=u")[2]
+        self.assertIn(f"Сеанс {row['session']} пользователя «u1» (компонента 1С) отключён.", page)
+        self.assertIn('data-section="sessions"', page)
+        # Once more: nothing left to end, and the page says so; a foreign "back" is not followed.
+        status, headers, _ = self.client.request("POST", "/online/disconnect", {**form, "back": "https://evil.example/", "csrf": token})
+        self.assertEqual((status, headers["Location"]), (303, f"/online?app={self.app['id']}&ib=ib1#sessions"))
+        self.assertIn("уже нет: ничего не отключено", self.client.request("GET", headers["Location"].split("#")[0])[2])
+
+
 class PanelNodesTests(SynchronousTestCase):
     """Two nodes on one store and a Redis hub: each node's status page sees both; a CLI password reset ends the sessions of both."""
 
@@ -1216,6 +1435,50 @@ class PanelNodesTests(SynchronousTestCase):
         for client in (a, b):
             status, headers, _ = client.request("GET", "/apps")
             self.assertEqual((status, headers["Location"]), (303, "/login"))
+
+    def test_online_across_nodes(self) -> None:
+        """A node's Online view lists the other node's sessions of a base with that node's name (no button); disconnecting a user ends this node's sessions only and names the node of the rest."""
+        a, b = (PanelClient(node.admin_port) for node in self.nodes)
+        a.setup(setup_code(self.nodes[0]))
+        token = b.csrf("/login")
+        self.assertEqual(b.request("POST", "/login", {"csrf": token, "login": "admin", "password": PASSWORD})[0], 303)
+        self.assertEqual(a.post("/apps", {"title": "Nodes"})[0], 303)
+        [app] = json.loads(self.nodes[0].admin("list", "--json", "--config", str(self.nodes[0].ini)).stdout)
+        wait_for(lambda: b.request("GET", f"/online.json?app={app['id']}")[0] == 200, what="node B to know the application")
+
+        def subscribe(node: ServerProcess, user: str) -> Subscriber:
+            sub = Subscriber("127.0.0.1", node.service_port, app["id"], app["client_key"], "ib1", user, timeout=5).connect()
+            self.addCleanup(sub.close)
+            return sub
+
+        here, there = subscribe(self.nodes[0], "u1"), [subscribe(self.nodes[1], "u1"), subscribe(self.nodes[1], "u2")]
+
+        def live(**query: str) -> dict[str, Any]:
+            return json.loads(a.request("GET", "/online.json?" + urllib.parse.urlencode({"app": app["id"], **query}))[2])
+
+        found = wait_for(lambda: (doc := live(ib="ib1")) and doc["remote"] == 2 and doc["sessions"] == 3 and doc, what="B's sessions on A")
+        self.assertEqual(found["users"], 2)
+        rows = [(r["user"], r["node"], r["transport"], r["remote"], r["peer"], r["delivered"]) for r in found["rows"]]
+        self.assertEqual(
+            rows, [("u1", "A", "tcp", False, "127.0.0.1", 0), ("u1", "B", "remote", True, "", None), ("u2", "B", "remote", True, "", None)]
+        )
+        page = a.request("GET", f"/online?app={app['id']}&ib=ib1")[2]
+        self.assertEqual(page.count('class="inline disconnect-session"'), 2)  # A's row, and the row <template>
+        self.assertEqual(page.count("отключается в панели узла B"), 2)
+        self.assertIn('<b id="online-remote">2</b>', page)
+        every = live()  # every base: this node's sessions only (presence is kept per base), and the page says so
+        self.assertEqual((every["sessions"], every["remote"]), (1, 0))
+        self.assertIn('id="online-nodes-hint"', a.request("GET", f"/online?app={app['id']}")[2])
+
+        status, headers, _ = a.request(
+            "POST", "/online/disconnect", {"csrf": a.csrf("/online"), "app": app["id"], "ib": "ib1", "user": "u1"}
+        )
+        self.assertEqual(status, 303)
+        self.assertTrue(here.wait_closed(5))
+        self.assertIn("У пользователя «u1» остались сеансы на других узлах (1: B)", a.request("GET", headers["Location"].split("#")[0])[2])
+        self.assertIsNone(there[0].receive(0.3))
+        self.assertFalse(there[0].closed_by_server)
+        wait_for(lambda: live(ib="ib1")["sessions"] == 2, what="A's session to go")
 
 
 class PanelCliTests(SynchronousTestCase):
@@ -1344,6 +1607,100 @@ class PanelCliTests(SynchronousTestCase):
         self.assertEqual(client.request("POST", "/login", {"csrf": token, "login": "admin", "password": "typed twice 1"})[0], 303)
 
 
+class OnlineCoreTests(SynchronousTestCase):
+    """Core.online and Core.disconnect on the in-process hub, another node's sessions as presence reports them (fast: no process, no socket)."""
+
+    def setUp(self) -> None:
+        from twisted.internet.task import Clock
+
+        from pns4ones.core import Core
+        from pns4ones.hub.local import LocalHub
+        from pns4ones.hub.redis.presence import RemoteSession
+        from pns4ones.hub.testing import RecordingSession
+        from pns4ones.metrics import NullMetrics
+        from pns4ones.store.memory import MemoryDatabase, MemoryStore
+
+        class TwoNodes(LocalHub):
+            """This node's hub; node B has u1 once and w9 twice in app/ib1, as its presence says."""
+
+            def remote_sessions(self, app_id: str, ib_id: str) -> dict[str, list[Any]]:
+                if (app_id, ib_id) != ("app", "ib1"):
+                    return {}
+                return {
+                    "u1": [RemoteSession("app", "ib1", "u1", "B", 0)],
+                    "w9": [RemoteSession("app", "ib1", "w9", "B", n) for n in range(2)],
+                }
+
+        class Cuts(NullMetrics):
+            def __init__(self) -> None:
+                self.cuts: list[str] = []
+
+            def cut(self, reason: str) -> None:
+                self.cuts.append(reason)
+
+        clock = Clock()
+        self.core = Core(MemoryStore(MemoryDatabase(), clock), TwoNodes(clock=clock), clock)
+        self.core.metrics = self.metrics = Cuts()
+        made = [("u1", "ib1", "app", 20.0), ("U10", "ib1", "app", 30.0), ("u1", "ib1", "app", 10.0), ("u1", "ib2", "app", 5.0)]
+        made.append(("u1", "ib1", "other", 1.0))
+        self.sessions = [RecordingSession(user, ("g",), ib, app, None, at) for user, ib, app, at in made]
+        for session in self.sessions:
+            self.core.subscribe(session)
+
+    def rows(self, found: Any) -> list[tuple[str, str, str | None, float, int]]:
+        return [(r.user_id, r.ib_id, r.node, r.connected_at, r.user_sessions) for r in found.rows]
+
+    def test_online_rows(self) -> None:
+        """One base: this node's sessions then the other nodes', by user and connection time, with totals of every page; search ignores case; paging slices."""
+        found = self.core.online("app", "ib1")
+        self.assertEqual((found.sessions, found.users, found.remote), (6, 3, 3))
+        self.assertEqual(
+            self.rows(found),
+            [
+                ("U10", "ib1", None, 30.0, 1),
+                ("u1", "ib1", None, 10.0, 2),
+                ("u1", "ib1", None, 20.0, 2),
+                ("u1", "ib1", "B", 0.0, 2),
+                ("w9", "ib1", "B", 0.0, 0),
+                ("w9", "ib1", "B", 0.0, 0),
+            ],
+        )
+        first = found.rows[1]
+        self.assertEqual(
+            (first.session_id, first.transport, first.peer, first.groups), (self.sessions[2].session_id, "test", "127.0.0.1", ("g",))
+        )
+        self.assertEqual((found.rows[3].transport, found.rows[3].peer), ("remote", ""))
+        page = self.core.online("app", "ib1", offset=1, limit=2)
+        self.assertEqual(([r.connected_at for r in page.rows], page.sessions), ([10.0, 20.0], 6))
+        self.assertEqual(self.core.online("app", "ib1", offset=6).rows, [])
+        found = self.core.online("app", "ib1", "U1")
+        self.assertEqual(([r.user_id for r in found.rows], found.users, found.remote), (["U10", "u1", "u1", "u1"], 2, 1))
+        every = self.core.online("app")  # every base of this node; presence is per base
+        self.assertEqual([(r.user_id, r.ib_id) for r in every.rows], [("U10", "ib1"), ("u1", "ib1"), ("u1", "ib1"), ("u1", "ib2")])
+        self.assertEqual((every.sessions, every.users, every.remote), (4, 3, 0))
+        self.assertEqual(self.core.online("none", "ib1").sessions, 0)
+
+    def test_disconnect(self) -> None:
+        """Disconnecting a user ends his sessions of that base on this node only; a session id narrows it to one; each is logged and counted."""
+        from twisted.logger import capturedLogs
+
+        from pns4ones.core import DISCONNECT_REASON
+
+        with capturedLogs() as events:
+            ended = self.core.disconnect("app", "ib1", "u1")
+        self.assertEqual(sorted(s.session_id for s in ended), sorted(s.session_id for s in (self.sessions[0], self.sessions[2])))
+        self.assertEqual([s.ended for s in self.sessions], [DISCONNECT_REASON, None, DISCONNECT_REASON, None, None])
+        self.assertEqual(self.metrics.cuts, ["admin", "admin"])
+        logged = [e for e in events if e.get("event") == "disconnected"]
+        self.assertEqual(sorted(e["session_id"] for e in logged), sorted(s.session_id for s in ended))
+        self.assertEqual({(e["user_id"], e["ib_id"], e["reason"]) for e in logged}, {("u1", "ib1", DISCONNECT_REASON)})
+        u10 = self.sessions[1]
+        self.assertEqual(self.core.disconnect("app", "ib1", "u1", u10.session_id), [])  # another user's session: untouched
+        self.assertEqual(self.core.disconnect("app", "ib2", "U10", u10.session_id), [])
+        self.assertEqual(self.core.disconnect("app", "ib1", "U10", u10.session_id), [u10])
+        self.assertEqual(self.metrics.cuts, ["admin"] * 3)
+
+
 class CatalogTests(SynchronousTestCase):
     def test_catalogs_complete(self) -> None:
         """Russian and English catalogs have the same keys, and every key the templates and code use exists in both."""
@@ -1356,7 +1713,7 @@ class CatalogTests(SynchronousTestCase):
         for template in (package / "templates").glob("*.html"):
             used |= set(re.findall(r"t\('([a-z0-9_.-]+)'", template.read_text()))
         code = (package / "app.py").read_text() + (package / "views.py").read_text()
-        prefixes = "error|apps|send|password|groups|kept|settings|manage|status|audit|unit|page|transport|app|setup"
+        prefixes = "error|apps|send|password|groups|kept|settings|manage|status|audit|unit|page|transport|app|setup|online"
         used |= {k for k in re.findall(rf'"((?:{prefixes})\.[a-z0-9_.]+)"', code) if not k.endswith(".html")}
         # keys made of a prefix and a value
         used = {k for k in used if not k.endswith((".", "_"))}

@@ -52,8 +52,9 @@ class HandlerTests(SynchronousTestCase):
         self.assertIsInstance(result, Answer)
         assert isinstance(result, Answer)
         self.assertEqual(result.status, 200)
-        self.assertEqual(result.body, json.dumps({"sessions": 1, "users": 1, "stored": False}).encode())
-        self.assertEqual(result.headers[:2], ((b"X-Pns-Sessions", b"1"), (b"X-Pns-Users", b"1")))
+        (message_id,) = self.setup.recorder.ids()
+        self.assertEqual(result.body, json.dumps({"sessions": 1, "users": 1, "stored": False, "id": message_id}).encode())
+        self.assertEqual(result.headers[:3], ((b"X-Pns-Sessions", b"1"), (b"X-Pns-Users", b"1"), (b"X-Pns-Id", b"%d" % message_id)))
         self.assertEqual(self.setup.recorder.plaintexts(), [b'{"topic": "t"}'])
 
     def test_token_only_the_store_knows(self) -> None:
@@ -162,8 +163,9 @@ class KleinRouteTests(SynchronousTestCase):
     def test_send_and_health(self) -> None:
         """POST /sendmessage delivers and answers 200 with X-Pns-* headers; GET /health is 200."""
         code, headers, doc = self.request("POST", "/sendmessage", SEND)
-        self.assertEqual((code, doc), (200, {"sessions": 1, "users": 1, "stored": False}))
+        self.assertEqual((code, doc), (200, {"sessions": 1, "users": 1, "stored": False, "id": self.setup.recorder.ids()[0]}))
         self.assertEqual(headers[b"X-Pns-Sessions"], [b"1"])
+        self.assertEqual(headers[b"X-Pns-Id"], [str(doc["id"]).encode()])
         self.assertEqual(self.setup.recorder.plaintexts(), [b'{"topic": "t"}'])
         self.assertEqual(self.request("GET", "/health")[:3:2], (200, {"status": "ok"}))
 

@@ -9,6 +9,7 @@ control.  The real-process tests are in test_send_path.py.
 from __future__ import annotations
 
 import json
+import re
 import tracemalloc
 from typing import Any
 
@@ -43,7 +44,9 @@ def get(path: str, extra: str = "", version: str = "1.1") -> bytes:
 
 
 def without_dates(data: bytes) -> bytes:
-    return b"\r\n".join(line for line in data.split(b"\r\n") if not line.startswith(b"Date: "))
+    """Answers without their Date lines, and with every message id (``"id"``, ``X-Pns-Id``) as N: each set-up's hub numbers from its start time."""
+    data = b"\r\n".join(line for line in data.split(b"\r\n") if not line.startswith(b"Date: "))
+    return re.sub(rb'("id": |X-Pns-Id: )[0-9]{16}', rb"\1NNNNNNNNNNNNNNNN", data)
 
 
 class StateTableTests(SynchronousTestCase):
@@ -152,6 +155,28 @@ class BoundTests(SynchronousTestCase):
         self.assertTrue(closing)
         self.assertEqual(conn.state, fc.CLOSING)
         self.assertLess(peak, 1024 * 1024, "the flooded bytes were kept")
+        self.assertTrue(conn.transport.disconnected, "a client refused for its head went on sending, and was not reset")  # type: ignore[union-attr]
+
+    def test_refused_head_resets_after_its_discard_bound(self) -> None:
+        """After a 431 the client may send LINGER_DISCARD more bytes (discarded), then the connection is reset; not before."""
+        setup = Setup()
+        proto, transport = setup.connect()
+        proto.dataReceived(b"GET /health HTTP/1.1\r\nX: " + b"v" * (fc.MAX_LINE + 1))
+        self.assertEqual([r.status for r in responses(transport.value())], [431])
+        proto.dataReceived(b"a" * fc.LINGER_DISCARD)
+        self.assertFalse(transport.disconnected)
+        proto.dataReceived(b"a")
+        self.assertTrue(transport.disconnected)
+
+    def test_refused_body_is_not_reset(self) -> None:
+        """After a 413 the sender, maybe uploading in good faith, is not reset however much it sends: only the linger's time ends it."""
+        setup = Setup()
+        proto, transport = setup.connect()
+        proto.dataReceived(b"POST /sendmessage HTTP/1.1\r\nContent-Length: 100000000\r\n\r\n")
+        self.assertEqual([r.status for r in responses(transport.value())], [413])
+        for _ in range(64):
+            proto.dataReceived(b"x" * 65536)
+        self.assertFalse(transport.disconnected)
 
     def test_never_ending_header_value(self) -> None:
         """A header value without CRLF: 431 within 64 KiB, closed, the rest discarded (under 1 MiB allocated for 4 MiB sent)."""

@@ -75,7 +75,8 @@ class LifecycleBase(SynchronousTestCase):
 
     def send(self, topic: str, user: str | None = None, ttl: float = 0.0, kind: str = "user", group: str = "") -> Delivery:
         recipient = Recipient(kind, "ib", user_id=user or "" if kind == "user" else "", group=group)
-        return self.successResultOf(self.core.send(APP, SendRequest(recipient, Message(topic)), ttl))
+        result = self.core.send(APP, SendRequest(recipient, Message(topic)), ttl)
+        return result if isinstance(result, Delivery) else self.successResultOf(result)  # (at once without a TTL)
 
     def session(self, user: str, groups: tuple[str, ...] = ()) -> RecordingSession:
         return RecordingSession(user, groups, keys=KEY)

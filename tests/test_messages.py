@@ -190,3 +190,85 @@ class RenderTests(SynchronousTestCase):
         self.assertNotIn(b"\x00", raw)
         self.assertFalse(any(b >= 0xF0 for b in raw))
         json.loads(raw)
+
+
+def _outcome(parse: Any, arg: Any) -> Any:
+    """What a parser gives for ``arg``: its request, or the field and reason of its MessageError."""
+    try:
+        return parse(arg)
+    except MessageError as e:
+        return ("error", e.field, e.reason)
+
+
+#: Member names as senders spell them, and a few that are not members.
+_NAMES = st.sampled_from(["Recipient", "recipient", "Message", "MESSAGE", "Type", "type", "IbId", "ibid", "UserId", "USERID", "UserGroup",
+                          "Topic", "Notification", "Title", "Body", "Icon", "Action", "Important", "Data", "TTL", "x"])  # fmt: skip
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.sampled_from(["user", "GROUP", "all", "x", ""]) | _TEXT,
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(_NAMES, c, max_size=5),
+    max_leaves=25,
+)
+
+
+class FastPathTests(SynchronousTestCase):
+    """The hot path's shortcuts give exactly what the reference code gives."""
+
+    @settings(max_examples=1000, deadline=None)
+    @given(st.one_of(SENDS, st.dictionaries(_NAMES, _VALUES, max_size=4), _VALUES))
+    def test_parse_send_object_as_the_full_check(self, doc: Any) -> None:
+        """parse_send_object answers any document as the full, in-order check does: the same request or the same error."""
+        from pns4ones.messages import _parse_checked, parse_send_object
+
+        self.assertEqual(_outcome(parse_send_object, doc), _outcome(_parse_checked, doc))
+
+    @settings(max_examples=1000, deadline=None)
+    @given(
+        st.one_of(
+            st.binary(max_size=60),
+            _VALUES.map(lambda o: json.dumps(o).encode()),
+            _VALUES.map(lambda o: json.dumps(o, ensure_ascii=False).encode("utf-8", "surrogatepass")),
+            st.sampled_from(
+                [
+                    b"-9223372036854775809",
+                    b'"\\ud800"',
+                    b"NaN",
+                    b"[Infinity]",
+                    b"1e999",
+                    b"\xef\xbb\xbf{}",
+                    b"  ",
+                    b"{}x",
+                    b"[1,]",
+                    b'{"a":1,"a":2}',
+                ]
+            ),
+        )
+    )
+    def test_decode_send_body_as_the_standard_library(self, raw: bytes) -> None:
+        """decode_send_body gives what decode_json_body (json.loads) gives, or the same error; integers beyond 64 bits as floats."""
+        from pns4ones.messages import decode_json_body, decode_send_body
+
+        def beyond_64_bits_as_float(value: Any) -> Any:
+            if isinstance(value, list):
+                return [beyond_64_bits_as_float(v) for v in value]
+            if isinstance(value, dict):
+                return {k: beyond_64_bits_as_float(v) for k, v in value.items()}
+            if type(value) is int and not -(2**63) <= value < 2**64:
+                return float(value)
+            return value
+
+        expected = _outcome(decode_json_body, raw)
+        self.assertIn(repr(_outcome(decode_send_body, raw)), (repr(expected), repr(beyond_64_bits_as_float(expected))))
+
+    @settings(max_examples=1000, deadline=None)
+    @given(
+        st.text(max_size=8),
+        st.none()
+        | st.builds(Notification, st.text(max_size=5), st.text(max_size=5), st.text(max_size=5), st.text(max_size=5), st.booleans()),
+        st.dictionaries(st.text(max_size=5), st.text(max_size=8), max_size=3),
+    )
+    def test_render_as_json_dumps(self, topic: str, note: Notification | None, data: dict[str, str]) -> None:
+        """render_addin_json writes byte for byte what json.dumps of the add-in object writes (then the add-in's escapes)."""
+        from pns4ones.messages import addin_object, dumps_for_addin
+
+        message = Message(topic, note, data)
+        self.assertEqual(render_addin_json(message), dumps_for_addin(addin_object(message)))

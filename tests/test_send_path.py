@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import socket
 import ssl
 import time
@@ -44,9 +45,16 @@ def read_response(f: Any) -> tuple[bytes, bytes]:
 
 
 def normalized(head: bytes, body: bytes) -> bytes:
-    """A response without the headers only twisted.web writes or that change by the second (Server, Date)."""
+    """
+    A response without the headers only twisted.web writes or that change by the second (Server, Date), and with
+    the message ids (``"id": N`` in the body, ``X-Pns-Id: N``) as N: each server numbers its messages from its start.
+    """
     lines = [line for line in head.split(b"\r\n") if not line.lower().startswith((b"server:", b"date:"))]
-    return b"\r\n".join(lines) + body
+    return MESSAGE_ID.sub(rb"\1N", b"\r\n".join(lines) + body)
+
+
+#: A message id in a send's answer (16 digits until the year 2286: the Content-Length stays the same).
+MESSAGE_ID = re.compile(rb'("id": |X-Pns-Id: )[0-9]{16}\b')
 
 
 def status(head: bytes) -> int:
@@ -148,9 +156,22 @@ class Servers(TestCase):
         answers = {}
         for engine in ("lean", "twisted"):
             c = self.conn(engine).send(make(self.tokens[engine]))
-            answers[engine] = [normalized(*c.response()) for _ in range(count)]
+            responses = [c.response() for _ in range(count)]
+            for head, body in responses:
+                self.assert_ids_agree(head, body)
+            answers[engine] = [normalized(*response) for response in responses]
         self.assertEqual(answers["lean"], answers["twisted"])
         return answers["lean"]
+
+    def assert_ids_agree(self, head: bytes, body: bytes) -> None:
+        """What ``normalized`` masks is a real id: X-Pns-Id is the body's "id", and a 200 send's answer has one."""
+        header = re.search(rb"\r\nX-Pns-Id: ([0-9]+)\r\n", head)
+        if header is not None:
+            self.assertEqual(json.loads(body)["id"], int(header.group(1)))
+        elif status(head) == 200 and body.startswith(b'{"sessions"'):
+            self.fail(f"a send's 200 answer without X-Pns-Id: {head!r}")
+        for found in MESSAGE_ID.finditer(head + body):
+            self.assertGreater(int(found.group(0).rsplit(b" ", 1)[1]), 0)
 
     # -- the same answers as twisted.web --------------------------------------------------
 
@@ -215,8 +236,12 @@ class Servers(TestCase):
         """The lean answer: Date, X-Pns-* , Content-Type, Cache-Control, Content-Length in twisted.web's order; no Server header."""
         head, body = self.conn().send(request("POST", "/sendmessage", send_doc("u1"), self.tokens["lean"])).response()
         names = [line.split(b":")[0] for line in head.split(b"\r\n")[1:] if line]
-        self.assertEqual(names, [b"Date", b"X-Pns-Sessions", b"X-Pns-Users", b"Content-Type", b"Cache-Control", b"Content-Length"])
-        self.assertEqual(json.loads(body), {"sessions": 1, "users": 1, "stored": False})
+        self.assertEqual(
+            names, [b"Date", b"X-Pns-Sessions", b"X-Pns-Users", b"X-Pns-Id", b"Content-Type", b"Cache-Control", b"Content-Length"]
+        )
+        doc = json.loads(body)
+        self.assertEqual(doc, {"sessions": 1, "users": 1, "stored": False, "id": doc["id"]})
+        self.assertIn(b"X-Pns-Id: %d\r\n" % doc["id"], head)
 
     # -- HTTP details --------------------------------------------------------------------
 

@@ -272,6 +272,106 @@ class AdbapiTests(TestCase):
         self.assertEqual(self.flushLoggedErrors(), [])
 
 
+class LeanDispatchTests(SynchronousTestCase):
+    def test_epoll_attributes_exist(self) -> None:
+        """The epoll reactor still has the private attributes lean_dispatch uses, and its doPoll still wraps events in callWithLogger."""
+        import inspect
+
+        from twisted.internet import epollreactor
+
+        for name in txinternals.EPOLL_ATTRIBUTES:
+            self.assertTrue(hasattr(epollreactor.EPollReactor, name) or name in ("_poller", "_selectables"), name)
+        fresh = epollreactor.EPollReactor()
+        try:
+            for name in txinternals.EPOLL_ATTRIBUTES:
+                self.assertTrue(hasattr(fresh, name), f"EPollReactor has no {name!r}: update pns4ones.txinternals.lean_dispatch")
+            self.assertIsInstance(fresh._selectables, dict)
+            source = inspect.getsource(epollreactor.EPollReactor.doPoll)
+            self.assertIn("self._poller.poll(timeout, len(self._selectables))", source)
+            self.assertIn("log.callWithLogger(selectable, _drdw, selectable, fd, event)", source)
+        finally:
+            fresh._poller.close()
+
+    def test_other_reactors_unchanged(self) -> None:
+        """lean_dispatch leaves anything but the epoll reactor alone."""
+        from twisted.internet.testing import MemoryReactorClock
+
+        memory = MemoryReactorClock()
+        self.assertFalse(txinternals.lean_dispatch(memory))
+        self.assertNotIn("doIteration", vars(memory))
+
+
+def _lean_reactor_script(body: str) -> str:
+    return (
+        "import socket, sys\n"
+        "from twisted.internet import epollreactor\n"
+        "epollreactor.install()\n"
+        "from twisted.internet import protocol, reactor\n"
+        "from pns4ones import txinternals\n"
+        "assert txinternals.lean_dispatch(reactor)\n" + body
+    )
+
+
+class LeanDispatchProcessTests(SynchronousTestCase):
+    """lean_dispatch in a real epoll reactor (a child process: the test reactor is not touched)."""
+
+    def run_script(self, body: str) -> str:
+        import subprocess
+        import sys
+
+        done = subprocess.run([sys.executable, "-c", _lean_reactor_script(body)], capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        return done.stdout + done.stderr
+
+    def test_reads_writes_and_losses(self) -> None:
+        """Through the lean loop: data is read, large writes drain through doWrite, a lost connection is reported."""
+        out = self.run_script(
+            "class Echo(protocol.Protocol):\n"
+            "    def dataReceived(self, data):\n"
+            "        self.transport.write(data * 20000)\n"
+            "    def connectionLost(self, reason):\n"
+            "        print('lost', reason.type.__name__)\n"
+            "        reactor.stop()\n"
+            "port = reactor.listenTCP(0, protocol.Factory.forProtocol(Echo), interface='127.0.0.1')\n"
+            "def client():\n"
+            "    s = socket.create_connection(('127.0.0.1', port.getHost().port))\n"
+            "    s.sendall(b'0123456789abcdef' * 4)\n"
+            "    got = 0\n"
+            "    while got < 64 * 20000:\n"
+            "        got += len(s.recv(1 << 20))\n"
+            "    print('received', got)\n"
+            "    s.close()\n"
+            "reactor.callInThread(client)\n"
+            "reactor.callLater(30, reactor.stop)\n"
+            "reactor.run()\n"
+        )
+        self.assertIn("received 1280000", out)
+        self.assertIn("lost ConnectionDone", out)
+
+    def test_a_protocol_error_is_logged_and_the_connection_dropped(self) -> None:
+        """An exception in dataReceived is logged (Unhandled Error with its traceback) and the connection closed, as without the lean loop."""
+        out = self.run_script(
+            "from twisted.python import log\n"
+            "log.startLogging(sys.stdout)\n"
+            "class Bad(protocol.Protocol):\n"
+            "    def dataReceived(self, data):\n"
+            "        raise ValueError('boom')\n"
+            "    def connectionLost(self, reason):\n"
+            "        print('lost', reason.type.__name__)\n"
+            "        reactor.stop()\n"
+            "port = reactor.listenTCP(0, protocol.Factory.forProtocol(Bad), interface='127.0.0.1')\n"
+            "def client():\n"
+            "    s = socket.create_connection(('127.0.0.1', port.getHost().port))\n"
+            "    s.sendall(b'x')\n"
+            "    s.recv(10)\n"
+            "reactor.callInThread(client)\n"
+            "reactor.callLater(30, reactor.stop)\n"
+            "reactor.run()\n"
+        )
+        self.assertIn("ValueError: boom", out)
+        self.assertIn("lost ValueError", out)
+
+
 class _Recorder:
     """The smallest WebSocketProtocol: guards its wire and records what it is given."""
 

@@ -108,7 +108,7 @@ RU: dict[str, str] = {
         "; расширение 1С не переподключается (каждому пользователю придётся перезапустить 1С).\n"
         "; Этот каталог содержит настройки и доступен только пользователю службы и root\n"
         "; (здесь могут лежать сертификаты TLS и их ключи). Данные (хранилище с приложениями,\n"
-        "; ключами и токенами) находятся в data_dir, /var/lib/pns4ones.\n"
+        "; ключами и ключами доступа) находятся в data_dir, /var/lib/pns4ones.\n"
     ),
     # -- the options (config.OPTIONS): INI comments and twistd -n pns4ones -h --
     "INI file (default /etc/pns4ones/pns4ones.ini, else DATA_DIR/pns4ones.ini, when present)": (
@@ -128,7 +128,7 @@ RU: dict[str, str] = {
         "принимать подключения внешней компоненты только из этих сетей (CIDR через запятую; по умолчанию из любых)"
     ),
     "port of the admin panel, always on loopback only (default 36697)": (
-        "порт панели администратора, она всегда доступна только с этой машины (127.0.0.1; по умолчанию 36697)"
+        "порт веб-панели, она всегда доступна только с этой машины (127.0.0.1; по умолчанию 36697)"
     ),
     "Trace, Debug, Information, Warning (default), Error, Critical, None": (
         "уровень журнала: Trace, Debug, Information, Warning (по умолчанию), Error, Critical, None"
@@ -150,7 +150,7 @@ RU: dict[str, str] = {
         "expires_in в ответе /auth: unix (по умолчанию, как в документации) или legacy (секунды от 0001-01-01, как в оригинальном сервисе)"
     ),
     "seconds an access token from /auth stays valid (default 3600, as the original)": (
-        "сколько секунд действует токен доступа из /auth (по умолчанию 3600, как в оригинальном сервисе)"
+        "сколько секунд действует ключ доступа из /auth (по умолчанию 3600, как в оригинальном сервисе)"
     ),
     "largest accepted HTTP request body (default 1M)": "наибольший размер тела HTTP-запроса (по умолчанию 1M)",
     "most messages in one POST /sendmessages (default 1000)": "наибольшее число сообщений в одном POST /sendmessages (по умолчанию 1000)",
@@ -179,7 +179,7 @@ RU: dict[str, str] = {
     ),
     "also serve /metrics on this address (syntax of listen, default port 36698; default: only on the admin listener)": (
         "отдавать /metrics также на этом адресе (запись как у listen, порт по умолчанию 36698; "
-        "по умолчанию /metrics есть только на адресе панели администратора)"
+        "по умолчанию /metrics есть только на адресе веб-панели)"
     ),
     "USER:PASSWORD that scrapes of metrics_listen must send (HTTP basic auth; default none)": (
         "ПОЛЬЗОВАТЕЛЬ:ПАРОЛЬ, которые должен передавать Prometheus при опросе metrics_listen (HTTP basic auth; по умолчанию не нужны)"
@@ -231,9 +231,9 @@ RU: dict[str, str] = {
     "seconds between Server-Sent Events comment heartbeats (default 15)": (
         "секунд между пустыми сообщениями-пульсами Server-Sent Events (по умолчанию 15)"
     ),
-    "send API HTTP: lean (default: /sendmessage, /sendmessages and /auth parsed by httptools, the rest by twisted.web) or twisted (twisted.web for everything)": (
-        "HTTP для API отправки: lean (по умолчанию: /sendmessage, /sendmessages и /auth разбирает httptools, "
-        "остальное twisted.web) или twisted (всё через twisted.web)"
+    "send API HTTP: lean (default: one bounded HTTP/1.1 state machine over httptools answers the send routes and hands the rest to twisted.web) or twisted (twisted.web for everything, the reference path)": (
+        "HTTP для API отправки: lean (по умолчанию: запросы отправки обслуживает один ограниченный конечный автомат "
+        "HTTP/1.1 на httptools, остальные он передаёт twisted.web) или twisted (всё через twisted.web, эталонный путь)"
     ),
     "seconds of messages kept per information base for resuming WebSocket/SSE clients (default 120; 0 = none)": (
         "за сколько секунд хранить сообщения каждой информационной базы, чтобы клиенты WebSocket/SSE "
@@ -242,11 +242,20 @@ RU: dict[str, str] = {
     "most messages kept per information base for resuming clients (default 1000)": (
         "наибольшее число таких сообщений на одну информационную базу (по умолчанию 1000)"
     ),
+    "sends the delivery trace keeps in memory: admin panel Trace page, pns4ones-admin trace (default 5000; 0 = off)": (
+        "сколько последних отправок хранит в памяти журнал доставки: страница «Доставка» панели, "
+        "pns4ones-admin trace (по умолчанию 5000; 0 — не вести)"
+    ),
+    "keep each traced message's text (title, body, data; its first 2000 characters) in the delivery trace (default false)": (
+        "хранить в журнале доставки и текст сообщения (заголовок, текст, данные; первые 2000 символов) (по умолчанию false)"
+    ),
     # -- twistd -n pns4ones -h (config.help_text) --
     "Options (also INI keys; write them as --name=value, --name value, -name=value or /name value):": (
         "Параметры (они же ключи INI; записываются как --имя=значение, --имя значение, -имя=значение или /имя значение):"
     ),
     "show this help": "показать эту справку",
+    "Usage:": "Запуск:",
+    "the commands: {program} admin --help": "список команд: {program} admin --help",
     # -- pns4ones-admin --help (cli.py) --
     "Administer pns4ones applications (changes reach a running server within a second).": (
         "Управление приложениями pns4ones (работающий сервер видит изменения в течение секунды)."
@@ -263,20 +272,20 @@ RU: dict[str, str] = {
     "list the applications with their keys": "список приложений с их ключами",
     "create an application: create NAME": "создать приложение: create ИМЯ",
     "new server key for an application (revokes its tokens): upd_srv_key ID": (
-        "новый ключ сервера приложения (его токены доступа отзываются): upd_srv_key ИД"
+        "новый ключ сервера приложения (его ключи доступа отзываются): upd_srv_key ИД"
     ),
     "new client key for an application (ends its live subscriptions): upd_cli_key ID": (
         "новый ключ клиента приложения (подключённые сеансы 1С этого приложения отключаются): upd_cli_key ИД"
     ),
     "remove an application (ends its subscriptions, revokes its tokens): remove ID": (
-        "удалить приложение (его подписки отключаются, токены отзываются): remove ИД"
+        "удалить приложение (его подписки отключаются, ключи доступа отзываются): remove ИД"
     ),
-    "revoke every access token of an application: reset_token ID": "отозвать все токены доступа приложения: reset_token ИД",
+    "revoke every access token of an application: reset_token ID": "отозвать все ключи доступа приложения: reset_token ИД",
     "list the groups of an application: groups ID [IB_ID]": "список групп приложения: groups ИД [ИД_ИБ]",
     "list the members of a group: group_members ID IB_ID GROUP": "участники группы: group_members ИД ИД_ИБ ГРУППА",
     "create or upgrade the store's schema and report its version": "создать или обновить схему хранилища и показать её версию",
     "write everything in the store (applications with keys sealed, tokens, groups, kept messages, admin account) as JSON: export FILE|-": (
-        "выгрузить всё хранилище (приложения с зашифрованными ключами, токены, группы, сохранённые сообщения, "
+        "выгрузить всё хранилище (приложения с зашифрованными ключами, ключи доступа, группы, сохранённые сообщения, "
         "учётную запись администратора) в JSON: export ФАЙЛ|-"
     ),
     "load an export into an empty store (--replace: overwrite a store that has applications): import FILE|-": (
@@ -305,14 +314,14 @@ RU: dict[str, str] = {
     "information base id": "идентификатор информационной базы",
     "group name": "имя группы",
     "admin port of the server (default: the one it recorded in DATA_DIR/admin.json)": (
-        "порт панели администратора сервера (по умолчанию тот, что записан в DATA_DIR/admin.json)"
+        "порт веб-панели сервера (по умолчанию тот, что записан в DATA_DIR/admin.json)"
     ),
     "title of the new application": "название нового приложения",
     "the administrators' actions (panel and this command), newest first: audit [--limit N]": (
         "действия администраторов (в панели и этой командой), сначала новые: audit [--limit N]"
     ),
     "set the admin panel's password, asked for (or one line of standard input); ends every panel session": (
-        "задать пароль панели администратора (запрашивается, или одна строка стандартного ввода); завершает все сеансы панели"
+        "задать пароль веб-панели (запрашивается, или одна строка стандартного ввода); завершает все сеансы панели"
     ),
     "seal every key in the store under a new key of the key file (--prepare: only add the new key, for several nodes)": (
         "зашифровать все ключи хранилища новым ключом из файла ключей (--prepare: только добавить новый ключ, для нескольких узлов)"
@@ -324,7 +333,7 @@ RU: dict[str, str] = {
         "оставить прежние ключи в файле ключей (с ними читаются старые резервные копии)"
     ),
     "file descriptors kept free for the send API, the admin panel and the store: new add-in connections are refused when fewer are free (default 0 = a tenth of the open-file limit, at least 50 and at most 1000)": (
-        "сколько файловых дескрипторов держать свободными для API отправки, панели администратора и хранилища: "
+        "сколько файловых дескрипторов держать свободными для API отправки, веб-панели и хранилища: "
         "новые подключения внешней компоненты отклоняются, когда свободных меньше (по умолчанию 0 = десятая часть "
         "лимита открытых файлов, не меньше 50 и не больше 1000)"
     ),
@@ -341,5 +350,16 @@ RU: dict[str, str] = {
         "узлам с общим хранилищем нужен один и тот же файл)"
     ),
     "how many of the newest records (default 50)": "сколько последних записей показать (по умолчанию 50)",
+    "the running server's last sends and what each reached, newest first: trace [--ib IB] [--user USER] [--id ID] [--limit N]": (
+        "последние отправки работающего сервера и кому они дошли, сначала новые: trace [--ib IB] [--user USER] [--id ID] [--limit N]"
+    ),
+    "only this application (its id)": "только это приложение (его идентификатор)",
+    "only the sends that concern this user: to him, to his groups, to everyone of his information base (with --ib)": (
+        "только отправки, касающиеся этого пользователя: ему, его группам, всем пользователям его информационной базы (с --ib)"
+    ),
+    "only the send with this message id (the id of the send's answer)": (
+        "только отправка с этим идентификатором сообщения (поле id ответа на отправку)"
+    ),
+    "how many of the newest sends (default 50)": "сколько последних отправок показать (по умолчанию 50)",
     "the administrator's login (default: keep the current one, or admin)": "логин администратора (по умолчанию прежний, или admin)",
 }

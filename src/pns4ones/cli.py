@@ -59,6 +59,7 @@ COMMANDS = {
     "restart": "restart the running server from the code and configuration on disk, keeping the 1C desktops connected (what systemctl reload pns4ones does; SIGUSR2 too)",
     "status": "live figures of the running server: uptime, subscriptions, sends, store, listeners",
     "audit": "the administrators' actions (panel and this command), newest first: audit [--limit N]",
+    "trace": "the running server's last sends and what each reached, newest first: trace [--ib IB] [--user USER] [--id ID] [--limit N]",
     "panel-password": "set the admin panel's password, asked for (or one line of standard input); ends every panel session",
     "rotate-secrets-key": "seal every key in the store under a new key of the key file (--prepare: only add the new key, for several nodes)",
 }
@@ -77,6 +78,8 @@ AUDITED = {
 }
 #: Most audit records one ``audit`` shows.
 AUDIT_LIMIT_MAX = 100_000
+#: Most sends one ``trace`` shows (the most a trace holds).
+TRACE_LIMIT_MAX = 1_000_000
 
 
 class CliStore(Admin, Audit, Groups, KeptMessages, Transfer, Lifecycle, Protocol):
@@ -135,6 +138,19 @@ def _parser(prog: str, lang: str | None = None, seen: set[str] | None = None) ->
         "--keep-old", action="store_true", help=_("keep the previous key(s) in the key file (old backups stay readable with it)")
     )
     p = sub.add_parser("status", parents=[common], help=_(COMMANDS["status"]))
+    p.add_argument(
+        "--admin-port", type=int, default=None, help=_("admin port of the server (default: the one it recorded in DATA_DIR/admin.json)")
+    )
+    p = sub.add_parser("trace", parents=[common], help=_(COMMANDS["trace"]))
+    p.add_argument("--app", default="", help=_("only this application (its id)"))
+    p.add_argument("--ib", default="", help=_("only this information base"))
+    p.add_argument(
+        "--user",
+        default="",
+        help=_("only the sends that concern this user: to him, to his groups, to everyone of his information base (with --ib)"),
+    )
+    p.add_argument("--id", type=int, default=0, help=_("only the send with this message id (the id of the send's answer)"))
+    p.add_argument("--limit", type=int, default=50, help=_("how many of the newest sends (default 50)"))
     p.add_argument(
         "--admin-port", type=int, default=None, help=_("admin port of the server (default: the one it recorded in DATA_DIR/admin.json)")
     )
@@ -230,6 +246,25 @@ def status(args: argparse.Namespace, out: Any) -> None:
     except control.ControlError as e:
         raise CommandError(str(e)) from None
     out.write(json.dumps(doc, ensure_ascii=False, indent=2) + "\n" if getattr(args, "json", False) else _status.render(doc))
+
+
+def trace(args: argparse.Namespace, out: Any) -> None:
+    """Ask the server of this data directory for its delivery trace (each node has its own)."""
+    from . import control
+    from . import status as _status
+    from . import trace as _trace
+
+    if not 1 <= args.limit <= TRACE_LIMIT_MAX:
+        raise CommandError(f"--limit must be from 1 to {TRACE_LIMIT_MAX}")
+    if args.id < 0:
+        raise CommandError("--id must be a message id (the id of the send's answer)")
+    query = {"app": args.app, "ib": args.ib, "user": args.user, "id": str(args.id), "limit": str(args.limit)}
+    cfg = _config_of(args)
+    try:
+        doc = _status.fetch(cfg.data_dir, args.admin_port, resource="/trace.json", query={k: v for k, v in query.items() if v})
+    except control.ControlError as e:
+        raise CommandError(str(e)) from None
+    out.write(json.dumps(doc, ensure_ascii=False, indent=2) + "\n" if getattr(args, "json", False) else _trace.render(doc))
 
 
 def open_store(args: argparse.Namespace) -> CliStore:
@@ -536,9 +571,9 @@ def main(
     if not args.command:
         parser.print_help(out)
         return 2
-    if args.command in ("reload_tls", "restart", "status"):  # no store, no reactor: a signal, a file, a local HTTP request
+    if args.command in ("reload_tls", "restart", "status", "trace"):  # no store, no reactor: a signal, a file, a local HTTP request
         try:
-            {"reload_tls": reload_tls, "restart": restart, "status": status}[args.command](args, out)
+            {"reload_tls": reload_tls, "restart": restart, "status": status, "trace": trace}[args.command](args, out)
         except CommandError as e:
             err.write(f"{prog}: {e}\n")
             return 1

@@ -215,6 +215,15 @@ def _metrics_auth(value: str, option: str) -> str:
     return value
 
 
+def _boolean(value: str, option: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "yes", "on", "1"):
+        return True
+    if lowered in ("false", "no", "off", "0"):
+        return False
+    raise ConfigError(option, f"{value!r} is neither true nor false")
+
+
 def _text(value: str, option: str) -> str:
     return value
 
@@ -477,7 +486,7 @@ OPTIONS: tuple[Option, ...] = (
         "http_engine",
         "lean",
         _choice("lean", "twisted"),
-        "send API HTTP: lean (default: /sendmessage, /sendmessages and /auth parsed by httptools, the rest by twisted.web) or twisted (twisted.web for everything)",
+        "send API HTTP: lean (default: one bounded HTTP/1.1 state machine over httptools answers the send routes and hands the rest to twisted.web) or twisted (twisted.web for everything, the reference path)",
         "ENGINE",
     ),
     Option(
@@ -493,6 +502,20 @@ OPTIONS: tuple[Option, ...] = (
         _number(int, 0, 1_000_000),
         "most messages kept per information base for resuming clients (default 1000)",
         "N",
+    ),
+    Option(
+        "trace_size",
+        "5000",
+        _number(int, 0, 1_000_000),
+        "sends the delivery trace keeps in memory: admin panel Trace page, pns4ones-admin trace (default 5000; 0 = off)",
+        "N",
+    ),
+    Option(
+        "trace_bodies",
+        "false",
+        _boolean,
+        "keep each traced message's text (title, body, data; its first 2000 characters) in the delivery trace (default false)",
+        "BOOL",
     ),
 )
 
@@ -555,10 +578,17 @@ class Config:
     max_unregistered_per_address: int = 1000
     fd_reserve: int = 0
     secrets_key_file: str = ""
+    trace_size: int = 5000
+    trace_bodies: bool = False
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def source_of(self, option: str) -> str:
         return self.sources.get(option, "default")
+
+    @property
+    def node(self) -> str:
+        """This node's name: ``node_name``, else ``HOSTNAME:LISTEN_PORT`` (the Redis hub's default)."""
+        return self.node_name or f"{socket.gethostname()}:{self.listen.port}"
 
 
 # --- parsing -------------------------------------------------------------------
@@ -722,8 +752,10 @@ def help_text(program: str = "twistd -n pns4ones", lang: str | None = None, seen
     """``-h``: the options with their help, in ``lang`` (default: the locale's; see :mod:`pns4ones.catalog`)."""
     _ = translator(lang, seen)
     lines = [
-        f"Usage: {program} [options]",
-        f"       {program.replace(' -n', '')} admin <command> [...]   (list, create, upd_srv_key, upd_cli_key, remove, reset_token, reload_tls, status)",
+        _("Usage:") + f" {program} [options]",
+        f"       {program.replace(' -n', '')} admin <command> [...]   ("
+        + _("the commands: {program} admin --help").format(program=program.replace(" -n", ""))
+        + ")",
         "",
         _("Options (also INI keys; write them as --name=value, --name value, -name=value or /name value):"),
     ]

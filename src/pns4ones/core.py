@@ -33,6 +33,7 @@ from .hub import Catchup, Delivery, Hub, Outbound, Replay, Session, SessionInfo
 from .messages import Recipient, SendRequest
 from .metrics import NULL
 from .store import Application, Groups, KeptMessage, KeptMessages, Registry, Snapshot, StoreUnavailable, TokenRecord
+from .trace import Trace
 from .wire import Registration
 
 TOKEN_LIFETIME = 3600.0
@@ -53,6 +54,8 @@ class AuthError(Exception):
 
 #: How many digests of unknown tokens are remembered (then forgotten at once).
 MAX_ABSENT_TOKENS = 100_000
+#: How many tokens' digests are remembered (then forgotten at once).
+MAX_DIGESTS = 10_000
 #: Seconds between two store look-ups of server keys this node does not know (``/auth``).
 SERVER_KEY_LOOKUP_INTERVAL = 0.5
 
@@ -104,6 +107,45 @@ class Limits:
     max_groups: int = 10000
 
 
+#: What a client disconnected from the admin panel is told (the WebSocket/SSE ``end`` event's reason).
+DISCONNECT_REASON = "disconnected by the administrator"
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineRow:
+    """A live session as the admin panel lists it: this node's, or another node's (``node`` set; what presence knows)."""
+
+    user_id: str
+    ib_id: str
+    session_id: str
+    #: ``tcp`` (the 1C add-in), ``ws``, ``sse``, or ``remote`` (on another node).
+    transport: str
+    #: The client's address ("" on another node).
+    peer: str
+    #: None: this node.
+    node: str | None
+    #: Seconds since the epoch (0.0 on another node).
+    connected_at: float
+    #: Messages written to it (0 on another node).
+    delivered: int
+    groups: tuple[str, ...]
+    #: This node's sessions of the same user and base (what disconnecting the user ends).
+    user_sessions: int
+
+
+@dataclass(frozen=True, slots=True)
+class Online:
+    """One page of :meth:`Core.online`, with the totals of every page."""
+
+    #: Sessions found (every node).
+    sessions: int
+    #: Distinct (base, user) among them.
+    users: int
+    #: Of the sessions, those on other nodes.
+    remote: int
+    rows: list[OnlineRow]
+
+
 @dataclass(frozen=True, slots=True)
 class IssuedToken:
     token: str
@@ -128,8 +170,11 @@ class Core:
         token_lifetime: float = TOKEN_LIFETIME,
         membership: Membership | None = None,
         limits: Limits = Limits(),
+        trace: Trace | None = None,
     ) -> None:
         self.store = store
+        #: The delivery trace: every send's callers record it there (the send API's handlers, the panel).
+        self.trace = trace if trace is not None else Trace(0)
         #: Group membership in memory (the hub routes with it; the store keeps it).
         self.membership = membership if membership is not None else Membership()
         self.limits = limits
@@ -144,6 +189,8 @@ class Core:
         self._tokens: dict[bytes, TokenRecord] = {}
         #: Digests the store did not know either (tokens are never reused: no expiry needed).
         self._absent: set[bytes] = set()
+        #: token -> its digest (a pure function: one SHA-256 per token, not per request); cleared when full.
+        self._digests: dict[str, bytes] = {}
         self._fetching: dict[bytes, list[Deferred[None]]] = {}
         # /auth with an unknown server key: requests waiting for the next look-up, its timer, the last one's start.
         self._key_waiters: list[Deferred[None]] = []
@@ -297,7 +344,12 @@ class Core:
         """
         if not token:
             raise AuthError(401, "missing access token (Authorization: Bearer ...)")
-        record = self.resolve_digest(crypto.token_digest(token))
+        digest = self._digests.get(token)
+        if digest is None:
+            if len(self._digests) >= MAX_DIGESTS:
+                self._digests.clear()
+            digest = self._digests[token] = crypto.token_digest(token)
+        record = self.resolve_digest(digest)
         if isinstance(record, Deferred):
             return record.addCallback(self._application_of)
         return self._application_of(record)
@@ -482,12 +534,17 @@ class Core:
 
     # -- sends ------------------------------------------------------------------------------
 
-    def send(self, app: Application, request: SendRequest, ttl: float = 0.0) -> Deferred[Delivery]:
-        """Live delivery; with a TTL also keep the message for users who are not reached."""
+    def send(self, app: Application, request: SendRequest, ttl: float = 0.0) -> Delivery | Deferred[Delivery]:
+        """
+        Live delivery; with a TTL also keep the message for users who are not
+        reached.  The Delivery itself when nothing is awaited (the in-process
+        hub, no TTL), else a Deferred of it.
+        """
         outbound = Outbound(request.message)
-        d = self.hub.publish(app.id, request.recipient, outbound)
+        result = self.hub.publish(app.id, request.recipient, outbound)
         if not ttl:
-            return d
+            return result
+        d = result if isinstance(result, Deferred) else succeed(result)
         return d.addCallback(self._keep, app, request.recipient, outbound, ttl)
 
     @inlineCallbacks
@@ -594,3 +651,65 @@ class Core:
         for user_id, sessions in self.hub.remote_sessions(app_id, ib_id).items():
             out.setdefault(user_id, []).extend(sessions)
         return out
+
+    # -- the admin console: who is online, disconnecting ------------------------------------
+
+    def online(self, app_id: str, ib_id: str | None = None, search: str = "", offset: int = 0, limit: int = 100) -> Online:
+        """
+        Live sessions of an application as plain rows, for the admin panel:
+        those of one information base (None: every base of this node), whose
+        user id contains ``search`` (any case); this node's, and, for one
+        information base, the other nodes' (what presence knows of them).
+        Ordered by user, base, node, connection time; ``limit`` rows from ``offset``.
+        """
+        needle = search.casefold()
+        found: list[SessionInfo] = []
+        for session in self.hub.sessions(app_id):
+            if (ib_id is None or session.ib_id == ib_id) and (not needle or needle in session.user_id.casefold()):
+                found.append(session)
+        #: This node's sessions of each (base, user): what disconnecting the user ends.
+        local = Counter((s.ib_id, s.user_id) for s in found)
+        users = set(local)
+        remote = 0
+        if ib_id is not None:
+            for user_id, infos in self.hub.remote_sessions(app_id, ib_id).items():
+                if infos and (not needle or needle in user_id.casefold()):
+                    found.extend(infos)
+                    remote += len(infos)
+                    users.add((ib_id, user_id))
+        found.sort(key=lambda s: (s.user_id, s.ib_id, s.node is not None, s.node or "", s.connected_at, s.session_id))
+        start = max(0, offset)
+        rows = [
+            OnlineRow(
+                s.user_id, s.ib_id, s.session_id, s.transport_name, s.peer, s.node, s.connected_at, s.delivered, s.groups,
+                local[(s.ib_id, s.user_id)],
+            )
+            for s in found[start : start + max(0, limit)]
+        ]  # fmt: skip
+        return Online(len(found), len(users), remote, rows)
+
+    def disconnect(self, app_id: str, ib_id: str, user_id: str, session_id: str = "", reason: str = DISCONNECT_REASON) -> list[SessionInfo]:
+        """
+        End this node's sessions of ``user_id`` in one information base (only
+        ``session_id`` when given), telling each client ``reason``; logged and
+        counted (``pns4ones_subscriptions_cut{reason="admin"}``).  The sessions ended.
+        """
+        ended: list[SessionInfo] = []
+        for session in list(self.hub.sessions(app_id)):
+            if session.ib_id != ib_id or session.user_id != user_id or (session_id and session.session_id != session_id):
+                continue
+            self.log.info(
+                "ended subscription {session_id} of {peer} (app={app_id} ib={ib_id} user={user_id} transport={transport}): {reason}",
+                session_id=session.session_id,
+                peer=session.peer,
+                app_id=app_id,
+                ib_id=ib_id,
+                user_id=user_id,
+                transport=session.transport_name,
+                reason=reason,
+                event="disconnected",
+            )
+            session.end(reason)
+            self.metrics.cut("admin")
+            ended.append(session)
+        return ended

@@ -47,17 +47,23 @@ _ciphers: dict[tuple[bytes, bytes], Cipher[Any]] = {}
 _MAX_CIPHERS = 4096
 
 
+#: PKCS#7 padding by its length: 1 to 16 bytes, each holding the count (RFC 5652, 6.3).
+_PADDING = tuple(bytes([n]) * n for n in range(17))
+
+
 def aes_cbc_encrypt(key: bytes, iv: bytes, plaintext: bytes) -> bytes:
-    """AES-256-CBC with PKCS#7 padding (what the add-in decrypts)."""
-    padder = padding.PKCS7(128).padder()
-    padded = padder.update(plaintext) + padder.finalize()
+    """
+    AES-256-CBC with PKCS#7 padding (what the add-in decrypts).  The padding
+    is the block's missing length, written that many times (the same bytes as
+    ``padding.PKCS7(128).padder()``, without its two objects per message).
+    """
     cipher = _ciphers.get((key, iv))
     if cipher is None:
         if len(_ciphers) >= _MAX_CIPHERS:
             _ciphers.clear()
         cipher = _ciphers[(key, iv)] = Cipher(algorithms.AES(key), modes.CBC(iv))
     encryptor = cipher.encryptor()
-    return encryptor.update(padded) + encryptor.finalize()
+    return encryptor.update(plaintext + _PADDING[16 - len(plaintext) % 16]) + encryptor.finalize()
 
 
 def aes_cbc_decrypt(key: bytes, iv: bytes, ciphertext: bytes) -> bytes:

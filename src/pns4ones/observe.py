@@ -18,6 +18,7 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import re
 import secrets
 import socket
 import time
@@ -30,7 +31,7 @@ from prometheus_client.twisted import MetricsResource
 from twisted.logger import Logger
 from twisted.web import resource
 
-from . import __version__, control
+from . import __version__, control, trace
 from .http.site import json_body
 from .metrics import CUT_REASONS, Metrics
 from .status import ADMIN_FILE
@@ -251,7 +252,35 @@ class StatusResource(resource.Resource):
                 401,
                 {"error": "unauthorized", "reason": f"send the token of {ADMIN_FILE} in the data directory (Authorization: Bearer ...)"},
             )
+        return self.answer(request)
+
+    def answer(self, request: Any) -> bytes:
         return json_body(request, 200, status_doc(self.service, self.metrics))
+
+
+_NUMBER = re.compile(r"[0-9]{1,19}")
+
+
+class TraceResource(StatusResource):
+    """
+    ``/trace.json?app=&ib=&user=&id=&limit=``: this node's delivery trace
+    (``pns4ones-admin trace``), with the status token.
+    """
+
+    def answer(self, request: Any) -> bytes:
+        def arg(name: bytes) -> str:
+            values = request.args.get(name) or [b""]
+            return values[0].decode("utf-8", "replace")
+
+        message_id, limit = arg(b"id").strip() or "0", arg(b"limit").strip() or "50"
+        if not _NUMBER.fullmatch(message_id) or not _NUMBER.fullmatch(limit) or not 1 <= int(limit) <= 1_000_000:
+            reason = "id must be a message id (digits) and limit a number from 1 to 1000000"
+            return json_body(request, 400, {"error": "bad_request", "reason": reason})
+        core = self.service.core
+        query = trace.Query(arg(b"app"), arg(b"ib"), arg(b"user"), int(message_id))
+        groups_of = trace.UserGroups(core.membership.groups_of, core.presence)
+        titles = {app.id: app.title for app in core.apps.values()}
+        return json_body(request, 200, trace.report(core.trace, query, groups_of, int(limit), self.service.config.node, titles))
 
 
 class AdminRoot(resource.Resource):
@@ -389,7 +418,14 @@ class Observability:
         self.token = new_status_token()
         scrape = ScrapeResource(metrics, self.figures)
         admin = service.admin_site
-        admin.resource = AdminRoot(admin.resource, {b"metrics": scrape, b"status.json": StatusResource(service, metrics, self.token)})
+        admin.resource = AdminRoot(
+            admin.resource,
+            {
+                b"metrics": scrape,
+                b"status.json": StatusResource(service, metrics, self.token),
+                b"trace.json": TraceResource(service, metrics, self.token),
+            },
+        )
         service.admin_panel.status_source = lambda: console_status(service, metrics, self.figures)
         service.metrics_site = None
         if cfg.metrics_listen is not None:

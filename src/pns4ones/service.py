@@ -17,7 +17,7 @@ from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.components import Componentized
 
-from . import __version__, control, handoff, logs
+from . import __version__, control, handoff, logs, txinternals
 from . import tls as _tls
 from .admin.app import AdminPanel, AdminSite
 from .config import Address, Config, ConfigError
@@ -29,6 +29,7 @@ from .http.resources import SendAPI
 from .http.site import ApiSite
 from .hub import HubUnavailable, open_hub
 from .store import Store, StoreError, StoreUnavailable, open_store
+from .trace import Trace
 from .transports.addin import AddinFactory, configure_socket
 from .transports.web import WebSubscriptions
 
@@ -90,7 +91,10 @@ class PnsService(service.MultiService):
             hub = open_hub(cfg, membership.members, self.reactor)
         except HubUnavailable as e:
             raise StartupError(str(e)) from None
-        self.core = Core(self.store, hub, self.reactor, token_lifetime=cfg.token_lifetime, membership=membership, limits=limits)
+        trace = Trace(cfg.trace_size, cfg.trace_bodies)
+        self.core = Core(
+            self.store, hub, self.reactor, token_lifetime=cfg.token_lifetime, membership=membership, limits=limits, trace=trace
+        )
         self.web_subscriptions = WebSubscriptions(self.core, cfg, self.reactor)
         self.api = Handlers(
             self.core,
@@ -205,6 +209,7 @@ class PnsService(service.MultiService):
 
     def startService(self) -> None:
         super().startService()
+        txinternals.lean_dispatch(self.reactor)  # the epoll reactor's events without a log context each (docs/performance.md)
         self.core.hub.start()  # a hub between nodes connects now
         d = self.core.reload()
         d.addCallback(self._loaded)

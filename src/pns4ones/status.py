@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,14 @@ from . import control
 ADMIN_FILE = "admin.json"
 
 
-def fetch(data_dir: Path, admin_port: int | None = None, timeout: float = 5.0) -> dict[str, Any]:
-    """The server's status document; :class:`control.ControlError` when there is none to ask."""
+def fetch(
+    data_dir: Path,
+    admin_port: int | None = None,
+    timeout: float = 5.0,
+    resource: str = "/status.json",
+    query: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The server's status document (or another ``resource`` of the admin listener: ``/trace.json``); :class:`control.ControlError` when there is none to ask."""
     path = Path(data_dir) / ADMIN_FILE
     pid = control.running_pid(data_dir)  # says clearly when no server runs
     try:
@@ -32,13 +40,13 @@ def fetch(data_dir: Path, admin_port: int | None = None, timeout: float = 5.0) -
     except (OSError, ValueError) as e:
         raise control.ControlError(f"cannot read {path}: {e}") from None
     port = admin_port or int(info.get("admin_port", 0))
-    url = f"http://127.0.0.1:{port}/status.json"
+    url = f"http://127.0.0.1:{port}{resource}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {info.get('status_token', '')}"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as e:
-        raise control.ControlError(f"the server at {url} refused the status request ({e.code}): is {path} from this server?") from None
+        raise control.ControlError(f"the server at {url} refused the request ({e.code}): is {path} from this server?") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise control.ControlError(

@@ -1,7 +1,7 @@
 """
 What the panel's pages show, computed without I/O: paging, the values the
 stock 1C extension's settings form asks for, durations for people, previews of
-kept messages, lists typed into a text area.
+kept messages, lists typed into a text area, the rows of the Online view.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ..core import OnlineRow
 from ..store import Application
 
 T = TypeVar("T")
@@ -182,3 +183,46 @@ def lines(text: str) -> list[str]:
         if value:
             out[value] = None
     return list(out)
+
+
+# -- the Online view ----------------------------------------------------------------------
+
+
+def node_name(config: Any) -> str:
+    """This node's name, as the Redis hub gives it (``node_name``, else HOSTNAME:LISTEN_PORT)."""
+    return str(config.node_name or f"{socket.gethostname()}:{config.listen.port}")
+
+
+def online_rows(rows: Sequence[OnlineRow], t: Callable[..., str], now: float, here: str) -> list[dict[str, Any]]:
+    """
+    The rows of the Online view, as both the page (Jinja) and its live refresh
+    (JSON, filled into the page's row template by admin.js) show them: plain
+    values and texts in the page's language, never markup.  ``first``: the
+    first row of its user on this page (it carries "Disconnect the user").
+    """
+    out: list[dict[str, Any]] = []
+    previous: tuple[str, str] | None = None
+    for r in rows:
+        remote = r.node is not None
+        first = (r.ib_id, r.user_id) != previous
+        out.append(
+            {
+                "user": r.user_id,
+                "ib": r.ib_id,
+                "session": r.session_id,
+                "transport": r.transport,
+                "peer": r.peer,
+                "node": r.node if remote else here,
+                "remote": remote,
+                "since": "" if remote else moment(r.connected_at),
+                "age": "" if remote else duration(now - r.connected_at, t),
+                "delivered": None if remote else r.delivered,
+                "groups": ", ".join(r.groups),
+                "first": first,
+                "user_sessions": r.user_sessions,
+                # what decides the row's buttons: a row shown already is kept (and its times updated) while this holds
+                "sig": f"{int(first)}:{r.user_sessions}",
+            }
+        )
+        previous = (r.ib_id, r.user_id)
+    return out

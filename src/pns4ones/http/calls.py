@@ -76,12 +76,15 @@ class Call:
 class Answer:
     """One response: status, headers (see the module's invariants), body."""
 
-    __slots__ = ("body", "headers", "status")
+    __slots__ = ("body", "encoded", "headers", "status")
 
     def __init__(self, status: int, headers: Headers, body: bytes) -> None:
         self.status = status
         self.headers = headers
         self.body = body
+        #: The last wire encoding of this answer, with what it depended on (kept by the front connection's
+        #: ``encode_answer``: an answer reused for many requests is encoded once a second, not once per request).
+        self.encoded: tuple[bytes, bytes, bytes, bytes] | None = None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Answer):

@@ -102,6 +102,10 @@ FEED_SLICE: Final = 16 * 1024
 MAX_PENDING: Final = 64
 #: Seconds a refused client may go on sending (discarded) before the connection is cut.
 LINGER_SECONDS: Final = 5.0
+#: Bytes a client refused for its head or framing (not its body's size) may still send
+#: once its answer is out: past them the connection is reset.  A sender refused with
+#: 413 or 408 may be uploading in good faith, and keeps the whole LINGER_SECONDS.
+LINGER_DISCARD: Final = 64 * 1024
 
 # -- states ---------------------------------------------------------------------------------
 
@@ -194,12 +198,26 @@ class _Date:
 _date = _Date()
 
 
+_CLOSE: Final = b"Connection: close\r\n"
+
+
 def encode_answer(answer: Answer, version: bytes, close: bool, closing: bool) -> bytes:
-    """The whole response, with twisted.web's header order (``closing``: a restart is under way)."""
+    """
+    The whole response, with twisted.web's header order (``closing``: a restart
+    is under way).  The encoding is kept on the answer with the date line,
+    version and ``Connection`` field it was made with, so an answer reused for
+    many requests (``/sendmessage``'s usual ones) is encoded once a second.
+    """
+    connection = _CLOSE if close and (closing or version == HTTP11) else b""
+    date = _date.get()
+    encoded = answer.encoded
+    if encoded is not None and encoded[0] is date and encoded[1] is version and encoded[2] is connection:
+        return encoded[3]
     body = answer.body
-    connection = b"Connection: close\r\n" if close and (closing or version == HTTP11) else b""
     fields = b"".join([b"%s: %s\r\n" % field for field in answer.headers])
-    return b"%s%s%s%sContent-Length: %d\r\n\r\n%s" % (status_line(version, answer.status), connection, _date.get(), fields, len(body), body)
+    data = b"%s%s%s%sContent-Length: %d\r\n\r\n%s" % (status_line(version, answer.status), connection, date, fields, len(body), body)
+    answer.encoded = (date, version, connection, data)
+    return data
 
 
 def encode_request(
@@ -254,6 +272,8 @@ class FrontConnection(protocol.Protocol):
         self.site = factory.site
         self.handlers = factory.handlers
         self.routes = factory.routes
+        self._seconds = factory.clock.seconds
+        self._trusted = factory.trusted
         self.max_body = factory.site.max_body_size
         self.state = IDLE
         #: False: close once the answers in progress are written (the restart handoff sets it).
@@ -297,6 +317,8 @@ class FrontConnection(protocol.Protocol):
         self._held: list[bytes] = []
         self._held_size = 0
         self._linger: Timer | None = None
+        #: Bytes still discarded after a refusal before the connection is reset (None: no such bound).
+        self._discard: int | None = None
         self._transport: Transport | None = None  # (``self.transport``, typed by what is used of it)
 
     # -- the one place the state changes ---------------------------------------------------------
@@ -313,7 +335,7 @@ class FrontConnection(protocol.Protocol):
         self._peer = getattr(transport.getPeer(), "host", "?")
         self._secure = ISSLTransport.providedBy(transport)
         self._direct = isinstance(transport, tcp.Connection)  # (not TLS: its wrapper forwards .socket)
-        self.started = self.factory.clock.seconds()  # as twisted.web: a silent connection gets 408
+        self.started = self._seconds()  # as twisted.web: a silent connection gets 408
         transport.registerProducer(self, True)  # the socket's buffer is full: stop reading
         self._producing = True
 
@@ -327,13 +349,20 @@ class FrontConnection(protocol.Protocol):
             self._hold(data)
             return
         if state is CLOSING or state is CLOSED:
-            return  # the rest of a refused or final request: discarded
+            # The rest of a refused or final request: discarded, within its bound.
+            if self._discard is not None:
+                self._discard -= len(data)
+                if self._discard < 0 and not self._pending and self._transport is not None:
+                    self._discard = None
+                    self._transport.abortConnection()
+            return
         self._feeding = True
         try:
             self._parse(data)
         finally:
             self._feeding = False
-        self._advance()
+        if self._pending:  # (an empty queue has nothing to move, and nothing paused for it: _advance resumes as it empties it)
+            self._advance()
         self._flush()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
@@ -454,7 +483,7 @@ class FrontConnection(protocol.Protocol):
             raise _Stop()
         self._to(HEAD)
         self._begun = True
-        self.started = self.factory.clock.seconds()
+        self.started = self._seconds()
         self._url = []
         self._url_size = 0
         self._fields = []
@@ -530,7 +559,9 @@ class FrontConnection(protocol.Protocol):
         self.started = None
         version = self._version
         read = self._read
-        close = self.site.closing or not self.persistent or not keep_alive(version, read.get(b"connection"))
+        connection = read.get(b"connection")
+        kept = (version is HTTP11 and connection is None) or keep_alive(version, connection)  # (the common case first)
+        close = self.site.closing or not self.persistent or not kept
         body_parts = self._body
         body = body_parts[0] if len(body_parts) == 1 else b"".join(body_parts)
         route = self._route
@@ -557,7 +588,7 @@ class FrontConnection(protocol.Protocol):
         target = self._target
         path, _, query = target.partition(b"?")
         peer, secure = self._peer, self._secure
-        trusted = self.factory.trusted
+        trusted = self._trusted
         if trusted:
             peer, scheme = proxies.resolve(peer, self._fields, trusted)
             if scheme is not None:
@@ -608,6 +639,8 @@ class FrontConnection(protocol.Protocol):
         self.log_refusal(status, reason, size)
         self._to(CLOSING)
         self.started = None
+        if status not in (408, 413):
+            self._discard = LINGER_DISCARD
         self._parser = HttpRequestParser(self)  # what llhttp and httptools held for this request goes now
         self._url, self._fields, self._read, self._body = [], [], {}, []
         self._queue(_Slot(canned(status, phrase, {"error": error, "reason": reason}), LINGER))

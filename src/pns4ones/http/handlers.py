@@ -21,6 +21,7 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Generator
 from time import perf_counter
@@ -35,7 +36,7 @@ from ..core import LEGACY_EPOCH_OFFSET, AuthError, Core, IssuedToken
 from ..groups import GroupError, check_name, parse_ttl, parse_user_ids
 from ..hub import Delivery, HubUnavailable
 from ..logs import RateLimited
-from ..messages import MessageError, SendRequest, decode_json_body, parse_send, parse_send_object
+from ..messages import MessageError, SendRequest, decode_json_body, decode_send_body, parse_send, parse_send_object
 from ..metrics import NULL
 from ..ratelimit import RateLimiter
 from ..store import Application, StoreUnavailable
@@ -50,6 +51,7 @@ Route: TypeAlias = Callable[..., "Answer | Deferred[Answer]"]
 
 _SESSIONS: Final = b"X-Pns-Sessions"
 _USERS: Final = b"X-Pns-Users"
+_ID: Final = b"X-Pns-Id"
 _STORED_HEADER: Final = (b"X-Pns-Stored", b"true")
 
 
@@ -81,33 +83,45 @@ def error_answer(error: BaseException, call: Call | None = None) -> Answer:
     return json_answer(500, {"error": "internal", "reason": "internal error, see the service log"})
 
 
-class _Outcome:
-    """
-    Catches a Deferred's result: at once when it has fired already (the
-    in-process hub), later otherwise.  It consumes the result (a failure is
-    not left unhandled); :meth:`get` gives it back to a callback chain.
-    """
-
-    __slots__ = ("ready", "value")
-
-    def __init__(self) -> None:
-        self.ready = False
-        self.value: Any = None
-
-    def __call__(self, value: object) -> None:
-        self.value = value
-        self.ready = True
-
-    def get(self, _: object) -> Any:
-        return self.value
-
-
 def _sent_body(delivery: Delivery) -> bytes:
-    """``{"sessions": N, "users": N, "stored": B[, "dropped": N]}``, byte for byte as ``json.dumps`` writes it."""
-    stored = b"true" if delivery.stored else b"false"
-    if delivery.dropped:
-        return b'{"sessions": %d, "users": %d, "stored": %s, "dropped": %d}' % (delivery.sessions, delivery.users, stored, delivery.dropped)
-    return b'{"sessions": %d, "users": %d, "stored": %s}' % (delivery.sessions, delivery.users, stored)
+    """``{"sessions": N, "users": N, "stored": B[, "dropped": N], "id": N}``, byte for byte as ``json.dumps`` writes it."""
+    d = delivery
+    stored = b"true" if d.stored else b"false"
+    if d.dropped:
+        return b'{"sessions": %d, "users": %d, "stored": %s, "dropped": %d, "id": %d}' % (
+            d.sessions,
+            d.users,
+            stored,
+            d.dropped,
+            d.message_id,
+        )
+    return b'{"sessions": %d, "users": %d, "stored": %s, "id": %d}' % (d.sessions, d.users, stored, d.message_id)
+
+
+def _sent_answer(delivery: Delivery) -> Answer:
+    """The answer of ``/sendmessage``: the body of :func:`_sent_body` and its headers (each send's own: it carries the id)."""
+    counts = ((_SESSIONS, b"%d" % delivery.sessions), (_USERS, b"%d" % delivery.users), (_ID, b"%d" % delivery.message_id))
+    headers = counts + ((_STORED_HEADER,) if delivery.stored else ()) + JSON_HEADERS
+    return Answer(200, headers, _sent_body(delivery))
+
+
+class _Batch:
+    """
+    A ``/sendmessages`` answer being made: each element's result as the JSON
+    text ``json.dumps(..., ensure_ascii=False)`` writes for it, and the totals.
+    """
+
+    __slots__ = ("accepted", "results", "sessions")
+
+    def __init__(self, count: int) -> None:
+        self.results: list[bytes] = [b"null"] * count
+        self.sessions = 0
+        self.accepted = 0
+
+
+def _element(result: dict[str, Any]) -> bytes:
+    """One element's result (a refusal) as JSON text, as in the whole answer."""
+    return json.dumps(result, ensure_ascii=False).encode("utf-8")
 
 
 class Handlers:
@@ -218,37 +232,40 @@ class Handlers:
 
     def sendmessage(self, call: Call) -> Answer | Deferred[Answer]:
         """``POST /sendmessage``: one message."""
-        return self._then(call, self._sendmessage, perf_counter())
+        started = perf_counter()
+        app = self.core.resolve_token(call.bearer_token())
+        if isinstance(app, Deferred):
+            return app.addCallback(self._sendmessage, call, started)
+        return self._sendmessage(app, call, started)
 
     def _sendmessage(self, app: Application, call: Call, started: float) -> Answer | Deferred[Answer]:
-        self._charge(call, app)
+        if self.limiter is not None:
+            self._charge(call, app)
         try:
             send = parse_send(call.body)
         except MessageError as e:
             raise ApiError(400, "bad_request", e.reason, field=e.field) from None
-        ttl = self._ttl(call, send) if send.ttl is not None or call.arg(b"ttl") is not None else 0.0
-        outcome = _Outcome()
-        d = self.core.send(app, send, ttl)
-        d.addBoth(outcome)
-        if not outcome.ready:  # a hub between nodes, or a kept message: the answer comes later
-            return d.addCallback(outcome.get).addCallback(self._sent, call, app, send, started)
-        value = outcome.value
-        if isinstance(value, Failure):
-            value.raiseException()
-        return self._sent(value, call, app, send, started)
+        ttl = self._ttl(call, send) if send.ttl is not None or call.query else 0.0
+        delivery = self.core.send(app, send, ttl)
+        if isinstance(delivery, Deferred):  # a hub between nodes, or a kept message: the answer comes later
+            return delivery.addCallback(self._sent, call, app, send, ttl, started)
+        return self._sent(delivery, call, app, send, ttl, started)
 
     def _ttl(self, call: Call, send: SendRequest) -> float:
-        """``Message.TTL`` or ``?ttl=`` (the body wins), bounded by ``max_ttl``."""
+        """``Message.TTL`` or ``?ttl=`` (the body wins), bounded by ``max_ttl``; 0.0 when neither is given."""
         try:
             if send.ttl is not None:
                 return parse_ttl(send.ttl, self.core.limits.max_ttl, "Message.TTL")
-            raw = (call.arg(b"ttl") or b"").decode("utf-8", "replace")
-            return parse_ttl(raw, self.core.limits.max_ttl, "ttl")
+            arg = call.arg(b"ttl")
+            if arg is None:
+                return 0.0
+            return parse_ttl(arg.decode("utf-8", "replace"), self.core.limits.max_ttl, "ttl")
         except GroupError as e:
             raise ApiError(400, "bad_request", f"{e.field} {e.reason}", field=e.field) from None
 
-    def _sent(self, delivery: Delivery, call: Call, app: Application, send: SendRequest, started: float) -> Answer:
+    def _sent(self, delivery: Delivery, call: Call, app: Application, send: SendRequest, ttl: float, started: float) -> Answer:
         self.metrics.sent(app.id, send.recipient.type, perf_counter() - started)
+        self.core.trace.sent(self.core.clock.seconds(), "api", call.peer, app.id, send, ttl, delivery)
         if self.log_sends:
             log.info(
                 "send: app={app_id} type={type} ib={ib_id} target={target} sessions={sessions} peer={peer}",
@@ -260,9 +277,7 @@ class Handlers:
                 peer=call.peer,
                 event="send",
             )
-        counts = ((_SESSIONS, b"%d" % delivery.sessions), (_USERS, b"%d" % delivery.users))
-        headers = counts + ((_STORED_HEADER,) if delivery.stored else ()) + JSON_HEADERS
-        return Answer(200, headers, _sent_body(delivery))
+        return _sent_answer(delivery)
 
     # -- /sendmessages ----------------------------------------------------------------------
 
@@ -276,7 +291,7 @@ class Handlers:
 
     def _sendmessages(self, app: Application, call: Call, started: float) -> Answer | Deferred[Answer]:
         try:
-            doc = decode_json_body(call.body)
+            doc = decode_send_body(call.body)
         except MessageError as e:
             self._charge(call, app)
             raise ApiError(400, "bad_request", e.reason, field=e.field) from None
@@ -287,56 +302,69 @@ class Handlers:
             self._charge(call, app)
             raise ApiError(413, "batch_too_large", f"at most {self.max_batch} messages per batch", field="body")
         self._charge(call, app, max(1, len(doc)))
-        results: list[dict[str, Any] | None] = []
+        batch = _Batch(len(doc))
         pending: list[Deferred[None]] = []
+        max_ttl = self.core.limits.max_ttl
+        send_one = self.core.send
         for index, item in enumerate(doc):
             try:
                 send = parse_send_object(item)
-                ttl = parse_ttl(send.ttl, self.core.limits.max_ttl, "Message.TTL") if send.ttl is not None else 0.0
+                ttl = parse_ttl(send.ttl, max_ttl, "Message.TTL") if send.ttl is not None else 0.0
             except (MessageError, GroupError) as e:
-                results.append({"status": 400, "error": "bad_request", "field": f"[{index}].{e.field}", "reason": e.reason})
+                batch.results[index] = _element(
+                    {"status": 400, "error": "bad_request", "field": f"[{index}].{e.field}", "reason": e.reason}
+                )
                 continue
-            slot = len(results)
-            results.append(None)
-            d = self.core.send(app, send, ttl).addCallbacks(
-                self._batch_sent,
-                self._batch_unavailable,
-                callbackArgs=(results, slot, app.id, send.recipient.type, started),
-                errbackArgs=(results, slot),
-            )
-            outcome = _Outcome()
-            d.addBoth(outcome)
-            if not outcome.ready:
-                pending.append(d.addCallback(outcome.get))
-            elif isinstance(outcome.value, Failure):
-                outcome.value.raiseException()
+            delivery = send_one(app, send, ttl)
+            if isinstance(delivery, Deferred):
+                pending.append(
+                    delivery.addCallbacks(
+                        self._batch_sent,
+                        self._batch_unavailable,
+                        callbackArgs=(batch, index, app.id, send, ttl, call.peer, started),
+                        errbackArgs=(batch, index),
+                    )
+                )
+            else:
+                self._batch_sent(delivery, batch, index, app.id, send, ttl, call.peer, started)
         if pending:
-            return gatherResults(pending, consumeErrors=True).addCallback(lambda _: self._batch_answer(app, results, len(doc)))
-        return self._batch_answer(app, results, len(doc))
+            return gatherResults(pending, consumeErrors=True).addCallback(lambda _: self._batch_answer(app, batch))
+        return self._batch_answer(app, batch)
 
-    def _batch_answer(self, app: Application, results: list[dict[str, Any] | None], count: int) -> Answer:
-        done = [r for r in results if r is not None]
-        sessions = sum(r.get("sessions", 0) for r in done)
+    def _batch_answer(self, app: Application, batch: _Batch) -> Answer:
+        sessions = batch.sessions
         if self.log_sends:
             log.info(
-                "batch send: app={app_id} messages={count} sessions={sessions}", app_id=app.id, count=count, sessions=sessions, event="send"
+                "batch send: app={app_id} messages={count} sessions={sessions}",
+                app_id=app.id,
+                count=len(batch.results),
+                sessions=sessions,
+                event="send",
             )
-        accepted = sum(r["status"] == 200 for r in done)
-        return json_answer(200, {"results": results, "sessions": sessions, "accepted": accepted}, ((_SESSIONS, b"%d" % sessions),))
+        body = b'{"results": [%s], "sessions": %d, "accepted": %d}' % (b", ".join(batch.results), sessions, batch.accepted)
+        return Answer(200, ((_SESSIONS, b"%d" % sessions), *JSON_HEADERS), body)
 
     def _batch_sent(
-        self, delivery: Delivery, results: list[dict[str, Any] | None], slot: int, app_id: str, kind: str, started: float
+        self, delivery: Delivery, batch: _Batch, index: int, app_id: str, send: SendRequest, ttl: float, peer: str, started: float
     ) -> None:
-        self.metrics.sent(app_id, kind, perf_counter() - started)
-        results[slot] = {"status": 200, "sessions": delivery.sessions, "users": delivery.users, "stored": delivery.stored}
+        self.metrics.sent(app_id, send.recipient.type, perf_counter() - started)
+        self.core.trace.sent(self.core.clock.seconds(), "batch", peer, app_id, send, ttl, delivery)
+        batch.results[index] = b'{"status": 200, "sessions": %d, "users": %d, "stored": %s, "id": %d}' % (
+            delivery.sessions,
+            delivery.users,
+            b"true" if delivery.stored else b"false",
+            delivery.message_id,
+        )
+        batch.sessions += delivery.sessions
+        batch.accepted += 1
 
     @staticmethod
-    def _batch_unavailable(failure: Failure, results: list[dict[str, Any] | None], slot: int) -> None:
+    def _batch_unavailable(failure: Failure, batch: _Batch, index: int) -> None:
         """The hub between nodes, or the store for a kept message (ttl), cannot take this
         message now: 503 for this element, the others stand."""
         failure.trap(HubUnavailable, StoreUnavailable)
         error = "hub_unavailable" if failure.check(HubUnavailable) else "store_unavailable"
-        results[slot] = {"status": 503, "error": error, "reason": str(failure.value)}
+        batch.results[index] = _element({"status": 503, "error": error, "reason": str(failure.value)})
 
     # -- /tickets ---------------------------------------------------------------------------
 

@@ -206,8 +206,12 @@ class Hub(Protocol):
     def detach(self, session: Session) -> None:
         """Stop routing to ``session`` (idempotent)."""
 
-    def publish(self, app_id: str, recipient: Recipient, message: Outbound) -> Deferred[Delivery]:
-        """Give ``message`` its id and route it to every session it concerns; fails with :class:`HubUnavailable`."""
+    def publish(self, app_id: str, recipient: Recipient, message: Outbound) -> Delivery | Deferred[Delivery]:
+        """
+        Give ``message`` its id and route it to every session it concerns; fails
+        with :class:`HubUnavailable`.  A :class:`Delivery` at once when nothing is
+        awaited (the in-process hub: no Deferred per send), a Deferred otherwise.
+        """
 
     def replay(self, session: Session, since: int | None) -> Deferred[Replay]:
         """

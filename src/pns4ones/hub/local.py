@@ -155,10 +155,11 @@ class LocalHub:
         self.on_routed(app_id, written, message.frame_size)
         return Delivery(written, len(users), False, 0, message.id, users)
 
-    def publish(self, app_id: str, recipient: Recipient, message: Outbound) -> Deferred[Delivery]:
+    def publish(self, app_id: str, recipient: Recipient, message: Outbound) -> Delivery:
+        """Routed at once: the Delivery itself, no Deferred."""
         # Every message gets an id and a place in the recovery window, delivered or not.
         self.recovery.record(app_id, recipient, message, self._now())
-        return succeed(self.route(app_id, recipient, message))
+        return self.route(app_id, recipient, message)
 
     @property
     def last_id(self) -> int:

@@ -1,16 +1,41 @@
-// pns4ones admin panel: confirmations, copy to clipboard, live subscription counts and status figures.
+// pns4ones admin panel: confirmations, copy to clipboard, live subscription counts, status figures and Online sessions.
 // The only script of the panel (the Content-Security-Policy forbids inline script);
 // every text comes from data- attributes rendered from the message catalogs.
 "use strict";
 
+// A form with data-confirm asks that first; an Online row's form (data-confirm-online) asks the table's
+// question for its kind, filled with the row's values.  Listening on the document covers rows the refresh adds.
+function confirmText(form) {
+  if (form.dataset.confirm !== undefined) {
+    return form.dataset.confirm;
+  }
+  const kind = form.dataset.confirmOnline;
+  const row = form.closest("tr");
+  const table = form.closest("table");
+  if (!kind || !row || !table) {
+    return null;
+  }
+  const transport = row.dataset.transport;
+  const values = {user: row.dataset.user, ib: row.dataset.ib, session: row.dataset.session, count: row.dataset.count};
+  values.transport = table.dataset["transport" + transport.charAt(0).toUpperCase() + transport.slice(1)] || transport;
+  if (kind === "user") {
+    return fillPattern(table.dataset.confirmUser, values);
+  }
+  return fillPattern(transport === "tcp" ? table.dataset.confirmTcp : table.dataset.confirmWeb, values);
+}
+
 function confirmations() {
-  for (const form of document.querySelectorAll("form[data-confirm]")) {
-    form.addEventListener("submit", (event) => {
-      if (!window.confirm(form.dataset.confirm)) {
+  document.addEventListener(
+    "submit",
+    (event) => {
+      const form = event.target;
+      const text = form instanceof HTMLFormElement ? confirmText(form) : null;
+      if (text !== null && !window.confirm(text)) {
         event.preventDefault();
       }
-    });
-  }
+    },
+    true,
+  );
 }
 
 function copyFallback(source) {
@@ -137,9 +162,140 @@ function liveStatus() {
   window.setTimeout(poll, interval);
 }
 
+// The Online view: one page of sessions as JSON at every poll, filled into copies of the page's
+// <template id="online-row"> with textContent (never markup); rows still shown are updated in place.
+function fillPattern(pattern, values) {
+  return (pattern || "").replace(/\{(\w+)\}/g, (whole, name) => (Object.hasOwn(values, name) ? String(values[name]) : whole));
+}
+
+function setText(root, selector, text) {
+  const element = root.querySelector(selector);
+  if (element) {
+    element.textContent = text;
+  }
+}
+
+function onlineTimes(tr, row) {
+  setText(tr, ".since", row.since || "\u2014");
+  setText(tr, ".age", row.age);
+  setText(tr, ".delivered", row.delivered === null ? "\u2014" : String(row.delivered));
+}
+
+function onlineRow(table, template, row) {
+  const tr = template.content.firstElementChild.cloneNode(true);
+  tr.dataset.user = row.user;
+  tr.dataset.ib = row.ib;
+  tr.dataset.session = row.session;
+  tr.dataset.transport = row.transport;
+  tr.dataset.count = String(row.user_sessions);
+  tr.dataset.sig = row.sig;
+  tr.classList.toggle("remote", row.remote);
+  const kind = row.transport.charAt(0).toUpperCase() + row.transport.slice(1);
+  const label = table.dataset["transport" + kind] || row.transport;
+  const values = {user: row.user, ib: row.ib, session: row.session, transport: label, count: row.user_sessions, node: row.node};
+  setText(tr, ".user-id", row.user);
+  setText(tr, ".groups", row.groups);
+  setText(tr, ".ib", row.ib);
+  setText(tr, ".transport", label);
+  setText(tr, ".peer", row.peer);
+  setText(tr, ".node", row.node);
+  onlineTimes(tr, row);
+  const one = tr.querySelector("form.disconnect-session");
+  const all = tr.querySelector("form.disconnect-user");
+  const note = tr.querySelector(".remote-note");
+  for (const form of [one, all]) {
+    form.querySelector('[name="ib"]').value = row.ib;
+    form.querySelector('[name="user"]').value = row.user;
+  }
+  one.querySelector('[name="session"]').value = row.session;
+  if (row.remote) {
+    one.remove();
+    all.remove();
+    note.textContent = fillPattern(table.dataset.onNode, values);
+    return tr;
+  }
+  note.remove();
+  if (row.first && row.user_sessions > 1) {
+    all.querySelector("button").textContent = fillPattern(table.dataset.disconnectUser, values);
+  } else {
+    all.remove();
+  }
+  return tr;
+}
+
+function renderOnline(box, doc) {
+  const table = box.querySelector("#online");
+  const body = table.querySelector("tbody");
+  const template = document.getElementById("online-row");
+  const shown = new Map();
+  for (const tr of body.rows) {
+    shown.set(tr.dataset.session, tr);
+  }
+  const rows = doc.rows.map((row) => {
+    const old = shown.get(row.session);
+    if (old && old.dataset.sig === row.sig && old.dataset.ib === row.ib && old.dataset.user === row.user) {
+      onlineTimes(old, row);
+      return old;
+    }
+    return onlineRow(table, template, row);
+  });
+  const same = rows.length === body.rows.length && rows.every((tr, i) => body.rows[i] === tr);
+  if (!same) {
+    body.replaceChildren(...rows);
+  }
+  table.hidden = rows.length === 0;
+  document.getElementById("online-empty").hidden = rows.length > 0;
+  setText(document, "#online-users", String(doc.users));
+  setText(document, "#online-sessions", String(doc.sessions));
+  setText(document, "#online-remote", String(doc.remote));
+  const pager = document.getElementById("online-pager");
+  pager.hidden = doc.pages <= 1;
+  setText(pager, ".where", doc.where);
+  for (const [selector, url] of [[".prev", doc.previous], [".next", doc.next]]) {
+    const link = pager.querySelector(selector);
+    link.hidden = !url;
+    if (url) {
+      link.href = url;
+    }
+  }
+}
+
+function liveOnline() {
+  const box = document.querySelector("[data-online-url]");
+  if (!box) {
+    return;
+  }
+  const interval = Number(box.dataset.pollMs) || 3000;
+  let last = null;
+  const poll = async () => {
+    let response;
+    try {
+      response = await fetch(box.dataset.onlineUrl, {credentials: "same-origin", cache: "no-store"});
+    } catch (e) {
+      window.setTimeout(poll, interval);
+      return;
+    }
+    if (response.status === 401) {
+      window.location.assign("/login");
+      return;
+    }
+    if (response.ok) {
+      const text = await response.text();
+      if (text !== last) {
+        last = text;
+        renderOnline(box, JSON.parse(text));
+      }
+      box.dataset.updated = String(Date.now());
+    }
+    window.setTimeout(poll, interval);
+  };
+  window.setTimeout(poll, interval);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   confirmations();
   copyButtons();
   liveCounts();
   liveStatus();
+  liveOnline();
 });
