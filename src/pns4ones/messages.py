@@ -264,7 +264,7 @@ def _parse_regular(doc: dict[str, Any]) -> SendRequest:
     ib_id = _text(ib_id, MAX_FIELD)
     user_id = _text(user_id, MAX_FIELD)
     group = _text(group, MAX_FIELD)
-    if not ib_id:
+    if not ib_id or lone_surrogate(ib_id) or lone_surrogate(user_id) or lone_surrogate(group):  # (the full check words it)
         raise _IRREGULAR
     if rtype == "user":
         if not user_id:
