@@ -124,6 +124,10 @@ def comparable(answer: Response) -> tuple[Any, ...]:
         body = answer.body
     if isinstance(body, dict) and ("access_token" in body or "ticket" in body):
         body = sorted(body)  # (a token or ticket is opaque, and a ticket's expiry follows the clock: when it was answered)
+    if isinstance(body, dict):  # (a send's message id counts from each node's start time)
+        body = {**body, "id": "..."} if "id" in body else body
+        if isinstance(body.get("results"), list):
+            body["results"] = [{**r, "id": "..."} if isinstance(r, dict) and "id" in r else r for r in body["results"]]
     return answer.status, headers, body
 
 
