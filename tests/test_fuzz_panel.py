@@ -147,6 +147,6 @@ class PanelFormFuzz(SynchronousTestCase):
     @example("/audit", [("page", "²")])  # (a 500)
     def test_pages(self, rule: str, args: list[tuple[str, str | bytes]]) -> None:
         """Every GET page with random query arguments: never a 5xx, a page (or the panel's JSON) every time."""
-        target = rule.replace("<app_id>", self.node.app.id).replace("<name>", "admin.js").encode()
+        target = rule.replace("<app_id>", self.node.app.id).replace("<name>", "admin.js").replace("<seq>", "1").encode()
         query = form_body(args)
         self.answer(b"GET", target + (b"?" + query if query else b""))

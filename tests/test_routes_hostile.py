@@ -351,6 +351,10 @@ class WalkBase(SynchronousTestCase):
         "/apps/<app_id>/kept": ("page",),
         "/apps/<app_id>/kept/user": ("ib", "user", "page"),
         "/audit": ("page",),
+        "/online": ("app", "ib", "q", "page"),
+        "/online.json": ("app", "ib", "q", "page"),
+        "/trace": ("app", "ib", "user", "id", "page"),
+        "/trace/<seq>": ("user",),
         "/status": (),
         "/status/live": (),
         "/counts.json": ("app",),
@@ -374,6 +378,7 @@ class WalkBase(SynchronousTestCase):
         "/apps/<app_id>/reset-tokens": {},
         "/apps/<app_id>/delete": {},
         "/setup": {"code": "(the server's)", "login": "admin", "password": "x" * 12, "password2": "y" * 12},
+        "/online/disconnect": {"app": "app", "ib": "ib1", "user": "u1", "session": "", "back": "/online"},
         "/logout": {},
     }
     #: Form field values.
@@ -400,6 +405,7 @@ class WalkBase(SynchronousTestCase):
     )
 
     def app_target(self, rule: str, app_id: bytes) -> bytes:
+        rule = rule.replace("<seq>", "1")
         return rule.replace("<app_id>", "%s").encode() % app_id if "<app_id>" in rule else rule.encode()
 
     def post_probes(self, rule: str, fields: dict[str, str], app_id: bytes, who: Browser | None = None) -> list[Probe]:
@@ -710,7 +716,7 @@ class HostileRoutes(WalkBase):
         app_id = quote(self.app["id"]).encode()
         probes: list[Probe] = []
         for rule, args in self.PANEL_GETS.items():
-            listener = "json" if rule in ("/counts.json", "/status/live") else "panel"
+            listener = "json" if rule in ("/counts.json", "/status/live", "/online.json") else "panel"
             if rule == "/static/<name>":
                 for segment in (*SEGMENTS, b"admin.js", b"..%2Fapp.py", b"admin.js%00"):
                     probes.append(self.page("static", b"GET", b"/static/" + segment))
