@@ -98,11 +98,30 @@ def _sent_body(delivery: Delivery) -> bytes:
     return b'{"sessions": %d, "users": %d, "stored": %s, "id": %d}' % (d.sessions, d.users, stored, d.message_id)
 
 
-def _sent_answer(delivery: Delivery) -> Answer:
-    """The answer of ``/sendmessage``: the body of :func:`_sent_body` and its headers (each send's own: it carries the id)."""
-    counts = ((_SESSIONS, b"%d" % delivery.sessions), (_USERS, b"%d" % delivery.users), (_ID, b"%d" % delivery.message_id))
-    headers = counts + ((_STORED_HEADER,) if delivery.stored else ()) + JSON_HEADERS
-    return Answer(200, headers, _sent_body(delivery))
+#: ``/sendmessage``'s header fields in wire form: the counts, the id, X-Pns-Stored when kept, then JSON_HEADERS.
+_SENT_FIELDS: Final = b"%s: %%s\r\n%s: %%s\r\n%s: %%s\r\n%%s%s" % (
+    _SESSIONS,
+    _USERS,
+    _ID,
+    b"".join([b"%s: %s\r\n" % field for field in JSON_HEADERS]).replace(b"%", b"%%"),
+)
+_STORED_FIELD: Final = b"%s: %s\r\n" % _STORED_HEADER
+
+
+def sent_answer(delivery: Delivery) -> Answer:
+    """
+    The answer of ``/sendmessage``: the body of :func:`_sent_body` and its
+    headers (each send's own: it carries the id), with their wire form made
+    at once (:attr:`Answer.fields`: one format rather than one per field).
+    """
+    sessions, users, message_id = b"%d" % delivery.sessions, b"%d" % delivery.users, b"%d" % delivery.message_id
+    if delivery.stored:
+        headers = ((_SESSIONS, sessions), (_USERS, users), (_ID, message_id), _STORED_HEADER, *JSON_HEADERS)
+        fields = _SENT_FIELDS % (sessions, users, message_id, _STORED_FIELD)
+    else:
+        headers = ((_SESSIONS, sessions), (_USERS, users), (_ID, message_id), *JSON_HEADERS)
+        fields = _SENT_FIELDS % (sessions, users, message_id, b"")
+    return Answer(200, headers, _sent_body(delivery), fields)
 
 
 class _Batch:
@@ -277,7 +296,7 @@ class Handlers:
                 peer=call.peer,
                 event="send",
             )
-        return _sent_answer(delivery)
+        return sent_answer(delivery)
 
     # -- /sendmessages ----------------------------------------------------------------------
 
