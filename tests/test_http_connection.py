@@ -425,11 +425,15 @@ class EncodingTests(SynchronousTestCase):
         self.assertIn(b"Connection: close", encode_answer(Answer(200, (), b""), b"HTTP/1.0", True, True))
 
     def test_sent_answer_fields_are_its_headers(self) -> None:
-        """/sendmessage's answer carries its header fields pre-encoded: exactly its headers' wire form, in order, kept or not."""
+        """/sendmessage's answer: json.dumps's body, and its header fields pre-encoded, exactly its headers' wire form, kept or not."""
         for delivery in (Delivery(1, 1, False, 0, 1700000000000123), Delivery(0, 0, True, 2, 17), Delivery(3, 2, True, 0, 5)):
             answer = sent_answer(delivery)
             self.assertIsNotNone(answer.fields)
             self.assertEqual(answer.fields, b"".join(b"%s: %s\r\n" % field for field in answer.headers))
+            doc = {"sessions": delivery.sessions, "users": delivery.users, "stored": delivery.stored}
+            if delivery.dropped:
+                doc["dropped"] = delivery.dropped
+            self.assertEqual(answer.body, json.dumps({**doc, "id": delivery.message_id}).encode())
             plain = Answer(answer.status, answer.headers, answer.body)
             self.assertEqual(encode_answer(answer, b"HTTP/1.1", False, False), encode_answer(plain, b"HTTP/1.1", False, False))
 

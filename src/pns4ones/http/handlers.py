@@ -104,6 +104,9 @@ def _sent_body(delivery: Delivery) -> bytes:
     return b'{"sessions": %d, "users": %d, "stored": %s, "id": %d}' % (d.sessions, d.users, stored, d.message_id)
 
 
+#: :func:`_sent_body` of a send neither kept nor dropping any, from the digits already made.
+_LIVE_BODY: Final = b'{"sessions": %s, "users": %s, "stored": false, "id": %s}'
+
 #: ``/sendmessage``'s header fields in wire form: the counts, the id, X-Pns-Stored when kept, then JSON_HEADERS.
 _SENT_FIELDS: Final = b"%s: %%s\r\n%s: %%s\r\n%s: %%s\r\n%%s%s" % (
     _SESSIONS,
@@ -124,10 +127,14 @@ def sent_answer(delivery: Delivery) -> Answer:
     if delivery.stored:
         headers = ((_SESSIONS, sessions), (_USERS, users), (_ID, message_id), _STORED_HEADER, *JSON_HEADERS)
         fields = _SENT_FIELDS % (sessions, users, message_id, _STORED_FIELD)
-    else:
+        return Answer(200, headers, _sent_body(delivery), fields)
+    if delivery.dropped:  # (only ever with stored; kept for the body's shape)
         headers = ((_SESSIONS, sessions), (_USERS, users), (_ID, message_id), *JSON_HEADERS)
-        fields = _SENT_FIELDS % (sessions, users, message_id, b"")
-    return Answer(200, headers, _sent_body(delivery), fields)
+        return Answer(200, headers, _sent_body(delivery), _SENT_FIELDS % (sessions, users, message_id, b""))
+    # The usual send (not kept): the body from the same digits as the fields.
+    headers = ((_SESSIONS, sessions), (_USERS, users), (_ID, message_id), *JSON_HEADERS)
+    fields = _SENT_FIELDS % (sessions, users, message_id, b"")
+    return Answer(200, headers, _LIVE_BODY % (sessions, users, message_id), fields)
 
 
 class _Batch:
