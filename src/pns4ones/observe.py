@@ -55,7 +55,7 @@ class LiveFigures:
         svc = self.service
         counts = svc.core.hub.counts() if svc.core is not None else {}
         factory = svc.addin_factory
-        material = getattr(svc.tls, "material", None) if svc.tls is not None else None
+        material = svc.tls.material if svc.tls is not None else None
         self._snapshot = {
             "apps": {app: sum(ibs.values()) for app, ibs in counts.items()},
             "known": list(svc.core.apps) if svc.core is not None else [],
@@ -214,7 +214,7 @@ def console_status(service: Any, metrics: Metrics, figures: LiveFigures) -> dict
 
 def listeners(service: Any) -> list[dict[str, Any]]:
     names = {id(service.api_factory): "send API", id(service.addin_factory): "add-in subscriptions", id(service.admin_site): "admin panel"}
-    site = getattr(service, "metrics_site", None)
+    site = service.metrics_site
     if site is not None:
         names[id(site)] = "metrics"
     out = []

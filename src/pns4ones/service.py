@@ -64,6 +64,7 @@ class PnsService(service.MultiService):
         self.config = config
         self.reactor = reactor
         self.tls = tls
+        self.metrics_site = None  # (observe sets it when metrics_listen is given)
         self._old_sighup: Any = None
         self.store: Store | None = None
         self.core: Core | None = None
