@@ -14,8 +14,8 @@ import os
 import pwd
 import time
 from collections.abc import Iterable
-from typing import Any
 
+from .jsondoc import JSONObject
 from .store import AuditEntry
 
 #: The store keeps this many records; each new one pushes the oldest out.
@@ -24,7 +24,7 @@ MAX_ROWS = 100_000
 MAX_DETAIL = 2000
 
 
-def detail(**fields: Any) -> str:
+def detail(**fields: object) -> str:
     """``fields`` as the record's compact JSON detail."""
     text = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
     cut = len(text)
@@ -35,7 +35,7 @@ def detail(**fields: Any) -> str:
     return out
 
 
-def parse_detail(text: str) -> dict[str, Any]:
+def parse_detail(text: str) -> JSONObject:
     try:
         doc = json.loads(text) if text else {}
     except ValueError:
@@ -67,7 +67,7 @@ def cli_actor() -> tuple[str, str]:
         return who, "local"
 
 
-def as_json(entry: AuditEntry) -> dict[str, Any]:
+def as_json(entry: AuditEntry) -> JSONObject:
     return {
         "id": entry.id,
         "at": entry.at,

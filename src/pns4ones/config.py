@@ -18,7 +18,7 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .catalog import translator
 
@@ -171,8 +171,12 @@ def parse_size(value: str, option: str) -> int:
     return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[m.group(2).lower()]
 
 
-def _number(kind: Callable[[str], Any], lo: float, hi: float) -> Callable[[str, str], Any]:
-    def parse(value: str, option: str) -> Any:
+#: A number option's type.
+_N = TypeVar("_N", int, float)
+
+
+def _number(kind: Callable[[str], _N], lo: float, hi: float) -> Callable[[str, str], _N]:
+    def parse(value: str, option: str) -> _N:
         try:
             n = kind(value.strip())
         except ValueError:
@@ -279,7 +283,7 @@ def _origins(value: str, option: str) -> tuple[str, ...]:
 class Option:
     name: str
     default: str
-    parse: Callable[[str, str], Any]
+    parse: Callable[[str, str], object]
     help: str
     metavar: str = "VALUE"
     secret: bool = False
@@ -530,7 +534,7 @@ class Config:
     data_dir: Path
     listen: Address
     service: Address
-    service_allow: tuple[Any, ...]
+    service_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     admin_port: int
     log_level: str
     log_format: str
@@ -552,7 +556,7 @@ class Config:
     request_timeout: float
     send_rate_limit: float
     store_poll_interval: float
-    trusted_proxies: tuple[Any, ...] = ()
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_ttl: float = 86400.0
     max_kept_per_user: int = 100
     max_kept_per_app: int = 100000
@@ -725,7 +729,7 @@ def build(cli: Mapping[str, str], environ: Mapping[str, str] | None = None, euid
         except ConfigError as e:
             raise ConfigError(name, str(e).split(": ", 1)[-1], source) from None
 
-    def _networks(name: str) -> tuple[Any, ...]:
+    def _networks(name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         value, source = raw[name]
         try:
             return parse_networks(value, name)

@@ -13,7 +13,8 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+
+from .jsondoc import JSONObject
 
 PID_FILE = "pns4ones.pid"
 RELOAD_FILE = "tls-reload.json"
@@ -86,14 +87,14 @@ def write_reload_status(data_dir: Path, ok: bool, message: str, trigger: str) ->
     atomic_write(Path(data_dir) / RELOAD_FILE, json.dumps(doc, ensure_ascii=False) + "\n")
 
 
-def read_reload_status(data_dir: Path) -> dict[str, Any] | None:
+def read_reload_status(data_dir: Path) -> JSONObject | None:
     try:
         return json.loads((Path(data_dir) / RELOAD_FILE).read_text())
     except (FileNotFoundError, ValueError):
         return None
 
 
-def request_reload(data_dir: Path, timeout: float = 10.0) -> dict[str, Any]:
+def request_reload(data_dir: Path, timeout: float = 10.0) -> JSONObject:
     """SIGHUP the running server and return its reload outcome (``ok``, ``message``)."""
     pid = running_pid(data_dir)
     before = read_reload_status(data_dir)

@@ -24,12 +24,13 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import crypto
 from .groups import GroupError, Membership
-from .hub import Catchup, Delivery, Hub, Outbound, Replay, Session, SessionInfo
+from .hub import Catchup, Clock, Delivery, Hub, Outbound, Replay, Session, SessionInfo
 from .messages import Recipient, SendRequest
 from .metrics import NULL
 from .store import Application, Groups, KeptMessage, KeptMessages, Registry, Snapshot, StoreUnavailable, TokenRecord
@@ -166,7 +167,7 @@ class Core:
         self,
         store: CoreStore,
         hub: Hub,
-        clock: Any,
+        clock: Clock,
         token_lifetime: float = TOKEN_LIFETIME,
         membership: Membership | None = None,
         limits: Limits = Limits(),
@@ -194,7 +195,7 @@ class Core:
         self._fetching: dict[bytes, list[Deferred[None]]] = {}
         # /auth with an unknown server key: requests waiting for the next look-up, its timer, the last one's start.
         self._key_waiters: list[Deferred[None]] = []
-        self._key_timer: Any = None
+        self._key_timer: IDelayedCall | None = None
         self._key_lookup_running = False
         self._key_lookup_at = float("-inf")
         self._listeners: list[Callable[[], None]] = []

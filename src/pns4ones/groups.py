@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
 
 from .messages import MAX_FIELD
 
@@ -118,7 +117,7 @@ class Membership:
 # -- validation of API input ------------------------------------------------------------
 
 
-def check_name(value: Any, field: str) -> str:
+def check_name(value: object, field: str) -> str:
     if not isinstance(value, str):
         raise GroupError(400, field, "must be a string")
     if not value:
@@ -128,7 +127,7 @@ def check_name(value: Any, field: str) -> str:
     return value
 
 
-def parse_user_ids(doc: Any, max_size: int) -> list[str]:
+def parse_user_ids(doc: object, max_size: int) -> list[str]:
     """``{"UserIds": [...]}`` (member name case-insensitive) -> distinct ids in order."""
     if not isinstance(doc, dict):
         raise GroupError(400, "body", 'must be a JSON object {"UserIds": [...]}')
@@ -146,7 +145,7 @@ def parse_user_ids(doc: Any, max_size: int) -> list[str]:
     return list(out)
 
 
-def parse_ttl(value: Any, max_ttl: float, field: str = "Message.TTL") -> float:
+def parse_ttl(value: object, max_ttl: float, field: str = "Message.TTL") -> float:
     """A TTL in seconds: a finite number, 0 <= ttl <= max_ttl (0 = do not keep)."""
     if isinstance(value, str):
         try:

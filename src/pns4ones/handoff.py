@@ -66,10 +66,12 @@ from twisted.internet import defer, protocol, task
 from twisted.internet.defer import Deferred
 from twisted.internet.tcp import Port, Server
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from . import __version__, control, logs
 from .hub.local import LocalHub
 from .hub.recovery import RecoveryError
+from .jsondoc import JSONObject
 from .transports.addin import AddinFactory, AddinProtocol, AddinState
 from .txinternals import set_handed_over
 
@@ -111,9 +113,9 @@ class Handed:
     pending: bytes
 
 
-def state_json(state: AddinState, pending: int, family: int) -> dict[str, Any]:
+def state_json(state: AddinState, pending: int, family: int) -> JSONObject:
     """A ``sessions`` entry."""
-    doc: dict[str, Any] = {"family": family, "peer": state.peer, "pending": pending, "inbound": base64.b64encode(state.inbound).decode()}
+    doc: JSONObject = {"family": family, "peer": state.peer, "pending": pending, "inbound": base64.b64encode(state.inbound).decode()}
     if state.key:
         doc.update(app=state.app_id, ib=state.ib_id, user=state.user_id, group=state.group, key=state.key)
     elif state.registration_left is not None:
@@ -141,7 +143,7 @@ def _advertised_protocol() -> int:
 # -- packets -------------------------------------------------------------------------------
 
 
-def _send(sock: socket.socket, doc: dict[str, Any], fds: list[int] | tuple[int, ...] = ()) -> None:
+def _send(sock: socket.socket, doc: JSONObject, fds: list[int] | tuple[int, ...] = ()) -> None:
     data = b"J" + json.dumps(doc, separators=(",", ":")).encode()
     if fds:
         socket.send_fds(sock, [data], list(fds))
@@ -166,7 +168,7 @@ def _recv(sock: socket.socket) -> tuple[str, Any, list[int]]:
         raise HandoffError("garbled handoff packet") from None
 
 
-def _expect(sock: socket.socket, kind: str) -> tuple[dict[str, Any], list[int]]:
+def _expect(sock: socket.socket, kind: str) -> tuple[JSONObject, list[int]]:
     tag, doc, fds = _recv(sock)
     if tag != "J" or not isinstance(doc, dict):
         raise HandoffError(f"expected {kind!r}, got raw bytes")
@@ -216,7 +218,7 @@ class Incoming:
             self.sock.connect(path)
         except OSError as e:
             raise HandoffError(f"cannot reach the old process at {path}: {e}") from None
-        self.listeners: dict[str, list[tuple[dict[str, Any], int]]] = {}
+        self.listeners: dict[str, list[tuple[JSONObject, int]]] = {}
         self.old_pid = 0
 
     def receive_listeners(self) -> None:
@@ -384,7 +386,7 @@ class _Child(protocol.ProcessProtocol):
         if self.transport is not None:
             self.pid = self.transport.pid
 
-    def processEnded(self, reason: Any) -> None:
+    def processEnded(self, reason: Failure) -> None:
         value = reason.value
         self.exit_code = getattr(value, "exitCode", None)
         if self.exit_code is None:
@@ -505,7 +507,7 @@ class Restart:
                 raise HandoffError(f"the new process did not {what} within {timeout:g} s")
             yield task.deferLater(self.reactor, 0.01, lambda: None)
 
-    def _accept(self) -> Any:
+    def _accept(self) -> socket.socket | None:
         try:
             conn, _ = self._listening().accept()
         except BlockingIOError:
@@ -726,7 +728,7 @@ class Restart:
 # -- the admin command ---------------------------------------------------------------------------
 
 
-def read_status(data_dir: Path) -> dict[str, Any] | None:
+def read_status(data_dir: Path) -> JSONObject | None:
     try:
         return json.loads((Path(data_dir) / STATUS_FILE).read_text())
     except (FileNotFoundError, ValueError):
@@ -741,7 +743,7 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
-def request_restart(data_dir: Path, timeout: float = 180.0) -> dict[str, Any]:
+def request_restart(data_dir: Path, timeout: float = 180.0) -> JSONObject:
     """SIGUSR2 the running server; wait for its outcome and, on success, for the old process to exit."""
     pid = control.running_pid(data_dir)
     before = read_status(data_dir)

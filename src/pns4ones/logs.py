@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Mapping
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Protocol
 
 from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
+    LogEvent,
     LogLevel,
     LogLevelFilterPredicate,
     PredicateResult,
@@ -27,6 +29,9 @@ from twisted.logger import (
     textFileLogObserver,
 )
 from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from .hub import SessionInfo
 
 #: The manual's levels mapped on twisted.logger's (Trace is Debug plus hex dumps).
 LEVELS: dict[str, LogLevel | None] = {
@@ -45,7 +50,7 @@ ALWAYS = "pns_always"
 
 @implementer(ILogObserver)
 class _Nothing:
-    def __call__(self, event: dict[str, Any]) -> None:
+    def __call__(self, event: LogEvent) -> None:
         pass
 
 
@@ -63,7 +68,8 @@ def make_observer(level_name: str, fmt: str = "text", out: IO[str] | None = None
         sink = textFileLogObserver(out)
     by_level = LogLevelFilterPredicate(defaultLogLevel=level)
 
-    def predicate(event: dict[str, Any]) -> PredicateResult:
+    @implementer(ILogFilterPredicate)
+    def predicate(event: LogEvent) -> PredicateResult:
         if event.get(ALWAYS):
             return PredicateResult.yes
         # Twisted's own chatter (twistd, reactor, HTTP access log) only from Debug on.
@@ -93,7 +99,7 @@ def writes_to_journal(out: IO[str], environ: Mapping[str, str] | None = None) ->
     return (st.st_dev, st.st_ino) == (dev, inode)
 
 
-def journal_line(event: dict[str, Any]) -> str:
+def journal_line(event: LogEvent) -> str:
     """One event as journal lines: each with the event's priority prefix, no timestamp."""
     priority = JOURNAL_PRIORITIES.get(event.get("log_level", LogLevel.info), 6)
     text = eventAsText(event, includeTraceback=True, includeTimestamp=False, includeSystem=True)
@@ -110,8 +116,8 @@ def json_lines(out: IO[str]) -> ILogObserver:
     inner = jsonFileLogObserver(out, recordSeparator="")
 
     @implementer(ILogObserver)
-    def observe(event: dict[str, Any]) -> None:
-        extra: dict[str, Any] = {"text": formatEvent(event)}
+    def observe(event: LogEvent) -> None:
+        extra: LogEvent = {"text": formatEvent(event)}
         if "app_id" in event:
             extra["application"] = event["app_id"]
         if "ib_id" in event:
@@ -126,6 +132,10 @@ def level_enabled(level_name: str, wanted: LogLevel) -> bool:
     return level is not None and wanted >= level
 
 
+class _Seconds(Protocol):
+    def seconds(self) -> float: ...
+
+
 class RateLimited:
     """
     Emits the first event of a kind at once, then at most one per ``interval``
@@ -133,7 +143,7 @@ class RateLimited:
     registrations or tokens does not flood the log.
     """
 
-    def __init__(self, clock: Any, interval: float = 10.0) -> None:
+    def __init__(self, clock: _Seconds, interval: float = 10.0) -> None:
         self._clock = clock
         self._interval = interval
         self._state: dict[str, tuple[float, int]] = {}
@@ -150,6 +160,6 @@ class RateLimited:
             self._state[key] = (last, suppressed + 1)
 
 
-def session_fields(session: Any) -> dict[str, Any]:
+def session_fields(session: SessionInfo) -> dict[str, str]:
     """The fields every log line about one subscription carries (add-in, WebSocket or SSE)."""
     return {"peer": session.peer, "app_id": session.app_id, "ib_id": session.ib_id, "user_id": session.user_id}

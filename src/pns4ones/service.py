@@ -9,13 +9,18 @@ import gc
 import os
 import signal
 import sys
+from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 from twisted.application import service
+from twisted.application.service import IServiceCollection
 from twisted.internet import defer, error, task
+from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.components import Componentized
+from twisted.python.failure import Failure
 
 from . import __version__, control, handoff, logs, txinternals
 from . import tls as _tls
@@ -51,6 +56,8 @@ class StartupError(Exception):
 
 class PnsService(service.MultiService):
     log = Logger()
+    #: The ``metrics_listen`` listener's site, if configured (set by :class:`pns4ones.observe.Observability`).
+    metrics_site: ApiSite | None
 
     def __init__(self, config: Config, reactor: Any, tls: _tls.ReloadableServerTLS | None = None) -> None:
         super().__init__()
@@ -71,7 +78,7 @@ class PnsService(service.MultiService):
         self.handed_over = False
 
     # twistd: an ILogObserver component on the application sets the log format and level.
-    def setServiceParent(self, parent: Any) -> None:
+    def setServiceParent(self, parent: IServiceCollection) -> None:
         if isinstance(parent, Componentized) and parent.getComponent(ILogObserver, None) is None:
             parent.setComponent(ILogObserver, logs.make_observer(self.config.log_level, self.config.log_format))
         super().setServiceParent(parent)
@@ -116,6 +123,7 @@ class PnsService(service.MultiService):
                     self.tls = _tls.from_config(cfg)
                 except ConfigError as e:
                     raise StartupError(str(e)) from None
+            assert self.tls is not None  # (from_config loads it for every ssl_mode but None)
             self.api_factory = TLSMemoryBIOFactory(self.tls, False, self.api_factory)
         self.addin_factory = AddinFactory(self.core, cfg, self.reactor, log_info=logs.level_enabled(cfg.log_level, LogLevel.info))
         self.admin_panel = AdminPanel(self.core, self.store, cfg, self.reactor)
@@ -173,6 +181,7 @@ class PnsService(service.MultiService):
 
     def _configure_addin_listeners(self) -> None:
         """Keepalive options on the add-in listening sockets: accepted ones inherit them."""
+        assert self.addin_factory is not None  # (build() made it)
         try:
             for port in self.ports:
                 if port.factory is self.addin_factory:
@@ -193,7 +202,7 @@ class PnsService(service.MultiService):
             self._listen(self.config.service, self.addin_factory, "service")
             self._configure_addin_listeners()
             self._listen_admin()
-            if self.metrics_site is not None:
+            if self.metrics_site is not None and self.config.metrics_listen is not None:  # (Observability sets both or neither)
                 self._listen(self.config.metrics_listen, self.metrics_site, "metrics_listen")
         except (StartupError, handoff.HandoffError) as e:
             if self.incoming is not None:  # never shutdown() sockets the old process still serves
@@ -203,11 +212,12 @@ class PnsService(service.MultiService):
                 port.stopListening()
             self.log.critical("cannot start: {error}", error=str(e), **{logs.ALWAYS: True})
             if self.config.log_level == "None":
-                sys.__stderr__.write(f"pns4ones: cannot start: {e}\n")
+                sys.__stderr__.write(f"pns4ones: cannot start: {e}\n")  # type: ignore[union-attr]  # (None only with no stderr at all)
             raise SystemExit(1) from None
         super().privilegedStartService()
 
     def startService(self) -> None:
+        assert self.core is not None  # (privilegedStartService built it)
         super().startService()
         txinternals.lean_dispatch(self.reactor)  # the epoll reactor's events without a log context each (docs/performance.md)
         self.core.hub.start()  # a hub between nodes connects now
@@ -215,8 +225,9 @@ class PnsService(service.MultiService):
         d.addCallback(self._loaded)
         d.addErrback(self._failed_start)
 
-    def _loaded(self, _: Any) -> None:
+    def _loaded(self, _: object) -> None:
         cfg = self.config
+        assert self.core is not None  # (built before the service started)
         # Everything built so far lives as long as the process: keep it out of the
         # cyclic collector's way, and collect young objects less often.
         gc.freeze()
@@ -288,10 +299,10 @@ class PnsService(service.MultiService):
         else:
             handoff.sd_notify("READY=1")
 
-    def _store_task(self, fn: Any, what: str) -> Any:
+    def _store_task(self, fn: Callable[[], object], what: str) -> Deferred[object]:
         """A periodic store task that outlives a store outage (the store logs the outage itself)."""
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Failure) -> None:
             if not failure.check(StoreUnavailable):
                 self.log.failure("{what} failed", failure, what=what)
 
@@ -318,7 +329,7 @@ class PnsService(service.MultiService):
         except ValueError:  # not the main thread (embedded): no signal handling
             self._old_sighup = None
 
-    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         self.reactor.callFromThread(self._stop_requested, name)
 
@@ -327,7 +338,7 @@ class PnsService(service.MultiService):
         if self.reactor.running:
             self.reactor.stop()
 
-    def _on_sigusr2(self, signum: int, frame: Any) -> None:
+    def _on_sigusr2(self, signum: int, frame: FrameType | None) -> None:
         self.reactor.callFromThread(self.restart, "SIGUSR2")
 
     def restart(self, trigger: str = "restart") -> Any:
@@ -343,7 +354,7 @@ class PnsService(service.MultiService):
 
         return self.restarting.run().addBoth(done)
 
-    def _on_sighup(self, signum: int, frame: Any) -> None:
+    def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
         self.reactor.callFromThread(self.reload_tls, "SIGHUP")
 
     def reload_tls(self, trigger: str = "reload_tls") -> bool:
@@ -386,7 +397,7 @@ class PnsService(service.MultiService):
         if self.core is not None:
             self.observability.stopped()
 
-    def _failed_start(self, failure: Any) -> None:
+    def _failed_start(self, failure: Failure) -> None:
         self.log.failure("cannot load the store; stopping", failure)
         self.reactor.stop()
 

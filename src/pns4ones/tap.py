@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.python import usage
 
 from . import config as _config
+
+if TYPE_CHECKING:  # (imported when used: twistd loads this module for --help too)
+    from .service import PnsService
+    from .tls import ReloadableServerTLS
 
 
 class AdminOptions(usage.Options):
@@ -30,7 +34,7 @@ class Options(usage.Options):
         super().__init__()
         self.cli: dict[str, str] = {}
         self.config: _config.Config | None = None
-        self.tls: Any = None
+        self.tls: ReloadableServerTLS | None = None
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         if options is None:
@@ -67,9 +71,9 @@ class Options(usage.Options):
         return _config.help_text() + "\n"
 
 
-def makeService(options: Options, reactor: Any = None) -> Any:
+def makeService(options: Options, reactor: Any = None) -> PnsService:
     if reactor is None:
-        from twisted.internet import reactor  # type: ignore[no-redef]
+        from twisted.internet import reactor
     if getattr(options, "subCommand", None) == "admin":
         from . import cli
 

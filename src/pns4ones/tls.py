@@ -30,19 +30,25 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.ssl import CertificateOptions, TLSVersion
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from .config import Config, ConfigError
+
+#: The private keys a certificate of the send API may have (those pyOpenSSL takes).
+TLSKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | dsa.DSAPrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
+TLS_KEY_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, dsa.DSAPrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)
 
 MAX_FILE_SIZE = 1024 * 1024
 STORE_DIR = "certs"
@@ -58,7 +64,7 @@ class Material:
     """A certificate, its private key and the intermediates to send with it."""
 
     certificate: x509.Certificate
-    key: Any
+    key: TLSKey
     chain: tuple[x509.Certificate, ...]
     files: tuple[str, ...]
     warnings: tuple[str, ...] = field(default=())
@@ -77,7 +83,7 @@ class Material:
 
 def _subject(cert: x509.Certificate) -> str:
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return f"CN={names[0].value}" if names else cert.subject.rfc4514_string() or "(no subject)"
+    return f"CN={names[0].value!s}" if names else cert.subject.rfc4514_string() or "(no subject)"
 
 
 def _common_name(cert: x509.Certificate) -> str:
@@ -98,7 +104,7 @@ def _validity_warnings(cert: x509.Certificate, now: datetime.datetime) -> tuple[
     return ()
 
 
-def _public_bytes(key: Any) -> bytes:
+def _public_bytes(key: PublicKeyTypes) -> bytes:
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
@@ -136,7 +142,7 @@ def _pem_certificates(data: bytes, path: str, option: str, source: str) -> list[
     return certs
 
 
-def _pem_key(data: bytes, password: str, path: str, option: str, source: str, password_source: str) -> Any:
+def _pem_key(data: bytes, password: str, path: str, option: str, source: str, password_source: str) -> PrivateKeyTypes:
     encrypted = b"ENCRYPTED" in data
     if b"PRIVATE KEY-----" not in data:
         if b"CERTIFICATE-----" in data:
@@ -161,7 +167,9 @@ def _looks_like_pkcs12(data: bytes) -> bool:
     return data[:1] == b"\x30" and b"\x02\x01\x03" in data[2:8]
 
 
-def _load_pfx(path: str, password: str, source: str, password_source: str) -> tuple[x509.Certificate, Any, list[x509.Certificate]]:
+def _load_pfx(
+    path: str, password: str, source: str, password_source: str
+) -> tuple[x509.Certificate, PrivateKeyTypes, list[x509.Certificate]]:
     data = _read(path, "ssl_certificate", source)
     if b"-----BEGIN" in data:
         raise ConfigError(
@@ -193,7 +201,7 @@ def _load_pfx(path: str, password: str, source: str, password_source: str) -> tu
 
 
 def _assemble(
-    certs: list[x509.Certificate], key: Any, files: tuple[str, ...], key_option: str, key_source: str, now: datetime.datetime
+    certs: list[x509.Certificate], key: PrivateKeyTypes, files: tuple[str, ...], key_option: str, key_source: str, now: datetime.datetime
 ) -> Material:
     """The certificate is the one matching the key (normally the first); the rest is the chain."""
     wanted = _public_bytes(key.public_key())
@@ -203,6 +211,12 @@ def _assemble(
         except (ValueError, UnsupportedAlgorithm):
             matches = False
         if matches:
+            if not isinstance(key, TLS_KEY_TYPES):  # (a key OpenSSL cannot sign a handshake with: X25519, DH, ...)
+                raise ConfigError(
+                    key_option,
+                    f"the private key in {files[-1]} is a {type(key).__name__}: use an RSA, ECDSA, Ed25519 or Ed448 key",
+                    key_source,
+                )
             chain = tuple(c for j, c in enumerate(certs) if j != i)
             return Material(cert, key, chain, files, _validity_warnings(cert, now))
     first = certs[0]
@@ -271,7 +285,7 @@ def _load_pem_pair(pem: Path, key_file: Path | None, settings: Settings, now: da
         key = _pem_key(
             _read(str(key_file), "ssl_certificate", cert_src), settings.password, str(key_file), "ssl_certificate", cert_src, pw_src
         )
-        files = (str(pem), str(key_file))
+        files: tuple[str, ...] = (str(pem), str(key_file))
     elif b"PRIVATE KEY-----" in data:
         key = _pem_key(data, settings.password, str(pem), "ssl_certificate", cert_src, pw_src)
         files = (str(pem),)
@@ -398,7 +412,7 @@ class ReloadableServerTLS:
         self.material, self._options = material, options
         return material
 
-    def serverConnectionForTLS(self, protocol: Any) -> SSL.Connection:
+    def serverConnectionForTLS(self, protocol: TLSMemoryBIOProtocol) -> SSL.Connection:
         return self._options.serverConnectionForTLS(protocol)
 
 

@@ -284,7 +284,7 @@ class Trace:
 def _sent(record: _Record) -> Sent:
     reached = record[13]
     users = reached.users if isinstance(reached, _Many) else reached
-    return Sent(*record[:13], users, record[14])  # type: ignore[arg-type]
+    return Sent(*record[:13], users, record[14])
 
 
 def _matches(record: _Record, query: Query, groups_of: GroupsOf) -> bool:

@@ -36,12 +36,18 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Protocol, TypeVar
 
 from twisted.enterprise import adbapi
 from twisted.internet import tcp
 from twisted.protocols.basic import IntNStringReceiver
 from twisted.python import log
+from twisted.web._websocket_impl import _WebSocketWireProtocol
+from twisted.web.websocket import WebSocketProtocol, WebSocketTransport
+from wsproto import WSConnection
+from wsproto.connection import Connection as WSProtoConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import Event
 
 #: The private attributes of a TCP transport this module reads or writes (pinned by the tests).
 TCP_ATTRIBUTES = ("dataBuffer", "offset", "_tempDataBuffer", "_tempDataLen", "_shouldShutdown", "socket", "connected", "disconnecting")
@@ -56,7 +62,7 @@ ADBAPI_CONNECTION_ATTRIBUTES = ("_connection", "_pool")
 ADBAPI_POOL_METHODS = ("_close",)
 
 
-def send_now(transport: Any, data: bytes) -> bool:
+def send_now(transport: object, data: bytes) -> bool:
     """
     Fan-out fast path: when nothing is queued on a plain TCP transport, hand
     ``data`` straight to the kernel (one ``send()``), instead of queueing it and
@@ -68,7 +74,9 @@ def send_now(transport: Any, data: bytes) -> bool:
     applies to (TLS, memory transports, something queued); the caller then
     writes normally.
     """
-    sock = getattr(transport, "socket", None)
+    if not isinstance(transport, tcp.Connection):
+        return False
+    sock = getattr(transport, "socket", None)  # (deleted once the connection is lost)
     if (
         sock is None
         or transport._tempDataBuffer
@@ -107,7 +115,7 @@ def lean_dispatch(reactor: object) -> bool:
 
     if type(reactor) is not EPollReactor:
         return False
-    epoll_reactor: Any = reactor
+    epoll_reactor: EPollReactor = reactor
     do_read_or_write = epoll_reactor._doReadOrWrite
 
     def do_poll(timeout: float | None) -> None:
@@ -133,7 +141,7 @@ def lean_dispatch(reactor: object) -> bool:
                     prefix = "(buggy logPrefix method)"
                 log.err(system=prefix)
 
-    epoll_reactor.doIteration = epoll_reactor.doPoll = do_poll
+    epoll_reactor.doIteration = epoll_reactor.doPoll = do_poll  # type: ignore[method-assign]  # (the point: our loop in its place)
     return True
 
 
@@ -170,6 +178,13 @@ def unparsed_input(receiver: IntNStringReceiver) -> bytes:
     return bytes(receiver._unprocessed[receiver._compatibilityOffset :])
 
 
+class DBAPIConnection(Protocol):
+    """What this module does with a DB-API connection (``sqlite3``'s, ``psycopg``'s)."""
+
+    def rollback(self) -> None: ...
+    def close(self) -> None: ...
+
+
 class QuietConnection(adbapi.Connection):
     """
     A pooled connection whose failed rollback (the database server went away)
@@ -179,7 +194,9 @@ class QuietConnection(adbapi.Connection):
     """
 
     def rollback(self) -> None:
-        conn = self._connection
+        conn: DBAPIConnection | None = self._connection
+        if conn is None:  # (never: an adbapi.Connection connects in its constructor)
+            return
         try:
             conn.rollback()
         except Exception:  # noqa: S110 (the connection is dropped below when broken; the outage is reported by the store)
@@ -194,11 +211,11 @@ class QuietPool(adbapi.ConnectionPool):
 
     connectionFactory = QuietConnection
 
-    def broken(self, conn: Any) -> bool:
+    def broken(self, conn: DBAPIConnection) -> bool:
         """Whether ``conn`` (a DB-API connection) is past use; subclasses know their driver."""
         return False
 
-    def _close(self, conn: Any) -> None:
+    def _close(self, conn: DBAPIConnection) -> None:
         try:
             conn.close()
         except Exception:  # noqa: S110 (closing a broken connection: nothing left to do)
@@ -220,34 +237,55 @@ class QuietPool(adbapi.ConnectionPool):
 #: The private attributes of twisted.web's WebSocket wire protocol this module replaces (pinned by the tests).
 WS_WIRE_ATTRIBUTES = ("_textBuffer", "_bytesBuffer", "_wsconn")
 
+#: twisted.web's WebSocket wire protocol (its public ``transport`` attribute is what it writes to).
+WebSocketWire = _WebSocketWireProtocol[WebSocketProtocol]
+
+S = TypeVar("S", str, bytes | bytearray)
+
+
+class Reassembly(Protocol[S]):
+    """A message reassembly buffer as the wire protocol uses it (``twisted.web._websocket_impl.Buffer``'s methods)."""
+
+    def add(self, new: S) -> None: ...
+    def done(self) -> S: ...
+
 
 class _FilteredConnection:
     """A wsproto ``Connection`` whose ``events()`` drops what ``keep`` refuses."""
 
     __slots__ = ("_inner", "_keep")
 
-    def __init__(self, inner: Any, keep: Callable[[Any], bool]) -> None:
+    def __init__(self, inner: WSConnection | WSProtoConnection, keep: Callable[[Event], bool]) -> None:
         self._inner = inner
         self._keep = keep
 
     @property
-    def state(self) -> Any:
+    def state(self) -> ConnectionState:
         return self._inner.state
 
     def receive_data(self, data: bytes | None) -> None:
         self._inner.receive_data(data)
 
-    def send(self, event: Any) -> bytes:
+    def send(self, event: Event) -> bytes:
         return bytes(self._inner.send(event))
 
-    def events(self) -> Iterator[Any]:
+    def events(self) -> Iterator[Event]:
         keep = self._keep
         for event in self._inner.events():
             if keep(event):
                 yield event
 
 
-def guard_websocket(wire: Any, text_buffer: Any, bytes_buffer: Any, keep: Callable[[Any], bool]) -> None:
+def websocket_wire(transport: WebSocketTransport) -> WebSocketWire:
+    """The wire protocol behind the ``WebSocketTransport`` a ``WebSocketProtocol``'s ``negotiationStarted`` receives."""
+    if not isinstance(transport, _WebSocketWireProtocol):
+        raise TypeError(f"not twisted.web's WebSocket wire protocol: {transport!r}")
+    return transport
+
+
+def guard_websocket(
+    wire: WebSocketWire, text_buffer: Reassembly[str], bytes_buffer: Reassembly[bytes | bytearray], keep: Callable[[Event], bool]
+) -> None:
     """
     Bound and filter what twisted.web's WebSocket wire protocol ``wire`` does
     with a peer's frames: reassemble messages in ``text_buffer`` and
@@ -256,6 +294,7 @@ def guard_websocket(wire: Any, text_buffer: Any, bytes_buffer: Any, keep: Callab
     that the caller can rate-limit pings (a refused ``Ping`` gets no pong)
     and ignore everything once it has closed the connection.
     """
-    wire._textBuffer = text_buffer
-    wire._bytesBuffer = bytes_buffer
-    wire._wsconn = _FilteredConnection(wire._wsconn, keep)
+    # The library types these as its own classes; ours have their methods (add/done; receive_data, events, send, state).
+    wire._textBuffer = text_buffer  # type: ignore[assignment]  # (a bounded Buffer in the library's place)
+    wire._bytesBuffer = bytes_buffer  # type: ignore[assignment]  # (likewise)
+    wire._wsconn = _FilteredConnection(wire._wsconn, keep)  # type: ignore[assignment]  # (a filtering wsproto Connection)

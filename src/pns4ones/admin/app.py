@@ -38,7 +38,7 @@ import sys
 from collections.abc import Callable
 from importlib import resources
 from time import perf_counter
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -50,7 +50,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from .. import audit, logs, trace
 from ..core import Core, Delivery, Online
 from ..groups import GroupError, check_name, parse_ttl
-from ..http.site import ApiSite, BoundedRequest, json_body
+from ..http.site import ApiChannel, ApiSite, BoundedRequest, json_body
 from ..hub import HubUnavailable
 from ..logs import RateLimited
 from ..messages import MessageError, parse_send_object
@@ -1283,8 +1283,9 @@ class AdminRequest(BoundedRequest):
         for name, value in SECURITY_HEADERS.items():
             self.setHeader(name, value)
         host = (self.getHeader(b"host") or b"").lower()
-        if host not in self.channel.site.allowed_hosts:
-            self.channel.site.logger.warn(
+        site = cast(AdminSite, cast(ApiChannel, self.channel).site)  # (an AdminSite's channel)
+        if host not in site.allowed_hosts:
+            site.logger.warn(
                 "admin panel: refused a request for Host {host!r} from {peer} (only loopback names are served)",
                 host=host.decode("latin-1"),
                 peer=getattr(self.getClientAddress(), "host", "?"),

@@ -22,13 +22,15 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
 
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
+
+from ..reactor import IStoreReactor, checked
 
 #: OWASP Password Storage Cheat Sheet, Argon2id: m=19 MiB, t=2, p=1.
 ARGON2_MEMORY_KIB = 19 * 1024
@@ -98,8 +100,7 @@ def _hash_pool() -> ThreadPool:
         _mmap_large_blocks()
         pool = ThreadPool(minthreads=0, maxthreads=HASH_THREADS, name="pns4ones-argon2")
         pool.start()
-        running: Any = reactor  # (its interfaces' method signatures confuse mypy)
-        running.addSystemEventTrigger("during", "shutdown", pool.stop)
+        checked(reactor, IStoreReactor).addSystemEventTrigger("during", "shutdown", pool.stop)
         _pools.append(pool)
     return _pools[0]
 
@@ -107,13 +108,13 @@ def _hash_pool() -> ThreadPool:
 def hash_password_async(password: str) -> Deferred[str]:
     from twisted.internet import reactor
 
-    return deferToThreadPool(reactor, _hash_pool(), hash_password, password)
+    return deferToThreadPool(checked(reactor, IStoreReactor), _hash_pool(), hash_password, password)
 
 
 def verify_password_async(password: str, encoded: str) -> Deferred[bool]:
     from twisted.internet import reactor
 
-    return deferToThreadPool(reactor, _hash_pool(), verify_password, password, encoded)
+    return deferToThreadPool(checked(reactor, IStoreReactor), _hash_pool(), verify_password, password, encoded)
 
 
 def _digest(token: str) -> bytes:
@@ -137,7 +138,7 @@ class Session:
 class Sessions:
     """Logged-in administrators, in memory."""
 
-    def __init__(self, clock: Any, idle: float = 1800.0, lifetime: float = 12 * 3600.0, limit: int = 100) -> None:
+    def __init__(self, clock: IReactorTime, idle: float = 1800.0, lifetime: float = 12 * 3600.0, limit: int = 100) -> None:
         self.clock = clock
         self.idle = idle
         self.lifetime = lifetime
@@ -265,7 +266,7 @@ class Throttle:
 
     def __init__(
         self,
-        clock: Any,
+        clock: IReactorTime,
         free: int = 5,
         max_delay: float = 300.0,
         overall_free: int = 20,

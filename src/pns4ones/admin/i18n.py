@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from importlib import resources
-from typing import Any
 
 DEFAULT = "ru"
 LANGUAGES = ("ru", "en")
@@ -28,7 +27,7 @@ class Translator:
         catalog = self.catalogs.get(lang) or self.catalogs[DEFAULT]
         fallback = self.catalogs[DEFAULT]
 
-        def t(key: str, **fields: Any) -> str:
+        def t(key: str, **fields: object) -> str:
             text = catalog.get(key) or fallback.get(key) or key
             return text.format_map(fields) if fields else text
 

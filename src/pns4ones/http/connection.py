@@ -70,16 +70,16 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import Any, Final, cast
+from typing import Final, cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 from twisted.internet import protocol, tcp
-from twisted.internet.interfaces import IProtocolNegotiationFactory, IPushProducer, ISSLTransport
+from twisted.internet.interfaces import IAddress, IProtocolNegotiationFactory, IPushProducer, ISSLTransport
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, datetimeToString
-from zope.interface import implementer  # type: ignore[import-untyped]
+from zope.interface import implementer
 
 from .. import proxies
 from ..logs import RateLimited
@@ -811,7 +811,7 @@ class FrontFactory(protocol.ServerFactory):
         """ALPN over TLS: HTTP/1.1 only."""
         return [b"http/1.1"]
 
-    def buildProtocol(self, addr: Any) -> FrontConnection:
+    def buildProtocol(self, addr: IAddress | None) -> FrontConnection:
         connection = FrontConnection(self)
         self.connections.add(connection)
         self.site.channels.add(connection)
@@ -837,7 +837,7 @@ class FrontFactory(protocol.ServerFactory):
         for connection in list(self.connections):
             connection.tick(now, limit, idle)
 
-    def warn(self, key: str, fmt: str, **fields: Any) -> None:
+    def warn(self, key: str, fmt: str, **fields: object) -> None:
         """A warning about a peer, at most once per 10 s per kind (a flood of bad requests does not flood the log)."""
 
         def emit(suppressed: int) -> None:

@@ -68,7 +68,7 @@ class ApiError(Exception):
         return json_answer(self.status, self.doc, self.headers)
 
 
-def error_answer(error: BaseException, call: Call | None = None) -> Answer:
+def error_answer(error: BaseException | None, call: Call | None = None) -> Answer:
     """The one map from an error to an answer (logged when it is a bug)."""
     if isinstance(error, ApiError):
         return error.answer()
@@ -165,7 +165,7 @@ class Handlers:
     def _failed(self, failure: Failure, call: Call) -> Answer:
         return self.error(failure.value, call)
 
-    def error(self, error: BaseException, call: Call) -> Answer:
+    def error(self, error: BaseException | None, call: Call) -> Answer:
         """:func:`error_answer`, and a rate-limited warning for refused credentials."""
         if isinstance(error, AuthError):
             self._rejected(call, error.status, error.reason)

@@ -18,7 +18,7 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -87,76 +87,76 @@ class SendAPI:
     # -- routes ---------------------------------------------------------------------------
 
     @app.route("/auth", methods=["GET"])
-    def auth(self, request: Request) -> Any:
+    def auth(self, request: Request) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.auth)
 
     @app.route("/sendmessage", methods=["POST"])
-    def sendmessage(self, request: Request) -> Any:
+    def sendmessage(self, request: Request) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.sendmessage)
 
     @app.route("/sendmessages", methods=["POST"])
-    def sendmessages(self, request: Request) -> Any:
+    def sendmessages(self, request: Request) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.sendmessages)
 
     @app.route("/tickets", methods=["POST"])
-    def tickets(self, request: Request) -> Any:
+    def tickets(self, request: Request) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.tickets)
 
     @app.route("/groups/<ib>", methods=["GET"])
-    def list_groups(self, request: Request, ib: str) -> Any:
+    def list_groups(self, request: Request, ib: str) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.list_groups, ib)
 
     @app.route("/groups/<ib>/<group>", methods=["GET"])
-    def get_group(self, request: Request, ib: str, group: str) -> Any:
+    def get_group(self, request: Request, ib: str, group: str) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.get_group, ib, group)
 
     @app.route("/groups/<ib>/<group>", methods=["PUT"])
-    def put_group(self, request: Request, ib: str, group: str) -> Any:
+    def put_group(self, request: Request, ib: str, group: str) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.put_group, ib, group)
 
     @app.route("/groups/<ib>/<group>/members", methods=["POST"])
-    def add_members(self, request: Request, ib: str, group: str) -> Any:
+    def add_members(self, request: Request, ib: str, group: str) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.add_members, ib, group)
 
     @app.route("/groups/<ib>/<group>/members/<user>", methods=["DELETE"])
-    def remove_member(self, request: Request, ib: str, group: str, user: str) -> Any:
+    def remove_member(self, request: Request, ib: str, group: str, user: str) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.remove_member, ib, group, user)
 
     @app.route("/groups/<ib>/<group>", methods=["DELETE"])
-    def delete_group(self, request: Request, ib: str, group: str) -> Any:
+    def delete_group(self, request: Request, ib: str, group: str) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.delete_group, ib, group)
 
     @app.route("/presence/<ib>", methods=["GET"])
-    def presence(self, request: Request, ib: str) -> Any:
+    def presence(self, request: Request, ib: str) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.presence, ib)
 
     @app.route("/presence/<ib>/<user>", methods=["GET"])
-    def presence_of(self, request: Request, ib: str, user: str) -> Any:
+    def presence_of(self, request: Request, ib: str, user: str) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.presence_of, ib, user)
 
     @app.route("/health", methods=["GET"])
-    def health(self, request: Request) -> Any:
+    def health(self, request: Request) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.health)
 
     @app.route("/ready", methods=["GET"])
-    def ready(self, request: Request) -> Any:
+    def ready(self, request: Request) -> bytes | Deferred[bytes]:
         return self._answer(request, self.handlers.ready)
 
     # -- Klein's own routing errors, in the API's JSON shape ---------------------------------
 
-    @app.handle_errors(NotFound)
+    @app.handle_errors(NotFound)  # type: ignore[arg-type]  # (Klein types the request as IRequest; it is twisted.web's Request)
     def not_found(self, request: Request, failure: Failure) -> bytes:
         return json_body(request, 404, {"error": "not_found", "reason": f"no such resource: {request.path.decode('utf-8', 'replace')}"})
 
-    @app.handle_errors(MethodNotAllowed)
+    @app.handle_errors(MethodNotAllowed)  # type: ignore[arg-type]  # (Klein types the request as IRequest; it is twisted.web's Request)
     def bad_method(self, request: Request, failure: Failure) -> bytes:
-        allowed = ", ".join(failure.value.valid_methods or [])
+        allowed = ", ".join(cast(MethodNotAllowed, failure.value).valid_methods or [])
         request.setHeader(b"Allow", allowed.encode())
         return json_body(
             request, 405, {"error": "method_not_allowed", "reason": f"{request.method.decode()} is not allowed here; use {allowed}"}
         )
 
-    @app.handle_errors(Exception)
+    @app.handle_errors(Exception)  # type: ignore[arg-type]  # (Klein types the request as IRequest; it is twisted.web's Request)
     def crashed(self, request: Request, failure: Failure) -> bytes:
         return write_answer(error_answer(failure.value, call_of(request)), request)
 
@@ -181,7 +181,7 @@ class _Root(_resource.Resource):
         request.postpath = request.path[1:].split(b"/")
         return self._klein
 
-    def render(self, request: Request) -> Any:
+    def render(self, request: Request) -> bytes | int:
         return self._klein.render(request)
 
 

@@ -20,25 +20,26 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from typing import Any, Protocol, cast
 
 from twisted.internet import reactor as _default_reactor
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web.resource import IResource
 
 from .. import proxies
 
 JSON = b"application/json"
 
 
-def json_body(request: Any, status: int, doc: Any) -> bytes:
+def json_body(request: server.Request, status: int, doc: object) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", JSON)
     request.setHeader(b"Cache-Control", b"no-store")
@@ -47,7 +48,7 @@ def json_body(request: Any, status: int, doc: Any) -> bytes:
     return body
 
 
-def canned(status: int, phrase: bytes, doc: dict[str, Any]) -> bytes:
+def canned(status: int, phrase: bytes, doc: dict[str, object]) -> bytes:
     """A whole JSON response that closes the connection (written straight to the transport)."""
     body = json.dumps(doc).encode()
     return (
@@ -90,10 +91,10 @@ class BoundedRequest(server.Request):
 
     def _too_large(self, size: int) -> None:
         answer_too_large(self._site, self.channel, size, getattr(self.getClientAddress(), "host", "?"))
-        self.content = io.BytesIO()  # type: ignore[assignment]
+        self.content = io.BytesIO()
 
 
-def answer_too_large(site: Any, channel: Any, size: int, peer: str) -> None:
+def answer_too_large(site: ApiSite, channel: Any, size: int, peer: str) -> None:
     """413 for a request body over ``max_body_size``, then a lingering close."""
     site.logger.warn(
         "request body of {size} bytes from {peer} exceeds max_body_size={limit}: 413",
@@ -118,7 +119,7 @@ class Clock(Protocol):
     """The reactor's time (``IReactorTime``), or a test's ``Clock``."""
 
     def seconds(self) -> float: ...
-    def callLater(self, delay: float, callable: Callable[..., object], /, *args: object, **kwargs: object) -> Timer: ...
+    def callLater(self, delay: float, callable: Callable[..., object], *args: object, **kwargs: object) -> IDelayedCall: ...
 
 
 class Transport(Protocol):
@@ -194,8 +195,8 @@ class ApiChannel(http.HTTPChannel):
     timed = True
     #: The front connection whose cold requests this channel answers, if any.
     front: ColdRequests | None = None
-    _deadline: Any = None
-    clock: Any = _default_reactor
+    _deadline: IDelayedCall | None = None
+    clock: Clock = _default_reactor
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -214,7 +215,7 @@ class ApiChannel(http.HTTPChannel):
         self._disarm()
         super().allContentReceived()
 
-    def checkPersistence(self, request: Any, version: bytes) -> bool:
+    def checkPersistence(self, request: http.Request, version: bytes) -> bool:
         if self.site.closing:  # a restart is under way: senders reconnect to the next process
             request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
             return False
@@ -224,7 +225,7 @@ class ApiChannel(http.HTTPChannel):
         self._arm()  # a new request on a kept-alive connection starts its clock
         super().dataReceived(data)
 
-    def requestDone(self, request: Any) -> None:
+    def requestDone(self, request: http.Request) -> None:
         super().requestDone(request)
         if self.front is not None:
             self.front.cold_done()
@@ -257,7 +258,13 @@ class ApiSite(server.Site):
     closing = False
 
     def __init__(
-        self, resource: Any, max_body_size: int, request_timeout: float, clock: Any = None, trusted_proxies: Any = (), **kwargs: Any
+        self,
+        resource: IResource,
+        max_body_size: int,
+        request_timeout: float,
+        clock: Clock | None = None,
+        trusted_proxies: Iterable[proxies.Network] = (),
+        **kwargs: Any,
     ) -> None:
         # The API reads JSON; parsing form bodies (twisted.web builds an email
         # message per request to read Content-Type) would cost ~10% of a send.
@@ -306,7 +313,7 @@ class ApiSite(server.Site):
             if channel.requests:  # (on an idle channel this would drop the next request unanswered)
                 channel.persistent = False
 
-    def drain(self, clock: Any, timeout: float) -> Deferred[None]:
+    def drain(self, clock: IReactorTime, timeout: float) -> Deferred[None]:
         """
         Graceful stop (listeners already closed): let requests in progress
         finish, for at most ``timeout`` seconds, then close every connection.
@@ -326,6 +333,6 @@ class ApiSite(server.Site):
     #: Called with the path and status of each answer (the metrics' HTTP counter), instead of an access log line.
     on_request: Callable[[bytes, int], object] = staticmethod(lambda path, status: None)
 
-    def log(self, request: Any) -> None:  # type: ignore[override]
+    def log(self, request: http.Request) -> None:
         """No access log line per request (it would cost more than the send)."""
         self.on_request(request.path, request.code)

@@ -31,8 +31,8 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 
 from ..messages import Recipient
 from ..wire import ClientKey
@@ -48,10 +48,10 @@ _session_numbers = itertools.count(1)
 
 
 class Clock(Protocol):
-    """The part of a reactor (or of ``twisted.internet.task.Clock``) the hubs use: time is passed in."""
+    """The part of a reactor (``IReactorTime``, or ``twisted.internet.task.Clock``) the hubs use: time is passed in."""
 
     def seconds(self) -> float: ...
-    def callLater(self, delay: float, callable: Callable[..., object], *args: object, **kw: object) -> DelayedCall: ...
+    def callLater(self, delay: float, callable: Callable[..., object], *args: object, **kw: object) -> IDelayedCall: ...
 
 
 def next_session_id(transport_name: str) -> str:

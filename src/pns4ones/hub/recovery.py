@@ -27,8 +27,8 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any
 
+from ..jsondoc import JSONObject
 from ..messages import RECIPIENT_TYPES, Message, Notification, Recipient, parse_addin_json
 from .outbound import Outbound
 
@@ -127,7 +127,7 @@ class Recovery:
 
     # -- handing the windows to another process ---------------------------------------------
 
-    def export(self) -> dict[str, Any]:
+    def export(self) -> JSONObject:
         """Every window, its floor, the last id and the floor of forgotten windows, as a JSON-ready document."""
         windows = [
             {
@@ -205,7 +205,7 @@ def _recipient(raw: object, where: str) -> Recipient:
     return Recipient(raw[0], raw[1], raw[2], raw[3])
 
 
-def _message_json(outbound: Outbound) -> dict[str, Any]:
+def _message_json(outbound: Outbound) -> JSONObject:
     m = outbound.message if outbound.message is not None else parse_addin_json(outbound.plaintext)
     n = m.notification
     note = None if n is None else [n.title, n.body, n.icon, n.action, n.important]

@@ -25,14 +25,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import Deferred
 
+from ..jsondoc import JSONObject
 from ..wire import ClientKey
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..reactor import IStoreReactor
 
 
 class StoreError(Exception):
@@ -166,6 +168,8 @@ class Registry(Protocol):
         """A token issued by any node (another node's /auth a moment ago), or None."""
 
     def purge_tokens(self, expired_before: float) -> Deferred[int]: ...
+    def list_applications(self) -> Deferred[list[Application]]:
+        """Every application (a node looks for keys it does not know yet; also an :class:`Admin` ability)."""
 
 
 class Groups(Protocol):
@@ -227,7 +231,7 @@ class Audit(Protocol):
 class Transfer(Protocol):
     """``pns4ones-admin export`` / ``import``: everything, secrets included (see :mod:`.export`)."""
 
-    def export_data(self) -> Deferred[dict[str, Any]]: ...
+    def export_data(self) -> Deferred[JSONObject]: ...
     def import_data(self, doc: object, replace: bool = False) -> Deferred[int]: ...
 
 
@@ -255,7 +259,7 @@ class Store(Registry, Groups, KeptMessages, Admin, Audit, Transfer, Lifecycle, P
     """Every role at once: what :func:`open_store` returns and the service owns."""
 
 
-def open_store(config: Config, reactor: Any = None) -> Store:
+def open_store(config: Config, reactor: IStoreReactor | None = None) -> Store:
     """The store ``config.store`` names: the data directory's SQLite file by default, or PostgreSQL (migrated on open)."""
     location = config.store
     # The key that seals the store's secrets lives outside it (store/sealing.py).

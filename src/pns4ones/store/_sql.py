@@ -21,13 +21,14 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 
 from .. import crypto
+from ..jsondoc import JSONObject
 from ..wire import ClientKey, WireError
 from . import (
     AdminAccount,
@@ -46,6 +47,31 @@ from . import (
 from .export import EXPORT_FORMAT, SEALED_VERSION, check_export
 from .sealing import PROBE, KeyRing, SealingError, SecretKey, key_id_of, seal
 
+T = TypeVar("T")
+
+#: A result row: each column of the type the query selects (str, int, float, bytes, None), which no static type says.
+Row: TypeAlias = Sequence[Any]
+#: The arguments of a statement.
+Params: TypeAlias = Sequence[object]
+
+
+class Cursor(Protocol):
+    """What the interactions use of a DB-API cursor (adbapi's ``Transaction`` over sqlite3's or psycopg's)."""
+
+    @property
+    def rowcount(self) -> int: ...
+    def execute(self, sql: str, args: Params = ..., /) -> Cursor: ...
+    def executemany(self, sql: str, rows: Sequence[Params], /) -> object: ...
+    def fetchone(self) -> Row | None: ...
+    def fetchall(self) -> Sequence[Row]: ...
+
+
+class Execute(Protocol):
+    """Runs one statement written with the dialect's placeholders (a migration's connection)."""
+
+    def __call__(self, sql: str, args: Params = ..., /) -> Cursor: ...
+
+
 _APP_COLUMNS = "id, title, server_key, client_key, created_at"
 #: The columns whose values are sealed (store/sealing.py), each bound to its row's id.
 SEALED_COLUMNS = ("server_key", "client_key")
@@ -63,7 +89,7 @@ class Dialect:
     placeholder: str
     #: SQL matching ``target`` against a list parameter, and how to pass the list.
     in_list: str
-    list_param: Callable[[list[str]], Any]
+    list_param: Callable[[list[str]], object]
     #: Serializes takers of one user's kept messages (two sessions of a user on two nodes), or None when writes are serial anyway.
     user_lock: str | None = None
     #: Appended to the read of the ``sealing`` row in a write transaction: waits for a key rotation under way.
@@ -118,25 +144,33 @@ class SQLStore:
 
     # -- plumbing (subclasses provide _run) ---------------------------------------------
 
-    def _run(self, interaction: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    def _run(self, interaction: Callable[..., T], *args: object) -> Deferred[T]:
+        """Run ``interaction(cursor, *args)`` in a transaction of the store's pool."""
         raise NotImplementedError
 
-    def _announce(self, cursor: Any) -> None:
+    def _announce(self, cursor: Cursor) -> None:
         """Called last in every write transaction that changes what nodes keep in memory."""
 
-    def _x(self, cursor: Any, sql: str, args: Any = ()) -> Any:
+    def _x(self, cursor: Cursor, sql: str, args: Params = ()) -> Cursor:
         return cursor.execute(self.dialect.sql(sql), args)
 
-    def _many(self, cursor: Any, sql: str, rows: list[Any]) -> int:
+    def _one(self, cursor: Cursor, sql: str, args: Params = ()) -> Row:
+        """The row of a query that always answers one (COUNT, RETURNING, the ``sealing`` row of an opened store)."""
+        row = self._x(cursor, sql, args).fetchone()
+        if row is None:
+            raise StoreError(f"the database answered no row to: {sql}")
+        return row
+
+    def _many(self, cursor: Cursor, sql: str, rows: Sequence[Params]) -> int:
         if not rows:
             return 0
         cursor.executemany(self.dialect.sql(sql), rows)
         return max(cursor.rowcount, 0)
 
-    def _write(self, fn: Callable[..., Any], *args: Any, announce: bool = True) -> Deferred[Any]:
+    def _write(self, fn: Callable[..., T], *args: object, announce: bool = True) -> Deferred[T]:
         begin = self.dialect.begin_write
 
-        def txn(cursor: Any) -> Any:
+        def txn(cursor: Cursor) -> T:
             if begin:
                 cursor.execute(begin)
             result = fn(cursor, *args)
@@ -148,14 +182,14 @@ class SQLStore:
 
     # -- sealing -----------------------------------------------------------------------
 
-    def _app(self, row: Any) -> Application:
+    def _app(self, row: Row) -> Application:
         """An ``applications`` row (id, title, server_key, client_key, created_at) with its keys opened."""
         ring = self.keyring
         server_key = ring.open(row[2], "applications", "server_key", row[0])
         client_key = ring.open(row[3], "applications", "client_key", row[0])
         return Application(row[0], row[1], server_key, ClientKey.decode(client_key), row[4])
 
-    def _sealing_key(self, cursor: Any) -> SecretKey:
+    def _sealing_key(self, cursor: Cursor) -> SecretKey:
         """The key new values are sealed with: the one the store names (waiting for a rotation under way to finish)."""
         row = self._x(cursor, "SELECT key_id FROM sealing WHERE id = 1" + self.dialect.share_lock).fetchone()
         if row is None:
@@ -178,7 +212,7 @@ class SQLStore:
         ``sealing`` row is updated first: PostgreSQL locks it; SQLite has one writer).
         """
 
-        def rotate(cursor: Any) -> int:
+        def rotate(cursor: Cursor) -> int:
             if self.keyring.get(new.id) is None:
                 raise SealingError(f"key {new.id} is not in the key file {self.keyring.path}")
             self._x(
@@ -204,15 +238,15 @@ class SQLStore:
 
     def sealing_key_id(self) -> Deferred[str]:
         """The id of the key the store seals with."""
-        return self._read(lambda c: self._x(c, "SELECT key_id FROM sealing WHERE id = 1").fetchone()[0])
+        return self._read(lambda c: self._one(c, "SELECT key_id FROM sealing WHERE id = 1")[0])
 
-    def _read(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    def _read(self, fn: Callable[..., T], *args: object) -> Deferred[T]:
         return self._run(fn, *args)
 
-    def _consistent(self, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def _consistent(self, fn: Callable[[Cursor], T]) -> Callable[[Cursor], T]:
         """``fn`` in one consistent view of every table."""
 
-        def read(cursor: Any) -> Any:
+        def read(cursor: Cursor) -> T:
             if self.dialect.begin_read:
                 cursor.execute(self.dialect.begin_read)
             result = fn(cursor)
@@ -224,7 +258,7 @@ class SQLStore:
 
     # -- reads -------------------------------------------------------------------
 
-    def _snapshot(self, cursor: Any) -> Snapshot:
+    def _snapshot(self, cursor: Cursor) -> Snapshot:
         x = self._x
         apps = tuple(self._app(r) for r in x(cursor, f"SELECT {_APP_COLUMNS} FROM applications ORDER BY created_at, id").fetchall())
         tokens = tuple(
@@ -248,7 +282,7 @@ class SQLStore:
     def get_application(self, app_id: str) -> Deferred[Application]:
         return self._read(self._get, app_id)
 
-    def _get(self, cursor: Any, app_id: str) -> Application:
+    def _get(self, cursor: Cursor, app_id: str) -> Application:
         row = self._x(cursor, f"SELECT {_APP_COLUMNS} FROM applications WHERE id = ?", (app_id,)).fetchone()
         if row is None:
             raise UnknownApplication(app_id)
@@ -257,14 +291,14 @@ class SQLStore:
     def get_token(self, digest: bytes) -> Deferred[TokenRecord | None]:
         """The token with this digest (issued by any node), or None."""
 
-        def read(cursor: Any) -> TokenRecord | None:
+        def read(cursor: Cursor) -> TokenRecord | None:
             r = self._x(cursor, "SELECT digest, app_id, token_id, issued_at, expires_at FROM tokens WHERE digest = ?", (digest,)).fetchone()
             return TokenRecord(bytes(r[0]), r[1], bytes(r[2]), r[3], r[4]) if r else None
 
         return self._read(read)
 
     def get_admin(self) -> Deferred[AdminAccount | None]:
-        def read(cursor: Any) -> AdminAccount | None:
+        def read(cursor: Cursor) -> AdminAccount | None:
             row = self._x(cursor, "SELECT login, password_hash FROM admin_account WHERE id = 1").fetchone()
             return AdminAccount(row[0], row[1]) if row else None
 
@@ -273,7 +307,7 @@ class SQLStore:
     # -- writes ------------------------------------------------------------------
 
     def create_application(self, title: str, now: float) -> Deferred[Application]:
-        def create(cursor: Any) -> Application:
+        def create(cursor: Cursor) -> Application:
             app = Application(str(uuid.uuid4()), title, crypto.random_key(), ClientKey.generate(), now)
             key = self._sealing_key(cursor)
             self._x(
@@ -293,7 +327,7 @@ class SQLStore:
         return self._write(create)
 
     def rotate_server_key(self, app_id: str, now: float) -> Deferred[Application]:
-        def rotate(cursor: Any) -> Application:
+        def rotate(cursor: Cursor) -> Application:
             self._get(cursor, app_id)
             sealed = self._seal_app(self._sealing_key(cursor), app_id, "server_key", crypto.random_key())
             self._x(cursor, "UPDATE applications SET server_key = ?, updated_at = ? WHERE id = ?", (sealed, now, app_id))
@@ -303,7 +337,7 @@ class SQLStore:
         return self._write(rotate)
 
     def rotate_client_key(self, app_id: str, now: float) -> Deferred[Application]:
-        def rotate(cursor: Any) -> Application:
+        def rotate(cursor: Cursor) -> Application:
             self._get(cursor, app_id)
             sealed = self._seal_app(self._sealing_key(cursor), app_id, "client_key", ClientKey.generate().encode())
             self._x(cursor, "UPDATE applications SET client_key = ?, updated_at = ? WHERE id = ?", (sealed, now, app_id))
@@ -312,7 +346,7 @@ class SQLStore:
         return self._write(rotate)
 
     def remove_application(self, app_id: str) -> Deferred[Application]:
-        def remove(cursor: Any) -> Application:
+        def remove(cursor: Cursor) -> Application:
             app = self._get(cursor, app_id)
             self._x(cursor, "DELETE FROM applications WHERE id = ?", (app_id,))
             return app
@@ -320,14 +354,14 @@ class SQLStore:
         return self._write(remove)
 
     def reset_tokens(self, app_id: str) -> Deferred[int]:
-        def reset(cursor: Any) -> int:
+        def reset(cursor: Cursor) -> int:
             self._get(cursor, app_id)
             return self._x(cursor, "DELETE FROM tokens WHERE app_id = ?", (app_id,)).rowcount
 
         return self._write(reset)
 
     def add_token(self, token: TokenRecord) -> Deferred[None]:
-        def add(cursor: Any) -> None:
+        def add(cursor: Cursor) -> None:
             self._get(cursor, token.app_id)
             self._x(
                 cursor,
@@ -341,7 +375,7 @@ class SQLStore:
         return self._write(lambda c: self._x(c, "DELETE FROM tokens WHERE expires_at < ?", (expired_before,)).rowcount, announce=False)
 
     def set_admin(self, account: AdminAccount, now: float) -> Deferred[None]:
-        def put(cursor: Any) -> None:
+        def put(cursor: Cursor) -> None:
             self._x(
                 cursor,
                 "INSERT INTO admin_account (id, login, password_hash, updated_at) VALUES (1, ?, ?, ?) "
@@ -354,7 +388,7 @@ class SQLStore:
     # -- groups ------------------------------------------------------------------------
 
     def set_group(self, app_id: str, ib_id: str, group: str, user_ids: list[str], now: float) -> Deferred[None]:
-        def put(cursor: Any) -> None:
+        def put(cursor: Cursor) -> None:
             self._get(cursor, app_id)
             self._x(cursor, "DELETE FROM group_members WHERE app_id = ? AND ib_id = ? AND group_name = ?", (app_id, ib_id, group))
             self._many(
@@ -366,7 +400,7 @@ class SQLStore:
         return self._write(put)
 
     def add_group_members(self, app_id: str, ib_id: str, group: str, user_ids: list[str], now: float) -> Deferred[int]:
-        def add(cursor: Any) -> int:
+        def add(cursor: Cursor) -> int:
             self._get(cursor, app_id)
             return self._many(
                 cursor,
@@ -395,7 +429,7 @@ class SQLStore:
         )
 
     def list_groups(self, app_id: str, ib_id: str | None = None) -> Deferred[list[tuple[str, str, int]]]:
-        def read(cursor: Any) -> list[tuple[str, str, int]]:
+        def read(cursor: Cursor) -> list[tuple[str, str, int]]:
             self._get(cursor, app_id)
             sql = "SELECT ib_id, group_name, COUNT(*) FROM group_members WHERE app_id = ?"
             args: tuple[str, ...] = (app_id,)
@@ -409,7 +443,7 @@ class SQLStore:
         return self._read(read)
 
     def group_members(self, app_id: str, ib_id: str, group: str) -> Deferred[list[str]]:
-        def read(cursor: Any) -> list[str]:
+        def read(cursor: Cursor) -> list[str]:
             self._get(cursor, app_id)
             rows = self._x(
                 cursor,
@@ -422,8 +456,8 @@ class SQLStore:
 
     # -- kept messages (store and forward) ------------------------------------------------------
 
-    def _drop_oldest(self, cursor: Any, where: str, args: tuple[Any, ...], limit: int) -> int:
-        (count,) = self._x(cursor, f"SELECT COUNT(*) FROM kept_messages WHERE {where}", args).fetchone()
+    def _drop_oldest(self, cursor: Cursor, where: str, args: tuple[object, ...], limit: int) -> int:
+        (count,) = self._one(cursor, f"SELECT COUNT(*) FROM kept_messages WHERE {where}", args)
         excess = count - limit
         if excess <= 0:
             return 0
@@ -437,18 +471,18 @@ class SQLStore:
     def keep_message(self, message: KeptMessage, received_by: list[str], max_per_user: int, max_per_app: int) -> Deferred[KeptOutcome]:
         m = message
 
-        def keep(cursor: Any) -> KeptOutcome:
+        def keep(cursor: Cursor) -> KeptOutcome:
             self._get(cursor, m.app_id)
-            (waiting,) = self._x(
+            (waiting,) = self._one(
                 cursor,
                 "SELECT COUNT(*) FROM (SELECT 1 FROM kept_messages WHERE app_id = ? AND ib_id = ? LIMIT 1) AS w",
                 (m.app_id, m.ib_id),
-            ).fetchone()
-            (message_id,) = self._x(
+            )
+            (message_id,) = self._one(
                 cursor,
                 "INSERT INTO kept_messages (app_id, ib_id, type, target, payload, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (m.app_id, m.ib_id, m.type, m.target, m.payload, m.created_at, m.expires_at),
-            ).fetchone()
+            )
             self._many(
                 cursor,
                 "INSERT INTO kept_received (message_id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
@@ -476,7 +510,7 @@ class SQLStore:
         """The unexpired kept messages for this user not received yet, oldest first; recorded as received."""
         d = self.dialect
 
-        def take(cursor: Any) -> list[bytes]:
+        def take(cursor: Cursor) -> list[bytes]:
             if d.user_lock:  # then the query below sees what another taker committed
                 self._x(cursor, d.user_lock, (json.dumps(["pns4ones-kept", app_id, ib_id, user_id]),))
             rows = self._x(
@@ -497,7 +531,7 @@ class SQLStore:
         return self._write(take, announce=False)
 
     def purge_kept(self, now: float) -> Deferred[int]:
-        def purge(cursor: Any) -> int:
+        def purge(cursor: Cursor) -> int:
             counts = self._x(cursor, "SELECT app_id, COUNT(*) FROM kept_messages WHERE expires_at <= ? GROUP BY app_id", (now,)).fetchall()
             self._many(
                 cursor,
@@ -514,7 +548,7 @@ class SQLStore:
         )
 
     def kept_counts(self) -> Deferred[list[KeptCount]]:
-        def read(cursor: Any) -> list[KeptCount]:
+        def read(cursor: Cursor) -> list[KeptCount]:
             rows = self._x(
                 cursor,
                 "SELECT a.id, (SELECT COUNT(*) FROM kept_messages k WHERE k.app_id = a.id), COALESCE(s.dropped, 0), COALESCE(s.expired, 0) "
@@ -527,7 +561,7 @@ class SQLStore:
     # -- the admin panel's console: rename, kept messages per recipient, the audit log ----------
 
     def rename_application(self, app_id: str, title: str, now: float) -> Deferred[Application]:
-        def rename(cursor: Any) -> Application:
+        def rename(cursor: Cursor) -> Application:
             self._get(cursor, app_id)
             self._x(cursor, "UPDATE applications SET title = ?, updated_at = ? WHERE id = ?", (title, now, app_id))
             return self._get(cursor, app_id)
@@ -538,9 +572,9 @@ class SQLStore:
         """Unexpired kept messages of an application per recipient (information base, type, target): one page and the total."""
         where = "FROM kept_messages WHERE app_id = ? AND expires_at > ? GROUP BY ib_id, type, target"
 
-        def read(cursor: Any) -> tuple[int, list[KeptTarget]]:
+        def read(cursor: Cursor) -> tuple[int, list[KeptTarget]]:
             self._get(cursor, app_id)
-            (total,) = self._x(cursor, f"SELECT COUNT(*) FROM (SELECT 1 {where}) AS g", (app_id, now)).fetchone()
+            (total,) = self._one(cursor, f"SELECT COUNT(*) FROM (SELECT 1 {where}) AS g", (app_id, now))
             rows = self._x(
                 cursor,
                 f"SELECT ib_id, type, target, COUNT(*), MIN(created_at), MIN(expires_at), MAX(expires_at) {where} "
@@ -551,7 +585,7 @@ class SQLStore:
 
         return self._read(self._consistent(read))
 
-    def _for_user(self, user_id: str, groups: list[str]) -> tuple[str, tuple[Any, ...]]:
+    def _for_user(self, user_id: str, groups: list[str]) -> tuple[str, tuple[object, ...]]:
         """What :meth:`take_kept` would hand this user: the WHERE clause after ``app_id``, ``ib_id`` and expiry, and its arguments."""
         d = self.dialect
         return (
@@ -567,9 +601,9 @@ class SQLStore:
         clause, args = self._for_user(user_id, groups)
         where = f"FROM kept_messages AS k WHERE app_id = ? AND ib_id = ? AND expires_at > ? {clause}"
 
-        def read(cursor: Any) -> tuple[int, list[KeptInfo]]:
+        def read(cursor: Cursor) -> tuple[int, list[KeptInfo]]:
             self._get(cursor, app_id)
-            (total,) = self._x(cursor, f"SELECT COUNT(*) {where}", (app_id, ib_id, now, *args)).fetchone()
+            (total,) = self._one(cursor, f"SELECT COUNT(*) {where}", (app_id, ib_id, now, *args))
             rows = self._x(
                 cursor,
                 f"SELECT id, type, target, created_at, expires_at, payload {where} ORDER BY id LIMIT ? OFFSET ?",
@@ -591,7 +625,7 @@ class SQLStore:
         clause, args = self._for_user(user_id, groups)
         wanted = None if ids is None else set(ids)
 
-        def delete(cursor: Any) -> int:
+        def delete(cursor: Cursor) -> int:
             self._get(cursor, app_id)
             if d.user_lock:  # serialized with a taker of this user's messages (take_kept)
                 self._x(cursor, d.user_lock, (json.dumps(["pns4ones-kept", app_id, ib_id, user_id]),))
@@ -614,7 +648,7 @@ class SQLStore:
     def delete_kept_target(self, app_id: str, ib_id: str, type: str, target: str) -> Deferred[int]:
         """Delete every message kept for one recipient (a user, a group, or everyone of the information base)."""
 
-        def delete(cursor: Any) -> int:
+        def delete(cursor: Cursor) -> int:
             self._get(cursor, app_id)
             return self._x(
                 cursor,
@@ -628,12 +662,12 @@ class SQLStore:
         """Record an administrator action (its id); the oldest records beyond ``max_rows`` go."""
         e = entry
 
-        def add(cursor: Any) -> int:
-            (entry_id,) = self._x(
+        def add(cursor: Cursor) -> int:
+            (entry_id,) = self._one(
                 cursor,
                 "INSERT INTO audit_log (at, actor, source, address, action, app_id, detail) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (e.at, e.actor, e.source, e.address, e.action, e.app_id, e.detail),
-            ).fetchone()
+            )
             self._x(cursor, "DELETE FROM audit_log WHERE id <= ?", (entry_id - max_rows,))
             return int(entry_id)
 
@@ -642,8 +676,8 @@ class SQLStore:
     def list_audit(self, limit: int, offset: int = 0) -> Deferred[tuple[int, list[AuditEntry]]]:
         """The audit log, newest first: one page and the total."""
 
-        def read(cursor: Any) -> tuple[int, list[AuditEntry]]:
-            (total,) = self._x(cursor, "SELECT COUNT(*) FROM audit_log").fetchone()
+        def read(cursor: Cursor) -> tuple[int, list[AuditEntry]]:
+            (total,) = self._one(cursor, "SELECT COUNT(*) FROM audit_log")
             rows = self._x(
                 cursor,
                 "SELECT id, at, actor, source, address, action, app_id, detail FROM audit_log ORDER BY id DESC LIMIT ? OFFSET ?",
@@ -655,10 +689,10 @@ class SQLStore:
 
     # -- export and import (pns4ones-admin export/import) -----------------------------------
 
-    def export_data(self) -> Deferred[dict[str, Any]]:
+    def export_data(self) -> Deferred[JSONObject]:
         """Everything the store holds as a JSON-ready document, secrets sealed as in the store (importing needs the key file)."""
 
-        def read(cursor: Any) -> dict[str, Any]:
+        def read(cursor: Cursor) -> JSONObject:
             x = self._x
             apps = [
                 {"id": r[0], "title": r[1], "server_key": r[2], "client_key": r[3], "created_at": r[4], "updated_at": r[5]}
@@ -672,7 +706,7 @@ class SQLStore:
                     cursor, "SELECT digest, app_id, token_id, issued_at, expires_at FROM tokens ORDER BY app_id, issued_at, digest"
                 ).fetchall()
             ]
-            groups: list[dict[str, Any]] = []
+            groups: list[JSONObject] = []
             for r in x(
                 cursor, "SELECT app_id, ib_id, group_name, user_id, added_at FROM group_members ORDER BY app_id, ib_id, group_name, user_id"
             ).fetchall():
@@ -695,7 +729,7 @@ class SQLStore:
             ]
             row = x(cursor, "SELECT login, password_hash, updated_at FROM admin_account WHERE id = 1").fetchone()
             admin = {"login": row[0], "password_hash": row[1], "updated_at": row[2]} if row else None
-            (key_id,) = x(cursor, "SELECT key_id FROM sealing WHERE id = 1").fetchone()
+            (key_id,) = self._one(cursor, "SELECT key_id FROM sealing WHERE id = 1")
             return {
                 "format": EXPORT_FORMAT, "version": SEALED_VERSION, "sealed_with": key_id,
                 "applications": apps, "tokens": tokens, "groups": groups, "kept_messages": kept, "kept_stats": stats, "admin": admin,
@@ -714,11 +748,11 @@ class SQLStore:
         except StoreError:
             return fail()
 
-        def load(cursor: Any) -> int:
+        def load(cursor: Cursor) -> int:
             x = self._x
             key = self._sealing_key(cursor)
             apps = [self._imported_keys(key, a, data["sealed"]) for a in data["applications"]]
-            (count,) = x(cursor, "SELECT COUNT(*) FROM applications").fetchone()
+            (count,) = self._one(cursor, "SELECT COUNT(*) FROM applications")
             if count and not replace:
                 raise StoreError(
                     f"the target store has {count} application(s) already: import into an empty store, or pass --replace to overwrite everything"
@@ -742,11 +776,11 @@ class SQLStore:
                 [(g["app_id"], g["ib_id"], g["group"], m["user_id"], m["added_at"]) for g in data["groups"] for m in g["members"]],
             )
             for k in data["kept_messages"]:
-                (message_id,) = x(
+                (message_id,) = self._one(
                     cursor,
                     "INSERT INTO kept_messages (app_id, ib_id, type, target, payload, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     (k["app_id"], k["ib_id"], k["type"], k["target"], k["payload"], k["created_at"], k["expires_at"]),
-                ).fetchone()
+                )
                 self._many(
                     cursor, "INSERT INTO kept_received (message_id, user_id) VALUES (?, ?)", [(message_id, u) for u in k["received_by"]]
                 )
@@ -766,7 +800,7 @@ class SQLStore:
 
         return self._write(load)
 
-    def _imported_keys(self, key: SecretKey, app: dict[str, Any], sealed: bool) -> dict[str, Any]:
+    def _imported_keys(self, key: SecretKey, app: JSONObject, sealed: bool) -> JSONObject:
         """An exported application with its keys sealed under ``key`` for this store (kept as they are when sealed so already)."""
         out = dict(app)
         for column in SEALED_COLUMNS:
@@ -790,7 +824,7 @@ class SQLStore:
         return out
 
 
-def migrate_secrets(execute: Callable[..., Any], keyring: KeyRing, now: float) -> int:
+def migrate_secrets(execute: Execute, keyring: KeyRing, now: float) -> int:
     """
     The start-up migration after the SQL ones, in their transaction (``execute(sql,
     args)`` runs SQL written with the dialect's placeholders): make sure the

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
 
+from ..jsondoc import JSONObject
 from ..wire import ClientKey
 from . import StoreError
 from .sealing import key_id_of
@@ -31,8 +31,9 @@ def _need(cond: bool, where: str, what: str) -> None:
         raise StoreError(f"not a pns4ones export: {where} {what}")
 
 
-def _fields(item: Any, where: str, spec: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
-    _need(isinstance(item, dict), where, "must be an object")
+def _fields(item: object, where: str, spec: dict[str, type | tuple[type, ...]]) -> JSONObject:
+    if not isinstance(item, dict):
+        raise StoreError(f"not a pns4ones export: {where} must be an object")
     for name, kind in spec.items():
         _need(name in item, where, f"lacks {name!r}")
         value = item[name]
@@ -41,9 +42,10 @@ def _fields(item: Any, where: str, spec: dict[str, type | tuple[type, ...]]) -> 
     return item
 
 
-def _list(doc: dict[str, Any], name: str) -> list[Any]:
+def _list(doc: JSONObject, name: str) -> list[object]:
     value = doc.get(name, [])
-    _need(isinstance(value, list), name, "must be a list")
+    if not isinstance(value, list):
+        raise StoreError(f"not a pns4ones export: {name} must be a list")
     return value
 
 
@@ -54,7 +56,7 @@ def _hex(value: str, where: str) -> bytes:
         raise StoreError(f"not a pns4ones export: {where} is not hexadecimal") from None
 
 
-def check_export(doc: object) -> dict[str, Any]:
+def check_export(doc: object) -> JSONObject:
     """The document with bytes decoded, or StoreError saying what is wrong."""
     if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
         raise StoreError(f'not a pns4ones export: the document lacks "format": "{EXPORT_FORMAT}"')
@@ -63,9 +65,9 @@ def check_export(doc: object) -> dict[str, Any]:
     num = (int, float)
     apps = []
     ids = set()
-    for i, a in enumerate(_list(doc, "applications")):
+    for i, item in enumerate(_list(doc, "applications")):
         where = f"applications[{i}]"
-        _fields(a, where, {"id": str, "title": str, "server_key": str, "client_key": str, "created_at": num, "updated_at": num})
+        a = _fields(item, where, {"id": str, "title": str, "server_key": str, "client_key": str, "created_at": num, "updated_at": num})
         for column in ("server_key", "client_key"):
             is_sealed = key_id_of(a[column]) is not None
             _need(is_sealed == sealed, f"{where}.{column}", "is not sealed" if sealed else "is sealed in a version 1 export")
@@ -82,24 +84,24 @@ def check_export(doc: object) -> dict[str, Any]:
         _need(app_id in ids, f"{where}.app_id", f"names no application in the file ({app_id!r})")
 
     tokens = []
-    for i, t in enumerate(_list(doc, "tokens")):
+    for i, item in enumerate(_list(doc, "tokens")):
         where = f"tokens[{i}]"
-        _fields(t, where, {"digest": str, "app_id": str, "token_id": str, "issued_at": num, "expires_at": num})
+        t = _fields(item, where, {"digest": str, "app_id": str, "token_id": str, "issued_at": num, "expires_at": num})
         known(t["app_id"], where)
         tokens.append({**t, "digest": _hex(t["digest"], f"{where}.digest"), "token_id": _hex(t["token_id"], f"{where}.token_id")})
     groups = []
-    for i, g in enumerate(_list(doc, "groups")):
+    for i, item in enumerate(_list(doc, "groups")):
         where = f"groups[{i}]"
-        _fields(g, where, {"app_id": str, "ib_id": str, "group": str, "members": list})
+        g = _fields(item, where, {"app_id": str, "ib_id": str, "group": str, "members": list})
         known(g["app_id"], where)
         for j, m in enumerate(g["members"]):
             _fields(m, f"{where}.members[{j}]", {"user_id": str, "added_at": num})
         groups.append(g)
     kept = []
-    for i, k in enumerate(_list(doc, "kept_messages")):
+    for i, item in enumerate(_list(doc, "kept_messages")):
         where = f"kept_messages[{i}]"
-        _fields(
-            k,
+        k = _fields(
+            item,
             where,
             {
                 "app_id": str,
@@ -121,8 +123,8 @@ def check_export(doc: object) -> dict[str, Any]:
             raise StoreError(f"not a pns4ones export: {where}.payload is not base64") from None
         kept.append({**k, "payload": payload})
     stats = []
-    for i, s in enumerate(_list(doc, "kept_stats")):
-        _fields(s, f"kept_stats[{i}]", {"app_id": str, "dropped": int, "expired": int})
+    for i, item in enumerate(_list(doc, "kept_stats")):
+        s = _fields(item, f"kept_stats[{i}]", {"app_id": str, "dropped": int, "expired": int})
         known(s["app_id"], f"kept_stats[{i}]")
         stats.append(s)
     admin = doc.get("admin")

@@ -30,13 +30,14 @@ import copy
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar, cast
+from typing import Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .. import crypto
+from ..jsondoc import JSONObject
 from ..wire import ClientKey
 from . import (
     AdminAccount,
@@ -68,7 +69,7 @@ class Call(Protocol):
 class Clock(Protocol):
     """The part of a reactor (or ``task.Clock``) the store uses."""
 
-    def callLater(self, delay: float, f: Callable[[], object]) -> Call: ...
+    def callLater(self, delay: float, f: Callable[[], object], /) -> Call: ...
 
 
 @dataclass
@@ -138,7 +139,7 @@ class MemoryStore:
     def _t(self) -> _Tables:
         return self.database.tables
 
-    def _answer(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+    def _answer(self, fn: Callable[..., T], *args: object) -> Deferred[T]:
         try:
             return succeed(fn(*args))
         except Exception:
@@ -495,7 +496,7 @@ class MemoryStore:
 
     # -- Transfer --------------------------------------------------------------------------
 
-    def export_data(self) -> Deferred[dict[str, Any]]:
+    def export_data(self) -> Deferred[JSONObject]:
         t = self._t
         apps = [
             {"id": a.id, "title": a.title, "server_key": a.server_key, "client_key": a.client_key.encode(), "created_at": a.created_at, "updated_at": updated}
@@ -590,7 +591,7 @@ class MemoryStore:
         if self._clock is None:
             from twisted.internet import reactor
 
-            self._clock = cast(Clock, reactor)
+            self._clock = reactor
         self._pending = self._clock.callLater(0, self._notify)
 
     def _notify(self) -> None:

@@ -39,19 +39,22 @@ import uuid
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Protocol, TypedDict, TypeVar
 
 import psycopg
+from psycopg.rows import TupleRow
 from twisted.enterprise import adbapi
 from twisted.internet import task
 from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..txinternals import QuietPool
+from ..reactor import IStoreReactor, checked
+from ..txinternals import DBAPIConnection, QuietPool
 from . import StoreError, StoreUnavailable, redact_url
-from ._sql import POSTGRES, SQLStore, migrate_secrets
+from ._sql import POSTGRES, Cursor, Params, SQLStore, migrate_secrets
 from .sealing import KEY_FILE_NAME, KeyRing, SealingError
 
 CHANNEL = "pns4ones_changes"
@@ -62,6 +65,8 @@ CONNECT_TIMEOUT = 5
 BACKOFF_FIRST = 0.25
 BACKOFF_MAX = 5.0
 #: Connection errors: the store is unreachable (anything else is a query error).
+T = TypeVar("T")
+
 CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, adbapi.ConnectionLost)
 
 
@@ -89,7 +94,11 @@ def migrate(conn: psycopg.Connection, keyring: KeyRing) -> tuple[int, int]:
                 conn.execute(sql.encode("utf-8"))
                 conn.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (%s, %s, %s)", (number, name, time.time()))
                 version = number
-        sealed = migrate_secrets(lambda sql, args=(): conn.execute(POSTGRES.sql(sql), args), keyring, time.time())
+
+        def execute(sql: str, args: Params = ()) -> Cursor:
+            return conn.execute(POSTGRES.sql(sql), args)
+
+        sealed = migrate_secrets(execute, keyring, time.time())
     if sealed:  # the plaintext keys of a store made before sealing: out of the table's files (dumps never had dead rows)
         autocommit = conn.autocommit
         conn.autocommit = True
@@ -100,9 +109,24 @@ def migrate(conn: psycopg.Connection, keyring: KeyRing) -> tuple[int, int]:
     return before, version
 
 
+class _ConnectArgs(TypedDict, total=False):
+    """The connection parameters given beside the URL."""
+
+    connect_timeout: int
+    application_name: str
+    password: str
+
+
+class PooledCursor(Cursor, Protocol):
+    """The cursor an interaction gets (adbapi's ``Transaction``), on its pool thread's connection, which it can replace."""
+
+    def reconnect(self) -> None: ...
+    def reopen(self) -> None: ...
+
+
 class _Pool(QuietPool):
-    def broken(self, conn: Any) -> bool:
-        return bool(conn.closed or conn.broken)
+    def broken(self, conn: DBAPIConnection) -> bool:
+        return isinstance(conn, psycopg.Connection) and bool(conn.closed or conn.broken)
 
 
 class PostgresStore(SQLStore):
@@ -112,16 +136,22 @@ class PostgresStore(SQLStore):
     dialect = POSTGRES
 
     def __init__(
-        self, url: str, password_file: str = "", reactor: Any = None, pool_size: int = 4, *, key_file: Path | str | None = None
+        self,
+        url: str,
+        password_file: str = "",
+        reactor: IStoreReactor | None = None,
+        pool_size: int = 4,
+        *,
+        key_file: Path | str | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
-            reactor = default_reactor
+            reactor = checked(default_reactor, IStoreReactor)
         self.reactor = reactor
         self.url = url
         self.location = redact_url(url)
-        self._connect_args: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, "application_name": "pns4ones"}
+        self._connect_args: _ConnectArgs = {"connect_timeout": CONNECT_TIMEOUT, "application_name": "pns4ones"}
         if password_file:
             try:
                 self._connect_args["password"] = Path(password_file).read_text(encoding="utf-8").strip("\r\n")
@@ -151,7 +181,7 @@ class PostgresStore(SQLStore):
         self.unavailable_reason = ""
         self._down_since = 0.0
         self._backoff = BACKOFF_FIRST
-        self._probe_call: Any = None
+        self._probe_call: IDelayedCall | None = None
         self._on_change: Callable[[], object] | None = None
         self._reloading = False
         self._again = False
@@ -166,26 +196,27 @@ class PostgresStore(SQLStore):
         self._stopping = threading.Event()
         self._closed = False
 
-    def connect(self, **kwargs: Any) -> psycopg.Connection:
+    def connect(self, autocommit: bool = False) -> psycopg.Connection[TupleRow]:
         """A new connection of its own (migrations, the listener, the CLI)."""
-        return psycopg.connect(self.url, **{**self._connect_args, **kwargs})
+        return psycopg.connect(self.url, autocommit=autocommit, **self._connect_args)
 
     # -- running interactions; availability -------------------------------------------------
 
-    def _opened(self, conn: Any) -> None:
+    def _opened(self, conn: psycopg.Connection[TupleRow]) -> None:
         self._generations[id(conn)] = self._generation
 
-    def _fresh(self, trans: Any, interaction: Callable[..., Any], *args: Any) -> Any:
+    def _fresh(self, trans: PooledCursor, interaction: Callable[..., T], *args: object) -> T:
         """In the pool's thread: replace a connection made before the last outage, then run."""
         if self._generations.get(id(self._pool.connect())) != self._generation:  # (the pool thread's connection: trans's)
             trans.reconnect()
             trans.reopen()
         return interaction(trans, *args)
 
-    def _run(self, interaction: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    def _run(self, interaction: Callable[..., T], *args: object) -> Deferred[T]:
         if not self.available:
             return fail(StoreUnavailable(self._unavailable_text()))
-        return self._pool.runInteraction(self._fresh, interaction, *args).addErrback(self._failed)
+        d: Deferred[T] = self._pool.runInteraction(self._fresh, interaction, *args)
+        return d.addErrback(self._failed)
 
     def _scrub(self) -> Deferred[None]:
         """After rewriting every secret: VACUUM FULL rewrites ``applications`` without its dead row versions (the old values)."""
@@ -232,7 +263,7 @@ class PostgresStore(SQLStore):
         if self.available or self._closed:
             return
 
-        def answered(_: Any) -> None:
+        def answered(_: object) -> None:
             self._up()
 
         def still_down(failure: Failure) -> None:
@@ -267,11 +298,12 @@ class PostgresStore(SQLStore):
 
     # -- writes announce themselves -----------------------------------------------------------
 
-    def _announce(self, cursor: Any) -> None:
-        (value,) = cursor.execute(
+    def _announce(self, cursor: Cursor) -> None:
+        (value,) = self._one(
+            cursor,
             "SELECT v FROM (SELECT nextval('pns4ones_change_seq') AS v) AS s, LATERAL pg_notify(%s, %s || ':' || v)",
             (CHANNEL, self._source),
-        ).fetchone()
+        )
         self._own.add(value)  # our own change: the poll need not reload for it
 
     # -- change notification ----------------------------------------------------------
@@ -305,7 +337,7 @@ class PostgresStore(SQLStore):
             if not failure.check(StoreUnavailable, *CONNECTION_ERRORS):
                 self.log.failure("reloading after a change in the store failed", failure)
 
-        def done(_: Any) -> None:
+        def done(_: object) -> None:
             self._reloading = False
             if self._again:
                 self._again = False
@@ -327,7 +359,7 @@ class PostgresStore(SQLStore):
             self._settle = moved
             self._seen = value
 
-        return self._run(lambda c: c.execute("SELECT last_value FROM pns4ones_change_seq").fetchone()[0]).addCallbacks(seen, lambda f: None)
+        return self._run(lambda c: self._one(c, "SELECT last_value FROM pns4ones_change_seq")[0]).addCallbacks(seen, lambda f: None)
 
     def _only_own(self, seen: int, value: int) -> bool:
         """Every change between the last poll and this one was made by this process."""
@@ -394,7 +426,7 @@ class PostgresStore(SQLStore):
         return succeed(None)
 
 
-def _message(error: BaseException) -> str:
+def _message(error: BaseException | None) -> str:
     """psycopg's message on one line (libpq's carry newlines)."""
     text = " ".join(str(error).split()) or type(error).__name__
     return text[:300]

@@ -21,19 +21,23 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.enterprise import adbapi
 from twisted.internet import task
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from ..reactor import IStoreReactor
 from . import StoreError
 from ._sql import SQLITE, SQLStore, migrate_secrets
 from .sealing import KEY_FILE_NAME, KeyRing, SealingError
+
+T = TypeVar("T")
 
 DB_NAME = "pns4ones.db"
 BUSY_TIMEOUT_MS = 10_000
@@ -101,13 +105,13 @@ class SQLiteStore(SQLStore):
     dialect = SQLITE
 
     def __init__(
-        self, data_dir: Path | str, reactor: Any = None, path: Path | str | None = None, key_file: Path | str | None = None
+        self, data_dir: Path | str, reactor: IStoreReactor | None = None, path: Path | str | None = None, key_file: Path | str | None = None
     ) -> None:
         self.path = Path(path) if path is not None else Path(data_dir) / DB_NAME
         self.location = str(self.path)
         self.keyring = KeyRing(key_file if key_file is not None else Path(data_dir) / KEY_FILE_NAME)
         self.migrated_from, self.schema_version = prepare_database(self.path, self.keyring)
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, IStoreReactor] = {}
         if reactor is not None:
             kwargs["cp_reactor"] = reactor
         self._pool = adbapi.ConnectionPool(
@@ -125,8 +129,9 @@ class SQLiteStore(SQLStore):
         self._data_version: int | None = None
         self._closed = False
 
-    def _run(self, interaction: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        return self._pool.runInteraction(interaction, *args)
+    def _run(self, interaction: Callable[..., T], *args: object) -> Deferred[T]:
+        d: Deferred[T] = self._pool.runInteraction(interaction, *args)
+        return d
 
     def _scrub(self) -> Deferred[None]:
         """After rewriting every secret: old page images leave the WAL (a reader may delay it: best effort)."""
@@ -136,14 +141,14 @@ class SQLiteStore(SQLStore):
 
     def start_watching(self, on_change: Callable[[], object], interval: float) -> None:
         @inlineCallbacks
-        def poll() -> Any:
-            version = yield self._read(lambda c: c.execute("PRAGMA data_version").fetchone()[0])
+        def poll() -> Generator[Deferred[object], Any, None]:
+            version = yield self._read(lambda c: self._one(c, "PRAGMA data_version")[0])
             if self._data_version is not None and version != self._data_version:
                 self._data_version = version
-                yield on_change()
+                yield maybeDeferred(on_change)
             self._data_version = version
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Failure) -> None:
             self.log.failure("watching the store failed", failure)
 
         self._watch = task.LoopingCall(poll)

@@ -24,22 +24,24 @@ import ipaddress
 import os
 import resource
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from twisted.internet import protocol
-from twisted.internet.interfaces import IAddress, IPushProducer
+from twisted.internet.interfaces import IAddress, IConsumer, IDelayedCall, IPushProducer, ISystemHandle, ITCPTransport, ITransport
 from twisted.internet.tcp import Server
 from twisted.logger import Logger
 from twisted.protocols.basic import IntNStringReceiver
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .. import wire
 from ..config import Config
 from ..core import Core, RegistrationRejected
-from ..hub import Catchup, Outbound, next_session_id
+from ..hub import Catchup, Clock, Outbound, next_session_id
 from ..logs import RateLimited, session_fields
 from ..metrics import NULL
+from ..proxies import Network
 from ..txinternals import send_now, set_handed_over, take_output, unparsed_input
 from ..wire import ClientKey
 
@@ -62,18 +64,18 @@ def configure_socket(sock: socket.socket, cfg: Config) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 1000 * (cfg.keepalive_idle + cfg.keepalive_interval * cfg.keepalive_count))
 
 
-def peer_host(transport: Any) -> str:
+def peer_host(transport: ITransport) -> str:
     return _host_of(transport.getPeer())
 
 
-def _host_of(address: Any) -> str:
+def _host_of(address: IAddress | None) -> str:
     host = getattr(address, "host", str(address))
     if host.startswith("::ffff:"):
         host = host[7:]
     return str(host)
 
 
-def _allowed(host: str, networks: Any) -> bool:
+def _allowed(host: str, networks: Iterable[Network]) -> bool:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
@@ -115,6 +117,14 @@ class AddinState:
     registration_left: float | None = None
 
 
+class IAddinTransport(ITCPTransport, IConsumer, ISystemHandle):
+    """
+    What an add-in connection's transport is: a TCP connection (``tcp.Server``
+    provides all three).  Tests use memory transports, which have what this
+    module calls but the socket (``getHandle``, whose absence it handles).
+    """
+
+
 @implementer(IPushProducer)
 class AddinProtocol(IntNStringReceiver):
     """
@@ -129,6 +139,7 @@ class AddinProtocol(IntNStringReceiver):
     log = Logger()
 
     factory: AddinFactory
+    transport: IAddinTransport
     app_id = ib_id = user_id = group = ""
     keys: ClientKey | None = None
     peer = ""
@@ -168,7 +179,9 @@ class AddinProtocol(IntNStringReceiver):
     def _set_keepalive(self) -> None:
         if not self.factory.listener_configured:
             try:
-                configure_socket(self.transport.getHandle(), self.factory.config)
+                handle = self.transport.getHandle()
+                if isinstance(handle, socket.socket):
+                    configure_socket(handle, self.factory.config)
             except (AttributeError, OSError):
                 pass  # not a real TCP socket (tests over memory transports)
 
@@ -218,7 +231,7 @@ class AddinProtocol(IntNStringReceiver):
                 event="registered",
             )
 
-    def connectionLost(self, reason: Any = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self._ended = True
         self.factory.connections.discard(self)
         self.factory.registered(self)
@@ -414,7 +427,7 @@ class AddinFactory(protocol.Factory[AddinProtocol]):
     adopting = False
     metrics = NULL
 
-    def __init__(self, core: Core, config: Config, clock: Any, log_info: bool = True) -> None:
+    def __init__(self, core: Core, config: Config, clock: Clock, log_info: bool = True) -> None:
         self.core = core
         self.config = config
         self.clock = clock
@@ -426,7 +439,7 @@ class AddinFactory(protocol.Factory[AddinProtocol]):
         # Connections that have not registered yet, oldest first, with their deadline; and by source address.
         self._pending: dict[AddinProtocol, float] = {}
         self._pending_by_host: dict[str, dict[AddinProtocol, None]] = {}
-        self._sweeper: Any = None
+        self._sweeper: IDelayedCall | None = None
         self._limited = RateLimited(clock, 10.0)
         self._allow = config.service_allow
         self.fd_limit, self.fd_reserve = descriptor_budget(config.fd_reserve)
@@ -503,11 +516,10 @@ class AddinFactory(protocol.Factory[AddinProtocol]):
             age=self.clock.seconds() - oldest.connected_at,
         )
         oldest._ended = True
-        transport: Any = oldest.transport
-        transport.abortConnection()
+        oldest.transport.abortConnection()
         return True
 
-    def _refused(self, reason: str, fmt: str, **fields: Any) -> None:
+    def _refused(self, reason: str, fmt: str, **fields: object) -> None:
         self.metrics.addin_refused(reason)
         self.warn("refused:" + reason, fmt, event="refused", reason=reason, **fields)
 
@@ -567,7 +579,7 @@ class AddinFactory(protocol.Factory[AddinProtocol]):
             self._sweeper.cancel()
         self._sweeper = None
 
-    def warn(self, key: str, fmt: str, **fields: Any) -> None:
+    def warn(self, key: str, fmt: str, **fields: object) -> None:
         def emit(suppressed: int) -> None:
             more = f" ({suppressed} more like it in the last interval)" if suppressed else ""
             self.log.warn(fmt + more, **fields)

@@ -34,15 +34,17 @@ import json
 import math
 import re
 import secrets
-from typing import Any
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import resource as _resource
-from twisted.web.server import NOT_DONE_YET
-from twisted.web.websocket import WebSocketResource
-from wsproto.events import Ping
+from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.websocket import WebSocketResource, WebSocketTransport
+from wsproto.events import Event, Ping
 from zope.interface import implementer
 
 from .. import crypto, tickets
@@ -50,11 +52,14 @@ from ..config import Config
 from ..core import EXPIRED_TOKEN_MEMORY, AuthError, Core
 from ..http.resources import RenderAgain, render_when
 from ..http.site import json_body
-from ..hub import Catchup, Outbound, next_session_id
+from ..hub import Catchup, Clock, Outbound, next_session_id
+from ..jsondoc import JSONObject
 from ..logs import RateLimited, session_fields
 from ..messages import MAX_FIELD, MessageError, decode_json_body, object_member, string_member
 from ..ratelimit import RateLimiter
-from ..txinternals import guard_websocket
+from ..store import Application
+from ..txinternals import WebSocketWire, guard_websocket, websocket_wire
+from ..wire import ClientKey
 
 #: Largest inbound WebSocket message (pongs aside); past it: close 1009.
 MAX_INBOUND = 4096
@@ -73,13 +78,13 @@ _MESSAGE_ID = re.compile(r"[0-9]{1,18}")
 
 
 class SubscribeError(Exception):
-    def __init__(self, status: int, error: str, reason: str, **extra: Any) -> None:
+    def __init__(self, status: int, error: str, reason: str, **extra: object) -> None:
         super().__init__(reason)
         self.status = status
-        self.doc = {"error": error, "reason": reason, **extra}
+        self.doc: JSONObject = {"error": error, "reason": reason, **extra}
 
 
-def _control(event: str, **fields: Any) -> bytes:
+def _control(event: str, **fields: object) -> bytes:
     return json.dumps({"event": event, **fields}, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
@@ -88,7 +93,7 @@ class WebSubscriptions:
 
     log = Logger()
 
-    def __init__(self, core: Core, config: Config, clock: Any) -> None:
+    def __init__(self, core: Core, config: Config, clock: Clock) -> None:
         self.core = core
         self.config = config
         self.clock = clock
@@ -98,7 +103,7 @@ class WebSubscriptions:
 
     # -- tickets --------------------------------------------------------------------------
 
-    def issue(self, app: Any, token: str, body: bytes) -> dict[str, Any]:
+    def issue(self, app: Application, token: str, body: bytes) -> JSONObject:
         """``POST /tickets``: a ticket for the user named in ``body``; MessageError if malformed."""
         doc = object_member(decode_json_body(body), "body", True)
         assert doc is not None
@@ -149,7 +154,7 @@ class WebSubscriptions:
 
     # -- admission ------------------------------------------------------------------------
 
-    def admit(self, request: Any) -> tuple[tickets.Ticket, str, float]:
+    def admit(self, request: Request) -> tuple[tickets.Ticket, str, float]:
         """The request's ticket, the server key it was checked with and its token's expiry; or SubscribeError."""
         origin = request.getHeader(b"origin") or ""
         origin = origin.decode("latin-1") if isinstance(origin, bytes) else origin
@@ -195,13 +200,13 @@ class WebSubscriptions:
         return "*" in allowed or origin.lower().rstrip("/") in allowed
 
     @staticmethod
-    def resume_point(request: Any, header: bool) -> int | None:
+    def resume_point(request: Request, header: bool) -> int | None:
         raw = request.getHeader(b"last-event-id") if header else None
         if raw is None and request.args.get(b"since"):
             raw = request.args[b"since"][0]
         if raw is None:
             return None
-        text = raw.decode("latin-1") if isinstance(raw, bytes) else raw
+        text = raw.decode("latin-1")
         # ASCII digits only (str.isdigit also takes "²" and other digits int() refuses), at most 18 of them.
         if not _MESSAGE_ID.fullmatch(text.strip()):
             raise SubscribeError(400, "bad_request", f"resume id {text[:40]!r} is not a message id", field="since")
@@ -253,7 +258,7 @@ class WebSubscriptions:
         )
         session.abort()
 
-    def warn(self, key: str, fmt: str, **fields: Any) -> None:
+    def warn(self, key: str, fmt: str, **fields: object) -> None:
         def emit(suppressed: int) -> None:
             more = f" ({suppressed} more like it in the last interval)" if suppressed else ""
             self.log.warn(fmt + more, **fields)
@@ -264,15 +269,28 @@ class WebSubscriptions:
         for session in list(self.sessions):
             session.end(reason)
 
-    def resource(self) -> Any:
+    def resource(self) -> _resource.Resource:
         root = _resource.Resource()
         root.putChild(b"ws", _WSResource(self))
         root.putChild(b"sse", _SSEResource(self))
         return root
 
 
-def _peer(request: Any) -> str:
-    return getattr(request.getClientAddress(), "host", "?")
+def _peer(request: Request) -> str:
+    return str(getattr(request.getClientAddress(), "host", "?"))
+
+
+@runtime_checkable
+class _Abortable(Protocol):
+    def abortConnection(self) -> None: ...
+
+
+def _abort_connection(request: Request) -> None:
+    """Drop the request's connection now (TCP and TLS transports have ``abortConnection``, which ``ITransport`` does not declare)."""
+    transport = request.channel.transport
+    if not isinstance(transport, _Abortable):
+        raise TypeError(f"cannot abort the connection of {transport!r}")
+    transport.abortConnection()
 
 
 @implementer(IPushProducer)
@@ -294,12 +312,12 @@ class _WebSession:
     delivered = 0
     _paused = False
     _backlog = 0
-    _timer: Any = None
+    _timer: IDelayedCall | None = None
     #: Live messages held while the subscription joins.
     _held: list[Outbound] | None = None
     _held_bytes = 0
 
-    def __init__(self, subs: WebSubscriptions, admitted: tuple[tickets.Ticket, str, float], request: Any) -> None:
+    def __init__(self, subs: WebSubscriptions, admitted: tuple[tickets.Ticket, str, float], request: Request) -> None:
         ticket, self.server_key, self.token_expires = admitted
         self.subs = subs
         self.ticket = ticket
@@ -314,7 +332,7 @@ class _WebSession:
         self.group = ticket.groups[0] if ticket.groups else ""
 
     @property
-    def keys(self) -> Any:
+    def keys(self) -> ClientKey | None:
         """Web sessions need no client key: always the current one, so its rotation does not end them."""
         app = self.subs.core.apps.get(self.app_id)
         return app.client_key if app is not None else None
@@ -391,7 +409,7 @@ class _WebSession:
         self.cut = True
         self._cancel_timer()
         self.subs.finished(self)
-        self.request.channel.transport.abortConnection()
+        _abort_connection(self.request)
 
     # IPushProducer: the socket's buffer is full / drained.
     def pauseProducing(self) -> None:
@@ -408,27 +426,38 @@ class _WebSession:
 # -- WebSocket -----------------------------------------------------------------------------
 
 
-class _BoundedBuffer:
+#: What a reassembly buffer holds: text or binary message fragments.
+S = TypeVar("S", str, bytes | bytearray)
+
+
+class _BoundedBuffer(Generic[S]):
     """The WebSocket message reassembly buffer, bounded (the library has no limit)."""
 
     __slots__ = ("data", "limit", "on_overflow")
 
-    def __init__(self, empty: Any, limit: int, on_overflow: Any) -> None:
-        self.data = empty
+    def __init__(self, empty: S, limit: int, on_overflow: Callable[[], None]) -> None:
+        self.data: S = empty
         self.limit = limit
         self.on_overflow = on_overflow
 
-    def add(self, new: Any) -> None:
+    def add(self, new: S) -> None:
         if len(self.data) + len(new) > self.limit:
             self.data = self.data[0:0]
             self.on_overflow()
             return
         self.data += new
 
-    def done(self) -> Any:
+    def done(self) -> S:
         result = self.data
         self.data = self.data[0:0]
         return result
+
+
+class _Channel(Protocol):
+    """Where the meter writes: the HTTP channel, or the transport under the WebSocket."""
+
+    def write(self, data: bytes) -> None: ...
+    def loseConnection(self) -> None: ...
 
 
 class _Meter:
@@ -441,7 +470,7 @@ class _Meter:
 
     __slots__ = ("channel", "session")
 
-    def __init__(self, session: WebSocketSession, channel: Any) -> None:
+    def __init__(self, session: WebSocketSession, channel: _Channel) -> None:
         self.session = session
         self.channel = channel
 
@@ -471,29 +500,29 @@ class WebSocketSession(_WebSession):
 
     transport_name = "ws"
     log = Logger()
-    ws: Any = None
+    ws: WebSocketWire
     _awaiting_pong = False
     _ping_payload = b""
     _too_big = False
     _pings: RateLimiter | None = None
-    _closing: Any = None
+    _closing: IDelayedCall | None = None
 
-    def __init__(self, subs: WebSubscriptions, admitted: tuple[tickets.Ticket, str, float], request: Any, since: int | None) -> None:
+    def __init__(self, subs: WebSubscriptions, admitted: tuple[tickets.Ticket, str, float], request: Request, since: int | None) -> None:
         super().__init__(subs, admitted, request)
         self.since = since
 
-    def negotiationStarted(self, transport: Any) -> None:
-        self.ws = transport
+    def negotiationStarted(self, transport: WebSocketTransport) -> None:
+        self.ws = wire = websocket_wire(transport)
         # Write through the HTTP channel, which unregisters itself as the socket's
         # producer first when closing: a TLS connection would otherwise wait for
         # that forever before sending its close_notify (and the client its close
         # timeout); and through the meter, which counts every byte.
-        channel = self.request.channel if transport.transport is self.request.channel.transport else transport.transport
-        transport.transport = _Meter(self, channel)
+        channel: _Channel = self.request.channel if wire.transport is self.request.channel.transport else wire.transport
+        wire.transport = _Meter(self, channel)  # type: ignore[assignment]  # (the wire only writes and closes: the meter has both)
         # The library reassembles messages without a bound and answers every ping.
-        guard_websocket(
-            transport, _BoundedBuffer("", MAX_INBOUND, self._oversized), _BoundedBuffer(b"", MAX_INBOUND, self._oversized), self._inbound
-        )
+        text_buffer: _BoundedBuffer[str] = _BoundedBuffer("", MAX_INBOUND, self._oversized)
+        bytes_buffer: _BoundedBuffer[bytes | bytearray] = _BoundedBuffer(b"", MAX_INBOUND, self._oversized)
+        guard_websocket(wire, text_buffer, bytes_buffer, self._inbound)
 
     def negotiationFinished(self) -> None:
         self.request.registerProducer(self, True)
@@ -530,7 +559,7 @@ class WebSocketSession(_WebSession):
 
     # -- inbound ------------------------------------------------------------------------------
 
-    def _inbound(self, event: Any) -> bool:
+    def _inbound(self, event: Event) -> bool:
         """Whether the wire protocol may act on ``event`` (a refused ping gets no pong)."""
         if self.ended:
             return False
@@ -570,10 +599,10 @@ class WebSocketSession(_WebSession):
             self.log.debug("ack {id} from {peer}", id=doc.get("ack"), peer=self.peer)
         # Anything else small is ignored: subscribers have nothing to say.
 
-    def bytesMessageReceived(self, data: bytes) -> None:
+    def bytesMessageReceived(self, data: bytes | bytearray) -> None:
         pass
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure) -> None:
         if self._closing is not None and self._closing.active():
             self._closing.cancel()
         self._closing = None
@@ -600,7 +629,7 @@ class WebSocketSession(_WebSession):
 
     def _close_timed_out(self) -> None:
         self._closing = None
-        self.request.channel.transport.abortConnection()
+        _abort_connection(self.request)
 
     def end(self, reason: str) -> None:
         """Close with 1001 (going away) or 1008 (ticket revoked) after an ``end`` event."""
@@ -614,8 +643,9 @@ class _WSFactory:
     def __init__(self, subs: WebSubscriptions) -> None:
         self.subs = subs
 
-    def buildProtocol(self, request: Any) -> WebSocketSession:
-        admitted, since = request.pns_subscription
+    def buildProtocol(self, request: Request) -> WebSocketSession:
+        subscription: tuple[tuple[tickets.Ticket, str, float], int | None] = request.pns_subscription  # type: ignore[attr-defined]  # (set by _WSResource.render_GET)
+        admitted, since = subscription
         return WebSocketSession(self.subs, admitted, request, since)
 
 
@@ -626,7 +656,7 @@ class _WSResource(WebSocketResource):
         super().__init__(_WSFactory(subs))
         self.subs = subs
 
-    def render_GET(self, request: Any) -> Any:
+    def render_GET(self, request: Request) -> bytes | int:
         upgrade = (request.getHeader(b"upgrade") or b"").lower()
         if upgrade != b"websocket":
             return json_body(
@@ -641,12 +671,12 @@ class _WSResource(WebSocketResource):
             return render_when(request, e.pending, self.render_GET)
         except SubscribeError as e:
             return json_body(request, e.status, e.doc)
-        request.pns_subscription = (admitted, since)
+        request.pns_subscription = (admitted, since)  # type: ignore[attr-defined]  # (for _WSFactory.buildProtocol, which super() calls)
         # A long-lived connection: no idle timeout of the HTTP channel.
         request.channel.setTimeout(None)
         return super().render_GET(request)
 
-    def render(self, request: Any) -> Any:
+    def render(self, request: Request) -> bytes | int:
         if request.method != b"GET":
             request.setHeader(b"Allow", b"GET")
             return json_body(request, 405, {"error": "method_not_allowed", "reason": "use GET with a WebSocket upgrade"})
@@ -712,7 +742,7 @@ class _SSEResource(_resource.Resource):
         super().__init__()
         self.subs = subs
 
-    def render_GET(self, request: Any) -> Any:
+    def render_GET(self, request: Request) -> bytes | int:
         origin = request.getHeader(b"origin")
         if origin and self.subs.origin_allowed(origin.decode("latin-1")):
             # EventSource from another origin needs CORS on the stream itself.
@@ -732,7 +762,7 @@ class _SSEResource(_resource.Resource):
         SSESession(self.subs, admitted, request).begin(since)
         return NOT_DONE_YET
 
-    def render(self, request: Any) -> Any:
+    def render(self, request: Request) -> bytes | int:
         if request.method != b"GET":
             request.setHeader(b"Allow", b"GET")
             return json_body(

@@ -31,11 +31,11 @@ import json
 import os
 import socket
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import txredisapi  # type: ignore[import-untyped]
-from twisted.internet.base import DelayedCall
+import txredisapi
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -44,7 +44,7 @@ from ..interface import Clock, Delivery, HubUnavailable, MembersOf, Replay, Sess
 from ..local import LocalHub
 from ..outbound import Outbound
 from ..routing import reaches
-from .link import REPLY_TIMEOUT, Link
+from .link import REPLY_TIMEOUT, Link, RedisConnection
 from .stream import (
     LAST_ID_SCRIPT,
     PUBLISH_SCRIPT,
@@ -52,6 +52,7 @@ from .stream import (
     Caught,
     Gates,
     Key,
+    Reply,
     decode_payload,
     encode_payload,
     int_to_stream_id,
@@ -133,7 +134,7 @@ class RedisHub:
         self._gates = Gates()
         self._gate_waiters: dict[Key, list[Deferred[None]]] = {}
         self._caught_up = 0
-        self._catch_up_deadline: DelayedCall | None = None
+        self._catch_up_deadline: IDelayedCall | None = None
         self.presence = PresenceSync(
             self.link, reactor, self.member, self.prefix, presence_expiry, lambda: all(c in self._confirmed for c in self._channels)
         )
@@ -216,7 +217,7 @@ class RedisHub:
         channel = self.channel(app_id, ib_id)
         self._channels[channel] = key
         if self.link.subscriber is not None:
-            self._subscribe(channel)
+            self._subscribe(self.link.subscriber, channel)
 
     def _unwant(self, app_id: str, ib_id: str) -> None:
         key = (app_id, ib_id)
@@ -235,10 +236,10 @@ class RedisHub:
         if sub is not None:
             maybeDeferred(sub.unsubscribe, channel).addErrback(lambda _: None)
 
-    def _subscribe(self, channel: str) -> None:
-        sub = self.link.subscriber
+    def _subscribe(self, sub: RedisConnection, channel: str) -> None:
+        """Subscribe ``sub`` (the link's subscriber connection) to ``channel``."""
 
-        def confirmed(_: Any) -> None:
+        def confirmed(_: object) -> None:
             key = self._channels.get(channel)
             if sub is not self.link.subscriber or key is None:
                 return
@@ -267,7 +268,7 @@ class RedisHub:
         if cmd is None:
             return
 
-        def learned(stream_id: Any) -> None:
+        def learned(stream_id: Reply) -> None:
             if key in self._pins and key not in self._gates:
                 self._last_ids[key] = max(self._last_ids.get(key, 0), stream_id_to_int(stream_id))
 
@@ -297,7 +298,7 @@ class RedisHub:
         )
         return d.addCallbacks(self._published, self._publish_failed, callbackArgs=(app_id, recipient, message))
 
-    def _published(self, stream_id: Any, app_id: str, recipient: Recipient, message: Outbound) -> Delivery:
+    def _published(self, stream_id: Reply, app_id: str, recipient: Recipient, message: Outbound) -> Delivery:
         self.published += 1
         message.id = stream_id_to_int(stream_id)
         local = self._route(app_id, recipient, message)
@@ -358,19 +359,19 @@ class RedisHub:
         self._want(*key)
         caught: list[Caught] = []
 
-        def catch(_: Any) -> Any:
+        def catch(_: object) -> Deferred[None]:
             self._catchers.setdefault(key, []).append(caught)
             return self._subscribed(self.channel(*key))
 
-        def read(_: Any) -> Any:
+        def read(_: object) -> Deferred[Reply]:
             start = int_to_stream_id(since) if since is not None else "0-0"
             count = self.recovery_messages + 200 if since is not None else 0
             return maybeDeferred(cmd.eval, REPLAY_SCRIPT, [self.stream(*key)], [start, self.recovery_window_ms, count])
 
-        def done(reply: Any) -> Replay:
+        def done(reply: Reply) -> Replay:
             return self._backlog(session, since, reply, caught)
 
-        def cleanup(result: Any) -> Any:
+        def cleanup(result: Replay | Failure) -> Replay | Failure:
             catchers = self._catchers.get(key)
             if catchers is not None and caught in catchers:
                 catchers.remove(caught)
@@ -390,11 +391,11 @@ class RedisHub:
             resume = self._last_ids.get(key, 0)
             return Replay(since if since is not None else None, (), resume)
 
-        d = _deadline(self._ungated(key).addCallback(catch), self.reactor)
-        d.addCallback(read).addCallback(done).addErrback(failed)
-        return d.addBoth(cleanup)
+        subscribed = _deadline(self._ungated(key).addCallback(catch), self.reactor)
+        replay = subscribed.addCallback(read).addCallback(done).addErrback(failed)
+        return replay.addBoth(cleanup)
 
-    def _backlog(self, session: Session, since: int | None, reply: Any, caught: list[Caught]) -> Replay:
+    def _backlog(self, session: Session, since: int | None, reply: Reply, caught: list[Caught]) -> Replay:
         app_id = session.app_id
         return replay_backlog(
             read_stream(session.ib_id, since, reply), since, caught, lambda recipient: reaches(app_id, recipient, session, self._members)
@@ -427,7 +428,7 @@ class RedisHub:
         )
         _deadline(d, self.reactor).addCallbacks(self._stream_read, self._stream_unread, callbackArgs=(key, since), errbackArgs=(key,))
 
-    def _stream_read(self, reply: Any, key: Key, since: int) -> None:
+    def _stream_read(self, reply: Reply, key: Key, since: int) -> None:
         if key not in self._gates.reading:
             return
         read = read_stream(key[1], since, reply)
@@ -505,7 +506,7 @@ class RedisHub:
 
     # -- the link's events -------------------------------------------------------------------
 
-    def connection_up(self, role: str, conn: Any) -> None:
+    def connection_up(self, role: str, conn: RedisConnection) -> None:
         if role == "commands":
             for key in self._gates:
                 self._catch_up(key)
@@ -520,7 +521,7 @@ class RedisHub:
                 self._catch_up_deadline = self.reactor.callLater(CATCH_UP_TIMEOUT, self._give_up_catching_up)
         self.presence.subscriber_up(conn)
         for channel in list(self._channels):
-            self._subscribe(channel)
+            self._subscribe(conn, channel)
 
     def connection_down(self, role: str) -> None:
         if role == "subscriber":

@@ -18,18 +18,27 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, Protocol
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
-import txredisapi  # type: ignore[import-untyped]
+import txredisapi
 from twisted.internet import task
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+    ITCPTransport,
+    ITransport,
+)
+from twisted.internet.tcp import Connection
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ...txinternals import send_now
 from ..interface import Clock
+from .stream import Reply
 from .url import RedisURL
 
 #: Seconds Redis has to answer a command before the connection counts as lost.
@@ -39,10 +48,29 @@ INITIAL_DELAY = 0.5
 MAX_DELAY = 5.0
 
 
+class RedisConnection(Protocol):
+    """
+    What the hub does with one connection to Redis (txredisapi's protocol
+    classes, which publish no types).  A command on a connection that has just
+    been lost raises ``txredisapi.ConnectionError`` at once: call it through
+    ``maybeDeferred``.
+    """
+
+    @property
+    def transport(self) -> ITCPTransport: ...
+    def overdue(self, now: float) -> bool:
+        """It owes replies and has said nothing for :data:`REPLY_TIMEOUT` seconds."""
+
+    def eval(self, script: str, keys: Sequence[str], args: Sequence[str | bytes | int]) -> Deferred[Reply]: ...
+    def execute_command(self, *args: str | bytes | int) -> Deferred[Reply]: ...
+    def subscribe(self, channels: str) -> Deferred[Reply]: ...
+    def unsubscribe(self, channels: str) -> Deferred[Reply]: ...
+
+
 class LinkEvents(Protocol):
     """What the hub hears from its link."""
 
-    def connection_up(self, role: str, conn: Any) -> None:
+    def connection_up(self, role: str, conn: RedisConnection) -> None:
         """A connection (``commands`` or ``subscriber``) is usable (the subscriber: subscribe now)."""
 
     def connection_down(self, role: str) -> None:
@@ -63,64 +91,67 @@ class _DirectWrites:
 
     __slots__ = ("_transport",)
 
-    def __init__(self, transport: Any) -> None:
+    def __init__(self, transport: Connection) -> None:
         self._transport = transport
 
     def write(self, data: bytes) -> None:
         if not send_now(self._transport, data):
             self._transport.write(data)
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> object:
         return getattr(self._transport, name)
 
 
-class _Watched:
-    """Direct writes, readiness, and the reply deadline of one connection."""
+class _Watched(txredisapi.RedisProtocol):
+    """
+    Direct writes, readiness, and the reply deadline of one connection: the
+    base of both kinds (before txredisapi's subscriber protocol in the
+    subscriber's method order).
+    """
 
     factory: _Factory
     waiting_since = 0.0
     #: AUTH and SELECT done: the connection can be used.
     usable = False
 
-    def makeConnection(self, transport: Any) -> None:
-        from twisted.internet.tcp import Connection
-
+    def makeConnection(self, transport: ITransport) -> None:
         # plain TCP only: a TLS wrapper must see every byte
-        super().makeConnection(_DirectWrites(transport) if isinstance(transport, Connection) else transport)  # type: ignore[misc]
-        self.whenConnected().addCallback(self._usable)  # type: ignore[attr-defined]
+        super().makeConnection(_DirectWrites(transport) if isinstance(transport, Connection) else transport)
+        self.whenConnected().addCallback(self._usable)
 
-    def _usable(self, _: Any) -> None:
+    def _usable(self, _: object) -> None:
         self.usable = True
 
-    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        if not self.replyQueue.waiting:  # type: ignore[attr-defined]
+    def execute_command(self, *args: str | bytes | int, **kwargs: bool) -> Deferred[Reply]:
+        if not self.replyQueue.waiting:
             self.waiting_since = self.factory.link.clock.seconds()
-        return super().execute_command(*args, **kwargs)  # type: ignore[misc]
+        d: Deferred[Reply] = super().execute_command(*args, **kwargs)
+        return d
 
-    def replyReceived(self, reply: Any) -> None:
+    def replyReceived(self, reply: Reply) -> None:
         self.waiting_since = self.factory.link.clock.seconds()
-        super().replyReceived(reply)  # type: ignore[misc]
+        super().replyReceived(reply)
 
     def connectionLost(self, why: Failure) -> None:
         if not self.usable:
             # never usable: TLS handshake, authentication or SELECT failed
             self.factory.link.attempt_failed(self.factory.role, why.getErrorMessage())
-        super().connectionLost(why)  # type: ignore[misc]
+        super().connectionLost(why)
 
     def overdue(self, now: float) -> bool:
-        return bool(self.replyQueue.waiting) and now - self.waiting_since > REPLY_TIMEOUT  # type: ignore[attr-defined]
+        return bool(self.replyQueue.waiting) and now - self.waiting_since > REPLY_TIMEOUT
 
 
-class _Commands(_Watched, txredisapi.RedisProtocol):  # type: ignore[misc]
+class _Commands(_Watched):
     pass
 
 
-class _Subscriber(_Watched, txredisapi.SubscriberProtocol):  # type: ignore[misc]
-    def messageReceived(self, pattern: Any, channel: str, message: str) -> None:
+class _Subscriber(_Watched, txredisapi.SubscriberProtocol):
+    def messageReceived(self, pattern: str | None, channel: str, message: str) -> None:
         self.factory.link.events.message(channel, message)
 
 
-class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
+class _Factory(txredisapi.RedisFactory):
     """One connection, reconnected with backoff; tells the link when it is usable and when lost."""
 
     protocol = _Commands
@@ -147,12 +178,12 @@ class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
         """
         return succeed(None)
 
-    def addConnection(self, conn: Any) -> None:
+    def addConnection(self, conn: _Watched) -> None:
         super().addConnection(conn)
         if conn.connected and not self.disconnectCalled:
             self.link.connected(self.role, conn)
 
-    def delConnection(self, conn: Any) -> None:
+    def delConnection(self, conn: _Watched) -> None:
         super().delConnection(conn)
         self.link.lost(self.role, conn)
 
@@ -164,18 +195,17 @@ class _SubscriberFactory(_Factory):
 class _Endpoint:
     """The Redis endpoint, telling the link when a connection attempt fails."""
 
-    def __init__(self, endpoint: Any, link: Link, role: str) -> None:
+    def __init__(self, endpoint: IStreamClientEndpoint, link: Link, role: str) -> None:
         self.endpoint = endpoint
         self.link = link
         self.role = role
 
-    def connect(self, factory: Any) -> Deferred[Any]:
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         def failed(failure: Failure) -> Failure:
             self.link.attempt_failed(self.role, failure.getErrorMessage())
             return failure
 
-        d: Deferred[Any] = self.endpoint.connect(factory)
-        return d.addErrback(failed)
+        return self.endpoint.connect(factory).addErrback(failed)
 
 
 class Link:
@@ -188,8 +218,8 @@ class Link:
         self.clock = clock
         self.events = events
         self._creator: IOpenSSLClientConnectionCreator | None = url.tls_creator() if url.tls else None
-        self.commands: Any = None
-        self.subscriber: Any = None
+        self.commands: RedisConnection | None = None
+        self.subscriber: RedisConnection | None = None
         self.state = "connecting"
         self.down_since = 0.0
         self._failure_logged = False
@@ -204,7 +234,7 @@ class Link:
     def start(self) -> None:
         from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 
-        endpoint: Any = HostnameEndpoint(self.clock, self.url.host, self.url.port, timeout=REPLY_TIMEOUT)
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(self.clock, self.url.host, self.url.port, timeout=REPLY_TIMEOUT)
         if self._creator is not None:
             endpoint = wrapClientTLS(self._creator, endpoint)
         for role, factory_class in (("commands", _Factory), ("subscriber", _SubscriberFactory)):
@@ -224,7 +254,7 @@ class Link:
         d = gatherResults([f.disconnect() for f in factories], consumeErrors=True)
         return d.addCallback(lambda _: None)
 
-    def connections(self) -> Iterator[Any]:
+    def connections(self) -> Iterator[RedisConnection]:
         for conn in (self.commands, self.subscriber):
             if conn is not None:
                 yield conn
@@ -259,7 +289,7 @@ class Link:
             delay=MAX_DELAY,
         )
 
-    def connected(self, role: str, conn: Any) -> None:
+    def connected(self, role: str, conn: RedisConnection) -> None:
         if role == "commands":
             self.commands = conn
         else:
@@ -279,7 +309,7 @@ class Link:
                 self.log.info("hub: connected to Redis at {url}", url=self.url.describe())
             self.events.link_up(previous == "down")
 
-    def lost(self, role: str, conn: Any) -> None:
+    def lost(self, role: str, conn: RedisConnection) -> None:
         if role == "commands":
             if conn is not self.commands:
                 return

@@ -25,8 +25,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
+from ...jsondoc import JSONObject
 from ...messages import Recipient
 from ..interface import Clock, MembersOf, SessionInfo
 from ..routing import members_online
@@ -117,7 +117,7 @@ class OwnPresence:
         self.need_full = False
         if fields or full:
             self.seq += 1
-        doc: dict[str, Any] = {"n": self.member, "s": self.seq}
+        doc: JSONObject = {"n": self.member, "s": self.seq}
         if full:
             doc["full"] = 1
         elif fields:
@@ -172,7 +172,7 @@ class _Member:
         self.fields: dict[str, int] = {}
         self.seen = now
         self.loading = False
-        self.pending: list[Mapping[str, Any]] = []
+        self.pending: list[JSONObject] = []
 
 
 class Mirror:
@@ -193,7 +193,7 @@ class Mirror:
 
     # -- input ------------------------------------------------------------------------------
 
-    def received(self, doc: Mapping[str, Any]) -> list[str]:
+    def received(self, doc: JSONObject) -> list[str]:
         """A presence publication (``n``: member, ``s``: sequence, ``full``, ``f``: changes, ``bye``): the members to load."""
         name = doc["n"]
         if name == self.own:
@@ -277,7 +277,7 @@ class Mirror:
         member.loading = True
         return [member.name]
 
-    def _apply(self, member: _Member, doc: Mapping[str, Any]) -> list[str]:
+    def _apply(self, member: _Member, doc: JSONObject) -> list[str]:
         seq = int(doc.get("s", 0))
         if doc.get("full"):
             if seq > member.seq:

@@ -24,13 +24,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from ...messages import Recipient
 from ..interface import Replay
 from ..outbound import Outbound
 
 Key = tuple[str, str]
+#: A decoded Redis reply, as the command answers: str, int, None, or a list of replies (txredisapi
+#: publishes no types).  What the scripts answer is read here, which checks its shape as it goes.
+Reply: TypeAlias = Any
 #: A message as a node routes it: (id, recipient, the message).
 Caught = tuple[int, Recipient, Outbound]
 
@@ -122,7 +125,7 @@ class StreamRead:
     last_id: int
 
 
-def read_stream(ib_id: str, since: int | None, reply: Any) -> StreamRead:
+def read_stream(ib_id: str, since: int | None, reply: Reply) -> StreamRead:
     """The meaning of a :data:`REPLAY_SCRIPT` reply; malformed entries are skipped."""
     if not reply or int(reply[0]) != 1:
         # no stream (never sent to, or Redis lost it): messages may be missing

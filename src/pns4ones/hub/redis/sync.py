@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from twisted.internet import task
-from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..interface import Clock
-from .link import Link
+from .link import Link, RedisConnection
 from .presence import BYE_SCRIPT, PRESENCE_SCRIPT, Mirror, OwnPresence
+from .stream import Reply
 
 #: Presence changes are batched this long (seconds).
 PRESENCE_BATCH = 0.1
@@ -52,7 +52,7 @@ class PresenceSync:
         self.mirror = Mirror(member, clock, expiry)
         self._subscribed = False
         self._synced = False
-        self._flush_call: DelayedCall | None = None
+        self._flush_call: IDelayedCall | None = None
         self._loops: list[task.LoopingCall] = []
 
     def start(self) -> None:
@@ -80,10 +80,10 @@ class PresenceSync:
 
     # -- the link -------------------------------------------------------------------------
 
-    def subscriber_up(self, conn: Any) -> None:
+    def subscriber_up(self, conn: RedisConnection) -> None:
         self._subscribed = False
 
-        def subscribed(_: Any) -> None:
+        def subscribed(_: object) -> None:
             if conn is self.link.subscriber:
                 self._subscribed = True
                 self.sync()
@@ -106,7 +106,7 @@ class PresenceSync:
         self.own.need_full = True
         self.flush(full=True)
 
-        def members(names: Any) -> None:
+        def members(names: Reply) -> None:
             self._load(self.mirror.known(names or ()))
 
         maybeDeferred(cmd.execute_command, "ZRANGE", self.nodes_key, 0, -1).addCallbacks(members, lambda _: None)
@@ -136,7 +136,7 @@ class PresenceSync:
         update = self.own.update(full, heartbeat)
         if update is None:
             return succeed(None)
-        args: list[Any] = [self.member, int(self.expiry * 1000), self.channel, update.doc, "1" if update.full else "0", update.seq]
+        args: list[str | int] = [self.member, int(self.expiry * 1000), self.channel, update.doc, "1" if update.full else "0", update.seq]
         for field, n in update.fields.items():
             args.append(field)
             args.append(n)
@@ -178,7 +178,7 @@ class PresenceSync:
                 self.mirror.load_failed(name)
                 continue
 
-            def loaded(values: Any, name: str = name) -> None:
+            def loaded(values: Reply, name: str = name) -> None:
                 if isinstance(values, list):
                     values = dict(zip(values[::2], values[1::2]))
                 try:
