@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """
 Coverage-guided fuzzing (atheris) of the pure parsers: the add-in registration
-frame, the /sendmessage body, the INI file and the command line; and of the
+frame, the /sendmessage body, the INI file, the command line and the restart
+hand-over documents (``handoff``); and of the
 send API's front connection (``http``: any bytes, cut anywhere, must give only
 well-formed answers, never an exception, and never more than the bounds held).
 Each target must only ever raise its own error type; anything else is a crash,
@@ -9,6 +10,8 @@ reported with the input that caused it.
 
     scripts/fuzz                    60 s per target
     scripts/fuzz --seconds 600 registration
+    scripts/fuzz hypothesis [SCALE]  the hypothesis fuzz tests, SCALE (default 20) times
+                                     their CI budget, with new random examples
 """
 
 from __future__ import annotations
@@ -58,6 +61,39 @@ def target_argv(data: bytes) -> None:
     try:
         parse_argv(data.decode("utf-8", "replace").split("\x00"))
     except (ConfigError, HelpRequested):
+        pass
+
+
+def target_handoff(data: bytes) -> None:
+    """A restart hand-over document (a sessions or listeners packet, a recovery window): refused with its own error, or well-typed."""
+    import math
+
+    from pns4ones.handoff import FAMILIES, HandoffError, listeners_from, sessions_from
+    from pns4ones.hub.local import LocalHub
+    from pns4ones.hub.recovery import RecoveryError
+
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        return
+    if not isinstance(doc, dict):
+        doc = {"sessions": doc, "listeners": doc, "windows": doc}
+    descriptors = data[0] % 4
+    try:
+        for state, family, pending in sessions_from(doc, descriptors):
+            assert family in FAMILIES and pending >= 0
+            assert all(isinstance(t, str) for t in (state.peer, state.app_id, state.ib_id, state.user_id, state.group, state.key))
+            assert state.registration_left is None or (math.isfinite(state.registration_left) and state.registration_left >= 0)
+    except HandoffError:
+        pass
+    try:
+        for option, address, _ in listeners_from(doc, descriptors):
+            assert isinstance(option, str) and isinstance(address, str)
+    except HandoffError:
+        pass
+    try:
+        LocalHub().recovery.adopt(doc, 0.0)
+    except RecoveryError:
         pass
 
 
@@ -130,7 +166,14 @@ def target_http(data: bytes) -> None:
     assert out == b"" or count.complete >= 1, out[:300]
 
 
-TARGETS = {"registration": target_registration, "send": target_send, "ini": target_ini, "argv": target_argv, "http": target_http}
+TARGETS = {
+    "registration": target_registration,
+    "send": target_send,
+    "ini": target_ini,
+    "argv": target_argv,
+    "http": target_http,
+    "handoff": target_handoff,
+}
 SEEDS = {
     "registration": [bytes.fromhex("2000544818abff73ed9fb5b1c4ff200b5704cea4df4f53acb12e17aed6aa13ea5d0b6170700069620075310000")],
     "send": [
@@ -138,6 +181,12 @@ SEEDS = {
     ],
     "ini": [b"listen = *:8092\n; c\nlog level=Error\n"],
     "argv": [b"/listen\x00localhost\x00-log_level=Error\x00--service=*:1"],
+    "handoff": [
+        b'{"type":"sessions","sessions":[{"family":2,"peer":"127.0.0.1:1","pending":0,"inbound":"","left":3.5}]}',
+        b'{"type":"listeners","listeners":[{"option":"listen","address":"*:8092","family":2}]}',
+        b'{"version":1,"last_id":5,"forgotten_floor":3,"windows":[{"app":"a","ib":"i","floor":3,'
+        b'"entries":[[4,1.5,["user","i","u",""],{"topic":"t","notification":null,"data":{}}]]}]}',
+    ],
     "http": [
         b"POST /sendmessage HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}GET /health HTTP/1.1\r\n\r\n",
         b"POST /sendmessages HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n2;x=y\r\n[]\r\n0\r\nT: 1\r\n\r\n",
@@ -158,7 +207,9 @@ def _run(name: str, seconds: int) -> None:
             f.write(seed)
     with atheris.instrument_imports():
         import pns4ones.config
+        import pns4ones.handoff
         import pns4ones.http.connection
+        import pns4ones.hub.recovery
         import pns4ones.messages
         import pns4ones.wire  # noqa: F401
     atheris.Setup([sys.argv[0], f"-max_total_time={seconds}", "-print_final_stats=1", "-max_len=4096", corpus], TARGETS[name])
@@ -169,7 +220,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=60, help="seconds per target (default 60)")
     parser.add_argument("--child", choices=list(TARGETS), help=argparse.SUPPRESS)
-    parser.add_argument("targets", nargs="*", metavar="TARGET", help="registration, send, ini, argv, http (default all)")
+    parser.add_argument("targets", nargs="*", metavar="TARGET", help="registration, send, ini, argv, http, handoff (default all)")
     args = parser.parse_args()
     if args.child:
         _run(args.child, args.seconds)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from .messages import MAX_FIELD
+from .messages import MAX_FIELD, lone_surrogate
 
 
 class GroupError(ValueError):
@@ -124,6 +124,8 @@ def check_name(value: object, field: str) -> str:
         raise GroupError(400, field, "must not be empty")
     if len(value) > MAX_FIELD:
         raise GroupError(400, field, f"is longer than {MAX_FIELD} characters")
+    if lone_surrogate(value):
+        raise GroupError(400, field, "is not Unicode text (it holds a lone surrogate)")
     return value
 
 

@@ -52,13 +52,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import os
 import signal
 import socket
 import sys
 import time
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -123,16 +124,76 @@ def state_json(state: AddinState, pending: int, family: int) -> JSONObject:
     return doc
 
 
-def state_from(doc: dict[str, Any]) -> AddinState:
-    """The connection a ``sessions`` entry describes; HandoffError when it is garbled."""
+def state_from(doc: object) -> AddinState:
+    """The connection a ``sessions`` entry describes; HandoffError when it is garbled (anything but the types :func:`state_json` writes)."""
+    if not isinstance(doc, dict):
+        raise HandoffError(f"garbled session entry ({type(doc).__name__})")
     try:
-        inbound = base64.b64decode(doc.get("inbound", ""), validate=True)
-        left = doc.get("left")
-        if doc.get("key"):
-            return AddinState(str(doc.get("peer", "")), doc["app"], doc["ib"], doc["user"], doc["group"], doc["key"], inbound)
-        return AddinState(str(doc.get("peer", "")), inbound=inbound, registration_left=float(left) if left is not None else None)
-    except (KeyError, TypeError, ValueError, binascii.Error) as e:
+        inbound = base64.b64decode(_text(doc.get("inbound", ""), "inbound"), validate=True)
+    except (ValueError, binascii.Error) as e:
         raise HandoffError(f"garbled session entry ({e!r})") from None
+    peer = _text(doc.get("peer", ""), "peer")
+    if doc.get("key"):
+        app, ib, user, group, key = (_text(doc.get(name), name) for name in ("app", "ib", "user", "group", "key"))
+        return AddinState(peer, app, ib, user, group, key, inbound)
+    left = doc.get("left")
+    if left is not None and (not isinstance(left, int | float) or isinstance(left, bool) or not math.isfinite(left)):
+        raise HandoffError(f"garbled session entry (left: {left!r})")
+    return AddinState(peer, inbound=inbound, registration_left=None if left is None else max(0.0, float(left)))
+
+
+def _text(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise HandoffError(f"garbled session entry ({name}: {value!r:.40})")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise HandoffError(f"garbled session entry ({name} is not text)") from None
+    return value
+
+
+def _count(value: object, what: str) -> int:
+    """A non-negative integer of a packet; HandoffError otherwise."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise HandoffError(f"garbled handoff packet ({what}: {value!r:.40})")
+    return value
+
+
+#: The address families of the add-in listener's connections (TCP).
+FAMILIES = frozenset({int(socket.AF_INET), int(socket.AF_INET6)})
+
+
+def sessions_from(doc: dict[str, Any], descriptors: int) -> list[tuple[AddinState, int, int]]:
+    """(state, family, pending byte count) of each entry of a ``sessions`` packet; HandoffError when anything is garbled or missing."""
+    entries = doc.get("sessions")
+    if not isinstance(entries, list) or len(entries) != descriptors:
+        raise HandoffError(
+            f"bad sessions packet ({len(entries) if isinstance(entries, list) else 'no'} entries, {descriptors} descriptors)"
+        )
+    out = []
+    for entry in entries:
+        state = state_from(entry)
+        family = entry.get("family")
+        if not isinstance(family, int) or isinstance(family, bool) or family not in FAMILIES:
+            raise HandoffError(f"garbled session entry (family: {family!r:.40})")
+        out.append((state, int(family), _count(entry.get("pending"), "pending")))
+    return out
+
+
+def listeners_from(doc: dict[str, Any], descriptors: int) -> list[tuple[str, str, int]]:
+    """(option, address, family) of each listener of a ``listeners`` packet; HandoffError when anything is garbled or missing."""
+    specs = doc.get("listeners")
+    if not isinstance(specs, list) or len(specs) != descriptors:
+        raise HandoffError("listener descriptors missing")
+    out = []
+    for spec in specs:
+        if not isinstance(spec, dict) or not isinstance(spec.get("option"), str) or not isinstance(spec.get("address"), str):
+            raise HandoffError(f"garbled listener entry ({spec!r:.80})")
+        family = spec.get("family")
+        if not isinstance(family, int) or isinstance(family, bool) or family not in FAMILIES | {int(socket.AF_UNIX)}:
+            raise HandoffError(f"garbled listener entry (family: {family!r:.40})")
+        out.append((spec["option"], spec["address"], family))
+    return out
 
 
 def _advertised_protocol() -> int:
@@ -164,7 +225,7 @@ def _recv(sock: socket.socket) -> tuple[str, Any, list[int]]:
         return "B", data[1:], fds
     try:
         return "J", json.loads(data[1:]), fds
-    except ValueError:
+    except (ValueError, RecursionError):
         raise HandoffError("garbled handoff packet") from None
 
 
@@ -222,6 +283,13 @@ class Incoming:
         self.old_pid = 0
 
     def receive_listeners(self) -> None:
+        """The old process's listening sockets (in :attr:`listeners`); HandoffError when the hand-over cannot go on."""
+        try:
+            self._receive_listeners()
+        except OSError as e:
+            raise HandoffError(f"handoff socket: {e}") from None
+
+    def _receive_listeners(self) -> None:
         _send(self.sock, {"type": "hello", "handoff": HANDOFF_PROTOCOL, "version": __version__, "pid": os.getpid()})
         doc, fds = _expect(self.sock, "listeners")
         theirs = doc.get("handoff")
@@ -233,11 +301,10 @@ class Incoming:
                 f"(handoff protocol {theirs}); the old process keeps serving. This upgrade needs a full restart (systemctl restart pns4ones), "
                 "which disconnects every 1C desktop: the stock 1C extension does not reconnect, each user restarts 1C"
             )
-        self.old_pid = int(doc.get("pid", 0))
-        if len(fds) != len(doc["listeners"]):
-            raise HandoffError("listener descriptors missing")
-        for spec, fd in zip(doc["listeners"], fds):
-            self.listeners.setdefault(spec["option"], []).append((spec, fd))
+        pid = doc.get("pid", 0)
+        self.old_pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else 0
+        for (option, address, family), fd in zip(listeners_from(doc, len(fds)), fds):
+            self.listeners.setdefault(option, []).append(({"option": option, "address": address, "family": family}, fd))
 
     def take(self, option: str, address_text: str) -> list[tuple[int, int]]:
         """
@@ -276,7 +343,18 @@ class Incoming:
         return b"".join(chunks)
 
     def receive_sessions(self) -> list[Handed]:
-        """Everything the old process hands over (and its recovery window, in :attr:`recovery`); blocking (we serve nothing yet)."""
+        """
+        Everything the old process hands over (and its recovery window, in
+        :attr:`recovery`); blocking (we serve nothing yet).  Every packet is
+        checked whole before ``adopted`` is sent: HandoffError (the old process
+        takes everything back) for anything garbled, missing or cut short.
+        """
+        try:
+            return self._receive_sessions()
+        except OSError as e:
+            raise HandoffError(f"handoff socket: {e}") from None
+
+    def _receive_sessions(self) -> list[Handed]:
         for _, handed in self.listeners.items():  # listeners this configuration no longer has
             for _, fd in handed:
                 os.close(fd)
@@ -289,24 +367,27 @@ class Incoming:
         while True:
             tag, doc, fds = _recv(self.sock)
             self.sock.settimeout(STEP_TIMEOUT)
-            if tag != "J":
-                raise HandoffError("unexpected raw bytes")
+            if tag != "J" or not isinstance(doc, dict):
+                raise HandoffError("unexpected raw bytes" if tag != "J" else "garbled handoff packet")
             kind = doc.get("type")
             if kind == "end":
                 break
             if kind == "recovery":
                 try:
-                    self.recovery = json.loads(self._blob(int(doc["bytes"]), "the recovery window"))
-                except ValueError:
+                    self.recovery = json.loads(self._blob(_count(doc.get("bytes"), "bytes"), "the recovery window"))
+                except (ValueError, RecursionError):
                     raise HandoffError("garbled recovery window") from None
                 continue
-            if kind != "sessions" or len(fds) != len(doc["sessions"]):
-                raise HandoffError(f"bad sessions packet ({kind}, {len(fds)} descriptors)")
-            blob = self._blob(sum(int(s["pending"]) for s in doc["sessions"]), "pending bytes")
+            if kind != "sessions":
+                raise HandoffError(f"bad sessions packet ({kind!r:.40}, {len(fds)} descriptors)")
+            entries = sessions_from(doc, len(fds))
+            need = sum(n for _, _, n in entries)
+            blob = self._blob(need, "pending bytes")
+            if len(blob) != need:
+                raise HandoffError(f"expected {need} pending bytes, received {len(blob)}")
             at = 0
-            for meta, fd in zip(doc["sessions"], fds):
-                n = int(meta["pending"])
-                out.append(Handed(state_from(meta), fd, int(meta["family"]), blob[at : at + n]))
+            for (state, family, n), fd in zip(entries, fds):
+                out.append(Handed(state, fd, family, blob[at : at + n]))
                 at += n
         if os.environ.get("PNS4ONES_TEST_HANDOFF_CRASH"):  # tests: die holding every descriptor, before confirming
             os._exit(3)
@@ -329,6 +410,13 @@ def adopt_sessions(service: PnsService, incoming: Incoming) -> int:
     handed = incoming.receive_sessions()
     reactor, factory, core = service.reactor, service.addin_factory, service.core
     assert factory is not None and core is not None  # built before the handoff starts
+    most = service.config.registration_timeout  # (no more than a new connection gets)
+    handed = [
+        h
+        if h.state.registration_left is None or h.state.registration_left <= most
+        else replace(h, state=replace(h.state, registration_left=most))
+        for h in handed
+    ]
     if incoming.recovery is not None:
         adopt_recovery(core.hub, incoming.recovery, reactor.seconds())
     # Registering connections in deadline order: the factory's sweep expects its clock entries so.

@@ -139,6 +139,22 @@ def _short(value: str, name: str) -> str:
     return value
 
 
+#: A surrogate code point: in a str decoded from JSON, one whose pair is missing ("\ud800").
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(value: str) -> bool:
+    """Whether ``value`` holds a lone surrogate: not Unicode text, it cannot be written as UTF-8 (the store, a ticket)."""
+    return not value.isascii() and _SURROGATE.search(value) is not None
+
+
+def _identifier(value: str, name: str) -> str:
+    """An id or group name: at most MAX_FIELD characters of Unicode text (it is stored, and routed by)."""
+    if lone_surrogate(_short(value, name)):
+        raise MessageError(name, "is not Unicode text (it holds a lone surrogate)")
+    return value
+
+
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
@@ -248,7 +264,7 @@ def _parse_regular(doc: dict[str, Any]) -> SendRequest:
     ib_id = _text(ib_id, MAX_FIELD)
     user_id = _text(user_id, MAX_FIELD)
     group = _text(group, MAX_FIELD)
-    if not ib_id:
+    if not ib_id or lone_surrogate(ib_id) or lone_surrogate(user_id) or lone_surrogate(group):  # (the full check words it)
         raise _IRREGULAR
     if rtype == "user":
         if not user_id:
@@ -319,9 +335,9 @@ def _parse_checked(doc: Any) -> SendRequest:
     rtype = string_member(rec, "type", "Recipient.Type", True).lower()
     if rtype not in RECIPIENT_TYPES:
         raise MessageError("Recipient.Type", "must be one of user, group, all")
-    ib_id = _short(string_member(rec, "ibid", "Recipient.IbId", True), "Recipient.IbId")
-    user_id = _short(string_member(rec, "userid", "Recipient.UserId", rtype == "user"), "Recipient.UserId")
-    group = _short(string_member(rec, "usergroup", "Recipient.UserGroup", rtype == "group"), "Recipient.UserGroup")
+    ib_id = _identifier(string_member(rec, "ibid", "Recipient.IbId", True), "Recipient.IbId")
+    user_id = _identifier(string_member(rec, "userid", "Recipient.UserId", rtype == "user"), "Recipient.UserId")
+    group = _identifier(string_member(rec, "usergroup", "Recipient.UserGroup", rtype == "group"), "Recipient.UserGroup")
     recipient = Recipient(rtype, ib_id, user_id if rtype == "user" else "", group if rtype == "group" else "")
 
     msg = object_member(root.get("message"), "Message", True)

@@ -102,8 +102,17 @@ class ScrapeResource(resource.Resource):
         self.inner = MetricsResource(metrics.registry)
 
     def render(self, request: Any) -> Any:
+        if request.method not in (b"GET", b"HEAD"):
+            return _not_allowed(request)
         self.figures.refresh()
         return self.inner.render(request)
+
+
+def _not_allowed(request: Any) -> bytes:
+    """405 in the JSON shape of every other error (twisted.web's is HTML; prometheus_client's plain text)."""
+    request.setHeader(b"Allow", b"GET, HEAD")
+    method = request.method.decode("latin-1")
+    return json_body(request, 405, {"error": "method_not_allowed", "reason": f"{method} is not allowed here; use GET"})
 
 
 # -- status for pns4ones-admin status ---------------------------------------------------------
@@ -224,6 +233,11 @@ class StatusResource(resource.Resource):
         self.service = service
         self.metrics = metrics
         self._expected = f"Bearer {token}".encode()
+
+    def render(self, request: Any) -> Any:
+        if request.method not in (b"GET", b"HEAD"):
+            return _not_allowed(request)
+        return super().render(request)
 
     def render_GET(self, request: Any) -> bytes:
         given = request.getHeader(b"authorization") or b""

@@ -45,7 +45,9 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from klein import Klein
 from twisted.internet.defer import DeferredLock, inlineCallbacks
 from twisted.logger import Logger
+from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
 
 from .. import audit, logs, trace
 from ..core import Core, Delivery, Online
@@ -183,7 +185,7 @@ class AdminPanel:
         self._account_lock = DeferredLock()
 
     def resource(self) -> Any:
-        return self.app.resource()
+        return _PanelRoot(self, self.app.resource())
 
     @staticmethod
     def _load_static() -> dict[str, tuple[bytes, bytes]]:
@@ -964,7 +966,8 @@ class AdminPanel:
         ib = self._form(request, "ib")
         user = self._form(request, "user")
         one = self._form(request, "id", 30)
-        ids = [int(one)] if one.isdigit() else None
+        # One message (an id that is no message id: none), or all of them (no id).
+        ids = None if not one else [int(one)] if one.isascii() and one.isdigit() else []
         groups = sorted(self.core.membership.groups_of(app.id, ib, user))
         count = yield self.store.delete_kept_for_user(app.id, ib, user, groups, self.clock.seconds(), ids)
         yield self._audit(
@@ -1255,8 +1258,11 @@ class AdminPanel:
         e = failure.value
         return self._render(request, "error.html", self._session(request), status=e.status, message=self._t(request)(e.key, **e.fields))
 
-    @app.handle_errors(NotFound)
+    @app.handle_errors(NotFound, RequestRedirect)  # (a path with an empty segment, "%2F": werkzeug would redirect it elsewhere)
     def not_found(self, request: Any, failure: Any) -> bytes:
+        return self.no_such_page(request)
+
+    def no_such_page(self, request: Any) -> bytes:
         return self._render(request, "error.html", self._session(request), status=404, message=self._t(request)("error.not_found"))
 
     @app.handle_errors(MethodNotAllowed)
@@ -1274,6 +1280,28 @@ class AdminPanel:
         request.setResponseCode(500)
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         return b"internal error, see the service log\n"
+
+
+class _PanelRoot(Resource):
+    """
+    The panel's routes behind a check Klein lacks: a path that is not UTF-8
+    once percent-decoded is "no such page" (Klein: plain text, and a traceback
+    in the log).
+    """
+
+    isLeaf = True
+
+    def __init__(self, panel: AdminPanel, routes: Resource) -> None:
+        super().__init__()
+        self.panel = panel
+        self.routes = routes
+
+    def render(self, request: Any) -> Any:
+        try:
+            b"/".join(request.postpath).decode("utf-8")  # (twisted.web percent-decoded each segment)
+        except UnicodeDecodeError:
+            return self.panel.no_such_page(request)
+        return self.routes.render(request)
 
 
 class AdminRequest(BoundedRequest):

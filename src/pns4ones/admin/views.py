@@ -55,7 +55,7 @@ class Page:
 
 def page_number(text: str) -> int:
     """``?page=`` as a number from 1 (anything else: 1)."""
-    return int(text) if text.isdigit() and 0 < int(text) < 10**9 else 1
+    return int(text) if text.isascii() and text.isdigit() and 0 < int(text) < 10**9 else 1  # ("²".isdigit(), but not int())
 
 
 # -- the 1C settings -----------------------------------------------------------------------

@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource as _resource
 from twisted.web.server import NOT_DONE_YET, Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
 
 from .calls import Answer, Call
 from .handlers import Handlers, Route, error_answer
@@ -81,7 +82,12 @@ class SendAPI:
     def _answer(self, request: Request, route: Route, *segments: str) -> bytes | Deferred[bytes]:
         result = self.handlers.answer(route, call_of(request), *segments)
         if isinstance(result, Deferred):
-            return result.addCallback(write_answer, request)
+            # Klein cancels what a route returns when the client goes away. The handler's work goes on (a store
+            # write that memory must follow, a look-up other requests share); its answer is dropped, and no
+            # CancelledError reaches the handler's error map (it was logged as an unexpected error).
+            shielded: Deferred[bytes] = Deferred()
+            result.addCallback(write_answer, request).chainDeferred(shielded)
+            return shielded
         return write_answer(result, request)
 
     # -- routes ---------------------------------------------------------------------------
@@ -144,7 +150,7 @@ class SendAPI:
 
     # -- Klein's own routing errors, in the API's JSON shape ---------------------------------
 
-    @app.handle_errors(NotFound)  # type: ignore[arg-type]  # (Klein types the request as IRequest; it is twisted.web's Request)
+    @app.handle_errors(NotFound, RequestRedirect)  # type: ignore[arg-type]  # (Klein types the request as IRequest; an empty segment: werkzeug would redirect)
     def not_found(self, request: Request, failure: Failure) -> bytes:
         return json_body(request, 404, {"error": "not_found", "reason": f"no such resource: {request.path.decode('utf-8', 'replace')}"})
 

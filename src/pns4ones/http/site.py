@@ -72,6 +72,15 @@ class BoundedRequest(server.Request):
             return self.forwarded_proto == "https"
         return bool(super().isSecure())
 
+    def process(self) -> None:
+        if self.path == b"*" and self.method != b"OPTIONS":  # (twisted.web answers it 405 with no body: say why)
+            self.site = self._site
+            self.setHeader(b"Allow", b"OPTIONS")
+            self.write(json_body(self, 405, {"error": "method_not_allowed", "reason": "the target * is for OPTIONS only"}))
+            self.finish()
+            return
+        super().process()
+
     def gotLength(self, length: int | None) -> None:
         # Called once all headers are in, before the body: the place to learn who really sent it.
         site = self._site
@@ -243,9 +252,18 @@ class ApiChannel(http.HTTPChannel):
         )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.gone()
+        super().connectionLost(reason)
+
+    def gone(self) -> None:
+        """
+        The connection is over: forget it.  Also called by a WebSocket session
+        when its connection is lost, because twisted.web's WebSocket resource
+        replaces the channel's ``connectionLost`` with its own (the channel and
+        its request would otherwise stay in ``site.channels`` for good).
+        """
         self._disarm()
         self.site.channels.discard(self)
-        super().connectionLost(reason)
 
 
 class ApiSite(server.Site):

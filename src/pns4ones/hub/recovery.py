@@ -25,6 +25,7 @@ that does not hold raises :class:`RecoveryError` and changes nothing.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Iterator
 
@@ -169,11 +170,11 @@ class Recovery:
                 where = f"windows[{i}].entries[{j}]"
                 if not isinstance(entry, list) or len(entry) != 4:
                     raise RecoveryError(f"{where} must be [id, time, recipient, message]")
-                message_id, at = _int(entry[0], where), entry[1]
-                if not isinstance(at, (int, float)) or isinstance(at, bool) or not previous < message_id <= last_id:
+                message_id, at = _int(entry[0], where), _time(entry[1])
+                if at is None or not previous < message_id <= last_id:
                     raise RecoveryError(f"{where}: ids must grow above the floor, up to last_id, with a time")
                 previous = message_id
-                window.entries.append((message_id, float(at), _recipient(entry[2], where), Outbound(_message(entry[3], where), message_id)))
+                window.entries.append((message_id, at, _recipient(entry[2], where), Outbound(_message(entry[3], where), message_id)))
             windows[(raw["app"], raw["ib"])] = window
         self.last_id = max(self.last_id, last_id)
         self._forgotten_floor = forgotten
@@ -193,6 +194,17 @@ def _int(value: object, where: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise RecoveryError(f"{where} must be an integer")
     return value
+
+
+def _time(value: object) -> float | None:
+    """A finite time in seconds, or None (JSON allows integers no float holds, and NaN)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        at = float(value)
+    except OverflowError:
+        return None
+    return at if math.isfinite(at) else None
 
 
 def _recipient_json(r: Recipient) -> list[str]:

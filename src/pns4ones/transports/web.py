@@ -35,7 +35,7 @@ import math
 import re
 import secrets
 from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar, runtime_checkable
+from typing import Generic, Protocol, TypeVar, cast, runtime_checkable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
@@ -44,18 +44,18 @@ from twisted.python.failure import Failure
 from twisted.web import resource as _resource
 from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.websocket import WebSocketResource, WebSocketTransport
-from wsproto.events import Event, Ping
+from wsproto.events import CloseConnection, Event, Ping
 from zope.interface import implementer
 
 from .. import crypto, tickets
 from ..config import Config
 from ..core import EXPIRED_TOKEN_MEMORY, AuthError, Core
 from ..http.resources import RenderAgain, render_when
-from ..http.site import json_body
+from ..http.site import ApiChannel, json_body
 from ..hub import Catchup, Clock, Outbound, next_session_id
 from ..jsondoc import JSONObject
 from ..logs import RateLimited, session_fields
-from ..messages import MAX_FIELD, MessageError, decode_json_body, object_member, string_member
+from ..messages import MAX_FIELD, MessageError, decode_json_body, lone_surrogate, object_member, string_member
 from ..ratelimit import RateLimiter
 from ..store import Application
 from ..txinternals import WebSocketWire, guard_websocket, websocket_wire
@@ -112,11 +112,13 @@ class WebSubscriptions:
         for name, value in (("IbId", ib_id), ("UserId", user_id)):
             if len(value) > MAX_FIELD:
                 raise MessageError(name, f"is longer than {MAX_FIELD} characters")
+            if lone_surrogate(value):
+                raise MessageError(name, "is not Unicode text (it holds a lone surrogate)")
         groups = doc.get("usergroups")
         if groups is None:
             groups = []
-        if not isinstance(groups, list) or not all(isinstance(g, str) and len(g) <= MAX_FIELD for g in groups):
-            raise MessageError("UserGroups", f"must be a list of strings of at most {MAX_FIELD} characters")
+        if not isinstance(groups, list) or not all(isinstance(g, str) and len(g) <= MAX_FIELD and not lone_surrogate(g) for g in groups):
+            raise MessageError("UserGroups", f"must be a list of strings (Unicode text) of at most {MAX_FIELD} characters")
         if len(groups) > MAX_GROUPS:
             raise MessageError("UserGroups", f"has more than {MAX_GROUPS} groups")
         groups = list(dict.fromkeys(g for g in groups if g))
@@ -270,7 +272,7 @@ class WebSubscriptions:
             session.end(reason)
 
     def resource(self) -> _resource.Resource:
-        root = _resource.Resource()
+        root = _SubscribeRoot()
         root.putChild(b"ws", _WSResource(self))
         root.putChild(b"sse", _SSEResource(self))
         return root
@@ -291,6 +293,19 @@ def _abort_connection(request: Request) -> None:
     if not isinstance(transport, _Abortable):
         raise TypeError(f"cannot abort the connection of {transport!r}")
     transport.abortConnection()
+
+
+class _SubscribeRoot(_resource.Resource):
+    """``/subscribe``: its children ``ws`` and ``sse``; itself and any other child a JSON 404 (not twisted.web's HTML)."""
+
+    def getChild(self, path: bytes, request: Request) -> _resource.Resource:
+        return self
+
+    def render(self, request: Request) -> bytes:
+        where = request.path.decode("utf-8", "replace")
+        return json_body(
+            request, 404, {"error": "not_found", "reason": f"no such resource: {where} (subscribe at /subscribe/ws or /subscribe/sse)"}
+        )
 
 
 @implementer(IPushProducer)
@@ -563,6 +578,14 @@ class WebSocketSession(_WebSession):
         """Whether the wire protocol may act on ``event`` (a refused ping gets no pong)."""
         if self.ended:
             return False
+        if isinstance(event, CloseConnection):
+            # The peer closes (or wsproto found its frames malformed): twisted.web answers the close and closes the
+            # connection, but the session would stay until connectionLost and write to a closed wsproto connection
+            # (LocalProtocolError: a send to this user failing, or a broadcast cut short). It ends now; a peer that
+            # does not read the answer is aborted after CLOSE_TIMEOUT.
+            self._gone()
+            self._closing = self.subs.clock.callLater(CLOSE_TIMEOUT, self._close_timed_out)
+            return True
         if isinstance(event, Ping):
             if self._pings is None:
                 self._pings = RateLimiter(PING_RATE, PING_BURST)
@@ -607,6 +630,7 @@ class WebSocketSession(_WebSession):
             self._closing.cancel()
         self._closing = None
         self._gone()
+        cast(ApiChannel, self.request.channel).gone()  # (twisted.web's WebSocket resource took the channel's connectionLost over)
 
     # -- outbound (Session) ---------------------------------------------------------------------
 
@@ -673,8 +697,14 @@ class _WSResource(WebSocketResource):
             return json_body(request, e.status, e.doc)
         request.pns_subscription = (admitted, since)  # type: ignore[attr-defined]  # (for _WSFactory.buildProtocol, which super() calls)
         # A long-lived connection: no idle timeout of the HTTP channel.
+        idle_timeout = request.channel.timeOut
         request.channel.setTimeout(None)
-        return super().render_GET(request)
+        body = super().render_GET(request)
+        if request.code == 400:  # the handshake's headers are wrong (twisted.web answers in plain text)
+            request.channel.setTimeout(idle_timeout)
+            reason = "not a WebSocket handshake: Sec-WebSocket-Key and Sec-WebSocket-Version: 13 are required"
+            return json_body(request, 400, {"error": "bad_request", "reason": reason})
+        return body
 
     def render(self, request: Request) -> bytes | int:
         if request.method != b"GET":
