@@ -9,7 +9,10 @@ enough to compare a change (run it a few times), and under
 ``valgrind --tool=callgrind`` it gives instruction counts (the difference of
 ``--rounds 1`` and ``--rounds 3``, halved, is what the sends cost).
 
-    scripts/bench_inproc.py [--sends 20000] [--subscribers 1000] [--batch 0] [--rounds 1]
+    scripts/bench_inproc.py [--sends 20000] [--subscribers 1000] [--batch 0] [--rounds 1] [--trace-size 5000]
+
+The delivery trace records every send as the service does (``trace_size``,
+5000 by default; ``--trace-size 0`` leaves it out, to measure what it costs).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pns4ones.http.site import ApiSite
 from pns4ones.hub import Outbound
 from pns4ones.hub.local import LocalHub
 from pns4ones.store import Application, Snapshot, TokenRecord
+from pns4ones.trace import DEFAULT_SIZE, Trace
 from pns4ones.wire import ClientKey
 
 APP = Application("app", "Bench", "s" * 64, ClientKey.generate(), 0.0)
@@ -111,12 +115,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=0, help="POST /sendmessages with this many messages per request (0: /sendmessage)")
     parser.add_argument("--rounds", type=int, default=1, help="feed the requests this many times (callgrind: compare 1 and 3)")
     parser.add_argument("--no-metrics", action="store_true")
+    parser.add_argument("--trace-size", type=int, default=DEFAULT_SIZE, help="the delivery trace's size (the service's trace_size; 0: off)")
     parser.add_argument("--profile", action="store_true", help="cProfile the run, top 30 by own time")
     args = parser.parse_args()
     from twisted.internet import reactor
 
     clock = Clock()
-    core = Core(Store(), LocalHub(), clock)  # type: ignore[arg-type]
+    core = Core(Store(), LocalHub(), clock, trace=Trace(args.trace_size))  # type: ignore[arg-type]
     core.apply_snapshot(Store().snapshot().result)  # type: ignore[attr-defined,arg-type]
     for i in range(args.subscribers):
         core.adopt(Subscriber(f"u{i}"))  # type: ignore[arg-type]

@@ -21,6 +21,8 @@ from pns4ones import proxies
 from pns4ones.http import connection as fc
 from pns4ones.http.calls import Answer, Call
 from pns4ones.http.connection import FrontConnection, StateError, encode_answer
+from pns4ones.http.handlers import sent_answer
+from pns4ones.hub import Delivery
 
 from .http_support import OTHER_TOKEN, TOKEN, Setup, front_connection, responses
 
@@ -421,6 +423,19 @@ class EncodingTests(SynchronousTestCase):
         self.assertEqual(lines[3:], [b"Retry-After: 1", b"Content-Type: application/json", b"Content-Length: 2", b"", b"{}"])
         self.assertNotIn(b"Connection", encode_answer(Answer(200, (), b""), b"HTTP/1.0", True, False))
         self.assertIn(b"Connection: close", encode_answer(Answer(200, (), b""), b"HTTP/1.0", True, True))
+
+    def test_sent_answer_fields_are_its_headers(self) -> None:
+        """/sendmessage's answer: json.dumps's body, and its header fields pre-encoded, exactly its headers' wire form, kept or not."""
+        for delivery in (Delivery(1, 1, False, 0, 1700000000000123), Delivery(0, 0, True, 2, 17), Delivery(3, 2, True, 0, 5)):
+            answer = sent_answer(delivery)
+            self.assertIsNotNone(answer.fields)
+            self.assertEqual(answer.fields, b"".join(b"%s: %s\r\n" % field for field in answer.headers))
+            doc = {"sessions": delivery.sessions, "users": delivery.users, "stored": delivery.stored}
+            if delivery.dropped:
+                doc["dropped"] = delivery.dropped
+            self.assertEqual(answer.body, json.dumps({**doc, "id": delivery.message_id}).encode())
+            plain = Answer(answer.status, answer.headers, answer.body)
+            self.assertEqual(encode_answer(answer, b"HTTP/1.1", False, False), encode_answer(plain, b"HTTP/1.1", False, False))
 
     def test_front_connection_is_not_a_request(self) -> None:
         """The handlers see a Call: plain values, no request object; the Answer comes back as a value."""

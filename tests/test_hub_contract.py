@@ -126,6 +126,19 @@ class HubContract:
         self.assertEqual((delivery.sessions, delivery.users, set(delivery.reached)), (1, 1, {"ok"}))
 
     @inlineCallbacks
+    def test_a_user_send_reaches_that_user_or_nobody(self) -> Generator[Deferred[Any], Any, None]:
+        """A user send counts that user's sessions written, the user once, and no user when every session refused it."""
+        hub = yield self.make_hub()
+        first, second, refusing = RecordingSession("u1"), RecordingSession("u1"), RecordingSession("u2")
+        refusing.refuse = True
+        for s in (first, second, refusing):
+            hub.attach(s)
+        delivery = yield self.publish(hub, Recipient("user", "ib", user_id="u1"))
+        self.assertEqual((delivery.sessions, delivery.users, set(delivery.reached)), (2, 1, {"u1"}))
+        delivery = yield self.publish(hub, Recipient("user", "ib", user_id="u2"))
+        self.assertEqual((delivery.sessions, delivery.users, set(delivery.reached)), (0, 0, set()))
+
+    @inlineCallbacks
     def test_on_routed_hook(self) -> Generator[Deferred[Any], Any, None]:
         """The metrics hook hears each routed message: application, sessions written, frame bytes."""
         hub = yield self.make_hub()

@@ -74,6 +74,24 @@ class HandoverTests(SynchronousTestCase):
                 self.assertEqual(replays(new, session, since, 110.0), replays(self.old, session, since, 110.0), (session, since))
         self.assertEqual(replays(new, self.sessions[0], 2_000_001, 110.0)[0], self.ids[0] - 1, "an id neither issued is missed")
 
+    def test_delivered_messages_are_handed_over_whole(self) -> None:
+        """A message already rendered for delivery (its Message let go) is handed over the same: the same add-in bytes, under the same id."""
+        before = {}
+        for session in self.sessions:
+            for outbound in self.old.replay(session.app_id, session.ib_id, 999_999, 110.0, lambda r: True)[1]:
+                if outbound.id in before:
+                    continue
+                assert outbound.message is not None
+                before[outbound.id] = outbound.plaintext  # rendered: as a delivery does
+                self.assertIsNone(outbound.message)
+        new = handed(self.old, 2_000_000, 110.0, seconds=60, limit=100)
+        after = {}
+        for session in self.sessions:
+            for outbound in new.replay(session.app_id, session.ib_id, 999_999, 110.0, lambda r: True)[1]:
+                after[outbound.id] = outbound.plaintext
+        self.assertEqual(after, before)
+        self.assertEqual(len(after), len(self.ids))
+
     def test_ids_keep_growing(self) -> None:
         """The next process's ids are above every id handed over, also when its own start is below them (a clock that went back)."""
         new = handed(self.old, 2_000_000, 110.0)

@@ -214,7 +214,9 @@ def encode_answer(answer: Answer, version: bytes, close: bool, closing: bool) ->
     if encoded is not None and encoded[0] is date and encoded[1] is version and encoded[2] is connection:
         return encoded[3]
     body = answer.body
-    fields = b"".join([b"%s: %s\r\n" % field for field in answer.headers])
+    fields = answer.fields
+    if fields is None:
+        fields = b"".join([b"%s: %s\r\n" % field for field in answer.headers])
     data = b"%s%s%s%sContent-Length: %d\r\n\r\n%s" % (status_line(version, answer.status), connection, date, fields, len(body), body)
     answer.encoded = (date, version, connection, data)
     return data

@@ -17,6 +17,12 @@ Invariants:
   map to 401/403 and 503; anything else is a 500 and a logged failure.
 * Authentication comes first: a request with a bad token is refused before its
   body is parsed.
+
+A note on speed: a result that is a value or a Deferred is told apart by the
+value's class (``isinstance(app, Application)``), not by ``Deferred``:
+Deferred is an abstract base class (``collections.abc.Awaitable``), and an
+``isinstance`` against it runs ``ABCMeta.__instancecheck__`` in Python, about
+0.15 µs, against 0.03 µs for a plain class; a send made three of them.
 """
 
 from __future__ import annotations
@@ -98,11 +104,37 @@ def _sent_body(delivery: Delivery) -> bytes:
     return b'{"sessions": %d, "users": %d, "stored": %s, "id": %d}' % (d.sessions, d.users, stored, d.message_id)
 
 
-def _sent_answer(delivery: Delivery) -> Answer:
-    """The answer of ``/sendmessage``: the body of :func:`_sent_body` and its headers (each send's own: it carries the id)."""
-    counts = ((_SESSIONS, b"%d" % delivery.sessions), (_USERS, b"%d" % delivery.users), (_ID, b"%d" % delivery.message_id))
-    headers = counts + ((_STORED_HEADER,) if delivery.stored else ()) + JSON_HEADERS
-    return Answer(200, headers, _sent_body(delivery))
+#: :func:`_sent_body` of a send neither kept nor dropping any, from the digits already made.
+_LIVE_BODY: Final = b'{"sessions": %s, "users": %s, "stored": false, "id": %s}'
+
+#: ``/sendmessage``'s header fields in wire form: the counts, the id, X-Pns-Stored when kept, then JSON_HEADERS.
+_SENT_FIELDS: Final = b"%s: %%s\r\n%s: %%s\r\n%s: %%s\r\n%%s%s" % (
+    _SESSIONS,
+    _USERS,
+    _ID,
+    b"".join([b"%s: %s\r\n" % field for field in JSON_HEADERS]).replace(b"%", b"%%"),
+)
+_STORED_FIELD: Final = b"%s: %s\r\n" % _STORED_HEADER
+
+
+def sent_answer(delivery: Delivery) -> Answer:
+    """
+    The answer of ``/sendmessage``: the body of :func:`_sent_body` and its
+    headers (each send's own: it carries the id), with their wire form made
+    at once (:attr:`Answer.fields`: one format rather than one per field).
+    """
+    sessions, users, message_id = b"%d" % delivery.sessions, b"%d" % delivery.users, b"%d" % delivery.message_id
+    if delivery.stored:
+        headers = ((_SESSIONS, sessions), (_USERS, users), (_ID, message_id), _STORED_HEADER, *JSON_HEADERS)
+        fields = _SENT_FIELDS % (sessions, users, message_id, _STORED_FIELD)
+        return Answer(200, headers, _sent_body(delivery), fields)
+    if delivery.dropped:  # (only ever with stored; kept for the body's shape)
+        headers = ((_SESSIONS, sessions), (_USERS, users), (_ID, message_id), *JSON_HEADERS)
+        return Answer(200, headers, _sent_body(delivery), _SENT_FIELDS % (sessions, users, message_id, b""))
+    # The usual send (not kept): the body from the same digits as the fields.
+    headers = ((_SESSIONS, sessions), (_USERS, users), (_ID, message_id), *JSON_HEADERS)
+    fields = _SENT_FIELDS % (sessions, users, message_id, b"")
+    return Answer(200, headers, _LIVE_BODY % (sessions, users, message_id), fields)
 
 
 class _Batch:
@@ -194,9 +226,9 @@ class Handlers:
     def _then(self, call: Call, step: Callable[..., Answer | Deferred[Answer]], *args: Any) -> Answer | Deferred[Answer]:
         """``step(application, call, *args)`` once the call's token is resolved (at once when it is in memory)."""
         app = self.core.resolve_token(call.bearer_token())
-        if isinstance(app, Deferred):
-            return app.addCallback(step, call, *args)
-        return step(app, call, *args)
+        if isinstance(app, Application):  # (the value's class: see the module's note on Deferred)
+            return step(app, call, *args)
+        return app.addCallback(step, call, *args)
 
     def _charge(self, call: Call, app: Application, cost: int = 1) -> None:
         """``send_rate_limit``: 429 with Retry-After when the application is over it."""
@@ -234,9 +266,9 @@ class Handlers:
         """``POST /sendmessage``: one message."""
         started = perf_counter()
         app = self.core.resolve_token(call.bearer_token())
-        if isinstance(app, Deferred):
-            return app.addCallback(self._sendmessage, call, started)
-        return self._sendmessage(app, call, started)
+        if isinstance(app, Application):
+            return self._sendmessage(app, call, started)
+        return app.addCallback(self._sendmessage, call, started)
 
     def _sendmessage(self, app: Application, call: Call, started: float) -> Answer | Deferred[Answer]:
         if self.limiter is not None:
@@ -247,9 +279,10 @@ class Handlers:
             raise ApiError(400, "bad_request", e.reason, field=e.field) from None
         ttl = self._ttl(call, send) if send.ttl is not None or call.query else 0.0
         delivery = self.core.send(app, send, ttl)
-        if isinstance(delivery, Deferred):  # a hub between nodes, or a kept message: the answer comes later
-            return delivery.addCallback(self._sent, call, app, send, ttl, started)
-        return self._sent(delivery, call, app, send, ttl, started)
+        if isinstance(delivery, Delivery):
+            return self._sent(delivery, call, app, send, ttl, started)
+        # a hub between nodes, or a kept message: the answer comes later
+        return delivery.addCallback(self._sent, call, app, send, ttl, started)
 
     def _ttl(self, call: Call, send: SendRequest) -> float:
         """``Message.TTL`` or ``?ttl=`` (the body wins), bounded by ``max_ttl``; 0.0 when neither is given."""
@@ -277,7 +310,7 @@ class Handlers:
                 peer=call.peer,
                 event="send",
             )
-        return _sent_answer(delivery)
+        return sent_answer(delivery)
 
     # -- /sendmessages ----------------------------------------------------------------------
 
@@ -316,7 +349,7 @@ class Handlers:
                 )
                 continue
             delivery = send_one(app, send, ttl)
-            if isinstance(delivery, Deferred):
+            if not isinstance(delivery, Delivery):  # a Deferred
                 pending.append(
                     delivery.addCallbacks(
                         self._batch_sent,

@@ -146,6 +146,14 @@ class LocalHub:
         if not targets:
             return Delivery(0, 0, False, 0, message.id)
         written = 0
+        if recipient.type == "user":  # (the usual send) every target is that user's: no set of users to build
+            for session in tuple(targets):
+                if session.deliver(message):
+                    written += 1
+            self.on_routed(app_id, written, message.frame_size)
+            if not written:
+                return Delivery(0, 0, False, 0, message.id)
+            return Delivery(written, 1, False, 0, message.id, (recipient.user_id,))
         users = set()
         # A copy: a delivery may end a session (slow reader), which detaches it.
         for session in tuple(targets):

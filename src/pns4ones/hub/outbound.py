@@ -9,6 +9,9 @@ Invariants:
   (:meth:`Outbound.rendered`) and never parse them.
 * The add-in frame is encrypted once per application key, the web JSON built
   once: every session writes the same bytes.
+* Once rendered, the :class:`Message` is let go: the recovery window keeps
+  each message for minutes, and the bytes are all a transport or a replay
+  needs (the recovery export reads the message back from them).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ class Outbound:
 
     @property
     def message(self) -> Message | None:
-        """The message it was made from (None: made from rendered bytes)."""
+        """The message it was made from; None once rendered (or made from rendered bytes)."""
         return self._message
 
     @property
@@ -56,6 +59,7 @@ class Outbound:
         if plaintext is None:
             assert self._message is not None
             plaintext = self._plaintext = render_addin_json(self._message)
+            self._message = None  # (see the module's invariants)
         return plaintext
 
     def addin_frame(self, key: ClientKey) -> bytes:

@@ -68,7 +68,7 @@ class Recovery:
 
     def record(self, app_id: str, recipient: Recipient, outbound: Outbound, now: float) -> int:
         """Give the message its id (``outbound.id``) and keep it in its window; returns the id."""
-        message_id = outbound.id = self.next_id()
+        self.last_id = message_id = outbound.id = self.last_id + 1  # (next_id(), inline: once per send)
         if self.limit <= 0 or self.seconds <= 0:
             return message_id
         key = (app_id, recipient.ib_id)
@@ -81,7 +81,8 @@ class Recovery:
         entries.append((message_id, now, recipient, outbound))
         if len(entries) > self.limit:
             window.floor = entries.popleft()[0]
-        self._expire(window, now)
+        if entries[0][1] < now - self.seconds:  # (_expire's test first: usually nothing has expired)
+            self._expire(window, now)
         return message_id
 
     def _expire(self, window: Window, now: float) -> None:
