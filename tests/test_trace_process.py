@@ -352,6 +352,12 @@ class TraceOptionsTests(SynchronousTestCase):
         text = trace_cli(server, "--id", str(second["id"])).stdout
         self.assertIn("kept for offline users until", text)
         self.assertIn("; 1 older kept message dropped", text)
+        # In a batch too: an element whose keeping pushed an older one out says so.
+        kept = sender.send_batch([message("user", "late", "b2", ttl=600)])
+        (element,) = kept.results
+        assert isinstance(element, SendResult)
+        self.assertEqual((element.stored, element.dropped), (True, 1))
+        self.assertNotIn("dropped", ok.raw)
 
     def test_no_server(self) -> None:
         """Without a running server the command says so and exits 1."""

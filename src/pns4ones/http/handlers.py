@@ -382,12 +382,22 @@ class Handlers:
     ) -> None:
         self.metrics.sent(app_id, send.recipient.type, perf_counter() - started)
         self.core.trace.sent(self.core.clock.seconds(), "batch", peer, app_id, send, ttl, delivery)
-        batch.results[index] = b'{"status": 200, "sessions": %d, "users": %d, "stored": %s, "id": %d}' % (
-            delivery.sessions,
-            delivery.users,
-            b"true" if delivery.stored else b"false",
-            delivery.message_id,
-        )
+        stored = b"true" if delivery.stored else b"false"
+        if delivery.dropped:  # (as /sendmessage's answer: only when keeping it pushed older ones out)
+            batch.results[index] = b'{"status": 200, "sessions": %d, "users": %d, "stored": %s, "dropped": %d, "id": %d}' % (
+                delivery.sessions,
+                delivery.users,
+                stored,
+                delivery.dropped,
+                delivery.message_id,
+            )
+        else:
+            batch.results[index] = b'{"status": 200, "sessions": %d, "users": %d, "stored": %s, "id": %d}' % (
+                delivery.sessions,
+                delivery.users,
+                stored,
+                delivery.message_id,
+            )
         batch.sessions += delivery.sessions
         batch.accepted += 1
 
