@@ -91,16 +91,13 @@ function renderIbs(list, ibs) {
   }
 }
 
-function liveCounts() {
-  const url = document.body.dataset.countsUrl;
-  if (!url) {
-    return;
-  }
-  const interval = Number(document.body.dataset.pollMs) || 3000;
+// Every live part of the panel: fetch url() every interval ms and hand a good answer to apply();
+// a network error just waits for the next turn, a 401 (the session ended) goes to the login page.
+function pollEvery(url, interval, apply) {
   const poll = async () => {
     let response;
     try {
-      response = await fetch(url, {credentials: "same-origin", cache: "no-store"});
+      response = await fetch(url(), {credentials: "same-origin", cache: "no-store"});
     } catch (e) {
       window.setTimeout(poll, interval);
       return;
@@ -110,28 +107,39 @@ function liveCounts() {
       return;
     }
     if (response.ok) {
-      const doc = await response.json();
-      const total = document.getElementById("total-count");
-      if (total) {
-        total.textContent = String(doc.total);
-      }
-      for (const badge of document.querySelectorAll("[data-app-count]")) {
-        const app = doc.apps[badge.dataset.appCount];
-        badge.textContent = String(app ? app.total : 0);
-      }
-      for (const list of document.querySelectorAll("[data-app-ibs]")) {
-        const app = doc.apps[list.dataset.appIbs];
-        renderIbs(list, app ? app.ibs : {});
-      }
-      for (const figure of document.querySelectorAll("[data-app-transport]")) {
-        const app = doc.apps[figure.dataset.app];
-        figure.textContent = String(app && app.transports ? app.transports[figure.dataset.appTransport] || 0 : 0);
-      }
-      document.body.dataset.countsUpdated = String(Date.now());
+      await apply(response);
     }
     window.setTimeout(poll, interval);
   };
   window.setTimeout(poll, interval);
+}
+
+function liveCounts() {
+  const url = document.body.dataset.countsUrl;
+  if (!url) {
+    return;
+  }
+  const interval = Number(document.body.dataset.pollMs) || 3000;
+  pollEvery(() => url, interval, async (response) => {
+    const doc = await response.json();
+    const total = document.getElementById("total-count");
+    if (total) {
+      total.textContent = String(doc.total);
+    }
+    for (const badge of document.querySelectorAll("[data-app-count]")) {
+      const app = doc.apps[badge.dataset.appCount];
+      badge.textContent = String(app ? app.total : 0);
+    }
+    for (const list of document.querySelectorAll("[data-app-ibs]")) {
+      const app = doc.apps[list.dataset.appIbs];
+      renderIbs(list, app ? app.ibs : {});
+    }
+    for (const figure of document.querySelectorAll("[data-app-transport]")) {
+      const app = doc.apps[figure.dataset.app];
+      figure.textContent = String(app && app.transports ? app.transports[figure.dataset.appTransport] || 0 : 0);
+    }
+    document.body.dataset.countsUpdated = String(Date.now());
+  });
 }
 
 // The status page: its figures (server-rendered HTML of this same origin) replaced at every poll.
@@ -141,25 +149,10 @@ function liveStatus() {
     return;
   }
   const interval = Number(box.dataset.pollMs) || 3000;
-  const poll = async () => {
-    let response;
-    try {
-      response = await fetch(box.dataset.liveUrl, {credentials: "same-origin", cache: "no-store"});
-    } catch (e) {
-      window.setTimeout(poll, interval);
-      return;
-    }
-    if (response.status === 401) {
-      window.location.assign("/login");
-      return;
-    }
-    if (response.ok) {
-      box.innerHTML = await response.text();
-      box.dataset.updated = String(Date.now());
-    }
-    window.setTimeout(poll, interval);
-  };
-  window.setTimeout(poll, interval);
+  pollEvery(() => box.dataset.liveUrl, interval, async (response) => {
+    box.innerHTML = await response.text();
+    box.dataset.updated = String(Date.now());
+  });
 }
 
 // The Online view: one page of sessions as JSON at every poll, filled into copies of the page's
@@ -267,29 +260,14 @@ function liveOnline() {
   }
   const interval = Number(box.dataset.pollMs) || 3000;
   let last = null;
-  const poll = async () => {
-    let response;
-    try {
-      response = await fetch(box.dataset.onlineUrl, {credentials: "same-origin", cache: "no-store"});
-    } catch (e) {
-      window.setTimeout(poll, interval);
-      return;
+  pollEvery(() => box.dataset.onlineUrl, interval, async (response) => {
+    const text = await response.text();
+    if (text !== last) {
+      last = text;
+      renderOnline(box, JSON.parse(text));
     }
-    if (response.status === 401) {
-      window.location.assign("/login");
-      return;
-    }
-    if (response.ok) {
-      const text = await response.text();
-      if (text !== last) {
-        last = text;
-        renderOnline(box, JSON.parse(text));
-      }
-      box.dataset.updated = String(Date.now());
-    }
-    window.setTimeout(poll, interval);
-  };
-  window.setTimeout(poll, interval);
+    box.dataset.updated = String(Date.now());
+  });
 }
 
 document.addEventListener("DOMContentLoaded", () => {
