@@ -1030,17 +1030,20 @@ class PanelBrowserTests(SynchronousTestCase):
 
 
 class PanelClient:
-    """A minimal cookie-keeping HTTP client for the panel (stdlib only, loopback)."""
+    """A minimal cookie-keeping HTTP client for the panel (stdlib only, loopback; ``source``: the loopback address it connects from)."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1", source: str | None = None, timeout: float = 10) -> None:
         self.port = port
         self.host = host
+        self.source = source
+        self.timeout = timeout
         self.cookies: dict[str, str] = {}
 
     def request(
         self, method: str, path: str, form: dict[str, str] | None = None, headers: dict[str, str] | None = None
     ) -> tuple[int, Any, str]:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        source = (self.source, 0) if self.source is not None else None
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout, source_address=source)
         try:
             hdrs = {"Host": f"127.0.0.1:{self.port}", **(headers or {})}
             if self.cookies:
@@ -1073,6 +1076,11 @@ class PanelClient:
         form = {"csrf": token, "code": code, "login": "admin", "password": password, "password2": password}
         status, headers, _ = self.request("POST", "/setup", form)
         assert status == 303 and headers["Location"] == "/apps", status
+
+    def login(self, password: str, token: str | None = None) -> int:
+        """POST /login as admin (with ``token``, or a fresh CSRF token); the status."""
+        token = token or self.csrf("/login")
+        return self.request("POST", "/login", {"csrf": token, "login": "admin", "password": password})[0]
 
     def post(self, path: str, form: dict[str, str]) -> tuple[int, str]:
         """POST with this session's CSRF token; (status, Location)."""

@@ -2,71 +2,14 @@
 
 from __future__ import annotations
 
-import http.client
-import re
 import threading
 import time
-import urllib.parse
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .support import ServerProcess, wait_for
-
-PASSWORD = "correct horse 1"
-
-
-def setup_code(server: ServerProcess) -> str:
-    """The panel's one-time set-up code (in the data directory while there is no administrator)."""
-    path = server.data_dir / "panel-setup-code"
-    return str(wait_for(lambda: path.exists() and path.read_text().strip(), what="the set-up code file"))
-
-
-class Panel:
-    """A cookie-keeping HTTP client of the panel from one loopback source address (stdlib only)."""
-
-    def __init__(self, port: int, source: str = "127.0.0.1") -> None:
-        self.port = port
-        self.source = source
-        self.cookies: dict[str, str] = {}
-
-    def request(self, method: str, path: str, form: dict[str, str] | None = None) -> tuple[int, Any, str]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30, source_address=(self.source, 0))
-        try:
-            headers = {"Host": f"127.0.0.1:{self.port}"}
-            if self.cookies:
-                headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-            body = None
-            if form is not None:
-                body = urllib.parse.urlencode(form).encode()
-                headers["Content-Type"] = "application/x-www-form-urlencoded"
-            conn.request(method, path, body=body, headers=headers)
-            response = conn.getresponse()
-            text = response.read().decode("utf-8")
-            for line in response.headers.get_all("Set-Cookie") or []:
-                name, _, rest = line.partition("=")
-                self.cookies[name] = rest.split(";", 1)[0]
-            return response.status, response.headers, text
-        finally:
-            conn.close()
-
-    def csrf(self, path: str) -> str:
-        status, _, page = self.request("GET", path)
-        assert status == 200, (status, page)
-        found = re.search(r'name="csrf" value="([^"]+)"', page)
-        assert found is not None
-        return found.group(1)
-
-    def setup(self, code: str) -> None:
-        """Create the administrator with the one-time set-up code the server wrote to its data directory."""
-        token = self.csrf("/setup")
-        form = {"csrf": token, "code": code, "login": "admin", "password": PASSWORD, "password2": PASSWORD}
-        status, _, _ = self.request("POST", "/setup", form)
-        assert status == 303, status
-
-    def login(self, password: str, token: str | None = None) -> int:
-        token = token or self.csrf("/login")
-        return self.request("POST", "/login", {"csrf": token, "login": "admin", "password": password})[0]
+from .support import ServerProcess
+from .test_admin_panel import PASSWORD, PanelClient, setup_code
 
 
 class ThrottleTests(SynchronousTestCase):
@@ -74,10 +17,10 @@ class ThrottleTests(SynchronousTestCase):
         self.server = ServerProcess()
         self.addCleanup(self.server.cleanup)
         self.server.start()
-        Panel(self.server.admin_port).setup(setup_code(self.server))
+        PanelClient(self.server.admin_port).setup(setup_code(self.server))
 
-    def panel(self, source: str = "127.0.0.1") -> Panel:
-        return Panel(self.server.admin_port, source)
+    def panel(self, source: str = "127.0.0.1") -> PanelClient:
+        return PanelClient(self.server.admin_port, source=source, timeout=30)
 
     def parallel(self, count: int, attempt: Any) -> list[int]:
         """``count`` calls of ``attempt()`` released at the same instant from their own threads; their statuses."""
