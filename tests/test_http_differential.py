@@ -16,14 +16,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from .fuzz_harness import FUZZ, examples
 from .http_support import APP, TOKEN, Response, Setup, responses
-
-settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.load_profile("ci")
 
 #: The header fields compared between the two paths (Server, Date and Content-Length's spelling aside).
 COMPARED = (b"x-pns-sessions", b"x-pns-users", b"x-pns-stored", b"content-type", b"connection", b"retry-after", b"allow")
@@ -172,7 +170,7 @@ def feed(engine: str, stream: bytes, cuts: list[int]) -> tuple[list[Response], b
 
 
 class DifferentialTests(SynchronousTestCase):
-    @settings(max_examples=1000)
+    @settings(FUZZ, max_examples=examples(1000))
     @given(st.lists(requests(), min_size=1, max_size=5), st.lists(st.integers(0, 4000), max_size=8))
     def test_well_formed_streams_get_the_same_answers(self, reqs: list[bytes], cuts: list[int]) -> None:
         """Pipelined well-formed requests, hot and cold, any framing, cut anywhere: the same answers in the same order and the same deliveries."""
@@ -183,7 +181,7 @@ class DifferentialTests(SynchronousTestCase):
         self.assertEqual(ours[1], reference[1], "closing")
         self.assertEqual(ours[2], reference[2], "deliveries")
 
-    @settings(max_examples=500)
+    @settings(FUZZ, max_examples=examples(500))
     @given(st.lists(requests(), max_size=3), st.sampled_from(sorted(ENDINGS)), st.lists(st.integers(0, 80000), max_size=6))
     def test_hostile_endings_are_refused(self, reqs: list[bytes], name: str, cuts: list[int]) -> None:
         """Well-formed requests then a hostile part: the same answers before it; each path refuses it (4xx/5xx, closed) or not, as documented."""
@@ -208,7 +206,7 @@ class DifferentialTests(SynchronousTestCase):
             else:
                 self.assertEqual(len(reference), len(ours) - 1, name)
 
-    @settings(max_examples=1000)
+    @settings(FUZZ, max_examples=examples(1000))
     @given(st.binary(max_size=600), st.lists(st.integers(0, 600), max_size=5))
     def test_random_bytes_never_break_the_front(self, data: bytes, cuts: list[int]) -> None:
         """Random bytes after a good send: the send is answered first; nothing raises; the front refuses or waits."""
