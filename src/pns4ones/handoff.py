@@ -664,12 +664,7 @@ class Restart:
         self.paused = True
         for port in svc.ports:
             port.stopReading()
-        for channel in list(svc.site.channels):  # requests in progress: answered here, then the connection closes
-            for request in channel.requests:
-                if not request.startedWriting:
-                    request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
-            if channel.requests:  # (on an idle channel this would drop the next request unanswered)
-                channel.persistent = False
+        svc.site.close_after_answers()  # requests in progress: answered here, then the connection closes
         # WebSocket and SSE streams are requests that never finish by themselves: end
         # them first (their clients resume on the new process from the handed-over
         # window), or the wait below would last its whole 10 s bound.
@@ -703,12 +698,12 @@ class Restart:
         while we stopped accepting), each answered with Connection: close (the
         caller then closes the remaining idle connections).  A channel whose
         connection is gone does not count: one upgraded to a WebSocket keeps its
-        upgrade request forever (Twisted replaces its connectionLost).
+        upgrade request forever (:meth:`ApiSite.busy`).
         """
         deadline = time.monotonic() + 5.0
         quiet_since = time.monotonic()
         while time.monotonic() < deadline:
-            if any(ch.requests and ch.transport is not None and ch.transport.connected for ch in list(site.channels)):
+            if site.busy():
                 quiet_since = time.monotonic()
             elif time.monotonic() - quiet_since >= HTTP_GRACE:
                 return
