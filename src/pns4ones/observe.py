@@ -20,7 +20,6 @@ import json
 import os
 import re
 import secrets
-import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -284,8 +283,7 @@ def console_status(service: ObservedService, metrics: Metrics, figures: LiveFigu
             "kind": "redis" if redis else "local",
             "location": redact_url(cfg.hub) if redis else "",
             "connected": bool(total("pns4ones_hub_connected")),
-            # the name the Redis hub gives this node by default (hub/redis.py)
-            "node": cfg.node_name or f"{socket.gethostname()}:{cfg.listen.port}",
+            "node": cfg.node,
             "nodes": 1 + int(total("pns4ones_hub_nodes")),
             "published": int(total("pns4ones_hub_publishes_total", result="ok")),
             "publish_failures": int(total("pns4ones_hub_publishes_total", result="failed")),
