@@ -9,6 +9,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -46,6 +47,37 @@ class HandoffServer(ServerProcess):
             os.kill(current, sig)
             wait_for(lambda: not alive(current), timeout, what=f"process {current} to stop")
         return super().stop(sig, timeout)
+
+
+#: twistd, or, when a restart starts it again (PNS4ONES_HANDOFF set), a new process
+#: that says the hello written in the file beside it, then waits to be killed.
+IMPOSTOR = """#!{python}
+import os, socket, sys, time
+path = os.environ.get("PNS4ONES_HANDOFF")
+if path:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.connect(path)
+        with open(sys.argv[0] + ".hello", "rb") as f:
+            s.sendall(f.read())
+        time.sleep(20)
+    sys.exit(0)
+from twisted.scripts.twistd import run
+sys.exit(run())
+"""
+
+
+class ImpostorServer(HandoffServer):
+    """A server whose restart starts a new process that says a malformed hello (:attr:`hello`)."""
+
+    def __init__(self) -> None:
+        super().__init__("log_level = Warning\n")
+        self.script = self.dir / "twistd-impostor"
+        self.script.write_text(IMPOSTOR.format(python=sys.executable))
+        self.script.chmod(0o755)
+        self.hello = Path(f"{self.script}.hello")
+
+    def command(self) -> list[str]:
+        return [str(self.script), *super().command()[1:]]
 
 
 class HandoffTests(TestCase):
@@ -190,6 +222,37 @@ class HandoffTests(TestCase):
         self.assert_served_by(server, fleet, old)
         self.assertFalse((server.data_dir / handoff.SOCKET_NAME).exists())
         self.assertIn("cannot take over from the previous process: pns4ones", server.log())  # the new process's own word
+
+    def test_malformed_hello_is_refused_in_one_line_and_the_old_process_serves_on(self) -> None:
+        """A new process whose hello is malformed: the old process logs one line saying what was wrong at the hello step, no traceback, and keeps serving."""
+        server = ImpostorServer()
+        self.addCleanup(server.cleanup)
+        self.app = server.create_app("handoff")
+        server.start()
+        old = server.pid()
+        fleet = self.fleet(server, 3)
+        cases = [
+            (b"J[]", "expected a 'hello' packet, got a JSON array"),
+            (b"Jnull", "expected a 'hello' packet, got a JSON null"),
+            (b"J{not json", "garbled handoff packet (not JSON)"),
+            (b"B\x00\x01", "expected a 'hello' packet, got 2 raw bytes"),
+            (b'J{"type": "ready"}', "expected a 'hello' packet, got a 'ready' packet"),
+            (b'J{"type": "hello", "handoff": "2"}', "its handoff protocol is '2', not a positive integer"),
+        ]
+        for i, (hello, problem) in enumerate(cases):
+            server.hello.write_bytes(hello)
+            result = server.restart_handoff(check=False)
+            self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+            said = f"restart failed, this process (pid {old}) keeps serving every connection: malformed handoff packet from the new process at the 'hello' step: {problem}"
+            self.assertIn(said, result.stdout)
+            failures = [line for line in server.log().splitlines() if "restart failed" in line]
+            self.assertEqual(len(failures), i + 1, hello)
+            self.assertTrue(failures[-1].endswith(said), failures[-1])
+            self.assertIsNone(server.proc.poll())
+            self.assertFalse((server.data_dir / handoff.SOCKET_NAME).exists())
+        self.assertNotIn("Traceback", server.log())
+        self.assertEqual(fleet.closed, set())
+        self.assert_served_by(server, fleet, old)
 
     def test_subscriptions_of_a_rotated_key_end_at_the_restart(self) -> None:
         """A client key rotated before the old process noticed: the new process ends those subscriptions instead of sending frames they cannot decrypt."""

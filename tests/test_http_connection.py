@@ -474,3 +474,15 @@ class RestartTests(SynchronousTestCase):
         self.assertEqual([(r.status, r.header(b"connection")) for r in responses(transport.value())], [(200, b"close")])
         self.assertTrue(transport.disconnecting)
         self.assertFalse(setup.site.in_progress())
+
+    def test_busy_counts_requests_on_open_connections_only(self) -> None:
+        """ApiSite.busy (the handoff's wait): a request in progress counts while its connection is open, not once it is gone unheard (a WebSocket upgrade)."""
+        setup = Setup()
+        setup.store.gate = Deferred()
+        proto, transport = setup.connect()
+        self.assertFalse(setup.site.busy())
+        proto.dataReceived(send(token=OTHER_TOKEN))
+        self.assertTrue(setup.site.busy())
+        transport.connected = False  # (twisted.web's WebSocket resource takes the connection over: the channel never hears it end)
+        self.assertFalse(setup.site.busy())
+        self.assertTrue(setup.site.in_progress())

@@ -104,6 +104,10 @@ class HandoffError(Exception):
     """The handoff cannot go on: a message for the operator."""
 
 
+class MalformedPacket(HandoffError):
+    """The other process sent a packet that is not JSON, not an object, or not the one its step expects."""
+
+
 @dataclass(frozen=True, slots=True)
 class Handed:
     """One connection as received by the new process: what it is, its socket, what was queued for it."""
@@ -226,18 +230,30 @@ def _recv(sock: socket.socket) -> tuple[str, Any, list[int]]:
     try:
         return "J", json.loads(data[1:]), fds
     except (ValueError, RecursionError):
-        raise HandoffError("garbled handoff packet") from None
+        raise MalformedPacket("garbled handoff packet (not JSON)") from None
+
+
+_JSON_KINDS = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
+def _packet(tag: str, doc: object, kind: str) -> JSONObject:
+    """
+    ``doc`` when it is a ``kind`` packet; HandoffError with the other side's
+    reason when it refused, MalformedPacket saying what came instead otherwise.
+    """
+    if tag == "J" and isinstance(doc, dict):
+        if doc.get("type") == kind:
+            return doc
+        if doc.get("type") in ("refuse", "error"):
+            raise HandoffError(str(doc.get("reason", "refused")))
+        raise MalformedPacket(f"expected a {kind!r} packet, got a {doc.get('type')!r:.40} packet")
+    got = f"{len(doc)} raw bytes" if isinstance(doc, bytes) else f"a JSON {_JSON_KINDS.get(type(doc), 'value')}"
+    raise MalformedPacket(f"expected a {kind!r} packet, got {got}")
 
 
 def _expect(sock: socket.socket, kind: str) -> tuple[JSONObject, list[int]]:
     tag, doc, fds = _recv(sock)
-    if tag != "J" or not isinstance(doc, dict):
-        raise HandoffError(f"expected {kind!r}, got raw bytes")
-    if doc.get("type") in ("refuse", "error"):
-        raise HandoffError(str(doc.get("reason", "refused")))
-    if doc.get("type") != kind:
-        raise HandoffError(f"expected {kind!r}, got {doc.get('type')!r}")
-    return doc, fds
+    return _packet(tag, doc, kind), fds
 
 
 def sd_notify(state: str) -> None:
@@ -551,7 +567,8 @@ class Restart:
             reason = str(e) if isinstance(e, HandoffError) else f"unexpected error: {e!r}"
             if not isinstance(e, HandoffError):
                 log.failure("restart failed unexpectedly")
-            if "exited with code" not in reason and self.child.pid:
+            # (a new process that sent a malformed packet is alive: it is killed below)
+            if "exited with code" not in reason and self.child.pid and not isinstance(e, MalformedPacket):
                 for _ in range(100):  # did it die? say so (its own messages are in the log)
                     if self.child.exit_code is not None:
                         reason = f"the new process exited with code {self.child.exit_code} during the handoff ({reason}); see its messages in the log"
@@ -592,8 +609,23 @@ class Restart:
             if self.child.exit_code is not None:
                 raise HandoffError(f"the new process exited with code {self.child.exit_code} before {what}; see its messages in the log")
             if time.monotonic() > deadline:
-                raise HandoffError(f"the new process did not {what} within {timeout:g} s")
+                raise HandoffError(f"the new process did not finish {what} within {timeout:g} s")
             yield task.deferLater(self.reactor, 0.01, lambda: None)
+
+    @defer.inlineCallbacks
+    def _receive(self, kind: str, what: str, timeout: float) -> Generator[Deferred[Any], Any, JSONObject]:
+        """
+        The new process's next packet, which must be ``kind`` (it is busy
+        ``what`` until it sends it); HandoffError otherwise, naming the step and
+        what was wrong with a malformed packet.
+        """
+        try:
+            tag, doc, fds = yield self._wait(what, self._poll, timeout)
+            for fd in fds:  # (the new process hands no descriptors over)
+                os.close(fd)
+            return _packet(tag, doc, kind)
+        except MalformedPacket as e:
+            raise _malformed(kind, e) from None
 
     def _accept(self) -> socket.socket | None:
         try:
@@ -635,11 +667,11 @@ class Restart:
         log.info("started the new process {pid}: {argv}", pid=self.child.pid, argv=" ".join(argv))
         self.conn = yield self._wait("connecting to the handoff socket", self._accept, START_TIMEOUT)
         self.conn.setblocking(False)
-        tag, hello, _ = yield self._wait("saying hello", self._poll, STEP_TIMEOUT)
-        if tag != "J" or hello.get("type") != "hello":
-            raise HandoffError("the new process did not say hello")
-        theirs = hello.get("handoff")
-        self.theirs = theirs if isinstance(theirs, int) else 1
+        hello = yield self._receive("hello", "saying hello", STEP_TIMEOUT)
+        theirs = hello.get("handoff", 1)
+        if not isinstance(theirs, int) or isinstance(theirs, bool) or theirs < 1:
+            raise _malformed("hello", f"its handoff protocol is {theirs!r:.40}, not a positive integer")
+        self.theirs = theirs
         listeners, fds = [], []
         for port in svc.ports:
             option = svc.port_options.get(port)
@@ -655,21 +687,14 @@ class Restart:
             fds,
         )
         self.conn.setblocking(False)
-        tag, doc, _ = yield self._wait("loading its configuration and store", self._poll, START_TIMEOUT)
-        if tag != "J" or doc.get("type") != "ready":
-            raise HandoffError(str(doc.get("reason", f"unexpected {doc!r}")) if tag == "J" else "unexpected bytes")
+        yield self._receive("ready", "loading its configuration and store", START_TIMEOUT)
         # The pause: stop accepting (the new process holds the same listening
         # sockets), let requests in progress deliver here, then move everything.
         self.pause_started = time.monotonic()
         self.paused = True
         for port in svc.ports:
             port.stopReading()
-        for channel in list(svc.site.channels):  # requests in progress: answered here, then the connection closes
-            for request in channel.requests:
-                if not request.startedWriting:
-                    request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
-            if channel.requests:  # (on an idle channel this would drop the next request unanswered)
-                channel.persistent = False
+        svc.site.close_after_answers()  # requests in progress: answered here, then the connection closes
         # WebSocket and SSE streams are requests that never finish by themselves: end
         # them first (their clients resume on the new process from the handed-over
         # window), or the wait below would last its whole 10 s bound.
@@ -684,16 +709,26 @@ class Restart:
         try:
             self._send_sessions()
             self.times.append(time.monotonic())
-            _expect(self.conn, "adopted")
+            self._expect("adopted")
             self.times.append(time.monotonic())
             self.committed = True
             self._commit()
             _send(self.conn, {"type": "commit"})
             self.conn.settimeout(STEP_TIMEOUT + len(self.taken) / 2000)
-            _expect(self.conn, "serving")
+            self._expect("serving")
             self.times.append(time.monotonic())
         except (TimeoutError, OSError) as e:
             raise HandoffError(f"handoff socket: {e}") from None
+
+    def _expect(self, kind: str) -> JSONObject:
+        """The new process's next packet, which must be ``kind`` (blocking: the connections are out of the reactor)."""
+        try:
+            doc, fds = _expect(self._conn(), kind)
+        except MalformedPacket as e:
+            raise _malformed(kind, e) from None
+        for fd in fds:
+            os.close(fd)
+        return doc
 
     @defer.inlineCallbacks
     def _quiet(self, site: ApiSite) -> Generator[Deferred[None], None, None]:
@@ -703,12 +738,12 @@ class Restart:
         while we stopped accepting), each answered with Connection: close (the
         caller then closes the remaining idle connections).  A channel whose
         connection is gone does not count: one upgraded to a WebSocket keeps its
-        upgrade request forever (Twisted replaces its connectionLost).
+        upgrade request forever (:meth:`ApiSite.busy`).
         """
         deadline = time.monotonic() + 5.0
         quiet_since = time.monotonic()
         while time.monotonic() < deadline:
-            if any(ch.requests and ch.transport is not None and ch.transport.connected for ch in list(site.channels)):
+            if site.busy():
                 quiet_since = time.monotonic()
             elif time.monotonic() - quiet_since >= HTTP_GRACE:
                 return
@@ -811,6 +846,11 @@ class Restart:
             self.path.unlink()
         except FileNotFoundError:
             pass
+
+
+def _malformed(step: str, problem: object) -> MalformedPacket:
+    """The old process's word for a malformed packet from the new process where it expected the ``step`` packet."""
+    return MalformedPacket(f"malformed handoff packet from the new process at the {step!r} step: {problem}")
 
 
 # -- the admin command ---------------------------------------------------------------------------

@@ -20,24 +20,106 @@ import json
 import os
 import re
 import secrets
-import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.twisted import MetricsResource
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.tcp import Port
 from twisted.logger import Logger
-from twisted.web import resource
+from twisted.web import resource, server
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
 
 from . import __version__, control, trace
-from .http.site import json_body
+from .config import Config
+from .http.site import ApiSite, json_body
+from .jsondoc import JSONObject
 from .metrics import CUT_REASONS, Metrics
 from .status import ADMIN_FILE
-from .store import redact_url
+from .store import Store, redact_url
+
+if TYPE_CHECKING:
+    from .core import Core
+    from .http.handlers import Handlers
+    from .tls import ReloadableServerTLS
+    from .transports.addin import AddinFactory
+
+# -- what this module reads and sets of the service -------------------------------------------
+
+
+class StatusPanel(Protocol):
+    """The admin panel, as far as observability is concerned: where its status page gets its figures."""
+
+    status_source: Callable[[], JSONObject] | None
+
+
+class ObservedService(Protocol):
+    """
+    Every part of the service (:class:`pns4ones.service.PnsService`) this module
+    reads, or hooks into; the parts are read-only but for ``metrics_site``,
+    which :class:`Observability` sets.
+    """
+
+    metrics_site: ApiSite | None
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def reactor(self) -> IReactorTime: ...
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def running(self) -> int: ...
+    @property
+    def core(self) -> Core | None: ...
+    @property
+    def store(self) -> Store | None: ...
+    @property
+    def tls(self) -> ReloadableServerTLS | None: ...
+    @property
+    def api(self) -> Handlers: ...
+    @property
+    def site(self) -> ApiSite: ...
+    @property
+    def api_factory(self) -> object: ...
+    @property
+    def addin_factory(self) -> AddinFactory | None: ...
+    @property
+    def admin_site(self) -> ApiSite: ...
+    @property
+    def admin_panel(self) -> StatusPanel: ...
+    @property
+    def ports(self) -> Sequence[Port]: ...
+
+
+def _built(service: ObservedService) -> tuple[Core, Store, AddinFactory]:
+    """The parts :meth:`PnsService.build` makes before this module is wired in (and so before any of its answers)."""
+    core, store, factory = service.core, service.store, service.addin_factory
+    assert core is not None and store is not None and factory is not None  # (built before Observability)
+    return core, store, factory
+
 
 # -- the figures computed at scrape time ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Figures:
+    """One scrape's live figures (before the first refresh: none)."""
+
+    #: Subscriptions per application that has any.
+    apps: dict[str, int] = field(default_factory=dict)
+    #: Every application of the registry (0 subscriptions when not in ``apps``).
+    known: list[str] = field(default_factory=list)
+    connections: int = 0
+    ready: float = 0.0
+    store_up: float = 1.0
+    #: When the HTTPS certificate expires (Unix time); None without HTTPS.
+    expiry: float | None = None
 
 
 class LiveFigures:
@@ -47,47 +129,47 @@ class LiveFigures:
     runs in a worker thread: the hub is never read from another thread.
     """
 
-    def __init__(self, service: Any) -> None:
+    def __init__(self, service: ObservedService) -> None:
         self.service = service
-        self._snapshot: dict[str, Any] = {}
+        self._snapshot = _Figures()
 
     def refresh(self) -> None:
         svc = self.service
         counts = svc.core.hub.counts() if svc.core is not None else {}
         factory = svc.addin_factory
         material = svc.tls.material if svc.tls is not None else None
-        self._snapshot = {
-            "apps": {app: sum(ibs.values()) for app, ibs in counts.items()},
-            "known": list(svc.core.apps) if svc.core is not None else [],
-            "connections": len(factory.connections) if factory is not None else 0,
-            "ready": 1.0 if svc.ready else 0.0,
-            "store_up": 1.0 if svc.store is None or svc.store.available else 0.0,
-            "expiry": material.certificate.not_valid_after_utc.timestamp() if material is not None else None,
-        }
+        self._snapshot = _Figures(
+            apps={app: sum(ibs.values()) for app, ibs in counts.items()},
+            known=list(svc.core.apps) if svc.core is not None else [],
+            connections=len(factory.connections) if factory is not None else 0,
+            ready=1.0 if svc.ready else 0.0,
+            store_up=1.0 if svc.store is None or svc.store.available else 0.0,
+            expiry=material.certificate.not_valid_after_utc.timestamp() if material is not None else None,
+        )
 
-    def collect(self) -> Any:
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         snap = self._snapshot
         subs = GaugeMetricFamily("pns4ones_subscriptions", "Live add-in subscriptions by application", labels=["application"])
-        apps = dict.fromkeys(snap.get("known", ()), 0)
-        apps.update(snap.get("apps", {}))
+        apps = dict.fromkeys(snap.known, 0)
+        apps.update(snap.apps)
         for app, count in sorted(apps.items()):
             subs.add_metric([app], count)
         yield subs
-        yield GaugeMetricFamily("pns4ones_connections", "Open add-in TCP connections, registered or not", value=snap.get("connections", 0))
+        yield GaugeMetricFamily("pns4ones_connections", "Open add-in TCP connections, registered or not", value=snap.connections)
         yield GaugeMetricFamily(
-            "pns4ones_ready", "1 while the node accepts work (store open, listeners bound, not stopping)", value=snap.get("ready", 0.0)
+            "pns4ones_ready", "1 while the node accepts work (store open, listeners bound, not stopping)", value=snap.ready
         )
         yield GaugeMetricFamily(
-            "pns4ones_store_up", "1 while the store answers (0: PostgreSQL unreachable, reconnecting)", value=snap.get("store_up", 1.0)
+            "pns4ones_store_up", "1 while the store answers (0: PostgreSQL unreachable, reconnecting)", value=snap.store_up
         )
         info = GaugeMetricFamily("pns4ones_info", "The running version", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
-        if snap.get("expiry") is not None:
+        if snap.expiry is not None:
             yield GaugeMetricFamily(
                 "pns4ones_tls_certificate_expiry_timestamp_seconds",
                 "Unix time when the send API's HTTPS certificate expires",
-                value=snap["expiry"],
+                value=snap.expiry,
             )
 
 
@@ -101,14 +183,14 @@ class ScrapeResource(resource.Resource):
         self.figures = figures
         self.inner = MetricsResource(metrics.registry)
 
-    def render(self, request: Any) -> Any:
+    def render(self, request: server.Request) -> bytes:
         if request.method not in (b"GET", b"HEAD"):
             return _not_allowed(request)
         self.figures.refresh()
         return self.inner.render(request)
 
 
-def _not_allowed(request: Any) -> bytes:
+def _not_allowed(request: server.Request) -> bytes:
     """405 in the JSON shape of every other error (twisted.web's is HTML; prometheus_client's plain text)."""
     request.setHeader(b"Allow", b"GET, HEAD")
     method = request.method.decode("latin-1")
@@ -118,8 +200,8 @@ def _not_allowed(request: Any) -> bytes:
 # -- status for pns4ones-admin status ---------------------------------------------------------
 
 
-def status_doc(service: Any, metrics: Metrics) -> dict[str, Any]:
-    core = service.core
+def status_doc(service: ObservedService, metrics: Metrics) -> JSONObject:
+    core, store, factory = _built(service)
     counts = core.hub.counts()
     apps = {}
     for app_id in sorted(set(core.apps) | set(counts)):
@@ -144,15 +226,15 @@ def status_doc(service: Any, metrics: Metrics) -> dict[str, Any]:
         "uptime": round(time.time() - metrics.started, 3),
         "ready": bool(service.ready),
         "subscriptions": len(core.hub),
-        "connections": len(service.addin_factory.connections),
+        "connections": len(factory.connections),
         "applications": apps,
         "last_minute": metrics.last_minute(),
         "totals": {"sends": metrics.sends, "deliveries": metrics.deliveries},
         "store": {
             "directory": str(data_dir),
             "bytes": store_bytes,
-            "location": service.store.location,
-            "available": service.store.available,
+            "location": store.location,
+            "available": store.available,
         },
         "listeners": listeners(service),
     }
@@ -162,7 +244,7 @@ def _samples(metrics: Metrics) -> list[tuple[str, dict[str, str], float]]:
     return [(s.name, s.labels, s.value) for family in metrics.registry.collect() for s in family.samples]
 
 
-def console_status(service: Any, metrics: Metrics, figures: LiveFigures) -> dict[str, Any]:
+def console_status(service: ObservedService, metrics: Metrics, figures: LiveFigures) -> JSONObject:
     """The admin panel's status page: :func:`status_doc` and the figures of ``/metrics``, summed for people."""
     figures.refresh()
     doc = status_doc(service, metrics)
@@ -201,8 +283,7 @@ def console_status(service: Any, metrics: Metrics, figures: LiveFigures) -> dict
             "kind": "redis" if redis else "local",
             "location": redact_url(cfg.hub) if redis else "",
             "connected": bool(total("pns4ones_hub_connected")),
-            # the name the Redis hub gives this node by default (hub/redis.py)
-            "node": cfg.node_name or f"{socket.gethostname()}:{cfg.listen.port}",
+            "node": cfg.node,
             "nodes": 1 + int(total("pns4ones_hub_nodes")),
             "published": int(total("pns4ones_hub_publishes_total", result="ok")),
             "publish_failures": int(total("pns4ones_hub_publishes_total", result="failed")),
@@ -212,7 +293,7 @@ def console_status(service: Any, metrics: Metrics, figures: LiveFigures) -> dict
     return doc
 
 
-def listeners(service: Any) -> list[dict[str, Any]]:
+def listeners(service: ObservedService) -> list[JSONObject]:
     names = {id(service.api_factory): "send API", id(service.addin_factory): "add-in subscriptions", id(service.admin_site): "admin panel"}
     site = service.metrics_site
     if site is not None:
@@ -228,20 +309,20 @@ class StatusResource(resource.Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, service: Any, metrics: Metrics, token: str) -> None:
+    def __init__(self, service: ObservedService, metrics: Metrics, token: str) -> None:
         super().__init__()
         self.service = service
         self.metrics = metrics
         self._expected = f"Bearer {token}".encode()
 
-    def render(self, request: Any) -> Any:
+    def render(self, request: server.Request) -> bytes:
         if request.method not in (b"GET", b"HEAD"):
             return _not_allowed(request)
         return super().render(request)
 
-    def render_GET(self, request: Any) -> bytes:
+    def render_GET(self, request: server.Request) -> bytes:
         given = request.getHeader(b"authorization") or b""
-        if not hmac.compare_digest(given.encode("latin-1") if isinstance(given, str) else given, self._expected):
+        if not hmac.compare_digest(given, self._expected):
             self.log.warn(
                 "status: refused a request without the status token from {peer}",
                 peer=getattr(request.getClientAddress(), "host", "?"),
@@ -254,7 +335,7 @@ class StatusResource(resource.Resource):
             )
         return self.answer(request)
 
-    def answer(self, request: Any) -> bytes:
+    def answer(self, request: server.Request) -> bytes:
         return json_body(request, 200, status_doc(self.service, self.metrics))
 
 
@@ -267,7 +348,7 @@ class TraceResource(StatusResource):
     (``pns4ones-admin trace``), with the status token.
     """
 
-    def answer(self, request: Any) -> bytes:
+    def answer(self, request: server.Request) -> bytes:
         def arg(name: bytes) -> str:
             values = request.args.get(name) or [b""]
             return values[0].decode("utf-8", "replace")
@@ -276,7 +357,7 @@ class TraceResource(StatusResource):
         if not _NUMBER.fullmatch(message_id) or not _NUMBER.fullmatch(limit) or not 1 <= int(limit) <= 1_000_000:
             reason = "id must be a message id (digits) and limit a number from 1 to 1000000"
             return json_body(request, 400, {"error": "bad_request", "reason": reason})
-        core = self.service.core
+        core, _, _ = _built(self.service)
         query = trace.Query(arg(b"app"), arg(b"ib"), arg(b"user"), int(message_id))
         groups_of = trace.UserGroups(core.membership.groups_of, core.presence)
         titles = {app.id: app.title for app in core.apps.values()}
@@ -286,12 +367,12 @@ class TraceResource(StatusResource):
 class AdminRoot(resource.Resource):
     """The admin listener's root: ``/metrics`` and ``/status.json`` here, the rest to the panel."""
 
-    def __init__(self, panel: Any, children: dict[bytes, Any]) -> None:
+    def __init__(self, panel: IResource, children: dict[bytes, IResource]) -> None:
         super().__init__()
         self._panel = panel
         self._mine = children
 
-    def getChild(self, path: bytes, request: Any) -> Any:
+    def getChild(self, path: bytes, request: IRequest) -> IResource:
         mine = self._mine.get(path)
         if mine is not None and not request.postpath:
             return mine
@@ -299,7 +380,7 @@ class AdminRoot(resource.Resource):
         request.postpath.insert(0, path)
         return self._panel
 
-    def render(self, request: Any) -> Any:
+    def render(self, request: server.Request) -> bytes | int:
         return self._panel.render(request)
 
 
@@ -312,12 +393,12 @@ class BasicAuth(resource.Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, inner: Any, credentials: str) -> None:
+    def __init__(self, inner: IResource, credentials: str) -> None:
         super().__init__()
         self.inner = inner
         self._expected = credentials.encode("utf-8")
 
-    def render(self, request: Any) -> Any:
+    def render(self, request: server.Request) -> bytes | int:
         given = request.getUser() + b":" + request.getPassword()
         if not hmac.compare_digest(given, self._expected):
             self.log.warn(
@@ -333,23 +414,23 @@ class BasicAuth(resource.Resource):
 class MetricsOnly(resource.Resource):
     """The ``metrics_listen`` root: ``/metrics`` and nothing else."""
 
-    def __init__(self, scrape: Any) -> None:
+    def __init__(self, scrape: IResource) -> None:
         super().__init__()
         self._scrape = scrape
 
-    def getChild(self, path: bytes, request: Any) -> Any:
+    def getChild(self, path: bytes, request: IRequest) -> IResource:
         if path == b"metrics" and not request.postpath:
             return self._scrape
         return _NotFound()
 
-    def render(self, request: Any) -> Any:
+    def render(self, request: server.Request) -> bytes:
         return _NotFound().render(request)
 
 
 class _NotFound(resource.Resource):
     isLeaf = True
 
-    def render(self, request: Any) -> bytes:
+    def render(self, request: server.Request) -> bytes:
         return json_body(request, 404, {"error": "not_found", "reason": "only /metrics is served here"})
 
 
@@ -377,15 +458,15 @@ def remove_admin_file(data_dir: Path) -> None:
         pass
 
 
-def readiness(service: Any) -> Callable[[], tuple[bool, str]]:
+def readiness(service: ObservedService) -> Callable[[], tuple[bool, str]]:
     """``/ready``: the ``ready`` flag is set once the store is loaded and the listeners accept, cleared first on stop."""
 
     def ready() -> tuple[bool, str]:
         if service.ready:
-            store = service.store
+            core, store, _ = _built(service)
             if not store.available:
                 return False, f"store unavailable: {store.unavailable_reason}"
-            return service.core.hub.status()
+            return core.hub.status()
         return False, "stopping" if service.running else "starting"
 
     return ready
@@ -399,22 +480,23 @@ class Observability:
 
     log = Logger()
 
-    def __init__(self, service: Any) -> None:
+    def __init__(self, service: ObservedService) -> None:
         from twisted.internet import task
 
         cfg = service.config
+        core, _, factory = _built(service)
         self.service = service
         self.metrics = metrics = Metrics(service.reactor)
         self.figures = LiveFigures(service)
         metrics.add_collector(self.figures.collect)
         # the hub's own (between nodes: connected, publishes)
-        metrics.add_collector(service.core.hub.metric_families)
-        service.core.metrics = metrics
-        service.core.hub.on_routed = metrics.routed
+        metrics.add_collector(core.hub.metric_families)
+        core.metrics = metrics
+        core.hub.on_routed = metrics.routed
         service.api.metrics = metrics
         service.api.readiness = readiness(service)
         service.site.on_request = metrics.http_request
-        service.addin_factory.metrics = metrics
+        factory.metrics = metrics
         self.token = new_status_token()
         scrape = ScrapeResource(metrics, self.figures)
         admin = service.admin_site

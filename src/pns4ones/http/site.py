@@ -12,8 +12,9 @@ Invariants:
   byte and stops at its last.  A channel built for a front connection
   (:meth:`ApiSite.cold_channel`) is not timed: the front connection received the
   request whole, within ``request_timeout``, before handing it over.
-* Every channel with requests in progress is in ``ApiSite.channels`` (the
-  graceful drain and the restart handoff walk it).
+* Every channel with requests in progress is in ``ApiSite.channels``: the
+  graceful drain and the restart handoff see them through ``ApiSite``'s
+  methods (``in_progress``, ``busy``, ``close_after_answers``, ``drain``).
 """
 
 from __future__ import annotations
@@ -322,8 +323,17 @@ class ApiSite(server.Site):
         """Whether a request is being received or answered on any connection."""
         return any(ch.requests for ch in list(self.channels))
 
+    def busy(self) -> bool:
+        """
+        Whether a request is being received or answered on a connection still
+        open.  A channel whose connection is gone does not count: one upgraded
+        to a WebSocket keeps its upgrade request for good (twisted.web replaces
+        its ``connectionLost``).
+        """
+        return any(ch.requests and ch.transport is not None and ch.transport.connected for ch in list(self.channels))
+
     def close_after_answers(self) -> None:
-        """Connections with requests in progress close once those are answered (each answer says ``Connection: close``)."""
+        """Connections with requests in progress close once those are answered (each answer not yet begun says ``Connection: close``)."""
         for channel in list(self.channels):
             for request in channel.requests:
                 if not request.startedWriting:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
@@ -147,8 +146,7 @@ class RedisHub:
 
     @classmethod
     def from_config(cls, config: Config, members: MembersOf, reactor: Clock) -> RedisHub:
-        node = config.node_name or f"{socket.gethostname()}:{config.listen.port}"
-        return cls(config.hub, members, reactor, node, config.recovery_window, config.recovery_messages, config.hub_presence_expiry)
+        return cls(config.hub, members, reactor, config.node, config.recovery_window, config.recovery_messages, config.hub_presence_expiry)
 
     # -- Hub: local routing, delegated -------------------------------------------------------
 
