@@ -6,7 +6,7 @@ twisted``, the reference), comparing the status of every answer, the header
 fields that matter, the JSON bodies and the messages delivered.
 
 Where the front connection is stricter by design (documented in
-docs/notes/front.md), the stream ends with that hostile part, and only the
+docs/send-api.md), the stream ends with that hostile part, and only the
 front's refusal is checked: bare LF, obs-fold, a target over 8 KiB, HTTP/2.0
 over HTTP/1, heads between 16 and 64 KiB (twisted.web's own limit is 16 KiB).
 """
