@@ -111,7 +111,7 @@ _FORM_FIELDS = {
 }
 
 
-def _peer(request: Any) -> str:
+def peer_of(request: Any) -> str:
     return getattr(request.getClientAddress(), "host", "?")
 
 
@@ -120,18 +120,18 @@ def _fingerprint(account: AdminAccount) -> bytes:
     return hashlib.sha256(account.password_hash.encode("utf-8")).digest()
 
 
-def _local(target: str) -> bool:
+def is_local_path(target: str) -> bool:
     """A path of this site (no scheme, no other host): safe to redirect to."""
     return target.startswith("/") and not target.startswith("//") and "\\" not in target and target.isprintable()
 
 
-class _Redirect(Exception):
+class Redirect(Exception):
     def __init__(self, location: str) -> None:
         super().__init__(location)
         self.location = location
 
 
-class _Refused(Exception):
+class Refused(Exception):
     """An answer other than the page asked for: ``key`` names the catalog text."""
 
     def __init__(self, status: int, key: str, **fields: Any) -> None:
@@ -141,7 +141,7 @@ class _Refused(Exception):
         self.fields = fields
 
 
-class _Invalid(Exception):
+class Invalid(Exception):
     """A form's input is refused: ``key`` names the catalog text shown beside the form."""
 
     def __init__(self, key: str, **fields: Any) -> None:
@@ -163,7 +163,7 @@ class AdminPanel:
         self.clock = clock
         self.sessions = auth.Sessions(clock)
         self.throttle = auth.Throttle(clock)
-        self._refusals = RateLimited(clock, 10.0)
+        self.login_refusals = RateLimited(clock, 10.0)
         #: Wrong set-up codes back off like failed logins.
         self.setup_throttle = auth.Throttle(clock)
         #: The one-time set-up code while there is no administrator (see :mod:`.firstrun`).
@@ -182,7 +182,7 @@ class AdminPanel:
         self.templates.filters["size"] = views.size
         self.templates.filters["detail"] = audit.describe_detail
         self._static = self._load_static()
-        self._account_lock = DeferredLock()
+        self.account_lock = DeferredLock()
 
     def resource(self) -> Any:
         return _PanelRoot(self, self.app.resource())
@@ -240,16 +240,16 @@ class AdminPanel:
         value = (request.getCookie(LANG_COOKIE) or b"").decode("ascii", "replace")
         return value if value in i18n.LANGUAGES else i18n.DEFAULT
 
-    def _t(self, request: Any) -> Callable[..., str]:
+    def texts(self, request: Any) -> Callable[..., str]:
         return self.translator.for_language(self._lang(request))
 
-    def _cookie(self, request: Any, name: bytes) -> str:
+    def cookie(self, request: Any, name: bytes) -> str:
         return (request.getCookie(name) or b"").decode("ascii", "replace")
 
-    def _session(self, request: Any, touch: bool = True) -> auth.Session | None:
-        return self.sessions.get(self._cookie(request, SESSION_COOKIE), touch)
+    def current_session(self, request: Any, touch: bool = True) -> auth.Session | None:
+        return self.sessions.get(self.cookie(request, SESSION_COOKIE), touch)
 
-    def _set_cookie(self, request: Any, name: bytes, value: str, max_age: int | None) -> None:
+    def set_cookie(self, request: Any, name: bytes, value: str, max_age: int | None) -> None:
         request.addCookie(
             name,
             value.encode("ascii"),
@@ -261,27 +261,27 @@ class AdminPanel:
 
     def _pre_session(self, request: Any) -> str:
         """The random pre-session cookie that the setup and login forms' CSRF token is bound to."""
-        value = self._cookie(request, PRE_COOKIE)
+        value = self.cookie(request, PRE_COOKIE)
         if len(value) < 20:
             value = secrets.token_urlsafe(24)
-            self._set_cookie(request, PRE_COOKIE, value, None)
+            self.set_cookie(request, PRE_COOKIE, value, None)
             request.received_cookies[PRE_COOKIE] = value.encode()
         return value
 
-    def _form(self, request: Any, name: str, limit: int = 4096) -> str:
+    def form_value(self, request: Any, name: str, limit: int = 4096) -> str:
         values = request.args.get(name.encode()) or [b""]
         text = values[0].decode("utf-8", "replace")
         if len(text) > limit:
-            raise _Refused(400, "error.too_long", field=name)
+            raise Refused(400, "error.too_long", field=name)
         return text
 
-    def _arg(self, request: Any, name: str, limit: int = 1024) -> str:
+    def query_value(self, request: Any, name: str, limit: int = 1024) -> str:
         """A query (or form) argument for a GET page: too long counts as absent."""
         values = request.args.get(name.encode()) or [b""]
         text = values[0].decode("utf-8", "replace")
         return text if len(text) <= limit else ""
 
-    def _check_post(self, request: Any, session: auth.Session | None) -> None:
+    def check_post(self, request: Any, session: auth.Session | None) -> None:
         """Refuse a POST from another origin or without this browser's CSRF token."""
         host = (request.getHeader(b"host") or b"").decode("ascii", "replace")
         origin = (request.getHeader(b"origin") or b"").decode("ascii", "replace")
@@ -289,9 +289,9 @@ class AdminPanel:
         if session is not None:
             expected = session.csrf
         else:
-            pre = self._cookie(request, PRE_COOKIE)
+            pre = self.cookie(request, PRE_COOKIE)
             expected = self.sessions.anonymous_csrf(pre) if pre else ""
-        given = self._form(request, "csrf", 200)
+        given = self.form_value(request, "csrf", 200)
         reason = ""
         if origin and origin.lower() != f"http://{host}".lower():
             reason = f"foreign Origin {origin!r}"
@@ -304,28 +304,28 @@ class AdminPanel:
                 "admin panel: refused {method} {path} from {peer}: {reason}",
                 method=request.method.decode(),
                 path=request.path.decode("utf-8", "replace"),
-                peer=_peer(request),
+                peer=peer_of(request),
                 reason=reason,
             )
-            raise _Refused(403, "error.csrf")
+            raise Refused(403, "error.csrf")
 
     def _csrf_for(self, request: Any, session: auth.Session | None) -> str:
         return session.csrf if session is not None else self.sessions.anonymous_csrf(self._pre_session(request))
 
     @inlineCallbacks
-    def _require_login(self, request: Any, touch: bool = True) -> Any:
+    def require_login(self, request: Any, touch: bool = True) -> Any:
         """The live session, whose password is still the administrator's; else off to the login (or first-run) page."""
-        session = self._session(request, touch)
+        session = self.current_session(request, touch)
         account = yield self.store.get_admin()
         if session is not None:
             if account is not None and hmac.compare_digest(_fingerprint(account), session.account):
                 return session
             # A new password (another browser, or pns4ones-admin panel-password): this session is over.
-            self.sessions.end(self._cookie(request, SESSION_COOKIE))
+            self.sessions.end(self.cookie(request, SESSION_COOKIE))
             self.log.info("admin panel: ended a session of {login!r}: the password has changed", login=session.login)
-        raise _Redirect("/setup" if account is None else "/login")
+        raise Redirect("/setup" if account is None else "/login")
 
-    def _render(self, request: Any, template: str, session: auth.Session | None, status: int = 200, **context: Any) -> bytes:
+    def render_page(self, request: Any, template: str, session: auth.Session | None, status: int = 200, **context: Any) -> bytes:
         lang = self._lang(request)
         t = self.translator.for_language(lang)
         flashes = list(session.flash) if session is not None else []
@@ -364,45 +364,45 @@ class AdminPanel:
         )
         return html.encode("utf-8")
 
-    def _flash(self, request: Any, session: auth.Session, kind: str, key: str, section: str = "", **fields: Any) -> None:
-        session.flash.append((kind, self._t(request)(key, **fields), section))
+    def flash(self, request: Any, session: auth.Session, kind: str, key: str, section: str = "", **fields: Any) -> None:
+        session.flash.append((kind, self.texts(request)(key, **fields), section))
 
-    def _done(self, request: Any, session: auth.Session, url: str, section: str, key: str, kind: str = "ok", **fields: Any) -> _Redirect:
+    def done(self, request: Any, session: auth.Session, url: str, section: str, key: str, kind: str = "ok", **fields: Any) -> Redirect:
         """Show the result in ``section`` of the page at ``url``, and go there (the browser scrolls to it)."""
-        self._flash(request, session, kind, key, section, **fields)
-        return _Redirect(f"{url}#{section}" if section else url)
+        self.flash(request, session, kind, key, section, **fields)
+        return Redirect(f"{url}#{section}" if section else url)
 
-    def _keep_form(self, request: Any, session: auth.Session, name: str) -> dict[str, str]:
+    def keep_form(self, request: Any, session: auth.Session, name: str) -> dict[str, str]:
         """Remember what was typed into form ``name``, to fill it again on the next page."""
         # unbounded here: the body is (max_body_size), and the copy lives until the next page
         values = {field: (request.args.get(field.encode()) or [b""])[0].decode("utf-8", "replace") for field in _FORM_FIELDS[name]}
         session.forms[name] = values
         return values
 
-    def _start_session(self, request: Any, account: AdminAccount) -> auth.Session:
+    def start_session(self, request: Any, account: AdminAccount) -> auth.Session:
         """A fresh session (a new token after every login: no session fixation)."""
-        self.sessions.end(self._cookie(request, SESSION_COOKIE))
+        self.sessions.end(self.cookie(request, SESSION_COOKIE))
         token, session = self.sessions.create(account.login)
         session.account = _fingerprint(account)
-        self._set_cookie(request, SESSION_COOKIE, token, int(self.sessions.lifetime))
+        self.set_cookie(request, SESSION_COOKIE, token, int(self.sessions.lifetime))
         return session
 
     @inlineCallbacks
-    def _audit(self, request: Any, actor: str, action: str, app_id: str = "", **fields: Any) -> Any:
+    def record_audit(self, request: Any, actor: str, action: str, app_id: str = "", **fields: Any) -> Any:
         """Record an administrator's action; a store that cannot take it is logged, the action stands."""
-        entry = AuditEntry(self.clock.seconds(), actor, "panel", _peer(request), action, app_id, audit.detail(**fields) if fields else "")
+        entry = AuditEntry(self.clock.seconds(), actor, "panel", peer_of(request), action, app_id, audit.detail(**fields) if fields else "")
         try:
             yield self.store.add_audit(entry, audit.MAX_ROWS)
         except Exception as e:
             self.log.error("admin panel: cannot record {action} in the audit log: {error}", action=action, error=str(e))
 
     @inlineCallbacks
-    def _application(self, app_id: str) -> Any:
+    def find_application(self, app_id: str) -> Any:
         """The application (from the store: the freshest), or a 404 page."""
         try:
             app = yield self.store.get_application(app_id)
         except UnknownApplication:
-            raise _Refused(404, "apps.unknown") from None
+            raise Refused(404, "apps.unknown") from None
         return app
 
     # -- first run, login, logout, password ------------------------------------------------------
@@ -410,21 +410,21 @@ class AdminPanel:
     @app.route("/", methods=["GET"])
     @inlineCallbacks
     def index(self, request: Any) -> Any:
-        yield self._require_login(request)
-        raise _Redirect("/apps")
+        yield self.require_login(request)
+        raise Redirect("/apps")
 
     @app.route("/setup", methods=["GET", "POST"])
     @inlineCallbacks
     def setup(self, request: Any) -> Any:
         account = yield self.store.get_admin()
         if account is not None:
-            raise _Redirect("/login")
+            raise Redirect("/login")
         if self.setup_code is None:
             self.new_setup_code()
         code_file = f"{self.config.data_dir}/{firstrun.FILE_NAME}"
 
         def page(status: int, error: str | None, login: str = "", code: str = "") -> bytes:
-            return self._render(
+            return self.render_page(
                 request,
                 "setup.html",
                 None,
@@ -438,13 +438,13 @@ class AdminPanel:
 
         if request.method == b"GET":
             return page(200, None)
-        self._check_post(request, None)
-        t = self._t(request)
-        code = self._form(request, "code", 100)
-        login = self._form(request, "login", 1000).strip()
-        password = self._form(request, "password", auth.PASSWORD_MAX)
-        password2 = self._form(request, "password2", auth.PASSWORD_MAX)
-        attempt = self.setup_throttle.begin(_peer(request))
+        self.check_post(request, None)
+        t = self.texts(request)
+        code = self.form_value(request, "code", 100)
+        login = self.form_value(request, "login", 1000).strip()
+        password = self.form_value(request, "password", auth.PASSWORD_MAX)
+        password2 = self.form_value(request, "password2", auth.PASSWORD_MAX)
+        attempt = self.setup_throttle.begin(peer_of(request))
         if isinstance(attempt, auth.Refusal):
             request.setHeader(b"Retry-After", str(int(attempt.wait) + 1).encode())
             key = "error.throttled" if attempt.reason == "throttled" else "error.login_busy"
@@ -452,26 +452,26 @@ class AdminPanel:
         if self.setup_code is None or not firstrun.matches(code, self.setup_code):
             failures = attempt.failures
             attempt.failed()
-            self.log.warn("admin panel: wrong set-up code from {peer} ({failures} in a row)", peer=_peer(request), failures=failures)
+            self.log.warn("admin panel: wrong set-up code from {peer} ({failures} in a row)", peer=peer_of(request), failures=failures)
             return page(403, t("error.setup_code"), login)
         attempt.succeeded()  # the right code: what follows are form errors
         error = self._password_problem(login, password, password2)
         if error:
             return page(400, t(error, min=auth.PASSWORD_MIN, max=auth.LOGIN_MAX), login, code)
-        yield self._account_lock.acquire()
+        yield self.account_lock.acquire()
         try:
             if (yield self.store.get_admin()) is not None:  # another browser was first
-                raise _Redirect("/login")
+                raise Redirect("/login")
             encoded = yield auth.hash_password_async(password)
             account = AdminAccount(login, encoded)
             yield self.store.set_admin(account, self.clock.seconds())
         finally:
-            self._account_lock.release()
+            self.account_lock.release()
         self._forget_setup_code()
-        self.log.info("admin panel: administrator {login!r} created from {peer}", login=login, peer=_peer(request))
-        self._start_session(request, account)
-        yield self._audit(request, login, "setup")
-        raise _Redirect("/apps")
+        self.log.info("admin panel: administrator {login!r} created from {peer}", login=login, peer=peer_of(request))
+        self.start_session(request, account)
+        yield self.record_audit(request, login, "setup")
+        raise Redirect("/apps")
 
     @staticmethod
     def _password_problem(login: str | None, password: str, password2: str) -> str:
@@ -491,15 +491,15 @@ class AdminPanel:
         if request.method == b"GET":
             account = yield self.store.get_admin()
             if account is None:
-                raise _Redirect("/setup")
-            if self._session(request) is not None:
-                raise _Redirect("/apps")
-            return self._render(request, "login.html", None, error=None, form_login="")
-        self._check_post(request, None)
-        t = self._t(request)
-        peer = _peer(request)
-        login = self._form(request, "login", 1000).strip()
-        password = self._form(request, "password", auth.PASSWORD_MAX)
+                raise Redirect("/setup")
+            if self.current_session(request) is not None:
+                raise Redirect("/apps")
+            return self.render_page(request, "login.html", None, error=None, form_login="")
+        self.check_post(request, None)
+        t = self.texts(request)
+        peer = peer_of(request)
+        login = self.form_value(request, "login", 1000).strip()
+        password = self.form_value(request, "password", auth.PASSWORD_MAX)
         # The throttle first: nothing (not even the store) is asked for an attempt it refuses.
         attempt = self.throttle.begin(peer)
         if isinstance(attempt, auth.Refusal):
@@ -518,7 +518,7 @@ class AdminPanel:
             )
             request.setHeader(b"Retry-After", str(seconds).encode())
             key = "error.throttled" if attempt.reason == "throttled" else "error.login_busy"
-            return self._render(request, "login.html", None, status=429, error=t(key, seconds=seconds), form_login=login)
+            return self.render_page(request, "login.html", None, status=429, error=t(key, seconds=seconds), form_login=login)
         try:
             account = yield self.store.get_admin()
             valid = account is not None and (yield auth.verify_password_async(password, account.password_hash))
@@ -527,20 +527,20 @@ class AdminPanel:
             raise
         if account is None:
             attempt.abandoned()
-            raise _Redirect("/setup")
+            raise Redirect("/setup")
         if not (valid and hmac.compare_digest(login.encode("utf-8", "replace"), account.login.encode("utf-8", "replace"))):
             failures = attempt.failures
             attempt.failed()
-            yield self._audit(request, login, "login-failed")
+            yield self.record_audit(request, login, "login-failed")
             self.log.warn(
                 "admin panel: failed login as {login!r} from {peer} ({failures} in a row)", login=login, peer=peer, failures=failures
             )
-            return self._render(request, "login.html", None, status=401, error=t("error.login_failed"), form_login=login)
+            return self.render_page(request, "login.html", None, status=401, error=t("error.login_failed"), form_login=login)
         attempt.succeeded()
         self.log.info("admin panel: {login!r} logged in from {peer}", login=login, peer=peer)
-        self._start_session(request, account)
-        yield self._audit(request, account.login, "login")
-        raise _Redirect("/apps")
+        self.start_session(request, account)
+        yield self.record_audit(request, account.login, "login")
+        raise Redirect("/apps")
 
     def _login_refused(self, key: str, fmt: str, **fields: Any) -> None:
         """A refused login attempt's warning, rate-limited (a flood would otherwise fill the log)."""
@@ -549,115 +549,115 @@ class AdminPanel:
             more = f" ({suppressed} more like it in the last interval)" if suppressed else ""
             self.log.warn(fmt + more, **fields)
 
-        self._refusals(key, emit)
+        self.login_refusals(key, emit)
 
     @app.route("/logout", methods=["POST"])
     @inlineCallbacks
     def logout(self, request: Any) -> Any:
-        session = self._session(request)
+        session = self.current_session(request)
         if session is None:  # already expired: nothing to end
-            raise _Redirect("/login")
-        self._check_post(request, session)
-        self.sessions.end(self._cookie(request, SESSION_COOKIE))
-        self._set_cookie(request, SESSION_COOKIE, "", 0)
-        yield self._audit(request, session.login, "logout")
-        raise _Redirect("/login")
+            raise Redirect("/login")
+        self.check_post(request, session)
+        self.sessions.end(self.cookie(request, SESSION_COOKIE))
+        self.set_cookie(request, SESSION_COOKIE, "", 0)
+        yield self.record_audit(request, session.login, "logout")
+        raise Redirect("/login")
 
     @app.route("/password", methods=["GET", "POST"])
     @inlineCallbacks
     def password(self, request: Any) -> Any:
-        session = yield self._require_login(request)
+        session = yield self.require_login(request)
         if request.method == b"GET":
-            return self._render(request, "password.html", session, error=None, password_min=auth.PASSWORD_MIN)
-        self._check_post(request, session)
-        t = self._t(request)
-        current = self._form(request, "current", auth.PASSWORD_MAX)
-        new = self._form(request, "password", auth.PASSWORD_MAX)
-        new2 = self._form(request, "password2", auth.PASSWORD_MAX)
+            return self.render_page(request, "password.html", session, error=None, password_min=auth.PASSWORD_MIN)
+        self.check_post(request, session)
+        t = self.texts(request)
+        current = self.form_value(request, "current", auth.PASSWORD_MAX)
+        new = self.form_value(request, "password", auth.PASSWORD_MAX)
+        new2 = self.form_value(request, "password2", auth.PASSWORD_MAX)
         account = yield self.store.get_admin()
         valid = account is not None and (yield auth.verify_password_async(current, account.password_hash))
         error = "error.current_password" if not valid else self._password_problem(None, new, new2)
         if error:
-            return self._render(
+            return self.render_page(
                 request, "password.html", session, status=400, error=t(error, min=auth.PASSWORD_MIN), password_min=auth.PASSWORD_MIN
             )
-        yield self._account_lock.acquire()
+        yield self.account_lock.acquire()
         try:
             encoded = yield auth.hash_password_async(new)
             account = AdminAccount(account.login, encoded)
             yield self.store.set_admin(account, self.clock.seconds())
         finally:
-            self._account_lock.release()
+            self.account_lock.release()
         self.log.info(
-            "admin panel: password of {login!r} changed from {peer}; other sessions ended", login=account.login, peer=_peer(request)
+            "admin panel: password of {login!r} changed from {peer}; other sessions ended", login=account.login, peer=peer_of(request)
         )
         self.sessions.end_all()
-        self._start_session(request, account).flash.append(("ok", t("password.changed"), ""))
-        yield self._audit(request, account.login, "password")
-        raise _Redirect("/apps")
+        self.start_session(request, account).flash.append(("ok", t("password.changed"), ""))
+        yield self.record_audit(request, account.login, "password")
+        raise Redirect("/apps")
 
     @app.route("/lang", methods=["POST"])
     def language(self, request: Any) -> Any:
-        self._check_post(request, self._session(request))
-        lang = self._form(request, "lang", 10)
+        self.check_post(request, self.current_session(request))
+        lang = self.form_value(request, "lang", 10)
         if lang in i18n.LANGUAGES:
-            self._set_cookie(request, LANG_COOKIE, lang, 365 * 86400)
-        back = self._form(request, "next", 2000)
-        raise _Redirect(back if _local(back) else "/")
+            self.set_cookie(request, LANG_COOKIE, lang, 365 * 86400)
+        back = self.form_value(request, "next", 2000)
+        raise Redirect(back if is_local_path(back) else "/")
 
     # -- applications --------------------------------------------------------------------------
 
     @app.route("/apps", methods=["GET"])
     @inlineCallbacks
     def apps(self, request: Any) -> Any:
-        session = yield self._require_login(request)
+        session = yield self.require_login(request)
         apps = yield self.store.list_applications()
         counts = self.core.hub.counts()
         rows = [{"app": a, "ibs": sorted(counts.get(a.id, {}).items()), "total": sum(counts.get(a.id, {}).values())} for a in apps]
-        return self._render(request, "apps.html", session, rows=rows, poll_ms=POLL_MS, title_max=TITLE_MAX)
+        return self.render_page(request, "apps.html", session, rows=rows, poll_ms=POLL_MS, title_max=TITLE_MAX)
 
     def _title(self, request: Any) -> str:
-        title = self._form(request, "title", 10_000).strip()
+        title = self.form_value(request, "title", 10_000).strip()
         if not title:
-            raise _Invalid("apps.title_required")
+            raise Invalid("apps.title_required")
         if len(title) > TITLE_MAX:
-            raise _Invalid("apps.title_too_long", max=TITLE_MAX)
+            raise Invalid("apps.title_too_long", max=TITLE_MAX)
         return title
 
     @app.route("/apps", methods=["POST"])
     @inlineCallbacks
     def create(self, request: Any) -> Any:
-        session = yield self._require_login(request)
-        self._check_post(request, session)
+        session = yield self.require_login(request)
+        self.check_post(request, session)
         try:
             title = self._title(request)
-        except _Invalid as e:
-            self._keep_form(request, session, "create")
-            raise self._done(request, session, "/apps", "create", e.key, "error", **e.fields) from None
+        except Invalid as e:
+            self.keep_form(request, session, "create")
+            raise self.done(request, session, "/apps", "create", e.key, "error", **e.fields) from None
         app = yield self.store.create_application(title, self.clock.seconds())
         yield self.core.reload()
         self.log.info("admin panel: created application {app_id} ({title!r})", app_id=app.id, title=title)
-        yield self._audit(request, session.login, "create", app.id, title=title)
-        raise self._done(request, session, self._app_url(app.id), "", "apps.created", title=title)
+        yield self.record_audit(request, session.login, "create", app.id, title=title)
+        raise self.done(request, session, self.app_url(app.id), "", "apps.created", title=title)
 
     @staticmethod
-    def _app_url(app_id: str, page: str = "", **query: str) -> str:
+    def app_url(app_id: str, page: str = "", **query: str) -> str:
         url = f"/apps/{quote(app_id, safe='')}" + (f"/{page}" if page else "")
         return url + ("?" + urlencode(query) if query else "")
 
     @app.route("/apps/<string:app_id>", methods=["GET"])
     @inlineCallbacks
     def application(self, request: Any, app_id: str) -> Any:
-        session = yield self._require_login(request)
-        app = yield self._application(app_id)
-        host = self._arg(request, "host", 300).strip()
+        session = yield self.require_login(request)
+        app = yield self.find_application(app_id)
+        host = self.query_value(request, "host", 300).strip()
         host_error = bool(host) and not views.valid_host(host)
         if host_error:
             host = ""
         counts = self.core.hub.counts().get(app.id, {})
         transports = self._transports(app.id)
         kept_total, _ = yield self.store.kept_summary(app.id, self.clock.seconds(), 1)
-        return self._render(
+        return self.render_page(
             request,
             "app.html",
             session,
@@ -684,8 +684,8 @@ class AdminPanel:
 
     @inlineCallbacks
     def _change(self, request: Any, app_id: str, action: str) -> Any:
-        session = yield self._require_login(request)
-        self._check_post(request, session)
+        session = yield self.require_login(request)
+        self.check_post(request, session)
         now = self.clock.seconds()
         fields: dict[str, Any] = {}
         try:
@@ -699,13 +699,13 @@ class AdminPanel:
             else:
                 app = yield self.store.remove_application(app_id)
         except UnknownApplication:
-            raise self._done(request, session, "/apps", "", "apps.unknown", "error") from None
+            raise self.done(request, session, "/apps", "", "apps.unknown", "error") from None
         yield self.core.reload()
         self.log.info("admin panel: {action} application {app_id}", action=action, app_id=app_id)
-        yield self._audit(request, session.login, action, app_id, title=app.title, **fields)
+        yield self.record_audit(request, session.login, action, app_id, title=app.title, **fields)
         if action == "delete":
-            raise self._done(request, session, "/apps", "", "apps.done.delete", title=app.title)
-        raise self._done(request, session, self._app_url(app_id), "settings", f"apps.done.{action}", title=app.title, **fields)
+            raise self.done(request, session, "/apps", "", "apps.done.delete", title=app.title)
+        raise self.done(request, session, self.app_url(app_id), "settings", f"apps.done.{action}", title=app.title, **fields)
 
     @app.route("/apps/<string:app_id>/rotate-server", methods=["POST"])
     def rotate_server(self, request: Any, app_id: str) -> Any:
@@ -726,36 +726,36 @@ class AdminPanel:
     @app.route("/apps/<string:app_id>/rename", methods=["POST"])
     @inlineCallbacks
     def rename(self, request: Any, app_id: str) -> Any:
-        session = yield self._require_login(request)
-        self._check_post(request, session)
-        url = self._app_url(app_id)
+        session = yield self.require_login(request)
+        self.check_post(request, session)
+        url = self.app_url(app_id)
         try:
             title = self._title(request)
-        except _Invalid as e:
-            self._keep_form(request, session, "rename")
-            raise self._done(request, session, url, "manage", e.key, "error", **e.fields) from None
+        except Invalid as e:
+            self.keep_form(request, session, "rename")
+            raise self.done(request, session, url, "manage", e.key, "error", **e.fields) from None
         try:
             old = yield self.store.get_application(app_id)
             app = yield self.store.rename_application(app_id, title, self.clock.seconds())
         except UnknownApplication:
-            raise self._done(request, session, "/apps", "", "apps.unknown", "error") from None
+            raise self.done(request, session, "/apps", "", "apps.unknown", "error") from None
         yield self.core.reload()
         self.log.info("admin panel: renamed application {app_id} to {title!r}", app_id=app_id, title=title)
-        yield self._audit(request, session.login, "rename", app_id, old=old.title, title=app.title)
-        raise self._done(request, session, url, "manage", "apps.renamed", old=old.title, title=app.title)
+        yield self.record_audit(request, session.login, "rename", app_id, old=old.title, title=app.title)
+        raise self.done(request, session, url, "manage", "apps.renamed", old=old.title, title=app.title)
 
     @app.route("/apps/<string:app_id>/send", methods=["POST"])
     @inlineCallbacks
     def send(self, request: Any, app_id: str) -> Any:
-        session = yield self._require_login(request)
-        self._check_post(request, session)
+        session = yield self.require_login(request)
+        self.check_post(request, session)
         started = perf_counter()
         app = self.core.apps.get(app_id)
         if app is None:
-            raise self._done(request, session, "/apps", "", "apps.unknown", "error")
-        url = self._app_url(app_id)
-        t = self._t(request)
-        values = self._keep_form(request, session, "send")  # filled again, whatever the outcome: send it once more, or mend it
+            raise self.done(request, session, "/apps", "", "apps.unknown", "error")
+        url = self.app_url(app_id)
+        t = self.texts(request)
+        values = self.keep_form(request, session, "send")  # filled again, whatever the outcome: send it once more, or mend it
         kind = values["type"]
         recipient = {"Type": kind, "IbId": values["ib"]}
         if kind == "user":
@@ -769,43 +769,43 @@ class AdminPanel:
         except MessageError as e:
             label = _SEND_FIELDS.get(e.field)
             if label is not None and e.reason == "is required":
-                raise self._done(request, session, url, "send", "send.required", "error", field=t(label)) from None
-            raise self._done(request, session, url, "send", "send.invalid", "error", field=e.field, reason=e.reason) from None
+                raise self.done(request, session, url, "send", "send.required", "error", field=t(label)) from None
+            raise self.done(request, session, url, "send", "send.invalid", "error", field=e.field, reason=e.reason) from None
         except GroupError as e:
-            raise self._done(request, session, url, "send", "send.invalid", "error", field=e.field, reason=e.reason) from None
+            raise self.done(request, session, url, "send", "send.invalid", "error", field=e.field, reason=e.reason) from None
         try:
             report = yield self.core.send(app, send, ttl)
         except (HubUnavailable, StoreUnavailable) as e:
-            raise self._done(request, session, url, "send", "send.unavailable", "error", reason=str(e)) from None
+            raise self.done(request, session, url, "send", "send.unavailable", "error", reason=str(e)) from None
         self.core.metrics.panel_sent(app.id, send.recipient.type, perf_counter() - started)
-        self.core.trace.sent(self.clock.seconds(), "panel", _peer(request), app.id, send, ttl, report)
+        self.core.trace.sent(self.clock.seconds(), "panel", peer_of(request), app.id, send, ttl, report)
         self.log.info(
             "admin panel: test message app={app_id} type={type} ib={ib_id} target={target} sessions={sessions}",
             app_id=app.id, type=send.recipient.type, ib_id=send.recipient.ib_id, target=send.recipient.target, sessions=report.sessions, event="send",
         )  # fmt: skip
         stored = isinstance(report, Delivery) and report.stored
-        yield self._audit(
+        yield self.record_audit(
             request, session.login, "send-test", app.id,
             type=send.recipient.type, ib=send.recipient.ib_id, target=send.recipient.target, sessions=report.sessions, users=report.users, kept=stored,
         )  # fmt: skip
         key = "send.done_kept" if stored else "send.done"
-        raise self._done(request, session, url, "send", key, sessions=report.sessions, users=report.users, id=report.message_id)
+        raise self.done(request, session, url, "send", key, sessions=report.sessions, users=report.users, id=report.message_id)
 
     # -- groups ----------------------------------------------------------------------------------
 
     @app.route("/apps/<string:app_id>/groups", methods=["GET"])
     @inlineCallbacks
     def groups(self, request: Any, app_id: str) -> Any:
-        session = yield self._require_login(request)
-        app = yield self._application(app_id)
-        ib = self._arg(request, "ib")
-        query = self._arg(request, "q")
+        session = yield self.require_login(request)
+        app = yield self.find_application(app_id)
+        ib = self.query_value(request, "ib")
+        query = self.query_value(request, "q")
         rows = yield self.store.list_groups(app.id, ib or None)
         if query:
             needle = query.casefold()
             rows = [r for r in rows if needle in r[1].casefold()]
-        page = views.Page(views.page_number(self._arg(request, "page")), GROUPS_PAGE, len(rows))
-        return self._render(
+        page = views.Page(views.page_number(self.query_value(request, "page")), GROUPS_PAGE, len(rows))
+        return self.render_page(
             request,
             "groups.html",
             session,
@@ -820,15 +820,15 @@ class AdminPanel:
     @app.route("/apps/<string:app_id>/group", methods=["GET"])
     @inlineCallbacks
     def group(self, request: Any, app_id: str) -> Any:
-        session = yield self._require_login(request)
-        app = yield self._application(app_id)
-        ib = self._arg(request, "ib")
-        name = self._arg(request, "name")
-        query = self._arg(request, "q")
+        session = yield self.require_login(request)
+        app = yield self.find_application(app_id)
+        ib = self.query_value(request, "ib")
+        name = self.query_value(request, "name")
+        query = self.query_value(request, "q")
         members = (yield self.store.group_members(app.id, ib, name)) if ib and name else []
         shown = [m for m in members if query.casefold() in m.casefold()] if query else members
-        page = views.Page(views.page_number(self._arg(request, "page")), MEMBERS_PAGE, len(shown))
-        return self._render(
+        page = views.Page(views.page_number(self.query_value(request, "page")), MEMBERS_PAGE, len(shown))
+        return self.render_page(
             request,
             "group.html",
             session,
@@ -845,42 +845,42 @@ class AdminPanel:
     @inlineCallbacks
     def _group_change(self, request: Any, app_id: str) -> Any:
         """The session, the application and the checked (information base, group) of a group form."""
-        session = yield self._require_login(request)
-        self._check_post(request, session)
+        session = yield self.require_login(request)
+        self.check_post(request, session)
         app = self.core.apps.get(app_id)
         if app is None:
-            raise self._done(request, session, "/apps", "", "apps.unknown", "error")
+            raise self.done(request, session, "/apps", "", "apps.unknown", "error")
         return session, app
 
     def _names(self, request: Any) -> tuple[str, str]:
         try:
-            return check_name(self._form(request, "ib"), "IbId"), check_name(self._form(request, "group"), "Group")
+            return check_name(self.form_value(request, "ib"), "IbId"), check_name(self.form_value(request, "group"), "Group")
         except GroupError as e:
-            raise _Invalid("groups.invalid", field=e.field, reason=e.reason) from None
+            raise Invalid("groups.invalid", field=e.field, reason=e.reason) from None
 
     @app.route("/apps/<string:app_id>/groups/add", methods=["POST"])
     @inlineCallbacks
     def group_add(self, request: Any, app_id: str) -> Any:
         session, app = yield self._group_change(request, app_id)
-        back = self._form(request, "back", 2000)
-        back = back if _local(back) else self._app_url(app_id, "groups")
+        back = self.form_value(request, "back", 2000)
+        back = back if is_local_path(back) else self.app_url(app_id, "groups")
         try:
             ib, name = self._names(request)
-            users = views.lines(self._form(request, "members", 2_000_000))
+            users = views.lines(self.form_value(request, "members", 2_000_000))
             if not users:
-                raise _Invalid("groups.members_required")
+                raise Invalid("groups.members_required")
             for i, user in enumerate(users):
                 try:
                     check_name(user, "UserId")
                 except GroupError as e:
-                    raise _Invalid("groups.invalid", field=f"{e.field} {i + 1}", reason=e.reason) from None
+                    raise Invalid("groups.invalid", field=f"{e.field} {i + 1}", reason=e.reason) from None
             added = yield self.core.add_members(app, ib, name, users)
-        except _Invalid as e:
-            self._keep_form(request, session, "group-add")
-            raise self._done(request, session, back, "add", e.key, "error", **e.fields) from None
+        except Invalid as e:
+            self.keep_form(request, session, "group-add")
+            raise self.done(request, session, back, "add", e.key, "error", **e.fields) from None
         except GroupError as e:
-            self._keep_form(request, session, "group-add")
-            raise self._done(request, session, back, "add", "groups.invalid", "error", field=e.field, reason=e.reason) from None
+            self.keep_form(request, session, "group-add")
+            raise self.done(request, session, back, "add", "groups.invalid", "error", field=e.field, reason=e.reason) from None
         self.log.info(
             "admin panel: added {added} members to group {group!r} of app={app_id} ib={ib_id}",
             added=added,
@@ -888,24 +888,24 @@ class AdminPanel:
             app_id=app.id,
             ib_id=ib,
         )
-        yield self._audit(request, session.login, "group-add", app.id, ib=ib, group=name, added=added, users=users[:AUDIT_IDS])
-        url = self._app_url(app_id, "group", ib=ib, name=name)
-        raise self._done(request, session, url, "members", "groups.added", added=added, given=len(users), group=name)
+        yield self.record_audit(request, session.login, "group-add", app.id, ib=ib, group=name, added=added, users=users[:AUDIT_IDS])
+        url = self.app_url(app_id, "group", ib=ib, name=name)
+        raise self.done(request, session, url, "members", "groups.added", added=added, given=len(users), group=name)
 
     @app.route("/apps/<string:app_id>/groups/remove-member", methods=["POST"])
     @inlineCallbacks
     def group_remove_member(self, request: Any, app_id: str) -> Any:
         session, app = yield self._group_change(request, app_id)
-        user = self._form(request, "user")
+        user = self.form_value(request, "user")
         try:
             ib, name = self._names(request)
-        except _Invalid as e:
-            raise self._done(request, session, self._app_url(app_id, "groups"), "list", e.key, "error", **e.fields) from None
+        except Invalid as e:
+            raise self.done(request, session, self.app_url(app_id, "groups"), "list", e.key, "error", **e.fields) from None
         removed = yield self.core.remove_member(app, ib, name, user)
-        yield self._audit(request, session.login, "group-remove-member", app.id, ib=ib, group=name, user=user, removed=removed)
-        url = self._app_url(app_id, "group", ib=ib, name=name)
+        yield self.record_audit(request, session.login, "group-remove-member", app.id, ib=ib, group=name, user=user, removed=removed)
+        url = self.app_url(app_id, "group", ib=ib, name=name)
         key = "groups.member_removed" if removed else "groups.member_absent"
-        raise self._done(request, session, url, "members", key, "ok" if removed else "error", user=user, group=name)
+        raise self.done(request, session, url, "members", key, "ok" if removed else "error", user=user, group=name)
 
     @app.route("/apps/<string:app_id>/groups/remove", methods=["POST"])
     @inlineCallbacks
@@ -913,31 +913,31 @@ class AdminPanel:
         session, app = yield self._group_change(request, app_id)
         try:
             ib, name = self._names(request)
-        except _Invalid as e:
-            raise self._done(request, session, self._app_url(app_id, "groups"), "list", e.key, "error", **e.fields) from None
+        except Invalid as e:
+            raise self.done(request, session, self.app_url(app_id, "groups"), "list", e.key, "error", **e.fields) from None
         removed = yield self.core.remove_group(app, ib, name)
-        yield self._audit(request, session.login, "group-remove", app.id, ib=ib, group=name, members=removed)
-        raise self._done(request, session, self._app_url(app_id, "groups", ib=ib), "list", "groups.removed", group=name, count=removed)
+        yield self.record_audit(request, session.login, "group-remove", app.id, ib=ib, group=name, members=removed)
+        raise self.done(request, session, self.app_url(app_id, "groups", ib=ib), "list", "groups.removed", group=name, count=removed)
 
     # -- kept messages -----------------------------------------------------------------------------
 
     @app.route("/apps/<string:app_id>/kept", methods=["GET"])
     @inlineCallbacks
     def kept(self, request: Any, app_id: str) -> Any:
-        session = yield self._require_login(request)
-        app = yield self._application(app_id)
-        number = views.page_number(self._arg(request, "page"))
+        session = yield self.require_login(request)
+        app = yield self.find_application(app_id)
+        number = views.page_number(self.query_value(request, "page"))
         total, rows = yield self.store.kept_summary(app.id, self.clock.seconds(), KEPT_PAGE, (number - 1) * KEPT_PAGE)
-        return self._render(request, "kept.html", session, app=app, rows=rows, page=views.Page(number, KEPT_PAGE, total))
+        return self.render_page(request, "kept.html", session, app=app, rows=rows, page=views.Page(number, KEPT_PAGE, total))
 
     @app.route("/apps/<string:app_id>/kept/user", methods=["GET"])
     @inlineCallbacks
     def kept_user(self, request: Any, app_id: str) -> Any:
-        session = yield self._require_login(request)
-        app = yield self._application(app_id)
-        ib = self._arg(request, "ib")
-        user = self._arg(request, "user")
-        number = views.page_number(self._arg(request, "page"))
+        session = yield self.require_login(request)
+        app = yield self.find_application(app_id)
+        ib = self.query_value(request, "ib")
+        user = self.query_value(request, "user")
+        number = views.page_number(self.query_value(request, "page"))
         groups = sorted(self.core.membership.groups_of(app.id, ib, user))
         total, items = 0, []
         if ib and user:
@@ -945,7 +945,7 @@ class AdminPanel:
                 app.id, ib, user, groups, self.clock.seconds(), KEPT_PAGE, (number - 1) * KEPT_PAGE
             )
         rows = [{"item": i, "preview": views.preview(i.payload), "size": len(i.payload)} for i in items]
-        return self._render(
+        return self.render_page(
             request,
             "kept_user.html",
             session,
@@ -960,43 +960,43 @@ class AdminPanel:
     @app.route("/apps/<string:app_id>/kept/withdraw", methods=["POST"])
     @inlineCallbacks
     def kept_withdraw(self, request: Any, app_id: str) -> Any:
-        session = yield self._require_login(request)
-        self._check_post(request, session)
-        app = yield self._application(app_id)
-        ib = self._form(request, "ib")
-        user = self._form(request, "user")
-        one = self._form(request, "id", 30)
+        session = yield self.require_login(request)
+        self.check_post(request, session)
+        app = yield self.find_application(app_id)
+        ib = self.form_value(request, "ib")
+        user = self.form_value(request, "user")
+        one = self.form_value(request, "id", 30)
         # One message (an id that is no message id: none), or all of them (no id).
         ids = None if not one else [int(one)] if one.isascii() and one.isdigit() else []
         groups = sorted(self.core.membership.groups_of(app.id, ib, user))
         count = yield self.store.delete_kept_for_user(app.id, ib, user, groups, self.clock.seconds(), ids)
-        yield self._audit(
+        yield self.record_audit(
             request, session.login, "kept-withdraw", app.id, ib=ib, user=user, messages=count, **({"id": ids[0]} if ids else {})
         )
-        url = self._app_url(app_id, "kept/user", ib=ib, user=user)
-        raise self._done(request, session, url, "messages", "kept.withdrawn", count=count, user=user)
+        url = self.app_url(app_id, "kept/user", ib=ib, user=user)
+        raise self.done(request, session, url, "messages", "kept.withdrawn", count=count, user=user)
 
     @app.route("/apps/<string:app_id>/kept/delete", methods=["POST"])
     @inlineCallbacks
     def kept_delete(self, request: Any, app_id: str) -> Any:
-        session = yield self._require_login(request)
-        self._check_post(request, session)
-        app = yield self._application(app_id)
-        ib = self._form(request, "ib")
-        kind = self._form(request, "type", 10)
-        target = self._form(request, "target")
+        session = yield self.require_login(request)
+        self.check_post(request, session)
+        app = yield self.find_application(app_id)
+        ib = self.form_value(request, "ib")
+        kind = self.form_value(request, "type", 10)
+        target = self.form_value(request, "target")
         count = yield self.store.delete_kept_target(app.id, ib, kind, target)
-        yield self._audit(request, session.login, "kept-delete", app.id, ib=ib, type=kind, target=target, messages=count)
-        raise self._done(request, session, self._app_url(app_id, "kept"), "list", "kept.deleted", count=count)
+        yield self.record_audit(request, session.login, "kept-delete", app.id, ib=ib, type=kind, target=target, messages=count)
+        raise self.done(request, session, self.app_url(app_id, "kept"), "list", "kept.deleted", count=count)
 
     # -- online: sessions, disconnecting -----------------------------------------------------------
 
     def _online_query(self, request: Any) -> tuple[Any, str, str, int]:
         """(application or None, information base or "", search, page number) of an Online view's URL."""
-        app_id = self._arg(request, "app")
+        app_id = self.query_value(request, "app")
         apps = sorted(self.core.apps.values(), key=lambda a: (a.title.casefold(), a.id))
         app = self.core.apps.get(app_id) if app_id else (apps[0] if apps else None)
-        return app, self._arg(request, "ib"), self._arg(request, "q"), views.page_number(self._arg(request, "page"))
+        return app, self.query_value(request, "ib"), self.query_value(request, "q"), views.page_number(self.query_value(request, "page"))
 
     def _online(self, app: Any, ib: str, query: str, number: int) -> tuple[Online, views.Page]:
         """One page of the Online view (the last one when ``number`` is past it)."""
@@ -1015,19 +1015,19 @@ class AdminPanel:
     @app.route("/online", methods=["GET"])
     @inlineCallbacks
     def online(self, request: Any) -> Any:
-        session = yield self._require_login(request)
+        session = yield self.require_login(request)
         app, ib, query, number = self._online_query(request)
-        t = self._t(request)
+        t = self.texts(request)
         found, page = (None, views.Page(1, ONLINE_PAGE, 0)) if app is None else self._online(app, ib, query, number)
         rows = views.online_rows(found.rows, t, self.clock.seconds(), views.node_name(self.config)) if found is not None else []
         counts = self.core.hub.counts().get(app.id, {}) if app is not None else {}
-        return self._render(
+        return self.render_page(
             request,
             "online.html",
             session,
             apps=sorted(self.core.apps.values(), key=lambda a: (a.title.casefold(), a.id)),
             app=app,
-            unknown=bool(self._arg(request, "app")) and app is None,
+            unknown=bool(self.query_value(request, "app")) and app is None,
             ib=ib,
             query=query,
             ibs=sorted(counts.items()),
@@ -1043,16 +1043,16 @@ class AdminPanel:
     @inlineCallbacks
     def online_live(self, request: Any) -> Any:
         """One page of the Online view as data, for its live refresh (a poll does not keep the session alive)."""
-        if self._session(request, touch=False) is None:
+        if self.current_session(request, touch=False) is None:
             return json_body(request, 401, {"error": "unauthorized", "reason": "log in first"})
         try:
-            yield self._require_login(request, touch=False)
-        except _Redirect:
+            yield self.require_login(request, touch=False)
+        except Redirect:
             return json_body(request, 401, {"error": "unauthorized", "reason": "the session has ended"})
         app, ib, query, number = self._online_query(request)
         if app is None:
             return json_body(request, 404, {"error": "not found", "reason": "unknown application"})
-        t = self._t(request)
+        t = self.texts(request)
         found, page = self._online(app, ib, query, number)
         rows = views.online_rows(found.rows, t, self.clock.seconds(), views.node_name(self.config))
         return json_body(
@@ -1075,28 +1075,30 @@ class AdminPanel:
     @inlineCallbacks
     def disconnect(self, request: Any) -> Any:
         """End a session (``session`` given) or every session of a user, on this node; the result on top of the list."""
-        session = yield self._require_login(request)
-        self._check_post(request, session)
-        app = self.core.apps.get(self._form(request, "app"))
+        session = yield self.require_login(request)
+        self.check_post(request, session)
+        app = self.core.apps.get(self.form_value(request, "app"))
         if app is None:
-            raise self._done(request, session, "/online", "", "apps.unknown", "error")
-        ib, user, one = self._form(request, "ib"), self._form(request, "user"), self._form(request, "session", 100)
-        back = self._form(request, "back", 2000)
-        back = back if _local(back) and (back == "/online" or back.startswith("/online?")) else self._online_url(app.id, ib, "")
+            raise self.done(request, session, "/online", "", "apps.unknown", "error")
+        ib, user, one = self.form_value(request, "ib"), self.form_value(request, "user"), self.form_value(request, "session", 100)
+        back = self.form_value(request, "back", 2000)
+        back = back if is_local_path(back) and (back == "/online" or back.startswith("/online?")) else self._online_url(app.id, ib, "")
         ended = self.core.disconnect(app.id, ib, user, one)
         transports = sorted({s.transport_name for s in ended})
         if one:
-            yield self._audit(request, session.login, "disconnect", app.id, ib=ib, user=user, session=one, transport=",".join(transports))
+            yield self.record_audit(
+                request, session.login, "disconnect", app.id, ib=ib, user=user, session=one, transport=",".join(transports)
+            )
         else:
-            yield self._audit(
+            yield self.record_audit(
                 request, session.login, "disconnect-user", app.id, ib=ib, user=user, sessions=len(ended), transports=transports
             )
-        t = self._t(request)
+        t = self.texts(request)
         if not ended:
-            raise self._done(request, session, back, "sessions", "online.gone", "error", user=user)
+            raise self.done(request, session, back, "sessions", "online.gone", "error", user=user)
         remote = [s.node for s in self.core.presence(app.id, ib).get(user, []) if s.node is not None]
         if one:
-            self._flash(
+            self.flash(
                 request,
                 session,
                 "ok",
@@ -1107,9 +1109,9 @@ class AdminPanel:
                 transport=t(f"transport.{transports[0]}"),
             )
         else:
-            self._flash(request, session, "ok", "online.disconnected_user", "sessions", user=user, count=len(ended))
+            self.flash(request, session, "ok", "online.disconnected_user", "sessions", user=user, count=len(ended))
         if remote:
-            self._flash(
+            self.flash(
                 request,
                 session,
                 "error",
@@ -1119,18 +1121,18 @@ class AdminPanel:
                 count=len(remote),
                 nodes=", ".join(sorted(set(remote))),
             )
-        raise _Redirect(f"{back}#sessions")
+        raise Redirect(f"{back}#sessions")
 
     # -- audit log, status -------------------------------------------------------------------------
 
     @app.route("/audit", methods=["GET"])
     @inlineCallbacks
     def audit_log(self, request: Any) -> Any:
-        session = yield self._require_login(request)
-        number = views.page_number(self._arg(request, "page"))
+        session = yield self.require_login(request)
+        number = views.page_number(self.query_value(request, "page"))
         total, entries = yield self.store.list_audit(AUDIT_PAGE, (number - 1) * AUDIT_PAGE)
         titles = {a.id: a.title for a in self.core.apps.values()}
-        return self._render(request, "audit.html", session, entries=entries, titles=titles, page=views.Page(number, AUDIT_PAGE, total))
+        return self.render_page(request, "audit.html", session, entries=entries, titles=titles, page=views.Page(number, AUDIT_PAGE, total))
 
     # -- delivery trace ---------------------------------------------------------------------------
 
@@ -1140,14 +1142,17 @@ class AdminPanel:
     @app.route("/trace", methods=["GET"])
     @inlineCallbacks
     def trace_page(self, request: Any) -> Any:
-        session = yield self._require_login(request)
-        id_text = self._arg(request, "id", 30).strip()
+        session = yield self.require_login(request)
+        id_text = self.query_value(request, "id", 30).strip()
         bad_id = bool(id_text) and not (id_text.isascii() and id_text.isdigit())
         query = trace.Query(
-            self._arg(request, "app"), self._arg(request, "ib"), self._arg(request, "user"), 0 if bad_id else int(id_text or 0)
+            self.query_value(request, "app"),
+            self.query_value(request, "ib"),
+            self.query_value(request, "user"),
+            0 if bad_id else int(id_text or 0),
         )
         groups_of = self._user_groups()
-        number = views.page_number(self._arg(request, "page"))
+        number = views.page_number(self.query_value(request, "page"))
         total, found = (0, []) if bad_id else self.core.trace.page(query, groups_of, (number - 1) * TRACE_PAGE, TRACE_PAGE)
         page = views.Page(number, TRACE_PAGE, total)
         rows = []
@@ -1155,7 +1160,7 @@ class AdminPanel:
             groups = groups_of(sent.app_id, sent.recipient.ib_id, query.user) if query.user else ()
             rows.append({"sent": sent, "outcome": sent.outcome_for(query.user, groups) if query.user else "", "groups": groups})
         apps = sorted(self.core.apps.values(), key=lambda a: a.title.casefold())
-        return self._render(
+        return self.render_page(
             request,
             "trace.html",
             session,
@@ -1173,16 +1178,16 @@ class AdminPanel:
     @app.route("/trace/<int:seq>", methods=["GET"])
     @inlineCallbacks
     def trace_send(self, request: Any, seq: int) -> Any:
-        session = yield self._require_login(request)
+        session = yield self.require_login(request)
         sent = self.core.trace.find(seq)
         if sent is None:
-            raise _Refused(404, "trace.unknown")
+            raise Refused(404, "trace.unknown")
         r = sent.recipient
-        user = self._arg(request, "user").strip()
+        user = self.query_value(request, "user").strip()
         groups = self._user_groups()(sent.app_id, r.ib_id, user) if user else ()
         reached = sorted(sent.reached) if sent.reached is not None else None
         app = self.core.apps.get(sent.app_id)
-        return self._render(
+        return self.render_page(
             request,
             "trace_send.html",
             session,
@@ -1204,33 +1209,33 @@ class AdminPanel:
     @app.route("/status", methods=["GET"])
     @inlineCallbacks
     def status(self, request: Any) -> Any:
-        session = yield self._require_login(request)
-        return self._render(request, "status.html", session, doc=self._status(), poll_ms=POLL_MS)
+        session = yield self.require_login(request)
+        return self.render_page(request, "status.html", session, doc=self._status(), poll_ms=POLL_MS)
 
     @app.route("/status/live", methods=["GET"])
     @inlineCallbacks
     def status_live(self, request: Any) -> Any:
         """The figures alone, for the page's live refresh (a poll does not keep the session alive)."""
-        if self._session(request, touch=False) is None:
+        if self.current_session(request, touch=False) is None:
             return json_body(request, 401, {"error": "unauthorized", "reason": "log in first"})
         try:
-            session = yield self._require_login(request, touch=False)
-        except _Redirect:
+            session = yield self.require_login(request, touch=False)
+        except Redirect:
             return json_body(request, 401, {"error": "unauthorized", "reason": "the session has ended"})
-        return self._render(request, "status_figures.html", session, doc=self._status())
+        return self.render_page(request, "status_figures.html", session, doc=self._status())
 
     @app.route("/counts.json", methods=["GET"])
     @inlineCallbacks
     def counts(self, request: Any) -> Any:
-        if self._session(request, touch=False) is None:  # polling alone does not keep a session alive
+        if self.current_session(request, touch=False) is None:  # polling alone does not keep a session alive
             return json_body(request, 401, {"error": "unauthorized", "reason": "log in first"})
         try:
-            yield self._require_login(request, touch=False)
-        except _Redirect:
+            yield self.require_login(request, touch=False)
+        except Redirect:
             return json_body(request, 401, {"error": "unauthorized", "reason": "the session has ended"})
         counts = self.core.hub.counts()
         apps: dict[str, Any] = {app_id: {"total": sum(ibs.values()), "ibs": ibs} for app_id, ibs in counts.items()}
-        one = self._arg(request, "app")
+        one = self.query_value(request, "app")
         if one:  # the application's page also shows its sessions by transport
             apps.setdefault(one, {"total": 0, "ibs": {}})["transports"] = self._transports(one)
         return json_body(request, 200, {"total": len(self.core.hub), "apps": apps})
@@ -1247,32 +1252,38 @@ class AdminPanel:
 
     # -- errors ------------------------------------------------------------------------------------
 
-    @app.handle_errors(_Redirect)
+    @app.handle_errors(Redirect)
     def redirect(self, request: Any, failure: Any) -> bytes:
         request.setResponseCode(303)
         request.setHeader(b"Location", failure.value.location.encode("utf-8"))
         return b""
 
-    @app.handle_errors(_Refused)
+    @app.handle_errors(Refused)
     def refused(self, request: Any, failure: Any) -> bytes:
         e = failure.value
-        return self._render(request, "error.html", self._session(request), status=e.status, message=self._t(request)(e.key, **e.fields))
+        return self.render_page(
+            request, "error.html", self.current_session(request), status=e.status, message=self.texts(request)(e.key, **e.fields)
+        )
 
     @app.handle_errors(NotFound, RequestRedirect)  # (a path with an empty segment, "%2F": werkzeug would redirect it elsewhere)
     def not_found(self, request: Any, failure: Any) -> bytes:
         return self.no_such_page(request)
 
     def no_such_page(self, request: Any) -> bytes:
-        return self._render(request, "error.html", self._session(request), status=404, message=self._t(request)("error.not_found"))
+        return self.render_page(
+            request, "error.html", self.current_session(request), status=404, message=self.texts(request)("error.not_found")
+        )
 
     @app.handle_errors(MethodNotAllowed)
     def bad_method(self, request: Any, failure: Any) -> bytes:
         request.setHeader(b"Allow", ", ".join(failure.value.valid_methods or []).encode())
-        return self._render(request, "error.html", self._session(request), status=405, message=self._t(request)("error.method"))
+        return self.render_page(
+            request, "error.html", self.current_session(request), status=405, message=self.texts(request)("error.method")
+        )
 
     @app.handle_errors(StoreUnavailable)
     def store_down(self, request: Any, failure: Any) -> bytes:
-        return self._render(request, "error.html", self._session(request), status=503, message=str(failure.value))
+        return self.render_page(request, "error.html", self.current_session(request), status=503, message=str(failure.value))
 
     @app.handle_errors(Exception)
     def crashed(self, request: Any, failure: Any) -> bytes:
