@@ -18,7 +18,7 @@ import secrets
 from collections.abc import Callable
 from importlib import resources
 from typing import Any, Protocol
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from klein import Klein
@@ -318,6 +318,11 @@ class PanelBase:
         except UnknownApplication:
             raise Refused(404, "apps.unknown") from None
         return app
+
+    @staticmethod
+    def app_url(app_id: str, page: str = "", **query: str) -> str:
+        url = f"/apps/{quote(app_id, safe='')}" + (f"/{page}" if page else "")
+        return url + ("?" + urlencode(query) if query else "")
 
     @app.route("/static/<string:name>", methods=["GET"])
     def static(self, request: Any, name: str) -> Any:
