@@ -39,6 +39,7 @@ from ..http.site import json_body
 from . import views
 from .account import AccountPages
 from .applications import ApplicationPages
+from .audit import AuditPages
 from .groups import GroupPages
 from .kept import KeptPages
 from .online import OnlinePages
@@ -48,25 +49,15 @@ from .site import AdminRequest, AdminSite
 __all__ = ["AdminPanel", "AdminRequest", "AdminSite", "PanelStore"]
 
 
-AUDIT_PAGE = 50
 #: Sends a page of the delivery trace, and users listed on one send's page.
 TRACE_PAGE = 50
 TRACE_USERS = 500
 
 
-class AdminPanel(AccountPages, ApplicationPages, GroupPages, KeptPages, OnlinePages):
+class AdminPanel(AccountPages, ApplicationPages, GroupPages, KeptPages, OnlinePages, AuditPages):
     """Routes of the admin listener."""
 
     # -- audit log, status -------------------------------------------------------------------------
-
-    @app.route("/audit", methods=["GET"])
-    @inlineCallbacks
-    def audit_log(self, request: Any) -> Any:
-        session = yield self.require_login(request)
-        number = views.page_number(self.query_value(request, "page"))
-        total, entries = yield self.store.list_audit(AUDIT_PAGE, (number - 1) * AUDIT_PAGE)
-        titles = {a.id: a.title for a in self.core.apps.values()}
-        return self.render_page(request, "audit.html", session, entries=entries, titles=titles, page=views.Page(number, AUDIT_PAGE, total))
 
     # -- delivery trace ---------------------------------------------------------------------------
 
