@@ -26,48 +26,30 @@ Safe by construction:
 Every action answers with a redirect to the section of the page that holds its
 control (``#send``, ``#settings``...), where the result is shown; a refused form
 comes back with what was typed.
+
+:class:`AdminPanel` is assembled here from one mixin per page module, each
+over :class:`~pns4ones.admin.panel.PanelBase` (:mod:`.panel`: the shared state
+and helpers, the error pages, the one Klein application every route is
+registered on): :mod:`.account`, :mod:`.applications`, :mod:`.groups`,
+:mod:`.kept`, :mod:`.online`, :mod:`.audit`, :mod:`.trace`, :mod:`.status`.
+The listener (:class:`AdminSite`, :class:`AdminRequest`) is in :mod:`.site`.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from twisted.internet.defer import inlineCallbacks
-
-from ..http.site import json_body
 from .account import AccountPages
 from .applications import ApplicationPages
 from .audit import AuditPages
 from .groups import GroupPages
 from .kept import KeptPages
 from .online import OnlinePages
-from .panel import POLL_MS, PanelStore, Redirect, app
+from .panel import PanelStore
 from .site import AdminRequest, AdminSite
+from .status import StatusPages
 from .trace import TracePages
 
 __all__ = ["AdminPanel", "AdminRequest", "AdminSite", "PanelStore"]
 
 
-class AdminPanel(AccountPages, ApplicationPages, GroupPages, KeptPages, OnlinePages, AuditPages, TracePages):
+class AdminPanel(AccountPages, ApplicationPages, GroupPages, KeptPages, OnlinePages, AuditPages, TracePages, StatusPages):
     """Routes of the admin listener."""
-
-    def _status(self) -> dict[str, Any] | None:
-        return self.status_source() if self.status_source is not None else None
-
-    @app.route("/status", methods=["GET"])
-    @inlineCallbacks
-    def status(self, request: Any) -> Any:
-        session = yield self.require_login(request)
-        return self.render_page(request, "status.html", session, doc=self._status(), poll_ms=POLL_MS)
-
-    @app.route("/status/live", methods=["GET"])
-    @inlineCallbacks
-    def status_live(self, request: Any) -> Any:
-        """The figures alone, for the page's live refresh (a poll does not keep the session alive)."""
-        if self.current_session(request, touch=False) is None:
-            return json_body(request, 401, {"error": "unauthorized", "reason": "log in first"})
-        try:
-            session = yield self.require_login(request, touch=False)
-        except Redirect:
-            return json_body(request, 401, {"error": "unauthorized", "reason": "the session has ended"})
-        return self.render_page(request, "status_figures.html", session, doc=self._status())
