@@ -104,6 +104,7 @@ app = Klein()
 class PanelBase:
     """The panel's state and the helpers its pages share; the static files and the error pages."""
 
+    #: The module's ``app``: reached through a panel, Klein binds itself to it (every mixin's routes then run on the whole panel).
     app = app
     log = Logger()
 
