@@ -1720,7 +1720,7 @@ class CatalogTests(SynchronousTestCase):
         used = set()
         for template in (package / "templates").glob("*.html"):
             used |= set(re.findall(r"t\('([a-z0-9_.-]+)'", template.read_text()))
-        code = (package / "app.py").read_text() + (package / "views.py").read_text()
+        code = "".join(path.read_text() for path in sorted(package.glob("*.py")))  # the panel's modules, one per page
         prefixes = "error|apps|send|password|groups|kept|settings|manage|status|audit|unit|page|transport|app|setup|online"
         used |= {k for k in re.findall(rf'"((?:{prefixes})\.[a-z0-9_.]+)"', code) if not k.endswith(".html")}
         # keys made of a prefix and a value
@@ -1730,7 +1730,7 @@ class CatalogTests(SynchronousTestCase):
         used |= {f"transport.{name}" for name in ("tcp", "ws", "sse")}
         used |= {f"audit.source.{source}" for source in ("panel", "cli")}
         used |= {f"status.listener.{name}" for name in ("send API", "add-in subscriptions", "admin panel", "metrics", "other")}
-        actions = set(re.findall(r'_audit\(\s*request,\s*[\w.]+,\s*"([a-z-]+)"', code)) | set(
+        actions = set(re.findall(r'record_audit\(\s*request,\s*[\w.]+,\s*"([a-z-]+)"', code)) | set(
             re.findall(r'"(rotate-server|rotate-client|reset-tokens|delete)"', code)
         )
         from pns4ones.cli import AUDITED
