@@ -51,7 +51,7 @@ class OnlinePages(PanelBase):
         app, ib, query, number = self._online_query(request)
         t = self.texts(request)
         found, page = (None, views.Page(1, ONLINE_PAGE, 0)) if app is None else self._online(app, ib, query, number)
-        rows = views.online_rows(found.rows, t, self.clock.seconds(), views.node_name(self.config)) if found is not None else []
+        rows = views.online_rows(found.rows, t, self.clock.seconds(), self.config.node) if found is not None else []
         counts = self.core.hub.counts().get(app.id, {}) if app is not None else {}
         return self.render_page(
             request,
@@ -86,7 +86,7 @@ class OnlinePages(PanelBase):
             return json_body(request, 404, {"error": "not found", "reason": "unknown application"})
         t = self.texts(request)
         found, page = self._online(app, ib, query, number)
-        rows = views.online_rows(found.rows, t, self.clock.seconds(), views.node_name(self.config))
+        rows = views.online_rows(found.rows, t, self.clock.seconds(), self.config.node)
         return json_body(
             request,
             200,

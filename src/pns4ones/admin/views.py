@@ -188,11 +188,6 @@ def lines(text: str) -> list[str]:
 # -- the Online view ----------------------------------------------------------------------
 
 
-def node_name(config: Any) -> str:
-    """This node's name, as the Redis hub gives it (``node_name``, else HOSTNAME:LISTEN_PORT)."""
-    return str(config.node_name or f"{socket.gethostname()}:{config.listen.port}")
-
-
 def online_rows(rows: Sequence[OnlineRow], t: Callable[..., str], now: float, here: str) -> list[dict[str, Any]]:
     """
     The rows of the Online view, as both the page (Jinja) and its live refresh
