@@ -1395,10 +1395,11 @@ class PanelOnlineHttpTests(SynchronousTestCase):
         page = self.client.request("GET", "/online?q=u")[2]
         self.assertIn(f"Сеанс {row['session']} пользователя «u1» (компонента 1С) отключён.", page)
         self.assertIn('data-section="sessions"', page)
-        # Once more: nothing left to end, and the page says so; a foreign "back" is not followed.
+        # Once more: nothing left to end, and the page says so; a foreign "back" is not followed; nothing changed, nothing audited.
         status, headers, _ = self.client.request("POST", "/online/disconnect", {**form, "back": "https://evil.example/", "csrf": token})
         self.assertEqual((status, headers["Location"]), (303, f"/online?app={self.app['id']}&ib=ib1#sessions"))
         self.assertIn("уже нет: ничего не отключено", self.client.request("GET", headers["Location"].split("#")[0])[2])
+        self.assertEqual(audit_log(self.server, "--limit", "1"), [entry])
 
 
 class PanelNodesTests(SynchronousTestCase):

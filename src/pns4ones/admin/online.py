@@ -116,6 +116,8 @@ class OnlinePages(PanelBase):
         back = self.form_value(request, "back", 2000)
         back = back if is_local_path(back) and (back == "/online" or back.startswith("/online?")) else self._online_url(app.id, ib, "")
         ended = self.core.disconnect(app.id, ib, user, one)
+        if not ended:  # already gone: nothing changed, nothing to audit
+            raise self.done(request, session, back, "sessions", "online.gone", "error", user=user)
         transports = sorted({s.transport_name for s in ended})
         if one:
             yield self.record_audit(
@@ -126,8 +128,6 @@ class OnlinePages(PanelBase):
                 request, session.login, "disconnect-user", app.id, ib=ib, user=user, sessions=len(ended), transports=transports
             )
         t = self.texts(request)
-        if not ended:
-            raise self.done(request, session, back, "sessions", "online.gone", "error", user=user)
         remote = [s.node for s in self.core.presence(app.id, ib).get(user, []) if s.node is not None]
         if one:
             self.flash(
