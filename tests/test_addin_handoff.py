@@ -194,6 +194,35 @@ class MoveTests(TestCase):
         self.assertEqual([m["data"]["n"] for m in received], ["0", "1"])
 
     @defer.inlineCallbacks
+    def test_abandon_after_the_commit_writes_nothing(self) -> Generator[Any, Any, None]:
+        """A handoff that fails after the commit: the old side closes its descriptor without writing; the peer reads what the new side wrote, then end of stream once the new side is gone."""
+        self.client.sendall(self.frame)
+        yield until(lambda: len(self.old.core.hub) == 1)
+        proto = self.old.proto()
+        self.old.send(0)
+        exported = proto.export_state()
+        assert exported is not None
+        state, pending = exported
+        proto.handed_over()
+        self.new.factory.adopting = True
+        try:
+            transport = reactor.adoptStreamConnection(proto.transport.fileno(), socket.AF_INET, self.new.factory)
+        finally:
+            self.new.factory.adopting = False
+        moved = transport.protocol
+        self.assertTrue(moved.adopt(state, pending))
+        self.assertEqual(self.new.send(1), 1)
+        received = yield self.read(2)
+        self.assertEqual([m["data"]["n"] for m in received], ["0", "1"])
+        proto.abandon()
+        self.assertEqual((self.old.factory.connections, len(self.old.core.hub)), (set(), 0))
+        self.assertEqual(self.old.send(2), 0)
+        self.assertEqual(self.new.send(3), 1, "the new side still owns the connection")
+        self.assertEqual([m["data"]["n"] for m in (yield self.read(1))], ["3"])
+        txinternals.close_descriptor(moved.transport)  # the new process is killed: no shutdown() either
+        self.assertTrue(self.closed_by_server())
+
+    @defer.inlineCallbacks
     def test_a_changed_client_key_ends_the_moved_subscription(self) -> Generator[Any, Any, None]:
         """A subscription whose client key was rotated before the new node adopted it is ended there, not fed frames it cannot decrypt."""
         self.client.sendall(self.frame)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -207,6 +208,63 @@ class HandoffTests(TestCase):
         wait_for(lambda: not check_exactly_once(fleet, sender), 10, interval=0.2, what="every accepted message at every subscriber")
         self.assertEqual(check_exactly_once(fleet, sender), [])
         self.assert_served_by(server, fleet, old)
+
+    def test_failure_after_commit_closes_the_handed_over_connections(self) -> None:
+        """The new process takes the connections over and writes to them, then never says serving: restart exits 1 saying the handed-over subscriptions were closed; each of them ends without a repeated or cut frame; the old process (same pid) serves new subscribers."""
+        stall = {"PNS4ONES_TEST_HANDOFF_STALL": "1", "PNS4ONES_TEST_HANDOFF_STEP_TIMEOUT": "3"}
+        server = self.start("log_level = Warning\nsend_buffer_limit = 16M\n", env=stall)
+        old = server.pid()
+        fleet = self.fleet(server, 20)
+        # Three subscribers that stop reading: megabytes queued for them move as pending bytes, which the new process writes.
+        stalled = Fleet(server.service_port, self.app, 3, ib="slow", rcvbuf=4096)
+        self.addCleanup(stalled.close)
+        big = Sender(server.api_port, self.app, ib="slow", padding=400_000)
+        self.addCleanup(big.stop)
+        wait_for(lambda: big.send_one() and all(stalled.received), 10, interval=0.1, what="the stalled subscribers to register")
+        stalled.stall()
+        for _ in range(15):
+            self.assertTrue(big.send_one(), big.failed)
+        sender = self.sending(server)  # and new frames, written by the new process while it holds the connections
+        wait_for(lambda: len(sender.accepted) > 10, 10, what="sends before the restart")
+        restart = subprocess.Popen(
+            [ADMIN, "--data-dir", str(server.data_dir), "restart"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.addCleanup(lambda: restart.poll() is None and restart.kill())
+        wait_for(lambda: "took over 23 subscriptions" in server.log(), 20, what="the new process to take the connections over")
+        stalled.read_again()  # the new process writes them their pending bytes
+        stdout, stderr = restart.communicate(timeout=60)
+        self.assertEqual(restart.returncode, 1, stdout + stderr)
+        self.assertEqual(server.pid(), old)
+        self.assertIsNone(server.proc.poll())
+        sender.stop()
+
+        def ended() -> bool:
+            return len(fleet.closed) == 20 and len(stalled.closed) == 3
+
+        try:
+            wait_for(ended, 10, what="every handed-over connection to end")
+        except AssertionError:
+            pass  # (the frames are checked first: they say more)
+        problems = fleet.errors + stalled.errors
+        for name, subscribers in (("fleet", fleet), ("stalled", stalled)):
+            for i, got in enumerate(subscribers.received):
+                seqs = [seq for seq, _ in got]
+                if any(b <= a for a, b in itertools.pairwise(seqs)):
+                    problems.append(f"{name} subscriber {i}: a repeated frame: {seqs[-30:]}")
+        self.assertEqual(problems[:10], [], f"{len(problems)} problems")
+        self.assertTrue(ended(), f"connections still open: {set(range(20)) - fleet.closed} {set(range(3)) - stalled.closed}")
+        # A subscriber that connects now is served by the old process.
+        late = Fleet(server.service_port, self.app, 1, first=100)
+        self.addCleanup(late.close)
+        probe = Sender(server.api_port, self.app)
+        self.addCleanup(probe.stop)
+        wait_for(lambda: probe.send_one() and all(late.received), 10, interval=0.1, what="a new subscriber to get a message")
+        self.assertEqual(late.closed, set())
+        self.assertIn(f"restart failed after the handover, this process (pid {old}) keeps serving", stdout)
+        self.assertIn("did not start serving within 3.01 s", stdout)
+        self.assertIn("the 23 handed-over subscriptions were closed", stdout)
+        self.assertIn("the 23 handed-over subscriptions were closed", server.log())
+        self.assertNotIn("Traceback", server.log())
 
     def test_incompatible_version_is_refused(self) -> None:
         """The new process refuses a handoff from an incompatible handoff protocol with a clear message; the old process keeps serving."""

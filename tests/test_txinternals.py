@@ -140,6 +140,19 @@ class TcpTransportTests(TestCase):
         self.assertEqual(self.client.recv(1), b"")
 
     @defer.inlineCallbacks
+    def test_close_descriptor_writes_nothing_and_leaves_the_other_holder(self) -> Generator[Any, Any, None]:
+        """close_descriptor drops queued bytes, closes at once without shutdown (the other holder still writes), tells the protocol; the peer sees end of stream once the other holder closes too."""
+        other = socket.socket(fileno=os.dup(self.transport.fileno()))  # what the (killed) new process held
+        self.transport.write(b"never sent")
+        txinternals.close_descriptor(self.transport)
+        self.assertTrue(self.lost.called, "connectionLost at once")
+        other.sendall(b"still here")
+        self.assertEqual(self.read_exactly(10), b"still here")
+        other.close()
+        self.assertEqual(self.client.recv(1), b"", "an orderly end of stream (no reset) once the last descriptor is closed")
+        yield deferLater(reactor, 0, lambda: None)
+
+    @defer.inlineCallbacks
     def test_handed_over_listener_keeps_listening(self) -> Generator[Any, Any, None]:
         """A listening port marked handed over stops listening here only: the other holder still accepts connections."""
         other = socket.socket(fileno=os.dup(self.port.fileno()))

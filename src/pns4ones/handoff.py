@@ -33,13 +33,23 @@ Invariants:
 * Before ``commit`` the new process neither reads from nor writes to a handed-over
   socket, and fails with ``os._exit`` (no ``shutdown()`` of shared sockets): the
   old process can take everything back, whatever goes wrong.
+* After ``commit`` (once the old process has sent it) the old process never
+  writes to a handed-over connection again: the new process may have written
+  to it (the pending bytes, new frames), so only the new process knows where
+  each subscriber's byte stream stands.  Should the handoff still fail (no
+  ``serving`` in time, a malformed packet, the new process dies), the old
+  process kills the new one, takes the listening sockets back (they carry no
+  stream) and closes its own descriptor of every handed-over connection
+  without writing and without ``shutdown()`` (``AddinProtocol.abandon``): the
+  peer sees the connection end once the killed process's descriptors are gone,
+  never a repeated or cut frame, and registers again when it reconnects.
 * Pending bytes are the old transport's unsent buffer, taken whole and written
   first by the new process: the byte stream each subscriber sees is unchanged, so
   a frame is never cut or repeated.  So are the inbound bytes, fed to the new
   protocol as if they had just arrived: a registration cut by the restart
   completes on the new process, before the deadline it had.
 * This module moves connections through ``AddinProtocol``'s public
-  ``export_state`` / ``handed_over`` / ``take_back`` / ``adopt`` and Twisted's
+  ``export_state`` / ``handed_over`` / ``take_back`` / ``abandon`` / ``adopt`` and Twisted's
   private state only through :mod:`pns4ones.txinternals`.
 * Sessions that cannot move (WebSocket, SSE: their state lives in this process)
   are ended (``end("server restarting")``, a going-away close) before the
@@ -198,6 +208,12 @@ def listeners_from(doc: dict[str, Any], descriptors: int) -> list[tuple[str, str
             raise HandoffError(f"garbled listener entry (family: {family!r:.40})")
         out.append((spec["option"], spec["address"], family))
     return out
+
+
+def serving_timeout(sessions: int) -> float:
+    """How long the old process waits for ``serving`` after ``commit``: the new process attaches ``sessions`` subscriptions meanwhile."""
+    # Tests shorten the wait with this variable.
+    return float(os.environ.get("PNS4ONES_TEST_HANDOFF_STEP_TIMEOUT", STEP_TIMEOUT)) + sessions / 2000
 
 
 def _advertised_protocol() -> int:
@@ -414,6 +430,9 @@ class Incoming:
         return out
 
     def serving(self, count: int) -> None:
+        if os.environ.get("PNS4ONES_TEST_HANDOFF_STALL"):  # tests: serve, but never say so (the descriptor stays open until killed)
+            self.sock.detach()
+            return
         try:
             _send(self.sock, {"type": "serving", "pid": os.getpid(), "count": count})
         except OSError:
@@ -547,6 +566,7 @@ class Restart:
         self.paused = False
         #: Connections taken out of this process: (protocol, its state, the bytes queued for it).
         self.taken: list[tuple[AddinProtocol, AddinState, bytes]] = []
+        #: ``commit`` was sent: a failure from then on closes the handed-over connections instead of taking them back.
         self.committed = False
         #: The new process's handoff protocol (from its hello).
         self.theirs = 1
@@ -574,8 +594,15 @@ class Restart:
                         reason = f"the new process exited with code {self.child.exit_code} during the handoff ({reason}); see its messages in the log"
                         break
                     yield task.deferLater(self.reactor, 0.02, lambda: None)
-            self._rollback()
-            message = f"restart failed, this process (pid {os.getpid()}) keeps serving every connection: {reason}"
+            closed = self._rollback()
+            if closed is None:
+                message = f"restart failed, this process (pid {os.getpid()}) keeps serving every connection: {reason}"
+            else:
+                message = (
+                    f"restart failed after the handover, this process (pid {os.getpid()}) keeps serving: {reason}; "
+                    f"the {closed} handed-over subscriptions were closed (the new process may have written to them) and reconnect "
+                    "to this process (a 1C desktop with the stock extension once its user restarts 1C)"
+                )
             log.error("{trigger}: {message}", trigger=self.trigger, message=message)
             self._status(False, message, 0)
             return False
@@ -711,11 +738,15 @@ class Restart:
             self.times.append(time.monotonic())
             self._expect("adopted")
             self.times.append(time.monotonic())
-            self.committed = True
             self._commit()
             _send(self.conn, {"type": "commit"})
-            self.conn.settimeout(STEP_TIMEOUT + len(self.taken) / 2000)
-            self._expect("serving")
+            self.committed = True  # (sent: the new process may write to the connections from now on)
+            timeout = serving_timeout(len(self.taken))
+            self.conn.settimeout(timeout)
+            try:
+                self._expect("serving")
+            except TimeoutError:
+                raise HandoffError(f"the new process took the connections over but did not start serving within {timeout:.3g} s") from None
             self.times.append(time.monotonic())
         except (TimeoutError, OSError) as e:
             raise HandoffError(f"handoff socket: {e}") from None
@@ -822,21 +853,37 @@ class Restart:
         for proto, _, _ in self.taken:
             proto.handed_over()
 
-    def _rollback(self) -> None:
+    def _rollback(self) -> int | None:
+        """
+        Kill the new process and serve here again: before ``commit``, every
+        connection as it was (its queued bytes first); after it, the listeners
+        only, closing the handed-over connections (their number is returned;
+        None before the commit): the new process may have written to them.
+        """
         self.service.site.closing = False
         if self.child.exit_code is None and self.child.pid:
             try:
                 os.kill(self.child.pid, signal.SIGKILL)
             except OSError:
                 pass
+        closed = len(self.taken) if self.committed else None
+        if self.committed:  # the new process may have written its PID file already
+            try:
+                control.write_pid(self.service.config.data_dir)
+            except OSError as e:
+                log.warn("cannot write the PID file again: {error}", error=str(e))
         if not self.paused:
-            return
+            return closed
         for proto, state, pending in self.taken:
-            proto.take_back(state, pending)
+            if self.committed:
+                proto.abandon()
+            else:
+                proto.take_back(state, pending)
         self.taken = []
         for port in self._ports():
             set_handed_over(port, False)
             port.startReading()
+        return closed
 
     def _close(self) -> None:
         for s in (self.conn, self.lsock):

@@ -17,7 +17,8 @@ Attributes relied on:
   ``disconnecting`` (public but undocumented);
 * ``tcp.Connection`` and ``tcp.Port`` (``tcp._SocketCloser``):
   ``_shouldShutdown`` (closing calls ``shutdown()`` first, which would end
-  the connection for every process holding the socket);
+  the connection for every process holding the socket), and ``connectionLost``
+  called directly to close one at once (:func:`close_descriptor`);
 * ``twisted.protocols.basic.IntNStringReceiver``: ``_unprocessed`` and
   ``_compatibilityOffset`` (bytes received and not yet cut into frames);
 * ``twisted.enterprise.adbapi``: ``Connection._connection`` and ``._pool``
@@ -39,9 +40,10 @@ from collections.abc import Callable, Iterator
 from typing import Protocol, TypeVar
 
 from twisted.enterprise import adbapi
-from twisted.internet import tcp
+from twisted.internet import error, tcp
 from twisted.protocols.basic import IntNStringReceiver
 from twisted.python import log
+from twisted.python.failure import Failure
 from twisted.web._websocket_impl import _WebSocketWireProtocol
 from twisted.web.websocket import WebSocketProtocol, WebSocketTransport
 from wsproto import WSConnection
@@ -171,6 +173,26 @@ def set_handed_over(selectable: tcp.Connection | tcp.Port, handed: bool) -> None
     the listener) for the other process too.  False undoes it.
     """
     selectable._shouldShutdown = not handed
+
+
+def close_descriptor(transport: tcp.Connection) -> None:
+    """
+    Close this process's descriptor of a TCP connection now, writing nothing
+    (what is queued is dropped) and without ``shutdown()``, then tell its
+    protocol ``connectionLost`` (``ConnectionDone``), as Twisted would.  The
+    socket may still be open in another process: the connection ends for the
+    peer (end of stream) only once every descriptor of it is closed.  No
+    ``SO_LINGER`` either (``abortConnection`` sets it, which would turn that
+    last close into a reset).
+    """
+    transport.stopReading()
+    transport.stopWriting()
+    transport.dataBuffer = b""
+    transport.offset = 0
+    transport._tempDataBuffer = []
+    transport._tempDataLen = 0
+    transport._shouldShutdown = False
+    transport.connectionLost(Failure(error.ConnectionDone("closed without shutdown")))
 
 
 def unparsed_input(receiver: IntNStringReceiver) -> bytes:

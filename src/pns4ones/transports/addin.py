@@ -42,7 +42,7 @@ from ..hub import Catchup, Clock, Outbound, next_session_id
 from ..logs import RateLimited, session_fields
 from ..metrics import NULL
 from ..proxies import Network
-from ..txinternals import send_now, set_handed_over, take_output, unparsed_input
+from ..txinternals import close_descriptor, send_now, set_handed_over, take_output, unparsed_input
 from ..wire import ClientKey
 
 #: Seconds an unregistered add-in connection must have waited before it is closed to make room for a
@@ -313,7 +313,8 @@ class AddinProtocol(IntNStringReceiver):
         reading and writing, leaves the hub and the registration clock, and gives
         up the bytes queued for it and not sent yet (``pending``: whole frames and
         the tail of one alike; the new owner writes them first).  Then either
-        :meth:`handed_over` or :meth:`take_back`.  None when it is closing anyway.
+        :meth:`handed_over` (and :meth:`abandon` should the handoff fail after
+        it was committed) or :meth:`take_back`.  None when it is closing anyway.
         """
         transport = self.transport
         if self._ended or not isinstance(transport, Server) or transport.disconnecting or not transport.connected:
@@ -355,6 +356,23 @@ class AddinProtocol(IntNStringReceiver):
             factory.core.adopt(self)
         elif state.registration_left is not None:
             factory.awaiting_registration(self, state.registration_left)
+
+    def abandon(self) -> None:
+        """
+        The handoff failed after it was committed: close this process's
+        descriptor of the connection, writing nothing and without
+        ``shutdown()``.  The other process owned the socket and may have written
+        to it (the queued bytes, new frames), so this process no longer knows
+        where the subscriber's byte stream stands: anything written now (the
+        queued bytes again, the next frame) could repeat or cut a frame, which
+        the add-in cannot decrypt.  The peer sees the connection end once the
+        other process's descriptors are closed too (it is killed), as at any
+        disconnection, and registers again when it reconnects.
+        """
+        self._ended = True
+        self.factory.connections.discard(self)
+        self.factory.registered(self)
+        close_descriptor(self._tcp())
 
     def adopt(self, state: AddinState, pending: bytes) -> bool:
         """
