@@ -144,7 +144,8 @@ _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: The versions served, as httptools reports them.
 _VERSIONS: Final[Mapping[str, bytes]] = {"1.1": HTTP11, "1.0": HTTP10}
 #: Header fields the front connection itself reads (lowercase).
-_READ: Final = frozenset({b"authorization", b"content-length", b"transfer-encoding", b"connection", b"expect"})
+#: (Proxy-Connection only for on_headers_complete's version rule: llhttp reads it as Connection.)
+_READ: Final = frozenset({b"authorization", b"content-length", b"transfer-encoding", b"connection", b"expect", b"proxy-connection"})
 #: Of those, the ones twisted.web reads the first of when repeated (the last, for the others).
 _FIRST: Final = frozenset({b"connection", b"expect"})
 #: Header fields not passed on to twisted.web: the body goes over re-framed, and 100 Continue was answered here.
@@ -520,14 +521,21 @@ class FrontConnection(protocol.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        version = parser.get_http_version()
-        served = _VERSIONS.get(version)
-        if served is not None:
-            self._version = served
-        else:
-            self._refuse(505, b"HTTP Version Not Supported", "http_version_not_supported", f"HTTP/{version} is not served: use HTTP/1.1")
-            raise _Stop()
         read = self._read
+        # The usual case without get_http_version()'s string formatting: llhttp reads only the versions
+        # 0.9, 1.0, 1.1 and 2.0, and keeps alive "HTTP/1.1 without close, any other with keep-alive" in
+        # Connection or Proxy-Connection; with neither field, keep-alive means HTTP/1.1.
+        if b"connection" not in read and b"proxy-connection" not in read and parser.should_keep_alive():
+            self._version = HTTP11
+        else:
+            version = parser.get_http_version()
+            served = _VERSIONS.get(version)
+            if served is None:
+                self._refuse(
+                    505, b"HTTP Version Not Supported", "http_version_not_supported", f"HTTP/{version} is not served: use HTTP/1.1"
+                )
+                raise _Stop()
+            self._version = served
         coding = read.get(b"transfer-encoding")
         self._chunked = coding is not None
         if coding is not None and coding.strip().lower() != b"chunked":
