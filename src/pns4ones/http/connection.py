@@ -271,6 +271,55 @@ class _Slot:
 class FrontConnection(protocol.Protocol):
     """One connection of the send API listener (see the module's docstring)."""
 
+    # Slots: more attributes than CPython 3.11 keeps in an instance's shared-key values (30), so as
+    # dict entries each read and write per request would cost a look-up (``factory`` and
+    # ``transport`` stay Protocol's).
+    __slots__ = (
+        "_advancing",
+        "_begun",
+        "_body",
+        "_body_total",
+        "_chunked",
+        "_direct",
+        "_discard",
+        "_feeding",
+        "_fields",
+        "_framing",
+        "_head_bytes",
+        "_head_done",
+        "_held",
+        "_held_size",
+        "_inner",
+        "_line_bytes",
+        "_linger",
+        "_lose",
+        "_method",
+        "_out",
+        "_parser",
+        "_paused",
+        "_peer",
+        "_pending",
+        "_producing",
+        "_read",
+        "_route",
+        "_seconds",
+        "_secure",
+        "_size",
+        "_target",
+        "_transport",
+        "_trusted",
+        "_upgrade",
+        "_version",
+        "handlers",
+        "idle_since",
+        "max_body",
+        "persistent",
+        "routes",
+        "site",
+        "started",
+        "state",
+    )
+
     log = Logger()
 
     def __init__(self, factory: FrontFactory) -> None:
