@@ -296,6 +296,19 @@ class SemanticsTests(SynchronousTestCase):
         self.assertEqual(len(responses(out)), 1)
         self.assertTrue(closing)
 
+    def test_versions_with_keep_alive_fields(self) -> None:
+        """HTTP/2.0 with Connection or Proxy-Connection: keep-alive is 505; HTTP/1.0 with either is answered in 1.0, then closed."""
+        for field in ("Connection", "Proxy-Connection"):
+            setup = Setup()
+            out, closing, _ = setup.run([send(version="2.0", extra=f"{field}: keep-alive\r\n")])
+            self.assertEqual([r.status for r in responses(out)], [505], field)
+            self.assertTrue(closing)
+            self.assertEqual(setup.recorder.plaintexts(), [])
+            out, closing, _ = Setup().run([send(version="1.0", extra=f"{field}: keep-alive\r\n") + send()])
+            self.assertTrue(out.startswith(b"HTTP/1.0 200 OK\r\n"), field)
+            self.assertEqual(len(responses(out)), 1)
+            self.assertTrue(closing)
+
     def test_malformed_framing(self) -> None:
         """Bare LF, obs-fold, duplicate Content-Length, Content-Length with chunked, an unknown coding: refused and closed."""
         cases = {

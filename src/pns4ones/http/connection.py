@@ -141,8 +141,11 @@ _UPGRADE_WAITS: Final = 4
 HTTP11: Final = b"HTTP/1.1"
 HTTP10: Final = b"HTTP/1.0"
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: The versions served, as httptools reports them.
+_VERSIONS: Final[Mapping[str, bytes]] = {"1.1": HTTP11, "1.0": HTTP10}
 #: Header fields the front connection itself reads (lowercase).
-_READ: Final = frozenset({b"authorization", b"content-length", b"transfer-encoding", b"connection", b"expect"})
+#: (Proxy-Connection only for on_headers_complete's version rule: llhttp reads it as Connection.)
+_READ: Final = frozenset({b"authorization", b"content-length", b"transfer-encoding", b"connection", b"expect", b"proxy-connection"})
 #: Of those, the ones twisted.web reads the first of when repeated (the last, for the others).
 _FIRST: Final = frozenset({b"connection", b"expect"})
 #: Header fields not passed on to twisted.web: the body goes over re-framed, and 100 Continue was answered here.
@@ -181,17 +184,18 @@ def status_line(version: bytes, status: int) -> bytes:
 class _Date:
     """The ``Date:`` header line, rebuilt once a second."""
 
-    __slots__ = ("line", "second")
+    __slots__ = ("line", "since", "until")
 
     def __init__(self) -> None:
-        self.second = -1
+        self.since = self.until = 0.0  # the second the line is for: [since, until)
         self.line = b""
 
     def get(self) -> bytes:
-        now = int(time.time())
-        if now != self.second:
-            self.second = now
-            self.line = b"Date: " + datetimeToString(now) + b"\r\n"
+        now = time.time()
+        if not self.since <= now < self.until:  # (one clock read, no int(), while the second lasts)
+            second = int(now)
+            self.since, self.until = second, second + 1
+            self.line = b"Date: " + datetimeToString(second) + b"\r\n"
         return self.line
 
 
@@ -267,6 +271,55 @@ class _Slot:
 class FrontConnection(protocol.Protocol):
     """One connection of the send API listener (see the module's docstring)."""
 
+    # Slots: more attributes than CPython 3.11 keeps in an instance's shared-key values (30), so as
+    # dict entries each read and write per request would cost a look-up (``factory`` and
+    # ``transport`` stay Protocol's).
+    __slots__ = (
+        "_advancing",
+        "_begun",
+        "_body",
+        "_body_total",
+        "_chunked",
+        "_direct",
+        "_discard",
+        "_feeding",
+        "_fields",
+        "_framing",
+        "_head_bytes",
+        "_head_done",
+        "_held",
+        "_held_size",
+        "_inner",
+        "_line_bytes",
+        "_linger",
+        "_lose",
+        "_method",
+        "_out",
+        "_parser",
+        "_paused",
+        "_peer",
+        "_pending",
+        "_producing",
+        "_read",
+        "_route",
+        "_seconds",
+        "_secure",
+        "_size",
+        "_target",
+        "_transport",
+        "_trusted",
+        "_upgrade",
+        "_version",
+        "handlers",
+        "idle_since",
+        "max_body",
+        "persistent",
+        "routes",
+        "site",
+        "started",
+        "state",
+    )
+
     log = Logger()
 
     def __init__(self, factory: FrontFactory) -> None:
@@ -288,15 +341,13 @@ class FrontConnection(protocol.Protocol):
         self._secure = False
         self._direct = False  # plain TCP: answers may go straight to the socket (txinternals.send_now)
         # The request being received.
-        self._url: list[bytes] = []
-        self._url_size = 0
         self._fields: list[tuple[bytes, bytes]] = []
         self._read: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
         self._size = 0
         self._version = HTTP11
         self._method = b""
-        self._target = b""
+        self._target = b""  # as it arrives (on_url)
         self._route: Route | None = None
         self._upgrade = False
         self._chunked = False
@@ -424,7 +475,11 @@ class FrontConnection(protocol.Protocol):
                     return
             else:
                 return  # CLOSING, UPGRADING (llhttp stopped), CLOSED
-            n = min(end - pos, room, FEED_SLICE)
+            n = end - pos  # min(end - pos, room, FEED_SLICE), without the builtin's call
+            if n > room:
+                n = room
+            if n > FEED_SLICE:
+                n = FEED_SLICE
             part = data if n == end else data[pos : pos + n]
             body_before = self._body_total
             self._begun = self._head_done = False
@@ -460,7 +515,7 @@ class FrontConnection(protocol.Protocol):
         line = n - newline - 1 if newline >= 0 else n + (0 if self._begun else self._line_bytes)
         self._line_bytes = line = min(line, self._head_bytes)
         if line > MAX_LINE:
-            if not self._fields and line <= self._url_size + 24:  # still the request line
+            if not self._fields and line <= len(self._target) + 24:  # still the request line
                 self._refuse(414, b"URI Too Long", "uri_too_long", f"request target over {MAX_LINE} bytes")
             else:
                 self._refuse(431, b"Request Header Fields Too Large", "headers_too_large", f"a header field over {MAX_LINE} bytes")
@@ -486,18 +541,17 @@ class FrontConnection(protocol.Protocol):
         self._to(HEAD)
         self._begun = True
         self.started = self._seconds()
-        self._url = []
-        self._url_size = 0
+        self._target = b""
         self._fields = []
         self._read = {}
         self._body = []
         self._size = 0
-        self._head_bytes = self._line_bytes = self._framing = 0
+        # (the head's counters are 0: new, or reset as the last request completed)
 
     def on_url(self, url: bytes) -> None:
-        self._url.append(url)
-        self._url_size += len(url)
-        if self._url_size > MAX_LINE:
+        # Usually one piece (b"" + url is url itself); pieces add up to MAX_LINE at most.
+        target = self._target = self._target + url
+        if len(target) > MAX_LINE:
             self._refuse(414, b"URI Too Long", "uri_too_long", f"request target over {MAX_LINE} bytes")
             raise _Stop()
 
@@ -516,15 +570,21 @@ class FrontConnection(protocol.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        version = parser.get_http_version()
-        if version == "1.1":
-            self._version = HTTP11
-        elif version == "1.0":
-            self._version = HTTP10
-        else:
-            self._refuse(505, b"HTTP Version Not Supported", "http_version_not_supported", f"HTTP/{version} is not served: use HTTP/1.1")
-            raise _Stop()
         read = self._read
+        # The usual case without get_http_version()'s string formatting: llhttp reads only the versions
+        # 0.9, 1.0, 1.1 and 2.0, and keeps alive "HTTP/1.1 without close, any other with keep-alive" in
+        # Connection or Proxy-Connection; with neither field, keep-alive means HTTP/1.1.
+        if b"connection" not in read and b"proxy-connection" not in read and parser.should_keep_alive():
+            self._version = HTTP11
+        else:
+            version = parser.get_http_version()
+            served = _VERSIONS.get(version)
+            if served is None:
+                self._refuse(
+                    505, b"HTTP Version Not Supported", "http_version_not_supported", f"HTTP/{version} is not served: use HTTP/1.1"
+                )
+                raise _Stop()
+            self._version = served
         coding = read.get(b"transfer-encoding")
         self._chunked = coding is not None
         if coding is not None and coding.strip().lower() != b"chunked":
@@ -535,10 +595,8 @@ class FrontConnection(protocol.Protocol):
             self._refuse(413, b"Payload Too Large", "payload_too_large", f"request body over {self.max_body} bytes", int(length))
             raise _Stop()
         method = parser.get_method()
-        url = self._url
-        target = url[0] if len(url) == 1 else b"".join(url)
+        target = self._target
         self._method = method
-        self._target = target
         self._upgrade = upgrade = parser.should_upgrade()
         self._route = None if upgrade else self.routes.get((method, target.partition(b"?")[0]))
         expect = read.get(b"expect")
@@ -644,7 +702,7 @@ class FrontConnection(protocol.Protocol):
         if status not in (408, 413):
             self._discard = LINGER_DISCARD
         self._parser = HttpRequestParser(self)  # what llhttp and httptools held for this request goes now
-        self._url, self._fields, self._read, self._body = [], [], {}, []
+        self._target, self._fields, self._read, self._body = b"", [], {}, []
         self._queue(_Slot(canned(status, phrase, {"error": error, "reason": reason}), LINGER))
 
     def log_refusal(self, status: int, reason: str, size: int) -> None:
