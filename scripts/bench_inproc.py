@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import random
 import time
 from typing import Any
@@ -179,7 +180,7 @@ def main() -> None:
     wall = time.perf_counter() - t0
     if args.profile:
         prof.disable()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+        pstats.Stats(prof).sort_stats(os.environ.get("PROFILE_SORT", "tottime")).print_stats(int(os.environ.get("PROFILE_N", "30")))
     sent = len(requests) * (args.batch or 1) * args.rounds
     print(json.dumps({"sends": sent, "us_per_send_wall": round(wall / sent * 1e6, 2), "us_per_send_cpu": round(cpu / sent * 1e6, 2)}))
 
