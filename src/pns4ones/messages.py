@@ -85,27 +85,6 @@ _m_topic, _m_note, _m_data = (Message.__dict__[f].__set__ for f in ("topic", "no
 _s_rec, _s_msg, _s_ttl = (SendRequest.__dict__[f].__set__ for f in ("recipient", "message", "ttl"))
 
 
-def _recipient(rtype: str, ib_id: str, user_id: str, group: str) -> Recipient:
-    r = _new(Recipient)
-    _r_type(r, rtype)
-    _r_ib(r, ib_id)
-    _r_user(r, user_id)
-    _r_group(r, group)
-    return r
-
-
-def _send_request(recipient: Recipient, topic: str, notification: Notification | None, data: dict[str, str], ttl: Any) -> SendRequest:
-    m = _new(Message)
-    _m_topic(m, topic)
-    _m_note(m, notification)
-    _m_data(m, data)
-    r = _new(SendRequest)
-    _s_rec(r, recipient)
-    _s_msg(r, m)
-    _s_ttl(r, ttl)
-    return r
-
-
 def _lower_keys(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {k.lower(): v for k, v in obj.items()}
 
@@ -258,24 +237,35 @@ def _parse_regular(doc: dict[str, Any]) -> SendRequest:
     else:
         rec = {k.lower(): v for k, v in rec.items()}
         rtype, ib_id, user_id, group = rec.get("type"), rec.get("ibid"), rec.get("userid"), rec.get("usergroup")
-    if type(rtype) is not str:
+    if user_id is None:
+        user_id = ""
+    if group is None:
+        group = ""
+    if (
+        type(rtype) is not str
+        or type(ib_id) is not str
+        or type(user_id) is not str
+        or type(group) is not str
+        or not ib_id
+        or len(ib_id) > MAX_FIELD
+        or len(user_id) > MAX_FIELD
+        or len(group) > MAX_FIELD
+    ):
         raise _IRREGULAR
-    rtype = rtype.lower()
-    ib_id = _text(ib_id, MAX_FIELD)
-    user_id = _text(user_id, MAX_FIELD)
-    group = _text(group, MAX_FIELD)
-    if not ib_id or lone_surrogate(ib_id) or lone_surrogate(user_id) or lone_surrogate(group):  # (the full check words it)
-        raise _IRREGULAR
-    if rtype == "user":
+    # lone_surrogate() of each, at once: a surrogate is in the concatenation if and only if in one of them.
+    ids = ib_id + user_id + group
+    if not ids.isascii() and _SURROGATE.search(ids) is not None:
+        raise _IRREGULAR  # (the full check words it)
+    if rtype == "user" or (rtype := rtype.lower()) == "user":
         if not user_id:
             raise _IRREGULAR
-        recipient = _recipient(rtype, ib_id, user_id, "")
+        rtype, group = "user", ""
     elif rtype == "group":
         if not group:
             raise _IRREGULAR
-        recipient = _recipient(rtype, ib_id, "", group)
+        user_id = ""
     elif rtype == "all":
-        recipient = _recipient(rtype, ib_id, "", "")
+        user_id = group = ""
     else:
         raise _IRREGULAR
     if msg.keys() <= _MESSAGE_NAMES:
@@ -283,7 +273,10 @@ def _parse_regular(doc: dict[str, Any]) -> SendRequest:
     else:
         msg = {k.lower(): v for k, v in msg.items()}
         topic, note, raw_data, ttl = msg.get("topic"), msg.get("notification"), msg.get("data"), msg.get("ttl")
-    topic = _text(topic, MAX_FIELD)
+    if topic is None:
+        topic = ""
+    elif type(topic) is not str or len(topic) > MAX_FIELD:
+        raise _IRREGULAR
     notification = None
     if note is not None:
         if type(note) is not dict:
@@ -310,7 +303,21 @@ def _parse_regular(doc: dict[str, Any]) -> SendRequest:
         data = dict(raw_data)
     else:
         raise _IRREGULAR
-    return _send_request(recipient, topic, notification, data, ttl)
+    # The frozen values, built through their slots' descriptors (see above).
+    recipient = _new(Recipient)
+    _r_type(recipient, rtype)
+    _r_ib(recipient, ib_id)
+    _r_user(recipient, user_id)
+    _r_group(recipient, group)
+    message = _new(Message)
+    _m_topic(message, topic)
+    _m_note(message, notification)
+    _m_data(message, data)
+    send = _new(SendRequest)
+    _s_rec(send, recipient)
+    _s_msg(send, message)
+    _s_ttl(send, ttl)
+    return send
 
 
 _NO_LIMIT: Final = sys.maxsize
