@@ -383,26 +383,26 @@ def addin_text(message: Message) -> str:
     the same characters (each string through :mod:`json`'s own C escaping,
     its separators ``", "`` and ``": "``), without the intermediate objects.
     """
-    parts = []
-    if message.topic:
-        parts.append('"topic": ' + _quote(message.topic))
+    topic = message.topic
     note = message.notification
-    if note is not None and (note.title or note.body):
-        shaped = []
-        if note.title:
-            shaped.append('"title": ' + _quote(note.title))
-        if note.body:
-            shaped.append('"body": ' + _quote(note.body))
-        if note.icon:
-            shaped.append('"icon": ' + _quote(note.icon))
-        if note.action:
-            shaped.append('"action": ' + _quote(note.action))
-        shaped.append('"important": true' if note.important else '"important": false')
-        parts.append('"notification": {' + ", ".join(shaped) + "}")
     data = message.data
+    text = f'"topic": {_quote(topic)}' if topic else ""
+    if note is not None and (note.title or note.body):
+        shaped = [f'"title": {_quote(note.title)}'] if note.title else []
+        if note.body:
+            shaped.append(f'"body": {_quote(note.body)}')
+        if note.icon:
+            shaped.append(f'"icon": {_quote(note.icon)}')
+        if note.action:
+            shaped.append(f'"action": {_quote(note.action)}')
+        shaped.append('"important": true' if note.important else '"important": false')
+        text = f'{text}, "notification": {{{", ".join(shaped)}}}' if text else f'"notification": {{{", ".join(shaped)}}}'
     if data:
-        parts.append('"data": {' + ", ".join([_quote(k) + ": " + _quote(v) for k, v in data.items()]) + "}")
-    return "{" + ", ".join(parts) + "}"
+        items = []
+        for key, value in data.items():
+            items.append(f"{_quote(key)}: {_quote(value)}")
+        text = f'{text}, "data": {{{", ".join(items)}}}' if text else f'"data": {{{", ".join(items)}}}'
+    return f"{{{text}}}"
 
 
 def addin_object(message: Message) -> dict[str, Any]:
@@ -453,7 +453,8 @@ def _addin_bytes(text: str) -> bytes:
 
 def render_addin_json(message: Message) -> bytes:
     """The add-in's plaintext: ``dumps_for_addin(addin_object(message))``, byte for byte."""
-    return _addin_bytes(addin_text(message))
+    text = addin_text(message)
+    return text.encode("ascii") if text.isascii() else _addin_bytes(text)  # (the usual ASCII text without a call)
 
 
 def parse_addin_json(plaintext: bytes) -> Message:
