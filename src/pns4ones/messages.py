@@ -223,6 +223,9 @@ def _text(value: Any, limit: int) -> str:
 _ROOT_NAMES: Final = {"Recipient", "Message"}
 _RECIPIENT_NAMES: Final = frozenset({"Type", "IbId", "UserId", "UserGroup"})
 _MESSAGE_NAMES: Final = frozenset({"Topic", "Notification", "Data", "TTL"})
+#: The members of the usual recipient and message, as the manual spells them.
+_USER_NAMES: Final = frozenset({"Type", "IbId", "UserId"})
+_TOPIC_DATA_NAMES: Final = frozenset({"Topic", "Data"})
 
 
 def _parse_regular(doc: dict[str, Any], copy_data: bool = True) -> SendRequest:
@@ -245,7 +248,10 @@ def _parse_regular(doc: dict[str, Any], copy_data: bool = True) -> SendRequest:
         msg = root.get("message")
     if type(rec) is not dict or type(msg) is not dict:
         raise _IRREGULAR
-    if rec.keys() <= _RECIPIENT_NAMES:
+    names = rec.keys()
+    if names == _USER_NAMES:  # (the usual recipient: its members read without a call each)
+        rtype, ib_id, user_id, group = rec["Type"], rec["IbId"], rec["UserId"], None
+    elif names <= _RECIPIENT_NAMES:
         rtype, ib_id, user_id, group = rec.get("Type"), rec.get("IbId"), rec.get("UserId"), rec.get("UserGroup")
     else:
         rec = {k.lower(): v for k, v in rec.items()}
@@ -281,7 +287,10 @@ def _parse_regular(doc: dict[str, Any], copy_data: bool = True) -> SendRequest:
         user_id = group = ""
     else:
         raise _IRREGULAR
-    if msg.keys() <= _MESSAGE_NAMES:
+    names = msg.keys()
+    if names == _TOPIC_DATA_NAMES:  # (the usual message)
+        topic, note, raw_data, ttl = msg["Topic"], None, msg["Data"], None
+    elif names <= _MESSAGE_NAMES:
         topic, note, raw_data, ttl = msg.get("Topic"), msg.get("Notification"), msg.get("Data"), msg.get("TTL")
     else:
         msg = {k.lower(): v for k, v in msg.items()}
