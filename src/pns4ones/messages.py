@@ -399,34 +399,6 @@ def _parse_checked(doc: Any) -> SendRequest:
     return SendRequest(recipient, Message(topic, notification, data), msg.get("ttl"))
 
 
-def addin_text(message: Message) -> str:
-    """
-    ``json.dumps(addin_object(message), ensure_ascii=False)``, built directly:
-    the same characters (each string through :mod:`json`'s own C escaping,
-    its separators ``", "`` and ``": "``), without the intermediate objects.
-    """
-    topic = message.topic
-    note = message.notification
-    data = message.data
-    text = f'"topic": {_quote(topic)}' if topic else ""
-    if note is not None and (note.title or note.body):
-        shaped = [f'"title": {_quote(note.title)}'] if note.title else []
-        if note.body:
-            shaped.append(f'"body": {_quote(note.body)}')
-        if note.icon:
-            shaped.append(f'"icon": {_quote(note.icon)}')
-        if note.action:
-            shaped.append(f'"action": {_quote(note.action)}')
-        shaped.append('"important": true' if note.important else '"important": false')
-        text = f'{text}, "notification": {{{", ".join(shaped)}}}' if text else f'"notification": {{{", ".join(shaped)}}}'
-    if data:
-        items = []
-        for key, value in data.items():
-            items.append(f"{_quote(key)}: {_quote(value)}")
-        text = f'{text}, "data": {{{", ".join(items)}}}' if text else f'"data": {{{", ".join(items)}}}'
-    return f"{{{text}}}"
-
-
 def addin_object(message: Message) -> dict[str, Any]:
     """The lowercase JSON object the add-in receives, members omitted when empty."""
     out: dict[str, Any] = {}
@@ -474,8 +446,32 @@ def _addin_bytes(text: str) -> bytes:
 
 
 def render_addin_json(message: Message) -> bytes:
-    """The add-in's plaintext: ``dumps_for_addin(addin_object(message))``, byte for byte."""
-    text = addin_text(message)
+    """
+    The add-in's plaintext: ``dumps_for_addin(addin_object(message))``, byte for
+    byte, built directly: each string through :mod:`json`'s own C escaping
+    (as ``json.dumps(ensure_ascii=False)``), its separators ``", "`` and
+    ``": "``, without the intermediate objects.
+    """
+    topic = message.topic
+    note = message.notification
+    data = message.data
+    text = f'"topic": {_quote(topic)}' if topic else ""
+    if note is not None and (note.title or note.body):
+        shaped = [f'"title": {_quote(note.title)}'] if note.title else []
+        if note.body:
+            shaped.append(f'"body": {_quote(note.body)}')
+        if note.icon:
+            shaped.append(f'"icon": {_quote(note.icon)}')
+        if note.action:
+            shaped.append(f'"action": {_quote(note.action)}')
+        shaped.append('"important": true' if note.important else '"important": false')
+        text = f'{text}, "notification": {{{", ".join(shaped)}}}' if text else f'"notification": {{{", ".join(shaped)}}}'
+    if data:
+        items = []
+        for key, value in data.items():
+            items.append(f"{_quote(key)}: {_quote(value)}")
+        text = f'{text}, "data": {{{", ".join(items)}}}' if text else f'"data": {{{", ".join(items)}}}'
+    text = f"{{{text}}}"
     return text.encode("ascii") if text.isascii() else _addin_bytes(text)  # (the usual ASCII text without a call)
 
 
