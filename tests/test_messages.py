@@ -225,6 +225,21 @@ class FastPathTests(SynchronousTestCase):
     @given(
         st.one_of(
             st.binary(max_size=60),
+            SENDS.map(lambda o: json.dumps(o, ensure_ascii=False).encode()),
+            st.dictionaries(_NAMES, _VALUES, max_size=4).map(lambda o: json.dumps(o).encode()),
+            _VALUES.map(lambda o: b"\xef\xbb\xbf" + json.dumps(o, ensure_ascii=False).encode("utf-8", "surrogatepass")),
+        )
+    )
+    def test_parse_send_as_its_parts(self, raw: bytes) -> None:
+        """parse_send answers any bytes as parse_send_object(decode_send_body(...)) does: the same request or the same error."""
+        from pns4ones.messages import decode_send_body, parse_send_object
+
+        self.assertEqual(_outcome(parse_send, raw), _outcome(lambda b: parse_send_object(decode_send_body(b)), raw))
+
+    @settings(max_examples=1000, deadline=None)
+    @given(
+        st.one_of(
+            st.binary(max_size=60),
             _VALUES.map(lambda o: json.dumps(o).encode()),
             _VALUES.map(lambda o: json.dumps(o, ensure_ascii=False).encode("utf-8", "surrogatepass")),
             st.sampled_from(

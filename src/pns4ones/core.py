@@ -350,10 +350,16 @@ class Core:
             if len(self._digests) >= MAX_DIGESTS:
                 self._digests.clear()
             digest = self._digests[token] = crypto.token_digest(token)
-        record = self.resolve_digest(digest)
-        if isinstance(record, TokenRecord):  # (not isinstance(record, Deferred): an ABC's check costs 0.15 µs)
+        record = self._tokens.get(digest)
+        if record is not None:  # (resolve_digest and _application_of, inline for a known token: once per send)
+            app = self.apps.get(record.app_id)
+            if app is not None and record.expires_at > self.clock.seconds():
+                return app
             return self._application_of(record)
-        return record.addCallback(self._application_of)
+        found = self.resolve_digest(digest)
+        if isinstance(found, TokenRecord):  # (not isinstance(found, Deferred): an ABC's check costs 0.15 µs)
+            return self._application_of(found)
+        return found.addCallback(self._application_of)
 
     def resolve_digest(self, digest: bytes) -> TokenRecord | Deferred[TokenRecord]:
         """The record of the access token with this digest: from memory, or from the store (a Deferred); AuthError(401) if neither knows it."""

@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import secrets
 import string
-from typing import Any
 
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -41,29 +40,37 @@ def verify_hmac_sha256(key: bytes, message: bytes, signature: bytes) -> bool:
     return hmac.compare_digest(hmac_sha256(key, message), signature)
 
 
-#: ``Cipher`` objects by (key, IV): building one costs about a third of encrypting a
-#: message; each message still gets its own encryptor context.  Bounded: cleared when full.
-_ciphers: dict[tuple[bytes, bytes], Cipher[Any]] = {}
-_MAX_CIPHERS = 4096
-
-
 #: PKCS#7 padding by its length: 1 to 16 bytes, each holding the count (RFC 5652, 6.3).
 _PADDING = tuple(bytes([n]) * n for n in range(17))
 
 
+class AesCbc:
+    """
+    AES-256-CBC with PKCS#7 padding under one key and IV (what the add-in
+    decrypts).  The ``Cipher`` is built once (it costs about a third of
+    encrypting a message); each message still gets its own encryptor context,
+    so every message starts from the IV.  Kept by the key it belongs to
+    (:class:`pns4ones.wire.ClientKey`): one per application key, no cache.
+    """
+
+    __slots__ = ("_cipher",)
+
+    def __init__(self, key: bytes, iv: bytes) -> None:
+        self._cipher = Cipher(algorithms.AES(key), modes.CBC(iv))
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        """
+        The ciphertext of ``plaintext``.  The padding is the block's missing
+        length, written that many times (the same bytes as
+        ``padding.PKCS7(128).padder()``, without its two objects per message).
+        """
+        encryptor = self._cipher.encryptor()
+        return encryptor.update(plaintext + _PADDING[16 - len(plaintext) % 16]) + encryptor.finalize()
+
+
 def aes_cbc_encrypt(key: bytes, iv: bytes, plaintext: bytes) -> bytes:
-    """
-    AES-256-CBC with PKCS#7 padding (what the add-in decrypts).  The padding
-    is the block's missing length, written that many times (the same bytes as
-    ``padding.PKCS7(128).padder()``, without its two objects per message).
-    """
-    cipher = _ciphers.get((key, iv))
-    if cipher is None:
-        if len(_ciphers) >= _MAX_CIPHERS:
-            _ciphers.clear()
-        cipher = _ciphers[(key, iv)] = Cipher(algorithms.AES(key), modes.CBC(iv))
-    encryptor = cipher.encryptor()
-    return encryptor.update(plaintext + _PADDING[16 - len(plaintext) % 16]) + encryptor.finalize()
+    """AES-256-CBC with PKCS#7 padding (what the add-in decrypts); a hot path keeps an :class:`AesCbc` instead."""
+    return AesCbc(key, iv).encrypt(plaintext)
 
 
 def aes_cbc_decrypt(key: bytes, iv: bytes, ciphertext: bytes) -> bytes:

@@ -85,27 +85,6 @@ _m_topic, _m_note, _m_data = (Message.__dict__[f].__set__ for f in ("topic", "no
 _s_rec, _s_msg, _s_ttl = (SendRequest.__dict__[f].__set__ for f in ("recipient", "message", "ttl"))
 
 
-def _recipient(rtype: str, ib_id: str, user_id: str, group: str) -> Recipient:
-    r = _new(Recipient)
-    _r_type(r, rtype)
-    _r_ib(r, ib_id)
-    _r_user(r, user_id)
-    _r_group(r, group)
-    return r
-
-
-def _send_request(recipient: Recipient, topic: str, notification: Notification | None, data: dict[str, str], ttl: Any) -> SendRequest:
-    m = _new(Message)
-    _m_topic(m, topic)
-    _m_note(m, notification)
-    _m_data(m, data)
-    r = _new(SendRequest)
-    _s_rec(r, recipient)
-    _s_msg(r, m)
-    _s_ttl(r, ttl)
-    return r
-
-
 def _lower_keys(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {k.lower(): v for k, v in obj.items()}
 
@@ -211,7 +190,18 @@ def decode_send_body(body: bytes) -> Any:
 
 def parse_send(body: bytes) -> SendRequest:
     """Validate a ``/sendmessage`` body (bytes as received)."""
-    return parse_send_object(decode_send_body(body))
+    # parse_send_object(decode_send_body(body)), inline (once per send); the document is
+    # this function's own, so its Data object becomes the message's without a copy.
+    try:
+        doc = _orjson_loads(body[3:] if body.startswith(b"\xef\xbb\xbf") else body)
+    except _OrjsonError:
+        doc = decode_json_body(body)
+    if type(doc) is dict:
+        try:
+            return _parse_regular(doc, False)
+        except _Irregular:
+            pass
+    return _parse_checked(doc)
 
 
 class _Irregular(Exception):
@@ -233,16 +223,21 @@ def _text(value: Any, limit: int) -> str:
 _ROOT_NAMES: Final = {"Recipient", "Message"}
 _RECIPIENT_NAMES: Final = frozenset({"Type", "IbId", "UserId", "UserGroup"})
 _MESSAGE_NAMES: Final = frozenset({"Topic", "Notification", "Data", "TTL"})
+#: The members of the usual recipient and message, as the manual spells them.
+_USER_NAMES: Final = frozenset({"Type", "IbId", "UserId"})
+_TOPIC_DATA_NAMES: Final = frozenset({"Topic", "Data"})
 
 
-def _parse_regular(doc: dict[str, Any]) -> SendRequest:
+def _parse_regular(doc: dict[str, Any], copy_data: bool = True) -> SendRequest:
     """
     :func:`_parse_checked` for a valid body, in fewer Python operations: the
     same values, and :class:`_Irregular` at the first thing that would be an
     error (or is unusual), for the full check to word it.  Member names are
     case-insensitive: an object whose names are all spelled as the manual
     spells them is read directly, any other through a lowercased copy (the
-    last of names equal but for case wins, as in the full check).
+    last of names equal but for case wins, as in the full check).  With
+    ``copy_data`` false, the message keeps the document's own Data object
+    (the caller's document is not kept, nor changed, by anybody else).
     """
     if doc.keys() == _ROOT_NAMES:
         rec = doc["Recipient"]
@@ -253,37 +248,57 @@ def _parse_regular(doc: dict[str, Any]) -> SendRequest:
         msg = root.get("message")
     if type(rec) is not dict or type(msg) is not dict:
         raise _IRREGULAR
-    if rec.keys() <= _RECIPIENT_NAMES:
+    names = rec.keys()
+    if names == _USER_NAMES:  # (the usual recipient: its members read without a call each)
+        rtype, ib_id, user_id, group = rec["Type"], rec["IbId"], rec["UserId"], None
+    elif names <= _RECIPIENT_NAMES:
         rtype, ib_id, user_id, group = rec.get("Type"), rec.get("IbId"), rec.get("UserId"), rec.get("UserGroup")
     else:
         rec = {k.lower(): v for k, v in rec.items()}
         rtype, ib_id, user_id, group = rec.get("type"), rec.get("ibid"), rec.get("userid"), rec.get("usergroup")
-    if type(rtype) is not str:
+    if user_id is None:
+        user_id = ""
+    if group is None:
+        group = ""
+    if (
+        type(rtype) is not str
+        or type(ib_id) is not str
+        or type(user_id) is not str
+        or type(group) is not str
+        or not ib_id
+        or len(ib_id) > MAX_FIELD
+        or len(user_id) > MAX_FIELD
+        or len(group) > MAX_FIELD
+    ):
         raise _IRREGULAR
-    rtype = rtype.lower()
-    ib_id = _text(ib_id, MAX_FIELD)
-    user_id = _text(user_id, MAX_FIELD)
-    group = _text(group, MAX_FIELD)
-    if not ib_id or lone_surrogate(ib_id) or lone_surrogate(user_id) or lone_surrogate(group):  # (the full check words it)
-        raise _IRREGULAR
-    if rtype == "user":
+    # lone_surrogate() of each, at once: a surrogate is in the concatenation if and only if in one of them.
+    ids = ib_id + user_id + group
+    if not ids.isascii() and _SURROGATE.search(ids) is not None:
+        raise _IRREGULAR  # (the full check words it)
+    if rtype == "user" or (rtype := rtype.lower()) == "user":
         if not user_id:
             raise _IRREGULAR
-        recipient = _recipient(rtype, ib_id, user_id, "")
+        rtype, group = "user", ""
     elif rtype == "group":
         if not group:
             raise _IRREGULAR
-        recipient = _recipient(rtype, ib_id, "", group)
+        user_id = ""
     elif rtype == "all":
-        recipient = _recipient(rtype, ib_id, "", "")
+        user_id = group = ""
     else:
         raise _IRREGULAR
-    if msg.keys() <= _MESSAGE_NAMES:
+    names = msg.keys()
+    if names == _TOPIC_DATA_NAMES:  # (the usual message)
+        topic, note, raw_data, ttl = msg["Topic"], None, msg["Data"], None
+    elif names <= _MESSAGE_NAMES:
         topic, note, raw_data, ttl = msg.get("Topic"), msg.get("Notification"), msg.get("Data"), msg.get("TTL")
     else:
         msg = {k.lower(): v for k, v in msg.items()}
         topic, note, raw_data, ttl = msg.get("topic"), msg.get("notification"), msg.get("data"), msg.get("ttl")
-    topic = _text(topic, MAX_FIELD)
+    if topic is None:
+        topic = ""
+    elif type(topic) is not str or len(topic) > MAX_FIELD:
+        raise _IRREGULAR
     notification = None
     if note is not None:
         if type(note) is not dict:
@@ -307,10 +322,24 @@ def _parse_regular(doc: dict[str, Any]) -> SendRequest:
         for value in raw_data.values():
             if type(value) is not str:
                 raise _IRREGULAR
-        data = dict(raw_data)
+        data = dict(raw_data) if copy_data else raw_data
     else:
         raise _IRREGULAR
-    return _send_request(recipient, topic, notification, data, ttl)
+    # The frozen values, built through their slots' descriptors (see above).
+    recipient = _new(Recipient)
+    _r_type(recipient, rtype)
+    _r_ib(recipient, ib_id)
+    _r_user(recipient, user_id)
+    _r_group(recipient, group)
+    message = _new(Message)
+    _m_topic(message, topic)
+    _m_note(message, notification)
+    _m_data(message, data)
+    send = _new(SendRequest)
+    _s_rec(send, recipient)
+    _s_msg(send, message)
+    _s_ttl(send, ttl)
+    return send
 
 
 _NO_LIMIT: Final = sys.maxsize
@@ -370,34 +399,6 @@ def _parse_checked(doc: Any) -> SendRequest:
     return SendRequest(recipient, Message(topic, notification, data), msg.get("ttl"))
 
 
-def addin_text(message: Message) -> str:
-    """
-    ``json.dumps(addin_object(message), ensure_ascii=False)``, built directly:
-    the same characters (each string through :mod:`json`'s own C escaping,
-    its separators ``", "`` and ``": "``), without the intermediate objects.
-    """
-    parts = []
-    if message.topic:
-        parts.append('"topic": ' + _quote(message.topic))
-    note = message.notification
-    if note is not None and (note.title or note.body):
-        shaped = []
-        if note.title:
-            shaped.append('"title": ' + _quote(note.title))
-        if note.body:
-            shaped.append('"body": ' + _quote(note.body))
-        if note.icon:
-            shaped.append('"icon": ' + _quote(note.icon))
-        if note.action:
-            shaped.append('"action": ' + _quote(note.action))
-        shaped.append('"important": true' if note.important else '"important": false')
-        parts.append('"notification": {' + ", ".join(shaped) + "}")
-    data = message.data
-    if data:
-        parts.append('"data": {' + ", ".join([_quote(k) + ": " + _quote(v) for k, v in data.items()]) + "}")
-    return "{" + ", ".join(parts) + "}"
-
-
 def addin_object(message: Message) -> dict[str, Any]:
     """The lowercase JSON object the add-in receives, members omitted when empty."""
     out: dict[str, Any] = {}
@@ -445,8 +446,33 @@ def _addin_bytes(text: str) -> bytes:
 
 
 def render_addin_json(message: Message) -> bytes:
-    """The add-in's plaintext: ``dumps_for_addin(addin_object(message))``, byte for byte."""
-    return _addin_bytes(addin_text(message))
+    """
+    The add-in's plaintext: ``dumps_for_addin(addin_object(message))``, byte for
+    byte, built directly: each string through :mod:`json`'s own C escaping
+    (as ``json.dumps(ensure_ascii=False)``), its separators ``", "`` and
+    ``": "``, without the intermediate objects.
+    """
+    topic = message.topic
+    note = message.notification
+    data = message.data
+    text = f'"topic": {_quote(topic)}' if topic else ""
+    if note is not None and (note.title or note.body):
+        shaped = [f'"title": {_quote(note.title)}'] if note.title else []
+        if note.body:
+            shaped.append(f'"body": {_quote(note.body)}')
+        if note.icon:
+            shaped.append(f'"icon": {_quote(note.icon)}')
+        if note.action:
+            shaped.append(f'"action": {_quote(note.action)}')
+        shaped.append('"important": true' if note.important else '"important": false')
+        text = f'{text}, "notification": {{{", ".join(shaped)}}}' if text else f'"notification": {{{", ".join(shaped)}}}'
+    if data:
+        items = []
+        for key, value in data.items():
+            items.append(f"{_quote(key)}: {_quote(value)}")
+        text = f'{text}, "data": {{{", ".join(items)}}}' if text else f'"data": {{{", ".join(items)}}}'
+    text = f"{{{text}}}"
+    return text.encode("ascii") if text.isascii() else _addin_bytes(text)  # (the usual ASCII text without a call)
 
 
 def parse_addin_json(plaintext: bytes) -> Message:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import crypto
 
@@ -49,6 +49,8 @@ class ClientKey:
 
     key: bytes
     iv: bytes
+    #: Its AES-CBC, built on the first frame (:func:`encode_frame`); not part of the value.
+    _aes: crypto.AesCbc | None = field(default=None, init=False, repr=False, compare=False)
 
     def encode(self) -> str:
         """The base64 text an administrator types into 1C."""
@@ -130,7 +132,11 @@ def encode_frame(key: ClientKey, plaintext: bytes) -> bytes:
     """One server-to-client message frame."""
     if not plaintext.startswith(b"{"):
         raise WireError("plaintext", "the add-in requires the plaintext to start with '{'")
-    ciphertext = crypto.aes_cbc_encrypt(key.key, key.iv, plaintext)
+    aes = key._aes
+    if aes is None:
+        aes = crypto.AesCbc(key.key, key.iv)
+        object.__setattr__(key, "_aes", aes)  # (frozen: the value does not change, its AES-CBC is kept)
+    ciphertext = aes.encrypt(plaintext)
     return _FRAME_HEADER.pack(4 + len(ciphertext), len(plaintext)) + ciphertext
 
 

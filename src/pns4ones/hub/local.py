@@ -142,18 +142,23 @@ class LocalHub:
 
     def route(self, app_id: str, recipient: Recipient, message: Outbound) -> Delivery:
         """Write ``message`` (its id given already) to every matching session of this node; the same bytes for all."""
-        targets = self.recipients(app_id, recipient)
-        if not targets:
-            return Delivery(0, 0, False, 0, message.id)
-        written = 0
         if recipient.type == "user":  # (the usual send) every target is that user's: no set of users to build
-            for session in tuple(targets):
+            ib = self._ibs.get((app_id, recipient.ib_id))  # (recipients(), inline)
+            sessions = ib.users.get(recipient.user_id) if ib is not None else None
+            if not sessions:
+                return Delivery(0, 0, False, 0, message.id)
+            written = 0
+            for session in tuple(sessions):  # (a copy: see below)
                 if session.deliver(message):
                     written += 1
             self.on_routed(app_id, written, message.frame_size)
             if not written:
                 return Delivery(0, 0, False, 0, message.id)
             return Delivery(written, 1, False, 0, message.id, (recipient.user_id,))
+        targets = self.recipients(app_id, recipient)
+        if not targets:
+            return Delivery(0, 0, False, 0, message.id)
+        written = 0
         users = set()
         # A copy: a delivery may end a session (slow reader), which detaches it.
         for session in tuple(targets):

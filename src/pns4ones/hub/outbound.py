@@ -23,7 +23,7 @@ from ..wire import ClientKey, encode_frame
 class Outbound:
     """A message with its id (0: none, see :mod:`pns4ones.hub.recovery`) and the bytes each transport writes."""
 
-    __slots__ = ("_frame", "_frame_key", "_message", "_plaintext", "_web", "_web_text", "id")
+    __slots__ = ("_frame", "_frame_key", "_message", "_plaintext", "_web", "_web_text", "frame_size", "id")
 
     def __init__(self, message: Message, message_id: int = 0) -> None:
         self._message: Message | None = message
@@ -31,6 +31,8 @@ class Outbound:
         self.id = message_id
         self._frame_key: ClientKey | None = None
         self._frame = b""
+        #: Bytes of the last add-in frame built (0: none), for the metrics.
+        self.frame_size = 0
         self._web: bytes | None = None
         self._web_text: str | None = None
 
@@ -43,6 +45,7 @@ class Outbound:
         self.id = message_id
         self._frame_key = None
         self._frame = b""
+        self.frame_size = 0
         self._web = None
         self._web_text = None
         return self
@@ -64,15 +67,18 @@ class Outbound:
 
     def addin_frame(self, key: ClientKey) -> bytes:
         """The encrypted add-in frame for ``key`` (the last key's frame is kept)."""
-        if key is not self._frame_key and key != self._frame_key:
-            self._frame = encode_frame(key, self.plaintext)
-            self._frame_key = key
-        return self._frame
-
-    @property
-    def frame_size(self) -> int:
-        """Bytes of the last add-in frame built (0: none), for the metrics."""
-        return len(self._frame)
+        last = self._frame_key
+        if key is last or (last is not None and key == last):
+            return self._frame
+        plaintext = self._plaintext
+        if plaintext is None:  # (the property plaintext, inline: once per message)
+            assert self._message is not None
+            plaintext = self._plaintext = render_addin_json(self._message)
+            self._message = None
+        frame = self._frame = encode_frame(key, plaintext)
+        self.frame_size = len(frame)
+        self._frame_key = key
+        return frame
 
     def web_json(self) -> bytes:
         """``{"id": N, ...the add-in JSON...}`` as UTF-8 (one line: no raw newlines); without ``id`` when it is 0."""
