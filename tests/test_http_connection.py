@@ -309,6 +309,21 @@ class SemanticsTests(SynchronousTestCase):
             self.assertEqual(len(responses(out)), 1)
             self.assertTrue(closing)
 
+    def test_header_names_in_any_case(self) -> None:
+        """The fields the connection reads, in any spelling (lower, Title, UPPER, mixed): the token, the length and Connection: close are read the same."""
+        for auth, length, connection in (
+            ("authorization", "content-length", "connection"),
+            ("AUTHORIZATION", "CONTENT-LENGTH", "CONNECTION"),
+            ("AuThOrIzAtIoN", "cOnTeNt-LeNgTh", "cOnNeCtIoN"),
+        ):
+            stream = send(extra=f"{connection}: close\r\n").replace(b"Authorization:", auth.encode() + b":")
+            stream = stream.replace(b"Content-Length:", length.encode() + b":") + send(topic="after")
+            setup = Setup()
+            out, closing, _ = setup.run([stream])
+            self.assertEqual([(r.status, r.header(b"connection")) for r in responses(out)], [(200, b"close")], auth)
+            self.assertTrue(closing, auth)
+            self.assertEqual(setup.recorder.plaintexts(), [b'{"topic": "t"}'], auth)
+
     def test_malformed_framing(self) -> None:
         """Bare LF, obs-fold, duplicate Content-Length, Content-Length with chunked, an unknown coding: refused and closed."""
         cases = {

@@ -148,6 +148,33 @@ _VERSIONS: Final[Mapping[str, bytes]] = {"1.1": HTTP11, "1.0": HTTP10}
 _READ: Final = frozenset({b"authorization", b"content-length", b"transfer-encoding", b"connection", b"expect", b"proxy-connection"})
 #: Of those, the ones twisted.web reads the first of when repeated (the last, for the others).
 _FIRST: Final = frozenset({b"connection", b"expect"})
+
+
+def _spellings(names: frozenset[bytes]) -> dict[bytes, bytes]:
+    """Each name as clients usually spell it (lowercase, Capitalized-Words, UPPERCASE) -> its lowercase form."""
+    out: dict[bytes, bytes] = {}
+    for name in names:
+        for spelling in (name, b"-".join(word.capitalize() for word in name.split(b"-")), name.upper()):
+            out[spelling] = name
+    return out
+
+
+#: Header names as usually spelled -> the lowercase name when the front connection reads the field, b""
+#: when it does not: one dict look-up per field instead of ``lower()`` and set tests (any other
+#: spelling is lower-cased).
+_READ_AS: Final[Mapping[bytes, bytes]] = {
+    **dict.fromkeys(
+        _spellings(
+            frozenset({
+                b"host", b"content-type", b"user-agent", b"accept", b"accept-encoding", b"accept-language",
+                b"x-forwarded-for", b"x-forwarded-proto", b"x-real-ip", b"forwarded", b"origin", b"referer",
+                b"cache-control", b"pragma", b"cookie", b"content-encoding", b"te", b"upgrade", b"x-request-id",
+            })
+        ),
+        b"",
+    ),
+    **_spellings(_READ),
+}  # fmt: skip
 #: Header fields not passed on to twisted.web: the body goes over re-framed, and 100 Continue was answered here.
 _REFRAMED: Final = frozenset({b"content-length", b"transfer-encoding", b"expect"})
 
@@ -564,8 +591,12 @@ class FrontConnection(protocol.Protocol):
             self._refuse(431, b"Request Header Fields Too Large", "headers_too_large", reason)
             raise _Stop()
         fields.append((name, value))
-        lower = name.lower()
-        if lower in _READ and (lower not in _FIRST or lower not in self._read):
+        lower = _READ_AS.get(name)
+        if lower is None:  # an unusual spelling
+            lower = name.lower()
+            if lower not in _READ:
+                return
+        if lower and (lower not in _FIRST or lower not in self._read):
             self._read[lower] = value  # repeated: the first or the last, as twisted.web reads each
 
     def on_headers_complete(self) -> None:
