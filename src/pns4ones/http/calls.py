@@ -76,7 +76,7 @@ class Call:
 class Answer:
     """One response: status, headers (see the module's invariants), body."""
 
-    __slots__ = ("body", "encoded", "fields", "headers", "status")
+    __slots__ = ("body", "fields", "headers", "status")
 
     def __init__(self, status: int, headers: Headers, body: bytes, fields: bytes | None = None) -> None:
         self.status = status
@@ -85,9 +85,6 @@ class Answer:
         #: ``headers`` as they go on the wire (``Name: value\r\n`` each, in order), when the handler made
         #: both at once (``/sendmessage``'s answers, each a send's own); None: the writer encodes ``headers``.
         self.fields = fields
-        #: The last wire encoding of this answer, with what it depended on (kept by the front connection's
-        #: ``encode_answer``: an answer reused for many requests is encoded once a second, not once per request).
-        self.encoded: tuple[bytes, bytes, bytes, bytes] | None = None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Answer):

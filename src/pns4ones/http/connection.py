@@ -235,22 +235,15 @@ _CLOSE: Final = b"Connection: close\r\n"
 def encode_answer(answer: Answer, version: bytes, close: bool, closing: bool) -> bytes:
     """
     The whole response, with twisted.web's header order (``closing``: a restart
-    is under way).  The encoding is kept on the answer with the date line,
-    version and ``Connection`` field it was made with, so an answer reused for
-    many requests (``/sendmessage``'s usual ones) is encoded once a second.
+    is under way).  (Every answer is encoded once: each ``/sendmessage``
+    answer is its send's own, carrying its id.)
     """
     connection = _CLOSE if close and (closing or version == HTTP11) else b""
-    date = _date.get()
-    encoded = answer.encoded
-    if encoded is not None and encoded[0] is date and encoded[1] is version and encoded[2] is connection:
-        return encoded[3]
     body = answer.body
     fields = answer.fields
     if fields is None:
         fields = b"".join([b"%s: %s\r\n" % field for field in answer.headers])
-    data = b"%s%s%s%sContent-Length: %d\r\n\r\n%s" % (status_line(version, answer.status), connection, date, fields, len(body), body)
-    answer.encoded = (date, version, connection, data)
-    return data
+    return b"%s%s%s%sContent-Length: %d\r\n\r\n%s" % (status_line(version, answer.status), connection, _date.get(), fields, len(body), body)
 
 
 def encode_request(
