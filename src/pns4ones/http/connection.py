@@ -209,7 +209,7 @@ def status_line(version: bytes, status: int) -> bytes:
 
 
 class _Date:
-    """The ``Date:`` header line, rebuilt once a second."""
+    """The ``Date:`` header line, rebuilt once a second (read in :func:`encode_answer`)."""
 
     __slots__ = ("line", "since", "until")
 
@@ -217,13 +217,10 @@ class _Date:
         self.since = self.until = 0.0  # the second the line is for: [since, until)
         self.line = b""
 
-    def get(self) -> bytes:
-        now = time.time()
-        if not self.since <= now < self.until:  # (one clock read, no int(), while the second lasts)
-            second = int(now)
-            self.since, self.until = second, second + 1
-            self.line = b"Date: " + datetimeToString(second) + b"\r\n"
-        return self.line
+    def renew(self, now: float) -> None:
+        second = int(now)
+        self.since, self.until = second, second + 1
+        self.line = b"Date: " + datetimeToString(second) + b"\r\n"
 
 
 _date = _Date()
@@ -243,7 +240,12 @@ def encode_answer(answer: Answer, version: bytes, close: bool, closing: bool) ->
     fields = answer.fields
     if fields is None:
         fields = b"".join([b"%s: %s\r\n" % field for field in answer.headers])
-    return b"%s%s%s%sContent-Length: %d\r\n\r\n%s" % (status_line(version, answer.status), connection, _date.get(), fields, len(body), body)
+    line = _status_lines.get((version, answer.status)) or status_line(version, answer.status)
+    date = _date  # (one clock read and no call while the second lasts)
+    now = time.time()
+    if not date.since <= now < date.until:
+        date.renew(now)
+    return b"%s%s%s%sContent-Length: %d\r\n\r\n%s" % (line, connection, date.line, fields, len(body), body)
 
 
 def encode_request(
