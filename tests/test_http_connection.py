@@ -453,11 +453,20 @@ class EncodingTests(SynchronousTestCase):
         self.assertIn(b"Connection: close", encode_answer(Answer(200, (), b""), b"HTTP/1.0", True, True))
 
     def test_sent_answer_fields_are_its_headers(self) -> None:
-        """/sendmessage's answer: json.dumps's body, and its header fields pre-encoded, exactly its headers' wire form, kept or not."""
+        """/sendmessage's answer: json.dumps's body, its headers in order, and its fields pre-encoded, exactly those headers' wire form, kept or not."""
         for delivery in (Delivery(1, 1, False, 0, 1700000000000123), Delivery(0, 0, True, 2, 17), Delivery(3, 2, True, 0, 5)):
             answer = sent_answer(delivery)
             self.assertIsNotNone(answer.fields)
-            self.assertEqual(answer.fields, b"".join(b"%s: %s\r\n" % field for field in answer.headers))
+            expected = [
+                (b"X-Pns-Sessions", b"%d" % delivery.sessions),
+                (b"X-Pns-Users", b"%d" % delivery.users),
+                (b"X-Pns-Id", b"%d" % delivery.message_id),
+                *([(b"X-Pns-Stored", b"true")] if delivery.stored else []),
+                (b"Content-Type", b"application/json"),
+                (b"Cache-Control", b"no-store"),
+            ]
+            self.assertEqual(list(answer.headers), expected)
+            self.assertEqual(answer.fields, b"".join(b"%s: %s\r\n" % field for field in expected))
             doc = {"sessions": delivery.sessions, "users": delivery.users, "stored": delivery.stored}
             if delivery.dropped:
                 doc["dropped"] = delivery.dropped
