@@ -496,6 +496,26 @@ class EncodingTests(SynchronousTestCase):
         self.assertEqual(call.bearer_token(), TOKEN)
         self.assertIsInstance(front_connection(setup.connect()[0]), FrontConnection)
 
+    def test_bearer_token_in_any_spelling(self) -> None:
+        """Call.bearer_token: the token after a case-insensitive "Bearer" and spaces, stripped; "" for any other scheme or none."""
+        cases = {
+            b"Bearer abc": "abc",
+            b"Bearer   abc  ": "abc",
+            b"Bearer abc\xa0": "abc",
+            b"Bearer \x85": "",
+            b"Bearer ": "",
+            b"Bearer": "",
+            b"bearer abc": "abc",
+            b"BEARER abc def": "abc def",
+            b"  Bearer abc": "abc",
+            b"Bearer\tabc": "",
+            b"Basic abc": "",
+            b"": "",
+        }
+        for authorization, token in cases.items():
+            call = Call(b"POST", b"/sendmessage", b"", authorization, b"", "127.0.0.1", False)
+            self.assertEqual(call.bearer_token(), token, authorization)
+
 
 class RestartTests(SynchronousTestCase):
     def test_answer_awaited_when_a_restart_begins_closes(self) -> None:

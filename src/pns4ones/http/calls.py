@@ -64,7 +64,10 @@ class Call:
 
     def bearer_token(self) -> str:
         """The token of ``Authorization: Bearer ...``; "" when there is none."""
-        scheme, _, value = self.authorization.decode("latin-1").strip().partition(" ")
+        authorization = self.authorization
+        if authorization[:7] == b"Bearer ":  # (the usual spelling: what the rule below reads, in fewer steps)
+            return authorization[7:].decode("latin-1").strip()
+        scheme, _, value = authorization.decode("latin-1").strip().partition(" ")
         if scheme.lower() != "bearer":
             return ""
         return value.strip()
