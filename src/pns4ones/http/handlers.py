@@ -183,7 +183,7 @@ class Handlers:
     def answer(self, route: Route, call: Call, *segments: str) -> Answer | Deferred[Answer]:
         """Run ``route``; whatever it raises or fails with is answered by :meth:`error`."""
         try:
-            result = route(call, *segments)
+            result = route(call, *segments) if segments else route(call)  # (the hot routes take no segments: a plain call)
         except Exception as e:
             return self.error(e, call)
         if isinstance(result, Answer):
