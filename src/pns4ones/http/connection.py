@@ -74,6 +74,7 @@ from typing import Final, cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 from twisted.internet import protocol, tcp
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IProtocolNegotiationFactory, IPushProducer, ISSLTransport
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -652,7 +653,28 @@ class FrontConnection(protocol.Protocol):
         body = body_parts[0] if len(body_parts) == 1 else b"".join(body_parts)
         route = self._route
         if route is not None:
-            self._answer(route, body, close)
+            # A hot route: its handler runs on the request just received, its answer is queued.
+            path, _, query = self._target.partition(b"?")
+            peer, secure = self._peer, self._secure
+            trusted = self._trusted
+            if trusted:
+                peer, scheme = proxies.resolve(peer, self._fields, trusted)
+                if scheme is not None:
+                    secure = scheme == "https"
+            call = Call(self._method, path, query, read.get(b"authorization", b""), body, peer, secure)
+            result = self.handlers.answer(route, call)
+            if isinstance(result, Answer):
+                site = self.site
+                site.on_request(path, result.status)
+                data = encode_answer(result, version, close, site.closing)
+                if not self._pending:  # the usual case: answered at once, nothing before it
+                    self._out.append(data)
+                    if close:
+                        self._lose = CLOSE
+                else:
+                    self._pending.append(_Slot(data, CLOSE if close else KEEP))
+            else:
+                self._await(result, call, close, version, path)
         else:
             framed = self._chunked or b"content-length" in read
             request = encode_request(self._method, self._target, version, self._fields, body, framed, close)
@@ -669,29 +691,8 @@ class FrontConnection(protocol.Protocol):
 
     # -- answering -----------------------------------------------------------------------------
 
-    def _answer(self, route: Route, body: bytes, close: bool) -> None:
-        """Run a hot route's handler on the request just received; queue its answer."""
-        target = self._target
-        path, _, query = target.partition(b"?")
-        peer, secure = self._peer, self._secure
-        trusted = self._trusted
-        if trusted:
-            peer, scheme = proxies.resolve(peer, self._fields, trusted)
-            if scheme is not None:
-                secure = scheme == "https"
-        call = Call(self._method, path, query, self._read.get(b"authorization", b""), body, peer, secure)
-        result = self.handlers.answer(route, call)
-        version = self._version
-        if isinstance(result, Answer):
-            self.site.on_request(path, result.status)
-            data = encode_answer(result, version, close, self.site.closing)
-            if not self._pending:  # the usual case: answered at once, nothing before it
-                self._out.append(data)
-                if close:
-                    self._lose = CLOSE
-            else:
-                self._pending.append(_Slot(data, CLOSE if close else KEEP))
-            return
+    def _await(self, result: Deferred[Answer], call: Call, close: bool, version: bytes, path: bytes) -> None:
+        """A hot route's answer that comes later: its place in the queue is kept."""
         slot = _Slot(None, CLOSE if close else KEEP)
         self._queue(slot)
         result.addErrback(lambda failure: error_answer(failure.value, call)).addCallback(self._answered, slot, version, path)
