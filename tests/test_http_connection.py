@@ -388,6 +388,21 @@ class TimingTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual([r.status for r in responses(transport.value())], [200])
 
+    def test_idle_is_counted_from_the_last_request(self) -> None:
+        """With the sweep running each second: a kept-alive connection stays open while requests come within site.timeOut, and closes about site.timeOut after the last."""
+        setup = Setup(request_timeout=10)
+        proto, transport = setup.connect()
+        idle = int(setup.site.timeOut)
+        for _ in range(3):
+            proto.dataReceived(send())
+            for _ in range(idle - 2):
+                setup.clock.advance(1)
+            self.assertFalse(transport.disconnecting)
+        for _ in range(5):
+            setup.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual([r.status for r in responses(transport.value())], [200, 200, 200])
+
 
 class AnswerOrderTests(SynchronousTestCase):
     def test_late_answer_holds_back_those_behind_it(self) -> None:

@@ -60,7 +60,9 @@ Invariants:
 * ``request_timeout`` runs from a request's first byte (for the first request,
   from the connection) to its last, whichever code path answers it: a request
   is handed to twisted.web only once complete, and the upgraded connection's
-  later requests are twisted.web's own.
+  later requests are twisted.web's own.  (The clock is read once the read
+  holding the first byte is parsed, in the same reactor turn, and only for a
+  request still incomplete then.)
 * Answers leave in request order; every answer produced while reading a chunk
   goes out in one write.
 """
@@ -298,6 +300,7 @@ class FrontConnection(protocol.Protocol):
     # dict entries each read and write per request would cost a look-up (``factory`` and
     # ``transport`` stay Protocol's).
     __slots__ = (
+        "_active",
         "_advancing",
         "_begun",
         "_body",
@@ -328,6 +331,7 @@ class FrontConnection(protocol.Protocol):
         "_seconds",
         "_secure",
         "_size",
+        "_swept",
         "_target",
         "_transport",
         "_trusted",
@@ -357,8 +361,17 @@ class FrontConnection(protocol.Protocol):
         #: False: close once the answers in progress are written (the restart handoff sets it).
         self.persistent = True
         #: When the request being received began (the connection, before the first); None between requests.
+        #: A request's clock is read only if it is still incomplete when the read that began it has been
+        #: parsed (the same reactor turn: the time its first byte was received); one received whole in
+        #: one read costs no clock read.
         self.started: float | None = None
+        #: Since when the connection has been idle: the sweep before its last request was completed
+        #: (at most one sweep before it: see tick()).
         self.idle_since = 0.0
+        #: A request was completed since the last sweep.
+        self._active = False
+        #: The time of the last sweep (of the connection, before the first).
+        self._swept = 0.0
         self._parser = HttpRequestParser(self)
         self._peer = "?"
         self._secure = False
@@ -411,7 +424,7 @@ class FrontConnection(protocol.Protocol):
         self._peer = getattr(transport.getPeer(), "host", "?")
         self._secure = ISSLTransport.providedBy(transport)
         self._direct = isinstance(transport, tcp.Connection)  # (not TLS: its wrapper forwards .socket)
-        self.started = self._seconds()  # as twisted.web: a silent connection gets 408
+        self.started = self._swept = self._seconds()  # as twisted.web: a silent connection gets 408
         transport.registerProducer(self, True)  # the socket's buffer is full: stop reading
         self._producing = True
 
@@ -524,9 +537,14 @@ class FrontConnection(protocol.Protocol):
                 self._hold(data[pos:])
                 return
             if state is HEAD:
+                if self._begun:  # a request began in this part and is incomplete: its clock starts (see started)
+                    self.started = self._seconds()
                 self._count_head(part, n, self._body_total - body_before)
-            elif state is BODY and self._chunked:
-                self._framing = 0 if self._head_done else self._framing + n - (self._body_total - body_before)
+            elif state is BODY:
+                if self._begun:
+                    self.started = self._seconds()
+                if self._chunked:
+                    self._framing = 0 if self._head_done else self._framing + n - (self._body_total - body_before)
 
     def _count_head(self, part: bytes, n: int, body: int) -> None:
         """Charge a head still incomplete after a feed, and bound its current line."""
@@ -562,8 +580,7 @@ class FrontConnection(protocol.Protocol):
         if self.state is not IDLE:
             raise _Stop()
         self._to(HEAD)
-        self._begun = True
-        self.started = self._seconds()
+        self._begun = True  # (and its clock starts after this read, if it is still incomplete: see _parse)
         self._target = b""
         self._fields = []
         self._read = {}
@@ -642,8 +659,8 @@ class FrontConnection(protocol.Protocol):
         self._body.append(data)
 
     def on_message_complete(self) -> None:
-        self.idle_since = self.started or 0.0
         self.started = None
+        self._active = True
         version = self._version
         read = self._read
         connection = read.get(b"connection")
@@ -844,17 +861,22 @@ class FrontConnection(protocol.Protocol):
 
     def tick(self, now: float, request_timeout: float, idle_timeout: float | None) -> None:
         """408 for a request over ``request_timeout``; close a connection idle over ``idle_timeout``."""
+        swept, self._swept = self._swept, now
         started = self.started
         if started is not None:
             if now - started > request_timeout and self.state in (IDLE, HEAD, BODY):
                 self._refuse(408, b"Request Timeout", "request_timeout", "the request was not received in time")
                 self._advance()
                 self._flush()
-        elif idle_timeout is not None and self.state is IDLE and not self._pending and now - self.idle_since > idle_timeout:
-            self.log.info("closing an idle connection from {peer}", peer=self._peer)
-            self._to(CLOSING)
-            assert self._transport is not None
-            self._transport.loseConnection()
+        elif idle_timeout is not None and self.state is IDLE and not self._pending:
+            if self._active:  # a request was completed since the last sweep: idle from that sweep on
+                self._active = False
+                self.idle_since = swept
+            elif now - self.idle_since > idle_timeout:
+                self.log.info("closing an idle connection from {peer}", peer=self._peer)
+                self._to(CLOSING)
+                assert self._transport is not None
+                self._transport.loseConnection()
 
     # -- for the graceful drain and the restart handoff ------------------------------------------
 
