@@ -642,7 +642,11 @@ class FrontConnection(protocol.Protocol):
         target = self._target
         self._method = method
         self._upgrade = upgrade = parser.should_upgrade()
-        self._route = None if upgrade else self.routes.get((method, target.partition(b"?")[0]))
+        if upgrade:
+            self._route = None
+        else:  # (a target without a query is its path: one look-up, no partition)
+            routes = self.routes
+            self._route = routes.get((method, target)) or routes.get((method, target.partition(b"?")[0]))
         expect = read.get(b"expect")
         if expect is not None and self._version is HTTP11 and expect.lower() == b"100-continue":
             self._queue(_Slot(_CONTINUE, KEEP))
