@@ -430,20 +430,8 @@ class FrontConnection(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         state = self.state
-        if state is SWITCHED:
-            assert self._inner is not None
-            self._inner.dataReceived(data)  # (looked up each time: a WebSocket replaces it)
-            return
-        if state is UPGRADING:
-            self._hold(data)
-            return
-        if state is CLOSING or state is CLOSED:
-            # The rest of a refused or final request: discarded, within its bound.
-            if self._discard is not None:
-                self._discard -= len(data)
-                if self._discard < 0 and not self._pending and self._transport is not None:
-                    self._discard = None
-                    self._transport.abortConnection()
+        if state is not IDLE and state is not HEAD and state is not BODY:
+            self._not_reading(state, data)
             return
         self._feeding = True
         try:
@@ -453,6 +441,19 @@ class FrontConnection(protocol.Protocol):
         if self._pending:  # (an empty queue has nothing to move, and nothing paused for it: _advance resumes as it empties it)
             self._advance()
         self._flush()
+
+    def _not_reading(self, state: str, data: bytes) -> None:
+        """Bytes received in a state that does not parse them."""
+        if state is SWITCHED:
+            assert self._inner is not None
+            self._inner.dataReceived(data)  # (looked up each time: a WebSocket replaces it)
+        elif state is UPGRADING:
+            self._hold(data)
+        elif self._discard is not None:  # CLOSING, CLOSED: the rest of a refused or final request, discarded within its bound
+            self._discard -= len(data)
+            if self._discard < 0 and not self._pending and self._transport is not None:
+                self._discard = None
+                self._transport.abortConnection()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         if self.state is not CLOSED:
