@@ -434,8 +434,60 @@ class FrontConnection(protocol.Protocol):
             self._not_reading(state, data)
             return
         self._feeding = True
-        try:
-            self._parse(data)
+        try:  # bytes to llhttp, within the bounds (each part at most the room left, then charged: see _count_head)
+            end = len(data)
+            pos = 0
+            parser = self._parser
+            while pos < end:
+                state = self.state
+                if state is BODY:
+                    room = MAX_HEAD - self._framing if self._chunked else FEED_SLICE
+                    if room <= 0:
+                        self._refuse(400, b"Bad Request", "bad_request", f"chunk framing and trailers over {MAX_HEAD} bytes")
+                        break
+                elif state is IDLE or state is HEAD:
+                    room = MAX_HEAD - self._head_bytes
+                    if room <= 0:
+                        self._refuse(
+                            431, b"Request Header Fields Too Large", "headers_too_large", f"request line and headers over {MAX_HEAD} bytes"
+                        )
+                        break
+                else:
+                    break  # CLOSING, UPGRADING (llhttp stopped), CLOSED
+                n = end - pos  # min(end - pos, room, FEED_SLICE), without the builtin's call
+                if n > room:
+                    n = room
+                if n > FEED_SLICE:
+                    n = FEED_SLICE
+                part = data if n == end else data[pos : pos + n]
+                body_before = self._body_total
+                self._begun = self._head_done = False
+                try:
+                    parser.feed_data(part)
+                except HttpParserUpgrade as e:
+                    self._hold(part[e.args[0] :] + data[pos + n :])
+                    break
+                except HttpParserCallbackError as e:
+                    if isinstance(e.__context__, _Stop):
+                        break
+                    raise
+                except HttpParserError as e:
+                    self._refuse(400, b"Bad Request", "bad_request", f"malformed HTTP request: {e}")
+                    break
+                pos += n
+                state = self.state
+                if state is UPGRADING:  # (llhttp did not pause: nothing of this part is after the request)
+                    self._hold(data[pos:])
+                    break
+                if state is HEAD:
+                    if self._begun:  # a request began in this part and is incomplete: its clock starts (see started)
+                        self.started = self._seconds()
+                    self._count_head(part, n, self._body_total - body_before)
+                elif state is BODY:
+                    if self._begun:
+                        self.started = self._seconds()
+                    if self._chunked:
+                        self._framing = 0 if self._head_done else self._framing + n - (self._body_total - body_before)
         finally:
             self._feeding = False
         if self._pending:  # (an empty queue has nothing to move, and nothing paused for it: _advance resumes as it empties it)
@@ -491,61 +543,6 @@ class FrontConnection(protocol.Protocol):
                 self._transport.resumeProducing()
 
     # -- reading: bytes to llhttp, within the bounds -----------------------------------------------
-
-    def _parse(self, data: bytes) -> None:
-        end = len(data)
-        pos = 0
-        parser = self._parser
-        while pos < end:
-            state = self.state
-            if state is BODY:
-                room = MAX_HEAD - self._framing if self._chunked else FEED_SLICE
-                if room <= 0:
-                    self._refuse(400, b"Bad Request", "bad_request", f"chunk framing and trailers over {MAX_HEAD} bytes")
-                    return
-            elif state is IDLE or state is HEAD:
-                room = MAX_HEAD - self._head_bytes
-                if room <= 0:
-                    self._refuse(
-                        431, b"Request Header Fields Too Large", "headers_too_large", f"request line and headers over {MAX_HEAD} bytes"
-                    )
-                    return
-            else:
-                return  # CLOSING, UPGRADING (llhttp stopped), CLOSED
-            n = end - pos  # min(end - pos, room, FEED_SLICE), without the builtin's call
-            if n > room:
-                n = room
-            if n > FEED_SLICE:
-                n = FEED_SLICE
-            part = data if n == end else data[pos : pos + n]
-            body_before = self._body_total
-            self._begun = self._head_done = False
-            try:
-                parser.feed_data(part)
-            except HttpParserUpgrade as e:
-                self._hold(part[e.args[0] :] + data[pos + n :])
-                return
-            except HttpParserCallbackError as e:
-                if isinstance(e.__context__, _Stop):
-                    return
-                raise
-            except HttpParserError as e:
-                self._refuse(400, b"Bad Request", "bad_request", f"malformed HTTP request: {e}")
-                return
-            pos += n
-            state = self.state
-            if state is UPGRADING:  # (llhttp did not pause: nothing of this part is after the request)
-                self._hold(data[pos:])
-                return
-            if state is HEAD:
-                if self._begun:  # a request began in this part and is incomplete: its clock starts (see started)
-                    self.started = self._seconds()
-                self._count_head(part, n, self._body_total - body_before)
-            elif state is BODY:
-                if self._begun:
-                    self.started = self._seconds()
-                if self._chunked:
-                    self._framing = 0 if self._head_done else self._framing + n - (self._body_total - body_before)
 
     def _count_head(self, part: bytes, n: int, body: int) -> None:
         """Charge a head still incomplete after a feed, and bound its current line."""
