@@ -578,7 +578,7 @@ class FrontConnection(protocol.Protocol):
         if self.state is not IDLE:
             raise _Stop()
         self._to(HEAD)
-        self._begun = True  # (and its clock starts after this read, if it is still incomplete: see _parse)
+        self._begun = True  # (and its clock starts after this read, if it is still incomplete: see dataReceived)
         self._target = b""
         self._fields = []
         self._read = {}
