@@ -309,6 +309,21 @@ class SemanticsTests(SynchronousTestCase):
             self.assertEqual(len(responses(out)), 1)
             self.assertTrue(closing)
 
+    def test_header_names_in_any_case(self) -> None:
+        """The fields the connection reads, in any spelling (lower, Title, UPPER, mixed): the token, the length and Connection: close are read the same."""
+        for auth, length, connection in (
+            ("authorization", "content-length", "connection"),
+            ("AUTHORIZATION", "CONTENT-LENGTH", "CONNECTION"),
+            ("AuThOrIzAtIoN", "cOnTeNt-LeNgTh", "cOnNeCtIoN"),
+        ):
+            stream = send(extra=f"{connection}: close\r\n").replace(b"Authorization:", auth.encode() + b":")
+            stream = stream.replace(b"Content-Length:", length.encode() + b":") + send(topic="after")
+            setup = Setup()
+            out, closing, _ = setup.run([stream])
+            self.assertEqual([(r.status, r.header(b"connection")) for r in responses(out)], [(200, b"close")], auth)
+            self.assertTrue(closing, auth)
+            self.assertEqual(setup.recorder.plaintexts(), [b'{"topic": "t"}'], auth)
+
     def test_malformed_framing(self) -> None:
         """Bare LF, obs-fold, duplicate Content-Length, Content-Length with chunked, an unknown coding: refused and closed."""
         cases = {
@@ -372,6 +387,21 @@ class TimingTests(SynchronousTestCase):
         setup.clock.advance(5)
         self.assertTrue(transport.disconnecting)
         self.assertEqual([r.status for r in responses(transport.value())], [200])
+
+    def test_idle_is_counted_from_the_last_request(self) -> None:
+        """With the sweep running each second: a kept-alive connection stays open while requests come within site.timeOut, and closes about site.timeOut after the last."""
+        setup = Setup(request_timeout=10)
+        proto, transport = setup.connect()
+        idle = int(setup.site.timeOut)
+        for _ in range(3):
+            proto.dataReceived(send())
+            for _ in range(idle - 2):
+                setup.clock.advance(1)
+            self.assertFalse(transport.disconnecting)
+        for _ in range(5):
+            setup.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual([r.status for r in responses(transport.value())], [200, 200, 200])
 
 
 class AnswerOrderTests(SynchronousTestCase):
@@ -438,11 +468,20 @@ class EncodingTests(SynchronousTestCase):
         self.assertIn(b"Connection: close", encode_answer(Answer(200, (), b""), b"HTTP/1.0", True, True))
 
     def test_sent_answer_fields_are_its_headers(self) -> None:
-        """/sendmessage's answer: json.dumps's body, and its header fields pre-encoded, exactly its headers' wire form, kept or not."""
+        """/sendmessage's answer: json.dumps's body, its headers in order, and its fields pre-encoded, exactly those headers' wire form, kept or not."""
         for delivery in (Delivery(1, 1, False, 0, 1700000000000123), Delivery(0, 0, True, 2, 17), Delivery(3, 2, True, 0, 5)):
             answer = sent_answer(delivery)
             self.assertIsNotNone(answer.fields)
-            self.assertEqual(answer.fields, b"".join(b"%s: %s\r\n" % field for field in answer.headers))
+            expected = [
+                (b"X-Pns-Sessions", b"%d" % delivery.sessions),
+                (b"X-Pns-Users", b"%d" % delivery.users),
+                (b"X-Pns-Id", b"%d" % delivery.message_id),
+                *([(b"X-Pns-Stored", b"true")] if delivery.stored else []),
+                (b"Content-Type", b"application/json"),
+                (b"Cache-Control", b"no-store"),
+            ]
+            self.assertEqual(list(answer.headers), expected)
+            self.assertEqual(answer.fields, b"".join(b"%s: %s\r\n" % field for field in expected))
             doc = {"sessions": delivery.sessions, "users": delivery.users, "stored": delivery.stored}
             if delivery.dropped:
                 doc["dropped"] = delivery.dropped
@@ -471,6 +510,26 @@ class EncodingTests(SynchronousTestCase):
         )
         self.assertEqual(call.bearer_token(), TOKEN)
         self.assertIsInstance(front_connection(setup.connect()[0]), FrontConnection)
+
+    def test_bearer_token_in_any_spelling(self) -> None:
+        """Call.bearer_token: the token after a case-insensitive "Bearer" and spaces, stripped; "" for any other scheme or none."""
+        cases = {
+            b"Bearer abc": "abc",
+            b"Bearer   abc  ": "abc",
+            b"Bearer abc\xa0": "abc",
+            b"Bearer \x85": "",
+            b"Bearer ": "",
+            b"Bearer": "",
+            b"bearer abc": "abc",
+            b"BEARER abc def": "abc def",
+            b"  Bearer abc": "abc",
+            b"Bearer\tabc": "",
+            b"Basic abc": "",
+            b"": "",
+        }
+        for authorization, token in cases.items():
+            call = Call(b"POST", b"/sendmessage", b"", authorization, b"", "127.0.0.1", False)
+            self.assertEqual(call.bearer_token(), token, authorization)
 
 
 class RestartTests(SynchronousTestCase):

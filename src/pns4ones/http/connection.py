@@ -60,7 +60,9 @@ Invariants:
 * ``request_timeout`` runs from a request's first byte (for the first request,
   from the connection) to its last, whichever code path answers it: a request
   is handed to twisted.web only once complete, and the upgraded connection's
-  later requests are twisted.web's own.
+  later requests are twisted.web's own.  (The clock is read once the read
+  holding the first byte is parsed, in the same reactor turn, and only for a
+  request still incomplete then.)
 * Answers leave in request order; every answer produced while reading a chunk
   goes out in one write.
 """
@@ -74,6 +76,7 @@ from typing import Final, cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 from twisted.internet import protocol, tcp
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IProtocolNegotiationFactory, IPushProducer, ISSLTransport
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -148,6 +151,33 @@ _VERSIONS: Final[Mapping[str, bytes]] = {"1.1": HTTP11, "1.0": HTTP10}
 _READ: Final = frozenset({b"authorization", b"content-length", b"transfer-encoding", b"connection", b"expect", b"proxy-connection"})
 #: Of those, the ones twisted.web reads the first of when repeated (the last, for the others).
 _FIRST: Final = frozenset({b"connection", b"expect"})
+
+
+def _spellings(names: frozenset[bytes]) -> dict[bytes, bytes]:
+    """Each name as clients usually spell it (lowercase, Capitalized-Words, UPPERCASE) -> its lowercase form."""
+    out: dict[bytes, bytes] = {}
+    for name in names:
+        for spelling in (name, b"-".join(word.capitalize() for word in name.split(b"-")), name.upper()):
+            out[spelling] = name
+    return out
+
+
+#: Header names as usually spelled -> the lowercase name when the front connection reads the field, b""
+#: when it does not: one dict look-up per field instead of ``lower()`` and set tests (any other
+#: spelling is lower-cased).
+_READ_AS: Final[Mapping[bytes, bytes]] = {
+    **dict.fromkeys(
+        _spellings(
+            frozenset({
+                b"host", b"content-type", b"user-agent", b"accept", b"accept-encoding", b"accept-language",
+                b"x-forwarded-for", b"x-forwarded-proto", b"x-real-ip", b"forwarded", b"origin", b"referer",
+                b"cache-control", b"pragma", b"cookie", b"content-encoding", b"te", b"upgrade", b"x-request-id",
+            })
+        ),
+        b"",
+    ),
+    **_spellings(_READ),
+}  # fmt: skip
 #: Header fields not passed on to twisted.web: the body goes over re-framed, and 100 Continue was answered here.
 _REFRAMED: Final = frozenset({b"content-length", b"transfer-encoding", b"expect"})
 
@@ -182,7 +212,7 @@ def status_line(version: bytes, status: int) -> bytes:
 
 
 class _Date:
-    """The ``Date:`` header line, rebuilt once a second."""
+    """The ``Date:`` header line, rebuilt once a second (read in :func:`encode_answer`)."""
 
     __slots__ = ("line", "since", "until")
 
@@ -190,13 +220,10 @@ class _Date:
         self.since = self.until = 0.0  # the second the line is for: [since, until)
         self.line = b""
 
-    def get(self) -> bytes:
-        now = time.time()
-        if not self.since <= now < self.until:  # (one clock read, no int(), while the second lasts)
-            second = int(now)
-            self.since, self.until = second, second + 1
-            self.line = b"Date: " + datetimeToString(second) + b"\r\n"
-        return self.line
+    def renew(self, now: float) -> None:
+        second = int(now)
+        self.since, self.until = second, second + 1
+        self.line = b"Date: " + datetimeToString(second) + b"\r\n"
 
 
 _date = _Date()
@@ -208,22 +235,20 @@ _CLOSE: Final = b"Connection: close\r\n"
 def encode_answer(answer: Answer, version: bytes, close: bool, closing: bool) -> bytes:
     """
     The whole response, with twisted.web's header order (``closing``: a restart
-    is under way).  The encoding is kept on the answer with the date line,
-    version and ``Connection`` field it was made with, so an answer reused for
-    many requests (``/sendmessage``'s usual ones) is encoded once a second.
+    is under way).  (Every answer is encoded once: each ``/sendmessage``
+    answer is its send's own, carrying its id.)
     """
     connection = _CLOSE if close and (closing or version == HTTP11) else b""
-    date = _date.get()
-    encoded = answer.encoded
-    if encoded is not None and encoded[0] is date and encoded[1] is version and encoded[2] is connection:
-        return encoded[3]
     body = answer.body
     fields = answer.fields
     if fields is None:
         fields = b"".join([b"%s: %s\r\n" % field for field in answer.headers])
-    data = b"%s%s%s%sContent-Length: %d\r\n\r\n%s" % (status_line(version, answer.status), connection, date, fields, len(body), body)
-    answer.encoded = (date, version, connection, data)
-    return data
+    line = _status_lines.get((version, answer.status)) or status_line(version, answer.status)
+    date = _date  # (one clock read and no call while the second lasts)
+    now = time.time()
+    if not date.since <= now < date.until:
+        date.renew(now)
+    return b"%s%s%s%sContent-Length: %d\r\n\r\n%s" % (line, connection, date.line, fields, len(body), body)
 
 
 def encode_request(
@@ -275,6 +300,7 @@ class FrontConnection(protocol.Protocol):
     # dict entries each read and write per request would cost a look-up (``factory`` and
     # ``transport`` stay Protocol's).
     __slots__ = (
+        "_active",
         "_advancing",
         "_begun",
         "_body",
@@ -305,6 +331,7 @@ class FrontConnection(protocol.Protocol):
         "_seconds",
         "_secure",
         "_size",
+        "_swept",
         "_target",
         "_transport",
         "_trusted",
@@ -334,8 +361,17 @@ class FrontConnection(protocol.Protocol):
         #: False: close once the answers in progress are written (the restart handoff sets it).
         self.persistent = True
         #: When the request being received began (the connection, before the first); None between requests.
+        #: A request's clock is read only if it is still incomplete when the read that began it has been
+        #: parsed (the same reactor turn: the time its first byte was received); one received whole in
+        #: one read costs no clock read.
         self.started: float | None = None
+        #: Since when the connection has been idle: the sweep before its last request was completed
+        #: (at most one sweep before it: see tick()).
         self.idle_since = 0.0
+        #: A request was completed since the last sweep.
+        self._active = False
+        #: The time of the last sweep (of the connection, before the first).
+        self._swept = 0.0
         self._parser = HttpRequestParser(self)
         self._peer = "?"
         self._secure = False
@@ -388,35 +424,88 @@ class FrontConnection(protocol.Protocol):
         self._peer = getattr(transport.getPeer(), "host", "?")
         self._secure = ISSLTransport.providedBy(transport)
         self._direct = isinstance(transport, tcp.Connection)  # (not TLS: its wrapper forwards .socket)
-        self.started = self._seconds()  # as twisted.web: a silent connection gets 408
+        self.started = self._swept = self._seconds()  # as twisted.web: a silent connection gets 408
         transport.registerProducer(self, True)  # the socket's buffer is full: stop reading
         self._producing = True
 
     def dataReceived(self, data: bytes) -> None:
         state = self.state
-        if state is SWITCHED:
-            assert self._inner is not None
-            self._inner.dataReceived(data)  # (looked up each time: a WebSocket replaces it)
-            return
-        if state is UPGRADING:
-            self._hold(data)
-            return
-        if state is CLOSING or state is CLOSED:
-            # The rest of a refused or final request: discarded, within its bound.
-            if self._discard is not None:
-                self._discard -= len(data)
-                if self._discard < 0 and not self._pending and self._transport is not None:
-                    self._discard = None
-                    self._transport.abortConnection()
+        if state is not IDLE and state is not HEAD and state is not BODY:
+            self._not_reading(state, data)
             return
         self._feeding = True
-        try:
-            self._parse(data)
+        try:  # bytes to llhttp, within the bounds (each part at most the room left, then charged: see _count_head)
+            end = len(data)
+            pos = 0
+            parser = self._parser
+            while pos < end:
+                state = self.state
+                if state is BODY:
+                    room = MAX_HEAD - self._framing if self._chunked else FEED_SLICE
+                    if room <= 0:
+                        self._refuse(400, b"Bad Request", "bad_request", f"chunk framing and trailers over {MAX_HEAD} bytes")
+                        break
+                elif state is IDLE or state is HEAD:
+                    room = MAX_HEAD - self._head_bytes
+                    if room <= 0:
+                        self._refuse(
+                            431, b"Request Header Fields Too Large", "headers_too_large", f"request line and headers over {MAX_HEAD} bytes"
+                        )
+                        break
+                else:
+                    break  # CLOSING, UPGRADING (llhttp stopped), CLOSED
+                n = end - pos  # min(end - pos, room, FEED_SLICE), without the builtin's call
+                if n > room:
+                    n = room
+                if n > FEED_SLICE:
+                    n = FEED_SLICE
+                part = data if n == end else data[pos : pos + n]
+                body_before = self._body_total
+                self._begun = self._head_done = False
+                try:
+                    parser.feed_data(part)
+                except HttpParserUpgrade as e:
+                    self._hold(part[e.args[0] :] + data[pos + n :])
+                    break
+                except HttpParserCallbackError as e:
+                    if isinstance(e.__context__, _Stop):
+                        break
+                    raise
+                except HttpParserError as e:
+                    self._refuse(400, b"Bad Request", "bad_request", f"malformed HTTP request: {e}")
+                    break
+                pos += n
+                state = self.state
+                if state is UPGRADING:  # (llhttp did not pause: nothing of this part is after the request)
+                    self._hold(data[pos:])
+                    break
+                if state is HEAD:
+                    if self._begun:  # a request began in this part and is incomplete: its clock starts (see started)
+                        self.started = self._seconds()
+                    self._count_head(part, n, self._body_total - body_before)
+                elif state is BODY:
+                    if self._begun:
+                        self.started = self._seconds()
+                    if self._chunked:
+                        self._framing = 0 if self._head_done else self._framing + n - (self._body_total - body_before)
         finally:
             self._feeding = False
         if self._pending:  # (an empty queue has nothing to move, and nothing paused for it: _advance resumes as it empties it)
             self._advance()
         self._flush()
+
+    def _not_reading(self, state: str, data: bytes) -> None:
+        """Bytes received in a state that does not parse them."""
+        if state is SWITCHED:
+            assert self._inner is not None
+            self._inner.dataReceived(data)  # (looked up each time: a WebSocket replaces it)
+        elif state is UPGRADING:
+            self._hold(data)
+        elif self._discard is not None:  # CLOSING, CLOSED: the rest of a refused or final request, discarded within its bound
+            self._discard -= len(data)
+            if self._discard < 0 and not self._pending and self._transport is not None:
+                self._discard = None
+                self._transport.abortConnection()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         if self.state is not CLOSED:
@@ -455,56 +544,6 @@ class FrontConnection(protocol.Protocol):
 
     # -- reading: bytes to llhttp, within the bounds -----------------------------------------------
 
-    def _parse(self, data: bytes) -> None:
-        end = len(data)
-        pos = 0
-        parser = self._parser
-        while pos < end:
-            state = self.state
-            if state is BODY:
-                room = MAX_HEAD - self._framing if self._chunked else FEED_SLICE
-                if room <= 0:
-                    self._refuse(400, b"Bad Request", "bad_request", f"chunk framing and trailers over {MAX_HEAD} bytes")
-                    return
-            elif state is IDLE or state is HEAD:
-                room = MAX_HEAD - self._head_bytes
-                if room <= 0:
-                    self._refuse(
-                        431, b"Request Header Fields Too Large", "headers_too_large", f"request line and headers over {MAX_HEAD} bytes"
-                    )
-                    return
-            else:
-                return  # CLOSING, UPGRADING (llhttp stopped), CLOSED
-            n = end - pos  # min(end - pos, room, FEED_SLICE), without the builtin's call
-            if n > room:
-                n = room
-            if n > FEED_SLICE:
-                n = FEED_SLICE
-            part = data if n == end else data[pos : pos + n]
-            body_before = self._body_total
-            self._begun = self._head_done = False
-            try:
-                parser.feed_data(part)
-            except HttpParserUpgrade as e:
-                self._hold(part[e.args[0] :] + data[pos + n :])
-                return
-            except HttpParserCallbackError as e:
-                if isinstance(e.__context__, _Stop):
-                    return
-                raise
-            except HttpParserError as e:
-                self._refuse(400, b"Bad Request", "bad_request", f"malformed HTTP request: {e}")
-                return
-            pos += n
-            state = self.state
-            if state is UPGRADING:  # (llhttp did not pause: nothing of this part is after the request)
-                self._hold(data[pos:])
-                return
-            if state is HEAD:
-                self._count_head(part, n, self._body_total - body_before)
-            elif state is BODY and self._chunked:
-                self._framing = 0 if self._head_done else self._framing + n - (self._body_total - body_before)
-
     def _count_head(self, part: bytes, n: int, body: int) -> None:
         """Charge a head still incomplete after a feed, and bound its current line."""
         if self._begun:  # it began in this part: charge the part from its start (an over-estimate)
@@ -539,8 +578,7 @@ class FrontConnection(protocol.Protocol):
         if self.state is not IDLE:
             raise _Stop()
         self._to(HEAD)
-        self._begun = True
-        self.started = self._seconds()
+        self._begun = True  # (and its clock starts after this read, if it is still incomplete: see dataReceived)
         self._target = b""
         self._fields = []
         self._read = {}
@@ -564,8 +602,12 @@ class FrontConnection(protocol.Protocol):
             self._refuse(431, b"Request Header Fields Too Large", "headers_too_large", reason)
             raise _Stop()
         fields.append((name, value))
-        lower = name.lower()
-        if lower in _READ and (lower not in _FIRST or lower not in self._read):
+        lower = _READ_AS.get(name)
+        if lower is None:  # an unusual spelling
+            lower = name.lower()
+            if lower not in _READ:
+                return
+        if lower and (lower not in _FIRST or lower not in self._read):
             self._read[lower] = value  # repeated: the first or the last, as twisted.web reads each
 
     def on_headers_complete(self) -> None:
@@ -598,7 +640,11 @@ class FrontConnection(protocol.Protocol):
         target = self._target
         self._method = method
         self._upgrade = upgrade = parser.should_upgrade()
-        self._route = None if upgrade else self.routes.get((method, target.partition(b"?")[0]))
+        if upgrade:
+            self._route = None
+        else:  # (a target without a query is its path: one look-up, no partition)
+            routes = self.routes
+            self._route = routes.get((method, target)) or routes.get((method, target.partition(b"?")[0]))
         expect = read.get(b"expect")
         if expect is not None and self._version is HTTP11 and expect.lower() == b"100-continue":
             self._queue(_Slot(_CONTINUE, KEEP))
@@ -615,8 +661,8 @@ class FrontConnection(protocol.Protocol):
         self._body.append(data)
 
     def on_message_complete(self) -> None:
-        self.idle_since = self.started or 0.0
         self.started = None
+        self._active = True
         version = self._version
         read = self._read
         connection = read.get(b"connection")
@@ -626,7 +672,28 @@ class FrontConnection(protocol.Protocol):
         body = body_parts[0] if len(body_parts) == 1 else b"".join(body_parts)
         route = self._route
         if route is not None:
-            self._answer(route, body, close)
+            # A hot route: its handler runs on the request just received, its answer is queued.
+            path, _, query = self._target.partition(b"?")
+            peer, secure = self._peer, self._secure
+            trusted = self._trusted
+            if trusted:
+                peer, scheme = proxies.resolve(peer, self._fields, trusted)
+                if scheme is not None:
+                    secure = scheme == "https"
+            call = Call(self._method, path, query, read.get(b"authorization", b""), body, peer, secure)
+            result = self.handlers.answer(route, call)
+            if isinstance(result, Answer):
+                site = self.site
+                site.on_request(path, result.status)
+                data = encode_answer(result, version, close, site.closing)
+                if not self._pending:  # the usual case: answered at once, nothing before it
+                    self._out.append(data)
+                    if close:
+                        self._lose = CLOSE
+                else:
+                    self._pending.append(_Slot(data, CLOSE if close else KEEP))
+            else:
+                self._await(result, call, close, version, path)
         else:
             framed = self._chunked or b"content-length" in read
             request = encode_request(self._method, self._target, version, self._fields, body, framed, close)
@@ -643,29 +710,8 @@ class FrontConnection(protocol.Protocol):
 
     # -- answering -----------------------------------------------------------------------------
 
-    def _answer(self, route: Route, body: bytes, close: bool) -> None:
-        """Run a hot route's handler on the request just received; queue its answer."""
-        target = self._target
-        path, _, query = target.partition(b"?")
-        peer, secure = self._peer, self._secure
-        trusted = self._trusted
-        if trusted:
-            peer, scheme = proxies.resolve(peer, self._fields, trusted)
-            if scheme is not None:
-                secure = scheme == "https"
-        call = Call(self._method, path, query, self._read.get(b"authorization", b""), body, peer, secure)
-        result = self.handlers.answer(route, call)
-        version = self._version
-        if isinstance(result, Answer):
-            self.site.on_request(path, result.status)
-            data = encode_answer(result, version, close, self.site.closing)
-            if not self._pending:  # the usual case: answered at once, nothing before it
-                self._out.append(data)
-                if close:
-                    self._lose = CLOSE
-            else:
-                self._pending.append(_Slot(data, CLOSE if close else KEEP))
-            return
+    def _await(self, result: Deferred[Answer], call: Call, close: bool, version: bytes, path: bytes) -> None:
+        """A hot route's answer that comes later: its place in the queue is kept."""
         slot = _Slot(None, CLOSE if close else KEEP)
         self._queue(slot)
         result.addErrback(lambda failure: error_answer(failure.value, call)).addCallback(self._answered, slot, version, path)
@@ -817,17 +863,22 @@ class FrontConnection(protocol.Protocol):
 
     def tick(self, now: float, request_timeout: float, idle_timeout: float | None) -> None:
         """408 for a request over ``request_timeout``; close a connection idle over ``idle_timeout``."""
+        swept, self._swept = self._swept, now
         started = self.started
         if started is not None:
             if now - started > request_timeout and self.state in (IDLE, HEAD, BODY):
                 self._refuse(408, b"Request Timeout", "request_timeout", "the request was not received in time")
                 self._advance()
                 self._flush()
-        elif idle_timeout is not None and self.state is IDLE and not self._pending and now - self.idle_since > idle_timeout:
-            self.log.info("closing an idle connection from {peer}", peer=self._peer)
-            self._to(CLOSING)
-            assert self._transport is not None
-            self._transport.loseConnection()
+        elif idle_timeout is not None and self.state is IDLE and not self._pending:
+            if self._active:  # a request was completed since the last sweep: idle from that sweep on
+                self._active = False
+                self.idle_since = swept
+            elif now - self.idle_since > idle_timeout:
+                self.log.info("closing an idle connection from {peer}", peer=self._peer)
+                self._to(CLOSING)
+                assert self._transport is not None
+                self._transport.loseConnection()
 
     # -- for the graceful drain and the restart handoff ------------------------------------------
 

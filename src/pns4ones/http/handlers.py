@@ -120,21 +120,17 @@ _STORED_FIELD: Final = b"%s: %s\r\n" % _STORED_HEADER
 def sent_answer(delivery: Delivery) -> Answer:
     """
     The answer of ``/sendmessage``: the body of :func:`_sent_body` and its
-    headers (each send's own: it carries the id), with their wire form made
-    at once (:attr:`Answer.fields`: one format rather than one per field).
+    headers (each send's own: it carries the id) made in their wire form
+    (:attr:`Answer.fields`: one format rather than one per field; the pairs
+    are read from it only if asked for).
     """
     sessions, users, message_id = b"%d" % delivery.sessions, b"%d" % delivery.users, b"%d" % delivery.message_id
     if delivery.stored:
-        headers = ((_SESSIONS, sessions), (_USERS, users), (_ID, message_id), _STORED_HEADER, *JSON_HEADERS)
-        fields = _SENT_FIELDS % (sessions, users, message_id, _STORED_FIELD)
-        return Answer(200, headers, _sent_body(delivery), fields)
+        return Answer(200, None, _sent_body(delivery), _SENT_FIELDS % (sessions, users, message_id, _STORED_FIELD))
     if delivery.dropped:  # (only ever with stored; kept for the body's shape)
-        headers = ((_SESSIONS, sessions), (_USERS, users), (_ID, message_id), *JSON_HEADERS)
-        return Answer(200, headers, _sent_body(delivery), _SENT_FIELDS % (sessions, users, message_id, b""))
+        return Answer(200, None, _sent_body(delivery), _SENT_FIELDS % (sessions, users, message_id, b""))
     # The usual send (not kept): the body from the same digits as the fields.
-    headers = ((_SESSIONS, sessions), (_USERS, users), (_ID, message_id), *JSON_HEADERS)
-    fields = _SENT_FIELDS % (sessions, users, message_id, b"")
-    return Answer(200, headers, _LIVE_BODY % (sessions, users, message_id), fields)
+    return Answer(200, None, _LIVE_BODY % (sessions, users, message_id), _SENT_FIELDS % (sessions, users, message_id, b""))
 
 
 class _Batch:
@@ -187,7 +183,7 @@ class Handlers:
     def answer(self, route: Route, call: Call, *segments: str) -> Answer | Deferred[Answer]:
         """Run ``route``; whatever it raises or fails with is answered by :meth:`error`."""
         try:
-            result = route(call, *segments)
+            result = route(call, *segments) if segments else route(call)  # (the hot routes take no segments: a plain call)
         except Exception as e:
             return self.error(e, call)
         if isinstance(result, Answer):
