@@ -376,7 +376,7 @@ class InstalledRoot(TestCase):
 
 
 class InstallTests(InstalledRoot):
-    """``scripts/install --root DIR --no-start``: files, modes, the unit, a reinstall, refused upgrades, uninstall."""
+    """``scripts/install --root DIR --no-start``: files, modes, the unit, a reinstall, a refused upgrade, uninstall."""
 
     def test_user_directories_and_modes(self) -> None:
         """A system user with no login; /etc/pns4ones and /var/lib/pns4ones 0700 and the INI 0600, all the user's; code root-owned and readable."""
@@ -523,19 +523,6 @@ class InstallTests(InstalledRoot):
         self.assertEqual(sum(line.startswith("pns4ones:") for line in (self.root / "etc/passwd").read_text().splitlines()), 1)
         self.assertIn("kept", run(self.bin / "pns4ones-admin", "--data-dir", self.var, "list").stdout)
 
-    def test_upgrade_refuses_to_overwrite_data_in_var_lib(self) -> None:
-        """A store in both /etc/pns4ones and /var/lib/pns4ones: the install stops, names both, and changes nothing."""
-        copy = self.old_layout("both-stores")
-        etc, var = copy / "etc/pns4ones", copy / "var/lib/pns4ones"
-        var.mkdir(parents=True)
-        (var / "pns4ones.db").write_text("another store\n")
-        before = (self.snapshot(etc), self.snapshot(var), os.readlink(copy / "opt/pns4ones/venv"))
-        result = run("bash", INSTALL, "--root", copy, "--wheel", built_wheel(), "--no-start", check=False, env=env(LANG="C.UTF-8"))
-        self.assertEqual(result.returncode, 1)
-        self.assertIn(f"{etc}/pns4ones.db and {var}/pns4ones.db both exist", result.stderr)
-        self.assertIn("Nothing was changed", result.stderr)
-        self.assertEqual((self.snapshot(etc), self.snapshot(var), os.readlink(copy / "opt/pns4ones/venv")), before)
-
     def test_upgrade_refused_when_new_code_rejects_the_configuration(self) -> None:
         """An install over a configuration the new code refuses stops with the reason and changes nothing."""
         copy = Path(self.tmp.name) / "refused"
@@ -584,7 +571,7 @@ class InstallTests(InstalledRoot):
 
 
 class UpgradeTests(InstalledRoot):
-    """An upgrade over an install that kept its data in /etc/pns4ones (or chose its own data_dir)."""
+    """An upgrade over an install that kept its data in /etc/pns4ones (or in both places, or chose its own data_dir)."""
 
     def test_upgrade_moves_the_data_from_etc_once(self) -> None:
         """An upgrade of an install that kept its data in /etc/pns4ones moves it to /var/lib/pns4ones (owners, modes and bytes kept), changes only the INI's data_dir line, leaves configuration files; a second install moves nothing."""
@@ -640,3 +627,16 @@ class UpgradeTests(InstalledRoot):
         output = run("bash", INSTALL, "--root", copy, "--wheel", built_wheel(), "--no-start", env=env(LANG="C.UTF-8")).stdout
         self.assertEqual(self.snapshot(etc), before)
         self.assertNotIn("moved from", output)
+
+    def test_upgrade_refuses_to_overwrite_data_in_var_lib(self) -> None:
+        """A store in both /etc/pns4ones and /var/lib/pns4ones: the install stops, names both, and changes nothing."""
+        copy = self.old_layout("both-stores")
+        etc, var = copy / "etc/pns4ones", copy / "var/lib/pns4ones"
+        var.mkdir(parents=True)
+        (var / "pns4ones.db").write_text("another store\n")
+        before = (self.snapshot(etc), self.snapshot(var), os.readlink(copy / "opt/pns4ones/venv"))
+        result = run("bash", INSTALL, "--root", copy, "--wheel", built_wheel(), "--no-start", check=False, env=env(LANG="C.UTF-8"))
+        self.assertEqual(result.returncode, 1)
+        self.assertIn(f"{etc}/pns4ones.db and {var}/pns4ones.db both exist", result.stderr)
+        self.assertIn("Nothing was changed", result.stderr)
+        self.assertEqual((self.snapshot(etc), self.snapshot(var), os.readlink(copy / "opt/pns4ones/venv")), before)
