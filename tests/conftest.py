@@ -62,7 +62,28 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+#: The modules whose classes take longest (installs into fresh virtual environments,
+#: Chromium, handoffs, PostgreSQL), longest first. They run first: pytest-xdist
+#: (``--dist loadscope --no-loadscope-reorder``, as scripts/test runs it) hands the
+#: classes out in collection order, and a class of minutes handed out last would run
+#: alone at the end while the other workers wait.
+LONGEST_FIRST = (
+    "test_install.py",
+    "test_admin_panel.py",
+    "test_handoff.py",
+    "test_docs.py",
+    "test_postgres.py",
+    "test_soak.py",
+    "test_http_differential.py",
+    "test_trace_process.py",
+    "test_reliability.py",
+    "test_redis_hub.py",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if starts_processes(item):
             item.add_marker(pytest.mark.process)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the order within a module stays

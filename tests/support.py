@@ -31,11 +31,23 @@ _PORTS = (20000, 32700)
 _handed_out: set[int] = set()
 
 
+def _worker_ports() -> tuple[int, int]:
+    """This process's share of :data:`_PORTS`: under pytest-xdist each worker draws from its own slice, so two workers never pick the same port."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 1):
+        return _PORTS
+    index, total = int(worker[2:]), int(count)
+    width = (_PORTS[1] - _PORTS[0] + 1) // total
+    low = _PORTS[0] + index * width
+    return low, low + width - 1
+
+
 def free_port() -> int:
     import random
 
+    ports = _worker_ports()
     for _ in range(1000):
-        port = random.randint(*_PORTS)
+        port = random.randint(*ports)
         if port in _handed_out:
             continue
         with socket.socket() as s:
@@ -45,7 +57,7 @@ def free_port() -> int:
                 continue
         _handed_out.add(port)
         return port
-    raise AssertionError(f"no free loopback port in {_PORTS}")
+    raise AssertionError(f"no free loopback port in {ports}")
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> Any:

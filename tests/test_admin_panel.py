@@ -112,8 +112,11 @@ SERVER_ARGS = {
 
 
 @pytest.mark.browser
-class PanelBrowserTests(SynchronousTestCase):
-    """Pages in Chromium: first run, applications and their 1C settings, test messages, groups, kept messages, status, audit."""
+class PanelBrowser(SynchronousTestCase):
+    """
+    A fresh service and a fresh Chromium for each test, and the helpers that drive the
+    panel's pages. The tests are in two classes that pytest-xdist runs side by side.
+    """
 
     def setUp(self) -> None:
         self.server = ServerProcess(args=SERVER_ARGS.get(self._testMethodName, []))
@@ -296,6 +299,11 @@ class PanelBrowserTests(SynchronousTestCase):
         self.fill_in("#send-form", ib=ib, target=target, title=title, body=body, ttl=ttl)
         self.Select(self.css('#send-form select[name="type"]')).select_by_value(kind)
         self.submit("#send-form button.send-button")
+
+
+@pytest.mark.browser
+class PanelBrowserTests(PanelBrowser):
+    """Pages in Chromium: first run, login, password, language, cross-site posts, applications and their 1C settings."""
 
     # -- first run, login, password, language -----------------------------------------------------
 
@@ -612,6 +620,13 @@ class PanelBrowserTests(SynchronousTestCase):
         self.assertIn("не имя хоста", self.text("#host-error"))
         self.assertEqual(self.text("#set-send-address"), f"localhost:{api}")
         self.assertIsNone(self._alert_or_none())
+
+
+@pytest.mark.browser
+class PanelBrowserLiveTests(PanelBrowser):
+    """Pages in Chromium: live counts and test messages, groups, kept messages, hostile text, status, audit, online."""
+
+    # -- live counts, groups, kept messages ----------------------------------------------------------
 
     def test_live_counts_and_test_message(self) -> None:
         """Add-in, WebSocket and SSE subscribers show live by transport and base; a test message reaches them, its result in view, counted as a send."""

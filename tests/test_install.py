@@ -297,8 +297,12 @@ def _need_root_install() -> None:
     require("python3-venv", "useradd", "setpriv")
 
 
-class InstallTests(TestCase):
-    """``scripts/install --root DIR --no-start``: files, modes, the unit, upgrades."""
+class InstalledRoot(TestCase):
+    """
+    ``scripts/install --root DIR --no-start`` once per class, into a throwaway root of
+    the class's own: the installs are slow, and two classes with a root each run side by
+    side in pytest-xdist workers.
+    """
 
     tmp: tempfile.TemporaryDirectory[str]
     root: Path
@@ -327,6 +331,52 @@ class InstallTests(TestCase):
     @classmethod
     def tearDownClass(cls) -> None:
         cls.tmp.cleanup()
+
+    def old_layout(self, name: str, data_dir: str = "/etc/pns4ones") -> Path:
+        """
+        A copy of the installed root as an install from before /var/lib/pns4ones:
+        the INI says ``data_dir = /etc/pns4ones`` and the store, admin.json and a
+        control file are there, beside TLS files and a password file the INI names.
+        """
+        copy = Path(self.tmp.name) / name
+        shutil.copytree(self.root, copy, symlinks=True, ignore=lambda d, names: names if Path(d).parent.name == "releases" else [])
+        self.addCleanup(shutil.rmtree, copy, True)
+        shutil.rmtree(copy / "var/lib/pns4ones")
+        etc = copy / "etc/pns4ones"
+        for path in [etc, *etc.rglob("*")]:  # as the old installer left it: all the service user's (copytree made it root's)
+            os.chown(path, self.uid, self.gid, follow_symlinks=False)
+        ini = etc / "pns4ones.ini"
+        text = ini.read_text().replace("data_dir = /var/lib/pns4ones", f"data_dir = {data_dir}")
+        ini.write_text(text + "; an operator's note\nstore_password_file = /etc/pns4ones/pgpass\n")
+        run(self.bin / "pns4ones-admin", "--data-dir", etc, "create", "from the old layout")
+        for relative, mode in (
+            ("admin.json", 0o600),
+            ("restart.json", 0o644),
+            ("pgpass", 0o600),
+            ("push.key", 0o600),
+            ("tls/fullchain.pem", 0o644),
+        ):
+            path = etc / relative
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(f"{relative}\n")
+            os.chmod(path, mode)
+            os.chown(path, self.uid, self.gid)
+        os.chmod(etc / "pns4ones.db", 0o640)
+        return copy
+
+    @staticmethod
+    def snapshot(directory: Path) -> dict[str, tuple[int, int, int, bytes]]:
+        """Every file under ``directory``: mode, owner, group, bytes."""
+        out = {}
+        for path in sorted(directory.rglob("*")):
+            if path.is_file():
+                st = path.stat()
+                out[str(path.relative_to(directory))] = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, path.read_bytes())
+        return out
+
+
+class InstallTests(InstalledRoot):
+    """``scripts/install --root DIR --no-start``: files, modes, the unit, a reinstall, a refused upgrade, uninstall."""
 
     def test_user_directories_and_modes(self) -> None:
         """A system user with no login; /etc/pns4ones and /var/lib/pns4ones 0700 and the INI 0600, all the user's; code root-owned and readable."""
@@ -473,47 +523,55 @@ class InstallTests(TestCase):
         self.assertEqual(sum(line.startswith("pns4ones:") for line in (self.root / "etc/passwd").read_text().splitlines()), 1)
         self.assertIn("kept", run(self.bin / "pns4ones-admin", "--data-dir", self.var, "list").stdout)
 
-    def old_layout(self, name: str, data_dir: str = "/etc/pns4ones") -> Path:
-        """
-        A copy of the installed root as an install from before /var/lib/pns4ones:
-        the INI says ``data_dir = /etc/pns4ones`` and the store, admin.json and a
-        control file are there, beside TLS files and a password file the INI names.
-        """
-        copy = Path(self.tmp.name) / name
+    def test_upgrade_refused_when_new_code_rejects_the_configuration(self) -> None:
+        """An install over a configuration the new code refuses stops with the reason and changes nothing."""
+        copy = Path(self.tmp.name) / "refused"
         shutil.copytree(self.root, copy, symlinks=True, ignore=lambda d, names: names if Path(d).parent.name == "releases" else [])
         self.addCleanup(shutil.rmtree, copy, True)
-        shutil.rmtree(copy / "var/lib/pns4ones")
-        etc = copy / "etc/pns4ones"
-        for path in [etc, *etc.rglob("*")]:  # as the old installer left it: all the service user's (copytree made it root's)
-            os.chown(path, self.uid, self.gid, follow_symlinks=False)
-        ini = etc / "pns4ones.ini"
-        text = ini.read_text().replace("data_dir = /var/lib/pns4ones", f"data_dir = {data_dir}")
-        ini.write_text(text + "; an operator's note\nstore_password_file = /etc/pns4ones/pgpass\n")
-        run(self.bin / "pns4ones-admin", "--data-dir", etc, "create", "from the old layout")
-        for relative, mode in (
-            ("admin.json", 0o600),
-            ("restart.json", 0o644),
-            ("pgpass", 0o600),
-            ("push.key", 0o600),
-            ("tls/fullchain.pem", 0o644),
-        ):
-            path = etc / relative
-            path.parent.mkdir(exist_ok=True)
-            path.write_text(f"{relative}\n")
-            os.chmod(path, mode)
-            os.chown(path, self.uid, self.gid)
-        os.chmod(etc / "pns4ones.db", 0o640)
-        return copy
+        ini = copy / "etc/pns4ones/pns4ones.ini"
+        ini.write_text(ini.read_text() + "service = 192.168.10.0\n")
+        before = {p.name: p.read_bytes() for p in ini.parent.iterdir()}
+        releases = sorted(p.name for p in (copy / "opt/pns4ones/releases").iterdir())
+        current = os.readlink(copy / "opt/pns4ones/venv")
+        result = run("bash", INSTALL, "--root", copy, "--wheel", built_wheel(), "--no-start", check=False)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("refuses", result.stderr)
+        self.assertIn("service_allow=192.168.10.0/24", result.stderr)
+        self.assertIn("Nothing was changed", result.stderr)
+        self.assertEqual({p.name: p.read_bytes() for p in ini.parent.iterdir()}, before)
+        self.assertEqual(sorted(p.name for p in (copy / "opt/pns4ones/releases").iterdir()), releases)
+        self.assertEqual(os.readlink(copy / "opt/pns4ones/venv"), current)
 
-    @staticmethod
-    def snapshot(directory: Path) -> dict[str, tuple[int, int, int, bytes]]:
-        """Every file under ``directory``: mode, owner, group, bytes."""
-        out = {}
-        for path in sorted(directory.rglob("*")):
-            if path.is_file():
-                st = path.stat()
-                out[str(path.relative_to(directory))] = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, path.read_bytes())
-        return out
+    def test_uninstall_keeps_data_unless_purge(self) -> None:
+        """uninstall removes unit, code and admin link but keeps /etc/pns4ones, /var/lib/pns4ones and the user; --purge removes those too."""
+        copy = Path(self.tmp.name) / "copy"
+        # The code's files do not matter to uninstall: copy the tree without them.
+        shutil.copytree(self.root, copy, symlinks=True, ignore=lambda d, names: names if Path(d).parent.name == "releases" else [])
+        self.addCleanup(shutil.rmtree, copy, True)
+        run(self.bin / "pns4ones-admin", "--data-dir", copy / "var/lib/pns4ones", "create", "to keep")
+        kept = ("etc/pns4ones", "var/lib/pns4ones")
+        before = {p: p.read_bytes() for d in kept for p in (copy / d).iterdir()}
+        self.assertIn(copy / "var/lib/pns4ones/pns4ones.db", before)
+        output = run("bash", UNINSTALL, "--root", copy).stdout
+        self.assertIn("Kept /etc/pns4ones (configuration), /var/lib/pns4ones (data)", output)
+        for gone in (
+            "etc/systemd/system/pns4ones.service",
+            "etc/systemd/system/multi-user.target.wants/pns4ones.service",
+            "opt/pns4ones",
+            "usr/local/bin/pns4ones-admin",
+        ):
+            self.assertFalse(os.path.lexists(copy / gone), gone)
+        self.assertEqual({p: p.read_bytes() for d in kept for p in (copy / d).iterdir()}, before)
+        self.assertIn("pns4ones:", (copy / "etc/passwd").read_text())
+        run("bash", UNINSTALL, "--root", copy, "--purge")
+        self.assertFalse((copy / "etc/pns4ones").exists())
+        self.assertFalse((copy / "var/lib/pns4ones").exists())
+        self.assertNotIn("pns4ones:", (copy / "etc/passwd").read_text())
+        self.assertNotIn("pns4ones:", (copy / "etc/group").read_text())
+
+
+class UpgradeTests(InstalledRoot):
+    """An upgrade over an install that kept its data in /etc/pns4ones (or in both places, or chose its own data_dir)."""
 
     def test_upgrade_moves_the_data_from_etc_once(self) -> None:
         """An upgrade of an install that kept its data in /etc/pns4ones moves it to /var/lib/pns4ones (owners, modes and bytes kept), changes only the INI's data_dir line, leaves configuration files; a second install moves nothing."""
@@ -561,6 +619,15 @@ class InstallTests(TestCase):
         self.assertEqual(after, text.replace('data-dir = "/etc/pns4ones/"\r\n', 'data-dir = "/var/lib/pns4ones"\r\n'))
         self.assertTrue((copy / "var/lib/pns4ones/pns4ones.db").is_file())
 
+    def test_upgrade_leaves_an_operators_own_data_dir(self) -> None:
+        """An INI naming its own data_dir (not /etc/pns4ones): the install moves nothing and keeps the INI byte for byte."""
+        copy = self.old_layout("own-data-dir", data_dir="/srv/pns4ones")
+        etc = copy / "etc/pns4ones"
+        before = self.snapshot(etc)
+        output = run("bash", INSTALL, "--root", copy, "--wheel", built_wheel(), "--no-start", env=env(LANG="C.UTF-8")).stdout
+        self.assertEqual(self.snapshot(etc), before)
+        self.assertNotIn("moved from", output)
+
     def test_upgrade_refuses_to_overwrite_data_in_var_lib(self) -> None:
         """A store in both /etc/pns4ones and /var/lib/pns4ones: the install stops, names both, and changes nothing."""
         copy = self.old_layout("both-stores")
@@ -573,58 +640,3 @@ class InstallTests(TestCase):
         self.assertIn(f"{etc}/pns4ones.db and {var}/pns4ones.db both exist", result.stderr)
         self.assertIn("Nothing was changed", result.stderr)
         self.assertEqual((self.snapshot(etc), self.snapshot(var), os.readlink(copy / "opt/pns4ones/venv")), before)
-
-    def test_upgrade_leaves_an_operators_own_data_dir(self) -> None:
-        """An INI naming its own data_dir (not /etc/pns4ones): the install moves nothing and keeps the INI byte for byte."""
-        copy = self.old_layout("own-data-dir", data_dir="/srv/pns4ones")
-        etc = copy / "etc/pns4ones"
-        before = self.snapshot(etc)
-        output = run("bash", INSTALL, "--root", copy, "--wheel", built_wheel(), "--no-start", env=env(LANG="C.UTF-8")).stdout
-        self.assertEqual(self.snapshot(etc), before)
-        self.assertNotIn("moved from", output)
-
-    def test_upgrade_refused_when_new_code_rejects_the_configuration(self) -> None:
-        """An install over a configuration the new code refuses stops with the reason and changes nothing."""
-        copy = Path(self.tmp.name) / "refused"
-        shutil.copytree(self.root, copy, symlinks=True, ignore=lambda d, names: names if Path(d).parent.name == "releases" else [])
-        self.addCleanup(shutil.rmtree, copy, True)
-        ini = copy / "etc/pns4ones/pns4ones.ini"
-        ini.write_text(ini.read_text() + "service = 192.168.10.0\n")
-        before = {p.name: p.read_bytes() for p in ini.parent.iterdir()}
-        releases = sorted(p.name for p in (copy / "opt/pns4ones/releases").iterdir())
-        current = os.readlink(copy / "opt/pns4ones/venv")
-        result = run("bash", INSTALL, "--root", copy, "--wheel", built_wheel(), "--no-start", check=False)
-        self.assertEqual(result.returncode, 1)
-        self.assertIn("refuses", result.stderr)
-        self.assertIn("service_allow=192.168.10.0/24", result.stderr)
-        self.assertIn("Nothing was changed", result.stderr)
-        self.assertEqual({p.name: p.read_bytes() for p in ini.parent.iterdir()}, before)
-        self.assertEqual(sorted(p.name for p in (copy / "opt/pns4ones/releases").iterdir()), releases)
-        self.assertEqual(os.readlink(copy / "opt/pns4ones/venv"), current)
-
-    def test_uninstall_keeps_data_unless_purge(self) -> None:
-        """uninstall removes unit, code and admin link but keeps /etc/pns4ones, /var/lib/pns4ones and the user; --purge removes those too."""
-        copy = Path(self.tmp.name) / "copy"
-        # The code's files do not matter to uninstall: copy the tree without them.
-        shutil.copytree(self.root, copy, symlinks=True, ignore=lambda d, names: names if Path(d).parent.name == "releases" else [])
-        self.addCleanup(shutil.rmtree, copy, True)
-        run(self.bin / "pns4ones-admin", "--data-dir", copy / "var/lib/pns4ones", "create", "to keep")
-        kept = ("etc/pns4ones", "var/lib/pns4ones")
-        before = {p: p.read_bytes() for d in kept for p in (copy / d).iterdir()}
-        self.assertIn(copy / "var/lib/pns4ones/pns4ones.db", before)
-        output = run("bash", UNINSTALL, "--root", copy).stdout
-        self.assertIn("Kept /etc/pns4ones (configuration), /var/lib/pns4ones (data)", output)
-        for gone in (
-            "etc/systemd/system/pns4ones.service",
-            "etc/systemd/system/multi-user.target.wants/pns4ones.service",
-            "opt/pns4ones",
-            "usr/local/bin/pns4ones-admin",
-        ):
-            self.assertFalse(os.path.lexists(copy / gone), gone)
-        self.assertEqual({p: p.read_bytes() for d in kept for p in (copy / d).iterdir()}, before)
-        self.assertIn("pns4ones:", (copy / "etc/passwd").read_text())
-        run("bash", UNINSTALL, "--root", copy, "--purge")
-        self.assertFalse((copy / "etc/pns4ones").exists())
-        self.assertFalse((copy / "var/lib/pns4ones").exists())
-        self.assertNotIn("pns4ones:", (copy / "etc/passwd").read_text())
-        self.assertNotIn("pns4ones:", (copy / "etc/group").read_text())
