@@ -627,9 +627,9 @@ class FrontConnection(protocol.Protocol):
                 )
                 raise _Stop()
             self._version = served
-        coding = read.get(b"transfer-encoding")
-        self._chunked = coding is not None
-        if coding is not None and coding.strip().lower() != b"chunked":
+        # (the fields a request seldom has tested with ``in``: no call when they are absent)
+        self._chunked = chunked = b"transfer-encoding" in read
+        if chunked and read[b"transfer-encoding"].strip().lower() != b"chunked":
             self._refuse(501, b"Not Implemented", "not_implemented", "the only transfer coding served is chunked")
             raise _Stop()
         length = read.get(b"content-length")
@@ -645,8 +645,7 @@ class FrontConnection(protocol.Protocol):
         else:  # (a target without a query is its path: one look-up, no partition)
             routes = self.routes
             self._route = routes.get((method, target)) or routes.get((method, target.partition(b"?")[0]))
-        expect = read.get(b"expect")
-        if expect is not None and self._version is HTTP11 and expect.lower() == b"100-continue":
+        if b"expect" in read and self._version is HTTP11 and read[b"expect"].lower() == b"100-continue":
             self._queue(_Slot(_CONTINUE, KEEP))
         self._to(BODY)
         self._head_done = True
@@ -665,8 +664,7 @@ class FrontConnection(protocol.Protocol):
         self._active = True
         version = self._version
         read = self._read
-        connection = read.get(b"connection")
-        kept = (version is HTTP11 and connection is None) or keep_alive(version, connection)  # (the common case first)
+        kept = (version is HTTP11 and b"connection" not in read) or keep_alive(version, read.get(b"connection"))  # (the common case first)
         close = self.site.closing or not self.persistent or not kept
         body_parts = self._body
         body = body_parts[0] if len(body_parts) == 1 else b"".join(body_parts)
