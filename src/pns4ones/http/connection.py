@@ -651,8 +651,9 @@ class FrontConnection(protocol.Protocol):
         self._head_done = True
 
     def on_body(self, data: bytes) -> None:
-        size = self._size + len(data)
-        self._body_total += len(data)
+        n = len(data)
+        size = self._size + n
+        self._body_total += n
         if size > self.max_body:
             self._refuse(413, b"Payload Too Large", "payload_too_large", f"request body over {self.max_body} bytes", size)
             raise _Stop()
