@@ -667,8 +667,7 @@ class FrontConnection(protocol.Protocol):
         read = self._read
         kept = (version is HTTP11 and b"connection" not in read) or keep_alive(version, read.get(b"connection"))  # (the common case first)
         close = self.site.closing or not self.persistent or not kept
-        body_parts = self._body
-        body = body_parts[0] if len(body_parts) == 1 else b"".join(body_parts)
+        body = b"".join(self._body)  # (one part: that part itself, not a copy)
         route = self._route
         if route is not None:
             # A hot route: its handler runs on the request just received, its answer is queued.
@@ -805,7 +804,7 @@ class FrontConnection(protocol.Protocol):
             return
         out = self._out
         if out:
-            data = out[0] if len(out) == 1 else b"".join(out)
+            data = b"".join(out)  # (one answer: that answer itself, not a copy)
             out.clear()
             # Plain TCP with nothing queued: one send() now, rather than queueing
             # and two epoll changes around a later doWrite (see transports/addin.py).
