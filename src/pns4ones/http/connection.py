@@ -627,9 +627,9 @@ class FrontConnection(protocol.Protocol):
                 )
                 raise _Stop()
             self._version = served
-        coding = read.get(b"transfer-encoding")
-        self._chunked = coding is not None
-        if coding is not None and coding.strip().lower() != b"chunked":
+        # (the fields a request seldom has tested with ``in``: no call when they are absent)
+        self._chunked = chunked = b"transfer-encoding" in read
+        if chunked and read[b"transfer-encoding"].strip().lower() != b"chunked":
             self._refuse(501, b"Not Implemented", "not_implemented", "the only transfer coding served is chunked")
             raise _Stop()
         length = read.get(b"content-length")
@@ -645,15 +645,15 @@ class FrontConnection(protocol.Protocol):
         else:  # (a target without a query is its path: one look-up, no partition)
             routes = self.routes
             self._route = routes.get((method, target)) or routes.get((method, target.partition(b"?")[0]))
-        expect = read.get(b"expect")
-        if expect is not None and self._version is HTTP11 and expect.lower() == b"100-continue":
+        if b"expect" in read and self._version is HTTP11 and read[b"expect"].lower() == b"100-continue":
             self._queue(_Slot(_CONTINUE, KEEP))
         self._to(BODY)
         self._head_done = True
 
     def on_body(self, data: bytes) -> None:
-        size = self._size + len(data)
-        self._body_total += len(data)
+        n = len(data)
+        size = self._size + n
+        self._body_total += n
         if size > self.max_body:
             self._refuse(413, b"Payload Too Large", "payload_too_large", f"request body over {self.max_body} bytes", size)
             raise _Stop()
@@ -665,11 +665,9 @@ class FrontConnection(protocol.Protocol):
         self._active = True
         version = self._version
         read = self._read
-        connection = read.get(b"connection")
-        kept = (version is HTTP11 and connection is None) or keep_alive(version, connection)  # (the common case first)
+        kept = (version is HTTP11 and b"connection" not in read) or keep_alive(version, read.get(b"connection"))  # (the common case first)
         close = self.site.closing or not self.persistent or not kept
-        body_parts = self._body
-        body = body_parts[0] if len(body_parts) == 1 else b"".join(body_parts)
+        body = b"".join(self._body)  # (one part: that part itself, not a copy)
         route = self._route
         if route is not None:
             # A hot route: its handler runs on the request just received, its answer is queued.
@@ -806,7 +804,7 @@ class FrontConnection(protocol.Protocol):
             return
         out = self._out
         if out:
-            data = out[0] if len(out) == 1 else b"".join(out)
+            data = b"".join(out)  # (one answer: that answer itself, not a copy)
             out.clear()
             # Plain TCP with nothing queued: one send() now, rather than queueing
             # and two epoll changes around a later doWrite (see transports/addin.py).
