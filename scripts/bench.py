@@ -6,6 +6,10 @@ Benchmark pns4ones against nchan and Mosquitto on the shared harness
     scripts/bench              the full matrix, 3 runs per point (about 30 minutes)
     scripts/bench --quick      a smoke run: N = 1,000, 1 run per point (a few minutes)
     scripts/bench --table      only print the table of what --results-dir holds
+    scripts/bench --interleave 3 --scenario unicast --concurrency 16
+                               one run of each server in turn, 3 rounds: on a shared
+                               machine whose speed drifts from minute to minute, each
+                               round compares servers measured within a minute or two
 
 Beside nchan and Mosquitto, the table has a "floor" column: scripts/floor.py,
 the smallest correct server for this job that Python on Twisted allows (a plain
@@ -26,10 +30,12 @@ import json
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PNS4ONES_SHARED", ROOT.parent / "shared"))
@@ -138,6 +144,61 @@ def table(results: Path) -> str:
     return "\n".join(lines)
 
 
+def run_cpu_us(run_doc: dict[str, Any]) -> float:
+    """The server process tree's CPU time per accepted send, in µs (what holds when other work takes part of a core)."""
+    return float(run_doc["server_cpu_pct"]) / 100 * float(run_doc["duration_s"]) / max(int(run_doc["accepted"]), 1) * 1e6
+
+
+def interleaved(results: Path, rounds: int, peers: list[str], common: list[str], server_args: str) -> str:
+    """Each round runs every server once (ours first, then the peers), each round in its own directory; a table of medians."""
+    for k in range(1, rounds + 1):
+        where = results / f"round-{k}"
+        run_ours(where, [*common, "--repeat", "1"], server_args)
+        for peer in peers:
+            if peer == "floor":
+                run_ours(where, [*common, "--repeat", "1"], name="floor", floor=True)
+            else:
+                run([sys.executable, str(BENCH), "run", "--peer", peer, "--results-dir", str(where), *common, "--repeat", "1"])
+    return interleaved_table(results)
+
+
+def interleaved_table(results: Path) -> str:
+    """Per server and point: the median over the rounds of the rate, the CPU per send, p99 and the losses; ratios per round."""
+    names = {"pns4ones": "pns4ones", "floor": "floor", "nchan": "nchan", "mosquitto": "Mosquitto"}
+    cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for where in sorted(results.glob("round-*")):
+        for peer in names:
+            path = where / f"{peer}-unicast.json"
+            if path.exists():
+                for point in json.loads(path.read_text())["points"]:
+                    for one in point["runs"]:
+                        cells.setdefault((peer, f"n={one['n']}, C={one['concurrency']}"), []).append(one)
+    lines = [
+        "| point | server | sends/s (median) | CPU µs per send (median) | p99 ms (median) | lost | runs |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for point in sorted({p for _, p in cells}, key=lambda p: int(p.rpartition("=")[2])):
+        for peer, label in names.items():
+            runs = cells.get((peer, point), [])
+            if runs:
+                rate = statistics.median(r["publishes_per_s"] for r in runs)
+                cpu = statistics.median(run_cpu_us(r) for r in runs)
+                p99 = statistics.median(r["lat_us"]["p99"] for r in runs) / 1000
+                lost = sum(r["lost"] for r in runs)
+                lines.append(f"| {point} | {label} | {rate:,.0f} | {cpu:.1f} | {p99:.2f} | {lost} | {len(runs)} |")
+    lines.append("")
+    lines.append("Ours against each peer, by CPU per send, round by round (peer's µs / ours):")
+    for point in sorted({p for _, p in cells}, key=lambda p: int(p.rpartition("=")[2])):
+        ours_runs = cells.get(("pns4ones", point), [])
+        for peer in ("floor", "nchan", "mosquitto"):
+            theirs = cells.get((peer, point), [])
+            pairs = [run_cpu_us(t) / run_cpu_us(o) for o, t in zip(ours_runs, theirs)]
+            if pairs:
+                shown = ", ".join(f"{x:.2f}" for x in pairs)
+                lines.append(f"- {point}, {names[peer]}: {shown} (median {statistics.median(pairs):.2f})")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="N = 1,000, one run per point, short unicast")
@@ -149,8 +210,12 @@ def main() -> int:
     parser.add_argument("--table", action="store_true", help="only print the table")
     parser.add_argument("--server-args", default="", help="more pns4ones options, e.g. '--http-engine twisted'")
     parser.add_argument("--name", default="pns4ones", help="name of our results (e.g. pns4ones-twisted for a comparison run)")
+    parser.add_argument("--interleave", type=int, default=0, metavar="ROUNDS", help="unicast: one run of each server in turn, ROUNDS times")
     args, extra = parser.parse_known_args()
     results = Path(args.results_dir).resolve()  # (absolute: nginx reads its files relative to its own prefix)
+    if args.table and any(results.glob("round-*")):
+        print(interleaved_table(results))
+        return 0
     if not args.table:
         if not BENCH.exists():
             print(
@@ -166,6 +231,9 @@ def main() -> int:
         if args.quick:
             common += ["--n", "1000", "--repeat", "1", "--duration", "3"]
         common += extra
+        if args.interleave:
+            print(interleaved(results, args.interleave, list(filter(None, args.peers.split(","))), common, args.server_args))
+            return 0
         run_ours(results, common, args.server_args, args.name)
         for peer in filter(None, args.peers.split(",")):
             if peer == "floor":
