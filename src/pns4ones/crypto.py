@@ -68,13 +68,8 @@ class AesCbc:
         return self._cipher.encryptor().update(plaintext + _PADDING[16 - len(plaintext) % 16])
 
 
-def aes_cbc_encrypt(key: bytes, iv: bytes, plaintext: bytes) -> bytes:
-    """AES-256-CBC with PKCS#7 padding (what the add-in decrypts); a hot path keeps an :class:`AesCbc` instead."""
-    return AesCbc(key, iv).encrypt(plaintext)
-
-
 def aes_cbc_decrypt(key: bytes, iv: bytes, ciphertext: bytes) -> bytes:
-    """Inverse of :func:`aes_cbc_encrypt`; raises ``ValueError`` on bad padding."""
+    """Inverse of :meth:`AesCbc.encrypt`; raises ``ValueError`` on bad padding."""
     decryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
     padded = decryptor.update(ciphertext) + decryptor.finalize()
     unpadder = padding.PKCS7(128).unpadder()

@@ -49,8 +49,11 @@ class ClientKey:
 
     key: bytes
     iv: bytes
-    #: Its AES-CBC, built on the first frame (:func:`encode_frame`); not part of the value.
-    _aes: crypto.AesCbc | None = field(default=None, init=False, repr=False, compare=False)
+    #: Its AES-CBC (what :func:`encode_frame` encrypts with); not part of the value.
+    aes: crypto.AesCbc = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "aes", crypto.AesCbc(self.key, self.iv))  # (frozen: set once, as dataclasses do)
 
     def encode(self) -> str:
         """The base64 text an administrator types into 1C."""
@@ -132,11 +135,7 @@ def encode_frame(key: ClientKey, plaintext: bytes) -> bytes:
     """One server-to-client message frame."""
     if not plaintext.startswith(b"{"):
         raise WireError("plaintext", "the add-in requires the plaintext to start with '{'")
-    aes = key._aes
-    if aes is None:
-        aes = crypto.AesCbc(key.key, key.iv)
-        object.__setattr__(key, "_aes", aes)  # (frozen: the value does not change, its AES-CBC is kept)
-    ciphertext = aes.encrypt(plaintext)
+    ciphertext = key.aes.encrypt(plaintext)
     return _FRAME_HEADER.pack(4 + len(ciphertext), len(plaintext)) + ciphertext
 
 
