@@ -10,9 +10,10 @@ a request without a body (``GET /auth``) answers a fixed token, one with a body
 (``POST /sendmessage``) looks the recipient up in a dict, renders the add-in
 JSON once (orjson), encrypts it once (AES-256-CBC with the application's key
 and IV, PKCS#7) and sends the frame to each subscriber and the answer to the
-publisher with one ``send()`` each; the reactor's events are dispatched
-without a log context each (``pns4ones.txinternals.lean_dispatch``, as the
-service does).  No validation, no token check, no metrics, no logs.  It is
+publisher with one ``send()`` each; from a checkout with pns4ones, it writes
+and dispatches the reactor's events as the service does
+(``pns4ones.txinternals.send_now`` and ``lean_dispatch``: no log context per
+event, the sends of one poll's events made together after the last).  No validation, no token check, no metrics, no logs.  It is
 NOT the service: it is the yardstick of what the same language, runtime and
 reactor cost per send (about 4.2 us of Python per send, measured in process).
 
@@ -61,7 +62,7 @@ users: dict[tuple[str, str], list[object]] = {}
 ibs: dict[str, list[object]] = {}
 
 
-def write(transport: object, data: bytes) -> None:
+def plain_write(transport: object, data: bytes) -> None:
     """One send() when nothing is queued (as the service's fast path does), else queue."""
     t = transport
     if not t._tempDataBuffer and len(t.dataBuffer) == t.offset:  # type: ignore[attr-defined]
@@ -75,6 +76,19 @@ def write(transport: object, data: bytes) -> None:
             return
         data = data[sent:]
     t.write(data)  # type: ignore[attr-defined]
+
+
+try:  # from a checkout with pns4ones: the service's own write path (txinternals.send_now), as the service writes
+    from pns4ones.txinternals import lean_dispatch, send_now
+except ImportError:
+    lean_dispatch = None
+    write = plain_write
+else:
+
+    def write(transport: object, data: bytes) -> None:
+        """The service's write path: one send() at the end of the poll's events when nothing is queued, else queue."""
+        if not send_now(transport, data):
+            transport.write(data)  # type: ignore[attr-defined]
 
 
 class Subscriber(protocol.Protocol):
@@ -172,12 +186,8 @@ def main() -> None:
     # As the service: what is built so far out of the cyclic collector's way, young objects collected less often.
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
-    # The epoll reactor's events without a log context each (as the service runs), when this runs from a checkout with pns4ones.
-    try:
-        from pns4ones.txinternals import lean_dispatch
-    except ImportError:
-        pass
-    else:
+    # The epoll reactor's events without a log context each, writes held to the poll's end (as the service runs).
+    if lean_dispatch is not None:
         lean_dispatch(reactor)
     reactor.run()  # type: ignore[attr-defined]
 

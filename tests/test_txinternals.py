@@ -384,6 +384,82 @@ class LeanDispatchProcessTests(SynchronousTestCase):
         self.assertIn("ValueError: boom", out)
         self.assertIn("lost ValueError", out)
 
+    def cork_case(self, writes: str, expect: int | None = None) -> str:
+        """
+        One connection through the lean loop: its first bytes make the server
+        run ``writes`` (Python statements over ``t``, its transport) inside that
+        poll's dispatch, and print what the client could read before the poll
+        ended ("during: ...") and what it read after ("after: ..."): ``expect``
+        bytes, or up to the end of the stream (None), reading in a thread while
+        the reactor runs.
+        """
+        return self.run_script(
+            "import time\n"
+            "from pns4ones.txinternals import send_now, take_output, CORK_LIMIT\n"
+            "client = None\n"
+            "class Server(protocol.Protocol):\n"
+            "    def dataReceived(self, data):\n"
+            "        t = self.transport\n" + "".join(f"        {line}\n" for line in writes.splitlines()) + "        time.sleep(0.05)\n"
+            "        try:\n"
+            "            seen = len(client.recv(1 << 20, socket.MSG_DONTWAIT | socket.MSG_PEEK))\n"
+            "        except BlockingIOError:\n"
+            "            seen = 0\n"
+            "        print('during:', seen)\n"
+            "        reactor.callInThread(finish)\n"
+            "def finish():\n"
+            "    client.settimeout(2)\n"
+            "    got = b''\n"
+            "    try:\n"
+            f"        while {expect!r} is None or len(got) < {expect!r}:\n"
+            "            part = client.recv(1 << 20)\n"
+            "            if not part:\n"
+            "                break\n"
+            "            got += part\n"
+            "    except socket.timeout:\n"
+            "        pass\n"
+            "    print('after:', got[:40], len(got))\n"
+            "    reactor.callFromThread(reactor.stop)\n"
+            "port = reactor.listenTCP(0, protocol.Factory.forProtocol(Server), interface='127.0.0.1')\n"
+            "client = socket.create_connection(('127.0.0.1', port.getHost().port))\n"
+            "client.sendall(b'go')\n"
+            "reactor.callLater(30, reactor.stop)\n"
+            "reactor.run()\n"
+        )
+
+    def test_writes_of_one_poll_leave_after_its_last_event(self) -> None:
+        """send_now during a poll's events holds the bytes (the peer sees nothing yet) and sends them, in order, once the events are done."""
+        out = self.cork_case(
+            "print('taken', send_now(t, b'one,'), send_now(t, b'two,'))\nt.write(b'three,')\nsend_now(t, b'four')", expect=18
+        )
+        self.assertIn("taken True True", out)
+        self.assertIn("during: 0", out)
+        self.assertIn("after: b'one,two,three,four' 18", out)
+
+    def test_a_close_after_held_writes_sends_them_first(self) -> None:
+        """loseConnection after send_now in the same poll: the held bytes go out, then the end of stream."""
+        out = self.cork_case("send_now(t, b'answer')\nt.loseConnection()")
+        self.assertIn("after: b'answer' 6", out)
+
+    def test_a_handoff_takes_held_bytes(self) -> None:
+        """take_output during the poll takes what send_now held; nothing more is sent after the events."""
+        out = self.cork_case("send_now(t, b'frame')\nprint('taken', take_output(t))\nt.startReading()", expect=1)
+        self.assertIn("taken b'frame'", out)
+        self.assertIn("after: b'' 0", out)
+
+    def test_a_large_held_write_falls_back_to_the_queue(self) -> None:
+        """Past CORK_LIMIT send_now declines (the caller queues with flow control) and everything still arrives in order."""
+        out = self.cork_case(
+            "big = b'x' * CORK_LIMIT\n"
+            "print('first', send_now(t, b'<' + big))\n"
+            "print('second', send_now(t, b'tail>'))\n"
+            "t.write(b'tail>')\n"
+            "t.write(b'y' * (4 << 20))",
+            expect=1 + (1 << 16) + 5 + (4 << 20),
+        )
+        self.assertIn("first True", out)
+        self.assertIn("second False", out)
+        self.assertIn(f"after: b'<{'x' * 39}' {1 + (1 << 16) + 5 + (4 << 20)}", out)
+
 
 class _Recorder:
     """The smallest WebSocketProtocol: guards its wire and records what it is given."""
