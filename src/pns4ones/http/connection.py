@@ -806,8 +806,9 @@ class FrontConnection(protocol.Protocol):
         if out:
             data = b"".join(out)  # (one answer: that answer itself, not a copy)
             out.clear()
-            # Plain TCP with nothing queued: one send() now, rather than queueing
-            # and two epoll changes around a later doWrite (see transports/addin.py).
+            # Plain TCP with nothing queued: one send() (with the other writes of this
+            # poll's events, after its last), rather than queueing and two epoll
+            # changes around a later doWrite (see txinternals.send_now).
             if not (self._direct and send_now(transport, data)):
                 transport.write(data)
         if self._lose and not self._pending:
