@@ -446,6 +446,43 @@ class LeanDispatchProcessTests(SynchronousTestCase):
         self.assertIn("taken b'frame'", out)
         self.assertIn("after: b'' 0", out)
 
+    def test_a_large_fan_out_leaves_in_runs(self) -> None:
+        """Past CORK_TRANSPORTS held transports, the next write first sends what the others hold: the first run is out before the poll ends."""
+        out = self.run_script(
+            "import time\n"
+            "from pns4ones.txinternals import send_now, CORK_TRANSPORTS\n"
+            "servers, clients = [], []\n"
+            "def peek(c):\n"
+            "    try:\n"
+            "        return len(c.recv(100, socket.MSG_DONTWAIT | socket.MSG_PEEK))\n"
+            "    except BlockingIOError:\n"
+            "        return 0\n"
+            "class Server(protocol.Protocol):\n"
+            "    def connectionMade(self):\n"
+            "        servers.append(self.transport)\n"
+            "    def dataReceived(self, data):\n"
+            "        for t in servers[:-1]:\n"
+            "            send_now(t, b'frame')\n"
+            "        time.sleep(0.05)\n"
+            "        seen = [peek(c) for c in clients[:-1]]\n"
+            "        print('during:', seen.count(5), 'of', len(seen), 'run', CORK_TRANSPORTS)\n"
+            "        reactor.callLater(0.1, finish)\n"
+            "def finish():\n"
+            "    print('after:', [peek(c) for c in clients[:-1]].count(5))\n"
+            "    reactor.stop()\n"
+            "port = reactor.listenTCP(0, protocol.Factory.forProtocol(Server), interface='127.0.0.1')\n"
+            "def connect():\n"
+            "    if len(clients) == CORK_TRANSPORTS + 11:\n"
+            "        return reactor.callLater(0.2, clients[-1].sendall, b'go')\n"
+            "    clients.append(socket.create_connection(('127.0.0.1', port.getHost().port)))\n"
+            "    reactor.callLater(0, connect)\n"
+            "connect()\n"
+            "reactor.callLater(30, reactor.stop)\n"
+            "reactor.run()\n"
+        )
+        self.assertIn("during: 64 of 74 run 64", out)
+        self.assertIn("after: 74", out)
+
     def test_a_large_held_write_falls_back_to_the_queue(self) -> None:
         """Past CORK_LIMIT send_now declines (the caller queues with flow control) and everything still arrives in order."""
         out = self.cork_case(

@@ -84,6 +84,10 @@ _cork = _Cork()
 #: :func:`send_now` declines and the caller's ``transport.write()`` queues the
 #: rest as usual (with the producer's flow control).
 CORK_LIMIT = 1 << 16
+#: Transports held at most: the next one first sends what the others hold, so
+#: a large fan-out leaves in runs of this many (its first subscribers do not
+#: wait for its last, and each run's transports are still in the caches).
+CORK_TRANSPORTS = 64
 
 
 def send_now(transport: object, data: bytes) -> bool:
@@ -122,6 +126,9 @@ def send_now(transport: object, data: bytes) -> bool:
     if transport._tempDataBuffer or len(transport.dataBuffer) != transport.offset:
         return False
     if corked is not None:
+        if len(corked) >= CORK_TRANSPORTS:
+            _uncork(corked)
+            corked.clear()
         transport._tempDataBuffer.append(data)
         transport._tempDataLen += len(data)
         corked[transport] = None
