@@ -347,12 +347,16 @@ class TLSTests(SynchronousTestCase):
         self.addCleanup(sub.close)
         wait_for(lambda: "subscription registered" in good.log(), what="the registration")
         token = http.get(f"{good.url}/auth", params={"server_key": app["server_key"]}).json()["access_token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        # The registration is logged before the session joins the hub (its catch-up asks Redis first): wait until it is live.
+        wait_for(lambda: http.get(f"{good.url}/presence/ib", headers=auth).json()["sessions"] == 1, 10, what="the session in the presence")
         response = http.post(
             f"{good.url}/sendmessage",
             json={"Recipient": {"Type": "user", "IbId": "ib", "UserId": "u1"}, "Message": {"Topic": "tls"}},
-            headers={"Authorization": f"Bearer {token}"},
+            headers=auth,
         )
         self.assertEqual(response.status_code, 200, response.text)
+        self.assertEqual(response.json()["sessions"], 1, response.text)
         self.assertEqual(sub.receive(5), {"topic": "tls"})
         doc = http.get(f"{bad.url}/ready").json()
         self.assertEqual(doc, {"ready": False, "status": f"hub connecting to Redis at rediss://127.0.0.1:{redis.port}/0"})
