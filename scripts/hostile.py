@@ -352,16 +352,16 @@ def probe_ws_ping_flood(server: ServerProcess, monitor: Monitor) -> tuple[bool, 
 
 
 def probe_panel_passwords(server: ServerProcess, monitor: Monitor) -> tuple[bool, str]:
-    from tests.test_admin_throttle import PASSWORD, Panel, setup_code
+    from tests.test_admin_panel import PASSWORD, PanelClient, setup_code
 
-    Panel(server.admin_port).setup(setup_code(server))
-    admin = Panel(server.admin_port, "127.0.0.9")
+    PanelClient(server.admin_port).setup(setup_code(server))
+    admin = PanelClient(server.admin_port, source="127.0.0.9", timeout=30)
     assert admin.login(PASSWORD) == 303
     outcomes: list[int] = []
     stop = time.monotonic() + 5
 
     def attacker(source: str, parallel: int) -> None:
-        client = Panel(server.admin_port, source)
+        client = PanelClient(server.admin_port, source=source, timeout=30)
         token = client.csrf("/login")
 
         def one(barrier: threading.Barrier) -> None:
