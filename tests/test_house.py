@@ -9,6 +9,9 @@ House rules checked over the source tree (pure: reads files, runs nothing).
 * Twisted's ``Logger`` has ``warn()``, not ``warning()``: a ``warning()`` call
   raises ``AttributeError`` where a warning was due (ruff's G010 autofix made
   that rename once; its rules are not selected now).
+* What the scripts take from the tests (``from tests.x import y``, also inside
+  functions) is defined there: the scripts are not run by the suite, so a
+  renamed test helper would break them silently.
 """
 
 from __future__ import annotations
@@ -130,3 +133,36 @@ class LoggerTests(SynchronousTestCase):
         self.assertFalse(hasattr(Logger(), "warning"), "Twisted's Logger has warning() now: this rule may go")
         found = [f"{path.relative_to(ROOT)}:{line}" for path in python_files(*SOURCES) for line in calls_of(path, "warning")]
         self.assertEqual(found, [], "Twisted's Logger has no warning(): call warn()")
+
+
+def top_level_names(path: Path) -> set[str]:
+    """The names a module defines or imports at its top level."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8"), str(path)).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
+class ScriptImportTests(SynchronousTestCase):
+    def test_what_scripts_take_from_the_tests_exists(self) -> None:
+        """Every name a script imports from a tests module is defined at that module's top level."""
+        taken = []
+        for path in python_files("scripts"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tests."):
+                    module = ROOT / (node.module.replace(".", "/") + ".py")
+                    taken += [(path, module, alias.name) for alias in node.names]
+        self.assertTrue(taken, "no script imports from the tests any more: this check may go")
+        missing = [
+            f"{path.relative_to(ROOT)}: {name} from {module.relative_to(ROOT)}"
+            for path, module, name in taken
+            if not module.exists() or name not in top_level_names(module)
+        ]
+        self.assertEqual(missing, [])
