@@ -113,35 +113,35 @@ def send_now(transport: object, data: bytes) -> bool:
     """
     if not isinstance(transport, tcp.Connection):
         return False
-    sock = getattr(transport, "socket", None)  # (deleted once the connection is lost)
-    if sock is None or not transport.connected or transport.disconnecting:
-        return False
+    if getattr(transport, "socket", None) is None or not transport.connected or transport.disconnecting:
+        return False  # (the socket is deleted once the connection is lost)
     corked = _cork.held
     if corked is not None and transport in corked:
         if transport._tempDataLen >= CORK_LIMIT:
             return False
-        transport._tempDataBuffer.append(data)
-        transport._tempDataLen += len(data)
-        return True
-    if transport._tempDataBuffer or len(transport.dataBuffer) != transport.offset:
+    elif transport._tempDataBuffer or len(transport.dataBuffer) != transport.offset:
         return False
-    if corked is not None:
+    elif corked is None:
+        _send(transport, data)
+        return True
+    else:
         if len(corked) >= CORK_TRANSPORTS:
             _uncork(corked)
             corked.clear()
-        transport._tempDataBuffer.append(data)
-        transport._tempDataLen += len(data)
         corked[transport] = None
-        return True
-    try:
-        sent = sock.send(data)
-    except BlockingIOError:
-        sent = 0
-    except OSError:
-        return False  # let the transport notice and report the error
-    if sent < len(data):
-        transport.write(data[sent:])
+    transport._tempDataBuffer.append(data)
+    transport._tempDataLen += len(data)
     return True
+
+
+def _send(transport: tcp.Connection, data: bytes) -> None:
+    """One ``send()`` of ``data`` on a transport with nothing queued; what the kernel does not take is queued as usual."""
+    try:
+        sent = transport.socket.send(data)
+    except OSError:  # full (BlockingIOError), or broken: doWrite meets the error and reports the loss
+        sent = 0
+    if sent < len(data):
+        transport.write(data[sent:] if sent else data)
 
 
 def _uncork(corked: dict[tcp.Connection, None]) -> None:
@@ -154,12 +154,7 @@ def _uncork(corked: dict[tcp.Connection, None]) -> None:
             data = held[0] if len(held) == 1 else b"".join(held)
             held.clear()
             transport._tempDataLen = 0
-            try:
-                sent = transport.socket.send(data)
-            except OSError:  # full (BlockingIOError), or broken: doWrite meets the error and reports the loss
-                sent = 0
-            if sent < len(data):
-                transport.write(data[sent:] if sent else data)
+            _send(transport, data)
         except Exception:
             log.err(system=transport.logPrefix())
 
