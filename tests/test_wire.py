@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import struct
+import threading
 
+from cryptography.hazmat.primitives import padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -34,6 +37,53 @@ def _decoded(raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("latin-1")
+
+
+def _fresh_cbc(key: bytes, iv: bytes, plaintext: bytes) -> bytes:
+    """AES-256-CBC with PKCS#7 padding, as the library does it with a fresh encryptor and padder."""
+    padder = padding.PKCS7(128).padder()
+    encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+    return encryptor.update(padder.update(plaintext) + padder.finalize()) + encryptor.finalize()
+
+
+class AesCbcTests(SynchronousTestCase):
+    """crypto.AesCbc keeps its contexts and re-chains them to the IV: each message must be what a fresh encryptor writes."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.binary(min_size=32, max_size=32), st.binary(min_size=16, max_size=16), st.lists(st.binary(max_size=300), min_size=1, max_size=12)
+    )
+    def test_each_message_as_from_a_fresh_encryptor(self, key: bytes, iv: bytes, plaintexts: list[bytes]) -> None:
+        aes = crypto.AesCbc(key, iv)
+        for plaintext in plaintexts:  # (in a row: each after the chain the one before left)
+            ciphertext = aes.encrypt(plaintext)
+            self.assertEqual(ciphertext, _fresh_cbc(key, iv, plaintext))
+            self.assertEqual(crypto.aes_cbc_decrypt(key, iv, ciphertext), plaintext)
+
+    def test_block_boundaries_and_the_vectors_key(self) -> None:
+        aes = KEY.aes
+        for n in [*range(0, 66), 1000, 4096, 65536]:
+            plaintext = bytes(range(256)) * (n // 256) + bytes(range(n % 256))
+            self.assertEqual(aes.encrypt(plaintext), _fresh_cbc(KEY.key, KEY.iv, plaintext), n)
+
+    def test_threads_each_get_their_own_chain(self) -> None:
+        aes = crypto.AesCbc(bytes(range(32)), bytes(range(16)))
+        wrong: list[int] = []
+        start = threading.Barrier(4)
+
+        def work(seed: int) -> None:
+            start.wait()
+            for i in range(400):
+                plaintext = b"%d-%d" % (seed, i) * (i % 7 + 1)
+                if aes.encrypt(plaintext) != _fresh_cbc(bytes(range(32)), bytes(range(16)), plaintext):
+                    wrong.append(i)
+
+        threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        self.assertEqual(wrong, [])
 
 
 class ClientKeyTests(SynchronousTestCase):

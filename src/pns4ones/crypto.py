@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import secrets
 import string
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -47,16 +48,31 @@ _PADDING = tuple(bytes([n]) * n for n in range(17))
 class AesCbc:
     """
     AES-256-CBC with PKCS#7 padding under one key and IV (what the add-in
-    decrypts).  The ``Cipher`` is built once (it costs about a third of
-    encrypting a message); each message still gets its own encryptor context,
-    so every message starts from the IV.  Kept by the key it belongs to
-    (:class:`pns4ones.wire.ClientKey`): one per application key, no cache.
+    decrypts): every message is encrypted from the IV, as by a fresh
+    ``Cipher(AES(key), CBC(iv)).encryptor()``, byte for byte.
+
+    A fresh encryptor costs about twice the encryption of a short message
+    (cryptography checks its arguments against abstract classes each time), so
+    the contexts are kept and re-chained instead.  A CBC encryptor's state is
+    the last ciphertext block ``L`` it wrote; fed the block ``D(IV) xor L``
+    (``D``: AES decryption under the key), it writes ``IV`` and its state is
+    the IV again, as if fresh.  That block comes from a CBC decryptor kept
+    alongside, whose state is the last block it read (the IV): fed ``L`` then
+    ``IV``, its second output block is ``D(IV) xor L``.  AES, CBC and every
+    XOR stay in OpenSSL; this class only chooses which blocks to feed, and
+    drops the first block of the output (the IV).  Pairs of contexts are kept
+    in a free list (``pop`` and ``append`` are atomic): a thread takes one,
+    never shares it.  Kept by the key it belongs to
+    (:class:`pns4ones.wire.ClientKey`): one per application key.
     """
 
-    __slots__ = ("_cipher",)
+    __slots__ = ("_cipher", "_idle", "_iv")
 
     def __init__(self, key: bytes, iv: bytes) -> None:
         self._cipher = Cipher(algorithms.AES(key), modes.CBC(iv))
+        self._iv = iv
+        #: Idle (encryptor's update, decryptor's update, the encryptor's last ciphertext block).
+        self._idle: list[tuple[Callable[[bytes], bytes], Callable[[bytes], bytes], bytes]] = []
 
     def encrypt(self, plaintext: bytes) -> bytes:
         """
@@ -64,8 +80,14 @@ class AesCbc:
         length, written that many times (the same bytes as
         ``padding.PKCS7(128).padder()``, without its two objects per message).
         """
+        try:
+            encrypt, decrypt, last = self._idle.pop()
+        except IndexError:  # none idle: a new pair, both chained at the IV
+            encrypt, decrypt, last = self._cipher.encryptor().update, self._cipher.decryptor().update, self._iv
         # Padded to whole blocks, CBC's update() gives every block: finalize() would add nothing.
-        return self._cipher.encryptor().update(plaintext + _PADDING[16 - len(plaintext) % 16])
+        out = encrypt(decrypt(last + self._iv)[16:] + plaintext + _PADDING[16 - len(plaintext) % 16])
+        self._idle.append((encrypt, decrypt, out[-16:]))
+        return out[16:]
 
 
 def aes_cbc_decrypt(key: bytes, iv: bytes, ciphertext: bytes) -> bytes:
