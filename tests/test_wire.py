@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import struct
 import threading
 
@@ -65,6 +67,15 @@ class AesCbcTests(SynchronousTestCase):
         for n in [*range(0, 66), 1000, 4096, 65536]:
             plaintext = bytes(range(256)) * (n // 256) + bytes(range(n % 256))
             self.assertEqual(aes.encrypt(plaintext), _fresh_cbc(KEY.key, KEY.iv, plaintext), n)
+
+    def test_a_copy_has_its_own_contexts(self) -> None:
+        """A copied key (deepcopy, pickle) must not share the contexts: each chain is its owner's."""
+        key = wire.ClientKey.generate()
+        key.aes.encrypt(b"before the copy")
+        for copied in (copy.deepcopy(key), copy.copy(key), pickle.loads(pickle.dumps(key))):
+            for plaintext in (b"a", b"bb" * 20, b"c" * 33):
+                self.assertEqual(copied.aes.encrypt(plaintext), _fresh_cbc(key.key, key.iv, plaintext))
+                self.assertEqual(key.aes.encrypt(plaintext), _fresh_cbc(key.key, key.iv, plaintext))
 
     def test_threads_each_get_their_own_chain(self) -> None:
         aes = crypto.AesCbc(bytes(range(32)), bytes(range(16)))

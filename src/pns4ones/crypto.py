@@ -66,13 +66,18 @@ class AesCbc:
     (:class:`pns4ones.wire.ClientKey`): one per application key.
     """
 
-    __slots__ = ("_cipher", "_idle", "_iv")
+    __slots__ = ("_cipher", "_idle", "_iv", "_key")
 
     def __init__(self, key: bytes, iv: bytes) -> None:
         self._cipher = Cipher(algorithms.AES(key), modes.CBC(iv))
+        self._key = key
         self._iv = iv
         #: Idle (encryptor's update, decryptor's update, the encryptor's last ciphertext block).
         self._idle: list[tuple[Callable[[bytes], bytes], Callable[[bytes], bytes], bytes]] = []
+
+    def __reduce__(self) -> tuple[type[AesCbc], tuple[bytes, bytes]]:
+        """Copied or pickled: a new one under the same key and IV (contexts are never shared, their chains would break)."""
+        return AesCbc, (self._key, self._iv)
 
     def encrypt(self, plaintext: bytes) -> bytes:
         """
