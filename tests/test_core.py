@@ -19,7 +19,7 @@ from pns4ones.groups import GroupError, Membership
 from pns4ones.hub.local import LocalHub
 from pns4ones.hub.testing import RecordingSession
 from pns4ones.messages import Message, Recipient, SendRequest
-from pns4ones.store import Application
+from pns4ones.store import Application, Snapshot
 from pns4ones.store.memory import MemoryDatabase, MemoryStore
 
 LIFETIME = 3600.0
@@ -46,6 +46,22 @@ class SlowStore(MemoryStore):
     def take_kept(self, app_id: str, ib_id: str, user_id: str, groups: list[str], now: float) -> Deferred[list[bytes]]:
         answer = super().take_kept(app_id, ib_id, user_id, groups, now)
         later: Deferred[list[bytes]] = Deferred()
+        self.clock.callLater(1, lambda: answer.addCallback(later.callback))
+        return later
+
+
+class LateSnapshotStore(MemoryStore):
+    """The memory store whose snapshot is read when asked and answered a second later, as a store across the network may."""
+
+    def __init__(self, database: MemoryDatabase, clock: Clock) -> None:
+        super().__init__(database, clock)
+        self.clock = clock
+        self.snapshots = 0
+
+    def snapshot(self) -> Deferred[Snapshot]:
+        self.snapshots += 1
+        answer = super().snapshot()
+        later: Deferred[Snapshot] = Deferred()
         self.clock.callLater(1, lambda: answer.addCallback(later.callback))
         return later
 
@@ -256,6 +272,38 @@ class GroupTests(CoreTestBase):
         self.assertEqual(self.send(group, "three").sessions, 1)
         self.assertEqual({u: s.received for u, s in sessions.items()}, {"u1": ["one"], "u2": ["one", "two"], "u3": ["two"]})
         self.assertEqual(named.received, ["one", "two", "three"])
+
+    def test_a_reload_under_way_does_not_undo_this_nodes_group_change(self) -> None:
+        """
+        A reload whose snapshot was read before this node changed a group (the
+        store came back after an outage, another node changed something) must
+        not undo the change in memory when it lands: it reads again.
+        """
+        late = LateSnapshotStore(self.database, self.clock)
+        membership = Membership()
+        core = Core(late, LocalHub(membership.members, self.clock), self.clock, LIFETIME, membership, Limits())
+        loaded = core.reload()
+        self.clock.advance(1)
+        self.successResultOf(loaded)
+        session = Session(self.app, "u1")
+        core.register(self.registration("u1"))
+        core.subscribe(session)
+        group = SendRequest(Recipient("group", "ib", group="g"), Message("x"))
+        for change, members in [
+            (lambda: core.set_group(self.app, "ib", "g", ["u1"]), 1),
+            (lambda: core.remove_member(self.app, "ib", "g", "u1"), 0),
+            (lambda: core.add_members(self.app, "ib", "g", ["u1"]), 1),
+            (lambda: core.remove_group(self.app, "ib", "g"), 0),
+        ]:
+            reads = late.snapshots
+            reloading = core.reload()  # its snapshot is read now, before the change
+            self.done(change())  # the change: in the store, then in this node's memory
+            self.clock.advance(1)  # the old snapshot lands: read again
+            self.assertNoResult(reloading)
+            self.clock.advance(1)
+            self.successResultOf(reloading)
+            self.assertEqual(late.snapshots - reads, 2)
+            self.assertEqual(self.done(core.send(self.app, group, 0.0)).sessions, members)
 
     def test_groups_are_kept_in_the_store(self) -> None:
         """Another node (or this one after a restart) loads the groups from the store and routes the same."""

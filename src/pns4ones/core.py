@@ -59,6 +59,8 @@ MAX_ABSENT_TOKENS = 100_000
 MAX_DIGESTS = 10_000
 #: Seconds between two store look-ups of server keys this node does not know (``/auth``).
 SERVER_KEY_LOOKUP_INTERVAL = 0.5
+#: Snapshots a reload reads at most while this node keeps changing its own memory (see Core.reload).
+RELOAD_READS = 5
 
 
 class RegistrationRejected(Exception):
@@ -201,6 +203,8 @@ class Core:
         self._listeners: list[Callable[[], None]] = []
         #: Sessions between subscribe() and their release.
         self._joining: dict[Session, _Join] = {}
+        #: Changes this node made to its memory after writing them to the store (see reload()).
+        self._local_changes = 0
 
     # -- the registry ------------------------------------------------------------
 
@@ -226,7 +230,19 @@ class Core:
 
     @inlineCallbacks
     def reload(self) -> Any:
-        snapshot = yield self.store.snapshot()
+        """
+        Adopt the store's state.  A snapshot read while this node changed its
+        own memory after a write of its own (a group, a token) may predate that
+        write: applied, it would undo the change here until the next reload.
+        So a snapshot during which such a change happened is read again, up to
+        ``RELOAD_READS`` times (past that, the last one is applied: the store
+        holds the change, and the next reload brings it back).
+        """
+        for _ in range(RELOAD_READS):
+            changes = self._local_changes
+            snapshot = yield self.store.snapshot()
+            if self._local_changes == changes:
+                break
         self.apply_snapshot(snapshot)
 
     def end_sessions(self, app_id: str, reason: str, keep: Application | None = None) -> int:
@@ -289,6 +305,7 @@ class Core:
 
     def _issued(self, _: object, app: Application, token: str, record: TokenRecord) -> IssuedToken:
         self._tokens[record.digest] = record
+        self._local_changes += 1
         self.metrics.token_issued(app.id)
         self.log.info("issued an access token to application {app_id}", app_id=app.id)
         return IssuedToken(token, record.expires_at)
@@ -617,6 +634,7 @@ class Core:
             self._check_group_room(app, ib_id, group, len(user_ids))
         yield self.store.set_group(app.id, ib_id, group, user_ids, self.clock.seconds())
         self.membership.replace(app.id, ib_id, group, user_ids)
+        self._local_changes += 1
         self.log.info(
             "group set: app={app_id} ib={ib_id} group={group} members={count}",
             app_id=app.id,
@@ -633,18 +651,21 @@ class Core:
         self._check_group_room(app, ib_id, group, len(current) + sum(1 for u in user_ids if u not in current))
         added = yield self.store.add_group_members(app.id, ib_id, group, user_ids, self.clock.seconds())
         self.membership.add(app.id, ib_id, group, user_ids)
+        self._local_changes += 1
         return added
 
     @inlineCallbacks
     def remove_member(self, app: Application, ib_id: str, group: str, user_id: str) -> Any:
         removed = yield self.store.remove_group_member(app.id, ib_id, group, user_id)
         self.membership.remove(app.id, ib_id, group, user_id)
+        self._local_changes += 1
         return removed
 
     @inlineCallbacks
     def remove_group(self, app: Application, ib_id: str, group: str) -> Any:
         removed = yield self.store.remove_group(app.id, ib_id, group)
         self.membership.drop_group(app.id, ib_id, group)
+        self._local_changes += 1
         return removed
 
     # -- presence ------------------------------------------------------------------------
