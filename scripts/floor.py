@@ -10,12 +10,14 @@ a request without a body (``GET /auth``) answers a fixed token, one with a body
 (``POST /sendmessage``) looks the recipient up in a dict, renders the add-in
 JSON once (orjson), encrypts it once (AES-256-CBC with the application's key
 and IV, PKCS#7) and sends the frame to each subscriber and the answer to the
-publisher with one ``send()`` each; from a checkout with pns4ones, it writes
-and dispatches the reactor's events as the service does
-(``pns4ones.txinternals.send_now`` and ``lean_dispatch``: no log context per
+publisher with one ``send()`` each; from a checkout with pns4ones, it
+encrypts, writes and dispatches the reactor's events as the service does
+(``pns4ones.crypto.AesCbc``: contexts kept and re-chained to the IV;
+``pns4ones.txinternals.send_now`` and ``lean_dispatch``: no log context per
 event, the sends of one poll's events made together after the last).  No
-validation, no token check, no metrics, no logs.  It is NOT the service: it is the yardstick of what the same language, runtime and
-reactor cost per send (about 4 us of Python per send, measured in process).
+validation, no token check, no metrics, no logs.  It is NOT the service: it
+is the yardstick of what the same language, runtime and reactor cost per send
+(about 4 us of Python per send, measured in process).
 
     floor.py --client-key BASE64 [--listen 127.0.0.1:36696] [--service 127.0.0.1:36695]
 """
