@@ -35,6 +35,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def server_times(pid: int) -> tuple[int, int]:
+    """The server's user and kernel CPU time so far, in clock ticks (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[11]), int(fields[12])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subscribers", type=int, default=1000)
@@ -78,7 +84,7 @@ def main() -> int:
 
         payload = {"t": "0", "s": "B0", "p": "x" * 150}
         accepted = 0
-        cpu0 = sum(int(x) for x in open(f"/proc/{server.pid}/stat").read().split(")")[1].split()[11:13])
+        user0, sys0 = server_times(server.pid)
         started = time.monotonic()
         while time.monotonic() - started < args.seconds:
             items = [
@@ -98,11 +104,11 @@ def main() -> int:
                 accepted += doc["accepted"]
             drain()
         elapsed = time.monotonic() - started
-        cpu1 = sum(int(x) for x in open(f"/proc/{server.pid}/stat").read().split(")")[1].split()[11:13])
+        user1, sys1 = server_times(server.pid)
         deadline = time.monotonic() + 10
         while received < accepted and time.monotonic() < deadline:
             drain(0.1)
-        cpu_us = (cpu1 - cpu0) / os.sysconf("SC_CLK_TCK") / max(accepted, 1) * 1e6
+        per_message = 1e6 / os.sysconf("SC_CLK_TCK") / max(accepted, 1)
         print(
             json.dumps(
                 {
@@ -112,7 +118,9 @@ def main() -> int:
                     "accepted": accepted,
                     "received": received,
                     "lost": accepted - received,
-                    "server_cpu_us_per_message": round(cpu_us, 1),
+                    "server_cpu_us_per_message": round((user1 - user0 + sys1 - sys0) * per_message, 1),
+                    "server_user_us_per_message": round((user1 - user0) * per_message, 1),
+                    "server_kernel_us_per_message": round((sys1 - sys0) * per_message, 1),
                 }
             )
         )
