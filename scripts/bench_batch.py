@@ -2,11 +2,22 @@
 """
 Batch sends (POST /sendmessages) against the real server: messages per second
 through the API in batches, each to a random one of N add-in subscribers, with
-every delivery checked (decrypted and counted).  The shared swarm has no batch
-mode, so this small driver stands in for it; compare with its single-message
-figure (--batch 1).
+every delivery counted and checked.  The shared swarm has no batch mode, so
+this small driver stands in for it; compare with its single-message figure
+(--batch 1).
 
     scripts/bench_batch.py [--subscribers 1000] [--batch 100] [--seconds 5]
+                           [--publishers 1] [--decrypt-every 1]
+
+By default one connection sends batch after batch and every frame is
+decrypted: the Python driver is then slower than the server, which idles
+between batches.  ``--publishers 2 --decrypt-every 50`` keeps a batch always
+waiting at the server (two connections, each a thread) and decrypts one frame
+in 50 (the others are counted by their headers), so that the server's core is
+busy and the figure is what one core moves.  On a machine with two or more
+cores the server runs on the first and the driver on the second, as the
+swarm does (``--no-pin``: wherever the scheduler puts them).  Prints the server's CPU per message (user and kernel apart) and
+how busy its core was.
 """
 
 from __future__ import annotations
@@ -18,15 +29,19 @@ import os
 import random
 import selectors
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from pns4ones_client.protocol import ClientKey, FrameDecoder, registration_frame
 
 BIN = Path(sys.executable).parent
+#: A message frame's header (see docs/protocol.md): the bytes after this length field, and the plaintext's length.
+FRAME_HEADER = struct.Struct("<ii")
 
 
 def free_port() -> int:
@@ -41,12 +56,46 @@ def server_times(pid: int) -> tuple[int, int]:
     return int(fields[11]), int(fields[12])
 
 
+class FrameCounter:
+    """One subscriber's frames: each counted by its header, every ``every``-th decrypted and checked by :class:`FrameDecoder`."""
+
+    def __init__(self, key: ClientKey, every: int) -> None:
+        self.decoder = FrameDecoder(key)
+        self.every = every
+        self.buffer = bytearray()
+        self.seen = 0
+
+    def feed(self, data: bytes) -> int:
+        buffer = self.buffer
+        buffer += data
+        count = 0
+        while len(buffer) >= FRAME_HEADER.size:
+            length, _ = FRAME_HEADER.unpack_from(buffer)
+            if len(buffer) < 4 + length:
+                break
+            frame = bytes(buffer[: 4 + length])
+            del buffer[: 4 + length]
+            self.seen += 1
+            if self.seen % self.every == 0 and len(self.decoder.feed(frame)) != 1:
+                raise RuntimeError("a frame did not decrypt to one message")
+            count += 1
+        return count
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--publishers", type=int, default=1, help="publishing connections, each a thread sending batch after batch")
+    parser.add_argument("--decrypt-every", type=int, default=1, help="decrypt and check one frame in N (1: all); the rest are counted")
+    parser.add_argument(
+        "--no-pin", action="store_true", help="leave the server and the driver to the scheduler (default: each on its own core)"
+    )
     args = parser.parse_args()
+    if args.publishers < 1 or args.decrypt_every < 1 or args.batch < 1:
+        parser.error("--publishers, --decrypt-every and --batch must be at least 1")
+    pinned = not args.no_pin and (os.cpu_count() or 1) >= 2
     tmp = Path(tempfile.mkdtemp(prefix="pns4ones-batch-"))
     app = json.loads(
         subprocess.run(
@@ -55,22 +104,26 @@ def main() -> int:
     )
     api, svc = free_port(), free_port()
     server = subprocess.Popen([str(BIN / "twistd"), "-n", "--pidfile=", "pns4ones", "--config", os.devnull, "--data-dir", str(tmp), "--listen", f"127.0.0.1:{api}",
-                               "--service", f"127.0.0.1:{svc}", "--admin-port", str(free_port())], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                               "--service", f"127.0.0.1:{svc}", "--admin-port", str(free_port())], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              preexec_fn=(lambda: os.sched_setaffinity(0, {0})) if pinned else None)  # fmt: skip
+    if pinned:
+        os.sched_setaffinity(0, {1})  # (before any thread: the publishers inherit it)
     try:
         time.sleep(2)
         key = ClientKey.decode(app["client_key"])
         selector = selectors.DefaultSelector()
-        decoders = {}
+        counters = {}
         for i in range(args.subscribers):
             s = socket.create_connection(("127.0.0.1", svc))
             s.sendall(registration_frame(key, app["id"], "bench", f"u{i}"))
             s.setblocking(False)
-            decoders[s] = FrameDecoder(key)
+            counters[s] = FrameCounter(key, args.decrypt_every)
             selector.register(s, selectors.EVENT_READ)
         time.sleep(1)
         conn = http.client.HTTPConnection("127.0.0.1", api, timeout=30)
         conn.request("GET", f"/auth?server_key={app['server_key']}")
         headers = {"Authorization": "Bearer " + json.loads(conn.getresponse().read())["access_token"]}
+        conn.close()
         received = 0
 
         def drain(timeout: float = 0.0) -> None:
@@ -80,51 +133,71 @@ def main() -> int:
                     data = event.fileobj.recv(1 << 20)
                 except BlockingIOError:
                     continue
-                received += len(decoders[event.fileobj].feed(data))
+                received += counters[event.fileobj].feed(data)
 
         payload = {"t": "0", "s": "B0", "p": "x" * 150}
-        accepted = 0
+        accepted = [0] * args.publishers
+        errors: list[BaseException] = []
+
+        def publish(index: int, deadline: float) -> None:
+            try:
+                rnd = random.Random(index)
+                conn = http.client.HTTPConnection("127.0.0.1", api, timeout=30)
+                while time.monotonic() < deadline:
+                    items = [
+                        {
+                            "Recipient": {"Type": "user", "IbId": "bench", "UserId": f"u{rnd.randrange(args.subscribers)}"},
+                            "Message": {"Topic": "bench", "Data": payload},
+                        }
+                        for _ in range(args.batch)
+                    ]
+                    if args.batch == 1:
+                        conn.request("POST", "/sendmessage", json.dumps(items[0]), headers)
+                        accepted[index] += json.loads(conn.getresponse().read())["sessions"]
+                    else:
+                        conn.request("POST", "/sendmessages", json.dumps(items), headers)
+                        accepted[index] += json.loads(conn.getresponse().read())["accepted"]
+                conn.close()
+            except BaseException as e:  # (reported by the main thread)
+                errors.append(e)
+
         user0, sys0 = server_times(server.pid)
         started = time.monotonic()
-        while time.monotonic() - started < args.seconds:
-            items = [
-                {
-                    "Recipient": {"Type": "user", "IbId": "bench", "UserId": f"u{random.randrange(args.subscribers)}"},
-                    "Message": {"Topic": "bench", "Data": payload},
-                }
-                for _ in range(args.batch)
-            ]
-            if args.batch == 1:
-                conn.request("POST", "/sendmessage", json.dumps(items[0]), headers)
-                doc = json.loads(conn.getresponse().read())
-                accepted += doc["sessions"]
-            else:
-                conn.request("POST", "/sendmessages", json.dumps(items), headers)
-                doc = json.loads(conn.getresponse().read())
-                accepted += doc["accepted"]
-            drain()
+        publishers = [threading.Thread(target=publish, args=(k, started + args.seconds)) for k in range(args.publishers)]
+        for thread in publishers:
+            thread.start()
+        while any(thread.is_alive() for thread in publishers):
+            drain(0.01)
         elapsed = time.monotonic() - started
         user1, sys1 = server_times(server.pid)
+        if errors:
+            raise errors[0]
+        total = sum(accepted)
         deadline = time.monotonic() + 10
-        while received < accepted and time.monotonic() < deadline:
+        while received < total and time.monotonic() < deadline:
             drain(0.1)
-        per_message = 1e6 / os.sysconf("SC_CLK_TCK") / max(accepted, 1)
+        ticks = os.sysconf("SC_CLK_TCK")
+        per_message = 1e6 / ticks / max(total, 1)
         print(
             json.dumps(
                 {
                     "batch": args.batch,
                     "subscribers": args.subscribers,
-                    "messages_per_s": round(accepted / elapsed),
-                    "accepted": accepted,
+                    "publishers": args.publishers,
+                    "decrypt_every": args.decrypt_every,
+                    "pinned": pinned,
+                    "messages_per_s": round(total / elapsed),
+                    "accepted": total,
                     "received": received,
-                    "lost": accepted - received,
+                    "lost": total - received,
+                    "server_core_busy_pct": round(100 * (user1 - user0 + sys1 - sys0) / ticks / elapsed, 1),
                     "server_cpu_us_per_message": round((user1 - user0 + sys1 - sys0) * per_message, 1),
                     "server_user_us_per_message": round((user1 - user0) * per_message, 1),
                     "server_kernel_us_per_message": round((sys1 - sys0) * per_message, 1),
                 }
             )
         )
-        return 0 if received == accepted else 1
+        return 0 if received == total else 1
     finally:
         server.terminate()
         server.wait(15)
