@@ -39,9 +39,10 @@ class BenchBatchTests(TestCase):
         self.assertEqual((doc["received"], doc["lost"]), (doc["accepted"], 0))
         self.assertEqual((doc["publishers"], doc["decrypt_every"], doc["pinned"]), (2, 3, False))
         self.assertGreater(doc["server_cpu_us_per_message"], 0)
-        self.assertAlmostEqual(
-            doc["server_cpu_us_per_message"], doc["server_user_us_per_message"] + doc["server_kernel_us_per_message"], delta=0.15
-        )
+        # (each figure is rounded to 0.1 apart: their sum may differ from the total by that much;
+        # trial's assertAlmostEqual has no working delta)
+        parts = doc["server_user_us_per_message"] + doc["server_kernel_us_per_message"]
+        self.assertLessEqual(abs(doc["server_cpu_us_per_message"] - parts), 0.15)
 
     def test_every_frame_decrypted_by_default(self) -> None:
         """The default driver (one connection, every frame decrypted and checked) loses nothing."""
