@@ -73,11 +73,10 @@ class FrameCounter:
             length, _ = FRAME_HEADER.unpack_from(buffer)
             if len(buffer) < 4 + length:
                 break
-            frame = bytes(buffer[: 4 + length])
-            del buffer[: 4 + length]
             self.seen += 1
-            if self.seen % self.every == 0 and len(self.decoder.feed(frame)) != 1:
+            if self.seen % self.every == 0 and len(self.decoder.feed(bytes(buffer[: 4 + length]))) != 1:
                 raise RuntimeError("a frame did not decrypt to one message")
+            del buffer[: 4 + length]
             count += 1
         return count
 
