@@ -166,12 +166,17 @@ def interleaved_table(results: Path) -> str:
     """Per server and point: the median over the rounds of the rate, the CPU per send, p99 and the losses; ratios per round."""
     names = {"pns4ones": "pns4ones", "floor": "floor", "nchan": "nchan", "mosquitto": "Mosquitto"}
     cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    failed: list[str] = []
     for where in sorted(results.glob("round-*")):
         for peer in names:
             path = where / f"{peer}-unicast.json"
             if path.exists():
                 for point in json.loads(path.read_text())["points"]:
                     for one in point["runs"]:
+                        if "error" in one:  # (a run that gave no figures: the server did not start, the swarm failed)
+                            failed.append(f"- {where.name}, {names[peer]}: {str(one['error']).strip()}")
+                            continue
+                        one["round"] = where.name
                         cells.setdefault((peer, f"n={one['n']}, C={one['concurrency']}"), []).append(one)
     lines = [
         "| point | server | sends/s (median) | CPU µs per send (median) | p99 ms (median) | lost | runs |",
@@ -191,11 +196,15 @@ def interleaved_table(results: Path) -> str:
     for point in sorted({p for _, p in cells}, key=lambda p: int(p.rpartition("=")[2])):
         ours_runs = cells.get(("pns4ones", point), [])
         for peer in ("floor", "nchan", "mosquitto"):
-            theirs = cells.get((peer, point), [])
-            pairs = [run_cpu_us(t) / run_cpu_us(o) for o, t in zip(ours_runs, theirs)]
+            theirs = {t["round"]: t for t in cells.get((peer, point), [])}
+            pairs = [run_cpu_us(theirs[o["round"]]) / run_cpu_us(o) for o in ours_runs if o["round"] in theirs]
             if pairs:
                 shown = ", ".join(f"{x:.2f}" for x in pairs)
                 lines.append(f"- {point}, {names[peer]}: {shown} (median {statistics.median(pairs):.2f})")
+    if failed:
+        lines.append("")
+        lines.append("Runs without figures (left out above):")
+        lines.extend(failed)
     return "\n".join(lines)
 
 
