@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from time import perf_counter
 from typing import Any, Final, TypeAlias
 from urllib.parse import unquote
 
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -482,54 +482,67 @@ class Handlers:
         """``PUT /groups/<ib>/<group>``: replace the members."""
         return self._then(call, self._put_group, ib, group)
 
-    @inlineCallbacks
-    def _put_group(self, app: Application, call: Call, ib: str, group: str) -> Generator[Deferred[Any], Any, Answer]:
+    def _group_failure(self, failure: Failure) -> Failure:
+        """A group change the store or the bounds refused: a GroupError becomes its answer's ApiError."""
+        error = failure.value
+        if isinstance(error, GroupError):
+            raise self._group_error(error) from None
+        return failure
+
+    def _put_group(self, app: Application, call: Call, ib: str, group: str) -> Deferred[Answer]:
         ib_id, name = self._segment(ib, "IbId"), self._segment(group, "Group")
         users = self._user_ids(call)
-        try:
-            yield self.core.set_group(app, ib_id, name, users)
-        except GroupError as e:
-            raise self._group_error(e) from None
-        self._changed(call, "replaced", app, ib_id, name, members=len(users))
-        return json_answer(200, self._group_doc(app, ib_id, name))
+
+        def done(_: object) -> Answer:
+            self._changed(call, "replaced", app, ib_id, name, members=len(users))
+            return json_answer(200, self._group_doc(app, ib_id, name))
+
+        d: Deferred[Any] = self.core.set_group(app, ib_id, name, users)
+        return d.addCallbacks(done, self._group_failure)
 
     def add_members(self, call: Call, ib: str, group: str) -> Answer | Deferred[Answer]:
         """``POST /groups/<ib>/<group>/members``."""
         return self._then(call, self._add_members, ib, group)
 
-    @inlineCallbacks
-    def _add_members(self, app: Application, call: Call, ib: str, group: str) -> Generator[Deferred[Any], Any, Answer]:
+    def _add_members(self, app: Application, call: Call, ib: str, group: str) -> Deferred[Answer]:
         ib_id, name = self._segment(ib, "IbId"), self._segment(group, "Group")
         users = self._user_ids(call)
-        try:
-            added = yield self.core.add_members(app, ib_id, name, users)
-        except GroupError as e:
-            raise self._group_error(e) from None
-        self._changed(call, "added", app, ib_id, name, added=added)
-        return json_answer(200, {**self._group_doc(app, ib_id, name), "added": added})
+
+        def done(added: int) -> Answer:
+            self._changed(call, "added", app, ib_id, name, added=added)
+            return json_answer(200, {**self._group_doc(app, ib_id, name), "added": added})
+
+        d: Deferred[int] = self.core.add_members(app, ib_id, name, users)
+        return d.addCallbacks(done, self._group_failure)
 
     def remove_member(self, call: Call, ib: str, group: str, user: str) -> Answer | Deferred[Answer]:
         """``DELETE /groups/<ib>/<group>/members/<user>``."""
         return self._then(call, self._remove_member, ib, group, user)
 
-    @inlineCallbacks
-    def _remove_member(self, app: Application, call: Call, ib: str, group: str, user: str) -> Generator[Deferred[Any], Any, Answer]:
+    def _remove_member(self, app: Application, call: Call, ib: str, group: str, user: str) -> Deferred[Answer]:
         ib_id, name = self._segment(ib, "IbId"), self._segment(group, "Group")
         user_id = self._segment(user, "UserId")
-        removed = yield self.core.remove_member(app, ib_id, name, user_id)
-        self._changed(call, "removed member", app, ib_id, name, user=user_id, removed=removed)
-        return json_answer(200, {**self._group_doc(app, ib_id, name), "removed": removed})
+
+        def done(removed: bool) -> Answer:
+            self._changed(call, "removed member", app, ib_id, name, user=user_id, removed=removed)
+            return json_answer(200, {**self._group_doc(app, ib_id, name), "removed": removed})
+
+        d: Deferred[bool] = self.core.remove_member(app, ib_id, name, user_id)
+        return d.addCallback(done)
 
     def delete_group(self, call: Call, ib: str, group: str) -> Answer | Deferred[Answer]:
         """``DELETE /groups/<ib>/<group>``."""
         return self._then(call, self._delete_group, ib, group)
 
-    @inlineCallbacks
-    def _delete_group(self, app: Application, call: Call, ib: str, group: str) -> Generator[Deferred[Any], Any, Answer]:
+    def _delete_group(self, app: Application, call: Call, ib: str, group: str) -> Deferred[Answer]:
         ib_id, name = self._segment(ib, "IbId"), self._segment(group, "Group")
-        removed = yield self.core.remove_group(app, ib_id, name)
-        self._changed(call, "deleted", app, ib_id, name, removed=removed)
-        return json_answer(200, {"IbId": ib_id, "Group": name, "removed": removed})
+
+        def done(removed: int) -> Answer:
+            self._changed(call, "deleted", app, ib_id, name, removed=removed)
+            return json_answer(200, {"IbId": ib_id, "Group": name, "removed": removed})
+
+        d: Deferred[int] = self.core.remove_group(app, ib_id, name)
+        return d.addCallback(done)
 
     # -- presence ---------------------------------------------------------------------------
 
