@@ -17,7 +17,7 @@ pip_quiet() {  # pip's build chatter only when something fails
 }
 # Dependencies first (cached after the first run), then our two packages
 # rebuilt from the checkout, so the installed copy is always the current code.
-"${PIP[@]}" "setuptools>=68" wheel
+"${PIP[@]}" "setuptools>=68" wheel "cython>=3.1"
 "${PIP[@]}" --no-build-isolation "$ROOT$1" "$ROOT/clients/python$2"
 "${PIP[@]}" --no-build-isolation --no-deps --force-reinstall "$ROOT" "$ROOT/clients/python"
 export PATH="$VENV/bin:$PATH"

@@ -14,7 +14,8 @@ publisher with one ``send()`` each; from a checkout with pns4ones, it
 encrypts, writes and dispatches the reactor's events as the service does
 (``pns4ones.crypto.AesCbc``: contexts kept and re-chained to the IV;
 ``pns4ones.txinternals.send_now`` and ``lean_dispatch``: no log context per
-event, the sends of one poll's events made together after the last).  No
+event, the sends of one poll's events made together after the last), compiled
+where the service's install compiled them (``pns4ones.compiled``).  No
 validation, no token check, no metrics, no logs.  It is NOT the service: it
 is the yardstick of what the same language, runtime and reactor cost per send
 (about 4 us of Python per send, measured in process).

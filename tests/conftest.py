@@ -78,6 +78,7 @@ LONGEST_FIRST = (
     "test_trace_process.py",
     "test_reliability.py",
     "test_redis_hub.py",
+    "test_compiled.py",
 )
 
 

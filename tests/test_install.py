@@ -14,6 +14,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import urllib.error
 import urllib.request
@@ -24,7 +25,7 @@ from unittest import SkipTest
 
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from pns4ones import config
+from pns4ones import compiled, config
 from pns4ones.inifile import default_ini
 from pns4ones_client import Subscriber
 
@@ -47,7 +48,7 @@ def built_wheel() -> Path:
         src.mkdir()
         for name in ("src",):
             shutil.copytree(CHECKOUT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "dropin.cache"))
-        for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.md"):
             shutil.copy2(CHECKOUT / name, src / name)
         out = Path(work.name) / "dist"
         result = subprocess.run(
@@ -245,6 +246,19 @@ class WheelTests(TestCase):
         self.assertFalse({"twisted/__init__.py", "twisted/plugins/__init__.py"} & names)
         self.assertEqual({n.split("/")[0] for n in names if not n.startswith("pns4ones-")}, {"pns4ones", "twisted"})
 
+    def test_wheel_holds_the_send_path_compiled_and_its_source(self) -> None:
+        """Each module of the send path is in the wheel as its .py and, built with a C compiler here, compiled beside it."""
+        require("gcc", "python3-dev")
+        names = set(zipfile.ZipFile(self.wheel).namelist())
+        suffix = sysconfig.get_config_var("EXT_SUFFIX")
+        for module in compiled.HOT:
+            path = module.replace(".", "/")
+            self.assertIn(f"{path}.py", names)
+            self.assertIn(f"{path}{suffix}", names)
+        self.assertFalse({n for n in names if n.endswith(".c")})  # (Cython's C files stay in build/)
+        state = run(self.venv / "bin" / "python", "-m", "pns4ones.compiled", timeout=60).stdout
+        self.assertEqual(state.splitlines()[-1], "send path: compiled")
+
     def test_twistd_finds_the_plugin(self) -> None:
         """After a plain wheel install, twistd lists pns4ones and 'twistd pns4ones -h' prints its options."""
         listing = run(self.venv / "bin" / "twistd", "--help").stdout
@@ -277,7 +291,7 @@ class EditableInstallTests(SynchronousTestCase):
         tmp = Path(work.name)
         checkout, venv = tmp / "checkout", tmp / "venv"
         shutil.copytree(CHECKOUT / "src", checkout / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "dropin.cache"))
-        for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.md"):
             shutil.copy2(CHECKOUT / name, checkout / name)
         run(sys.executable, "-m", "venv", "--without-pip", venv)
         # The test's own pip installs into it (no ensurepip); dependencies come from pip's cache.
@@ -289,6 +303,10 @@ class EditableInstallTests(SynchronousTestCase):
         (checkout / "src" / "pns4ones" / "_editable_probe.py").write_text("WHERE = __file__\n")
         where = run(venv / "bin" / "python", "-c", "from pns4ones import _editable_probe; print(_editable_probe.WHERE)", timeout=60).stdout
         self.assertEqual(where.strip(), str(checkout / "src" / "pns4ones" / "_editable_probe.py"))
+        # Nothing compiled: the source runs as edited (setup.py skips the compiled send path in editable mode).
+        state = run(venv / "bin" / "python", "-m", "pns4ones.compiled", check=False, timeout=60)
+        self.assertEqual((state.returncode, state.stdout.splitlines()[-1]), (1, "send path: pure"))
+        self.assertEqual(list(checkout.rglob("*.so")), [])
 
 
 def _need_root_install() -> None:
@@ -509,7 +527,8 @@ class InstallTests(InstalledRoot):
         run(self.bin / "pns4ones-admin", "--data-dir", self.var, "create", "kept")
         before = {p: p.read_bytes() for d in (self.etc, self.var) for p in d.iterdir()}
         release = os.readlink(self.root / "opt/pns4ones/venv")
-        output = run("bash", INSTALL, "--root", self.root, "--no-start").stdout
+        # (PNS4ONES_PURE: this test is about the files kept; the wheel's tests cover the compiled build.)
+        output = run("bash", INSTALL, "--root", self.root, "--no-start", env=env(PNS4ONES_PURE="1")).stdout
         self.assertEqual({p: p.read_bytes() for d in (self.etc, self.var) for p in d.iterdir()}, before)
         self.assertIn("(kept)", output)
         self.assertIn("upgrade; previous release kept", output)

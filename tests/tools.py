@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import unittest
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,6 +71,12 @@ def _system_venv() -> str | None:
     return python if ok else None
 
 
+def _python_headers() -> str | None:
+    """Python.h of this interpreter (what compiling the send path needs, with a C compiler: setup.py)."""
+    header = os.path.join(sysconfig.get_paths()["include"], "Python.h")
+    return header if os.path.exists(header) else None
+
+
 @dataclass(frozen=True)
 class Tool:
     """A program some tests need, found by ``find`` (a path, or None when missing), installed by ``package``."""
@@ -99,6 +106,8 @@ TOOLS = {
         Tool("redis-server", "redis-server", lambda: which("redis-server"), server=True),
         Tool("postgresql", "postgresql", postgres_bindir, server=True),
         Tool("haproxy", "haproxy", lambda: which("haproxy"), server=True),
+        Tool("gcc", "gcc", lambda: which("gcc") or which("cc")),
+        Tool("python3-dev", "python3-dev", _python_headers),
     )
 }
 

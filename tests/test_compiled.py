@@ -1,0 +1,76 @@
+"""
+The compiled send path (``setup.py``, :mod:`pns4ones.compiled`).  The suite runs
+against the installed package, so where the send path's modules could be
+compiled it tests the compiled copies, as users get them; and the same source,
+run as plain Python (what a machine without a C compiler installs), passes the
+send path's own tests, its twistd processes included.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from unittest import SkipTest
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from pns4ones import compiled
+
+from .tools import require
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+#: The tests of the compiled modules (and of the send path through twistd), run again on the pure source.
+SEND_PATH_TESTS = (
+    "tests/test_http_connection.py",
+    "tests/test_send_path.py",
+    "tests/test_api_handlers.py",
+    "tests/test_messages.py",
+    "tests/test_wire.py",
+    "tests/test_vectors.py",
+    "tests/test_recovery.py",
+    "tests/test_trace.py",
+    "tests/test_hub_contract.py",
+    "tests/test_txinternals.py",
+)
+
+
+def pure_env() -> dict[str, str]:
+    """This environment with the checkout's src/ first on the path: its .py files, never a compiled copy."""
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": str(CHECKOUT / "src") + (os.pathsep + path if path else "")}
+
+
+class CompiledTests(SynchronousTestCase):
+    def test_installed_send_path_is_compiled(self) -> None:
+        """scripts/test's install compiled every module of the send path (so the suite tests what users get)."""
+        if os.environ.get("PNS4ONES_PURE", "") not in ("", "0"):
+            raise SkipTest("PNS4ONES_PURE is set: the send path was installed as pure Python")
+        require("gcc", "python3-dev")
+        self.assertEqual({name: True for name in compiled.HOT}, compiled.compiled())
+        self.assertEqual(compiled.build(), "compiled")
+        result = subprocess.run([sys.executable, "-m", "pns4ones.compiled"], capture_output=True, text=True, timeout=60)
+        self.assertEqual((result.returncode, result.stdout.splitlines()[-1]), (0, "send path: compiled"))
+
+    def test_the_source_runs_pure_from_src(self) -> None:
+        """With src/ first on the path every module of the send path is the .py file (the premise of the next test)."""
+        result = subprocess.run(
+            [sys.executable, "-m", "pns4ones.compiled"], capture_output=True, text=True, timeout=60, env=pure_env(), cwd=CHECKOUT
+        )
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertEqual(result.stdout.splitlines()[-1], "send path: pure")
+        self.assertIn("pns4ones.http.connection: pure Python", result.stdout)
+
+    def test_pure_source_passes_the_send_path_tests(self) -> None:
+        """The send path's tests, again, on the pure source (in one process: the suite's workers share the cores)."""
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", *SEND_PATH_TESTS],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=pure_env(),
+            cwd=CHECKOUT,
+        )
+        self.assertEqual(result.returncode, 0, result.stdout[-5000:] + result.stderr[-3000:])
+        self.assertRegex(result.stdout.splitlines()[-1], r"^\d+ passed")
