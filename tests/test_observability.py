@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
+from pns4ones import compiled
 from pns4ones_client import Subscriber
 from pns4ones_client.protocol import ClientKey, registration_frame
 
@@ -189,6 +190,10 @@ class MetricsTests(ObservedServer):
         self.assertLess(doc["uptime"], 120)
         text = self.server.admin("status").stdout
         self.assertIn("subscriptions: 3", text)
+        # The build of the send path, as this suite installed it (tests/test_compiled.py), in the status and the start-up line.
+        self.assertEqual(doc["build"], compiled.build())
+        self.assertIn(f", {compiled.build()} send path), up ", text.splitlines()[0])
+        self.assertIn(f"started ({compiled.build()} send path); data in", self.server.log())
         self.assertIn("information base ib2: 1", text)
         via_twistd = run_twistd("pns4ones", "admin", "--data-dir", str(self.server.data_dir), "status", "--json")
         self.assertEqual(via_twistd.returncode, 0, via_twistd.stderr)

@@ -35,7 +35,7 @@ from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
-from . import __version__, control, trace
+from . import __version__, compiled, control, trace
 from .config import Config
 from .http.site import ApiSite, json_body
 from .jsondoc import JSONObject
@@ -221,6 +221,7 @@ def status_doc(service: ObservedService, metrics: Metrics) -> JSONObject:
             pass
     return {
         "version": __version__,
+        "build": compiled.build(),
         "pid": os.getpid(),
         "started": metrics.started,
         "uptime": round(time.time() - metrics.started, 3),

@@ -22,7 +22,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
-from . import __version__, control, handoff, logs, txinternals
+from . import __version__, compiled, control, handoff, logs, txinternals
 from . import tls as _tls
 from .admin.app import AdminPanel, AdminSite
 from .config import Address, Config, ConfigError
@@ -256,8 +256,9 @@ class PnsService(service.MultiService):
         self.observability.started()
         always = {logs.ALWAYS: True}
         self.log.info(
-            "pns4ones {version} started; data in {data_dir}; config {config}",
+            "pns4ones {version} started ({build} send path); data in {data_dir}; config {config}",
             version=__version__,
+            build=compiled.build(),
             data_dir=str(cfg.data_dir),
             config=cfg.config_file or "(none, defaults)",
             **always,

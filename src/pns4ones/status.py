@@ -76,7 +76,7 @@ def render(doc: dict[str, Any]) -> str:
     """The status document for people."""
     minute = doc.get("last_minute", {})
     lines = [
-        f"pns4ones {doc.get('version')} (pid {doc.get('pid')}), up {_duration(doc.get('uptime', 0))}, {'ready' if doc.get('ready') else 'NOT READY'}",
+        f"pns4ones {doc.get('version')} (pid {doc.get('pid')}, {doc.get('build', 'pure')} send path), up {_duration(doc.get('uptime', 0))}, {'ready' if doc.get('ready') else 'NOT READY'}",
         f"subscriptions: {doc.get('subscriptions', 0)} ({doc.get('connections', 0)} connections)",
     ]
     for app_id, app in doc.get("applications", {}).items():
