@@ -28,6 +28,7 @@ import json
 import os
 import random
 import selectors
+import shutil
 import socket
 import struct
 import subprocess
@@ -201,6 +202,7 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(15)
+        shutil.rmtree(tmp, ignore_errors=True)  # (the throwaway store and admin files)
 
 
 if __name__ == "__main__":

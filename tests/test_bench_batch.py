@@ -8,8 +8,11 @@ or its figures mean nothing.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +21,13 @@ from twisted.trial.unittest import TestCase
 BENCH_BATCH = Path(__file__).resolve().parent.parent / "scripts" / "bench_batch.py"
 
 
-def _run(*args: str) -> dict[str, Any]:
+def _run(*args: str, tmpdir: str | None = None) -> dict[str, Any]:
     result = subprocess.run(
         [sys.executable, str(BENCH_BATCH), "--subscribers", "20", "--batch", "10", "--seconds", "1", "--no-pin", *args],
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, "TMPDIR": tmpdir} if tmpdir else None,
     )
     if result.returncode != 0:
         raise AssertionError(f"bench_batch.py exited {result.returncode}: {result.stdout}{result.stderr}")
@@ -45,10 +49,13 @@ class BenchBatchTests(TestCase):
         self.assertLessEqual(abs(doc["server_cpu_us_per_message"] - parts), 0.15)
 
     def test_every_frame_decrypted_by_default(self) -> None:
-        """The default driver (one connection, every frame decrypted and checked) loses nothing."""
-        doc = _run()
+        """The default driver (one connection, every frame decrypted and checked) loses nothing, and leaves no data directory."""
+        tmpdir = tempfile.mkdtemp(prefix="pns4ones-batch-test-")
+        self.addCleanup(shutil.rmtree, tmpdir, True)
+        doc = _run(tmpdir=tmpdir)
         self.assertGreater(doc["accepted"], 0)
         self.assertEqual((doc["received"], doc["lost"], doc["decrypt_every"]), (doc["accepted"], 0, 1))
+        self.assertEqual(os.listdir(tmpdir), [])  # (the server's throwaway store went with it)
 
     def test_bad_options_are_refused(self) -> None:
         """--publishers 0 is a usage error (exit 2), not a run."""
