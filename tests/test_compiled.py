@@ -9,14 +9,17 @@ send path's own tests, its twistd processes included.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 from unittest import SkipTest
 
+from twisted.internet.interfaces import ILoggingContext, IProtocol, IPushProducer
 from twisted.trial.unittest import SynchronousTestCase
 
 from pns4ones import compiled
+from pns4ones.http.connection import FrontConnection
 
 from .tools import require
 
@@ -40,6 +43,24 @@ def pure_env() -> dict[str, str]:
     """This environment with the checkout's src/ first on the path: its .py files, never a compiled copy."""
     path = os.environ.get("PYTHONPATH", "")
     return {**os.environ, "PYTHONPATH": str(CHECKOUT / "src") + (os.pathsep + path if path else "")}
+
+
+class DeclarationTests(SynchronousTestCase):
+    def test_front_connection_declares_its_slots_for_the_compiled_build(self) -> None:
+        """connection.pxd declares FrontConnection's C fields: exactly the attributes of its __slots__."""
+        pxd = (CHECKOUT / "src" / "pns4ones" / "http" / "connection.pxd").read_text()
+        declared = set(re.findall(r"^    cdef public object (\w+)$", pxd, re.MULTILINE))
+        self.assertEqual(declared, set(FrontConnection.__slots__) - {"__weakref__"})
+        self.assertIn("    cdef object __weakref__", pxd)
+
+    def test_front_connection_is_an_iprotocol_and_a_push_producer(self) -> None:
+        """Not a subclass of Protocol: what the reactor and the TLS wrapper ask of it is declared (both builds)."""
+        self.assertTrue(IProtocol.implementedBy(FrontConnection))
+        self.assertTrue(IPushProducer.implementedBy(FrontConnection))
+        self.assertTrue(ILoggingContext.implementedBy(FrontConnection))
+        connection = FrontConnection.__new__(FrontConnection)
+        with self.assertRaises(AttributeError):  # (slots in the pure build, C fields in the compiled one)
+            connection.undeclared = 1  # type: ignore[attr-defined]
 
 
 class CompiledTests(SynchronousTestCase):
