@@ -20,4 +20,8 @@ pip_quiet() {  # pip's build chatter only when something fails
 "${PIP[@]}" "setuptools>=68" wheel "cython>=3.1"
 "${PIP[@]}" --no-build-isolation "$ROOT$1" "$ROOT/clients/python$2"
 "${PIP[@]}" --no-build-isolation --no-deps --force-reinstall "$ROOT" "$ROOT/clients/python"
+# pip keeps setup.py's warning to itself: say it here when the send path was not compiled.
+if [ -z "${PNS4ONES_PURE:-}" ] && ! "$VENV/bin/python" -m pns4ones.compiled >/dev/null 2>&1; then
+    echo "scripts/${0##*/}: the send path runs as pure Python here (to compile it: apt-get install gcc python3-dev, then run this again)" >&2
+fi
 export PATH="$VENV/bin:$PATH"
