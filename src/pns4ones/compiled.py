@@ -42,9 +42,9 @@ def compiled() -> dict[str, bool]:
     return out
 
 
-def build() -> str:
-    """``compiled`` (every module of the send path), ``pure`` (none) or ``partly compiled (N of M)``."""
-    done = sum(compiled().values())
+def build(state: dict[str, bool] | None = None) -> str:
+    """``compiled`` (every module of the send path), ``pure`` (none) or ``partly compiled (N of M)``; of ``state`` when given."""
+    done = sum((compiled() if state is None else state).values())
     if done == len(HOT):
         return "compiled"
     if not done:
@@ -56,7 +56,7 @@ def main() -> int:
     state = compiled()
     for name, is_compiled in state.items():
         print(f"{name}: {'compiled' if is_compiled else 'pure Python'}")
-    print(f"send path: {build()}")
+    print(f"send path: {build(state)}")
     return 0 if all(state.values()) else 1
 
 

@@ -75,8 +75,9 @@ def _size(n: int) -> str:
 def render(doc: dict[str, Any]) -> str:
     """The status document for people."""
     minute = doc.get("last_minute", {})
+    build = f", {doc['build']} send path" if "build" in doc else ""  # (a server from before the build was reported: nothing)
     lines = [
-        f"pns4ones {doc.get('version')} (pid {doc.get('pid')}, {doc.get('build', 'pure')} send path), up {_duration(doc.get('uptime', 0))}, {'ready' if doc.get('ready') else 'NOT READY'}",
+        f"pns4ones {doc.get('version')} (pid {doc.get('pid')}{build}), up {_duration(doc.get('uptime', 0))}, {'ready' if doc.get('ready') else 'NOT READY'}",
         f"subscriptions: {doc.get('subscriptions', 0)} ({doc.get('connections', 0)} connections)",
     ]
     for app_id, app in doc.get("applications", {}).items():
