@@ -8,6 +8,8 @@ send path's own tests, its twistd processes included.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 import re
 import subprocess
@@ -20,6 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pns4ones import compiled
 from pns4ones.http.connection import FrontConnection
+from pns4ones.hub import Delivery
 
 from .tools import require
 
@@ -36,6 +39,7 @@ SEND_PATH_TESTS = (
     "tests/test_trace.py",
     "tests/test_hub_contract.py",
     "tests/test_txinternals.py",
+    "tests/test_addin_protocol.py",
 )
 
 
@@ -52,6 +56,18 @@ class DeclarationTests(SynchronousTestCase):
         declared = set(re.findall(r"^    cdef public object (\w+)$", pxd, re.MULTILINE))
         self.assertEqual(declared, set(FrontConnection.__slots__) - {"__weakref__"})
         self.assertIn("    cdef object __weakref__", pxd)
+
+    def test_delivery_init_takes_its_fields(self) -> None:
+        """Delivery's written-out __init__ (compiled, unlike a generated one) takes every field, with its default, in order."""
+        params = list(inspect.signature(Delivery.__init__).parameters.values())[1:]
+        fields = dataclasses.fields(Delivery)
+        self.assertEqual([p.name for p in params], [f.name for f in fields])
+        self.assertEqual(
+            [p.default for p in params], [inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default for f in fields]
+        )
+        d = Delivery(2, 1, message_id=7, reached=("u",))
+        self.assertEqual((d.sessions, d.users, d.stored, d.dropped, d.message_id, d.reached), (2, 1, False, 0, 7, ("u",)))
+        self.assertEqual(dataclasses.replace(d, stored=True, dropped=3), Delivery(2, 1, True, 3, 7))
 
     def test_front_connection_is_an_iprotocol_and_a_push_producer(self) -> None:
         """Not a subclass of Protocol: what the reactor and the TLS wrapper ask of it is declared (both builds)."""

@@ -177,6 +177,24 @@ class Delivery:
     #: The user ids reached live, for store and forward (who must not get the kept copy); not part of the answer.
     reached: Collection[str] = field(default=frozenset(), compare=False, repr=False)
 
+    # Written out, not generated: the dataclass's own __init__ is made with exec() at import, so it
+    # runs in the interpreter even in the compiled build (pns4ones.compiled), once per send.
+    def __init__(
+        self,
+        sessions: int,
+        users: int,
+        stored: bool = False,
+        dropped: int = 0,
+        message_id: int = 0,
+        reached: Collection[str] = frozenset(),
+    ) -> None:
+        self.sessions = sessions
+        self.users = users
+        self.stored = stored
+        self.dropped = dropped
+        self.message_id = message_id
+        self.reached = reached
+
 
 class HubUnavailable(Exception):
     """The hub between nodes cannot take a message now (sends answer 503)."""
