@@ -9,6 +9,7 @@ send path's own tests, its twistd processes included.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import os
 import re
@@ -50,12 +51,19 @@ def pure_env() -> dict[str, str]:
 
 
 class DeclarationTests(SynchronousTestCase):
-    def test_front_connection_declares_its_slots_for_the_compiled_build(self) -> None:
-        """connection.pxd declares FrontConnection's C fields: exactly the attributes of its __slots__."""
-        pxd = (CHECKOUT / "src" / "pns4ones" / "http" / "connection.pxd").read_text()
-        declared = set(re.findall(r"^    cdef public object (\w+)$", pxd, re.MULTILINE))
-        self.assertEqual(declared, set(FrontConnection.__slots__) - {"__weakref__"})
-        self.assertIn("    cdef object __weakref__", pxd)
+    def test_each_pxd_declares_its_classes_slots(self) -> None:
+        """Each .pxd declares its classes' C fields: exactly the attributes of their __slots__ (both builds refuse others)."""
+        pxds = sorted((CHECKOUT / "src").rglob("*.pxd"))
+        self.assertIn(CHECKOUT / "src" / "pns4ones" / "http" / "connection.pxd", pxds)
+        for pxd in pxds:
+            module = importlib.import_module(".".join(pxd.relative_to(CHECKOUT / "src").with_suffix("").parts))
+            for name, body in re.findall(r"^cdef class (\w+):\n((?:    .*\n)+)", pxd.read_text(), re.MULTILINE):
+                with self.subTest(pxd=pxd.name, cls=name):
+                    cls = getattr(module, name)
+                    declared = set(re.findall(r"^    cdef public object (\w+)$", body, re.MULTILINE))
+                    weak = "    cdef object __weakref__" in body
+                    self.assertEqual(declared | ({"__weakref__"} if weak else set()), set(cls.__slots__))
+                    self.assertTrue(declared)
 
     def test_delivery_init_takes_its_fields(self) -> None:
         """Delivery's written-out __init__ (compiled, unlike a generated one) takes every field, with its default, in order."""

@@ -187,6 +187,8 @@ def _no_groups(app_id: str, ib_id: str, user_id: str) -> Collection[str]:
 class Trace:
     """The last ``size`` sends of this node (0: off, nothing recorded)."""
 
+    __slots__ = ("_many", "_many_total", "_records", "bodies", "budget", "recorded", "size")
+
     def __init__(self, size: int = DEFAULT_SIZE, bodies: bool = False, budget: int = REACHED_BUDGET) -> None:
         self.size = max(0, size)
         self.bodies = bodies

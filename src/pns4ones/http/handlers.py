@@ -43,7 +43,7 @@ from ..groups import GroupError, check_name, parse_ttl, parse_user_ids
 from ..hub import Delivery, HubUnavailable
 from ..logs import RateLimited
 from ..messages import MessageError, SendRequest, decode_json_body, decode_send_body, parse_send, parse_send_object
-from ..metrics import NULL
+from ..metrics import NULL, NullMetrics
 from ..ratelimit import RateLimiter
 from ..store import Application, StoreUnavailable
 from .calls import JSON_HEADERS, Answer, Call, Headers, json_answer
@@ -155,7 +155,7 @@ def _element(result: dict[str, Any]) -> bytes:
 class Handlers:
     """Every route of the send API listener (see the module's invariants)."""
 
-    metrics = NULL
+    __slots__ = ("_warn", "core", "expires_in_format", "limiter", "log_sends", "max_batch", "metrics", "readiness", "subscriptions")
 
     def __init__(
         self,
@@ -167,6 +167,8 @@ class Handlers:
         subscriptions: Any = None,
     ) -> None:
         self.core = core
+        #: The service's metrics (pns4ones.observe sets them), or none.
+        self.metrics: NullMetrics = NULL
         self.max_batch = max_batch
         #: WebSocket/SSE subscriptions (:class:`pns4ones.transports.web.WebSubscriptions`), if served.
         self.subscriptions = subscriptions

@@ -53,6 +53,8 @@ def _discard(index: dict[str, set[Session]], key: str, session: Session) -> None
 class LocalHub:
     """:class:`pns4ones.hub.Hub` for one process."""
 
+    __slots__ = ("_apps", "_count", "_ibs", "_members", "_now", "on_routed", "recovery")
+
     def __init__(
         self,
         members: MembersOf | None = None,

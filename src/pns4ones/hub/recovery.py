@@ -54,6 +54,8 @@ class Window:
 class Recovery:
     """Ids and recovery windows of one node."""
 
+    __slots__ = ("_forgotten_floor", "_windows", "last_id", "limit", "seconds")
+
     def __init__(self, start_id: int, seconds: float = 120.0, limit: int = 1000) -> None:
         self.last_id = start_id - 1
         self.seconds = seconds

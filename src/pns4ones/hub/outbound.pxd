@@ -1,0 +1,13 @@
+# The compiled build of outbound.py (setup.py; Cython reads this file beside the .py): Outbound
+# as an extension type, its attributes C fields.  The same names as its __slots__
+# (tests/test_compiled.py compares them); public: readable and writable from Python.
+
+cdef class Outbound:
+    cdef public object _frame
+    cdef public object _frame_key
+    cdef public object _message
+    cdef public object _plaintext
+    cdef public object _web
+    cdef public object _web_text
+    cdef public object frame_size
+    cdef public object id

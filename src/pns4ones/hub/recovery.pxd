@@ -1,0 +1,14 @@
+# The compiled build of recovery.py (setup.py; Cython reads this file beside the .py): Window and Recovery
+# as extension types, their attributes C fields.  The same names as their __slots__
+# (tests/test_compiled.py compares them); public: readable and writable from Python.
+
+cdef class Window:
+    cdef public object entries
+    cdef public object floor
+
+cdef class Recovery:
+    cdef public object _forgotten_floor
+    cdef public object _windows
+    cdef public object last_id
+    cdef public object limit
+    cdef public object seconds

@@ -1,0 +1,12 @@
+# The compiled build of trace.py (setup.py; Cython reads this file beside the .py): Trace
+# as an extension type, its attributes C fields.  The same names as its __slots__
+# (tests/test_compiled.py compares them); public: readable and writable from Python.
+
+cdef class Trace:
+    cdef public object _many
+    cdef public object _many_total
+    cdef public object _records
+    cdef public object bodies
+    cdef public object budget
+    cdef public object recorded
+    cdef public object size
