@@ -37,7 +37,11 @@ if TYPE_CHECKING:
 class NullMetrics:
     """Counts nothing (parts used without a service)."""
 
-    sends = deliveries = 0
+    __slots__ = ("deliveries", "sends")
+
+    def __init__(self) -> None:
+        self.sends = 0
+        self.deliveries = 0
 
     def registration_accepted(self) -> None:
         pass
@@ -127,6 +131,8 @@ class _Histogram:
     ``Histogram.observe`` picks), exposed exactly as ``prometheus_client.Histogram``.
     """
 
+    __slots__ = ("bounds", "counts", "documentation", "name", "sum")
+
     def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
         self.name = name
         self.documentation = documentation
@@ -156,6 +162,33 @@ class _Histogram:
 
 class Metrics(NullMetrics):
     """The node's metrics in their own registry (with the library's process metrics)."""
+
+    __slots__ = (
+        "_accepted",
+        "_addin_refused",
+        "_byte_counts",
+        "_bytes",
+        "_cuts",
+        "_deliveries",
+        "_delivery_counts",
+        "_history",
+        "_http",
+        "_http_counts",
+        "_http_labels",
+        "_latency",
+        "_latency_bounds",
+        "_latency_counts",
+        "_messages",
+        "_panel_messages",
+        "_registrations",
+        "_rejected",
+        "_sent_counts",
+        "_token_children",
+        "_tokens",
+        "clock",
+        "registry",
+        "started",
+    )
 
     def __init__(self, clock: Any) -> None:
         from prometheus_client import (
