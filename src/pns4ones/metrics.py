@@ -40,6 +40,7 @@ class NullMetrics:
     __slots__ = ("deliveries", "sends")
 
     def __init__(self) -> None:
+        #: Plain running totals (Metrics: for the status command's "last minute" figures).
         self.sends = 0
         self.deliveries = 0
 
@@ -271,9 +272,7 @@ class Metrics(NullMetrics):
         #: (path, status) -> the labels it is counted under (bounded: unknown paths share "other").
         self._http_labels: dict[tuple[bytes, int], tuple[str, str]] = {}
         self._token_children: dict[str, Any] = {}
-        #: Plain running totals for the status command's "last minute" figures.
-        self.sends = 0
-        self.deliveries = 0
+        super().__init__()  # (the running totals)
         self._history: collections.deque[tuple[float, int, int]] = collections.deque(maxlen=62)
 
     # -- the hot paths ---------------------------------------------------------------
