@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 from unittest import SkipTest
 
 from twisted.internet.interfaces import ILoggingContext, IProtocol, IPushProducer
@@ -24,6 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from pns4ones import compiled
 from pns4ones.http.connection import FrontConnection
 from pns4ones.hub import Delivery
+from pns4ones.messages import Message, Recipient, SendRequest
 
 from .tools import require
 
@@ -67,15 +69,40 @@ class DeclarationTests(SynchronousTestCase):
 
     def test_delivery_init_takes_its_fields(self) -> None:
         """Delivery's written-out __init__ (compiled, unlike a generated one) takes every field, with its default, in order."""
-        params = list(inspect.signature(Delivery.__init__).parameters.values())[1:]
-        fields = dataclasses.fields(Delivery)
-        self.assertEqual([p.name for p in params], [f.name for f in fields])
-        self.assertEqual(
-            [p.default for p in params], [inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default for f in fields]
-        )
+        self.assert_init_takes_fields(Delivery)
         d = Delivery(2, 1, message_id=7, reached=("u",))
         self.assertEqual((d.sessions, d.users, d.stored, d.dropped, d.message_id, d.reached), (2, 1, False, 0, 7, ("u",)))
         self.assertEqual(dataclasses.replace(d, stored=True, dropped=3), Delivery(2, 1, True, 3, 7))
+
+    def assert_init_takes_fields(self, cls: type, factories: dict[str, Any] | None = None) -> None:
+        """``cls.__init__`` (written out) takes every field of the dataclass, with its default, in order (a
+        field with a default factory: None, which stands for a fresh one)."""
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        fields = dataclasses.fields(cls)
+        self.assertEqual([p.name for p in params], [f.name for f in fields])
+        expected = []
+        for f in fields:
+            if f.default is not dataclasses.MISSING:
+                expected.append(f.default)
+            elif f.default_factory is not dataclasses.MISSING:
+                expected.append(None)
+            else:
+                expected.append(inspect.Parameter.empty)
+        self.assertEqual([p.default for p in params], expected)
+
+    def test_send_values_init_take_their_fields(self) -> None:
+        """Message, Recipient and SendRequest: the same written-out __init__ (a send builds all three)."""
+        for cls in (Message, Recipient, SendRequest):
+            self.assert_init_takes_fields(cls)
+        message = Message("t", None, {"k": "v"})
+        recipient = Recipient("user", "ib", "u")
+        send = SendRequest(recipient, message, 5)
+        self.assertEqual((send.recipient, send.message, send.ttl), (Recipient("user", "ib", "u", ""), Message("t", None, {"k": "v"}), 5))
+        self.assertEqual((recipient.type, recipient.ib_id, recipient.user_id, recipient.group), ("user", "ib", "u", ""))
+        self.assertEqual(Message().data, {})
+        self.assertIsNot(Message().data, Message().data)
+        self.assertEqual(hash(recipient), hash(Recipient("user", "ib", "u")))
+        self.assertEqual(dataclasses.replace(recipient, user_id="w"), Recipient("user", "ib", "w"))
 
     def test_front_connection_is_an_iprotocol_and_a_push_producer(self) -> None:
         """Not a subclass of Protocol: what the reactor and the TLS wrapper ask of it is declared (both builds)."""

@@ -49,40 +49,55 @@ class Notification:
     important: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+# Message, Recipient and SendRequest are values: never changed once made.  They are not
+# frozen because a frozen dataclass is built through object.__setattr__ (or its slots'
+# descriptors), four to five times the cost of a plain one's assignments, three objects per
+# send.  Their __init__ is written out, not generated: the dataclass's own is made with
+# exec() at import, so it would run in the interpreter even in the compiled build
+# (pns4ones.compiled).  A test checks each against its fields.
+
+
+@dataclass(slots=True)
 class Message:
     topic: str = ""
     notification: Notification | None = None
     data: Mapping[str, str] = field(default_factory=dict)
 
+    def __init__(self, topic: str = "", notification: Notification | None = None, data: Mapping[str, str] | None = None) -> None:
+        self.topic = topic
+        self.notification = notification
+        self.data = {} if data is None else data
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, unsafe_hash=True)  # (hashed by value, as when it was frozen)
 class Recipient:
     type: str
     ib_id: str
     user_id: str = ""
     group: str = ""
 
+    def __init__(self, type: str, ib_id: str, user_id: str = "", group: str = "") -> None:
+        self.type = type
+        self.ib_id = ib_id
+        self.user_id = user_id
+        self.group = group
+
     @property
     def target(self) -> str:
         return self.user_id if self.type == "user" else self.group if self.type == "group" else ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SendRequest:
     recipient: Recipient
     message: Message
     #: ``Message.TTL`` as sent (checked against ``max_ttl`` by the API); None when absent.
     ttl: Any = None
 
-
-# The hot path builds these frozen values through their slots' own descriptors:
-# the same objects as ``Recipient(...)`` etc., in about a third of the time of
-# the frozen ``__init__`` (which calls ``object.__setattr__`` once per field).
-_new = object.__new__
-_r_type, _r_ib, _r_user, _r_group = (Recipient.__dict__[f].__set__ for f in ("type", "ib_id", "user_id", "group"))
-_m_topic, _m_note, _m_data = (Message.__dict__[f].__set__ for f in ("topic", "notification", "data"))
-_s_rec, _s_msg, _s_ttl = (SendRequest.__dict__[f].__set__ for f in ("recipient", "message", "ttl"))
+    def __init__(self, recipient: Recipient, message: Message, ttl: Any = None) -> None:
+        self.recipient = recipient
+        self.message = message
+        self.ttl = ttl
 
 
 def _lower_keys(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -220,12 +235,10 @@ def _text(value: Any, limit: int) -> str:
 
 
 #: Member names as the manual spells them; an object named only so needs no lowercased copy.
-_ROOT_NAMES: Final = {"Recipient", "Message"}
 _RECIPIENT_NAMES: Final = frozenset({"Type", "IbId", "UserId", "UserGroup"})
 _MESSAGE_NAMES: Final = frozenset({"Topic", "Notification", "Data", "TTL"})
-#: The members of the usual recipient and message, as the manual spells them.
-_USER_NAMES: Final = frozenset({"Type", "IbId", "UserId"})
-_TOPIC_DATA_NAMES: Final = frozenset({"Topic", "Data"})
+#: Not read yet (None is a member's possible value).
+_UNREAD: Final = object()
 
 
 def _parse_regular(doc: dict[str, Any], copy_data: bool = True) -> SendRequest:
@@ -239,23 +252,33 @@ def _parse_regular(doc: dict[str, Any], copy_data: bool = True) -> SendRequest:
     ``copy_data`` false, the message keeps the document's own Data object
     (the caller's document is not kept, nor changed, by anybody else).
     """
-    if doc.keys() == _ROOT_NAMES:
-        rec = doc["Recipient"]
-        msg = doc["Message"]
-    else:
+    # The usual objects: one of n members that has the n usual names has no others (a
+    # length and n look-ups, a third of the cost of comparing its keys with a set).
+    rec = msg = None
+    if len(doc) == 2:
+        try:
+            rec = doc["Recipient"]
+            msg = doc["Message"]
+        except KeyError:
+            rec = None
+    if rec is None:
         root = {k.lower(): v for k, v in doc.items()}
         rec = root.get("recipient")
         msg = root.get("message")
     if type(rec) is not dict or type(msg) is not dict:
         raise _IRREGULAR
-    names = rec.keys()
-    if names == _USER_NAMES:  # (the usual recipient: its members read without a call each)
-        rtype, ib_id, user_id, group = rec["Type"], rec["IbId"], rec["UserId"], None
-    elif names <= _RECIPIENT_NAMES:
-        rtype, ib_id, user_id, group = rec.get("Type"), rec.get("IbId"), rec.get("UserId"), rec.get("UserGroup")
-    else:
-        rec = {k.lower(): v for k, v in rec.items()}
-        rtype, ib_id, user_id, group = rec.get("type"), rec.get("ibid"), rec.get("userid"), rec.get("usergroup")
+    rtype = None
+    if len(rec) == 3:  # (the usual recipient)
+        try:
+            rtype, ib_id, user_id, group = rec["Type"], rec["IbId"], rec["UserId"], None
+        except KeyError:
+            pass
+    if rtype is None:
+        if rec.keys() <= _RECIPIENT_NAMES:
+            rtype, ib_id, user_id, group = rec.get("Type"), rec.get("IbId"), rec.get("UserId"), rec.get("UserGroup")
+        else:
+            rec = {k.lower(): v for k, v in rec.items()}
+            rtype, ib_id, user_id, group = rec.get("type"), rec.get("ibid"), rec.get("userid"), rec.get("usergroup")
     if user_id is None:
         user_id = ""
     if group is None:
@@ -287,14 +310,18 @@ def _parse_regular(doc: dict[str, Any], copy_data: bool = True) -> SendRequest:
         user_id = group = ""
     else:
         raise _IRREGULAR
-    names = msg.keys()
-    if names == _TOPIC_DATA_NAMES:  # (the usual message)
-        topic, note, raw_data, ttl = msg["Topic"], None, msg["Data"], None
-    elif names <= _MESSAGE_NAMES:
-        topic, note, raw_data, ttl = msg.get("Topic"), msg.get("Notification"), msg.get("Data"), msg.get("TTL")
-    else:
-        msg = {k.lower(): v for k, v in msg.items()}
-        topic, note, raw_data, ttl = msg.get("topic"), msg.get("notification"), msg.get("data"), msg.get("ttl")
+    note: Any = _UNREAD
+    if len(msg) == 2:  # (the usual message)
+        try:
+            topic, note, raw_data, ttl = msg["Topic"], None, msg["Data"], None
+        except KeyError:
+            pass
+    if note is _UNREAD:
+        if msg.keys() <= _MESSAGE_NAMES:
+            topic, note, raw_data, ttl = msg.get("Topic"), msg.get("Notification"), msg.get("Data"), msg.get("TTL")
+        else:
+            msg = {k.lower(): v for k, v in msg.items()}
+            topic, note, raw_data, ttl = msg.get("topic"), msg.get("notification"), msg.get("data"), msg.get("ttl")
     if topic is None:
         topic = ""
     elif type(topic) is not str or len(topic) > MAX_FIELD:
@@ -325,31 +352,21 @@ def _parse_regular(doc: dict[str, Any], copy_data: bool = True) -> SendRequest:
         data = dict(raw_data) if copy_data else raw_data
     else:
         raise _IRREGULAR
-    # The frozen values, built through their slots' descriptors (see above).
-    recipient = _new(Recipient)
-    _r_type(recipient, rtype)
-    _r_ib(recipient, ib_id)
-    _r_user(recipient, user_id)
-    _r_group(recipient, group)
-    message = _new(Message)
-    _m_topic(message, topic)
-    _m_note(message, notification)
-    _m_data(message, data)
-    send = _new(SendRequest)
-    _s_rec(send, recipient)
-    _s_msg(send, message)
-    _s_ttl(send, ttl)
-    return send
+    return SendRequest(Recipient(rtype, ib_id, user_id, group), Message(topic, notification, data), ttl)
 
 
 _NO_LIMIT: Final = sys.maxsize
 
 
-def parse_send_object(doc: Any) -> SendRequest:
-    """Validate one parsed ``/sendmessage`` body (or one element of a batch)."""
+def parse_send_object(doc: Any, own: bool = False) -> SendRequest:
+    """
+    Validate one parsed ``/sendmessage`` body (or one element of a batch).  With
+    ``own`` (the caller's document, kept and changed by nobody else), the
+    message may keep the document's own Data object instead of a copy.
+    """
     if type(doc) is dict:
         try:
-            return _parse_regular(doc)
+            return _parse_regular(doc, not own)
         except _Irregular:
             pass
     return _parse_checked(doc)

@@ -339,7 +339,7 @@ class Handlers:
         send_one = self.core.send
         for index, item in enumerate(doc):
             try:
-                send = parse_send_object(item)
+                send = parse_send_object(item, True)  # (the batch is this call's own: no copy of each Data)
                 ttl = parse_ttl(send.ttl, max_ttl, "Message.TTL") if send.ttl is not None else 0.0
             except (MessageError, GroupError) as e:
                 batch.results[index] = _element(
