@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import Deferred
@@ -156,29 +156,31 @@ class Catchup:
         yield from self.backlog
 
 
-@dataclass(slots=True)
+@dataclass
 class Delivery:
     """
     What a send reached: the answer of ``/sendmessage`` (and of :meth:`Hub.publish`,
-    before keeping).  A value: never changed once made (not frozen only because a
-    frozen dataclass costs 0.4 µs more to build, once per send).
+    before keeping).  A value: never changed once made (not frozen, as the values of
+    :mod:`pns4ones.messages` and for the same reason: built once per send).  Its
+    ``__init__``, ``__slots__``, ``__eq__`` and ``__repr__`` are written out, its fields
+    declare no defaults: so the compiled build makes it an extension type
+    (``interface.pxd``), as those values.  ``reached`` is neither compared nor shown.
     """
 
+    __slots__ = ("dropped", "message_id", "reached", "sessions", "stored", "users")
     #: Live sessions written to (on every node).
     sessions: int
     #: Distinct users among them.
     users: int
-    #: Kept for users who were not reached (a TTL).
-    stored: bool = False
-    #: Older kept messages dropped to stay within the bounds.
-    dropped: int = 0
-    #: The hub's id of the message (0: none).
-    message_id: int = 0
+    #: Kept for users who were not reached (a TTL); default False.
+    stored: bool
+    #: Older kept messages dropped to stay within the bounds; default 0.
+    dropped: int
+    #: The hub's id of the message (0, the default: none).
+    message_id: int
     #: The user ids reached live, for store and forward (who must not get the kept copy); not part of the answer.
-    reached: Collection[str] = field(default=frozenset(), compare=False, repr=False)
+    reached: Collection[str]
 
-    # Written out, not generated: the dataclass's own __init__ is made with exec() at import, so it
-    # runs in the interpreter even in the compiled build (pns4ones.compiled), once per send.
     def __init__(
         self,
         sessions: int,
@@ -194,6 +196,24 @@ class Delivery:
         self.dropped = dropped
         self.message_id = message_id
         self.reached = reached
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Delivery)
+        return (self.sessions, self.users, self.stored, self.dropped, self.message_id) == (
+            other.sessions,
+            other.users,
+            other.stored,
+            other.dropped,
+            other.message_id,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Delivery(sessions={self.sessions!r}, users={self.users!r}, stored={self.stored!r}, "
+            f"dropped={self.dropped!r}, message_id={self.message_id!r})"
+        )
 
 
 class HubUnavailable(Exception):
