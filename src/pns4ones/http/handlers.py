@@ -136,15 +136,23 @@ def sent_answer(delivery: Delivery) -> Answer:
 class _Batch:
     """
     A ``/sendmessages`` answer being made: each element's result as the JSON
-    text ``json.dumps(..., ensure_ascii=False)`` writes for it, and the totals.
+    text ``json.dumps(..., ensure_ascii=False)`` writes for it, the totals, and
+    what every element's metrics and trace record share (the application, the
+    sender, when the batch arrived and when it was taken).
     """
 
-    __slots__ = ("accepted", "results", "sessions")
+    __slots__ = ("accepted", "app_id", "now", "peer", "results", "sessions", "started")
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, app_id: str, peer: str, started: float, now: float) -> None:
         self.results: list[bytes] = [b"null"] * count
         self.sessions = 0
         self.accepted = 0
+        self.app_id = app_id
+        self.peer = peer
+        #: perf_counter() when the request was complete (each element's latency runs from it).
+        self.started = started
+        #: The clock when the batch was taken: each element's time in the trace.
+        self.now = now
 
 
 def _element(result: dict[str, Any]) -> bytes:
@@ -333,7 +341,7 @@ class Handlers:
             self._charge(call, app)
             raise ApiError(413, "batch_too_large", f"at most {self.max_batch} messages per batch", field="body")
         self._charge(call, app, max(1, len(doc)))
-        batch = _Batch(len(doc))
+        batch = _Batch(len(doc), app.id, call.peer, started, self.core.clock.seconds())
         pending: list[Deferred[None]] = []
         max_ttl = self.core.limits.max_ttl
         send_one = self.core.send
@@ -350,14 +358,11 @@ class Handlers:
             if not isinstance(delivery, Delivery):  # a Deferred
                 pending.append(
                     delivery.addCallbacks(
-                        self._batch_sent,
-                        self._batch_unavailable,
-                        callbackArgs=(batch, index, app.id, send, ttl, call.peer, started),
-                        errbackArgs=(batch, index),
+                        self._batch_sent, self._batch_unavailable, callbackArgs=(batch, index, send, ttl), errbackArgs=(batch, index)
                     )
                 )
             else:
-                self._batch_sent(delivery, batch, index, app.id, send, ttl, call.peer, started)
+                self._batch_sent(delivery, batch, index, send, ttl)
         if pending:
             return gatherResults(pending, consumeErrors=True).addCallback(lambda _: self._batch_answer(app, batch))
         return self._batch_answer(app, batch)
@@ -375,11 +380,9 @@ class Handlers:
         body = b'{"results": [%s], "sessions": %d, "accepted": %d}' % (b", ".join(batch.results), sessions, batch.accepted)
         return Answer(200, ((_SESSIONS, b"%d" % sessions), *JSON_HEADERS), body)
 
-    def _batch_sent(
-        self, delivery: Delivery, batch: _Batch, index: int, app_id: str, send: SendRequest, ttl: float, peer: str, started: float
-    ) -> None:
-        self.metrics.sent(app_id, send.recipient.type, perf_counter() - started)
-        self.core.trace.sent(self.core.clock.seconds(), "batch", peer, app_id, send, ttl, delivery)
+    def _batch_sent(self, delivery: Delivery, batch: _Batch, index: int, send: SendRequest, ttl: float) -> None:
+        self.metrics.sent(batch.app_id, send.recipient.type, perf_counter() - batch.started)
+        self.core.trace.sent(batch.now, "batch", batch.peer, batch.app_id, send, ttl, delivery)
         stored = b"true" if delivery.stored else b"false"
         if delivery.dropped:  # (as /sendmessage's answer: only when keeping it pushed older ones out)
             batch.results[index] = b'{"status": 200, "sessions": %d, "users": %d, "stored": %s, "dropped": %d, "id": %d}' % (
