@@ -1,7 +1,7 @@
 # The compiled build of metrics.py (setup.py; Cython reads this file beside the .py): the
-# metrics and their latency histogram as extension types, their attributes C fields.  The
-# same names as their __slots__ (tests/test_compiled.py compares them); public: readable
-# and writable from Python.
+# metrics, their latency histogram and an application's totals as extension types, their
+# attributes C fields.  The same names as their __slots__ (tests/test_compiled.py compares
+# them); public: readable and writable from Python.
 
 cdef class NullMetrics:
     cdef public object deliveries
@@ -14,14 +14,18 @@ cdef class _Histogram:
     cdef public object name
     cdef public object sum
 
+cdef class _AppTotals:
+    cdef public object deliveries
+    cdef public object frame_bytes
+    cdef public object sent
+
 cdef class Metrics(NullMetrics):
     cdef public object _accepted
     cdef public object _addin_refused
-    cdef public object _byte_counts
+    cdef public object _apps
     cdef public object _bytes
     cdef public object _cuts
     cdef public object _deliveries
-    cdef public object _delivery_counts
     cdef public object _history
     cdef public object _http
     cdef public object _http_counts
@@ -33,7 +37,6 @@ cdef class Metrics(NullMetrics):
     cdef public object _panel_messages
     cdef public object _registrations
     cdef public object _rejected
-    cdef public object _sent_counts
     cdef public object _token_children
     cdef public object _tokens
     cdef public object clock

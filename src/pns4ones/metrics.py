@@ -27,7 +27,7 @@ from __future__ import annotations
 import collections
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -105,17 +105,26 @@ class _CounterFamily:
     ``prometheus_client.Counter`` of that name, help and labels.
     """
 
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        source: Callable[[], Iterable[tuple[tuple[str, ...], int | float]]] | None = None,
+    ) -> None:
         self.name = name
         self.documentation = documentation
         self.labelnames = list(labelnames)
         self.values: dict[tuple[str, ...], int | float] = {}
+        #: Where the values are read at scrape time instead (labels, value), if not in ``values``.
+        self.source = source
 
     def collect(self) -> Iterable[Metric]:
         from prometheus_client.core import CounterMetricFamily
 
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for labels, value in self.values.copy().items():  # (one C-level copy: safe from a scrape thread)
+        samples = self.values.copy().items() if self.source is None else self.source()  # (a C-level copy: safe from a scrape thread)
+        for labels, value in samples:
             family.add_metric(labels, float(value))
         return [family]
 
@@ -161,17 +170,32 @@ class _Histogram:
         return [HistogramMetricFamily(self.name, self.documentation)]
 
 
+class _AppTotals:
+    """
+    One application's running totals of the counters a send moves, found with
+    one look-up by its id (the counter families read them at scrape time).
+    """
+
+    __slots__ = ("deliveries", "frame_bytes", "sent")
+
+    def __init__(self) -> None:
+        #: Frames written to subscriptions, and their bytes.
+        self.deliveries = 0
+        self.frame_bytes = 0
+        #: Messages accepted, by recipient type.
+        self.sent: dict[str, int] = {}
+
+
 class Metrics(NullMetrics):
     """The node's metrics in their own registry (with the library's process metrics)."""
 
     __slots__ = (
         "_accepted",
         "_addin_refused",
-        "_byte_counts",
+        "_apps",
         "_bytes",
         "_cuts",
         "_deliveries",
-        "_delivery_counts",
         "_history",
         "_http",
         "_http_counts",
@@ -183,7 +207,6 @@ class Metrics(NullMetrics):
         "_panel_messages",
         "_registrations",
         "_rejected",
-        "_sent_counts",
         "_token_children",
         "_tokens",
         "clock",
@@ -234,12 +257,19 @@ class Metrics(NullMetrics):
             registry=registry,
         )
         self._addin_refused = {r: refused.labels(r) for r in ADDIN_REFUSE_REASONS}
+        self._apps: dict[str, _AppTotals] = {}
         self._messages = _CounterFamily(
-            "pns4ones_messages_sent", "Messages accepted for sending, by application and recipient type", ["application", "recipient_type"]
+            "pns4ones_messages_sent",
+            "Messages accepted for sending, by application and recipient type",
+            ["application", "recipient_type"],
+            self._sent_samples,
         )
         registry.register(self._messages)
         self._deliveries = _CounterFamily(
-            "pns4ones_deliveries", "Frames written to subscriptions (one per recipient session), by application", ["application"]
+            "pns4ones_deliveries",
+            "Frames written to subscriptions (one per recipient session), by application",
+            ["application"],
+            self._delivery_samples,
         )
         registry.register(self._deliveries)
         self._panel_messages = Counter(
@@ -249,7 +279,7 @@ class Metrics(NullMetrics):
             registry=registry,
         )
         self._bytes = _CounterFamily(
-            "pns4ones_frame_bytes", "Bytes of message frames written to subscriptions, by application", ["application"]
+            "pns4ones_frame_bytes", "Bytes of message frames written to subscriptions, by application", ["application"], self._byte_samples
         )
         registry.register(self._bytes)
         self._tokens = Counter(
@@ -263,11 +293,8 @@ class Metrics(NullMetrics):
             "pns4ones_http_requests", "HTTP requests of the send API listener by route and status", ["route", "status"]
         )
         registry.register(self._http)
-        self._sent_counts = self._messages.values
         self._latency_bounds = self._latency.bounds
         self._latency_counts = self._latency.counts
-        self._delivery_counts = self._deliveries.values
-        self._byte_counts = self._bytes.values
         self._http_counts = self._http.values
         #: (path, status) -> the labels it is counted under (bounded: unknown paths share "other").
         self._http_labels: dict[tuple[bytes, int], tuple[str, str]] = {}
@@ -289,10 +316,16 @@ class Metrics(NullMetrics):
     def addin_refused(self, reason: str) -> None:
         self._addin_refused[reason].inc()
 
+    def _totals(self, app_id: str) -> _AppTotals:
+        totals = self._apps[app_id] = _AppTotals()
+        return totals
+
     def sent(self, app_id: str, kind: str, seconds: float) -> None:
-        counts = self._sent_counts
-        key = (app_id, kind)
-        counts[key] = counts.get(key, 0) + 1
+        totals = self._apps.get(app_id)
+        if totals is None:
+            totals = self._totals(app_id)
+        counts = totals.sent
+        counts[kind] = counts.get(kind, 0) + 1
         self._latency_counts[bisect_left(self._latency_bounds, seconds)] += 1
         self._latency.sum += seconds
         self.sends += 1
@@ -304,11 +337,29 @@ class Metrics(NullMetrics):
 
     def routed(self, app_id: str, written: int, frame_bytes: int) -> None:
         """Once per routed message: ``written`` sessions got ``frame_bytes`` each."""
-        key = (app_id,)
-        deliveries, frame_bytes_ = self._delivery_counts, self._byte_counts
-        deliveries[key] = deliveries.get(key, 0) + written
-        frame_bytes_[key] = frame_bytes_.get(key, 0) + written * frame_bytes
+        totals = self._apps.get(app_id)
+        if totals is None:
+            totals = self._totals(app_id)
+        totals.deliveries += written
+        totals.frame_bytes += written * frame_bytes
         self.deliveries += written
+
+    # The counter families' values, read at scrape time (list(): a C-level copy, safe from a scrape thread).
+
+    def _sent_samples(self) -> Iterator[tuple[tuple[str, ...], int]]:
+        for app_id, totals in list(self._apps.items()):
+            for kind, count in totals.sent.copy().items():
+                yield (app_id, kind), count
+
+    def _delivery_samples(self) -> Iterator[tuple[tuple[str, ...], int]]:
+        for app_id, totals in list(self._apps.items()):
+            if totals.deliveries or totals.frame_bytes:
+                yield (app_id,), totals.deliveries
+
+    def _byte_samples(self) -> Iterator[tuple[tuple[str, ...], int]]:
+        for app_id, totals in list(self._apps.items()):
+            if totals.deliveries or totals.frame_bytes:
+                yield (app_id,), totals.frame_bytes
 
     def token_issued(self, app_id: str) -> None:
         child = self._token_children.get(app_id)
