@@ -22,6 +22,7 @@ import json
 import os
 import random
 import selectors
+import shutil
 import signal
 import socket
 import struct
@@ -210,8 +211,9 @@ def main() -> int:
     print(json.dumps(report))
     ok = lost == dup == disorder == 0 and end_fds == base_fds and end_rss - base_rss < 64 * 1024 and not bad and code == 0
     if not ok:
-        print("SOAK FAILED", *bad[:10], sep="\n", file=sys.stderr)
+        print("SOAK FAILED", *bad[:10], f"(the server's log and store are kept in {tmp})", sep="\n", file=sys.stderr)
     else:
+        shutil.rmtree(tmp, ignore_errors=True)
         print(
             f"soak ok: {counts['connections']} connections ({counts['resets']} reset), {counts['written']} messages written, 0 lost, 0 duplicated; fds {base_fds} -> {end_fds}, rss {report['rss_before_mib']} -> {report['rss_after_mib']} MiB"
         )

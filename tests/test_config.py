@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -191,7 +192,9 @@ class AddressTests(SynchronousTestCase):
 class StoreAndHubTests(SynchronousTestCase):
     def test_store_forms(self) -> None:
         """`store` takes sqlite, an absolute sqlite:/// file or a PostgreSQL URL; anything else names the option."""
-        build = lambda v: config.build({"store": v, "data_dir": tempfile.mkdtemp()}).store  # noqa: E731
+        data = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, data, True)
+        build = lambda v: config.build({"store": v, "data_dir": data}).store  # noqa: E731
         self.assertEqual(build("SQLite"), "sqlite")
         self.assertEqual(build("sqlite:///srv/pns/one.db"), "sqlite:///srv/pns/one.db")
         self.assertEqual(build("postgresql://pns:pw@db:5432/pns4ones"), "postgresql://pns:pw@db:5432/pns4ones")
@@ -202,7 +205,9 @@ class StoreAndHubTests(SynchronousTestCase):
 
     def test_hub_forms(self) -> None:
         """`hub` takes local or a redis:// / rediss:// URL."""
-        build = lambda v: config.build({"hub": v, "data_dir": tempfile.mkdtemp()}).hub  # noqa: E731
+        data = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, data, True)
+        build = lambda v: config.build({"hub": v, "data_dir": data}).hub  # noqa: E731
         self.assertEqual(build("Local"), "local")
         self.assertEqual(build("rediss://:pw@cache:6380/2"), "rediss://:pw@cache:6380/2")
         with self.assertRaises(ConfigError):

@@ -22,6 +22,7 @@ import base64
 import json
 import math
 import os
+import shutil
 import socket
 import tempfile
 from typing import Any
@@ -132,7 +133,9 @@ class Old:
     """The old process's end of the handoff socket, played by the test: writes whatever it is given."""
 
     def __init__(self, testcase: SynchronousTestCase) -> None:
-        self.path = os.path.join(tempfile.mkdtemp(prefix="pns4ones-handoff-"), handoff.SOCKET_NAME)
+        folder = tempfile.mkdtemp(prefix="pns4ones-handoff-")
+        testcase.addCleanup(shutil.rmtree, folder, True)
+        self.path = os.path.join(folder, handoff.SOCKET_NAME)
         self.listening = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.listening.bind(self.path)
         self.listening.listen(4)

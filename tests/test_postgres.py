@@ -346,6 +346,7 @@ class PostgresStoreContract(_WithCluster, StoreContract, TestCase):
         bare = self.cluster.url(database, password=False)
         self.assertEqual(admin(bare, "list", "--json", env={"PGPASSWORD": PASSWORD}).stdout.strip(), "[]")
         secret = Path(tempfile.mkdtemp()) / "pw"
+        self.addCleanup(shutil.rmtree, secret.parent, True)
         secret.write_text(PASSWORD + "\n")
         ini = secret.parent / "pns4ones.ini"
         ini.write_text(f"store = {bare}\nstore_password_file = {secret}\n")
@@ -584,6 +585,7 @@ class ExportImportTests(_WithCluster, TestCase):
     def test_sqlite_to_postgresql_and_back(self) -> None:
         """export (0600) from SQLite, import into PostgreSQL, export, import into a new SQLite: the same document every time; bad input is exit 1."""
         work = Path(tempfile.mkdtemp(prefix="pns4ones-export-"))
+        self.addCleanup(shutil.rmtree, work, True)
         first = SQLiteStore(work, path=work / "first.db", key_file=KEY_FILE)
         a = yield first.create_application("Shop", 10.0)
         yield first.add_token(TokenRecord(b"\x07" * 32, a.id, b"\x08" * 16, 10.0, 9e9))
@@ -629,6 +631,7 @@ class StartupTests(TestCase):
         from .support import free_port, run_twistd
 
         data = tempfile.mkdtemp(prefix="pns4ones-start-")
+        self.addCleanup(shutil.rmtree, data, True)
         url = f"postgresql://pns:{PASSWORD}@127.0.0.1:{free_port()}/pns4ones"
         result = run_twistd(
             "-n", "--pidfile=", "pns4ones", "--data-dir", data, "--store", url,
