@@ -47,16 +47,30 @@ class OptionalBuildExt(build_ext):
             _warn("Cython is not installed: the send path is installed as pure Python")
             return
         try:
-            self.extensions = cythonize(self.extensions, compiler_directives=DIRECTIVES, build_dir="build/cython", quiet=True)
+            # Each extension keeps its object (setuptools has prepared it) and takes Cython's C file as its source.
+            generated = {
+                ext.name: ext for ext in cythonize(self.extensions, compiler_directives=DIRECTIVES, build_dir="build/cython", quiet=True)
+            }
+            for ext in self.extensions:
+                ext.sources = generated[ext.name].sources
             super().run()
         except Exception as e:  # (no compiler, no headers: the pure package)
+            for ext in self.extensions:
+                self._drop_earlier_copy(ext)
             _warn(f"the send path was not compiled ({e}): it is installed as pure Python")
 
     def build_extension(self, ext: Extension) -> None:
         try:
             super().build_extension(ext)
         except Exception as e:  # (this module stays pure)
+            self._drop_earlier_copy(ext)
             _warn(f"{ext.name} was not compiled ({e}): it is installed as pure Python")
+
+    def _drop_earlier_copy(self, ext: Extension) -> None:
+        """A module left pure loses the copy an earlier build compiled (from another source) in build/, which would be installed instead."""
+        path = self.get_ext_fullpath(ext.name)
+        if os.path.exists(path):
+            os.remove(path)
 
 
 def ext_modules() -> list[Extension]:

@@ -309,6 +309,39 @@ class EditableInstallTests(SynchronousTestCase):
         self.assertEqual(list(checkout.rglob("*.so")), [])
 
 
+class RebuildTests(SynchronousTestCase):
+    """A developer's reinstall from a checkout whose build/ keeps an earlier build's results."""
+
+    def test_a_module_that_no_longer_compiles_is_built_pure(self) -> None:
+        """Built once, then broken for Cython: the module's compiled copy from the first build leaves build/, with a warning, and is not installed in its place."""
+        require("gcc", "python3-dev")
+        work = tempfile.TemporaryDirectory(prefix="pns4ones-rebuild-")
+        self.addCleanup(work.cleanup)
+        checkout = Path(work.name)
+        shutil.copytree(CHECKOUT / "src", checkout / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "dropin.cache"))
+        for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.md"):
+            shutil.copy2(CHECKOUT / name, checkout / name)
+        listing = checkout / "src" / "pns4ones" / "compiled.py"  # (one small module, to keep the test short)
+        text = listing.read_text()
+        start = text.index("HOT: Final = (")
+        listing.write_text(text[:start] + 'HOT: Final = ("pns4ones.wire",)' + text[text.index(")", start) + 1 :])
+        target = checkout / "installed"
+        install = [sys.executable, "-m", "pip", "install", "-v", "--disable-pip-version-check", "--no-deps", "--no-build-isolation",
+                   "--target", target, checkout]  # fmt: skip
+        first = run(*install, timeout=300)
+        self.assertNotIn("was not compiled", first.stdout + first.stderr)
+        (copy,) = (checkout / "build").glob("lib*/pns4ones/wire.*.so")
+        self.assertEqual(len(list(target.glob("pns4ones/wire.*.so"))), 1)
+        (checkout / "src" / "pns4ones" / "wire.pxd").write_text("cdef class:\n")  # (not Cython)
+        shutil.rmtree(target)
+        again = run(*install, timeout=300)
+        self.assertIn("was not compiled", again.stdout + again.stderr)
+        self.assertFalse(copy.exists(), "the first build's copy is gone from build/")
+        self.assertEqual(list(target.glob("pns4ones/*.so")), [])
+        state = run(sys.executable, "-m", "pns4ones.compiled", check=False, cwd=target, timeout=60).stdout
+        self.assertIn("pns4ones.wire: pure", state)
+
+
 def _need_root_install() -> None:
     if os.geteuid() != 0:
         raise SkipTest("scripts/install needs root (chown to the service user), even with --root")
