@@ -144,7 +144,7 @@ class _Batch:
     __slots__ = ("accepted", "app_id", "now", "peer", "results", "sessions", "started")
 
     def __init__(self, count: int, app_id: str, peer: str, started: float, now: float) -> None:
-        self.results: list[bytes] = [b"null"] * count
+        self.results: list[str] = ["null"] * count
         self.sessions = 0
         self.accepted = 0
         self.app_id = app_id
@@ -155,9 +155,9 @@ class _Batch:
         self.now = now
 
 
-def _element(result: dict[str, Any]) -> bytes:
+def _element(result: dict[str, Any]) -> str:
     """One element's result (a refusal) as JSON text, as in the whole answer."""
-    return json.dumps(result, ensure_ascii=False).encode("utf-8")
+    return json.dumps(result, ensure_ascii=False)
 
 
 class Handlers:
@@ -364,10 +364,11 @@ class Handlers:
             else:
                 self._batch_sent(delivery, batch, index, send, ttl)
         if pending:
-            return gatherResults(pending, consumeErrors=True).addCallback(lambda _: self._batch_answer(app, batch))
-        return self._batch_answer(app, batch)
+            return gatherResults(pending, consumeErrors=True).addCallback(self._batch_answer, app, batch)
+        return self._batch_answer(None, app, batch)
 
-    def _batch_answer(self, app: Application, batch: _Batch) -> Answer:
+    def _batch_answer(self, gathered: object, app: Application, batch: _Batch) -> Answer:
+        """The batch's answer, once every element has its result (``gathered``: what the elements' Deferreds gave, unused)."""
         sessions = batch.sessions
         if self.log_sends:
             log.info(
@@ -377,27 +378,22 @@ class Handlers:
                 sessions=sessions,
                 event="send",
             )
-        body = b'{"results": [%s], "sessions": %d, "accepted": %d}' % (b", ".join(batch.results), sessions, batch.accepted)
+        body = f'{{"results": [{", ".join(batch.results)}], "sessions": {sessions}, "accepted": {batch.accepted}}}'.encode()
         return Answer(200, ((_SESSIONS, b"%d" % sessions), *JSON_HEADERS), body)
 
     def _batch_sent(self, delivery: Delivery, batch: _Batch, index: int, send: SendRequest, ttl: float) -> None:
         self.metrics.sent(batch.app_id, send.recipient.type, perf_counter() - batch.started)
         self.core.trace.sent(batch.now, "batch", batch.peer, batch.app_id, send, ttl, delivery)
-        stored = b"true" if delivery.stored else b"false"
+        stored = "true" if delivery.stored else "false"
         if delivery.dropped:  # (as /sendmessage's answer: only when keeping it pushed older ones out)
-            batch.results[index] = b'{"status": 200, "sessions": %d, "users": %d, "stored": %s, "dropped": %d, "id": %d}' % (
-                delivery.sessions,
-                delivery.users,
-                stored,
-                delivery.dropped,
-                delivery.message_id,
+            batch.results[index] = (
+                f'{{"status": 200, "sessions": {delivery.sessions}, "users": {delivery.users}, "stored": {stored}, '
+                f'"dropped": {delivery.dropped}, "id": {delivery.message_id}}}'
             )
         else:
-            batch.results[index] = b'{"status": 200, "sessions": %d, "users": %d, "stored": %s, "id": %d}' % (
-                delivery.sessions,
-                delivery.users,
-                stored,
-                delivery.message_id,
+            batch.results[index] = (
+                f'{{"status": 200, "sessions": {delivery.sessions}, "users": {delivery.users}, "stored": {stored}, '
+                f'"id": {delivery.message_id}}}'
             )
         batch.sessions += delivery.sessions
         batch.accepted += 1
