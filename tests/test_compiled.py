@@ -57,10 +57,10 @@ class DeclarationTests(SynchronousTestCase):
         self.assertIn(CHECKOUT / "src" / "pns4ones" / "http" / "connection.pxd", pxds)
         for pxd in pxds:
             module = importlib.import_module(".".join(pxd.relative_to(CHECKOUT / "src").with_suffix("").parts))
-            for name, body in re.findall(r"^cdef class (\w+):\n((?:    .*\n)+)", pxd.read_text(), re.MULTILINE):
+            for name, body in re.findall(r"^cdef class (\w+):\n((?:(?:    .*)?\n)+)", pxd.read_text(), re.MULTILINE):
                 with self.subTest(pxd=pxd.name, cls=name):
                     cls = getattr(module, name)
-                    declared = set(re.findall(r"^    cdef public object (\w+)$", body, re.MULTILINE))
+                    declared = set(re.findall(r"^    cdef public \w+ (\w+)$", body, re.MULTILINE))
                     weak = "    cdef object __weakref__" in body
                     self.assertEqual(declared | ({"__weakref__"} if weak else set()), set(cls.__slots__))
                     self.assertTrue(declared)

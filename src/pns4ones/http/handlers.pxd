@@ -1,6 +1,18 @@
 # The compiled build of handlers.py (setup.py; Cython reads this file beside the .py): Handlers
 # and _Batch as extension types, their attributes C fields.  The same names as their __slots__
 # (tests/test_compiled.py compares them); public: readable and writable from Python.
+# cpdef: a C method of the send path, its arguments (and @cython.locals) typed with the
+# values' classes, cimported as C* (docs/development.md, "The compiled send path").
+
+cimport cython
+
+from pns4ones.hub.interface cimport Delivery as CDelivery
+from pns4ones.messages cimport SendRequest as CSendRequest
+from pns4ones.metrics cimport NullMetrics as CNullMetrics
+
+
+cdef class _Batch
+
 
 cdef class Handlers:
     cdef public object _warn
@@ -9,9 +21,14 @@ cdef class Handlers:
     cdef public object limiter
     cdef public object log_sends
     cdef public object max_batch
-    cdef public object metrics
+    cdef public CNullMetrics metrics
     cdef public object readiness
     cdef public object subscriptions
+
+    @cython.locals(batch=_Batch, send=CSendRequest)
+    cpdef _sendmessages(self, app, call, started)
+    cpdef _batch_sent(self, CDelivery delivery, _Batch batch, index, CSendRequest send, ttl)
+
 
 cdef class _Batch:
     cdef public object accepted
