@@ -135,7 +135,8 @@ def encode_frame(key: ClientKey, plaintext: bytes) -> bytes:
     """One server-to-client message frame."""
     if not plaintext.startswith(b"{"):
         raise WireError("plaintext", "the add-in requires the plaintext to start with '{'")
-    ciphertext = key.aes.encrypt(plaintext)
+    aes = key.aes
+    ciphertext = aes.encrypt(plaintext)
     return _FRAME_HEADER.pack(4 + len(ciphertext), len(plaintext)) + ciphertext
 
 

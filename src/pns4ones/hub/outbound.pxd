@@ -4,6 +4,9 @@
 # cpdef: a C method of the send path, its arguments (and @cython.locals) typed with the
 # values' classes, cimported as C* (docs/development.md, "The compiled send path").
 
+from pns4ones.wire cimport encode_frame
+
+
 cdef class Outbound:
     cdef public object _frame
     cdef public object _frame_key
