@@ -1,6 +1,10 @@
 # The compiled build of connection.py (setup.py; Cython reads this file beside the .py):
 # FrontConnection as an extension type, its attributes C fields.  The same names as its
 # __slots__ (tests/test_compiled.py compares them); public: readable and writable from Python.
+# It calls send_now as a C function (docs/development.md, "The compiled send path").
+
+from pns4ones.txinternals cimport send_now
+
 
 cdef class FrontConnection:
     cdef public object _active
