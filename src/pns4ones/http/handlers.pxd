@@ -6,6 +6,7 @@
 
 cimport cython
 
+from pns4ones.http.calls cimport Call as CCall
 from pns4ones.hub.interface cimport Delivery as CDelivery
 from pns4ones.messages cimport SendRequest as CSendRequest
 from pns4ones.metrics cimport NullMetrics as CNullMetrics
@@ -25,6 +26,10 @@ cdef class Handlers:
     cdef public object readiness
     cdef public object subscriptions
 
+    cpdef sendmessage(self, CCall call)
+    @cython.locals(send=CSendRequest)
+    cpdef _sendmessage(self, app, CCall call, started)
+    cpdef _sent(self, CDelivery delivery, CCall call, app, CSendRequest send, ttl, started)
     @cython.locals(batch=_Batch, send=CSendRequest)
     cpdef _sendmessages(self, app, call, started)
     cpdef _batch_sent(self, CDelivery delivery, _Batch batch, index, CSendRequest send, ttl)
@@ -38,3 +43,6 @@ cdef class _Batch:
     cdef public object results
     cdef public object sessions
     cdef public object started
+
+
+cpdef sent_answer(CDelivery delivery)
