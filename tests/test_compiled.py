@@ -134,6 +134,25 @@ class CompiledTests(SynchronousTestCase):
                 with self.subTest(pxd=pxd.name, cls=name):
                     self.assertFalse(getattr(module, name).__flags__ & heap_type)
 
+    def test_typed_arguments_hold_in_the_compiled_build(self) -> None:
+        """The C methods of the send path take the values' classes (their .pxd types them), so a wrong one is a
+        TypeError when compiled: the typing is in effect (the pure build takes anything, as Python does)."""
+        if os.environ.get("PNS4ONES_PURE", "") not in ("", "0"):
+            raise SkipTest("PNS4ONES_PURE is set: the send path was installed as pure Python")
+        from pns4ones.hub.local import LocalHub
+        from pns4ones.hub.outbound import Outbound
+        from pns4ones.trace import Trace
+
+        send = SendRequest(Recipient("user", "ib", "u1", ""), Message("t"))
+        delivered = Delivery(1, 1, message_id=1, reached=("u1",))
+        Trace(10).sent(1.0, "api", "p", "app", send, 0.0, delivered)
+        with self.assertRaises(TypeError):
+            Trace(10).sent(1.0, "api", "p", "app", send, 0.0, {"sessions": 1})
+        hub = LocalHub()
+        self.assertEqual(hub.publish("app", send.recipient, Outbound(send.message)).sessions, 0)
+        with self.assertRaises(TypeError):
+            hub.publish("app", ("user", "ib", "u1"), Outbound(send.message))
+
     def test_the_source_runs_pure_from_src(self) -> None:
         """With src/ first on the path every module of the send path is the .py file (the premise of the next test)."""
         result = subprocess.run(
