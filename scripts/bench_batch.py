@@ -18,6 +18,12 @@ busy and the figure is what one core moves.  On a machine with two or more
 cores the server runs on the first and the driver on the second, as the
 swarm does (``--no-pin``: wherever the scheduler puts them).  Prints the server's CPU per message (user and kernel apart) and
 how busy its core was.
+
+``--instructions`` runs the server under Valgrind's callgrind and prints the
+instructions it executed per message while the batches went through (user
+space only; the kernel's work is not counted).  Unlike the CPU time, the count
+does not move with the machine's load, so two builds compare in one run each;
+the server is some fifty times slower meanwhile, so its times mean nothing.
 """
 
 from __future__ import annotations
@@ -49,6 +55,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for_port(port: int, seconds: float) -> None:
+    """Until the server accepts connections on ``port`` (it starts in about a second; under callgrind, a minute)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def server_times(pid: int) -> tuple[int, int]:
@@ -92,9 +111,12 @@ def main() -> int:
     parser.add_argument(
         "--no-pin", action="store_true", help="leave the server and the driver to the scheduler (default: each on its own core)"
     )
+    parser.add_argument("--instructions", action="store_true", help="run the server under callgrind and count its instructions per message")
     args = parser.parse_args()
     if args.publishers < 1 or args.decrypt_every < 1 or args.batch < 1:
         parser.error("--publishers, --decrypt-every and --batch must be at least 1")
+    if args.instructions and not (shutil.which("valgrind") and shutil.which("callgrind_control")):
+        parser.error("--instructions needs Valgrind: apt-get install valgrind")
     pinned = not args.no_pin and (os.cpu_count() or 1) >= 2
     tmp = Path(tempfile.mkdtemp(prefix="pns4ones-batch-"))
     app = json.loads(
@@ -103,13 +125,19 @@ def main() -> int:
         ).stdout
     )
     api, svc = free_port(), free_port()
-    server = subprocess.Popen([str(BIN / "twistd"), "-n", "--pidfile=", "pns4ones", "--config", os.devnull, "--data-dir", str(tmp), "--listen", f"127.0.0.1:{api}",
+    counting = str(tmp / "callgrind.out")
+    under = (
+        ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={counting}", sys.executable]
+        if args.instructions
+        else []
+    )
+    server = subprocess.Popen([*under, str(BIN / "twistd"), "-n", "--pidfile=", "pns4ones", "--config", os.devnull, "--data-dir", str(tmp), "--listen", f"127.0.0.1:{api}",
                                "--service", f"127.0.0.1:{svc}", "--admin-port", str(free_port())], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               preexec_fn=(lambda: os.sched_setaffinity(0, {0})) if pinned else None)  # fmt: skip
     if pinned:
         os.sched_setaffinity(0, {1})  # (before any thread: the publishers inherit it)
     try:
-        time.sleep(2)
+        wait_for_port(svc, 300 if args.instructions else 30)
         key = ClientKey.decode(app["client_key"])
         selector = selectors.DefaultSelector()
         counters = {}
@@ -119,11 +147,10 @@ def main() -> int:
             s.setblocking(False)
             counters[s] = FrameCounter(key, args.decrypt_every)
             selector.register(s, selectors.EVENT_READ)
-        time.sleep(1)
-        conn = http.client.HTTPConnection("127.0.0.1", api, timeout=30)
+        wait_for_port(api, 30)
+        conn = http.client.HTTPConnection("127.0.0.1", api, timeout=300)
         conn.request("GET", f"/auth?server_key={app['server_key']}")
         headers = {"Authorization": "Bearer " + json.loads(conn.getresponse().read())["access_token"]}
-        conn.close()
         received = 0
 
         def drain(timeout: float = 0.0) -> None:
@@ -135,6 +162,27 @@ def main() -> int:
                     continue
                 received += counters[event.fileobj].feed(data)
 
+        # Every subscriber registered before the clock starts: one message to each (in batches the
+        # server takes), until all are reached; those frames are read and not counted.
+        everyone = [{"Recipient": {"Type": "user", "IbId": "bench", "UserId": f"u{i}"}, "Message": {"Topic": "warm-up"}}
+                    for i in range(args.subscribers)]  # fmt: skip
+        warm, deadline = 0, time.monotonic() + (300 if args.instructions else 30)
+        while True:
+            reached = 0
+            for first in range(0, len(everyone), 1000):
+                conn.request("POST", "/sendmessages", json.dumps(everyone[first : first + 1000]), headers)
+                reached += json.loads(conn.getresponse().read())["sessions"]
+            warm += reached
+            if reached == args.subscribers or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        conn.close()
+        while received < warm and time.monotonic() < deadline:
+            drain(0.1)
+        if reached != args.subscribers or received != warm:
+            print(f"bench_batch: {args.subscribers - reached} of the subscribers did not register in time", file=sys.stderr)
+            return 1
+        received = 0
         payload = {"t": "0", "s": "B0", "p": "x" * 150}
         accepted = [0] * args.publishers
         errors: list[Exception] = []
@@ -161,6 +209,8 @@ def main() -> int:
             except Exception as e:  # (reported by the main thread)
                 errors.append(e)
 
+        if args.instructions:
+            subprocess.run(["callgrind_control", "--instr=on", str(server.pid)], check=True, capture_output=True)
         user0, sys0 = server_times(server.pid)
         started = time.monotonic()
         publishers = [threading.Thread(target=publish, args=(k, started + args.seconds)) for k in range(args.publishers)]
@@ -174,10 +224,18 @@ def main() -> int:
             print(f"bench_batch: a publisher failed: {errors[0]!r}", file=sys.stderr)
             return 1
         total = sum(accepted)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + (300 if args.instructions else 10)
         while received < total and time.monotonic() < deadline:
             drain(0.1)
+        if args.instructions:  # (the frames' writes are done once they are all read)
+            subprocess.run(["callgrind_control", "--instr=off", str(server.pid)], check=True, capture_output=True)
         ticks = os.sysconf("SC_CLK_TCK")
+        extra = {}
+        if args.instructions:
+            server.terminate()
+            server.wait(300)  # (callgrind writes its counts as the server exits)
+            totals = [line for line in Path(counting).read_text().splitlines() if line.startswith("totals:")]
+            extra = {"server_instructions_per_message": round(int(totals[0].split()[1]) / max(total, 1))}
         per_message = 1e6 / ticks / max(total, 1)
         print(
             json.dumps(
@@ -195,13 +253,15 @@ def main() -> int:
                     "server_cpu_us_per_message": round((user1 - user0 + sys1 - sys0) * per_message, 1),
                     "server_user_us_per_message": round((user1 - user0) * per_message, 1),
                     "server_kernel_us_per_message": round((sys1 - sys0) * per_message, 1),
+                    **extra,
                 }
             )
         )
         return 0 if received == total else 1
     finally:
-        server.terminate()
-        server.wait(15)
+        if server.poll() is None:
+            server.terminate()
+            server.wait(300 if args.instructions else 15)
         shutil.rmtree(tmp, ignore_errors=True)  # (the throwaway store and admin files)
 
 

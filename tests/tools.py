@@ -108,6 +108,7 @@ TOOLS = {
         Tool("haproxy", "haproxy", lambda: which("haproxy"), server=True),
         Tool("gcc", "gcc", lambda: which("gcc") or which("cc")),
         Tool("python3-dev", "python3-dev", _python_headers),
+        Tool("valgrind", "valgrind", lambda: which("valgrind")),
     )
 }
 
