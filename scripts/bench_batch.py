@@ -44,30 +44,13 @@ import threading
 import time
 from pathlib import Path
 
+from bench_send import free_port, wait_port  # (scripts/ is this script's directory)
+
 from pns4ones_client.protocol import ClientKey, FrameDecoder, registration_frame
 
 BIN = Path(sys.executable).parent
 #: A message frame's header (see docs/protocol.md): the bytes after this length field, and the plaintext's length.
 FRAME_HEADER = struct.Struct("<ii")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, seconds: float) -> None:
-    """Until the server accepts connections on ``port`` (it starts in about a second; under callgrind, a minute)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def server_times(pid: int) -> tuple[int, int]:
@@ -137,7 +120,7 @@ def main() -> int:
     if pinned:
         os.sched_setaffinity(0, {1})  # (before any thread: the publishers inherit it)
     try:
-        wait_for_port(svc, 300 if args.instructions else 30)
+        wait_port(svc, 300 if args.instructions else 30)
         key = ClientKey.decode(app["client_key"])
         selector = selectors.DefaultSelector()
         counters = {}
@@ -147,7 +130,7 @@ def main() -> int:
             s.setblocking(False)
             counters[s] = FrameCounter(key, args.decrypt_every)
             selector.register(s, selectors.EVENT_READ)
-        wait_for_port(api, 30)
+        wait_port(api, 30)
         conn = http.client.HTTPConnection("127.0.0.1", api, timeout=300)
         conn.request("GET", f"/auth?server_key={app['server_key']}")
         headers = {"Authorization": "Bearer " + json.loads(conn.getresponse().read())["access_token"]}
