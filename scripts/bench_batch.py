@@ -210,11 +210,10 @@ def main() -> int:
         deadline = time.monotonic() + (300 if args.instructions else 10)
         while received < total and time.monotonic() < deadline:
             drain(0.1)
-        if args.instructions:  # (the frames' writes are done once they are all read)
-            subprocess.run(["callgrind_control", "--instr=off", str(server.pid)], check=True, capture_output=True)
         ticks = os.sysconf("SC_CLK_TCK")
         extra = {}
-        if args.instructions:
+        if args.instructions:  # (the frames' writes are done once they are all read)
+            subprocess.run(["callgrind_control", "--instr=off", str(server.pid)], check=True, capture_output=True)
             server.terminate()
             server.wait(300)  # (callgrind writes its counts as the server exits)
             totals = [line for line in Path(counting).read_text().splitlines() if line.startswith("totals:")]

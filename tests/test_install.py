@@ -39,6 +39,13 @@ UNINSTALL = CHECKOUT / "scripts" / "uninstall"
 _wheel: dict[str, Path] = {}
 
 
+def copy_checkout(dest: Path) -> None:
+    """What a build reads of the checkout (src/ without caches, and the packaging files), copied into ``dest``."""
+    shutil.copytree(CHECKOUT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "dropin.cache"))
+    for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy2(CHECKOUT / name, dest / name)
+
+
 def built_wheel() -> Path:
     """One wheel per test run: ``python -m build --wheel`` on a copy of the checkout."""
     if "path" not in _wheel:
@@ -46,10 +53,7 @@ def built_wheel() -> Path:
         atexit.register(work.cleanup)
         src = Path(work.name) / "src"
         src.mkdir()
-        for name in ("src",):
-            shutil.copytree(CHECKOUT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "dropin.cache"))
-        for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.md"):
-            shutil.copy2(CHECKOUT / name, src / name)
+        copy_checkout(src)
         out = Path(work.name) / "dist"
         result = subprocess.run(
             [sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(src)], capture_output=True, text=True, timeout=300
@@ -290,9 +294,7 @@ class EditableInstallTests(SynchronousTestCase):
         self.addCleanup(work.cleanup)
         tmp = Path(work.name)
         checkout, venv = tmp / "checkout", tmp / "venv"
-        shutil.copytree(CHECKOUT / "src", checkout / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "dropin.cache"))
-        for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.md"):
-            shutil.copy2(CHECKOUT / name, checkout / name)
+        copy_checkout(checkout)
         run(sys.executable, "-m", "venv", "--without-pip", venv)
         # The test's own pip installs into it (no ensurepip); dependencies come from pip's cache.
         run(sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "--disable-pip-version-check", "-q",
@@ -318,9 +320,7 @@ class RebuildTests(SynchronousTestCase):
         work = tempfile.TemporaryDirectory(prefix="pns4ones-rebuild-")
         self.addCleanup(work.cleanup)
         checkout = Path(work.name)
-        shutil.copytree(CHECKOUT / "src", checkout / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "dropin.cache"))
-        for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.md"):
-            shutil.copy2(CHECKOUT / name, checkout / name)
+        copy_checkout(checkout)
         listing = checkout / "src" / "pns4ones" / "compiled.py"  # (one small module, to keep the test short)
         text = listing.read_text()
         start = text.index("HOT: Final = (")
